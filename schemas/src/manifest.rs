@@ -1,0 +1,252 @@
+//! `manifest.json`: what a corpus holds, how it was built, and where every input record went.
+//!
+//! The manifest is written last; its presence is the commit point of a build. Maps are
+//! `BTreeMap`s and nothing time- or machine-dependent is stored, so the same build writes the
+//! same bytes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SchemaError};
+use crate::tokens::TokenDtype;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT_NAME: &str = "redpack-corpus";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The two kinds of corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Fixed-length sequences of concatenated documents (pretraining).
+    Packed,
+    /// Variable-length input/target pairs (instruction tuning).
+    Examples,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Packed => "packed",
+            Kind::Examples => "examples",
+        }
+    }
+}
+
+/// The shape of a corpus's examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Layout {
+    /// Every example is `seq_len` tokens, split at `prefix_len`.
+    Packed { seq_len: u32, prefix_len: u32 },
+    /// Input truncated to `max_input_len`, target to `max_target_len`; an example is the input
+    /// followed by the target, split at the input's length.
+    Examples {
+        max_input_len: u32,
+        max_target_len: u32,
+    },
+}
+
+impl Layout {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Layout::Packed { .. } => Kind::Packed,
+            Layout::Examples { .. } => Kind::Examples,
+        }
+    }
+
+    /// The longest example this layout allows.
+    pub fn max_len(&self) -> u64 {
+        match *self {
+            Layout::Packed { seq_len, .. } => u64::from(seq_len),
+            Layout::Examples {
+                max_input_len,
+                max_target_len,
+            } => u64::from(max_input_len) + u64::from(max_target_len),
+        }
+    }
+}
+
+/// The tokenizer a corpus was encoded with. `file` is a copy inside the corpus directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// File name of the `tokenizer.json` copy, relative to the corpus directory.
+    pub file: String,
+    /// sha256 of that file, lowercase hex.
+    pub sha256: String,
+    pub vocab_size: u32,
+    pub eod_id: u32,
+    pub pad_id: u32,
+    pub eod_token: String,
+    pub pad_token: String,
+}
+
+/// One input file read by the build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputEntry {
+    /// Path as given (relative to the input root where there is one).
+    pub path: String,
+    pub source: String,
+    /// `redpajama-jsonl`, `redpajama-jsonl-zstd`, `flan-parquet`, ...
+    pub format: String,
+    pub bytes: u64,
+    /// sha256 of the file when the build computed or verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub records_read: u64,
+    /// Set when reading stopped early: what went wrong and how far the file was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+/// One shard: a token file and its example index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub tokens_file: String,
+    pub tokens_bytes: u64,
+    pub tokens_sha256: String,
+    pub index_file: String,
+    pub index_bytes: u64,
+    pub index_sha256: String,
+    pub examples: u64,
+    /// Tokens stored in the shard, padding included.
+    pub tokens: u64,
+}
+
+/// Where the records went. Invariant:
+/// `records_read = kept + exact_duplicates + near_duplicates + filtered + rejected`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub records_read: u64,
+    pub kept: u64,
+    pub exact_duplicates: u64,
+    pub near_duplicates: u64,
+    pub filtered: u64,
+    pub rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Tokens of kept records stored in the shards (padding and dropped tails excluded).
+    pub tokens: u64,
+    /// Examples (packed sequences or input/target rows) these records contributed to.
+    pub examples: u64,
+}
+
+impl Counts {
+    /// `Err` with a description when the record invariant does not hold.
+    pub fn check_invariant(&self) -> std::result::Result<(), String> {
+        let accounted = self.kept
+            + self.exact_duplicates
+            + self.near_duplicates
+            + self.filtered
+            + self.rejected;
+        if accounted != self.records_read {
+            return Err(format!(
+                "records_read {} != kept {} + exact_duplicates {} + near_duplicates {} + filtered {} + rejected {} (= {accounted})",
+                self.records_read, self.kept, self.exact_duplicates, self.near_duplicates, self.filtered, self.rejected
+            ));
+        }
+        let by_reason: u64 = self.rejected_by_reason.values().sum();
+        if by_reason != self.rejected {
+            return Err(format!(
+                "rejected {} != sum of rejected_by_reason {by_reason}",
+                self.rejected
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds `other` into `self`, field by field.
+    pub fn add(&mut self, other: &Counts) {
+        self.records_read += other.records_read;
+        self.kept += other.kept;
+        self.exact_duplicates += other.exact_duplicates;
+        self.near_duplicates += other.near_duplicates;
+        self.filtered += other.filtered;
+        self.rejected += other.rejected;
+        for (reason, n) in &other.rejected_by_reason {
+            *self.rejected_by_reason.entry(reason.clone()).or_default() += n;
+        }
+        self.tokens += other.tokens;
+        self.examples += other.examples;
+    }
+}
+
+/// What packing did beyond storing documents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackingStats {
+    /// Documents (or input/target pairs) packed.
+    pub documents: u64,
+    /// Padding tokens stored (a padded final sequence; padded example rows).
+    pub padding_tokens: u64,
+    /// Tokens of a final partial sequence that was dropped.
+    pub dropped_tokens: u64,
+    pub dropped_sequences: u64,
+    /// Examples whose input / target was cut to the maximum length.
+    pub truncated_inputs: u64,
+    pub truncated_targets: u64,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `redpack-corpus`.
+    pub format: String,
+    pub format_version: u32,
+    pub kind: Kind,
+    pub layout: Layout,
+    pub token_dtype: TokenDtype,
+    /// Bytes before the first token in every token file.
+    pub header_bytes: u32,
+    pub tokenizer: TokenizerInfo,
+    /// The resolved build configuration.
+    pub build: serde_json::Value,
+    pub inputs: Vec<InputEntry>,
+    pub shards: Vec<ShardEntry>,
+    pub counts: Counts,
+    pub sources: BTreeMap<String, Counts>,
+    pub packing: PackingStats,
+}
+
+impl Manifest {
+    /// Reads and parses `dir/manifest.json`, checking the format name and version.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SchemaError::NotACorpus {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(SchemaError::io(&path, e)),
+        };
+        // Check the version before the full schema, so an old reader says "upgrade" rather than
+        // "missing field".
+        let head: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| SchemaError::corrupt(&path, format!("invalid JSON: {e}")))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(SchemaError::corrupt(
+                &path,
+                format!("not a redpack manifest (\"format\" is not \"{FORMAT_NAME}\")"),
+            ));
+        }
+        let version = head.get("format_version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(FORMAT_VERSION)) {
+            return Err(SchemaError::UnsupportedVersion {
+                path,
+                found: version.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_value(head)
+            .map_err(|e| SchemaError::corrupt(&path, format!("manifest does not match the format: {e}")))
+    }
+
+    /// The manifest as written: pretty JSON with a trailing newline.
+    pub fn to_json_bytes(&self) -> std::result::Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec_pretty(self)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+}

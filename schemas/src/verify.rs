@@ -1,0 +1,131 @@
+//! Full verification of a corpus: checksums of every file and every structural invariant.
+
+use crate::error::{Result, SchemaError};
+use crate::manifest::{Layout, MANIFEST_FILE};
+use crate::reader::Corpus;
+use crate::writer::hash_file;
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub examples: u64,
+    pub tokens: u64,
+    pub bytes_hashed: u64,
+}
+
+impl Corpus {
+    /// Recomputes every checksum and checks every invariant: offsets and lengths within the token
+    /// file, examples not overlapping, prefix ≤ length, the packed layout, document starts inside
+    /// their example, token ids below the vocabulary size, and the counts against the manifest.
+    /// Stops at the first problem, naming the file. `progress` is called after each shard.
+    pub fn verify(&self, mut progress: impl FnMut(usize)) -> Result<VerifyReport> {
+        let manifest = self.manifest();
+        let manifest_path = self.dir().join(MANIFEST_FILE);
+        let vocab = manifest.tokenizer.vocab_size;
+        let mut report = VerifyReport::default();
+        for (s, entry) in manifest.shards.iter().enumerate() {
+            let shard = self.shard(s);
+            for (path, want) in [
+                (&shard.tokens_path, &entry.tokens_sha256),
+                (&shard.index_path, &entry.index_sha256),
+            ] {
+                let (bytes, got) = hash_file(path)?;
+                report.bytes_hashed += bytes;
+                if &got != want {
+                    return Err(SchemaError::corrupt(
+                        path,
+                        format!("sha256 {got} does not match the manifest's {want}"),
+                    ));
+                }
+            }
+            let tokens = shard.tokens()?;
+            if let Some(pos) = tokens.iter().position(|t| t >= vocab) {
+                return Err(SchemaError::corrupt(
+                    &shard.tokens_path,
+                    format!(
+                        "token {pos} has id {} which is not below the vocabulary size {vocab}",
+                        tokens.get(pos).unwrap_or(0)
+                    ),
+                ));
+            }
+            let mut covered_to = 0u64;
+            for row in 0..entry.examples as usize {
+                let ex = self.shard_example(s, row)?;
+                let bad = |what: String| SchemaError::corrupt(&shard.index_path, format!("row {row}: {what}"));
+                let offset = shard.index.offset.values()[row];
+                if offset < covered_to {
+                    return Err(bad(format!(
+                        "offset {offset} overlaps the previous example (which ends at {covered_to})"
+                    )));
+                }
+                covered_to = offset + ex.tokens.len() as u64;
+                if let Layout::Packed {
+                    seq_len,
+                    prefix_len,
+                } = manifest.layout
+                {
+                    if ex.tokens.len() as u64 != u64::from(seq_len) || ex.prefix_len != prefix_len {
+                        return Err(bad(format!(
+                            "length {} / prefix {} break the packed layout ({seq_len} / {prefix_len})",
+                            ex.tokens.len(),
+                            ex.prefix_len
+                        )));
+                    }
+                } else if ex.tokens.len() as u64 > manifest.layout.max_len() {
+                    return Err(bad(format!(
+                        "length {} exceeds the layout's maximum {}",
+                        ex.tokens.len(),
+                        manifest.layout.max_len()
+                    )));
+                }
+                let increasing = ex.doc_starts.windows(2).all(|w| w[0] < w[1]);
+                let inside = ex
+                    .doc_starts
+                    .iter()
+                    .all(|&p| p > 0 && (p as usize) < ex.tokens.len());
+                if !increasing || !inside {
+                    return Err(bad(format!("doc_starts {:?} are not increasing inside the example", ex.doc_starts)));
+                }
+            }
+            if covered_to > entry.tokens {
+                return Err(SchemaError::corrupt(
+                    &shard.index_path,
+                    "examples run past the token file",
+                ));
+            }
+            report.shards += 1;
+            report.examples += entry.examples;
+            report.tokens += entry.tokens;
+            progress(s);
+        }
+        let counts = &manifest.counts;
+        let disagree = |what: String| SchemaError::corrupt(&manifest_path, what);
+        counts.check_invariant().map_err(|e| disagree(format!("counts: {e}")))?;
+        if report.examples != counts.examples {
+            return Err(disagree(format!(
+                "shards hold {} examples; counts.examples says {}",
+                report.examples, counts.examples
+            )));
+        }
+        let stored = counts.tokens + manifest.packing.padding_tokens;
+        if report.tokens != stored {
+            return Err(disagree(format!(
+                "shards hold {} tokens; counts.tokens + packing.padding_tokens = {stored}",
+                report.tokens
+            )));
+        }
+        let mut sum = crate::manifest::Counts::default();
+        for (name, c) in &manifest.sources {
+            c.check_invariant()
+                .map_err(|e| disagree(format!("sources.{name}: {e}")))?;
+            sum.add(c);
+        }
+        if !manifest.sources.is_empty() && (sum.records_read != counts.records_read || sum.kept != counts.kept || sum.tokens != counts.tokens) {
+            return Err(disagree(
+                "per-source counts do not add up to the overall counts".to_string(),
+            ));
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,50 @@
+//! The seam between the model math and a device.
+//!
+//! A backend computes, for one batch, the loss and (for training) the gradient of the summed loss
+//! with respect to every parameter. The optimizer, data loading and checkpoints sit above it and
+//! never see the device. `cpu` is the f32 reference every other backend is checked against.
+
+use crate::batch::{Batch, LossStats, StepOptions};
+use crate::config::ModelConfig;
+use crate::params::ParamStore;
+
+pub mod cpu;
+
+/// Errors a backend reports.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("batch does not fit the model: {0}")]
+    BadBatch(String),
+    /// The config is invalid or the parameters (or gradient buffers) do not match it.
+    #[error("model does not match: {0}")]
+    BadModel(String),
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// What a device implements.
+pub trait Backend {
+    /// A short name for logs (`cpu`, `cuda:0 (NVIDIA H100)`).
+    fn name(&self) -> String;
+
+    /// Forward and backward over `batch`. Adds the gradient of `loss_sum + z_loss_sum` (a sum
+    /// over scored tokens, not a mean) to `grads`, which has the shapes of `params`; the caller
+    /// divides by the token count of the whole (accumulated) batch.
+    fn forward_backward(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        batch: &Batch,
+        options: &StepOptions,
+        grads: &mut ParamStore,
+    ) -> Result<LossStats, BackendError>;
+
+    /// Forward only (evaluation): the losses, no gradients. Dropout is off.
+    fn forward_loss(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError>;
+}
