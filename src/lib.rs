@@ -6,10 +6,12 @@
 
 pub mod cli;
 pub mod commands;
-pub mod input;
-pub mod record;
 pub mod dedup;
+pub mod input;
+pub mod inspect;
 pub mod pack;
 pub mod pipeline;
+pub mod record;
+pub mod sample;
 pub mod tokenize;
 pub mod train_tokenizer;

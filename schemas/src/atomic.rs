@@ -23,7 +23,8 @@ pub fn temp_path(path: &Path) -> PathBuf {
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let mut file = File::create(&tmp).map_err(|e| SchemaError::io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| SchemaError::io(&tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| SchemaError::io(&tmp, e))?;
     file.sync_all().map_err(|e| SchemaError::io(&tmp, e))?;
     drop(file);
     commit(&tmp, path)

@@ -13,9 +13,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    ListBuilder, StringBuilder, StringDictionaryBuilder, UInt32Builder,
-};
+use arrow_array::builder::{ListBuilder, StringBuilder, StringDictionaryBuilder, UInt32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};

@@ -22,7 +22,9 @@ pub use manifest::{
     FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use reader::{Corpus, Example};
-pub use tokens::{TokenDtype, TokenSlice, TokensHeader, HEADER_BYTES, TOKENS_MAGIC, TOKENS_VERSION};
+pub use tokens::{
+    TokenDtype, TokenSlice, TokensHeader, HEADER_BYTES, TOKENS_MAGIC, TOKENS_VERSION,
+};
 pub use verify::VerifyReport;
 pub use writer::{
     hash_file, hex, shard_file_names, CorpusInfo, CorpusWriter, ExampleMeta, WriterOptions,

@@ -239,8 +239,9 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(head)
-            .map_err(|e| SchemaError::corrupt(&path, format!("manifest does not match the format: {e}")))
+        serde_json::from_value(head).map_err(|e| {
+            SchemaError::corrupt(&path, format!("manifest does not match the format: {e}"))
+        })
     }
 
     /// The manifest as written: pretty JSON with a trailing newline.

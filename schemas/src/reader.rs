@@ -41,7 +41,11 @@ pub(crate) struct Shard {
 
 impl Shard {
     pub(crate) fn tokens(&self) -> Result<TokenSlice<'_>> {
-        let bytes = self.tokens_map.as_slice().get(HEADER_BYTES..).unwrap_or(&[]);
+        let bytes = self
+            .tokens_map
+            .as_slice()
+            .get(HEADER_BYTES..)
+            .unwrap_or(&[]);
         typed_tokens(&self.tokens_path, self.header.dtype, bytes)
     }
 }
@@ -141,7 +145,10 @@ impl Corpus {
         let bad = |what: String| SchemaError::corrupt(&shard.index_path, what);
         let index = &shard.index;
         if row >= index.len() {
-            return Err(bad(format!("row {row} past the index's {} rows", index.len())));
+            return Err(bad(format!(
+                "row {row} past the index's {} rows",
+                index.len()
+            )));
         }
         let offset = index.offset.values()[row];
         let length = index.length.values()[row];
@@ -154,7 +161,9 @@ impl Corpus {
             )));
         }
         if prefix_len > length {
-            return Err(bad(format!("row {row}: prefix_len {prefix_len} > length {length}")));
+            return Err(bad(format!(
+                "row {row}: prefix_len {prefix_len} > length {length}"
+            )));
         }
         let all = shard.tokens()?;
         let tokens = all
@@ -208,7 +217,10 @@ fn open_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> Result<Sha
     if manifest.header_bytes as usize != HEADER_BYTES {
         return Err(SchemaError::corrupt(
             dir.join(crate::manifest::MANIFEST_FILE),
-            format!("header_bytes {} is not {HEADER_BYTES}", manifest.header_bytes),
+            format!(
+                "header_bytes {} is not {HEADER_BYTES}",
+                manifest.header_bytes
+            ),
         ));
     }
     let index_map = Mmap::open(&index_path)?;

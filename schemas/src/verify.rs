@@ -52,7 +52,9 @@ impl Corpus {
             let mut covered_to = 0u64;
             for row in 0..entry.examples as usize {
                 let ex = self.shard_example(s, row)?;
-                let bad = |what: String| SchemaError::corrupt(&shard.index_path, format!("row {row}: {what}"));
+                let bad = |what: String| {
+                    SchemaError::corrupt(&shard.index_path, format!("row {row}: {what}"))
+                };
                 let offset = shard.index.offset.values()[row];
                 if offset < covered_to {
                     return Err(bad(format!(
@@ -85,7 +87,10 @@ impl Corpus {
                     .iter()
                     .all(|&p| p > 0 && (p as usize) < ex.tokens.len());
                 if !increasing || !inside {
-                    return Err(bad(format!("doc_starts {:?} are not increasing inside the example", ex.doc_starts)));
+                    return Err(bad(format!(
+                        "doc_starts {:?} are not increasing inside the example",
+                        ex.doc_starts
+                    )));
                 }
             }
             if covered_to > entry.tokens {
@@ -101,7 +106,9 @@ impl Corpus {
         }
         let counts = &manifest.counts;
         let disagree = |what: String| SchemaError::corrupt(&manifest_path, what);
-        counts.check_invariant().map_err(|e| disagree(format!("counts: {e}")))?;
+        counts
+            .check_invariant()
+            .map_err(|e| disagree(format!("counts: {e}")))?;
         if report.examples != counts.examples {
             return Err(disagree(format!(
                 "shards hold {} examples; counts.examples says {}",
@@ -121,7 +128,11 @@ impl Corpus {
                 .map_err(|e| disagree(format!("sources.{name}: {e}")))?;
             sum.add(c);
         }
-        if !manifest.sources.is_empty() && (sum.records_read != counts.records_read || sum.kept != counts.kept || sum.tokens != counts.tokens) {
+        if !manifest.sources.is_empty()
+            && (sum.records_read != counts.records_read
+                || sum.kept != counts.kept
+                || sum.tokens != counts.tokens)
+        {
             return Err(disagree(
                 "per-source counts do not add up to the overall counts".to_string(),
             ));

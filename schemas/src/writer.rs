@@ -127,9 +127,10 @@ impl CorpusWriter {
     pub fn push(&mut self, tokens: &[u32], meta: ExampleMeta<'_>) -> Result<()> {
         self.check(tokens, &meta)?;
         let len = tokens.len() as u64;
-        let full = self.current.as_ref().is_some_and(|s| {
-            s.index.len() > 0 && s.tokens + len > self.options.max_shard_tokens
-        });
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.index.len() > 0 && s.tokens + len > self.options.max_shard_tokens);
         if full {
             self.close_shard()?;
         }
@@ -204,10 +205,7 @@ impl CorpusWriter {
             )));
         }
         let increasing = meta.doc_starts.windows(2).all(|w| w[0] < w[1]);
-        let in_range = meta
-            .doc_starts
-            .iter()
-            .all(|&p| p > 0 && u64::from(p) < len);
+        let in_range = meta.doc_starts.iter().all(|&p| p > 0 && u64::from(p) < len);
         if !increasing || !in_range {
             return Err(SchemaError::InvalidExample(format!(
                 "doc_starts {:?} must increase strictly within 1..{len}",
@@ -308,7 +306,9 @@ impl CorpusWriter {
     }
 }
 
-fn encode_ipc(batch: &arrow_array::RecordBatch) -> std::result::Result<Vec<u8>, arrow_schema::ArrowError> {
+fn encode_ipc(
+    batch: &arrow_array::RecordBatch,
+) -> std::result::Result<Vec<u8>, arrow_schema::ArrowError> {
     let mut bytes = Vec::new();
     {
         let mut writer = arrow_ipc::writer::FileWriter::try_new(&mut bytes, &batch.schema())?;

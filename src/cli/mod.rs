@@ -3,8 +3,22 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod build_corpus;
+pub mod inspect;
+pub mod train;
+pub mod train_tokenizer;
+
+pub use build_corpus::BuildCorpusArgs;
+pub use inspect::InspectArgs;
+pub use train::{EvalArgs, TrainArgs};
+pub use train_tokenizer::TrainTokenizerArgs;
+
 #[derive(Debug, Parser)]
-#[command(name = "redpack", version, about = "Training-ready shards from RedPajama V1 and FLAN; RedLLM and DecLLM training on them")]
+#[command(
+    name = "redpack",
+    version,
+    about = "Training-ready shards from RedPajama V1 and FLAN; RedLLM and DecLLM training on them"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -13,11 +27,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream, dedup, tokenize and pack RedPajama V1 / FLAN into a corpus directory.
-    BuildCorpus,
+    BuildCorpus(BuildCorpusArgs),
+    /// Train a byte-level BPE tokenizer ([EOD], [PAD]) on RedPajama / FLAN inputs.
+    TrainTokenizer(TrainTokenizerArgs),
     /// Pretrain or finetune RedLLM / DecLLM from a corpus.
-    Train,
+    Train(TrainArgs),
     /// Score a checkpoint on a corpus: loss and perplexity, overall and per source.
-    Eval,
+    Eval(EvalArgs),
     /// Summarize, decode or verify a corpus directory.
-    Inspect,
+    Inspect(InspectArgs),
 }

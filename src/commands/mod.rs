@@ -1,5 +1,11 @@
 //! Command implementations. `main` owns exit codes; each command returns `anyhow::Result`.
 
+pub mod build_corpus;
+pub mod eval;
+pub mod inspect;
+pub mod train;
+pub mod train_tokenizer;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -24,15 +30,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::BuildCorpus => not_implemented("build-corpus"),
-        Command::Train => not_implemented("train"),
-        Command::Eval => not_implemented("eval"),
-        Command::Inspect => not_implemented("inspect"),
+        Command::BuildCorpus(args) => build_corpus::run(args),
+        Command::TrainTokenizer(args) => train_tokenizer::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
     }
-}
-
-fn not_implemented(name: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`redpack {name}` is not implemented yet")
 }
 
 /// True when the error chain contains an I/O broken-pipe error.

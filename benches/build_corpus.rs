@@ -1,0 +1,253 @@
+//! Throughput of `build-corpus` against its ceiling, the raw `tokenizers` encode.
+//!
+//! `cargo bench -p redpack --bench build_corpus` (release profile). On one input, in one run:
+//! - the ceiling: `tokenizers` encode of every document, 1 and 2 threads, nothing else;
+//! - redpack end to end (read, filter, exact + near dedup, tokenize, pack, write) with 1 and 2
+//!   threads: MB/s of text, documents/s, tokens/s, and the ratio to the ceiling;
+//! - MinHash signature throughput, and dedup index memory per million documents;
+//! - the process's peak resident memory.
+//!
+//! The input is the real arXiv and Common Crawl samples of `../shared/data` plus generated
+//! documents (words drawn from the arXiv text, so every document is distinct) up to about
+//! `REDPACK_BENCH_MB` (default 12) MB. Tokenizer: GPT-2.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use redpack::dedup::exact::{fingerprint, ExactIndex, Fingerprint};
+use redpack::dedup::lsh::LshIndex;
+use redpack::dedup::minhash::{MinHashConfig, MinHasher, Signature};
+use redpack::dedup::normalize::NormalizeConfig;
+use redpack::pipeline::{build, BuildOptions, BuildSettings, Overrides, PipelineConfig};
+use redpack::record::Content;
+
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn real_texts() -> Vec<String> {
+    let arxiv = std::fs::read_to_string(format!("{SHARED}/redpajama/arxiv/arxiv_sample.jsonl"))
+        .expect("arxiv sample");
+    let mut cc = Vec::new();
+    std::fs::File::open(format!(
+        "{SHARED}/redpajama/common_crawl/2020-16/en_head_0091.json.gz.dedup.classifier.jsonl.zst"
+    ))
+    .and_then(|mut f| f.read_to_end(&mut cc))
+    .expect("cc sample");
+    let cc = String::from_utf8(zstd::decode_all(&cc[..]).expect("zstd")).expect("utf8");
+    arxiv
+        .lines()
+        .chain(cc.lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Real documents, then generated ones until `target_bytes`.
+fn corpus(target_bytes: usize) -> Vec<String> {
+    let mut docs = real_texts();
+    let vocabulary: Vec<String> = docs
+        .iter()
+        .flat_map(|d| d.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .take(200_000)
+        .collect();
+    let mut state = 42u64;
+    let mut total: usize = docs.iter().map(String::len).sum();
+    while total < target_bytes {
+        let words = 200 + (splitmix(&mut state) % 3000) as usize;
+        let mut doc = String::new();
+        for i in 0..words {
+            let word = &vocabulary[(splitmix(&mut state) % vocabulary.len() as u64) as usize];
+            doc.push_str(word);
+            doc.push(if i % 17 == 16 { '\n' } else { ' ' });
+        }
+        total += doc.len();
+        docs.push(doc);
+    }
+    docs
+}
+
+fn write_jsonl(dir: &Path, docs: &[String]) -> PathBuf {
+    let path = dir.join("c4").join("c4-train.00000-of-01024.jsonl");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str(&serde_json::json!({ "text": doc, "meta": {} }).to_string());
+        out.push('\n');
+    }
+    std::fs::write(&path, out).expect("write input");
+    path
+}
+
+fn ceiling(tokenizer: &tokenizers::Tokenizer, docs: &[String], threads: usize) -> (f64, u64) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    let started = Instant::now();
+    let tokens: u64 = pool.install(|| {
+        docs.par_iter()
+            .with_max_len(1)
+            .map(|d| {
+                tokenizer
+                    .encode_fast(d.as_str(), false)
+                    .map(|e| e.len() as u64)
+                    .unwrap_or(0)
+            })
+            .sum()
+    });
+    (started.elapsed().as_secs_f64(), tokens)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let target_mb: usize = std::env::var("REDPACK_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let docs = corpus(target_mb << 20);
+    let bytes: usize = docs.iter().map(String::len).sum();
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "input: {} documents, {:.1} MB of text; tokenizer gpt2; {} cores",
+        docs.len(),
+        mb,
+        num_cpus()
+    );
+    let tokenizer_path = format!("{SHARED}/tokenizers/gpt2.json");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).expect("gpt2");
+    tokenizer.set_encode_special_tokens(true);
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let input = write_jsonl(data.path(), &docs);
+    println!();
+    println!(
+        "{:<34} {:>8} {:>9} {:>10} {:>12} {:>9}",
+        "", "seconds", "MB/s", "docs/s", "tokens/s", "ceiling"
+    );
+    for threads in [1, 2] {
+        let (seconds, tokens) = ceiling(&tokenizer, &docs, threads);
+        println!(
+            "{:<34} {:>8.2} {:>9.2} {:>10.0} {:>12.0} {:>9}",
+            format!("tokenizers encode, {threads} thread(s)"),
+            seconds,
+            mb / seconds,
+            docs.len() as f64 / seconds,
+            tokens as f64 / seconds,
+            "100%"
+        );
+        let out = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            inputs: vec![input.clone()],
+            tokenizer: Some(PathBuf::from(&tokenizer_path)),
+            threads: Some(threads),
+            ..Overrides::default()
+        };
+        let settings = BuildSettings::resolve(
+            PipelineConfig::default(),
+            overrides,
+            out.path().to_path_buf(),
+        )
+        .expect("settings");
+        let started = Instant::now();
+        let report = build(&settings, &BuildOptions::default()).expect("build");
+        let e2e = started.elapsed().as_secs_f64();
+        println!(
+            "{:<34} {:>8.2} {:>9.2} {:>10.0} {:>12.0} {:>8.0}%",
+            format!("redpack build-corpus, {threads} thread(s)"),
+            e2e,
+            mb / e2e,
+            report.counts.records_read as f64 / e2e,
+            report.counts.tokens as f64 / e2e,
+            100.0 * seconds / e2e
+        );
+    }
+
+    // MinHash signatures (normalization included), one thread.
+    let normalize = NormalizeConfig::default();
+    let hasher = MinHasher::new(&MinHashConfig::default());
+    let started = Instant::now();
+    let mut scratch = String::new();
+    let mut signatures = 0usize;
+    for doc in &docs {
+        normalize.normalize_into(doc, &mut scratch);
+        signatures += usize::from(hasher.signature(&scratch).is_some());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "MinHash signatures (normalize + 5-gram, 112 lanes), 1 thread: {:.1} MB/s, {:.0} docs/s ({signatures} docs)",
+        mb / seconds,
+        docs.len() as f64 / seconds
+    );
+    let started = Instant::now();
+    for doc in &docs {
+        std::hint::black_box(fingerprint(
+            &Content::Text(doc.clone()),
+            &normalize,
+            &mut scratch,
+        ));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "exact fingerprints (normalize + xxh3-128), 1 thread: {:.1} MB/s",
+        mb / seconds
+    );
+
+    // Index memory: one million synthetic documents.
+    let n = 1_000_000u64;
+    let config = MinHashConfig::default();
+    for verify in [None, Some(0.7)] {
+        let mut exact = ExactIndex::new();
+        let mut near = LshIndex::new(config.bands, config.rows, verify);
+        let mut state = 7u64;
+        let mut lanes = vec![0u32; config.num_hashes()];
+        for _ in 0..n {
+            exact.check_and_insert(Fingerprint(
+                u128::from(splitmix(&mut state)) << 64 | u128::from(splitmix(&mut state)),
+            ));
+            for lane in lanes.iter_mut() {
+                *lane = splitmix(&mut state) as u32;
+            }
+            near.offer(Some(&Signature(lanes.clone())));
+        }
+        println!(
+            "dedup index per million documents{}: exact {:.0} MiB + near {:.0} MiB",
+            if verify.is_some() {
+                " (with verification signatures)"
+            } else {
+                ""
+            },
+            exact.heap_bytes() as f64 / (1024.0 * 1024.0),
+            near.heap_bytes() as f64 / (1024.0 * 1024.0)
+        );
+    }
+    println!(
+        "peak resident memory of this process: {:.0} MiB",
+        peak_rss_mib()
+    );
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

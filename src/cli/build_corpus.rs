@@ -1,0 +1,69 @@
+//! `redpack build-corpus` flags. Resolved with the pipeline file into
+//! `pipeline::BuildSettings` by `commands::build_corpus`.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Input layout (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Decide per file from its path and first records.
+    Auto,
+    /// RedPajama V1 JSONL (plain, gzip or zstd).
+    Redpajama,
+    /// FLAN Parquet or JSONL input/target pairs.
+    Flan,
+}
+
+/// Stream, dedup, tokenize and pack RedPajama V1 / FLAN into a corpus directory.
+///
+/// Without arguments, builds the built-in default: writes a small sample corpus in every real
+/// layout to ./redpack-default/raw, trains a small tokenizer on it, and builds a packed and an
+/// examples corpus next to it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BuildCorpusArgs {
+    /// Pipeline file (see pipelines/*.toml); every flag below overrides its setting.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// Input file, directory (read recursively, sorted) or glob; repeat for more, read in order.
+    #[arg(long = "input", value_name = "PATH")]
+    pub inputs: Vec<PathBuf>,
+    /// Data manifest listing the input files, with sizes and sha256 sums to verify (instead of
+    /// --input).
+    #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
+    pub data_manifest: Option<PathBuf>,
+    /// Directory the data manifest's paths are relative to (default: the current directory).
+    #[arg(long, value_name = "DIR", requires = "data_manifest")]
+    pub data_root: Option<PathBuf>,
+    /// Input layout.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// tokenizer.json to encode with (default: train a byte-level BPE on the inputs).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Output corpus directory (required with inputs; the default build uses ./redpack-default).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Tokens per packed sequence.
+    #[arg(long, value_name = "N")]
+    pub seq_len: Option<u32>,
+    /// Where the encoder input ends in a packed sequence (default: seq_len / 2).
+    #[arg(long, value_name = "N")]
+    pub prefix_len: Option<u32>,
+    /// Worker threads (default: all cores). The output does not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Keep exact and near duplicates.
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Shuffle documents deterministically with this seed (default: input order).
+    #[arg(long, value_name = "N")]
+    pub shuffle_seed: Option<u64>,
+    /// Fail when more than this fraction of the records read is rejected.
+    #[arg(long, value_name = "F")]
+    pub max_rejected_fraction: Option<f64>,
+    /// Print the build report as JSON on stdout (no progress bar, no table).
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,146 @@
+//! `redpack train` and `redpack eval` flags. Resolved with the recipe file into
+//! `redpack_trainer::run::TrainSettings` by `commands::train`.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Model architecture (`--arch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    /// DecLLM: decoder-only, causal LM.
+    Dec,
+    /// RedLLM: encoder-decoder, prefix LM.
+    Red,
+}
+
+/// Training mode (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Pretraining on a packed corpus (RedPajama).
+    Pretrain,
+    /// Instruction tuning on an examples corpus (FLAN).
+    Finetune,
+}
+
+/// Where the model runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DeviceArg {
+    /// The best available device (the CPU in this build).
+    #[default]
+    Auto,
+    /// The f32 CPU reference backend.
+    Cpu,
+    /// An NVIDIA GPU (not built yet).
+    Cuda,
+}
+
+/// Pretrain or finetune RedLLM / DecLLM from a corpus.
+///
+/// Settings come from the mode's defaults (the paper's recipe), then --config, then these flags.
+/// The run directory gets metrics.jsonl (one JSON object per step) and checkpoints/step-N/.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Recipe file (see trainer/configs/*.toml); flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Architecture (required unless the recipe sets it).
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+    /// Mode: pretrain needs a packed corpus, finetune an examples corpus.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Corpus directory (from `redpack build-corpus`).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Run directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Model size: tiny, small, 150m, 1b, 2b, 4b, 8b.
+    #[arg(long, value_name = "NAME")]
+    pub size: Option<String>,
+    /// Optimizer steps (the run's end; the cosine schedule decays to it).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Sequences per optimizer step.
+    #[arg(long, value_name = "N", conflicts_with = "batch_tokens")]
+    pub batch: Option<u64>,
+    /// Tokens per optimizer step (converted to sequences of the corpus's longest row).
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<u64>,
+    /// Micro-batches per step (gradient accumulation); must divide the batch.
+    #[arg(long, value_name = "N")]
+    pub accum: Option<u64>,
+    /// Peak learning rate (the constant rate when finetuning).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Seed of initialization, data order and dropout.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Write a checkpoint every N steps (and always at the end).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Keep only the newest N checkpoints (0: keep all).
+    #[arg(long, value_name = "N")]
+    pub keep_checkpoints: Option<u64>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long, value_name = "X")]
+    pub grad_clip: Option<f64>,
+    /// z-loss coefficient (default: 1e-4 pretraining, 0 finetuning).
+    #[arg(long, value_name = "X")]
+    pub z_loss: Option<f32>,
+    /// Dropout (default: 0 pretraining, 0.05 finetuning).
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f32>,
+    /// DecLLM: bidirectional attention over the input part ("DecLLM + BiAttn").
+    #[arg(long)]
+    pub bidirectional_prefix: bool,
+    /// Reset attention at document boundaries (off in the paper).
+    #[arg(long)]
+    pub reset_attention: bool,
+    /// Start from this checkpoint's weights with a fresh optimizer (a checkpoint or run dir).
+    #[arg(long, value_name = "CKPT")]
+    pub init: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// CPU threads (default: all cores). Results do not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Score a checkpoint on a corpus: loss and perplexity, overall and per source.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory, a file inside one, or a run directory (its latest checkpoint).
+    #[arg(long, value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+    /// Corpus directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Score positions >= N given everything before, for either architecture, so that RedLLM
+    /// and DecLLM numbers compare. Default: each corpus's own objective.
+    #[arg(long, value_name = "N")]
+    pub prefix_len: Option<usize>,
+    /// Rows per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch: usize,
+    /// Score only the first N examples.
+    #[arg(long, value_name = "N")]
+    pub max_examples: Option<u64>,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// CPU threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print `{"loss", "ppl", "tokens", "sources": {...}}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

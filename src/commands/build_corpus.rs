@@ -1,0 +1,173 @@
+//! `redpack build-corpus`: resolve flags and the pipeline file into settings, run the build,
+//! print the summary (or JSON). With no arguments, the built-in default build on a generated
+//! sample.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::build_corpus::{BuildCorpusArgs, FormatArg};
+use crate::pipeline::config::{FormatChoice, PackConfig};
+use crate::pipeline::{build, BuildOptions, BuildReport, BuildSettings, Overrides, PipelineConfig};
+use crate::train_tokenizer::{self, TrainConfig};
+
+/// Where the default build writes when `--out` is not given.
+pub const DEFAULT_OUT: &str = "redpack-default";
+/// Sequence length of the default packed build: short, so the small sample yields many
+/// sequences (the study's 2048 would give only a handful).
+pub const DEFAULT_SEQ_LEN: u32 = 256;
+/// Vocabulary of the tokenizer the default build trains on the sample.
+pub const DEFAULT_VOCAB: usize = 4096;
+/// Seed of the generated sample.
+pub const SAMPLE_SEED: u64 = 2510_26622;
+
+pub fn format_choice(format: FormatArg) -> FormatChoice {
+    match format {
+        FormatArg::Auto => FormatChoice::Auto,
+        FormatArg::Redpajama => FormatChoice::Redpajama,
+        FormatArg::Flan => FormatChoice::Flan,
+    }
+}
+
+fn overrides(args: &BuildCorpusArgs) -> Overrides {
+    Overrides {
+        inputs: args.inputs.clone(),
+        data_manifest: args.data_manifest.clone(),
+        data_root: args.data_root.clone(),
+        format: args.format.map(format_choice),
+        tokenizer: args.tokenizer.clone(),
+        seq_len: args.seq_len,
+        prefix_len: args.prefix_len,
+        threads: args.threads,
+        no_dedup: args.no_dedup,
+        shuffle_seed: args.shuffle_seed,
+        max_rejected_fraction: args.max_rejected_fraction,
+    }
+}
+
+pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
+    if args.pipeline.is_none() && args.inputs.is_empty() && args.data_manifest.is_none() {
+        return run_default(&args);
+    }
+    let config = match &args.pipeline {
+        Some(path) => PipelineConfig::load(path)?,
+        None => PipelineConfig::default(),
+    };
+    let out = args
+        .out
+        .clone()
+        .context("--out DIR is required when inputs or a pipeline are given")?;
+    let settings = BuildSettings::resolve(config, overrides(&args), out)?;
+    let report = build(
+        &settings,
+        &BuildOptions {
+            progress: !args.json,
+        },
+    )
+    .with_context(|| format!("building {}", settings.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in default: sample → tokenizer → packed corpus and examples corpus.
+fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
+    let root = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
+    let raw = root.join("raw");
+    let sample = crate::sample::write_sample(&raw, SAMPLE_SEED)
+        .with_context(|| format!("writing the sample corpus to {}", raw.display()))?;
+    if !args.json {
+        println!(
+            "sample corpus: {} files, {} documents, {} FLAN examples in {}",
+            sample.files.len(),
+            sample.documents,
+            sample.examples,
+            raw.display()
+        );
+    }
+    let tokenizer = match &args.tokenizer {
+        Some(path) => path.clone(),
+        None => train_default_tokenizer(&root, &raw, args.threads)?,
+    };
+    let redpajama = raw.join(crate::sample::REDPAJAMA_ROOT);
+    let flan = raw.join(crate::sample::FLAN_ROOT);
+    let packed = default_build(args, &tokenizer, &redpajama, &root.join("packed"), false)?;
+    let examples = default_build(args, &tokenizer, &flan, &root.join("examples"), true)?;
+    if args.json {
+        let both = serde_json::json!({ "packed": packed, "examples": examples });
+        println!("{}", serde_json::to_string_pretty(&both)?);
+    } else {
+        println!();
+        print!("{}", packed.summary());
+        println!();
+        print!("{}", examples.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train_default_tokenizer(
+    root: &Path,
+    raw: &Path,
+    threads: Option<usize>,
+) -> anyhow::Result<PathBuf> {
+    let files = crate::input::discover(&[raw.to_path_buf()], crate::input::FormatHint::Auto)?;
+    let config = TrainConfig {
+        vocab_size: DEFAULT_VOCAB,
+        ..TrainConfig::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()?;
+    let fields = crate::input::FieldMap::default();
+    let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
+    let path = root.join("tokenizer.json");
+    train_tokenizer::save(&tokenizer, &path)?;
+    Ok(path)
+}
+
+fn default_build(
+    args: &BuildCorpusArgs,
+    tokenizer: &Path,
+    input: &Path,
+    out: &Path,
+    flan: bool,
+) -> anyhow::Result<BuildReport> {
+    let mut config = PipelineConfig::default();
+    if flan {
+        config.pack = PackConfig::Examples {
+            max_input_len: 2048,
+            max_target_len: 512,
+        };
+        // As in pipelines/flan.toml: templates make MinHash merge pairs FLAN means to keep.
+        config.dedup.near = false;
+    }
+    let mut overrides = overrides(args);
+    overrides.inputs = vec![input.to_path_buf()];
+    overrides.tokenizer = Some(tokenizer.to_path_buf());
+    overrides.format = Some(if flan {
+        FormatChoice::Flan
+    } else {
+        FormatChoice::Redpajama
+    });
+    if flan {
+        overrides.seq_len = None;
+        overrides.prefix_len = None;
+    } else if overrides.seq_len.is_none() {
+        overrides.seq_len = Some(DEFAULT_SEQ_LEN);
+    }
+    let settings = BuildSettings::resolve(config, overrides, out.to_path_buf())?;
+    build(
+        &settings,
+        &BuildOptions {
+            progress: !args.json,
+        },
+    )
+    .with_context(|| format!("building {}", out.display()))
+}

@@ -1,0 +1,276 @@
+//! `redpack train`: resolve the recipe and flags into settings, check everything, then run the
+//! loop with a progress bar on stderr and a summary on stdout.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redpack_trainer::backend::cpu::CpuBackend;
+use redpack_trainer::backend::Backend;
+use redpack_trainer::config::{human_count, Arch};
+use redpack_trainer::metrics::{StepMetrics, StepObserver};
+use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
+
+use crate::cli::train::{ArchArg, DeviceArg, ModeArg, TrainArgs};
+
+/// The backend `--device` asks for. CUDA is the next step of the project; until it lands the
+/// flag fails loudly rather than silently running on the CPU.
+pub fn backend_for(device: DeviceArg, threads: Option<usize>) -> anyhow::Result<CpuBackend> {
+    match device {
+        DeviceArg::Cuda => bail!("the CUDA backend is not built yet; use --device cpu"),
+        DeviceArg::Auto | DeviceArg::Cpu => {
+            CpuBackend::new(threads).context("cannot start the CPU backend")
+        }
+    }
+}
+
+/// The flags as a recipe layer, to overlay on the recipe file.
+fn flags_recipe(args: &TrainArgs) -> Recipe {
+    Recipe {
+        arch: args.arch.map(|a| match a {
+            ArchArg::Dec => Arch::Dec,
+            ArchArg::Red => Arch::Red,
+        }),
+        mode: args.mode.map(|m| match m {
+            ModeArg::Pretrain => Mode::Pretrain,
+            ModeArg::Finetune => Mode::Finetune,
+        }),
+        size: args.size.clone(),
+        steps: args.steps,
+        batch: args.batch,
+        batch_tokens: args.batch_tokens,
+        accum: args.accum,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep_checkpoints,
+        grad_clip_norm: args.grad_clip,
+        objective: ObjectiveRecipe {
+            z_loss: args.z_loss,
+            dropout: args.dropout,
+            bidirectional_prefix: args.bidirectional_prefix.then_some(true),
+            reset_at_doc_boundaries: args.reset_attention.then_some(true),
+        },
+        optimizer: None,
+        schedule: None,
+    }
+}
+
+/// Resolves recipe file + flags into settings; no corpus or checkpoint is touched.
+pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the recipe", path.display()))?;
+            Recipe::from_toml(&text, &path.display().to_string())?
+        }
+        None => Recipe::default(),
+    };
+    let recipe = file.overlay(flags_recipe(args));
+    let mut settings = TrainSettings::resolve(
+        recipe,
+        args.data.clone(),
+        args.out.clone(),
+        args.init.clone(),
+        args.resume,
+    )?;
+    if let Some(lr) = args.lr {
+        settings.schedule = settings.schedule.with_peak(lr);
+        settings.validate()?;
+    }
+    Ok(settings)
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let settings = resolve_settings(&args)?;
+    let mut backend = backend_for(args.device, args.threads)?;
+    let run = TrainRun::prepare(settings).context("cannot start training")?;
+    describe(&run, &backend);
+    let total = run.settings.steps;
+    let start = run.start_step;
+    let mut bar = Bar::new(total, start);
+    let outcome = run.run(&mut backend, &mut bar);
+    bar.finish();
+    let outcome = outcome.context("training stopped")?;
+    let first = outcome.metrics.first();
+    let last = outcome.metrics.last();
+    if args.json {
+        let summary = serde_json::json!({
+            "step": outcome.step,
+            "start_step": outcome.start_step,
+            "first_loss": first.map(|m| m.loss),
+            "last_loss": last.map(|m| m.loss),
+            "tokens_seen": last.map(|m| m.tokens_seen),
+            "flops_seen": last.map(|m| m.flops_seen),
+            "checkpoint": outcome.final_checkpoint,
+            "metrics": args.out.join(redpack_trainer::metrics::METRICS_FILE),
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        match (first, last) {
+            (Some(first), Some(last)) => println!(
+                "steps {}..{}: loss {:.4} -> {:.4}, {} tokens, {:.3e} training FLOPs",
+                first.step,
+                last.step,
+                first.loss,
+                last.loss,
+                human_count(last.tokens_seen),
+                last.flops_seen
+            ),
+            _ => println!("nothing to do: the run is already at step {}", outcome.step),
+        }
+        println!("checkpoint: {}", outcome.final_checkpoint.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(run: &TrainRun, backend: &dyn Backend) {
+    let s = &run.settings;
+    let arch = match s.arch {
+        Arch::Dec => "DecLLM",
+        Arch::Red => "RedLLM",
+    };
+    // With --init or --resume the model is the checkpoint's, whatever --size says.
+    let size = if run.resumed_from.is_some() || run.initialized_from.is_some() {
+        format!("d_model {}", run.model.d_model)
+    } else {
+        s.size.clone()
+    };
+    eprintln!(
+        "{} {arch} {size} ({} parameters) on {} ({} examples)",
+        s.mode.name(),
+        human_count(run.model.param_count()),
+        s.data.display(),
+        run.corpus.examples
+    );
+    eprintln!(
+        "batch {} sequences ({} x {}), steps {}..{}, backend {}",
+        run.rows_per_step,
+        s.accum,
+        run.rows_per_micro_batch,
+        run.start_step + 1,
+        s.steps,
+        backend.name()
+    );
+    if let Some(dir) = &run.resumed_from {
+        eprintln!("resuming from {}", dir.display());
+    }
+    if let Some(dir) = &run.initialized_from {
+        eprintln!("weights from {}", dir.display());
+    }
+    eprintln!("run directory: {}", s.out.display());
+}
+
+/// The progress bar, fed by the loop.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new(total: u64, start: u64) -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_position(start);
+        bar.enable_steady_tick(Duration::from_millis(500));
+        Bar { bar }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl StepObserver for Bar {
+    fn on_step(&mut self, m: &StepMetrics) {
+        self.bar.set_position(m.step);
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} |g| {:.3} |u| {:.3} {}/s",
+            m.loss,
+            m.lr,
+            m.grad_norm,
+            m.update_norm,
+            human_count(m.tokens_per_s as u64)
+        ));
+    }
+
+    fn on_checkpoint(&mut self, step: u64, dir: &Path) {
+        self.bar
+            .println(format!("step {step}: checkpoint {}", dir.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use redpack_trainer::run::BatchSize;
+    use redpack_trainer::schedule::Schedule;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn train_args(flags: &[&str]) -> TrainArgs {
+        let argv = ["redpack", "train", "--data", "d", "--out", "o"];
+        match Cli::try_parse_from(argv.iter().chain(flags))
+            .unwrap()
+            .command
+        {
+            Command::Train(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_resolve_over_the_mode_defaults() {
+        let args = train_args(&[
+            "--arch",
+            "red",
+            "--mode",
+            "pretrain",
+            "--steps",
+            "50",
+            "--batch-tokens",
+            "4096",
+            "--lr",
+            "0.02",
+        ]);
+        let s = resolve_settings(&args).unwrap();
+        assert_eq!((s.arch, s.mode, s.steps), (Arch::Red, Mode::Pretrain, 50));
+        assert_eq!(s.batch, BatchSize::Tokens(4096));
+        assert_eq!(s.objective.z_loss, 1e-4);
+        assert_eq!(
+            s.schedule,
+            Schedule::WarmupCosine {
+                warmup_steps: 2000,
+                peak: 0.02,
+                end: 0.001
+            }
+        );
+        let tune = resolve_settings(&train_args(&["--arch", "dec", "--mode", "finetune"])).unwrap();
+        assert_eq!(tune.objective.dropout, 0.05);
+        assert_eq!(tune.schedule, Schedule::Constant { lr: 0.001 });
+    }
+
+    #[test]
+    fn cuda_is_refused_with_a_hint() {
+        let err = backend_for(DeviceArg::Cuda, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "the CUDA backend is not built yet; use --device cpu");
+        assert!(backend_for(DeviceArg::Auto, Some(1)).is_ok());
+    }
+
+    #[test]
+    fn init_and_resume_together_are_refused() {
+        let args = train_args(&[
+            "--arch", "dec", "--mode", "finetune", "--init", "x", "--resume",
+        ]);
+        let err = resolve_settings(&args).unwrap_err().to_string();
+        assert!(err.contains("--init") && err.contains("--resume"), "{err}");
+    }
+}

@@ -1,0 +1,449 @@
+//! The pipeline file (`pipelines/*.toml`) and its resolution, together with command-line
+//! overrides, into one [`BuildSettings`] before any work starts. Nothing after resolution reads a
+//! flag or the file.
+//!
+//! Every field of the file is optional; a missing one takes the default written in
+//! `pipelines/default.toml`. Relative paths in the file are taken relative to the current
+//! directory, like paths on the command line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dedup::DedupConfig;
+use crate::input::{FieldMap, FormatHint};
+use crate::pack::FinalPartial;
+use crate::train_tokenizer::TrainConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read pipeline file: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid pipeline file: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// `auto | redpajama | flan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatChoice {
+    #[default]
+    Auto,
+    Redpajama,
+    Flan,
+}
+
+impl FormatChoice {
+    pub fn hint(self) -> FormatHint {
+        match self {
+            FormatChoice::Auto => FormatHint::Auto,
+            FormatChoice::Redpajama => FormatHint::RedPajama,
+            FormatChoice::Flan => FormatHint::Flan,
+        }
+    }
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Files, directories (read recursively, sorted) or glob patterns, in this order.
+    pub paths: Vec<PathBuf>,
+    /// A data manifest listing the input files (with sizes and checksums to verify).
+    pub data_manifest: Option<PathBuf>,
+    /// The directory a data manifest's paths are relative to (default: the current directory).
+    pub data_root: Option<PathBuf>,
+    pub format: FormatChoice,
+    pub fields: FieldsConfig,
+}
+
+/// `[input.fields]`: JSON keys / Parquet columns to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FieldsConfig {
+    pub text: String,
+    pub input: String,
+    pub target: String,
+    pub task: Option<String>,
+}
+
+impl Default for FieldsConfig {
+    fn default() -> Self {
+        let map = FieldMap::default();
+        FieldsConfig {
+            text: map.text,
+            input: map.input,
+            target: map.target,
+            task: map.task,
+        }
+    }
+}
+
+impl FieldsConfig {
+    pub fn field_map(&self) -> FieldMap {
+        FieldMap {
+            text: self.text.clone(),
+            input: self.input.clone(),
+            target: self.target.clone(),
+            task: self.task.clone(),
+        }
+    }
+}
+
+/// `[filter]`: records below these lengths are counted as `filtered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Minimum characters of text (FLAN: of the input and of the target, each), after trimming.
+    pub min_chars: usize,
+    /// Minimum whitespace-separated words (FLAN: of input and target together).
+    pub min_words: usize,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            min_chars: 1,
+            min_words: 0,
+        }
+    }
+}
+
+/// `[tokenizer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// A `tokenizer.json`. When absent, one is trained on the inputs with `[tokenizer.train]`.
+    pub path: Option<PathBuf>,
+    /// End-of-document token; by default the first of `[EOD]`, `<|endoftext|>`, `</s>`, ... found.
+    pub eod_token: Option<String>,
+    /// Padding token; by default `[PAD]`, `<pad>`, `<|padding|>`, else the EOD token.
+    pub pad_token: Option<String>,
+    /// Long documents are encoded in pieces of about this many bytes.
+    pub chunk_bytes: usize,
+    pub train: TrainConfig,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            path: None,
+            eod_token: None,
+            pad_token: None,
+            chunk_bytes: crate::tokenize::DEFAULT_CHUNK_BYTES,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// `[pack]`, selected by `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PackConfig {
+    Packed {
+        #[serde(default = "default_seq_len")]
+        seq_len: u32,
+        /// Defaults to `seq_len / 2` (the study's fixed middle split).
+        #[serde(default)]
+        prefix_len: Option<u32>,
+        #[serde(default)]
+        final_partial: FinalPartial,
+    },
+    Examples {
+        #[serde(default = "default_max_input_len")]
+        max_input_len: u32,
+        #[serde(default = "default_max_target_len")]
+        max_target_len: u32,
+    },
+}
+
+fn default_seq_len() -> u32 {
+    2048
+}
+fn default_max_input_len() -> u32 {
+    2048
+}
+fn default_max_target_len() -> u32 {
+    512
+}
+
+impl Default for PackConfig {
+    fn default() -> Self {
+        PackConfig::Packed {
+            seq_len: default_seq_len(),
+            prefix_len: None,
+            final_partial: FinalPartial::Drop,
+        }
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    pub max_shard_tokens: u64,
+    /// Examples of each reject reason written to `rejects.jsonl`.
+    pub rejects_per_reason: usize,
+    /// Fail the build when rejected / read exceeds this fraction.
+    pub max_rejected_fraction: f64,
+    /// Shuffle documents after dedup with this seed (off when absent). Holds every kept
+    /// document's tokens in memory until the end (about 4 bytes per token).
+    pub shuffle_seed: Option<u64>,
+    /// Worker threads; 0 = all cores. Does not change the output.
+    pub threads: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            max_shard_tokens: redpack_schemas::DEFAULT_MAX_SHARD_TOKENS,
+            rejects_per_reason: 20,
+            max_rejected_fraction: 0.05,
+            shuffle_seed: None,
+            threads: 0,
+        }
+    }
+}
+
+/// A pipeline file as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub input: InputConfig,
+    pub filter: FilterConfig,
+    pub dedup: DedupConfig,
+    pub tokenizer: TokenizerConfig,
+    pub pack: PackConfig,
+    pub output: OutputConfig,
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses pipeline TOML; `path` only names it in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })
+    }
+}
+
+/// Settings that command-line flags can override (each `None` = keep the file's value).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub inputs: Vec<PathBuf>,
+    pub data_manifest: Option<PathBuf>,
+    pub data_root: Option<PathBuf>,
+    pub format: Option<FormatChoice>,
+    pub tokenizer: Option<PathBuf>,
+    pub seq_len: Option<u32>,
+    pub prefix_len: Option<u32>,
+    pub threads: Option<usize>,
+    pub no_dedup: bool,
+    pub shuffle_seed: Option<u64>,
+    pub max_rejected_fraction: Option<f64>,
+}
+
+/// Everything a build needs, resolved and validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildSettings {
+    pub input: InputConfig,
+    pub filter: FilterConfig,
+    pub dedup: DedupConfig,
+    pub tokenizer: TokenizerConfig,
+    pub pack: PackConfig,
+    pub output: OutputConfig,
+    #[serde(skip)]
+    pub out: PathBuf,
+}
+
+impl BuildSettings {
+    /// Applies `overrides` to `config` and checks the result.
+    pub fn resolve(
+        mut config: PipelineConfig,
+        overrides: Overrides,
+        out: PathBuf,
+    ) -> Result<Self, ConfigError> {
+        if !overrides.inputs.is_empty() {
+            config.input.paths = overrides.inputs;
+        }
+        if overrides.data_manifest.is_some() {
+            config.input.data_manifest = overrides.data_manifest;
+        }
+        if overrides.data_root.is_some() {
+            config.input.data_root = overrides.data_root;
+        }
+        if let Some(format) = overrides.format {
+            config.input.format = format;
+        }
+        if overrides.tokenizer.is_some() {
+            config.tokenizer.path = overrides.tokenizer;
+        }
+        if let Some(threads) = overrides.threads {
+            config.output.threads = threads;
+        }
+        if overrides.no_dedup {
+            config.dedup.exact = false;
+            config.dedup.near = false;
+        }
+        if overrides.shuffle_seed.is_some() {
+            config.output.shuffle_seed = overrides.shuffle_seed;
+        }
+        if let Some(fraction) = overrides.max_rejected_fraction {
+            config.output.max_rejected_fraction = fraction;
+        }
+        match &mut config.pack {
+            PackConfig::Packed {
+                seq_len,
+                prefix_len,
+                ..
+            } => {
+                if let Some(n) = overrides.seq_len {
+                    *seq_len = n;
+                    // A prefix from the file belongs to its sequence length; re-derive it.
+                    if overrides.prefix_len.is_none() {
+                        *prefix_len = None;
+                    }
+                }
+                if overrides.prefix_len.is_some() {
+                    *prefix_len = overrides.prefix_len;
+                }
+                let prefix = prefix_len.unwrap_or(*seq_len / 2);
+                *prefix_len = Some(prefix);
+                if *seq_len == 0 || prefix > *seq_len {
+                    return Err(ConfigError::Invalid(format!(
+                        "packed layout needs seq_len > 0 and prefix_len <= seq_len (got seq_len {seq_len}, prefix_len {prefix})"
+                    )));
+                }
+            }
+            PackConfig::Examples { max_target_len, .. } => {
+                if overrides.seq_len.is_some() || overrides.prefix_len.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "--seq-len / --prefix-len apply to packed corpora, but the pipeline's [pack] type is \"examples\"".into(),
+                    ));
+                }
+                if *max_target_len == 0 {
+                    return Err(ConfigError::Invalid(
+                        "max_target_len must be at least 1".into(),
+                    ));
+                }
+            }
+        }
+        let fraction = config.output.max_rejected_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(ConfigError::Invalid(format!(
+                "max_rejected_fraction must be within 0..=1 (got {fraction})"
+            )));
+        }
+        let minhash = &config.dedup.minhash;
+        if config.dedup.near && (minhash.bands == 0 || minhash.rows == 0 || minhash.bands > 1024) {
+            return Err(ConfigError::Invalid(format!(
+                "dedup.minhash needs 1..=1024 bands and at least 1 row (got {} x {})",
+                minhash.bands, minhash.rows
+            )));
+        }
+        if config.input.data_manifest.is_some() && !config.input.paths.is_empty() {
+            return Err(ConfigError::Invalid(
+                "give either a data manifest (with --data-root) or input paths, not both".into(),
+            ));
+        }
+        if config.input.paths.is_empty() && config.input.data_manifest.is_none() {
+            return Err(ConfigError::Invalid(
+                "no input: give --input PATH (or --data-manifest FILE, or [input] paths in the pipeline file)".into(),
+            ));
+        }
+        Ok(BuildSettings {
+            input: config.input,
+            filter: config.filter,
+            dedup: config.dedup,
+            tokenizer: config.tokenizer,
+            pack: config.pack,
+            output: config.output,
+            out,
+        })
+    }
+
+    /// The configuration recorded in the manifest: everything that shapes the output, nothing
+    /// that does not (thread count, output directory).
+    pub fn recipe(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(output) = value.get_mut("output").and_then(|o| o.as_object_mut()) {
+            output.remove("threads");
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_pipelines_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        for name in ["default.toml", "redpajama-v1.toml", "flan.toml"] {
+            PipelineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = PipelineConfig::parse(
+            Path::new("t.toml"),
+            "[pack]\ntype = \"packed\"\nseq_len = 1024\nprefix_len = 100\n[output]\nthreads = 3\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            inputs: vec!["x".into()],
+            seq_len: Some(64),
+            no_dedup: true,
+            ..Overrides::default()
+        };
+        let settings = BuildSettings::resolve(file, overrides, "out".into()).unwrap();
+        assert_eq!(
+            settings.pack,
+            PackConfig::Packed {
+                seq_len: 64,
+                prefix_len: Some(32),
+                final_partial: FinalPartial::Drop
+            }
+        );
+        assert!(!settings.dedup.exact && !settings.dedup.near);
+        assert_eq!(settings.output.threads, 3);
+        assert!(settings.recipe()["output"].get("threads").is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err =
+            PipelineConfig::parse(Path::new("p.toml"), "[pack]\ntype = \"rows\"\n").unwrap_err();
+        assert!(err.to_string().contains("p.toml"), "{err}");
+        let overrides = Overrides {
+            inputs: vec!["x".into()],
+            seq_len: Some(8),
+            prefix_len: Some(9),
+            ..Overrides::default()
+        };
+        let err =
+            BuildSettings::resolve(PipelineConfig::default(), overrides, "o".into()).unwrap_err();
+        assert!(err.to_string().contains("prefix_len"), "{err}");
+        let err =
+            BuildSettings::resolve(PipelineConfig::default(), Overrides::default(), "o".into())
+                .unwrap_err();
+        assert!(err.to_string().contains("--input"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! What a build reports: the [`BuildReport`] (printed as JSON with `--json`) and the summary
+//! table printed at the end of a build.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use redpack_schemas::{Counts, PackingStats, TokenizerInfo};
+use serde::Serialize;
+
+/// The outcome of one build.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub out_dir: String,
+    /// `packed` or `examples`.
+    pub kind: String,
+    pub counts: Counts,
+    pub sources: BTreeMap<String, Counts>,
+    pub packing: PackingStats,
+    pub tokenizer: TokenizerInfo,
+    /// Whether the tokenizer was trained by this build.
+    pub tokenizer_trained: bool,
+    pub shards: usize,
+    pub input_files: usize,
+    /// Input files that could not be read to their end: path and what happened.
+    pub faults: Vec<String>,
+    /// `rejects.jsonl` in the output directory, when anything was rejected.
+    pub rejects_file: Option<String>,
+    pub throughput: Throughput,
+    /// Heap bytes of the dedup indexes at the end of the build.
+    pub dedup_index_bytes: u64,
+}
+
+/// Wall-clock throughput of a build (tokenizer training excluded).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Throughput {
+    pub seconds: f64,
+    /// Input bytes read from disk.
+    pub input_bytes: u64,
+    /// Text bytes of the records read (decompressed).
+    pub text_bytes: u64,
+    pub threads: usize,
+    pub text_mb_per_s: f64,
+    pub records_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+impl Throughput {
+    pub fn new(
+        seconds: f64,
+        input_bytes: u64,
+        text_bytes: u64,
+        records: u64,
+        tokens: u64,
+        threads: usize,
+    ) -> Self {
+        let per_s = |n: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
+        Throughput {
+            seconds,
+            input_bytes,
+            text_bytes,
+            threads,
+            text_mb_per_s: per_s(text_bytes as f64 / 1e6),
+            records_per_s: per_s(records as f64),
+            tokens_per_s: per_s(tokens as f64),
+        }
+    }
+}
+
+fn row(out: &mut String, name: &str, c: &Counts) {
+    let _ = writeln!(
+        out,
+        "  {name:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
+        c.records_read,
+        c.kept,
+        c.exact_duplicates,
+        c.near_duplicates,
+        c.filtered,
+        c.rejected,
+        c.tokens,
+        c.examples
+    );
+}
+
+impl BuildReport {
+    /// A human-readable summary: per-source table, packing, rejects, faults and throughput.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} corpus in {}: {} examples, {} tokens, {} shard(s)",
+            self.kind, self.out_dir, self.counts.examples, self.counts.tokens, self.shards
+        );
+        let _ = writeln!(
+            out,
+            "tokenizer: {} (vocab {}, eod {:?} = {}, pad {:?} = {}){}",
+            self.tokenizer.file,
+            self.tokenizer.vocab_size,
+            self.tokenizer.eod_token,
+            self.tokenizer.eod_id,
+            self.tokenizer.pad_token,
+            self.tokenizer.pad_id,
+            if self.tokenizer_trained {
+                ", trained by this build"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
+            "source",
+            "read",
+            "kept",
+            "exact dup",
+            "near dup",
+            "filtered",
+            "rejected",
+            "tokens",
+            "examples"
+        );
+        for (name, counts) in &self.sources {
+            row(&mut out, name, counts);
+        }
+        row(&mut out, "total", &self.counts);
+        if !self.counts.rejected_by_reason.is_empty() {
+            let reasons: Vec<String> = self
+                .counts
+                .rejected_by_reason
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect();
+            let _ = writeln!(out, "rejected: {}", reasons.join(", "));
+        }
+        if let Some(file) = &self.rejects_file {
+            let _ = writeln!(out, "examples of each reject reason: {file}");
+        }
+        for fault in &self.faults {
+            let _ = writeln!(out, "file fault: {fault}");
+        }
+        let p = &self.packing;
+        let _ = writeln!(
+            out,
+            "packing: {} documents, {} padding tokens, {} dropped tokens in {} sequence(s), {} inputs and {} targets truncated",
+            p.documents, p.padding_tokens, p.dropped_tokens, p.dropped_sequences, p.truncated_inputs, p.truncated_targets
+        );
+        let t = &self.throughput;
+        let _ = writeln!(
+            out,
+            "{:.2} s on {} thread(s): {:.2} MB/s of text, {:.0} records/s, {:.0} tokens/s; dedup index {:.1} MiB",
+            t.seconds,
+            t.threads,
+            t.text_mb_per_s,
+            t.records_per_s,
+            t.tokens_per_s,
+            self.dedup_index_bytes as f64 / (1024.0 * 1024.0)
+        );
+        out
+    }
+}

@@ -1,0 +1,237 @@
+//! Scaled dot-product attention over packed rows, forward and backward, one task per (row, head).
+//!
+//! Q, K and V arrive already projected, normalized per head and rotated: `tokens x (heads ·
+//! head_dim)`, rows of a batch packed one after another (see `AttnRow`). The probabilities are
+//! not stored: the backward pass recomputes them from Q and K (one extra `QKᵀ` product), which
+//! keeps memory linear in the sequence length for the CPU reference.
+//!
+//! A query with no visible key (possible only in cross-attention with document resets) outputs
+//! zeros and gets zero gradient.
+
+use rayon::prelude::*;
+
+use super::matmul::{gemm, MatRef};
+
+/// Which keys the queries of one row see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnRow {
+    /// First query token of the row in the query stream, and how many.
+    pub q_start: usize,
+    pub q_len: usize,
+    /// First key token of the row in the key stream, and how many.
+    pub k_start: usize,
+    pub k_len: usize,
+    /// Query `i` sees key `j` only if `j <= i` (same index space: self-attention).
+    pub causal: bool,
+    /// With `causal`: queries and keys both below this index see each other anyway (DecLLM +
+    /// BiAttn over the input part). 0 = plain causal.
+    pub bidirectional_prefix: usize,
+}
+
+/// Document ids per token of the query and key streams; a query sees only keys of its own
+/// document. `None` = no reset at document boundaries.
+pub type DocIds<'a> = Option<(&'a [u32], &'a [u32])>;
+
+/// Shapes shared by all rows: the stream width `heads · head_dim` and `head_dim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn width(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+}
+
+impl AttnRow {
+    /// Whether query `i` may attend to key `j` (indices within the row).
+    pub fn allowed(&self, i: usize, j: usize, docs: DocIds) -> bool {
+        if self.causal && j > i {
+            let both_in_prefix = i < self.bidirectional_prefix && j < self.bidirectional_prefix;
+            if !both_in_prefix {
+                return false;
+            }
+        }
+        match docs {
+            Some((q_doc, k_doc)) => q_doc[self.q_start + i] == k_doc[self.k_start + j],
+            None => true,
+        }
+    }
+}
+
+/// One head's slice of a stream, rows `start..start + len`.
+fn head_view(data: &[f32], shape: AttnShape, head: usize, start: usize, len: usize) -> MatRef<'_> {
+    MatRef::new(data, data.len() / shape.width(), shape.width())
+        .row_range(start, len)
+        .col_range(head * shape.head_dim, shape.head_dim)
+}
+
+/// The attention probabilities of one (row, head), `q_len x k_len`, masked entries 0.
+fn probabilities(
+    q: &[f32],
+    k: &[f32],
+    shape: AttnShape,
+    row: &AttnRow,
+    head: usize,
+    docs: DocIds,
+) -> Vec<f32> {
+    let (lq, lk) = (row.q_len, row.k_len);
+    let mut p = vec![0.0f32; lq * lk];
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    let qv = head_view(q, shape, head, row.q_start, lq);
+    let kv = head_view(k, shape, head, row.k_start, lk);
+    gemm(scale, qv, kv.t(), 0.0, &mut p, lk);
+    for (i, scores) in p.chunks_mut(lk.max(1)).take(lq).enumerate() {
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter().enumerate() {
+            if row.allowed(i, j, docs) && *s > max {
+                max = *s;
+            }
+        }
+        if max == f32::NEG_INFINITY {
+            scores.fill(0.0);
+            continue;
+        }
+        let mut sum = 0.0f32;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = if row.allowed(i, j, docs) {
+                (*s - max).exp()
+            } else {
+                0.0
+            };
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        for s in scores.iter_mut() {
+            *s *= inv;
+        }
+    }
+    p
+}
+
+/// Adds a `len x head_dim` block into a head's columns of a stream.
+fn scatter_add(dst: &mut [f32], src: &[f32], shape: AttnShape, head: usize, start: usize) {
+    let (w, hd) = (shape.width(), shape.head_dim);
+    for (t, block) in src.chunks(hd).enumerate() {
+        let at = (start + t) * w + head * hd;
+        for (d, s) in dst[at..at + hd].iter_mut().zip(block) {
+            *d += s;
+        }
+    }
+}
+
+/// `out = softmax(Q Kᵀ / sqrt(head_dim) + mask) V` for every row and head; `out` is overwritten
+/// (query tokens outside every row are left at zero).
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    rows: &[AttnRow],
+    docs: DocIds,
+    out: &mut [f32],
+) {
+    let tasks: Vec<(usize, usize)> = (0..rows.len())
+        .flat_map(|r| (0..shape.n_heads).map(move |h| (r, h)))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(r, h)| {
+            let row = &rows[r];
+            let p = probabilities(q, k, shape, row, h, docs);
+            let mut o = vec![0.0; row.q_len * shape.head_dim];
+            let pm = MatRef::new(&p, row.q_len, row.k_len);
+            gemm(
+                1.0,
+                pm,
+                head_view(v, shape, h, row.k_start, row.k_len),
+                0.0,
+                &mut o,
+                shape.head_dim,
+            );
+            o
+        })
+        .collect();
+    out.fill(0.0);
+    for (&(r, h), o) in tasks.iter().zip(&results) {
+        scatter_add(out, o, shape, h, rows[r].q_start);
+    }
+}
+
+/// Backward of `attention_forward`: *adds* the gradients w.r.t. Q, K and V into `dq`, `dk`,
+/// `dv` given the output gradient `dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    shape: AttnShape,
+    rows: &[AttnRow],
+    docs: DocIds,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let tasks: Vec<(usize, usize)> = (0..rows.len())
+        .flat_map(|r| (0..shape.n_heads).map(move |h| (r, h)))
+        .collect();
+    let results: Vec<[Vec<f32>; 3]> = tasks
+        .par_iter()
+        .map(|&(r, h)| {
+            let row = &rows[r];
+            let (lq, lk) = (row.q_len, row.k_len);
+            let p = probabilities(q, k, shape, row, h, docs);
+            let pm = MatRef::new(&p, lq, lk);
+            let dov = head_view(dout, shape, h, row.q_start, lq);
+            let mut dvh = vec![0.0; lk * hd];
+            gemm(1.0, pm.t(), dov, 0.0, &mut dvh, hd);
+            // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, in place.
+            let mut ds = vec![0.0; lq * lk];
+            gemm(
+                1.0,
+                dov,
+                head_view(v, shape, h, row.k_start, lk).t(),
+                0.0,
+                &mut ds,
+                lk,
+            );
+            for (ds_row, p_row) in ds.chunks_mut(lk.max(1)).zip(p.chunks(lk.max(1))) {
+                let dot: f32 = ds_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                for (d, pv) in ds_row.iter_mut().zip(p_row) {
+                    *d = pv * (*d - dot) * scale;
+                }
+            }
+            let dsm = MatRef::new(&ds, lq, lk);
+            let mut dqh = vec![0.0; lq * hd];
+            gemm(
+                1.0,
+                dsm,
+                head_view(k, shape, h, row.k_start, lk),
+                0.0,
+                &mut dqh,
+                hd,
+            );
+            let mut dkh = vec![0.0; lk * hd];
+            gemm(
+                1.0,
+                dsm.t(),
+                head_view(q, shape, h, row.q_start, lq),
+                0.0,
+                &mut dkh,
+                hd,
+            );
+            [dqh, dkh, dvh]
+        })
+        .collect();
+    for (&(r, h), [dqh, dkh, dvh]) in tasks.iter().zip(&results) {
+        let row = &rows[r];
+        scatter_add(dq, dqh, shape, h, row.q_start);
+        scatter_add(dk, dkh, shape, h, row.k_start);
+        scatter_add(dv, dvh, shape, h, row.k_start);
+    }
+}

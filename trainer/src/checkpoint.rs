@@ -1,0 +1,357 @@
+//! Checkpoints: one directory per saved step, `RUN/checkpoints/step-00001000/`, holding
+//!
+//! - `model.safetensors`: the parameters under their checkpoint names (PyTorch `[out, in]`
+//!   layout, f32) and the Adafactor state under `optimizer.<param>.v` (`.v_row`/`.v_col` when
+//!   factored, `.m` with momentum), so other tools can read the weights directly;
+//! - `checkpoint.json`: the model config, step, data cursor, RNG seed, the corpus tokenizer's
+//!   sha256 and the resolved run settings.
+//!
+//! A checkpoint is written into a hidden temporary directory next to its final place, every file
+//! fsynced, then renamed into place and the parent fsynced: a crash leaves either the previous
+//! checkpoints or the complete new one, never a truncated one that looks valid.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+use crate::data::Cursor;
+use crate::optim::AdafactorConfig;
+use crate::params::{param_shapes, ParamStore, Tensor};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const META_FILE: &str = "checkpoint.json";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const FORMAT_NAME: &str = "redpack-checkpoint";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What can go wrong saving or loading a checkpoint. Every variant names its path.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{}: no checkpoint here (expected a checkpoint directory with {META_FILE} and {MODEL_FILE}, or a run directory with checkpoints/)", path.display())]
+    NotFound { path: PathBuf },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> CheckpointError {
+    CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// The tokenizer a model was trained with, as the corpus manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerStamp {
+    pub sha256: String,
+    pub vocab_size: u32,
+    pub eod_id: u32,
+    pub pad_id: u32,
+}
+
+/// The random state of a run. Every random draw is a counter hash of the seed (initialization:
+/// seed and tensor index; shuffling: seed and epoch; dropout: seed, step and micro-batch), so the
+/// seed plus the step and cursor is the whole state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: u64,
+}
+
+/// `checkpoint.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub format_version: u32,
+    /// Optimizer updates completed.
+    pub step: u64,
+    pub model: ModelConfig,
+    pub optimizer: AdafactorConfig,
+    /// The data position after the last batch of `step`.
+    pub cursor: Cursor,
+    pub rng: RngState,
+    pub tokenizer: TokenizerStamp,
+    /// Total scored tokens and training FLOPs so far, so metrics continue across a resume.
+    pub tokens_seen: u64,
+    pub flops_seen: f64,
+    /// The run's resolved settings, for the record and for checks on resume.
+    pub settings: serde_json::Value,
+}
+
+/// A loaded checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub meta: CheckpointMeta,
+    pub params: ParamStore,
+    /// Optimizer state tensors by name (empty when loaded weights-only).
+    pub optimizer_state: HashMap<String, Tensor>,
+}
+
+/// A borrowed f32 tensor as safetensors sees it.
+struct F32View<'a> {
+    shape: &'a [usize],
+    data: &'a [f32],
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Directory name of the checkpoint at `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Saves a checkpoint under `run_dir/checkpoints/` and returns its directory.
+pub fn save(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+    params: &ParamStore,
+    optimizer_state: &[(String, Tensor)],
+) -> Result<PathBuf, CheckpointError> {
+    let parent = run_dir.join(CHECKPOINTS_DIR);
+    std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
+    let name = step_dir_name(meta.step);
+    let final_dir = parent.join(&name);
+    let tmp_dir = parent.join(format!(".{name}.tmp"));
+    if tmp_dir.exists() {
+        std::fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
+    }
+    std::fs::create_dir(&tmp_dir).map_err(io_error(&tmp_dir))?;
+
+    let model_path = tmp_dir.join(MODEL_FILE);
+    let views = params
+        .iter()
+        .map(|(name, t)| (name.to_string(), &t.shape, &t.data))
+        .chain(
+            optimizer_state
+                .iter()
+                .map(|(n, t)| (n.clone(), &t.shape, &t.data)),
+        )
+        .map(|(name, shape, data)| (name, F32View { shape, data }));
+    safetensors::serialize_to_file(views, None, &model_path)
+        .map_err(|e| corrupt(&model_path, format!("cannot write safetensors: {e}")))?;
+    sync_file(&model_path)?;
+
+    let meta_path = tmp_dir.join(META_FILE);
+    let mut json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| corrupt(&meta_path, format!("cannot encode: {e}")))?;
+    json.push(b'\n');
+    std::fs::write(&meta_path, &json).map_err(io_error(&meta_path))?;
+    sync_file(&meta_path)?;
+    sync_dir(&tmp_dir)?;
+
+    if final_dir.exists() {
+        // Only when a run is re-saved at the same step (a resume that saves again at once).
+        let old = parent.join(format!(".{name}.old"));
+        std::fs::rename(&final_dir, &old).map_err(io_error(&final_dir))?;
+        std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+    }
+    std::fs::rename(&tmp_dir, &final_dir).map_err(io_error(&final_dir))?;
+    sync_dir(&parent)?;
+    Ok(final_dir)
+}
+
+fn sync_file(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error(path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
+    // Directories cannot be fsynced on every platform; where opening fails there is nothing to do.
+    match File::open(path) {
+        Ok(f) => f.sync_all().map_err(io_error(path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The complete checkpoint with the highest step in `run_dir/checkpoints/`, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let parent = run_dir.join(CHECKPOINTS_DIR);
+    if !parent.is_dir() {
+        return Ok(None);
+    }
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(&parent).map_err(io_error(&parent))? {
+        let entry = entry.map_err(io_error(&parent))?;
+        let name = entry.file_name();
+        let Some(step) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        if dir.join(META_FILE).is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, dir));
+        }
+    }
+    Ok(best.map(|(_, dir)| dir))
+}
+
+/// Accepts a checkpoint directory, a file inside one, or a run directory (its latest checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let not_found = || CheckpointError::NotFound {
+        path: path.to_path_buf(),
+    };
+    if !path.exists() {
+        return Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    let dir = if path.is_file() {
+        path.parent().ok_or_else(not_found)?.to_path_buf()
+    } else {
+        path.to_path_buf()
+    };
+    if dir.join(META_FILE).is_file() {
+        return Ok(dir);
+    }
+    latest(&dir)?.ok_or_else(not_found)
+}
+
+/// Reads `checkpoint.json` of a checkpoint directory.
+pub fn load_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let path = dir.join(META_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    let head: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, format!("invalid JSON: {e}")))?;
+    if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+        return Err(corrupt(&path, format!("not a {FORMAT_NAME} file")));
+    }
+    let version = head.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(FORMAT_VERSION)) {
+        return Err(corrupt(
+            &path,
+            format!(
+                "format version {version:?} is not supported (this redpack reads {FORMAT_VERSION})"
+            ),
+        ));
+    }
+    serde_json::from_value(head).map_err(|e| corrupt(&path, format!("unexpected content: {e}")))
+}
+
+/// Loads a checkpoint directory: the parameters in the order `meta.model` needs, and the
+/// optimizer state when `with_optimizer` is set.
+pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint, CheckpointError> {
+    let meta = load_meta(dir)?;
+    let path = dir.join(MODEL_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(&path, format!("invalid safetensors: {e}")))?;
+    let read = |name: &str| -> Result<Tensor, CheckpointError> {
+        let view = file
+            .tensor(name)
+            .map_err(|_| corrupt(&path, format!("tensor {name:?} is missing")))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(corrupt(
+                &path,
+                format!("tensor {name:?} is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Tensor {
+            shape: view.shape().to_vec(),
+            data,
+        })
+    };
+    let mut params = ParamStore {
+        names: Vec::new(),
+        tensors: Vec::new(),
+    };
+    for (name, shape) in param_shapes(&meta.model) {
+        let tensor = read(&name)?;
+        if tensor.shape != shape {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "tensor {name:?} has shape {:?}, the config needs {shape:?}",
+                    tensor.shape
+                ),
+            ));
+        }
+        params.names.push(name);
+        params.tensors.push(tensor);
+    }
+    let mut optimizer_state = HashMap::new();
+    if with_optimizer {
+        for name in file.names() {
+            if name.starts_with("optimizer.") {
+                optimizer_state.insert(name.to_string(), read(name)?);
+            }
+        }
+    }
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        meta,
+        params,
+        optimizer_state,
+    })
+}
+
+/// Deletes all but the newest `keep` complete checkpoints of a run (`keep = 0` keeps all) and
+/// returns the directories removed. Called after a save, so the newest is always kept.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<Vec<PathBuf>, CheckpointError> {
+    let parent = run_dir.join(CHECKPOINTS_DIR);
+    if keep == 0 || !parent.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut steps: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&parent).map_err(io_error(&parent))? {
+        let entry = entry.map_err(io_error(&parent))?;
+        let step = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step {
+            if entry.path().join(META_FILE).is_file() {
+                steps.push((step, entry.path()));
+            }
+        }
+    }
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep);
+    let mut removed = Vec::with_capacity(excess);
+    for (_, dir) in steps.into_iter().take(excess) {
+        std::fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+        removed.push(dir);
+    }
+    Ok(removed)
+}

@@ -1,0 +1,294 @@
+//! The batch loader: a background thread that reads examples in order, pads them into
+//! [`Batch`]es and hands them over a bounded channel, so reading and padding overlap with the
+//! model's step.
+//!
+//! Each batch travels with the cursor just after it; the trainer saves that cursor with a
+//! checkpoint, and a loader started from it produces the same batches that followed.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use super::{Cursor, DataError, ExampleSource, OwnedExample, Permutation};
+use crate::batch::Batch;
+use crate::rng::counter_hash;
+
+/// In which order examples are visited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Corpus order (evaluation).
+    Sequential,
+    /// A fresh seeded permutation every epoch (training).
+    Shuffled { seed: u64 },
+}
+
+/// How batches are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// Rows per batch (a micro-batch when accumulating gradients).
+    pub rows: usize,
+    pub order: Order,
+    /// Padding token id (the corpus tokenizer's).
+    pub pad_id: u32,
+    /// Stop after this many epochs (the last batch may be short); `None` repeats forever.
+    pub epochs: Option<u64>,
+    /// Replace every row's prefix length by this value (evaluation at a fixed prefix); rows not
+    /// longer than it are skipped, as they have nothing to score.
+    pub prefix_len_override: Option<usize>,
+    /// Require `1 <= prefix_len < length` (RedLLM needs an encoder input and a target).
+    pub require_split: bool,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+}
+
+impl LoaderOptions {
+    pub fn new(rows: usize, order: Order, pad_id: u32) -> LoaderOptions {
+        LoaderOptions {
+            rows,
+            order,
+            pad_id,
+            epochs: None,
+            prefix_len_override: None,
+            require_split: false,
+            prefetch: 2,
+        }
+    }
+}
+
+/// A batch, where it came from and where the data stands after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedBatch {
+    pub batch: Batch,
+    /// Corpus indices of the rows, in row order.
+    pub indices: Vec<u64>,
+    /// The cursor just after this batch.
+    pub cursor: Cursor,
+}
+
+/// A running loader. Dropping it stops the thread.
+pub struct Loader {
+    receiver: Option<Receiver<Result<LoadedBatch, DataError>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts reading `source` at `start`.
+    pub fn spawn(
+        source: Box<dyn ExampleSource>,
+        options: LoaderOptions,
+        start: Cursor,
+    ) -> Result<Loader, DataError> {
+        if source.is_empty() {
+            return Err(DataError::Empty {
+                place: source.place(),
+            });
+        }
+        if options.rows == 0 {
+            return Err(DataError::BadExample {
+                place: source.place(),
+                index: 0,
+                problem: "batches must have at least one row".to_string(),
+            });
+        }
+        let (sender, receiver) = sync_channel(options.prefetch.max(1));
+        let handle = std::thread::Builder::new()
+            .name("redpack-batches".to_string())
+            .spawn(move || produce(source.as_ref(), &options, start, &sender))
+            .map_err(|_| DataError::LoaderGone)?;
+        Ok(Loader {
+            receiver: Some(receiver),
+            handle: Some(handle),
+        })
+    }
+
+    /// The next batch, or `None` once the requested epochs are done.
+    pub fn next_batch(&mut self) -> Result<Option<LoadedBatch>, DataError> {
+        let receiver = self.receiver.as_ref().ok_or(DataError::LoaderGone)?;
+        match receiver.recv() {
+            Ok(Ok(batch)) => Ok(Some(batch)),
+            Ok(Err(e)) => Err(e),
+            // The sender is dropped when the producer finished normally (or panicked).
+            Err(_) => match self.handle.take().map(|h| h.join()) {
+                Some(Err(_)) => Err(DataError::LoaderGone),
+                _ => Ok(None),
+            },
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channel makes the producer's next send fail, which ends its loop.
+        drop(self.receiver.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The producer loop; returns when the consumer is gone, the epochs are done or on an error
+/// (which it sends first).
+fn produce(
+    source: &dyn ExampleSource,
+    options: &LoaderOptions,
+    start: Cursor,
+    sender: &SyncSender<Result<LoadedBatch, DataError>>,
+) {
+    let mut walker = Walker::new(source.len(), options.order, start);
+    loop {
+        match next_batch(source, options, &mut walker) {
+            Ok(Some(batch)) => {
+                if sender.send(Ok(batch)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = sender.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Walks the example order epoch by epoch.
+struct Walker {
+    n: u64,
+    order: Order,
+    cursor: Cursor,
+    permutation: Permutation,
+}
+
+impl Walker {
+    fn new(n: u64, order: Order, cursor: Cursor) -> Walker {
+        Walker {
+            n,
+            order,
+            cursor,
+            permutation: epoch_permutation(n, order, cursor.epoch),
+        }
+    }
+
+    /// The next corpus index, or `None` when `epochs` are complete.
+    fn next(&mut self, epochs: Option<u64>) -> Option<u64> {
+        if self.cursor.position >= self.n {
+            if epochs.is_some_and(|e| self.cursor.epoch + 1 >= e) {
+                return None;
+            }
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                position: 0,
+            };
+            self.permutation = epoch_permutation(self.n, self.order, self.cursor.epoch);
+        }
+        let position = self.cursor.position;
+        self.cursor.position += 1;
+        Some(match self.order {
+            Order::Sequential => position,
+            Order::Shuffled { .. } => self.permutation.get(position),
+        })
+    }
+}
+
+/// The order of one epoch: keyed by the seed and the epoch number, nothing else.
+fn epoch_permutation(n: u64, order: Order, epoch: u64) -> Permutation {
+    let seed = match order {
+        Order::Sequential => 0,
+        Order::Shuffled { seed } => seed,
+    };
+    Permutation::new(n, counter_hash(seed, &[0x5348_5546, epoch]))
+}
+
+fn next_batch(
+    source: &dyn ExampleSource,
+    options: &LoaderOptions,
+    walker: &mut Walker,
+) -> Result<Option<LoadedBatch>, DataError> {
+    let mut rows = Vec::with_capacity(options.rows);
+    let mut indices = Vec::with_capacity(options.rows);
+    // Skipped in a row: a whole epoch of them means no example can ever be used, which would
+    // otherwise spin forever when epochs are unlimited.
+    let mut skipped = 0u64;
+    while rows.len() < options.rows {
+        let Some(index) = walker.next(options.epochs) else {
+            break;
+        };
+        let mut example = source.example(index)?;
+        if let Some(k) = options.prefix_len_override {
+            if example.tokens.len() <= k {
+                skipped += 1;
+                if skipped >= walker.n {
+                    break;
+                }
+                continue;
+            }
+            example.prefix_len = k;
+        }
+        skipped = 0;
+        check_example(source, options, index, &example)?;
+        rows.push(example);
+        indices.push(index);
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(LoadedBatch {
+        batch: assemble(&rows, options.pad_id),
+        indices,
+        cursor: walker.cursor,
+    }))
+}
+
+fn check_example(
+    source: &dyn ExampleSource,
+    options: &LoaderOptions,
+    index: u64,
+    example: &OwnedExample,
+) -> Result<(), DataError> {
+    let len = example.tokens.len();
+    let problem = if len < 2 {
+        Some(format!("{len} tokens; at least 2 are needed to score one"))
+    } else if example.prefix_len > len {
+        Some(format!(
+            "prefix length {} exceeds length {len}",
+            example.prefix_len
+        ))
+    } else if options.require_split && (example.prefix_len == 0 || example.prefix_len == len) {
+        Some(format!(
+            "prefix length {} of {len} leaves no encoder input or no target",
+            example.prefix_len
+        ))
+    } else {
+        example
+            .doc_starts
+            .iter()
+            .find(|&&s| s as usize >= len)
+            .map(|s| format!("document start {s} is past the end ({len} tokens)"))
+    };
+    match problem {
+        Some(problem) => Err(DataError::BadExample {
+            place: source.place(),
+            index,
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Pads rows to the longest one with `pad_id`.
+pub fn assemble(rows: &[OwnedExample], pad_id: u32) -> Batch {
+    let seq = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+    let mut tokens = Vec::with_capacity(rows.len() * seq);
+    for row in rows {
+        tokens.extend_from_slice(&row.tokens);
+        tokens.resize(tokens.len() + seq - row.tokens.len(), pad_id);
+    }
+    Batch {
+        rows: rows.len(),
+        seq,
+        tokens,
+        prefix_len: rows.iter().map(|r| r.prefix_len).collect(),
+        length: rows.iter().map(|r| r.tokens.len()).collect(),
+        doc_starts: rows.iter().map(|r| r.doc_starts.clone()).collect(),
+        source: rows.iter().map(|r| r.source.clone()).collect(),
+    }
+}

@@ -1,0 +1,224 @@
+//! Evaluation: mean loss and perplexity of a checkpoint on a corpus, overall and per source.
+//!
+//! Which tokens are scored:
+//! - with a fixed prefix `k` (`--prefix-len k`), positions `>= k` given everything before, for
+//!   both architectures (RedLLM's encoder reads `[0, k)`; DecLLM reads the same tokens causally),
+//!   so the two numbers compare; rows of at most `k` tokens are skipped;
+//! - otherwise each corpus's own objective: a packed corpus is scored as it is trained (DecLLM:
+//!   every next token; RedLLM: the targets after the shard's split), an examples corpus on its
+//!   targets.
+//!
+//! The z-loss and dropout are off: the loss is the plain cross-entropy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redpack_schemas::Kind;
+use serde::Serialize;
+
+use crate::backend::{Backend, BackendError};
+use crate::batch::StepOptions;
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::{Arch, ModelConfig};
+use crate::data::{open_corpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order};
+use crate::params::ParamStore;
+use crate::run::check_tokenizer;
+
+/// Errors evaluating.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("batch {batch}: {source}")]
+    Backend {
+        batch: u64,
+        #[source]
+        source: BackendError,
+    },
+    #[error("{}: nothing to score (no example is longer than the prefix)", .0.display())]
+    NothingScored(PathBuf),
+}
+
+/// How to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Score positions `>= k` of every row, whatever the architecture.
+    pub prefix_len: Option<usize>,
+    /// Rows per forward pass.
+    pub batch_rows: usize,
+    /// Stop after this many examples (corpus order).
+    pub max_examples: Option<u64>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            prefix_len: None,
+            batch_rows: 8,
+            max_examples: None,
+        }
+    }
+}
+
+/// Loss of one source (or of everything).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Score {
+    /// Mean cross-entropy per scored token (natural log).
+    pub loss: f64,
+    pub ppl: f64,
+    pub tokens: u64,
+    pub examples: u64,
+}
+
+/// The whole report; serialized as `{"loss", "ppl", "tokens", "examples", "sources": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    #[serde(flatten)]
+    pub overall: Score,
+    pub sources: BTreeMap<String, Score>,
+    /// The fixed prefix length scoring started at, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<usize>,
+}
+
+/// A checked evaluation, ready to run.
+pub struct EvalJob {
+    pub checkpoint: PathBuf,
+    pub corpus: CorpusSummary,
+    pub model: ModelConfig,
+    pub step: u64,
+    params: ParamStore,
+    options: EvalOptions,
+    step_options: StepOptions,
+    loader: Loader,
+}
+
+impl EvalJob {
+    /// Loads the checkpoint and opens the corpus; fails on a tokenizer mismatch, a vocabulary
+    /// larger than the model's or a prefix the architecture cannot use, before any work.
+    pub fn prepare(
+        checkpoint_path: &Path,
+        data: &Path,
+        options: EvalOptions,
+    ) -> Result<EvalJob, EvalError> {
+        let dir = checkpoint::resolve(checkpoint_path)?;
+        let meta = checkpoint::load_meta(&dir)?;
+        let (corpus, summary) = open_corpus(data)?;
+        check_tokenizer(&dir, &meta.model, &meta.tokenizer, &summary)
+            .map_err(|e| EvalError::Incompatible(e.to_string()))?;
+        if options.prefix_len == Some(0) && meta.model.arch == Arch::Red {
+            return Err(EvalError::Incompatible(
+                "--prefix-len must be at least 1 for RedLLM (its encoder needs an input)".into(),
+            ));
+        }
+        let ckpt = checkpoint::load(&dir, false)?;
+        let arch = ckpt.meta.model.arch;
+        let step_options = StepOptions {
+            loss_on_prefix: arch == Arch::Dec
+                && options.prefix_len.is_none()
+                && summary.kind == Kind::Packed,
+            ..StepOptions::default()
+        };
+        let loader_options = LoaderOptions {
+            epochs: Some(1),
+            prefix_len_override: options.prefix_len,
+            require_split: arch == Arch::Red,
+            ..LoaderOptions::new(
+                options.batch_rows.max(1),
+                Order::Sequential,
+                summary.tokenizer.pad_id,
+            )
+        };
+        let loader = Loader::spawn(Box::new(corpus), loader_options, Cursor::default())?;
+        Ok(EvalJob {
+            checkpoint: dir,
+            corpus: summary,
+            model: ckpt.meta.model,
+            step: ckpt.meta.step,
+            params: ckpt.params,
+            options,
+            step_options,
+            loader,
+        })
+    }
+
+    /// Scores the corpus; `progress` is called with the examples scored so far.
+    pub fn run(
+        mut self,
+        backend: &mut dyn Backend,
+        mut progress: impl FnMut(u64),
+    ) -> Result<EvalReport, EvalError> {
+        let mut sums: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
+        let mut examples = 0u64;
+        let mut batch_no = 0u64;
+        while let Some(loaded) = self.loader.next_batch()? {
+            let mut batch = loaded.batch;
+            if let Some(max) = self.options.max_examples {
+                let left = max.saturating_sub(examples) as usize;
+                if left == 0 {
+                    break;
+                }
+                if batch.rows > left {
+                    batch = truncate_rows(batch, left);
+                }
+            }
+            let stats = backend
+                .forward_loss(&self.model, &self.params, &batch, &self.step_options)
+                .map_err(|source| EvalError::Backend {
+                    batch: batch_no,
+                    source,
+                })?;
+            for r in 0..batch.rows {
+                let entry = sums.entry(batch.source[r].clone()).or_default();
+                entry.0 += stats.row_loss.get(r).copied().unwrap_or(0.0);
+                entry.1 += stats.row_tokens.get(r).copied().unwrap_or(0) as u64;
+                entry.2 += 1;
+            }
+            examples += batch.rows as u64;
+            batch_no += 1;
+            progress(examples);
+        }
+        let score = |loss_sum: f64, tokens: u64, examples: u64| {
+            let loss = if tokens > 0 {
+                loss_sum / tokens as f64
+            } else {
+                f64::NAN
+            };
+            Score {
+                loss,
+                ppl: loss.exp(),
+                tokens,
+                examples,
+            }
+        };
+        let (total_loss, total_tokens) = sums
+            .values()
+            .fold((0.0, 0u64), |(l, t), s| (l + s.0, t + s.1));
+        if total_tokens == 0 {
+            return Err(EvalError::NothingScored(self.corpus.dir.clone()));
+        }
+        Ok(EvalReport {
+            overall: score(total_loss, total_tokens, examples),
+            sources: sums
+                .into_iter()
+                .map(|(name, (l, t, e))| (name, score(l, t, e)))
+                .collect(),
+            prefix_len: self.options.prefix_len,
+        })
+    }
+}
+
+/// The first `rows` rows of a batch.
+fn truncate_rows(mut batch: crate::batch::Batch, rows: usize) -> crate::batch::Batch {
+    batch.rows = rows;
+    batch.tokens.truncate(rows * batch.seq);
+    batch.prefix_len.truncate(rows);
+    batch.length.truncate(rows);
+    batch.doc_starts.truncate(rows);
+    batch.source.truncate(rows);
+    batch
+}

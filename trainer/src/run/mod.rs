@@ -1,0 +1,244 @@
+//! The training loop: prepare (open the corpus, check it against the mode and any checkpoint,
+//! build or load the model) so that every mistake surfaces before the first step, then run
+//! optimizer steps with gradient accumulation, logging and checkpoints.
+//!
+//! One optimizer step: zero the gradients; for each of `accum` micro-batches, add the gradient
+//! of the summed loss; divide by the scored tokens of all micro-batches (so the step sees the
+//! gradient of the mean loss over the whole batch, whatever the split); optionally clip the
+//! global norm; apply Adafactor at the schedule's rate. A non-finite loss, gradient or update
+//! stops the run before anything is saved, so the last checkpoint stays good.
+
+mod prepare;
+pub mod settings;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use prepare::{check_tokenizer, TrainRun};
+pub use settings::{
+    BatchSize, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError, TrainSettings,
+};
+
+use crate::backend::{Backend, BackendError};
+use crate::batch::StepOptions;
+use crate::checkpoint::{self, CheckpointError, CheckpointMeta, RngState};
+use crate::data::{DataError, Loader};
+use crate::flops::{training_flops, StackTokens};
+use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
+use crate::optim::{self, OptimError};
+use crate::rng::counter_hash;
+
+/// Tag mixed into dropout seeds so they never collide with other uses of the run seed.
+const DROPOUT_STREAM: u64 = 0x6472_6f70;
+
+/// Why a run stopped early or did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("optimizer: {0}")]
+    Optim(#[from] OptimError),
+    #[error("step {step}: {source}")]
+    Backend {
+        step: u64,
+        #[source]
+        source: BackendError,
+    },
+    #[error("{}: {what}", path.display())]
+    Incompatible { path: PathBuf, what: String },
+    #[error("step {step}: {what} is not finite ({value}); the run stopped. {}", last_good(.last_checkpoint))]
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
+    #[error("step {step}: the batch has no scored tokens (every target is empty)")]
+    NoScoredTokens { step: u64 },
+}
+
+fn last_good(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!(
+            "The last good checkpoint is {}; continue with --resume, perhaps with a lower --lr",
+            p.display()
+        ),
+        None => "No checkpoint was written yet".to_string(),
+    }
+}
+
+/// How a finished run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// The step the run ended at (`settings.steps`).
+    pub step: u64,
+    /// The step it started from (0, or the resumed checkpoint's).
+    pub start_step: u64,
+    pub final_checkpoint: PathBuf,
+    /// Metrics of the steps this invocation ran.
+    pub metrics: Vec<StepMetrics>,
+}
+
+impl TrainRun {
+    /// Runs from the prepared state to `settings.steps`.
+    pub fn run(
+        mut self,
+        backend: &mut dyn Backend,
+        observer: &mut dyn StepObserver,
+    ) -> Result<TrainOutcome, TrainError> {
+        let settings = self.settings.clone();
+        let mut log = MetricsLog::open(&settings.out, self.start_step)?;
+        let mut loader = Loader::spawn(
+            self.source.take().ok_or(DataError::LoaderGone)?,
+            self.loader_options.clone(),
+            self.cursor,
+        )?;
+        let mut grads = self.params.zeros_like();
+        let base_options = StepOptions {
+            z_loss: settings.objective.z_loss,
+            dropout: settings.objective.dropout,
+            dropout_seed: 0,
+            bidirectional_prefix: settings.objective.bidirectional_prefix,
+            reset_at_doc_boundaries: settings.objective.reset_at_doc_boundaries,
+            loss_on_prefix: self.loss_on_prefix,
+        };
+        let mut metrics = Vec::new();
+        let mut last_checkpoint = self.resumed_from.clone();
+        let mut final_checkpoint = None;
+        for step in self.start_step + 1..=settings.steps {
+            let started = Instant::now();
+            grads.fill_zero();
+            let (mut loss_sum, mut z_sum, mut scored, mut real_tokens, mut flops) =
+                (0f64, 0f64, 0u64, 0u64, 0f64);
+            for micro in 0..settings.accum {
+                let loaded = loader.next_batch()?.ok_or(DataError::LoaderGone)?;
+                let options = StepOptions {
+                    dropout_seed: counter_hash(settings.seed, &[DROPOUT_STREAM, step, micro]),
+                    ..base_options
+                };
+                let stats = backend
+                    .forward_backward(
+                        &self.model,
+                        &self.params,
+                        &loaded.batch,
+                        &options,
+                        &mut grads,
+                    )
+                    .map_err(|source| TrainError::Backend { step, source })?;
+                loss_sum += stats.loss_sum;
+                z_sum += stats.z_loss_sum;
+                scored += stats.tokens as u64;
+                real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
+                flops += training_flops(
+                    &self.model,
+                    &StackTokens::from_batch(&self.model, &loaded.batch, &options),
+                );
+                self.cursor = loaded.cursor;
+            }
+            if scored == 0 {
+                return Err(TrainError::NoScoredTokens { step });
+            }
+            let loss = loss_sum / scored as f64;
+            let z_loss = z_sum / scored as f64;
+            let non_finite = |what, value| TrainError::NonFinite {
+                step,
+                what,
+                value,
+                last_checkpoint: last_checkpoint.clone(),
+            };
+            if !loss.is_finite() {
+                return Err(non_finite("the loss", loss));
+            }
+            if !z_loss.is_finite() {
+                return Err(non_finite("the z-loss", z_loss));
+            }
+            optim::scale_grads(&mut grads, (1.0 / scored as f64) as f32);
+            let grad_norm = match settings.grad_clip_norm {
+                Some(max) => optim::clip_global_norm(&mut grads, max),
+                None => optim::global_norm(&grads),
+            };
+            if !grad_norm.is_finite() {
+                return Err(non_finite("the gradient norm", grad_norm));
+            }
+            let lr = settings.schedule.lr(step, settings.steps);
+            let update = self.optimizer.update(&mut self.params, &grads, lr as f32)?;
+            if !update.update_norm.is_finite() {
+                return Err(non_finite("the update norm", update.update_norm));
+            }
+            self.tokens_seen += scored;
+            self.flops_seen += flops;
+            let elapsed = started.elapsed().as_secs_f64();
+            let record = StepMetrics {
+                step,
+                loss,
+                z_loss,
+                lr,
+                grad_norm,
+                update_norm: update.update_norm,
+                tokens: scored,
+                tokens_seen: self.tokens_seen,
+                flops,
+                flops_seen: self.flops_seen,
+                epoch: self.cursor.epoch,
+                position: self.cursor.position,
+                elapsed_s: elapsed,
+                tokens_per_s: if elapsed > 0.0 {
+                    real_tokens as f64 / elapsed
+                } else {
+                    0.0
+                },
+            };
+            log.append(&record)?;
+            observer.on_step(&record);
+            metrics.push(record);
+            if step % settings.checkpoint_every == 0 || step == settings.steps {
+                let dir = self.save(step)?;
+                checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
+                observer.on_checkpoint(step, &dir);
+                last_checkpoint = Some(dir.clone());
+                final_checkpoint = Some(dir);
+            }
+        }
+        let final_checkpoint = match final_checkpoint.or(last_checkpoint) {
+            Some(dir) => dir,
+            // Resumed at (or past) the last step: nothing ran, the latest checkpoint stands.
+            None => self.save(self.start_step)?,
+        };
+        Ok(TrainOutcome {
+            step: settings.steps.max(self.start_step),
+            start_step: self.start_step,
+            final_checkpoint,
+            metrics,
+        })
+    }
+
+    fn save(&self, step: u64) -> Result<PathBuf, TrainError> {
+        let meta = CheckpointMeta {
+            format: checkpoint::FORMAT_NAME.to_string(),
+            format_version: checkpoint::FORMAT_VERSION,
+            step,
+            model: self.model.clone(),
+            optimizer: self.optimizer.config().clone(),
+            cursor: self.cursor,
+            rng: RngState {
+                seed: self.settings.seed,
+            },
+            tokenizer: self.tokenizer.clone(),
+            tokens_seen: self.tokens_seen,
+            flops_seen: self.flops_seen,
+            settings: serde_json::to_value(&self.settings).unwrap_or(serde_json::Value::Null),
+        };
+        Ok(checkpoint::save(
+            &self.settings.out,
+            &meta,
+            &self.params,
+            &self.optimizer.state_tensors(),
+        )?)
+    }
+}

@@ -1,0 +1,260 @@
+//! Everything a run checks and loads before its first step: the corpus kind against the mode,
+//! the tokenizer and vocabulary against any checkpoint, the run directory against `--resume`.
+
+use std::path::{Path, PathBuf};
+
+use redpack_schemas::Kind;
+
+use super::settings::{Mode, TrainSettings};
+use super::TrainError;
+use crate::checkpoint::{self, TokenizerStamp};
+use crate::config::{Arch, ModelConfig};
+use crate::data::{open_corpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, Order};
+use crate::optim::Adafactor;
+use crate::params::ParamStore;
+
+/// A run ready to start: model, optimizer and data position loaded, every check passed.
+pub struct TrainRun {
+    pub settings: TrainSettings,
+    pub corpus: CorpusSummary,
+    pub model: ModelConfig,
+    pub params: ParamStore,
+    pub optimizer: Adafactor,
+    /// Updates already done (0 for a new run).
+    pub start_step: u64,
+    pub cursor: Cursor,
+    pub tokens_seen: u64,
+    pub flops_seen: f64,
+    /// Sequences per optimizer step and per micro-batch.
+    pub rows_per_step: u64,
+    pub rows_per_micro_batch: usize,
+    /// Set when continuing from this checkpoint.
+    pub resumed_from: Option<PathBuf>,
+    /// Set when the weights came from `--init`.
+    pub initialized_from: Option<PathBuf>,
+    pub(super) tokenizer: TokenizerStamp,
+    pub(super) loss_on_prefix: bool,
+    pub(super) loader_options: LoaderOptions,
+    pub(super) source: Option<Box<dyn ExampleSource>>,
+}
+
+impl std::fmt::Debug for TrainRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainRun")
+            .field("model", &self.model)
+            .field("start_step", &self.start_step)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+fn empty_store() -> ParamStore {
+    ParamStore {
+        names: Vec::new(),
+        tensors: Vec::new(),
+    }
+}
+
+fn incompatible(path: &Path, what: impl Into<String>) -> TrainError {
+    TrainError::Incompatible {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Corpus kind each mode trains on.
+fn required_kind(mode: Mode) -> Kind {
+    match mode {
+        Mode::Pretrain => Kind::Packed,
+        Mode::Finetune => Kind::Examples,
+    }
+}
+
+/// Fails unless the checkpoint's tokenizer is the corpus's and its vocabulary covers the corpus.
+pub fn check_tokenizer(
+    checkpoint_dir: &Path,
+    model: &ModelConfig,
+    stamp: &TokenizerStamp,
+    corpus: &CorpusSummary,
+) -> Result<(), TrainError> {
+    if stamp.sha256 != corpus.tokenizer.sha256 {
+        return Err(incompatible(
+            checkpoint_dir,
+            format!(
+                "tokenizer mismatch: the checkpoint was trained with tokenizer sha256 {}, the corpus {} was encoded with {}",
+                stamp.sha256,
+                corpus.dir.display(),
+                corpus.tokenizer.sha256
+            ),
+        ));
+    }
+    check_vocab(checkpoint_dir, model, corpus)
+}
+
+fn check_vocab(
+    place: &Path,
+    model: &ModelConfig,
+    corpus: &CorpusSummary,
+) -> Result<(), TrainError> {
+    if corpus.tokenizer.vocab_size as usize > model.vocab_size {
+        return Err(incompatible(
+            place,
+            format!(
+                "the corpus vocabulary ({}) is larger than the model's ({})",
+                corpus.tokenizer.vocab_size, model.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl TrainRun {
+    /// Opens the corpus and builds, loads or resumes the model; touches nothing on disk except
+    /// creating the run directory.
+    pub fn prepare(settings: TrainSettings) -> Result<TrainRun, TrainError> {
+        settings.validate()?;
+        let (corpus, summary) = open_corpus(&settings.data)?;
+        let want = required_kind(settings.mode);
+        if summary.kind != want {
+            return Err(incompatible(
+                &settings.data,
+                format!(
+                    "the corpus is `{}`, but --mode {} trains on `{}` corpora (pretrain: packed RedPajama sequences; finetune: FLAN input/target examples)",
+                    summary.kind.name(),
+                    settings.mode.name(),
+                    want.name()
+                ),
+            ));
+        }
+        let (rows_per_step, rows_per_micro_batch) = settings.rows(summary.max_row_len())?;
+        let tokenizer = TokenizerStamp {
+            sha256: summary.tokenizer.sha256.clone(),
+            vocab_size: summary.tokenizer.vocab_size,
+            eod_id: summary.tokenizer.eod_id,
+            pad_id: summary.tokenizer.pad_id,
+        };
+        let latest = checkpoint::latest(&settings.out)?;
+        if latest.is_some() && !settings.resume {
+            return Err(incompatible(
+                &settings.out,
+                "already holds a run's checkpoints; pass --resume to continue it or choose another --out",
+            ));
+        }
+        let mut run = TrainRun {
+            model: ModelConfig::preset(
+                settings.arch,
+                &settings.size,
+                tokenizer.vocab_size as usize,
+            )
+            .map_err(|e| incompatible(&settings.data, e.to_string()))?,
+            params: empty_store(),
+            optimizer: Adafactor::new(settings.optimizer.clone(), &empty_store())?,
+            start_step: 0,
+            cursor: Cursor::default(),
+            tokens_seen: 0,
+            flops_seen: 0.0,
+            rows_per_step,
+            rows_per_micro_batch,
+            resumed_from: None,
+            initialized_from: None,
+            tokenizer,
+            loss_on_prefix: settings.arch == Arch::Dec && settings.mode == Mode::Pretrain,
+            loader_options: LoaderOptions {
+                require_split: settings.arch == Arch::Red,
+                ..LoaderOptions::new(
+                    rows_per_micro_batch,
+                    Order::Shuffled {
+                        seed: settings.seed,
+                    },
+                    summary.tokenizer.pad_id,
+                )
+            },
+            source: Some(Box::new(corpus)),
+            corpus: summary,
+            settings,
+        };
+        match (&latest, &run.settings.init) {
+            (Some(dir), _) => run.resume_from(dir)?,
+            (None, Some(init)) => run.init_from(&init.clone())?,
+            (None, None) => {
+                run.params = ParamStore::init(&run.model, run.settings.seed);
+                run.optimizer = Adafactor::new(run.settings.optimizer.clone(), &run.params)?;
+            }
+        }
+        check_vocab(&run.settings.data, &run.model, &run.corpus)?;
+        std::fs::create_dir_all(&run.settings.out).map_err(|source| {
+            crate::checkpoint::CheckpointError::Io {
+                path: run.settings.out.clone(),
+                source,
+            }
+        })?;
+        Ok(run)
+    }
+
+    fn resume_from(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let ckpt = checkpoint::load(dir, true)?;
+        let meta = &ckpt.meta;
+        if meta.model.arch != self.settings.arch {
+            return Err(incompatible(
+                dir,
+                format!(
+                    "holds a {} model, the run asks for {}",
+                    meta.model.arch.name(),
+                    self.settings.arch.name()
+                ),
+            ));
+        }
+        check_tokenizer(dir, &meta.model, &meta.tokenizer, &self.corpus)?;
+        // The data order depends on these; a resume with other values would not continue the run.
+        let was = &meta.settings;
+        let now = serde_json::to_value(&self.settings).unwrap_or_default();
+        for key in ["mode", "seed", "batch", "accum"] {
+            if was.get(key) != now.get(key) {
+                return Err(incompatible(
+                    dir,
+                    format!(
+                        "the run was started with {key} = {}, now {}: resuming would not continue the same run",
+                        was.get(key).map(|v| v.to_string()).unwrap_or_default(),
+                        now.get(key).map(|v| v.to_string()).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        self.optimizer = Adafactor::from_state(
+            self.settings.optimizer.clone(),
+            &ckpt.params,
+            meta.step,
+            |name| ckpt.optimizer_state.get(name).cloned(),
+        )
+        .map_err(|e| incompatible(dir, e.to_string()))?;
+        self.model = meta.model.clone();
+        self.start_step = meta.step;
+        self.cursor = meta.cursor;
+        self.tokens_seen = meta.tokens_seen;
+        self.flops_seen = meta.flops_seen;
+        self.params = ckpt.params;
+        self.resumed_from = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn init_from(&mut self, path: &Path) -> Result<(), TrainError> {
+        let dir = checkpoint::resolve(path)?;
+        let ckpt = checkpoint::load(&dir, false)?;
+        if ckpt.meta.model.arch != self.settings.arch {
+            return Err(incompatible(
+                &dir,
+                format!(
+                    "holds a {} model, the run asks for {}",
+                    ckpt.meta.model.arch.name(),
+                    self.settings.arch.name()
+                ),
+            ));
+        }
+        check_tokenizer(&dir, &ckpt.meta.model, &ckpt.meta.tokenizer, &self.corpus)?;
+        self.model = ckpt.meta.model.clone();
+        self.optimizer = Adafactor::new(self.settings.optimizer.clone(), &ckpt.params)?;
+        self.params = ckpt.params;
+        self.initialized_from = Some(dir);
+        Ok(())
+    }
+}
