@@ -9,8 +9,9 @@
 //!
 //! The input is the real arXiv and Common Crawl samples of `../shared/data` plus generated
 //! documents (words drawn from the arXiv text, so every document is distinct) up to about
-//! `REDPACK_BENCH_MB` (default 12) MB. Tokenizer: GPT-2.
+//! `REDPACK_BENCH_MB` (default 8) MB. Tokenizer: GPT-2.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -51,27 +52,36 @@ fn real_texts() -> Vec<String> {
         .collect()
 }
 
-/// Real documents, then generated ones until `target_bytes`.
+/// Real documents, then generated ones until `target_bytes`. Generated words follow the real
+/// text's frequency ranking with a heavy skew toward frequent words (roughly Zipf-like), so the
+/// tokenizer's word cache behaves as on natural text.
 fn corpus(target_bytes: usize) -> Vec<String> {
     let mut docs = real_texts();
-    let vocabulary: Vec<String> = docs
-        .iter()
-        .flat_map(|d| d.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .take(200_000)
-        .collect();
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for doc in &docs {
+        for word in doc.split_whitespace() {
+            *counts.entry(word).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<(&str, u64)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let vocabulary: Vec<String> = ranked.iter().map(|(w, _)| w.to_string()).collect();
     let mut state = 42u64;
     let mut total: usize = docs.iter().map(String::len).sum();
+    let mut generated = Vec::new();
     while total < target_bytes {
         let words = 200 + (splitmix(&mut state) % 3000) as usize;
         let mut doc = String::new();
         for i in 0..words {
-            let word = &vocabulary[(splitmix(&mut state) % vocabulary.len() as u64) as usize];
-            doc.push_str(word);
+            let u = (splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+            let rank = ((vocabulary.len() as f64) * u.powi(4)) as usize;
+            doc.push_str(&vocabulary[rank.min(vocabulary.len() - 1)]);
             doc.push(if i % 17 == 16 { '\n' } else { ' ' });
         }
         total += doc.len();
-        docs.push(doc);
+        generated.push(doc);
     }
+    docs.extend(generated);
     docs
 }
 
@@ -124,7 +134,7 @@ fn main() {
     let target_mb: usize = std::env::var("REDPACK_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(8);
     let docs = corpus(target_mb << 20);
     let bytes: usize = docs.iter().map(String::len).sum();
     let mb = bytes as f64 / 1e6;
@@ -145,8 +155,37 @@ fn main() {
         "{:<34} {:>8} {:>9} {:>10} {:>12} {:>9}",
         "", "seconds", "MB/s", "docs/s", "tokens/s", "ceiling"
     );
+    // Best of `REPEATS` runs each, interleaved, to damp noise from other processes.
+    const REPEATS: usize = 2;
     for threads in [1, 2] {
-        let (seconds, tokens) = ceiling(&tokenizer, &docs, threads);
+        let mut best_ceiling = (f64::INFINITY, 0);
+        let mut best_build = (f64::INFINITY, None);
+        for _ in 0..REPEATS {
+            let (seconds, tokens) = ceiling(&tokenizer, &docs, threads);
+            if seconds < best_ceiling.0 {
+                best_ceiling = (seconds, tokens);
+            }
+            let out = tempfile::tempdir().expect("tempdir");
+            let overrides = Overrides {
+                inputs: vec![input.clone()],
+                tokenizer: Some(PathBuf::from(&tokenizer_path)),
+                threads: Some(threads),
+                ..Overrides::default()
+            };
+            let settings = BuildSettings::resolve(
+                PipelineConfig::default(),
+                overrides,
+                out.path().to_path_buf(),
+            )
+            .expect("settings");
+            let started = Instant::now();
+            let report = build(&settings, &BuildOptions::default()).expect("build");
+            let seconds = started.elapsed().as_secs_f64();
+            if seconds < best_build.0 {
+                best_build = (seconds, Some(report));
+            }
+        }
+        let (seconds, tokens) = best_ceiling;
         println!(
             "{:<34} {:>8.2} {:>9.2} {:>10.0} {:>12.0} {:>9}",
             format!("tokenizers encode, {threads} thread(s)"),
@@ -156,22 +195,8 @@ fn main() {
             tokens as f64 / seconds,
             "100%"
         );
-        let out = tempfile::tempdir().expect("tempdir");
-        let overrides = Overrides {
-            inputs: vec![input.clone()],
-            tokenizer: Some(PathBuf::from(&tokenizer_path)),
-            threads: Some(threads),
-            ..Overrides::default()
-        };
-        let settings = BuildSettings::resolve(
-            PipelineConfig::default(),
-            overrides,
-            out.path().to_path_buf(),
-        )
-        .expect("settings");
-        let started = Instant::now();
-        let report = build(&settings, &BuildOptions::default()).expect("build");
-        let e2e = started.elapsed().as_secs_f64();
+        let (e2e, report) = best_build;
+        let report = report.expect("at least one build");
         println!(
             "{:<34} {:>8.2} {:>9.2} {:>10.0} {:>12.0} {:>8.0}%",
             format!("redpack build-corpus, {threads} thread(s)"),
@@ -182,6 +207,10 @@ fn main() {
             100.0 * seconds / e2e
         );
     }
+    println!(
+        "peak resident memory after the builds: {:.0} MiB (input text held by the benchmark included)",
+        peak_rss_mib()
+    );
 
     // MinHash signatures (normalization included), one thread.
     let normalize = NormalizeConfig::default();
@@ -243,7 +272,7 @@ fn main() {
         );
     }
     println!(
-        "peak resident memory of this process: {:.0} MiB",
+        "peak resident memory including the index experiment: {:.0} MiB",
         peak_rss_mib()
     );
 }

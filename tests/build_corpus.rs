@@ -681,12 +681,12 @@ fn data_manifest_inputs_are_verified_and_read() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
     let manifest_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data-manifests/sample.toml");
     let out = tempdir();
-    let settings = settings(&[], out.path(), GPT2, |config, overrides| {
+    let good = settings(&[], out.path(), GPT2, |config, overrides| {
         overrides.data_manifest = Some(PathBuf::from(manifest_path));
         overrides.data_root = Some(PathBuf::from(root));
         config.dedup.near = false;
     });
-    run(&settings);
+    run(&good);
     let manifest = Manifest::load(out.path()).unwrap();
     check_counts(&manifest);
     assert_eq!(manifest.inputs.len(), 4);
@@ -709,11 +709,42 @@ fn data_manifest_inputs_are_verified_and_read() {
     bytes[100] ^= 1;
     std::fs::write(&arxiv, bytes).unwrap();
     let out = tempdir();
-    let settings = settings(&[], out.path(), GPT2, |_, overrides| {
+    let bad = settings(&[], out.path(), GPT2, |_, overrides| {
         overrides.data_manifest = Some(PathBuf::from(manifest_path));
         overrides.data_root = Some(copy.path().to_path_buf());
     });
-    let err = build(&settings, &BuildOptions::default()).unwrap_err();
+    let err = build(&bad, &BuildOptions::default()).unwrap_err();
     assert!(err.to_string().contains("sha256"), "{err}");
     assert!(!out.path().join("manifest.json").exists());
+}
+
+#[test]
+fn shuffle_reorders_documents_and_keeps_every_one() {
+    let mut streams = Vec::new();
+    for seed in [None, Some(3)] {
+        let out = tempdir();
+        let settings = settings(&[CC], out.path(), GPT2, |config, overrides| {
+            overrides.no_dedup = true;
+            overrides.shuffle_seed = seed;
+            config.pack = PackConfig::Packed {
+                seq_len: 64,
+                prefix_len: None,
+                final_partial: FinalPartial::Pad,
+            };
+        });
+        run(&settings);
+        let stream: Vec<u32> = all_tokens(out.path()).concat();
+        let mut docs: Vec<Vec<u32>> = stream
+            .split_inclusive(|&t| t == 50256)
+            .map(<[u32]>::to_vec)
+            // Padding is the EOD id in GPT-2: skip the one-token "documents" it makes.
+            .filter(|d| d.len() > 1 && d.last() == Some(&50256))
+            .collect();
+        let order = docs.clone();
+        docs.sort();
+        streams.push((order, docs));
+    }
+    assert_eq!(streams[0].0.len(), 20);
+    assert_ne!(streams[0].0, streams[1].0, "the seed reorders documents");
+    assert_eq!(streams[0].1, streams[1].1, "the same documents either way");
 }

@@ -288,6 +288,14 @@ fn verify_passes_on_a_good_corpus_and_names_the_bad_shard() {
     assert!(stderr.contains("shard-00001.tokens"), "{stderr}");
     assert!(stderr.contains("sha256"), "{stderr}");
     assert!(out.stdout.is_empty());
+
+    // A tokenizer that is not the one the ids came from is caught too.
+    let (_tmp, dir, _) = corpus_dir();
+    fs::write(dir.join("tokenizer.json"), b"{}").unwrap();
+    let out = inspect(&[s(&dir), "--verify"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tokenizer.json: sha256"), "{stderr}");
 }
 
 /// A one-shard corpus of `n` sequences of arbitrary ids, for output volume rather than content.

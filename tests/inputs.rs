@@ -146,6 +146,11 @@ fn discovery_of_a_directory_is_recursive_sorted_and_skips_non_data_files() {
     assert!(matches!(missing, InputError::NotFound { .. }), "{missing}");
     let empty = discover(&[shared("redpajama/*.parquet")], FormatHint::Auto).unwrap_err();
     assert!(matches!(empty, InputError::EmptyGlob { .. }), "{empty}");
+    let empty = discover(&[shared("tokenizers")], FormatHint::Auto).unwrap_err();
+    assert!(
+        matches!(empty, InputError::EmptyDirectory { .. }),
+        "{empty}"
+    );
 }
 
 #[test]
@@ -199,7 +204,7 @@ fn truncated_gzip_keeps_what_preceded() {
 fn every_malformed_line_kind_is_counted_and_neighbours_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mixed.jsonl");
-    let mut data = Vec::new();
+    let mut data = b"\xEF\xBB\xBF".to_vec();
     data.extend_from_slice(b"{\"text\": \"first\", \"meta\": {\"url\": \"u\"}}\n");
     data.extend_from_slice(b"{\"text\": \"broken\n");
     data.extend_from_slice(b"{\"text\": \"caf\xe9\"}\n");

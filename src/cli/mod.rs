@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream, dedup, tokenize and pack RedPajama V1 / FLAN into a corpus directory.
+    /// Stream, dedup, tokenize and pack RedPajama V1 / FLAN into a corpus directory (no
+    /// arguments: build the built-in sample into ./redpack-default).
     BuildCorpus(BuildCorpusArgs),
     /// Train a byte-level BPE tokenizer ([EOD], [PAD]) on RedPajama / FLAN inputs.
     TrainTokenizer(TrainTokenizerArgs),

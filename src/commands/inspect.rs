@@ -120,6 +120,16 @@ fn verify(corpus: &Corpus, json: bool, out: &mut dyn Write) -> anyhow::Result<()
         };
         anyhow!(e).context(format!("verification failed at {place}"))
     })?;
+    // The tokenizer copy is part of the corpus too: ids mean nothing without the exact file.
+    let tokenizer = corpus.tokenizer_path();
+    let (_, sha) = hash_file(&tokenizer).context("verification failed at the tokenizer")?;
+    let want = &corpus.manifest().tokenizer.sha256;
+    if &sha != want {
+        anyhow::bail!(
+            "verification failed at the tokenizer: {}: sha256 {sha} does not match the manifest's {want}",
+            tokenizer.display()
+        );
+    }
     if json {
         let text = serde_json::to_string_pretty(&serde_json::json!({
             "verified": true,

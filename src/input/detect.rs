@@ -118,6 +118,7 @@ fn sniff_is_flan(path: &Path, compression: Compression) -> Result<bool, InputErr
             Some(LineEvent::TooLong { .. }) => continue,
             _ => break,
         };
+        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
         let Ok(text) = std::str::from_utf8(line) else {
             continue;
         };

@@ -42,7 +42,11 @@ pub fn discover(paths: &[PathBuf], hint: FormatHint) -> Result<Vec<InputFile>, I
     for path in paths {
         if path.exists() {
             if path.is_dir() {
-                walk(path, path, &mut found)?;
+                let before = found.len();
+                walk(path, path, &mut found, &mut HashSet::new())?;
+                if found.len() == before {
+                    return Err(InputError::EmptyDirectory { path: path.clone() });
+                }
             } else {
                 found.push((path.clone(), slash_path(path)));
             }
@@ -86,7 +90,7 @@ fn expand_glob(pattern: &Path, found: &mut Vec<(PathBuf, String)>) -> Result<(),
             source: err.into(),
         })?;
         if path.is_dir() {
-            walk(&path, &path, found)?;
+            walk(&path, &path, found, &mut HashSet::new())?;
         } else {
             let display = slash_path(&path);
             found.push((path, display));
@@ -99,11 +103,21 @@ fn expand_glob(pattern: &Path, found: &mut Vec<(PathBuf, String)>) -> Result<(),
 }
 
 /// Adds the data files under `dir`, sorted by name at each level, displayed relative to `root`.
-fn walk(root: &Path, dir: &Path, found: &mut Vec<(PathBuf, String)>) -> Result<(), InputError> {
+/// Symlinked folders are followed once each (`visited` holds canonical paths), so a link loop
+/// cannot recurse forever.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    found: &mut Vec<(PathBuf, String)>,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<(), InputError> {
     let io = |source| InputError::Io {
         path: dir.to_owned(),
         source,
     };
+    if !visited.insert(dir.canonicalize().map_err(io)?) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .map(|entry| entry.map(|e| e.path()))
@@ -119,7 +133,7 @@ fn walk(root: &Path, dir: &Path, found: &mut Vec<(PathBuf, String)>) -> Result<(
             continue;
         }
         if path.is_dir() {
-            walk(root, &path, found)?;
+            walk(root, &path, found, visited)?;
         } else if is_data_file(&name) {
             let relative = path.strip_prefix(root).unwrap_or(&path);
             found.push((path.clone(), slash_path(relative)));
@@ -257,6 +271,22 @@ mod tests {
         assert_eq!(source("x/t0_fs_noopt_train.jsonl.gz"), "t0_fsnoopt");
         assert_eq!(source("flan/extra/mixed.parquet"), "flan");
         assert_eq!(source("/home/me/github/proj/data/mine.jsonl"), "mine");
+    }
+
+    #[test]
+    fn symlink_loops_are_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("arxiv")).unwrap();
+        std::fs::write(
+            dir.path().join("arxiv/arxiv_1.jsonl"),
+            "{\"text\": \"x\"}\n",
+        )
+        .unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("arxiv/loop")).unwrap();
+        let files = discover(&[dir.path().to_owned()], FormatHint::Auto).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(&*files[0].display, "arxiv/arxiv_1.jsonl");
     }
 
     #[test]

@@ -168,6 +168,11 @@ impl LineContext {
 
     /// Turns one complete line into an item.
     fn parse(&self, line_no: u64, bytes: &[u8]) -> Item {
+        // Some exporters (Windows tools, Excel) start the file with a UTF-8 byte-order mark.
+        let bytes = match (line_no, bytes.strip_prefix(b"\xEF\xBB\xBF")) {
+            (1, Some(rest)) => rest,
+            _ => bytes,
+        };
         let text = match std::str::from_utf8(bytes) {
             Ok(text) => text,
             Err(err) => {

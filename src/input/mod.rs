@@ -211,6 +211,8 @@ pub enum InputError {
     BadGlob { pattern: String, message: String },
     #[error("glob pattern {pattern:?} matched no files")]
     EmptyGlob { pattern: String },
+    #[error("directory {path} holds no data files (.jsonl, .jsonl.zst, .jsonl.gz, .parquet)")]
+    EmptyDirectory { path: PathBuf },
     #[error(
         "{path}: cannot tell whether this is RedPajama or FLAN ({why}); pass --format redpajama \
          or --format flan"

@@ -283,11 +283,12 @@ impl Summary {
         )?;
         for input in faulty {
             let fault = input.fault.as_deref().unwrap_or_default();
-            writeln!(
-                out,
-                "  {} ({} records read): {fault}",
-                input.path, input.records_read
-            )?;
+            // Faults usually name their file already; do not say it twice.
+            if fault.starts_with(&input.path) {
+                writeln!(out, "  {fault}")?;
+            } else {
+                writeln!(out, "  {}: {fault}", input.path)?;
+            }
         }
         Ok(())
     }

@@ -9,8 +9,10 @@
 //! count. The same seed gives byte-identical files.
 
 mod flan;
+mod meta;
 mod redpajama;
 mod text;
+mod words;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 
+use super::meta::{json_object, meta_fields, python_repr, Subset};
 use super::text::{self, Rng};
 use super::{
     jaccard_5grams, write_file, PlantKind, Planted, SampleError, SamplePlace, SampleReport,
@@ -29,17 +30,6 @@ const REPLACEMENTS: &[&str] = &[
 /// Near duplicates are planted only from originals in this word range (enough 5-grams for a
 /// stable Jaccard, small enough to keep the sample small).
 const PLANT_WORDS: std::ops::RangeInclusive<usize> = 150..=1500;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Subset {
-    Arxiv,
-    Book,
-    C4,
-    CommonCrawl,
-    Github,
-    StackExchange,
-    Wikipedia,
-}
 
 /// One file to write: where, how many fresh documents, what is wrong with it.
 struct Spec {
@@ -190,111 +180,6 @@ fn document(subset: Subset, rng: &mut Rng) -> String {
             text::article(rng, size)
         }
     }
-}
-
-/// A meta value: string, integer or Python `None`.
-enum Value {
-    Str(String),
-    Int(i64),
-    Null,
-}
-
-fn meta_fields(subset: Subset, rng: &mut Rng) -> Vec<(&'static str, Value)> {
-    let timestamp = Value::Str(format!(
-        "20{:02}-{:02}-{:02}T{:02}:00:00",
-        15 + rng.below(8),
-        1 + rng.below(12),
-        1 + rng.below(28),
-        rng.below(24)
-    ));
-    let url = Value::Str(format!(
-        "https://example.org/{}/{}",
-        rng.hex(6),
-        rng.hex(10)
-    ));
-    let en = || Value::Str("en".into());
-    match subset {
-        Subset::Arxiv => {
-            let yymm = format!("{:02}{:02}", 10 + rng.below(13), 1 + rng.below(12));
-            let id = format!("{yymm}.{:05}", rng.below(100_000));
-            vec![
-                ("timestamp", timestamp),
-                ("yymm", Value::Str(yymm)),
-                ("arxiv_id", Value::Str(id)),
-                ("language", en()),
-                ("url", url),
-            ]
-        }
-        Subset::Book => vec![
-            ("short_book_title", Value::Str(text::title(rng))),
-            ("publication_date", Value::Int(1850 + rng.below(150) as i64)),
-            ("url", Value::Null),
-        ],
-        Subset::C4 => vec![
-            ("timestamp", timestamp),
-            ("source", Value::Str("c4".into())),
-            ("language", en()),
-            ("url", url),
-        ],
-        Subset::Github => vec![
-            ("content_hash", Value::Str(rng.hex(32))),
-            (
-                "repo_name",
-                Value::Str(format!("user{}/project{}", rng.below(1000), rng.below(100))),
-            ),
-            (
-                "path",
-                Value::Str(format!("src/module{}.rs", rng.below(50))),
-            ),
-            ("language", Value::Str("Rust".into())),
-            ("license", Value::Str("mit".into())),
-            ("size", Value::Int(rng.range(500, 9000) as i64)),
-        ],
-        Subset::StackExchange => vec![
-            ("timestamp", timestamp),
-            ("source", Value::Str("stackexchange".into())),
-            ("language", en()),
-            ("question_score", Value::Int(rng.below(60) as i64)),
-            ("url", url),
-        ],
-        Subset::Wikipedia => vec![
-            ("timestamp", timestamp),
-            ("title", Value::Str(text::title(rng))),
-            ("language", en()),
-            ("url", url),
-        ],
-        Subset::CommonCrawl => Vec::new(),
-    }
-}
-
-fn json_object(fields: &[(&str, Value)]) -> String {
-    let parts: Vec<String> = fields
-        .iter()
-        .map(|(key, value)| {
-            let value = match value {
-                Value::Str(s) => serde_json::Value::from(s.as_str()).to_string(),
-                Value::Int(i) => i.to_string(),
-                Value::Null => "null".into(),
-            };
-            format!("\"{key}\": {value}")
-        })
-        .collect();
-    format!("{{{}}}", parts.join(", "))
-}
-
-fn python_repr(fields: &[(&str, Value)]) -> String {
-    let parts: Vec<String> = fields
-        .iter()
-        .map(|(key, value)| match value {
-            Value::Str(s) => format!(
-                "'{key}': '{}'",
-                s.replace('\\', "\\\\").replace('\'', "\\'")
-            ),
-            Value::Int(i) => format!("'{key}': {i}"),
-            Value::Null => format!("'{key}': None"),
-        })
-        .collect();
-    format!("{{{}}}", parts.join(", "))
 }
 
 /// The lines of one file as they are built, with their counts.
@@ -498,7 +383,7 @@ pub fn write(
 
 /// Joins lines with `\n`, zstd-compressing if asked. A `cut_line` is appended in a block of its
 /// own after a flush and the stream is then cut inside that block: a reader gets every earlier
-/// line, then the first half of `cut_line`, then an unexpected end of stream.
+/// line, then the start of `cut_line` (without its newline), then an unexpected end of stream.
 fn encode(lines: &[Vec<u8>], zstd: bool, cut_line: Option<&[u8]>) -> std::io::Result<Vec<u8>> {
     let mut plain = Vec::new();
     for line in lines {
@@ -523,4 +408,60 @@ fn encode(lines: &[Vec<u8>], zstd: bool, cut_line: Option<&[u8]>) -> std::io::Re
     // Keep the flushed blocks and a few bytes of the last one.
     bytes.truncate(complete + (bytes.len() - complete) / 2);
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalized(text: &str) -> String {
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    }
+
+    #[test]
+    fn variants_are_what_they_claim() {
+        let mut rng = Rng::new(1);
+        let original = text::prose(&mut rng, 200);
+        for kind in [PlantKind::Identical, PlantKind::Whitespace, PlantKind::Case] {
+            assert_eq!(
+                normalized(&exact_variant(&original, kind)),
+                normalized(&original)
+            );
+        }
+        assert_ne!(exact_variant(&original, PlantKind::Whitespace), original);
+        let (near, similarity) = near_variant(&original, &mut rng);
+        assert_ne!(normalized(&near), normalized(&original));
+        assert!((0.8..1.0).contains(&similarity), "{similarity}");
+        assert_eq!(similarity, jaccard_5grams(&original, &near));
+    }
+
+    #[test]
+    fn unrelated_documents_share_few_5grams() {
+        let mut rng = Rng::new(2);
+        let (a, b) = (text::prose(&mut rng, 300), text::prose(&mut rng, 300));
+        assert!(jaccard_5grams(&a, &b) < 0.05);
+    }
+
+    #[test]
+    fn truncated_zstd_keeps_flushed_lines() {
+        let lines = vec![b"{\"text\": \"a\"}".to_vec(), b"{\"text\": \"b\"}".to_vec()];
+        let cut = b"{\"text\": \"cut off somewhere in the middle of this line\"}";
+        let bytes = encode(&lines, true, Some(cut)).unwrap();
+        let mut decoded = Vec::new();
+        let result = std::io::Read::read_to_end(
+            &mut zstd::stream::read::Decoder::new(&bytes[..]).unwrap(),
+            &mut decoded,
+        );
+        assert!(result.is_err(), "the stream ends inside a block");
+        let before = b"{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
+        assert!(decoded.starts_with(before));
+        // What follows is a proper, non-empty prefix of the cut line without its newline, so a
+        // reader sees one unfinished line (raw blocks may stream out past the flush point).
+        let partial = &decoded[before.len()..];
+        assert!(!partial.is_empty() && partial.len() < cut.len());
+        assert!(cut.starts_with(partial));
+    }
 }

@@ -127,6 +127,9 @@ impl EvalJob {
             epochs: Some(1),
             prefix_len_override: options.prefix_len,
             require_split: arch == Arch::Red,
+            // Padding is told apart from text only when it has its own id.
+            trim_trailing_padding: summary.kind == Kind::Packed
+                && summary.tokenizer.pad_id != summary.tokenizer.eod_id,
             ..LoaderOptions::new(
                 options.batch_rows.max(1),
                 Order::Sequential,

@@ -7,17 +7,23 @@ use model_support::{check_gradient, probe_indices, randn, weighted_sum};
 use redpack_trainer::backend::cpu::attention::{
     attention_backward, attention_forward, AttnRow, AttnShape,
 };
-use redpack_trainer::backend::cpu::loss::{logits_loss, LossGrads};
+use redpack_trainer::backend::cpu::layers::{
+    attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
+    AttnGrads, AttnSpec, AttnWeights, BlockDims, FfnGrads, FfnWeights,
+};
+use redpack_trainer::backend::cpu::loss::{fast_exp, logits_loss, LossGrads};
 use redpack_trainer::backend::cpu::ops::{
     group_rmsnorm_backward, group_rmsnorm_forward, rmsnorm_backward, rmsnorm_forward,
-    swiglu_backward, swiglu_forward, Rope,
+    swiglu_backward, swiglu_forward, Dropout, Rope,
 };
-use redpack_trainer::backend::cpu::stream::Scored;
+use redpack_trainer::backend::cpu::stream::{Scored, Stream};
 use redpack_trainer::rng::SplitMix64;
 
 const H: f32 = 1e-2;
 const TOL: f64 = 1e-2;
 const ABS: f64 = 1e-4;
+/// Step for whole blocks, whose per-head norms curve more.
+const HB: f32 = 2e-3;
 
 #[test]
 fn rmsnorm_with_gain_backward_matches_finite_differences() {
@@ -313,4 +319,197 @@ fn check_cross_entropy(vocab: usize) {
         ABS,
         |e| loss(&hidden, e),
     );
+}
+
+#[test]
+fn fast_exp_is_accurate_to_a_few_ulp() {
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -87.0f32 * i as f32 / 200_000.0;
+        let exact = (x as f64).exp();
+        let rel = (fast_exp(x) as f64 - exact).abs() / exact;
+        worst = worst.max(rel);
+    }
+    assert!(worst < 4e-7, "worst relative error {worst:e}");
+    assert_eq!(fast_exp(0.0), 1.0);
+}
+
+/// A one-row stream of `n` tokens at positions `first..first + n`.
+fn stream(n: usize, first: u32) -> Stream {
+    Stream {
+        tokens: vec![0; n],
+        rows: vec![0; n],
+        positions: (first..first + n as u32).collect(),
+        docs: vec![0; n],
+        ranges: vec![(0, n)],
+    }
+}
+
+#[test]
+fn attention_and_ffn_blocks_with_dropout_match_finite_differences() {
+    let dims = BlockDims {
+        d_model: 8,
+        d_ffn: 12,
+        attn: AttnShape {
+            n_heads: 2,
+            head_dim: 4,
+        },
+        eps: 1e-6,
+    };
+    let mut rng = SplitMix64::new(8);
+    let (n, nk) = (5, 4);
+    let queries = stream(n, 4);
+    let keys = stream(nk, 0);
+    let rope = Rope::new(4, 10000.0, 16);
+    let dropout = Some(Dropout {
+        p: 0.2,
+        seed: 5,
+        site: 1,
+    });
+    let x = randn(&mut rng, n * 8, 1.0);
+    let kv = randn(&mut rng, nk * 8, 1.0);
+    let w_out = randn(&mut rng, n * 8, 1.0);
+    // Cross-attention block with the per-head output norm (a RedLLM decoder's).
+    let cross_rows = queries.cross_rows(&keys);
+    let spec = AttnSpec {
+        queries: &queries,
+        keys: &keys,
+        rows: &cross_rows,
+        docs: None,
+        rope: &rope,
+        out_norm: true,
+    };
+    // Gains near 1 as in a trained model: random gains near 0 make the per-head norms so
+    // curved that central differences stop being accurate.
+    let gain = |rng: &mut SplitMix64| -> Vec<f32> {
+        randn(rng, 8, 0.1).into_iter().map(|g| 1.0 + g).collect()
+    };
+    let mut tensors: Vec<Vec<f32>> = vec![gain(&mut rng)];
+    for _ in 0..4 {
+        tensors.push(randn(&mut rng, 64, 0.35));
+    }
+    let run = |t: &[Vec<f32>], x: &[f32], kv: &[f32]| {
+        let w = AttnWeights {
+            norm: &t[0],
+            q: &t[1],
+            k: &t[2],
+            v: &t[3],
+            o: &t[4],
+        };
+        let mut out = x.to_vec();
+        let cache = attention_block_forward(&dims, &w, &mut out, Some(kv), &spec, dropout);
+        (out, cache)
+    };
+    let (_, cache) = run(&tensors, &x, &kv);
+    let mut g: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.len()]).collect();
+    let mut dx = w_out.clone();
+    let mut d_kv = vec![0.0; kv.len()];
+    {
+        let w = AttnWeights {
+            norm: &tensors[0],
+            q: &tensors[1],
+            k: &tensors[2],
+            v: &tensors[3],
+            o: &tensors[4],
+        };
+        let [gn, gq, gk, gv, go] = &mut g[..] else {
+            unreachable!()
+        };
+        let mut grads = AttnGrads {
+            norm: gn,
+            q: gq,
+            k: gk,
+            v: gv,
+            o: go,
+        };
+        attention_block_backward(
+            &dims,
+            &w,
+            &mut grads,
+            &cache,
+            &mut dx,
+            Some((&kv, &mut d_kv)),
+            &spec,
+            dropout,
+        );
+    }
+    check_gradient("cross block dx", &x, &dx, None, HB, TOL, ABS, |x| {
+        weighted_sum(&w_out, &run(&tensors, x, &kv).0)
+    });
+    check_gradient("cross block d_kv", &kv, &d_kv, None, HB, TOL, ABS, |kv| {
+        weighted_sum(&w_out, &run(&tensors, &x, kv).0)
+    });
+    for (i, name) in ["norm", "q", "k", "v", "o"].iter().enumerate() {
+        check_gradient(
+            &format!("cross block d{name}"),
+            &tensors[i],
+            &g[i],
+            None,
+            H,
+            TOL,
+            ABS,
+            |p| {
+                let mut t = tensors.clone();
+                t[i].copy_from_slice(p);
+                weighted_sum(&w_out, &run(&t, &x, &kv).0)
+            },
+        );
+    }
+
+    // FFN block.
+    let mut ffn: Vec<Vec<f32>> = vec![gain(&mut rng)];
+    for _ in 0..3 {
+        ffn.push(randn(&mut rng, 96, 0.3));
+    }
+    let run_ffn = |t: &[Vec<f32>], x: &[f32]| {
+        let w = FfnWeights {
+            norm: &t[0],
+            gate: &t[1],
+            up: &t[2],
+            down: &t[3],
+        };
+        let mut out = x.to_vec();
+        let cache = ffn_block_forward(&dims, &w, &mut out, &queries, dropout);
+        (out, cache)
+    };
+    let (_, cache) = run_ffn(&ffn, &x);
+    let mut g: Vec<Vec<f32>> = ffn.iter().map(|t| vec![0.0; t.len()]).collect();
+    let mut dx = w_out.clone();
+    {
+        let w = FfnWeights {
+            norm: &ffn[0],
+            gate: &ffn[1],
+            up: &ffn[2],
+            down: &ffn[3],
+        };
+        let [gn, gg, gu, gd] = &mut g[..] else {
+            unreachable!()
+        };
+        let mut grads = FfnGrads {
+            norm: gn,
+            gate: gg,
+            up: gu,
+            down: gd,
+        };
+        ffn_block_backward(&dims, &w, &mut grads, &cache, &mut dx, &queries, dropout);
+    }
+    check_gradient("ffn block dx", &x, &dx, None, HB, TOL, ABS, |x| {
+        weighted_sum(&w_out, &run_ffn(&ffn, x).0)
+    });
+    for (i, name) in ["norm", "gate", "up", "down"].iter().enumerate() {
+        check_gradient(
+            &format!("ffn block d{name}"),
+            &ffn[i],
+            &g[i],
+            None,
+            H,
+            TOL,
+            ABS,
+            |p| {
+                let mut t = ffn.clone();
+                t[i].copy_from_slice(p);
+                weighted_sum(&w_out, &run_ffn(&t, &x).0)
+            },
+        );
+    }
 }

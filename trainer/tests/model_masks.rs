@@ -305,3 +305,33 @@ fn document_resets_isolate_documents() {
         }
     }
 }
+
+#[test]
+fn rows_without_predictions_are_handled() {
+    for arch in [Arch::Dec, Arch::Red] {
+        let config = micro_config(arch);
+        let params = ParamStore::init(&config, 8);
+        let mut rng = SplitMix64::new(8);
+        // DecLLM: a one-token row predicts nothing; RedLLM: a row that is all input.
+        let batch = make_batch(&mut rng, config.vocab_size, 6, &[(1, 1), (6, 6), (0, 0)], 0);
+        let options = StepOptions {
+            dropout: 0.1,
+            loss_on_prefix: arch == Arch::Dec,
+            ..StepOptions::default()
+        };
+        let mut grads = params.zeros_like();
+        let stats = CpuBackend::new(Some(2))
+            .unwrap()
+            .forward_backward(&config, &params, &batch, &options, &mut grads)
+            .unwrap();
+        let expected = if arch == Arch::Dec { 5 } else { 0 };
+        assert_eq!(stats.tokens, expected, "{arch:?}");
+        assert_eq!(stats.row_tokens, vec![0, expected, 0]);
+        let empty = make_batch(&mut rng, config.vocab_size, 4, &[], 0);
+        let stats = CpuBackend::new(Some(1))
+            .unwrap()
+            .forward_backward(&config, &params, &empty, &options, &mut grads)
+            .unwrap();
+        assert_eq!(stats.tokens, 0);
+    }
+}

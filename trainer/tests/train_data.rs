@@ -189,3 +189,32 @@ fn unlimited_epochs_with_nothing_to_score_end_instead_of_spinning() {
     let mut loader = Loader::spawn(Box::new(memory(5)), options, Cursor::default()).unwrap();
     assert!(loader.next_batch().unwrap().is_none());
 }
+
+#[test]
+fn trailing_padding_is_trimmed_and_empty_targets_skipped() {
+    let row = |tokens: Vec<u32>| OwnedExample {
+        tokens,
+        prefix_len: 4,
+        source: "web".into(),
+        doc_starts: vec![5],
+    };
+    let source = MemorySource {
+        examples: vec![
+            row(vec![5, 6, 7, 8, 9, 10, PAD, PAD]),
+            // A final sequence padded inside its input part: no target left for RedLLM.
+            row(vec![5, 6, 7, PAD, PAD, PAD, PAD, PAD]),
+            row(vec![5, 6, 7, 8, 9, 10, 11, 12]),
+        ],
+    };
+    let options = LoaderOptions {
+        epochs: Some(1),
+        require_split: true,
+        trim_trailing_padding: true,
+        ..LoaderOptions::new(3, Order::Sequential, PAD)
+    };
+    let mut loader = Loader::spawn(Box::new(source), options, Cursor::default()).unwrap();
+    let loaded = loader.next_batch().unwrap().unwrap();
+    assert_eq!(loaded.indices, vec![0, 2]);
+    assert_eq!(loaded.batch.length, vec![6, 8]);
+    assert_eq!(loaded.batch.doc_starts, vec![vec![5], vec![5]]);
+}

@@ -104,6 +104,9 @@ fn expected_shards(examples: &[Written], max: u64) -> Vec<usize> {
 
 #[test]
 fn random_corpora_round_trip() {
+    // (kind, dtype) pairs and rollovers the seeds covered: the property is only as good as them.
+    let mut covered = std::collections::BTreeSet::new();
+    let mut rollovers = 0;
     for seed in 0..24u64 {
         let mut rng = Rng::new(seed);
         let case = random_case(&mut rng);
@@ -172,12 +175,19 @@ fn random_corpora_round_trip() {
         assert_eq!(report.shards, corpus.num_shards(), "{ctx}");
         assert_eq!(report.examples, corpus.len(), "{ctx}");
         assert_eq!(report.tokens, stored, "{ctx}");
+        covered.insert((manifest.kind.name(), manifest.token_dtype.name()));
+        rollovers += usize::from(corpus.num_shards() > 1);
         let past_end = corpus.example(corpus.len());
         assert!(
             matches!(past_end, Err(SchemaError::OutOfRange { .. })),
             "{ctx}"
         );
     }
+    assert_eq!(covered.len(), 4, "seeds covered only {covered:?}");
+    assert!(
+        rollovers >= 5,
+        "only {rollovers} seeds rolled over to a second shard"
+    );
 }
 
 /// The lead's first smoke test, kept: five packed examples over three shards.

@@ -36,6 +36,9 @@ pub struct LoaderOptions {
     pub prefix_len_override: Option<usize>,
     /// Require `1 <= prefix_len < length` (RedLLM needs an encoder input and a target).
     pub require_split: bool,
+    /// Drop trailing padding from rows (a packed corpus may pad its final sequence; padding
+    /// must not be scored). A row left with nothing to score is skipped.
+    pub trim_trailing_padding: bool,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
 }
@@ -49,6 +52,7 @@ impl LoaderOptions {
             epochs: None,
             prefix_len_override: None,
             require_split: false,
+            trim_trailing_padding: false,
             prefetch: 2,
         }
     }
@@ -213,14 +217,33 @@ fn next_batch(
             break;
         };
         let mut example = source.example(index)?;
-        if let Some(k) = options.prefix_len_override {
-            if example.tokens.len() <= k {
-                skipped += 1;
-                if skipped >= walker.n {
-                    break;
-                }
-                continue;
+        if options.trim_trailing_padding {
+            let real = example
+                .tokens
+                .iter()
+                .rposition(|&t| t != options.pad_id)
+                .map_or(0, |last| last + 1);
+            example.tokens.truncate(real);
+            example.doc_starts.retain(|&s| (s as usize) < real);
+        }
+        // Rows with nothing to score: at most `k` tokens under a fixed prefix `k`, or (after
+        // trimming padding) no target left.
+        let len = example.tokens.len();
+        let nothing_to_score = match options.prefix_len_override {
+            Some(k) => len <= k,
+            None if options.trim_trailing_padding => {
+                len < 2 || (options.require_split && len <= example.prefix_len)
             }
+            None => false,
+        };
+        if nothing_to_score {
+            skipped += 1;
+            if skipped >= walker.n {
+                break;
+            }
+            continue;
+        }
+        if let Some(k) = options.prefix_len_override {
             example.prefix_len = k;
         }
         skipped = 0;

@@ -26,6 +26,7 @@ use crate::data::{DataError, Loader};
 use crate::flops::{training_flops, StackTokens};
 use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
 use crate::optim::{self, OptimError};
+use crate::params::ParamStore;
 use crate::rng::counter_hash;
 
 /// Tag mixed into dropout seeds so they never collide with other uses of the run seed.
@@ -73,6 +74,18 @@ fn last_good(path: &Option<PathBuf>) -> String {
     }
 }
 
+/// Sums over the micro-batches of one step.
+#[derive(Debug, Default)]
+struct Accumulated {
+    loss_sum: f64,
+    z_sum: f64,
+    /// Scored tokens.
+    scored: u64,
+    /// Non-padding tokens read.
+    real_tokens: u64,
+    flops: f64,
+}
+
 /// How a finished run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOutcome {
@@ -114,33 +127,13 @@ impl TrainRun {
         for step in self.start_step + 1..=settings.steps {
             let started = Instant::now();
             grads.fill_zero();
-            let (mut loss_sum, mut z_sum, mut scored, mut real_tokens, mut flops) =
-                (0f64, 0f64, 0u64, 0u64, 0f64);
-            for micro in 0..settings.accum {
-                let loaded = loader.next_batch()?.ok_or(DataError::LoaderGone)?;
-                let options = StepOptions {
-                    dropout_seed: counter_hash(settings.seed, &[DROPOUT_STREAM, step, micro]),
-                    ..base_options
-                };
-                let stats = backend
-                    .forward_backward(
-                        &self.model,
-                        &self.params,
-                        &loaded.batch,
-                        &options,
-                        &mut grads,
-                    )
-                    .map_err(|source| TrainError::Backend { step, source })?;
-                loss_sum += stats.loss_sum;
-                z_sum += stats.z_loss_sum;
-                scored += stats.tokens as u64;
-                real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
-                flops += training_flops(
-                    &self.model,
-                    &StackTokens::from_batch(&self.model, &loaded.batch, &options),
-                );
-                self.cursor = loaded.cursor;
-            }
+            let Accumulated {
+                loss_sum,
+                z_sum,
+                scored,
+                real_tokens,
+                flops,
+            } = self.accumulate(step, &mut loader, backend, &mut grads, &base_options)?;
             if scored == 0 {
                 return Err(TrainError::NoScoredTokens { step });
             }
@@ -216,6 +209,39 @@ impl TrainRun {
             final_checkpoint,
             metrics,
         })
+    }
+
+    /// Runs the `accum` micro-batches of one step, adding their summed-loss gradients into
+    /// `grads` and advancing the data cursor.
+    fn accumulate(
+        &mut self,
+        step: u64,
+        loader: &mut Loader,
+        backend: &mut dyn Backend,
+        grads: &mut ParamStore,
+        base_options: &StepOptions,
+    ) -> Result<Accumulated, TrainError> {
+        let mut sums = Accumulated::default();
+        for micro in 0..self.settings.accum {
+            let loaded = loader.next_batch()?.ok_or(DataError::LoaderGone)?;
+            let options = StepOptions {
+                dropout_seed: counter_hash(self.settings.seed, &[DROPOUT_STREAM, step, micro]),
+                ..*base_options
+            };
+            let stats = backend
+                .forward_backward(&self.model, &self.params, &loaded.batch, &options, grads)
+                .map_err(|source| TrainError::Backend { step, source })?;
+            sums.loss_sum += stats.loss_sum;
+            sums.z_sum += stats.z_loss_sum;
+            sums.scored += stats.tokens as u64;
+            sums.real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
+            sums.flops += training_flops(
+                &self.model,
+                &StackTokens::from_batch(&self.model, &loaded.batch, &options),
+            );
+            self.cursor = loaded.cursor;
+        }
+        Ok(sums)
     }
 
     fn save(&self, step: u64) -> Result<PathBuf, TrainError> {

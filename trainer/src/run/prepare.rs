@@ -161,6 +161,9 @@ impl TrainRun {
             loss_on_prefix: settings.arch == Arch::Dec && settings.mode == Mode::Pretrain,
             loader_options: LoaderOptions {
                 require_split: settings.arch == Arch::Red,
+                // Padding is told apart from text only when it has its own id.
+                trim_trailing_padding: summary.kind == Kind::Packed
+                    && summary.tokenizer.pad_id != summary.tokenizer.eod_id,
                 ..LoaderOptions::new(
                     rows_per_micro_batch,
                     Order::Shuffled {

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod matmul;
 mod model;
 pub mod ops;
+mod stack;
 pub mod stream;
 
 use crate::backend::{Backend, BackendError};

@@ -143,8 +143,11 @@ impl Rope {
     /// `positions[t]` is token t's position. `inverse` rotates backwards, which is the backward
     /// pass (the rotation is orthogonal).
     pub fn apply(&self, x: &mut [f32], positions: &[u32], head_dim: usize, inverse: bool) {
+        if x.is_empty() || positions.is_empty() {
+            return;
+        }
         let half = self.half;
-        let width = x.len() / positions.len().max(1);
+        let width = x.len() / positions.len();
         x.par_chunks_mut(CHUNK * width)
             .enumerate()
             .for_each(|(chunk, x)| {
@@ -219,10 +222,10 @@ impl Dropout {
     /// Multiplies `x` (`tokens x width`) by the mask scaled by `1/(1-p)`; the same call on the
     /// output gradient is the backward pass.
     pub fn apply(&self, x: &mut [f32], rows: &[u32], positions: &[u32]) {
-        if self.p <= 0.0 {
+        if self.p <= 0.0 || x.is_empty() || rows.is_empty() {
             return;
         }
-        let width = x.len() / rows.len().max(1);
+        let width = x.len() / rows.len();
         let keep_scale = 1.0 / (1.0 - self.p);
         x.par_chunks_mut(CHUNK * width)
             .enumerate()
