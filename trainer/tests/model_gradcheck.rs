@@ -37,12 +37,15 @@ fn check_model(config: &ModelConfig, batch: &Batch, options: &StepOptions, seed:
         );
         let indices = probe_indices(grad, 3, &mut rng);
         let mut probe = params.clone();
+        // Step 2e-3: the per-head norms over 4 values curve enough that 1e-2 leaves a 10%
+        // truncation error; f32 rounding of the summed loss stays well below the tolerance.
+        // (Checked: swapping RoPE's backward rotation for the forward one fails every case.)
         check_gradient(
             name,
             &params.tensors[ti].data,
             grad,
             Some(&indices),
-            1e-2,
+            2e-3,
             2e-2,
             2e-3,
             |x| {

@@ -83,8 +83,9 @@ pub fn micro_config(arch: Arch) -> ModelConfig {
         vocab_size: 13,
         d_model: 16,
         d_ffn: 24,
-        n_heads: 2,
-        head_dim: 8,
+        // d_attn = 12 differs from d_model, so a mixed-up dimension cannot go unnoticed.
+        n_heads: 3,
+        head_dim: 4,
         layers: if arch == Arch::Dec { 2 } else { 0 },
         encoder_layers: if arch == Arch::Red { 2 } else { 0 },
         decoder_layers: if arch == Arch::Red { 2 } else { 0 },
