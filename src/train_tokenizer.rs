@@ -170,8 +170,14 @@ mod tests {
             vocab_size: 400,
             ..TrainConfig::default()
         };
-        let a = train_bpe(corpus().into_iter(), &config).unwrap();
-        let b = train_bpe(corpus().into_iter(), &config).unwrap();
+        let train_with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| train_bpe(corpus().into_iter(), &config).unwrap())
+        };
+        let (a, b) = (train_with(1), train_with(2));
         assert_eq!(to_json(&a).unwrap(), to_json(&b).unwrap());
         assert_eq!(a.token_to_id("[EOD]"), Some(0));
         assert_eq!(a.token_to_id("[PAD]"), Some(1));

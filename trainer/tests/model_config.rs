@@ -204,8 +204,10 @@ fn forward_backward_is_bitwise_identical_across_thread_counts() {
         config.d_ffn = 128;
         let params = ParamStore::init(&config, 9);
         let mut rng = SplitMix64::new(9);
-        let mut batch = make_batch(&mut rng, 1300, 80, &[(80, 40), (57, 20), (33, 10)], 0);
-        batch.doc_starts = vec![vec![30, 60], vec![], vec![12]];
+        // Over 256 tokens in every stream: several token chunks per product.
+        let rows = [(160, 80), (150, 70), (140, 60), (100, 50)];
+        let mut batch = make_batch(&mut rng, 1300, 160, &rows, 0);
+        batch.doc_starts = vec![vec![30, 90], vec![], vec![12], vec![70]];
         let options = StepOptions {
             z_loss: 1e-4,
             dropout: 0.1,

@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 /// Rows of the token dimension per task in products that split over tokens.
-const TOKEN_CHUNK: usize = 64;
+const TOKEN_CHUNK: usize = 256;
 /// Output rows of a weight gradient per task.
 const WEIGHT_CHUNK: usize = 64;
 
