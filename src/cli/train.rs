@@ -59,6 +59,29 @@ pub struct TrainArgs {
     /// Model size: tiny, small, 150m, 1b, 2b, 4b, 8b.
     #[arg(long, value_name = "NAME")]
     pub size: Option<String>,
+    /// Model width, over the size preset (likewise the dimension flags below; the recipe's
+    /// `[model]` table sets them too, plus rope_base and norm_eps). With --resume or --init the
+    /// model is the checkpoint's and a dimension given here must match it.
+    #[arg(long, value_name = "N")]
+    pub d_model: Option<usize>,
+    /// SwiGLU hidden width.
+    #[arg(long, value_name = "N")]
+    pub d_ffn: Option<usize>,
+    /// Attention heads.
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
+    /// Width of each head (even, for rotary embeddings).
+    #[arg(long, value_name = "N")]
+    pub head_dim: Option<usize>,
+    /// DecLLM layers; for RedLLM, the layers of each stack.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// RedLLM encoder layers (over --layers).
+    #[arg(long, value_name = "N")]
+    pub encoder_layers: Option<usize>,
+    /// RedLLM decoder layers (over --layers).
+    #[arg(long, value_name = "N")]
+    pub decoder_layers: Option<usize>,
     /// Optimizer steps (the run's end; the cosine schedule decays to it).
     #[arg(long, value_name = "N")]
     pub steps: Option<u64>,

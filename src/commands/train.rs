@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::cpu::CpuBackend;
 use redpack_trainer::backend::Backend;
-use redpack_trainer::config::{human_count, Arch};
+use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{StepMetrics, StepObserver};
 use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
@@ -38,6 +38,17 @@ fn flags_recipe(args: &TrainArgs) -> Recipe {
             ModeArg::Finetune => Mode::Finetune,
         }),
         size: args.size.clone(),
+        model: ModelOverrides {
+            d_model: args.d_model,
+            d_ffn: args.d_ffn,
+            n_heads: args.heads,
+            head_dim: args.head_dim,
+            layers: args.layers,
+            encoder_layers: args.encoder_layers,
+            decoder_layers: args.decoder_layers,
+            rope_base: None,
+            norm_eps: None,
+        },
         steps: args.steps,
         batch: args.batch,
         batch_tokens: args.batch_tokens,
@@ -87,6 +98,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut backend = backend_for(args.device, args.threads)?;
     let run = TrainRun::prepare(settings).context("cannot start training")?;
     describe(&run, &backend);
+    let model = run.model.clone();
     let total = run.settings.steps;
     let start = run.start_step;
     let mut bar = Bar::new(total, start);
@@ -103,6 +115,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "last_loss": last.map(|m| m.loss),
             "tokens_seen": last.map(|m| m.tokens_seen),
             "flops_seen": last.map(|m| m.flops_seen),
+            "model": model,
+            "parameters": model.param_count(),
             "checkpoint": outcome.final_checkpoint,
             "metrics": args.out.join(redpack_trainer::metrics::METRICS_FILE),
         });
@@ -133,16 +147,23 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
     };
     // With --init or --resume the model is the checkpoint's, whatever --size says.
     let size = if run.resumed_from.is_some() || run.initialized_from.is_some() {
-        format!("d_model {}", run.model.d_model)
-    } else {
+        "(from the checkpoint)".to_string()
+    } else if s.model.is_empty() {
         s.size.clone()
+    } else {
+        format!("{} with {}", s.size, s.model.describe().join(", "))
     };
     eprintln!(
-        "{} {arch} {size} ({} parameters) on {} ({} examples)",
+        "{} {arch} {size}, {} parameters, on {} ({} examples)",
         s.mode.name(),
         human_count(run.model.param_count()),
         s.data.display(),
         run.corpus.examples
+    );
+    eprintln!(
+        "model: {} ({} parameters)",
+        run.model.describe(),
+        run.model.param_count()
     );
     eprintln!(
         "batch {} sequences ({} x {}), steps {}..{}, backend {}",

@@ -45,6 +45,116 @@ pub struct ModelConfig {
     pub norm_eps: f32,
 }
 
+/// Dimensions a recipe (`[model]` table) or the command line sets on top of a size preset; every
+/// field optional. `layers` is DecLLM's depth; for RedLLM it sets both stacks (the presets' "layers
+/// per stack"), and `encoder_layers` / `decoder_layers` set one stack each, over `layers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    pub d_model: Option<usize>,
+    pub d_ffn: Option<usize>,
+    pub n_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub layers: Option<usize>,
+    pub encoder_layers: Option<usize>,
+    pub decoder_layers: Option<usize>,
+    pub rope_base: Option<f32>,
+    pub norm_eps: Option<f32>,
+}
+
+impl ModelOverrides {
+    /// True when nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == ModelOverrides::default()
+    }
+
+    /// `self` with every field that `top` sets replaced by `top`'s value.
+    pub fn overlay(self, top: ModelOverrides) -> ModelOverrides {
+        ModelOverrides {
+            d_model: top.d_model.or(self.d_model),
+            d_ffn: top.d_ffn.or(self.d_ffn),
+            n_heads: top.n_heads.or(self.n_heads),
+            head_dim: top.head_dim.or(self.head_dim),
+            layers: top.layers.or(self.layers),
+            encoder_layers: top.encoder_layers.or(self.encoder_layers),
+            decoder_layers: top.decoder_layers.or(self.decoder_layers),
+            rope_base: top.rope_base.or(self.rope_base),
+            norm_eps: top.norm_eps.or(self.norm_eps),
+        }
+    }
+
+    /// `base` with these overrides applied, validated.
+    pub fn apply(&self, base: &ModelConfig) -> Result<ModelConfig, ConfigError> {
+        let mut config = base.clone();
+        let set = |field: &mut usize, value: Option<usize>| {
+            if let Some(v) = value {
+                *field = v;
+            }
+        };
+        set(&mut config.d_model, self.d_model);
+        set(&mut config.d_ffn, self.d_ffn);
+        set(&mut config.n_heads, self.n_heads);
+        set(&mut config.head_dim, self.head_dim);
+        match config.arch {
+            Arch::Dec => {
+                for (name, value) in [
+                    ("encoder_layers", self.encoder_layers),
+                    ("decoder_layers", self.decoder_layers),
+                ] {
+                    if let Some(v) = value {
+                        return Err(ConfigError::Invalid(format!(
+                            "{name} = {v} is a RedLLM dimension; DecLLM's depth is `layers`"
+                        )));
+                    }
+                }
+                set(&mut config.layers, self.layers);
+            }
+            Arch::Red => {
+                set(
+                    &mut config.encoder_layers,
+                    self.encoder_layers.or(self.layers),
+                );
+                set(
+                    &mut config.decoder_layers,
+                    self.decoder_layers.or(self.layers),
+                );
+            }
+        }
+        if let Some(v) = self.rope_base {
+            config.rope_base = v;
+        }
+        if let Some(v) = self.norm_eps {
+            config.norm_eps = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The overridden fields as `name = value`, for logs.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut int = |name: &str, v: Option<usize>| {
+            if let Some(v) = v {
+                out.push(format!("{name} = {v}"));
+            }
+        };
+        int("d_model", self.d_model);
+        int("d_ffn", self.d_ffn);
+        int("n_heads", self.n_heads);
+        int("head_dim", self.head_dim);
+        int("layers", self.layers);
+        int("encoder_layers", self.encoder_layers);
+        int("decoder_layers", self.decoder_layers);
+        if let Some(v) = self.rope_base {
+            out.push(format!("rope_base = {v}"));
+        }
+        if let Some(v) = self.norm_eps {
+            out.push(format!("norm_eps = {v:e}"));
+        }
+        out
+    }
+}
+
 /// What is wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -155,7 +265,7 @@ impl ModelConfig {
             ("head_dim", self.head_dim),
         ] {
             if value == 0 {
-                return invalid(format!("{name} must be positive"));
+                return invalid(format!("{name} must be positive, got {value}"));
             }
         }
         if self.head_dim & 1 == 1 {
@@ -165,9 +275,14 @@ impl ModelConfig {
             ));
         }
         match self.arch {
-            Arch::Dec if self.layers == 0 => return invalid("DecLLM needs layers >= 1".into()),
+            Arch::Dec if self.layers == 0 => {
+                return invalid("DecLLM needs layers >= 1, got 0".into())
+            }
             Arch::Red if self.encoder_layers == 0 || self.decoder_layers == 0 => {
-                return invalid("RedLLM needs encoder_layers >= 1 and decoder_layers >= 1".into())
+                return invalid(format!(
+                    "RedLLM needs encoder_layers >= 1 and decoder_layers >= 1, got {} and {}",
+                    self.encoder_layers, self.decoder_layers
+                ))
             }
             _ => {}
         }
@@ -177,7 +292,100 @@ impl ModelConfig {
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return invalid(format!("norm_eps must be > 0, got {}", self.norm_eps));
         }
+        if self.checked_param_count().is_none() {
+            return invalid(format!(
+                "the parameter count of d_model {}, d_ffn {}, {} heads of {}, layers {}/{}/{} and vocab_size {} overflows",
+                self.d_model,
+                self.d_ffn,
+                self.n_heads,
+                self.head_dim,
+                self.layers,
+                self.encoder_layers,
+                self.decoder_layers,
+                self.vocab_size
+            ));
+        }
         Ok(())
+    }
+
+    /// `param_count` in checked arithmetic: `None` for dimensions so large it overflows.
+    fn checked_param_count(&self) -> Option<u64> {
+        let n = |v: usize| u64::try_from(v).ok();
+        let d = n(self.d_model)?;
+        let d_attn = n(self.n_heads)?.checked_mul(n(self.head_dim)?)?;
+        let attn = d.checked_mul(d_attn)?.checked_mul(4)?.checked_add(d)?;
+        let ffn = d
+            .checked_mul(n(self.d_ffn)?)?
+            .checked_mul(3)?
+            .checked_add(d)?;
+        let embedding = n(self.vocab_size)?.checked_mul(d)?;
+        let stacks = match self.arch {
+            Arch::Dec => n(self.layers)?.checked_mul(attn.checked_add(ffn)?)?,
+            Arch::Red => n(self.encoder_layers)?
+                .checked_mul(attn.checked_add(ffn)?)?
+                .checked_add(
+                    n(self.decoder_layers)?.checked_mul(attn.checked_mul(2)?.checked_add(ffn)?)?,
+                )?,
+        };
+        // Two final norms at most.
+        embedding
+            .checked_add(stacks)?
+            .checked_add(d.checked_mul(2)?)
+    }
+
+    /// The resolved shape in one line, for logs: `d_model 64, d_ffn 256, 2 heads x 32, ...`.
+    pub fn describe(&self) -> String {
+        let depth = match self.arch {
+            Arch::Dec => format!("{} layers", self.layers),
+            Arch::Red => format!(
+                "{} encoder + {} decoder layers",
+                self.encoder_layers, self.decoder_layers
+            ),
+        };
+        format!(
+            "d_model {}, d_ffn {}, {} heads x {}, {depth}, vocab {}, rope_base {}, norm_eps {:e}",
+            self.d_model,
+            self.d_ffn,
+            self.n_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.rope_base,
+            self.norm_eps
+        )
+    }
+
+    /// The fields where `other` differs from `self`: `(name, self's value, other's value)`.
+    pub fn differences(&self, other: &ModelConfig) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &'static str, a: String, b: String| {
+            if a != b {
+                out.push((name, a, b));
+            }
+        };
+        cmp("arch", self.arch.name().into(), other.arch.name().into());
+        for (name, a, b) in [
+            ("vocab_size", self.vocab_size, other.vocab_size),
+            ("d_model", self.d_model, other.d_model),
+            ("d_ffn", self.d_ffn, other.d_ffn),
+            ("n_heads", self.n_heads, other.n_heads),
+            ("head_dim", self.head_dim, other.head_dim),
+            ("layers", self.layers, other.layers),
+            ("encoder_layers", self.encoder_layers, other.encoder_layers),
+            ("decoder_layers", self.decoder_layers, other.decoder_layers),
+        ] {
+            cmp(name, a.to_string(), b.to_string());
+        }
+        cmp(
+            "rope_base",
+            self.rope_base.to_string(),
+            other.rope_base.to_string(),
+        );
+        cmp(
+            "norm_eps",
+            format!("{:e}", self.norm_eps),
+            format!("{:e}", other.norm_eps),
+        );
+        out
     }
 
     /// Parameters of one self- or cross-attention block: its pre-norm gain and Q, K, V, O.

@@ -141,12 +141,7 @@ impl TrainRun {
             ));
         }
         let mut run = TrainRun {
-            model: ModelConfig::preset(
-                settings.arch,
-                &settings.size,
-                tokenizer.vocab_size as usize,
-            )
-            .map_err(|e| incompatible(&settings.data, e.to_string()))?,
+            model: settings.model_config(tokenizer.vocab_size as usize)?,
             params: empty_store(),
             optimizer: Adafactor::new(settings.optimizer.clone(), &empty_store())?,
             start_step: 0,
@@ -208,6 +203,7 @@ impl TrainRun {
             ));
         }
         check_tokenizer(dir, &meta.model, &meta.tokenizer, &self.corpus)?;
+        self.check_overrides(dir, &meta.model)?;
         // The data order depends on these; a resume with other values would not continue the run.
         let was = &meta.settings;
         let now = serde_json::to_value(&self.settings).unwrap_or_default();
@@ -240,6 +236,40 @@ impl TrainRun {
         Ok(())
     }
 
+    /// With `--resume` or `--init` the model is the checkpoint's: a dimension the recipe or the
+    /// command line sets must be the checkpoint's, or the run would not be the one asked for.
+    fn check_overrides(&self, dir: &Path, model: &ModelConfig) -> Result<(), TrainError> {
+        let overrides = &self.settings.model;
+        if overrides.is_empty() {
+            return Ok(());
+        }
+        let asked = overrides.apply(model).map_err(|e| {
+            incompatible(
+                dir,
+                format!(
+                    "the model dimensions asked for do not apply to the checkpoint's model: {e}"
+                ),
+            )
+        })?;
+        let differences: Vec<String> = model
+            .differences(&asked)
+            .into_iter()
+            .map(|(name, has, wants)| {
+                format!("{name} = {has} in the checkpoint, {wants} asked for")
+            })
+            .collect();
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(incompatible(
+            dir,
+            format!(
+                "the checkpoint's model does not match the dimensions asked for ({}); with --resume or --init the model comes from the checkpoint: drop the override or start a new run",
+                differences.join("; ")
+            ),
+        ))
+    }
+
     fn init_from(&mut self, path: &Path) -> Result<(), TrainError> {
         let dir = checkpoint::resolve(path)?;
         let ckpt = checkpoint::load(&dir, false)?;
@@ -254,6 +284,7 @@ impl TrainRun {
             ));
         }
         check_tokenizer(&dir, &ckpt.meta.model, &ckpt.meta.tokenizer, &self.corpus)?;
+        self.check_overrides(&dir, &ckpt.meta.model)?;
         self.model = ckpt.meta.model.clone();
         self.optimizer = Adafactor::new(self.settings.optimizer.clone(), &ckpt.params)?;
         self.params = ckpt.params;

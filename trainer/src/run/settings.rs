@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Arch;
+use crate::config::{Arch, ModelConfig, ModelOverrides};
 use crate::optim::AdafactorConfig;
 use crate::schedule::Schedule;
 
@@ -46,6 +46,9 @@ pub struct Recipe {
     pub mode: Option<Mode>,
     /// Model size preset (`tiny`, `small`, `150m`, `1b`, `2b`, `4b`, `8b`).
     pub size: Option<String>,
+    /// Dimensions set over the size preset (the recipe's `[model]` table).
+    #[serde(default)]
+    pub model: ModelOverrides,
     pub steps: Option<u64>,
     /// Sequences per optimizer step.
     pub batch: Option<u64>,
@@ -78,6 +81,7 @@ impl Recipe {
             arch: top.arch.or(self.arch),
             mode: top.mode.or(self.mode),
             size: top.size.or(self.size),
+            model: self.model.overlay(top.model),
             steps: top.steps.or(self.steps),
             // A batch given in one unit on top replaces one given in the other below.
             batch: top.batch.or(if top.batch_tokens.is_some() {
@@ -136,6 +140,10 @@ pub struct TrainSettings {
     pub arch: Arch,
     pub mode: Mode,
     pub size: String,
+    /// Dimensions set over the size preset. With `--resume` or `--init` the model is the
+    /// checkpoint's, and these must agree with it.
+    #[serde(default)]
+    pub model: ModelOverrides,
     pub data: PathBuf,
     pub out: PathBuf,
     pub steps: u64,
@@ -228,6 +236,7 @@ impl TrainSettings {
             arch,
             mode,
             size: r.size.ok_or_else(|| missing("size"))?,
+            model: r.model,
             data,
             out,
             steps: r.steps.ok_or_else(|| missing("steps"))?,
@@ -249,9 +258,25 @@ impl TrainSettings {
         Ok(settings)
     }
 
+    /// The model a new run builds: the size preset for the tokenizer's `vocab_size`, with the
+    /// overrides applied, validated.
+    pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig, SettingsError> {
+        let preset = ModelConfig::preset(self.arch, &self.size, vocab_size)
+            .map_err(|e| SettingsError(e.to_string()))?;
+        self.model.apply(&preset).map_err(|e| {
+            SettingsError(format!(
+                "model size {} with {}: {e}",
+                self.size,
+                self.model.describe().join(", ")
+            ))
+        })
+    }
+
     /// Checks values that do not depend on the corpus.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError(m));
+        // The shape, with the smallest vocabulary: `prepare` checks it again with the corpus's.
+        self.model_config(2)?;
         if self.steps == 0 {
             return bad("steps must be at least 1".into());
         }
