@@ -277,6 +277,52 @@ mod tests {
     }
 
     #[test]
+    fn dimension_flags_override_the_preset() {
+        let args = train_args(&[
+            "--arch",
+            "red",
+            "--mode",
+            "pretrain",
+            "--d-model",
+            "48",
+            "--d-ffn",
+            "96",
+            "--heads",
+            "3",
+            "--head-dim",
+            "8",
+            "--layers",
+            "2",
+            "--decoder-layers",
+            "1",
+        ]);
+        let s = resolve_settings(&args).unwrap();
+        let model = s.model_config(100).unwrap();
+        assert_eq!(
+            (model.d_model, model.d_ffn, model.n_heads, model.head_dim),
+            (48, 96, 3, 8)
+        );
+        assert_eq!((model.encoder_layers, model.decoder_layers), (2, 1));
+        let err = resolve_settings(&train_args(&[
+            "--arch", "dec", "--mode", "pretrain", "--heads", "0",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("n_heads must be positive, got 0"), "{err}");
+        let err = resolve_settings(&train_args(&[
+            "--arch",
+            "dec",
+            "--mode",
+            "pretrain",
+            "--encoder-layers",
+            "2",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("RedLLM dimension"), "{err}");
+    }
+
+    #[test]
     fn cuda_is_refused_with_a_hint() {
         let err = backend_for(DeviceArg::Cuda, None)
             .err()

@@ -336,6 +336,7 @@ impl ModelConfig {
     /// The resolved shape in one line, for logs: `d_model 64, d_ffn 256, 2 heads x 32, ...`.
     pub fn describe(&self) -> String {
         let depth = match self.arch {
+            Arch::Dec if self.layers == 1 => "1 layer".to_string(),
             Arch::Dec => format!("{} layers", self.layers),
             Arch::Red => format!(
                 "{} encoder + {} decoder layers",

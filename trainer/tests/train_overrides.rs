@@ -216,7 +216,7 @@ fn overrides_train_and_must_agree_with_the_checkpoint() {
     );
     assert!(err.contains("--resume"), "{err}");
 
-    // A dimension the checkpoint has at its preset value but the run overrides: refused too.
+    // Any dimension that differs is refused, not only those the run was started with.
     let mut deeper = settings.clone();
     deeper.resume = true;
     deeper.model = ModelOverrides {
