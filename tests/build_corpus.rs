@@ -691,6 +691,14 @@ fn data_manifest_inputs_are_verified_and_read() {
     check_counts(&manifest);
     assert_eq!(manifest.inputs.len(), 4);
     assert_eq!(manifest.counts.records_read, 20 + 20 + 400 + 400);
+    // The verified checksums travel into the corpus manifest's provenance.
+    for input in &manifest.inputs {
+        let sha = input.sha256.as_deref().unwrap_or_default();
+        let actual = redpack_schemas::hash_file(&Path::new(root).join(&input.path))
+            .unwrap()
+            .1;
+        assert_eq!(sha, actual, "{}", input.path);
+    }
 
     // A copy of the tree with one byte changed fails before anything is built.
     let copy = tempdir();

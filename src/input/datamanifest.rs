@@ -204,7 +204,15 @@ impl DataManifest {
                 .or_else(|| subset.and_then(|s| s.source.clone()));
             let hint = subset.and_then(|s| s.format).unwrap_or(default_hint);
             seen.insert(path.clone());
-            files.push(input_file(path, &entry.path, source, hint)?);
+            let mut file = input_file(path, &entry.path, source, hint)?;
+            if verify_checksums {
+                file.sha256 = entry
+                    .sha256
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Arc::from(s.to_ascii_lowercase()));
+            }
+            files.push(file);
         }
         let mut coverage = Vec::new();
         for subset in &self.subsets {
@@ -267,6 +275,7 @@ fn input_file(
         source: Arc::from(source),
         path,
         format,
+        sha256: None,
     })
 }
 

@@ -68,6 +68,7 @@ pub fn discover(paths: &[PathBuf], hint: FormatHint) -> Result<Vec<InputFile>, I
             display: Arc::from(display),
             path,
             format,
+            sha256: None,
         });
     }
     Ok(files)

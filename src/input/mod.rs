@@ -56,6 +56,9 @@ pub struct InputFile {
     /// (pipeline config) before opening.
     pub source: Arc<str>,
     pub format: InputFormat,
+    /// The file's sha256 (lowercase hex) when a data manifest listed it and the build verified
+    /// it; recorded in the corpus manifest's `inputs`.
+    pub sha256: Option<Arc<str>>,
 }
 
 /// How a file is laid out.

@@ -61,7 +61,7 @@ pub fn read_all(
             source: file.source.to_string(),
             format: input_format_name(file),
             bytes: size,
-            sha256: None,
+            sha256: file.sha256.as_deref().map(str::to_string),
             records_read: 0,
             fault: None,
         };
