@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::cpu::CpuBackend;
+use redpack_trainer::backend::cuda::probe::{self, DeviceChoice};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{StepMetrics, StepObserver};
@@ -15,11 +16,17 @@ use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSetting
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, TrainArgs};
 
-/// The backend `--device` asks for. CUDA is the next step of the project; until it lands the
-/// flag fails loudly rather than silently running on the CPU.
+/// The backend `--device` asks for. CUDA is the next step of the project; until its backend
+/// lands, `cuda` fails loudly rather than silently running on the CPU: with the reason the probe
+/// gives when there is no driver or device, else saying the backend is not built yet. `auto`
+/// stays on the CPU until then.
 pub fn backend_for(device: DeviceArg, threads: Option<usize>) -> anyhow::Result<CpuBackend> {
     match device {
-        DeviceArg::Cuda => bail!("the CUDA backend is not built yet; use --device cpu"),
+        DeviceArg::Cuda => {
+            // Fails with the probe's reason when there is no driver or no device.
+            probe::resolve(DeviceChoice::Cuda, &probe::detect())?;
+            bail!("the CUDA backend is not built yet; use --device cpu")
+        }
         DeviceArg::Auto | DeviceArg::Cpu => {
             CpuBackend::new(threads).context("cannot start the CPU backend")
         }
@@ -328,7 +335,17 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert_eq!(err, "the CUDA backend is not built yet; use --device cpu");
+        // What the probe finds decides the reason; every one ends with the way out.
+        use redpack_trainer::backend::cuda::probe::CudaAvailability;
+        match probe::detect() {
+            CudaAvailability::NoDriver => {
+                assert_eq!(err, "no CUDA driver found: use `--device cpu`")
+            }
+            CudaAvailability::NoDevice { .. } => assert!(err.ends_with("use `--device cpu`")),
+            CudaAvailability::Device(_) => {
+                assert_eq!(err, "the CUDA backend is not built yet; use --device cpu")
+            }
+        }
         assert!(backend_for(DeviceArg::Auto, Some(1)).is_ok());
     }
 

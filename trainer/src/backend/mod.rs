@@ -9,6 +9,7 @@ use crate::config::ModelConfig;
 use crate::params::ParamStore;
 
 pub mod cpu;
+pub mod cuda;
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]

@@ -139,6 +139,12 @@ impl Rope {
         self.cos.len() / self.half.max(1)
     }
 
+    /// The `positions x head_dim/2` cosine and sine tables (the CUDA kernel takes them as they
+    /// are, so both backends rotate by the same f32 values).
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates every head of every token in place; `x` is `tokens x (heads · head_dim)` and
     /// `positions[t]` is token t's position. `inverse` rotates backwards, which is the backward
     /// pass (the rotation is orthogonal).

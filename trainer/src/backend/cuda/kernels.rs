@@ -1,0 +1,99 @@
+//! The kernel sources, embedded at build time, and the entry points each one defines.
+//!
+//! NVRTC has no CUDA headers here, so `common.cuh` (bf16 storage helpers, warp and block
+//! reductions) is prepended to every source instead of `#include`d; a `#line` directive keeps
+//! compiler messages pointing at the right file and line.
+
+/// Helpers shared by every kernel source.
+pub const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// One `.cu` file and the `extern "C"` kernels it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// File stem under `trainer/src/backend/cuda/kernels/`.
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+impl KernelSource {
+    /// What NVRTC compiles: the common helpers, then the file.
+    pub fn full_source(&self) -> String {
+        format!(
+            "#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}.cu\"\n{}",
+            self.name, self.source
+        )
+    }
+}
+
+macro_rules! kernel_source {
+    ($name:literal, [$($entry:literal),* $(,)?]) => {
+        KernelSource {
+            name: $name,
+            source: include_str!(concat!("kernels/", $name, ".cu")),
+            entries: &[$($entry),*],
+        }
+    };
+}
+
+/// Every kernel source of the CUDA backend.
+pub const KERNELS: &[KernelSource] = &[
+    kernel_source!("convert", ["f32_to_bf16_kernel", "bf16_to_f32_kernel"]),
+    kernel_source!(
+        "norm",
+        [
+            "rmsnorm_forward",
+            "rmsnorm_backward",
+            "rmsnorm_gain_backward"
+        ]
+    ),
+    kernel_source!("rope", ["rope_apply"]),
+    kernel_source!("swiglu", ["swiglu_forward", "swiglu_backward"]),
+    kernel_source!(
+        "softmax",
+        ["masked_softmax_forward", "masked_softmax_backward"]
+    ),
+    kernel_source!(
+        "cross_entropy",
+        ["cross_entropy_forward", "cross_entropy_backward"]
+    ),
+    kernel_source!("embedding", ["embedding_forward", "embedding_backward"]),
+    kernel_source!(
+        "adafactor",
+        [
+            "reduce_sum_partial",
+            "reduce_sum_final",
+            "adafactor_full_moment",
+            "adafactor_row_moment",
+            "adafactor_col_moment",
+            "adafactor_factored_y",
+            "adafactor_apply",
+        ]
+    ),
+];
+
+/// The source that defines `entry`.
+pub fn source_of(entry: &str) -> Option<&'static KernelSource> {
+    KERNELS.iter().find(|k| k.entries.contains(&entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_defined_in_its_source_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for kernel in KERNELS {
+            for entry in kernel.entries {
+                assert!(seen.insert(*entry), "{entry} listed twice");
+                let definition = format!("__global__ void {entry}(");
+                assert!(
+                    kernel.source.contains(&definition),
+                    "{}.cu does not define {entry}",
+                    kernel.name
+                );
+            }
+        }
+    }
+}

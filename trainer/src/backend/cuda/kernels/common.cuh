@@ -1,0 +1,77 @@
+// Shared helpers, prepended to every kernel source before NVRTC compiles it (NVRTC has no CUDA
+// headers at hand, so nothing here includes one).
+//
+// bf16 is stored as a 16-bit integer (the top half of an f32); all arithmetic is f32.
+
+typedef unsigned short bf16_bits;
+typedef unsigned int u32;
+
+// -inf without math.h.
+#define NEG_INF __int_as_float(0xff800000)
+
+// f32 -> bf16 with round-to-nearest-even; NaN stays a (quiet) NaN.
+__device__ __forceinline__ bf16_bits f32_to_bf16(float x) {
+    u32 bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        return (bf16_bits)((bits >> 16) | 0x0040u);
+    }
+    u32 rounding = 0x7fffu + ((bits >> 16) & 1u);
+    return (bf16_bits)((bits + rounding) >> 16);
+}
+
+__device__ __forceinline__ float bf16_to_f32(bf16_bits x) {
+    return __uint_as_float(((u32)x) << 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// Sum over a whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// result. `scratch` holds 32 values in shared memory. The order is fixed, so it is deterministic.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum_f64(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0;
+    return warp_sum_f64(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}

@@ -1,0 +1,59 @@
+// RMSNorm, forward and backward, one warp per group of `width` values.
+//
+// `gain` may be null: that is the parameter-free per-head norm (Q/K/V/output norms), where a
+// token's row is `heads` groups of `head_dim`. With a gain, a group is a whole row of
+// `d_model`. `inv[g] = 1 / sqrt(mean(x^2) + eps)` is kept for the backward pass, which recomputes
+// `xhat = x * inv` rather than storing it.
+
+#define NORM_WARPS 8
+
+extern "C" __global__ void rmsnorm_forward(const float* x, const float* gain, float* y, float* inv,
+                                           int groups, int width, float eps) {
+    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    const float* xs = x + (long)g * width;
+    float sq = 0.0f;
+    for (int i = lane; i < width; i += 32) sq += xs[i] * xs[i];
+    float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
+    if (lane == 0) inv[g] = r;
+    float* ys = y + (long)g * width;
+    for (int i = lane; i < width; i += 32) {
+        float xhat = xs[i] * r;
+        ys[i] = gain ? xhat * gain[i] : xhat;
+    }
+}
+
+// dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
+extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, const float* inv,
+                                            const float* gain, float* dx, int groups, int width) {
+    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    long base = (long)g * width;
+    float r = inv[g];
+    float dot = 0.0f;
+    for (int i = lane; i < width; i += 32) {
+        float dxhat = gain ? dy[base + i] * gain[i] : dy[base + i];
+        dot += dxhat * x[base + i] * r;
+    }
+    dot = warp_sum(dot) / (float)width;
+    for (int i = lane; i < width; i += 32) {
+        float dxhat = gain ? dy[base + i] * gain[i] : dy[base + i];
+        dx[base + i] += r * (dxhat - x[base + i] * r * dot);
+    }
+}
+
+// dgain[c] += sum over rows, in row order, of dy[row, c] * xhat[row, c]: one thread per column,
+// so the sum is deterministic and in the CPU reference's order.
+extern "C" __global__ void rmsnorm_gain_backward(const float* dy, const float* x, const float* inv,
+                                                 float* dgain, int rows, int width) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    float acc = dgain[c];
+    for (int row = 0; row < rows; row++) {
+        long at = (long)row * width + c;
+        acc += dy[at] * (x[at] * inv[row]);
+    }
+    dgain[c] = acc;
+}

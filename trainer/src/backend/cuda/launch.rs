@@ -1,0 +1,224 @@
+//! Loads every kernel on a device and launches each with typed arguments: one method per kernel,
+//! a few lines each (grid, block, arguments in the kernel's order).
+//!
+//! Shapes are the caller's contract, as with the CPU reference's slices; each method says what
+//! it expects. Integer arguments follow the kernels' C types: `int` is `i32`, `long` is `i64`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels::KERNELS;
+use super::nvrtc::{KernelCache, KernelError};
+
+/// Threads per block for element-wise kernels, and warps per block for one-warp-per-row kernels
+/// (`NORM_WARPS` in norm.cu).
+pub(super) const THREADS: u32 = 256;
+pub(super) const WARPS_PER_BLOCK: u32 = THREADS / 32;
+/// Blocks of the first reduction pass: fixed, so sums do not depend on the input size.
+pub(super) const REDUCE_BLOCKS: u32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("CUDA driver error while {what}: {source}")]
+    Driver { what: String, source: DriverError },
+    #[error("kernel {0} is not loaded")]
+    Missing(&'static str),
+}
+
+pub(super) fn driver(what: impl Into<String>) -> impl FnOnce(DriverError) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Driver { what, source }
+}
+
+/// A 1-D launch over `n` items, `THREADS` per block.
+pub(super) fn grid_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(super) fn grid(x: u32, y: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x.max(1), y.max(1), 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Passed for a kernel's nullable pointer argument.
+pub(super) static NULL: u64 = 0;
+
+/// Every kernel of `KERNELS`, loaded on one stream's device.
+pub struct CudaKernels {
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl CudaKernels {
+    /// Compiles (or takes from `cache`) every source for `arch` and loads it on `stream`'s
+    /// device.
+    pub fn load(
+        stream: Arc<CudaStream>,
+        cache: &KernelCache,
+        arch: &str,
+    ) -> Result<Self, LaunchError> {
+        let context = stream.context().clone();
+        let mut functions = HashMap::new();
+        for kernel in KERNELS {
+            let ptx = cache.ptx(kernel.name, &kernel.full_source(), arch)?;
+            let module = context
+                .load_module(Ptx::from_src(ptx))
+                .map_err(driver(format!("loading {}.cu", kernel.name)))?;
+            for &entry in kernel.entries {
+                let function = module
+                    .load_function(entry)
+                    .map_err(driver(format!("finding {entry}")))?;
+                functions.insert(entry, function);
+            }
+        }
+        Ok(CudaKernels { stream, functions })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(super) fn builder(&self, name: &'static str) -> Result<LaunchArgs<'_>, LaunchError> {
+        let function = self.functions.get(name).ok_or(LaunchError::Missing(name))?;
+        Ok(self.stream.launch_builder(function))
+    }
+
+    pub(super) fn run(
+        name: &str,
+        args: &mut LaunchArgs<'_>,
+        cfg: LaunchConfig,
+    ) -> Result<(), LaunchError> {
+        // SAFETY: every caller pushes the kernel's arguments in the order and with the C types
+        // of its signature in the `.cu` file, and sizes the grid so that the kernel's own bounds
+        // checks keep every access inside the buffers described in the method's contract.
+        unsafe { args.launch(cfg) }
+            .map(|_| ())
+            .map_err(driver(format!("launching {name}")))
+    }
+
+    /// `groups` groups of `width` values: `y = x̂ (· gain)`, `inv = 1/rms` per group. Without a
+    /// gain this is the per-head norm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_forward(
+        &self,
+        x: &CudaSlice<f32>,
+        gain: Option<&CudaSlice<f32>>,
+        y: &mut CudaSlice<f32>,
+        inv: &mut CudaSlice<f32>,
+        groups: usize,
+        width: usize,
+        eps: f32,
+    ) -> Result<(), LaunchError> {
+        let (groups, width) = (groups as i32, width as i32);
+        let mut b = self.builder("rmsnorm_forward")?;
+        b.arg(x);
+        match gain {
+            Some(g) => b.arg(g),
+            None => b.arg(&NULL),
+        };
+        b.arg(y).arg(inv).arg(&groups).arg(&width).arg(&eps);
+        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
+        Self::run("rmsnorm_forward", &mut b, grid(blocks, 1, THREADS))
+    }
+
+    /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_backward(
+        &self,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        inv: &CudaSlice<f32>,
+        gain: Option<&CudaSlice<f32>>,
+        dx: &mut CudaSlice<f32>,
+        groups: usize,
+        width: usize,
+    ) -> Result<(), LaunchError> {
+        let (groups, width) = (groups as i32, width as i32);
+        let mut b = self.builder("rmsnorm_backward")?;
+        b.arg(dy).arg(x).arg(inv);
+        match gain {
+            Some(g) => b.arg(g),
+            None => b.arg(&NULL),
+        };
+        b.arg(dx).arg(&groups).arg(&width);
+        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
+        Self::run("rmsnorm_backward", &mut b, grid(blocks, 1, THREADS))
+    }
+
+    /// Adds the gain's gradient (summed over `rows` in order) into `dgain`.
+    pub fn rmsnorm_gain_backward(
+        &self,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        inv: &CudaSlice<f32>,
+        dgain: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), LaunchError> {
+        let (rows, width) = (rows as i32, dgain.len() as i32);
+        let mut b = self.builder("rmsnorm_gain_backward")?;
+        b.arg(dy).arg(x).arg(inv).arg(dgain).arg(&rows).arg(&width);
+        Self::run("rmsnorm_gain_backward", &mut b, grid_1d(width as usize))
+    }
+
+    /// Rotates `x` (`tokens x heads·head_dim`) in place; `cos`/`sin` are `positions x
+    /// head_dim/2` tables; `inverse` is the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_apply(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) -> Result<(), LaunchError> {
+        let tokens = positions.len() as i32;
+        let (heads, head_dim, inverse) = (heads as i32, head_dim as i32, inverse as i32);
+        let pairs = x.len() / 2;
+        let mut b = self.builder("rope_apply")?;
+        b.arg(x).arg(positions).arg(cos).arg(sin);
+        b.arg(&tokens).arg(&heads).arg(&head_dim).arg(&inverse);
+        Self::run("rope_apply", &mut b, grid_1d(pairs))
+    }
+
+    pub fn swiglu_forward(
+        &self,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        h: &mut CudaSlice<f32>,
+    ) -> Result<(), LaunchError> {
+        let n = gate.len() as i64;
+        let mut b = self.builder("swiglu_forward")?;
+        b.arg(gate).arg(up).arg(h).arg(&n);
+        Self::run("swiglu_forward", &mut b, grid_1d(n as usize))
+    }
+
+    pub fn swiglu_backward(
+        &self,
+        dh: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        dgate: &mut CudaSlice<f32>,
+        dup: &mut CudaSlice<f32>,
+    ) -> Result<(), LaunchError> {
+        let n = dh.len() as i64;
+        let mut b = self.builder("swiglu_backward")?;
+        b.arg(dh).arg(gate).arg(up).arg(dgate).arg(dup).arg(&n);
+        Self::run("swiglu_backward", &mut b, grid_1d(n as usize))
+    }
+}
