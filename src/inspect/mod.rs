@@ -8,4 +8,4 @@ mod summary;
 
 pub use histogram::{Bucket, Histogram};
 pub use show::{write_example, ExampleRange, ShowError, TokenView, DOC_MARK};
-pub use summary::{human_bytes, thousands, Summary};
+pub use summary::{counts_table, human_bytes, thousands, Summary};

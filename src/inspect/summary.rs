@@ -210,44 +210,7 @@ impl Summary {
     }
 
     fn render_counts(&self, out: &mut dyn Write) -> io::Result<()> {
-        let name_width = self
-            .sources
-            .keys()
-            .map(|k| k.chars().count() + 2)
-            .chain([6])
-            .max()
-            .unwrap_or(6);
-        writeln!(
-            out,
-            "{:<name_width$} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>10}",
-            "records",
-            "read",
-            "kept",
-            "exact dup",
-            "near dup",
-            "filtered",
-            "rejected",
-            "tokens",
-            "examples"
-        )?;
-        let row = |out: &mut dyn Write, name: &str, c: &Counts| {
-            writeln!(
-                out,
-                "{name:<name_width$} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>10}",
-                thousands(c.records_read),
-                thousands(c.kept),
-                thousands(c.exact_duplicates),
-                thousands(c.near_duplicates),
-                thousands(c.filtered),
-                thousands(c.rejected),
-                thousands(c.tokens),
-                thousands(c.examples)
-            )
-        };
-        row(out, "all", &self.counts)?;
-        for (name, c) in &self.sources {
-            row(out, &format!("  {name}"), c)?;
-        }
+        out.write_all(counts_table(&self.counts, &self.sources).as_bytes())?;
         if self.counts.rejected_by_reason.is_empty() {
             return writeln!(out, "rejected by reason: none");
         }
@@ -295,6 +258,51 @@ impl Summary {
 }
 
 /// `1234567` → `1,234,567`.
+/// The record-accounting table: one `all` row, then one indented row per source. Shared by
+/// `inspect` and the end-of-build summary so both read the same way.
+pub fn counts_table(counts: &Counts, sources: &BTreeMap<String, Counts>) -> String {
+    use std::fmt::Write as _;
+    let name_width = sources
+        .keys()
+        .map(|k| k.chars().count() + 2)
+        .chain([7])
+        .max()
+        .unwrap_or(7);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<name_width$} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>10}",
+        "records",
+        "read",
+        "kept",
+        "exact dup",
+        "near dup",
+        "filtered",
+        "rejected",
+        "tokens",
+        "examples"
+    );
+    let mut row = |name: &str, c: &Counts| {
+        let _ = writeln!(
+            out,
+            "{name:<name_width$} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>14} {:>10}",
+            thousands(c.records_read),
+            thousands(c.kept),
+            thousands(c.exact_duplicates),
+            thousands(c.near_duplicates),
+            thousands(c.filtered),
+            thousands(c.rejected),
+            thousands(c.tokens),
+            thousands(c.examples)
+        );
+    };
+    row("all", counts);
+    for (name, c) in sources {
+        row(&format!("  {name}"), c);
+    }
+    out
+}
+
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);

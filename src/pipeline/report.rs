@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use redpack_schemas::{Counts, PackingStats, TokenizerInfo};
 use serde::Serialize;
 
+use crate::inspect::counts_table;
+
 /// The outcome of one build.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
@@ -66,21 +68,6 @@ impl Throughput {
     }
 }
 
-fn row(out: &mut String, name: &str, c: &Counts) {
-    let _ = writeln!(
-        out,
-        "  {name:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
-        c.records_read,
-        c.kept,
-        c.exact_duplicates,
-        c.near_duplicates,
-        c.filtered,
-        c.rejected,
-        c.tokens,
-        c.examples
-    );
-}
-
 impl BuildReport {
     /// A human-readable summary: per-source table, packing, rejects, faults and throughput.
     pub fn summary(&self) -> String {
@@ -105,23 +92,7 @@ impl BuildReport {
                 ""
             }
         );
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>9}",
-            "source",
-            "read",
-            "kept",
-            "exact dup",
-            "near dup",
-            "filtered",
-            "rejected",
-            "tokens",
-            "examples"
-        );
-        for (name, counts) in &self.sources {
-            row(&mut out, name, counts);
-        }
-        row(&mut out, "total", &self.counts);
+        out.push_str(&counts_table(&self.counts, &self.sources));
         if !self.counts.rejected_by_reason.is_empty() {
             let reasons: Vec<String> = self
                 .counts
