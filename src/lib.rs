@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod dedup;
+pub mod extsort;
 pub mod input;
 pub mod inspect;
 pub mod pack;

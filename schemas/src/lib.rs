@@ -21,6 +21,7 @@ pub use manifest::{
     Counts, InputEntry, Kind, Layout, Manifest, PackingStats, ShardEntry, TokenizerInfo,
     FORMAT_VERSION, MANIFEST_FILE,
 };
+pub use mmap::Mmap;
 pub use reader::{Corpus, Example};
 pub use tokens::{
     TokenDtype, TokenSlice, TokensHeader, HEADER_BYTES, TOKENS_MAGIC, TOKENS_VERSION,

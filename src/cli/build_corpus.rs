@@ -63,7 +63,36 @@ pub struct BuildCorpusArgs {
     /// Fail when more than this fraction of the records read is rejected.
     #[arg(long, value_name = "F")]
     pub max_rejected_fraction: Option<f64>,
+    /// Resident memory bound, e.g. 4GiB or 512MiB (default 4GiB). Dedup keys and the
+    /// shuffle spill to the work directory beyond it. The output does not depend on it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Continue an interrupted build in --out: finished input files and partitions are kept,
+    /// the rest is redone. Inputs or settings that changed since are an error.
+    #[arg(long)]
+    pub resume: bool,
+    /// Keep the work directory (OUT/.redpack-work) after the build, for inspection.
+    #[arg(long)]
+    pub keep_work: bool,
+    /// List the build's stages in order, one per line, and exit.
+    #[arg(long, exclusive = true)]
+    pub stages: bool,
+    /// Run only this stage (plan, scan, dedup, tokenize, finish): worker --worker of
+    /// --workers. Each stage refuses to start until the previous one is complete.
+    #[arg(long, value_name = "NAME")]
+    pub stage: Option<String>,
+    /// Workers sharing the stage (default: SLURM_ARRAY_TASK_COUNT, else 1).
+    #[arg(long, value_name = "N", requires = "stage")]
+    pub workers: Option<usize>,
+    /// This worker's index, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else
+    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs), else 0).
+    #[arg(long, value_name = "I", requires = "stage")]
+    pub worker: Option<usize>,
     /// Print the build report as JSON on stdout (no progress bar, no table).
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::pipeline::config::parse_byte_size(text)
 }

@@ -9,7 +9,10 @@ use anyhow::Context;
 
 use crate::cli::build_corpus::{BuildCorpusArgs, FormatArg};
 use crate::pipeline::config::{FormatChoice, PackConfig};
-use crate::pipeline::{build, BuildOptions, BuildReport, BuildSettings, Overrides, PipelineConfig};
+use crate::pipeline::{
+    build, run_stage, BuildOptions, BuildReport, BuildSettings, Overrides, PipelineConfig, Stage,
+    StageOutcome,
+};
 use crate::train_tokenizer::{self, TrainConfig};
 
 /// Where the default build writes when `--out` is not given.
@@ -43,10 +46,89 @@ fn overrides(args: &BuildCorpusArgs) -> Overrides {
         no_dedup: args.no_dedup,
         shuffle_seed: args.shuffle_seed,
         max_rejected_fraction: args.max_rejected_fraction,
+        memory_limit: args.memory_limit,
     }
 }
 
+fn options(args: &BuildCorpusArgs) -> BuildOptions {
+    BuildOptions {
+        progress: !args.json,
+        resume: args.resume,
+        keep_work: args.keep_work,
+    }
+}
+
+/// Reads a worker index or count from the environment (Slurm array jobs, Kubernetes Indexed
+/// Jobs); `Err` when a variable is set but not a number.
+fn env_number(name: &str) -> anyhow::Result<Option<usize>> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("environment variable {name}={value:?} is not a number")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// This worker's index and the worker count: flags first, then Slurm, then Kubernetes.
+pub fn worker_slot(args: &BuildCorpusArgs) -> anyhow::Result<(usize, usize)> {
+    let slurm_id = env_number("SLURM_ARRAY_TASK_ID")?;
+    let slurm_min = env_number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+    let slurm_count = env_number("SLURM_ARRAY_TASK_COUNT")?;
+    let k8s_index = env_number("JOB_COMPLETION_INDEX")?;
+    let worker = match args.worker {
+        Some(i) => i,
+        None => match (slurm_id, k8s_index) {
+            (Some(id), _) => id.checked_sub(slurm_min).with_context(|| {
+                format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {slurm_min}")
+            })?,
+            (None, Some(index)) => index,
+            (None, None) => 0,
+        },
+    };
+    let workers = args.workers.or(slurm_count).unwrap_or(1);
+    if workers == 0 || worker >= workers {
+        anyhow::bail!(
+            "worker index {worker} is not below the worker count {workers} (give --workers N and --worker I with I < N)"
+        );
+    }
+    Ok((worker, workers))
+}
+
+fn run_one_stage(
+    args: &BuildCorpusArgs,
+    settings: &BuildSettings,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let stage = Stage::parse(name).with_context(|| {
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        format!(
+            "unknown stage {name:?}; the stages are {}",
+            names.join(", ")
+        )
+    })?;
+    let (worker, workers) = worker_slot(args)?;
+    let outcome = run_stage(settings, &options(args), stage, worker, workers)
+        .with_context(|| format!("building {}", settings.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        match &outcome {
+            StageOutcome::Stage(report) => print!("{}", report.summary()),
+            StageOutcome::Finished(report) => print!("{}", report.summary()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
+    if args.stages {
+        for stage in Stage::ALL {
+            println!("{}\t{}", stage.name(), stage.describe());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.pipeline.is_none() && args.inputs.is_empty() && args.data_manifest.is_none() {
         return run_default(&args);
     }
@@ -59,13 +141,11 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .context("--out DIR is required when inputs or a pipeline are given")?;
     let settings = BuildSettings::resolve(config, overrides(&args), out)?;
-    let report = build(
-        &settings,
-        &BuildOptions {
-            progress: !args.json,
-        },
-    )
-    .with_context(|| format!("building {}", settings.out.display()))?;
+    if let Some(name) = &args.stage {
+        return run_one_stage(&args, &settings, name);
+    }
+    let report = build(&settings, &options(&args))
+        .with_context(|| format!("building {}", settings.out.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -163,11 +243,5 @@ fn default_build(
         overrides.seq_len = Some(DEFAULT_SEQ_LEN);
     }
     let settings = BuildSettings::resolve(config, overrides, out.to_path_buf())?;
-    build(
-        &settings,
-        &BuildOptions {
-            progress: !args.json,
-        },
-    )
-    .with_context(|| format!("building {}", out.display()))
+    build(&settings, &options(args)).with_context(|| format!("building {}", out.display()))
 }

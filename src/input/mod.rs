@@ -62,7 +62,8 @@ pub struct InputFile {
 }
 
 /// How a file is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     /// RedPajama JSONL: a `text` field (name configurable) and anything else.
     RedPajamaJsonl(Compression),
@@ -90,7 +91,8 @@ impl fmt::Display for InputFormat {
 }
 
 /// Compression of a JSONL stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Compression {
     None,
     Zstd,

@@ -1,39 +1,40 @@
-//! The build: read → filter → exact dedup → near dedup → tokenize → pack → write.
+//! The build as a fixed sequence of stages over a work directory (see [`super::work`]):
+//! `plan`, `scan`, `dedup`, `tokenize`, `finish`.
 //!
-//! Threads: one reader thread parses files in order and sends chunks of items through a
-//! bounded channel ([`super::reader`]). The build thread takes each chunk through four phases:
-//! 1. sequential: count rejects, apply the length filter;
-//! 2. parallel (rayon pool): dedup keys (normalization, fingerprint, MinHash signature);
-//! 3. sequential: dedup decisions in input order;
-//! 4. parallel: tokenize the kept records (long ones in pieces), then pack and write in order.
+//! [`build`] runs every stage in one process; [`run_stage`] runs one worker's share of one
+//! stage, for builds spread over many machines. Both go through the same per-unit code, so a
+//! build split over any number of workers writes exactly the bytes the one-process build
+//! writes. Within a process, units use the rayon pool: the scan and tokenize stages take one
+//! file at a time and parallelize over its records (a reader thread parses ahead through a
+//! bounded channel), the dedup stage merges several partitions at once.
 //!
-//! Every parallel phase collects its results in input order, and every order-dependent decision
-//! is made on the build thread, so the output is byte-identical for any thread count.
-//!
-//! Memory stays flat: a few chunks in flight, the dedup indexes (measured by the benchmark),
-//! and, only with a shuffle seed, the kept documents' tokens until the end.
+//! Memory: `--memory-limit` is divided between the external sorters (a quarter of it) and
+//! everything else (chunks in flight, the tokenizer, read buffers). The sorters spill to the
+//! work directory, so resident memory stays flat whatever the corpus size.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use redpack_schemas::{
-    atomic, CorpusInfo, CorpusWriter, Layout, SchemaError, TokenizerInfo, WriterOptions,
-};
+use rayon::prelude::*;
+use redpack_schemas::{CorpusWriter, ExampleMeta, Layout, SchemaError, MANIFEST_FILE};
+use serde::Serialize;
 use thiserror::Error;
 
 use super::config::{BuildSettings, PackConfig};
+use super::dedup_stage::dedup_partition;
+use super::finish::finish;
 use super::progress::Progress;
-use super::reader::{self, ReadProgress, ReaderMessage};
-use super::rejects::{RejectSampler, REJECTS_FILE};
-use super::report::{BuildReport, Throughput};
-use super::stages::{CountingSink, Stages};
-use super::tally::Tally;
-use crate::dedup::Deduper;
+use super::report::BuildReport;
+use super::scan::{scan_file, UnitContext};
+use super::tokenize_stage::tokenize_file;
+use super::work::{
+    stage_units, worker_units, write_json, Locks, Plan, PlannedFile, Stage, WorkDir, MAX_FILES,
+};
+use crate::extsort::SpillError;
 use crate::input::datamanifest::{DataManifest, ManifestError};
 use crate::input::{self, InputError, InputFile};
-use crate::pack::{ExamplePacker, Packer, SequencePacker};
+use crate::pack::{ExamplePacker, ExampleSink, Packer, SequencePacker};
 use crate::tokenize::{DocTokenizer, TokenizeError};
 use crate::train_tokenizer::{self, TrainError};
 
@@ -52,6 +53,16 @@ pub enum BuildError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Spill(SpillError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Work { path: PathBuf, message: String },
     #[error(
         "{path}: {format} has documents, not input/target pairs, but the pipeline builds an \
          \"examples\" corpus; use --format flan or a pipeline with [pack] type = \"packed\""
@@ -71,15 +82,57 @@ pub enum BuildError {
         limit: f64,
         rejects: PathBuf,
     },
+    #[error("{path}: the input changed during the build ({detail}); its earlier results cannot be used: rebuild without --resume")]
+    InputChanged { path: PathBuf, detail: String },
+    #[error(
+        "cannot resume the build in {dir}: {why}; rebuild without --resume (or use another --out)"
+    )]
+    ResumeMismatch { dir: PathBuf, why: String },
+    #[error("stage {stage} cannot start: stage {previous} is incomplete: {detail}")]
+    StageIncomplete {
+        stage: &'static str,
+        previous: &'static str,
+        detail: String,
+    },
+    #[error("stage {stage} cannot start: {why}")]
+    StageMismatch { stage: &'static str, why: String },
+    #[error("{dir} is in use by another build or worker (lock {lock} is held); wait for it or use another --out")]
+    Busy { dir: PathBuf, lock: PathBuf },
     #[error("internal error: record counts do not add up: {0}")]
     Invariant(String),
 }
 
-/// How to present a build (nothing here changes the output).
+impl BuildError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        BuildError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How to run a build (nothing here changes the output).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {
-    /// Draw a progress bar on stderr (only when it is a terminal).
+    /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Continue an interrupted build in the same output directory, skipping finished units.
+    pub resume: bool,
+    /// Keep the work directory after the manifest is written (for inspection).
+    pub keep_work: bool,
+}
+
+/// Counts the examples that reach the writer.
+pub struct CountingSink<'a> {
+    pub writer: &'a mut CorpusWriter,
+    pub examples: u64,
+}
+
+impl ExampleSink for CountingSink<'_> {
+    fn push_example(&mut self, tokens: &[u32], meta: ExampleMeta<'_>) -> Result<(), SchemaError> {
+        self.examples += 1;
+        self.writer.push(tokens, meta)
+    }
 }
 
 /// Finds the input files: a data manifest resolved against its root, or paths/globs/dirs.
@@ -134,7 +187,7 @@ pub fn prepare_tokenizer(
     Ok((tokenizer.with_chunk_bytes(config.chunk_bytes), trained))
 }
 
-fn layout_of(pack: &PackConfig) -> Layout {
+pub(crate) fn layout_of(pack: &PackConfig) -> Layout {
     match *pack {
         PackConfig::Packed {
             seq_len,
@@ -154,7 +207,7 @@ fn layout_of(pack: &PackConfig) -> Layout {
     }
 }
 
-fn packer_for(pack: &PackConfig, tokenizer: &DocTokenizer) -> Packer {
+pub(crate) fn packer_for(pack: &PackConfig, tokenizer: &DocTokenizer) -> Packer {
     match *pack {
         PackConfig::Packed {
             seq_len,
@@ -178,8 +231,78 @@ fn packer_for(pack: &PackConfig, tokenizer: &DocTokenizer) -> Packer {
     }
 }
 
-/// Runs a whole build into `settings.out` and returns its report.
-pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildReport, BuildError> {
+fn thread_pool(settings: &BuildSettings) -> Result<rayon::ThreadPool, BuildError> {
+    let threads = settings.output.threads;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|err| BuildError::Threads {
+            threads,
+            message: err.to_string(),
+        })
+}
+
+/// Removes the earlier build's results (the manifest first, so the directory never looks
+/// complete) and the work directory's contents, keeping its locks.
+fn start_fresh(settings: &BuildSettings, work: &WorkDir) -> Result<(), BuildError> {
+    let manifest = settings.out.join(MANIFEST_FILE);
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => redpack_schemas::atomic::sync_dir(&manifest)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BuildError::io(&manifest, e)),
+    }
+    if work.exists() {
+        let entries = std::fs::read_dir(work.root()).map_err(|e| BuildError::io(work.root(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BuildError::io(work.root(), e))?;
+            let path = entry.path();
+            if entry.file_name() == "locks" {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| BuildError::io(&path, e))?;
+        }
+    }
+    work.create_dirs()
+}
+
+/// Loads the tokenizer the plan recorded (the copy in the work directory).
+fn plan_tokenizer(
+    settings: &BuildSettings,
+    plan: &Plan,
+    work: &WorkDir,
+) -> Result<DocTokenizer, BuildError> {
+    let config = &settings.tokenizer;
+    let (eod, pad) = if plan.tokenizer_trained {
+        (
+            Some(config.train.eod_token.as_str()),
+            Some(config.train.pad_token.as_str()),
+        )
+    } else {
+        (config.eod_token.as_deref(), config.pad_token.as_deref())
+    };
+    let tokenizer = DocTokenizer::from_file(&work.tokenizer(), eod, pad)?;
+    if tokenizer.sha256() != plan.tokenizer_sha256 {
+        return Err(BuildError::Work {
+            path: work.tokenizer(),
+            message: "does not match the plan's tokenizer sha256".into(),
+        });
+    }
+    Ok(tokenizer.with_chunk_bytes(config.chunk_bytes))
+}
+
+/// Stage `plan`: discovers the inputs, loads or trains the tokenizer and writes `plan.json`.
+/// When a plan exists it must describe the same build (the error says what changed); it is
+/// then reused, tokenizer included.
+fn plan_stage(
+    settings: &BuildSettings,
+    work: &WorkDir,
+    pool: &rayon::ThreadPool,
+) -> Result<(Plan, DocTokenizer), BuildError> {
     let files = discover_inputs(settings)?;
     if let PackConfig::Examples { .. } = settings.pack {
         if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
@@ -189,169 +312,312 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
             });
         }
     }
-    let threads = settings.output.threads;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|err| BuildError::Threads {
-            threads,
-            message: err.to_string(),
-        })?;
-    let (tokenizer, trained) = pool.install(|| prepare_tokenizer(settings, &files))?;
-    build_with(settings, options, &files, &tokenizer, trained, &pool)
-}
-
-/// [`build`] with the inputs discovered and the tokenizer ready.
-pub fn build_with(
-    settings: &BuildSettings,
-    options: &BuildOptions,
-    files: &[InputFile],
-    tokenizer: &DocTokenizer,
-    tokenizer_trained: bool,
-    pool: &rayon::ThreadPool,
-) -> Result<BuildReport, BuildError> {
-    let started = Instant::now();
-    let out = &settings.out;
-    let layout = layout_of(&settings.pack);
-    let mut writer = CorpusWriter::create(
-        out,
-        WriterOptions {
-            layout,
-            vocab_size: tokenizer.vocab_size(),
-            max_shard_tokens: settings.output.max_shard_tokens,
-        },
-    )?;
-    let tokenizer_path = out.join(TOKENIZER_FILE);
-    atomic::write_file(&tokenizer_path, tokenizer.json())?;
-
-    let total_bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let progress = Progress::new(total_bytes, options.progress);
-    let read_progress = Arc::new(ReadProgress::default());
-    let fields = settings.input.fields.field_map();
-    let mut stages = Stages {
-        settings,
-        tokenizer,
-        pool,
-        deduper: Deduper::new(settings.dedup),
-        tally: Tally::new(),
-        rejects: RejectSampler::new(settings.output.rejects_per_reason),
-        packer: packer_for(&settings.pack, tokenizer),
-        pending: Vec::new(),
-        kept_docs: 0,
-        text_bytes: 0,
-    };
-    let mut sink = CountingSink {
-        writer: &mut writer,
-        examples: 0,
-    };
-    let mut inputs = Vec::with_capacity(files.len());
-
-    let loop_result: Result<(), BuildError> = std::thread::scope(|scope| {
-        let receiver = reader::spawn(scope, files, &fields, &read_progress);
-        let result = (|| {
-            for message in receiver.iter() {
-                match message {
-                    ReaderMessage::Items(items) => stages.process(items, &mut sink)?,
-                    ReaderMessage::FileDone(entry) => inputs.push(entry),
-                }
-                let (read, duplicates, rejected) = stages.tally.running_totals();
-                progress.update(
-                    read_progress.bytes.load(Ordering::Relaxed),
-                    read,
-                    duplicates,
-                    rejected,
-                );
-            }
-            Ok(())
-        })();
-        // Stop the reader early on failure; dropping the receiver unblocks it.
-        read_progress.cancel.store(true, Ordering::Relaxed);
-        drop(receiver);
-        result
-    });
-    progress.finish();
-    loop_result?;
-
-    if !stages.pending.is_empty() {
-        let mut pending = std::mem::take(&mut stages.pending);
-        // A stable sort: the (astronomically unlikely) key ties keep input order.
-        pending.sort_by_key(|doc| doc.key);
-        for doc in pending {
-            stages
-                .packer
-                .push(&doc.content, &doc.source, &doc.origin, &mut sink)?;
-        }
-    }
-    let dedup_index_bytes = stages.deduper.heap_bytes() as u64;
-    let (packing, written) = stages.packer.finish(&mut sink)?;
-    let examples_written = sink.examples;
-    let (counts, sources) = stages.tally.finish(&written, examples_written);
-    counts.check_invariant().map_err(BuildError::Invariant)?;
-    for (name, source_counts) in &sources {
-        source_counts
-            .check_invariant()
-            .map_err(|e| BuildError::Invariant(format!("source {name}: {e}")))?;
-    }
-
-    stages.rejects.write(out)?;
-    let rejects_file = (!stages.rejects.is_empty()).then(|| out.join(REJECTS_FILE));
-    let limit = settings.output.max_rejected_fraction;
-    if counts.records_read > 0 && counts.rejected as f64 > limit * counts.records_read as f64 {
-        return Err(BuildError::TooManyRejects {
-            rejected: counts.rejected,
-            read: counts.records_read,
-            percent: 100.0 * counts.rejected as f64 / counts.records_read as f64,
-            limit,
-            rejects: out.join(REJECTS_FILE),
+    if files.len() > MAX_FILES {
+        return Err(BuildError::Work {
+            path: settings.out.clone(),
+            message: format!(
+                "{} input files; at most {MAX_FILES} are supported",
+                files.len()
+            ),
         });
     }
-
-    let faults: Vec<String> = inputs
+    let planned = files
         .iter()
-        .filter_map(|entry| entry.fault.clone())
-        .collect();
-    let tokenizer_info = TokenizerInfo {
-        file: TOKENIZER_FILE.to_string(),
-        sha256: tokenizer.sha256().to_string(),
-        vocab_size: tokenizer.vocab_size(),
-        eod_id: tokenizer.eod_id(),
-        pad_id: tokenizer.pad_id(),
-        eod_token: tokenizer.eod_token().to_string(),
-        pad_token: tokenizer.pad_token().to_string(),
-    };
-    let input_files = inputs.len();
-    let manifest = writer.finish(CorpusInfo {
-        tokenizer: tokenizer_info.clone(),
-        build: settings.recipe(),
-        inputs,
-        counts: counts.clone(),
-        sources: sources.clone(),
-        packing: packing.clone(),
-    })?;
-    let throughput = Throughput::new(
-        started.elapsed().as_secs_f64(),
-        total_bytes,
-        stages.text_bytes,
-        counts.records_read,
-        counts.tokens,
-        pool.current_num_threads(),
+        .map(PlannedFile::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(existing) = work.load_plan()? {
+        let tokenizer = if existing.tokenizer_trained && settings.tokenizer.path.is_none() {
+            plan_tokenizer(settings, &existing, work)?
+        } else {
+            pool.install(|| prepare_tokenizer(settings, &files))?.0
+        };
+        let wanted = Plan::new(
+            settings.recipe(),
+            planned,
+            tokenizer.sha256().to_string(),
+            existing.tokenizer_trained,
+            tokenizer.vocab_size(),
+        );
+        if let Some(why) = existing.mismatch(&wanted) {
+            return Err(BuildError::ResumeMismatch {
+                dir: settings.out.clone(),
+                why,
+            });
+        }
+        let tokenizer = plan_tokenizer(settings, &existing, work)?;
+        return Ok((existing, tokenizer));
+    }
+    let (tokenizer, trained) = pool.install(|| prepare_tokenizer(settings, &files))?;
+    redpack_schemas::atomic::write_file(&work.tokenizer(), tokenizer.json())?;
+    let plan = Plan::new(
+        settings.recipe(),
+        planned,
+        tokenizer.sha256().to_string(),
+        trained,
+        tokenizer.vocab_size(),
     );
-    Ok(BuildReport {
-        out_dir: out.display().to_string(),
-        kind: layout.kind().name().to_string(),
-        counts,
-        sources,
-        packing,
-        tokenizer: tokenizer_info,
-        tokenizer_trained,
-        shards: manifest.shards.len(),
-        input_files,
-        faults,
-        rejects_file: rejects_file.map(|p| p.display().to_string()),
-        throughput,
-        dedup_index_bytes,
+    write_json(&work.plan(), &plan)?;
+    let tokenizer = plan_tokenizer(settings, &plan, work)?;
+    Ok((plan, tokenizer))
+}
+
+/// What one worker did in one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: &'static str,
+    pub worker: usize,
+    pub workers: usize,
+    /// Units (input files or partitions) of the whole stage.
+    pub stage_units: usize,
+    /// Units this worker owns.
+    pub units: usize,
+    /// Units run now.
+    pub ran: usize,
+    /// Units found done already (resumed).
+    pub skipped: usize,
+    pub seconds: f64,
+}
+
+impl StageReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "stage {} worker {}/{}: {} of {} units ({} run, {} already done) in {:.1} s\n",
+            self.stage,
+            self.worker,
+            self.workers,
+            self.units,
+            self.stage_units,
+            self.ran,
+            self.skipped,
+            self.seconds
+        )
+    }
+}
+
+/// Runs this worker's units of a parallel stage, skipping the done ones.
+#[allow(clippy::too_many_arguments)]
+fn run_units(
+    settings: &BuildSettings,
+    options: &BuildOptions,
+    plan: &Plan,
+    work: &WorkDir,
+    tokenizer: &DocTokenizer,
+    pool: &rayon::ThreadPool,
+    stage: Stage,
+    worker: usize,
+    workers: usize,
+) -> Result<StageReport, BuildError> {
+    let started = Instant::now();
+    let mine = worker_units(stage, plan, worker, workers);
+    let todo: Vec<usize> = mine
+        .iter()
+        .copied()
+        .filter(|&unit| {
+            work.unit_done_marker(stage, unit)
+                .is_none_or(|marker| !marker.exists())
+        })
+        .collect();
+    let limit = settings.output.memory_limit as usize;
+    let threads = pool.current_num_threads().max(1);
+    let bytes = AtomicU64::new(0);
+    let records = AtomicU64::new(0);
+    match stage {
+        Stage::Scan | Stage::Tokenize => {
+            let total: u64 = todo.iter().map(|&u| plan.files[u].size).sum();
+            let progress = Progress::new(total, options.progress, stage.name(), "bytes");
+            let ctx = UnitContext {
+                settings,
+                plan,
+                work,
+                pool,
+                bytes: &bytes,
+                records: &records,
+                sort_budget: limit / 4,
+            };
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let result = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    while !done.load(Ordering::Relaxed) {
+                        progress.set(
+                            bytes.load(Ordering::Relaxed),
+                            &format!("{} records", records.load(Ordering::Relaxed)),
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+                let result = todo.iter().try_for_each(|&unit| match stage {
+                    Stage::Scan => scan_file(&ctx, unit).map(drop),
+                    _ => tokenize_file(&ctx, tokenizer, unit).map(drop),
+                });
+                done.store(true, Ordering::Relaxed);
+                result
+            });
+            progress.finish();
+            result?;
+        }
+        Stage::Dedup => {
+            let progress =
+                Progress::new(todo.len() as u64, options.progress, "dedup", "partitions");
+            let budget = limit / 4 / threads;
+            let finished = AtomicU64::new(0);
+            pool.install(|| {
+                todo.par_iter().with_max_len(1).try_for_each(|&unit| {
+                    dedup_partition(plan, work, unit, budget)?;
+                    let n = finished.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress.set(n, "");
+                    Ok::<(), BuildError>(())
+                })
+            })?;
+            progress.finish();
+        }
+        Stage::Plan | Stage::Finish => {}
+    }
+    Ok(StageReport {
+        stage: stage.name(),
+        worker,
+        workers,
+        stage_units: stage_units(stage, plan),
+        units: mine.len(),
+        ran: todo.len(),
+        skipped: mine.len() - todo.len(),
+        seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+fn remove_work(work: &WorkDir) {
+    // Scratch space only: a leftover is harmless (the next build clears it).
+    let _ = std::fs::remove_dir_all(work.root());
+}
+
+/// Runs a whole build into `settings.out` in this process and returns its report. With
+/// `options.resume`, continues an interrupted build of the same inputs and settings.
+pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildReport, BuildError> {
+    let started = Instant::now();
+    let out = &settings.out;
+    std::fs::create_dir_all(out).map_err(|e| BuildError::io(out, e))?;
+    let work = WorkDir::new(out);
+    work.create_dirs()?;
+    let _lock = Locks::exclusive(&work)?;
+    let has_plan = work.plan().exists();
+    if !options.resume || !has_plan {
+        start_fresh(settings, &work)?;
+    }
+    let pool = thread_pool(settings)?;
+    let (plan, tokenizer) = plan_stage(settings, &work, &pool)?;
+    for stage in [Stage::Scan, Stage::Dedup, Stage::Tokenize] {
+        run_units(
+            settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
+        )?;
+    }
+    let report = finish(
+        settings,
+        &plan,
+        &work,
+        &tokenizer,
+        options.progress,
+        pool.current_num_threads(),
+        started,
+    )?;
+    if !options.keep_work {
+        remove_work(&work);
+    }
+    Ok(report)
+}
+
+/// The outcome of [`run_stage`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum StageOutcome {
+    Stage(StageReport),
+    Finished(Box<BuildReport>),
+}
+
+/// Runs worker `worker`'s share (of `workers`) of one stage. `plan` and `finish` run on worker
+/// 0 only (other workers have nothing to do); the parallel stages need the previous stage
+/// complete and the same settings as the plan.
+pub fn run_stage(
+    settings: &BuildSettings,
+    options: &BuildOptions,
+    stage: Stage,
+    worker: usize,
+    workers: usize,
+) -> Result<StageOutcome, BuildError> {
+    let started = Instant::now();
+    if workers == 0 || worker >= workers {
+        return Err(BuildError::StageMismatch {
+            stage: stage.name(),
+            why: format!(
+                "worker {worker} of {workers}: the worker index must be below the worker count"
+            ),
+        });
+    }
+    let out = &settings.out;
+    std::fs::create_dir_all(out).map_err(|e| BuildError::io(out, e))?;
+    let work = WorkDir::new(out);
+    work.create_dirs()?;
+    let idle = |plan: Option<&Plan>| StageReport {
+        stage: stage.name(),
+        worker,
+        workers,
+        stage_units: plan.map_or(1, |p| stage_units(stage, p)),
+        units: 0,
+        ran: 0,
+        skipped: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if !stage.parallel() && worker != 0 {
+        return Ok(StageOutcome::Stage(idle(None)));
+    }
+    let pool = thread_pool(settings)?;
+    if stage == Stage::Plan {
+        let _lock = Locks::exclusive(&work)?;
+        if !work.plan().exists() {
+            start_fresh(settings, &work)?;
+        }
+        let (plan, _) = plan_stage(settings, &work, &pool)?;
+        let mut report = idle(Some(&plan));
+        report.units = 1;
+        report.ran = 1;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(StageOutcome::Stage(report));
+    }
+    let _lock = Locks::worker(&work, stage, worker, workers)?;
+    let plan = work
+        .load_plan()?
+        .ok_or_else(|| BuildError::StageIncomplete {
+            stage: stage.name(),
+            previous: "plan",
+            detail: format!("no plan in {}", work.root().display()),
+        })?;
+    if plan.recipe != settings.recipe() {
+        return Err(BuildError::StageMismatch {
+            stage: stage.name(),
+            why: "this worker's settings differ from the plan's; run every stage with the same pipeline and flags".into(),
+        });
+    }
+    if let Some(previous) = stage.previous().filter(|p| *p != Stage::Plan) {
+        work.require_complete(previous, &plan, stage)?;
+    }
+    let tokenizer = plan_tokenizer(settings, &plan, &work)?;
+    if stage == Stage::Finish {
+        drop(_lock);
+        let _exclusive = Locks::exclusive(&work)?;
+        let report = finish(
+            settings,
+            &plan,
+            &work,
+            &tokenizer,
+            options.progress,
+            pool.current_num_threads(),
+            started,
+        )?;
+        if !options.keep_work {
+            remove_work(&work);
+        }
+        return Ok(StageOutcome::Finished(Box::new(report)));
+    }
+    let report = run_units(
+        settings, options, &plan, &work, &tokenizer, &pool, stage, worker, workers,
+    )?;
+    Ok(StageOutcome::Stage(report))
 }

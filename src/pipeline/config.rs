@@ -198,6 +198,56 @@ pub struct OutputConfig {
     pub shuffle_seed: Option<u64>,
     /// Worker threads; 0 = all cores. Does not change the output.
     pub threads: usize,
+    /// Resident memory the build may use, in bytes (a number, or a string such as "4GiB" or
+    /// "512MB"). The external sorters get a quarter of it. Does not change the output.
+    #[serde(deserialize_with = "byte_size", serialize_with = "serialize_bytes")]
+    pub memory_limit: u64,
+}
+
+/// The default `memory_limit`: 4 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// Parses a byte size: `123`, `64KiB`, `512MiB`, `4GiB`, `1TiB`, or with `KB`/`MB`/`GB`/`TB`
+/// (powers of 1000), `K`/`M`/`G`/`T` (powers of 1024); case-insensitive, optional space.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number with an optional unit such as 4GiB")
+    })?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
+    };
+    Ok((value * multiplier) as u64)
+}
+
+fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(text) => parse_byte_size(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn serialize_bytes<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(*value)
 }
 
 impl Default for OutputConfig {
@@ -208,6 +258,7 @@ impl Default for OutputConfig {
             max_rejected_fraction: 0.05,
             shuffle_seed: None,
             threads: 0,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -256,6 +307,7 @@ pub struct Overrides {
     pub no_dedup: bool,
     pub shuffle_seed: Option<u64>,
     pub max_rejected_fraction: Option<f64>,
+    pub memory_limit: Option<u64>,
 }
 
 /// Everything a build needs, resolved and validated.
@@ -302,6 +354,22 @@ impl BuildSettings {
         }
         if overrides.shuffle_seed.is_some() {
             config.output.shuffle_seed = overrides.shuffle_seed;
+        }
+        if let Some(limit) = overrides.memory_limit {
+            config.output.memory_limit = limit;
+        }
+        if config.output.memory_limit < 64 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "memory_limit must be at least 64MiB (got {} bytes)",
+                config.output.memory_limit
+            )));
+        }
+        if config.dedup.near && config.dedup.minhash.verify_threshold.is_some() {
+            return Err(ConfigError::Invalid(
+                "dedup.minhash.verify_threshold is not supported by the out-of-core dedup: \
+                 remove it (candidates are the documents sharing a band key)"
+                    .into(),
+            ));
         }
         if let Some(fraction) = overrides.max_rejected_fraction {
             config.output.max_rejected_fraction = fraction;
@@ -383,6 +451,7 @@ impl BuildSettings {
         let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(output) = value.get_mut("output").and_then(|o| o.as_object_mut()) {
             output.remove("threads");
+            output.remove("memory_limit");
         }
         value
     }

@@ -1,7 +1,7 @@
-//! The progress line while a build runs: input bytes and their rate, records per second and
-//! duplicates so far. Hidden when stderr is not a terminal or with `--json`.
+//! Progress bars for the build's stages: position, rate and a short message. Hidden when
+//! stderr is not a terminal or with `--json`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -9,40 +9,37 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug)]
 pub struct Progress {
     bar: ProgressBar,
-    started: Instant,
 }
 
 impl Progress {
-    /// `total_bytes` is the size of the inputs on disk; `visible` false hides the bar.
-    pub fn new(total_bytes: u64, visible: bool) -> Self {
+    /// A bar for `stage` over `total` units of `unit` (`bytes` draws byte sizes).
+    pub fn new(total: u64, visible: bool, stage: &str, unit: &str) -> Self {
         let target = if visible {
             ProgressDrawTarget::stderr_with_hz(4)
         } else {
             ProgressDrawTarget::hidden()
         };
-        let bar = ProgressBar::with_draw_target(Some(total_bytes), target);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
-        ) {
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        let template = if unit == "bytes" {
+            format!("{{spinner}} {stage:>8} [{{elapsed_precise}}] {{bar:30}} {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, eta {{eta}}) {{msg}}")
+        } else {
+            format!("{{spinner}} {stage:>8} [{{elapsed_precise}}] {{bar:30}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}}) {{msg}}")
+        };
+        if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style);
         }
         if visible {
             bar.enable_steady_tick(Duration::from_millis(250));
         }
-        Progress {
-            bar,
-            started: Instant::now(),
-        }
+        Progress { bar }
     }
 
-    /// Updates the position and the message.
-    pub fn update(&self, bytes: u64, records: u64, duplicates: u64, rejected: u64) {
-        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_position(bytes);
-        self.bar.set_message(format!(
-            "{records} records ({:.0}/s), {duplicates} duplicates, {rejected} rejected",
-            records as f64 / seconds
-        ));
+    /// Moves the bar; an empty message keeps the last one.
+    pub fn set(&self, position: u64, message: &str) {
+        self.bar.set_position(position);
+        if !message.is_empty() {
+            self.bar.set_message(message.to_string());
+        }
     }
 
     pub fn finish(&self) {

@@ -8,29 +8,43 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::record::{Reject, RejectReason};
+use crate::record::Reject;
 
 /// File name inside the output directory.
 pub const REJECTS_FILE: &str = "rejects.jsonl";
 
-#[derive(Debug, Serialize)]
-struct RejectLine<'a> {
-    file: &'a str,
-    line: u64,
-    source: &'a str,
-    reason: &'a str,
-    detail: &'a str,
-    snippet: &'a str,
+/// One sampled reject, as written to `rejects.jsonl` (and kept in the scan stage's output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectSample {
+    pub file: String,
+    pub line: u64,
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub snippet: String,
 }
 
-/// Keeps up to `per_reason` rejects of each reason.
+impl RejectSample {
+    pub fn of(reject: &Reject) -> Self {
+        RejectSample {
+            file: reject.place.file.to_string(),
+            line: reject.place.line,
+            source: reject.source.to_string(),
+            reason: reject.reason.as_str().to_string(),
+            detail: reject.detail.clone(),
+            snippet: reject.snippet.clone(),
+        }
+    }
+}
+
+/// Keeps up to `per_reason` rejects of each reason, in the order offered.
 #[derive(Debug)]
 pub struct RejectSampler {
     per_reason: usize,
-    order: Vec<RejectReason>,
-    kept: BTreeMap<RejectReason, Vec<Reject>>,
+    order: Vec<String>,
+    kept: BTreeMap<String, Vec<RejectSample>>,
 }
 
 impl RejectSampler {
@@ -43,12 +57,26 @@ impl RejectSampler {
     }
 
     pub fn offer(&mut self, reject: &Reject) {
-        let list = self.kept.entry(reject.reason).or_default();
-        if list.is_empty() && !self.order.contains(&reject.reason) {
-            self.order.push(reject.reason);
+        let reason = reject.reason.as_str();
+        if self
+            .kept
+            .get(reason)
+            .is_some_and(|l| l.len() >= self.per_reason)
+        {
+            return;
         }
+        self.offer_sample(RejectSample::of(reject));
+    }
+
+    /// Offers an already sampled reject (merging the samples of several files in order gives
+    /// the same result as offering their rejects one by one).
+    pub fn offer_sample(&mut self, sample: RejectSample) {
+        if !self.kept.contains_key(&sample.reason) {
+            self.order.push(sample.reason.clone());
+        }
+        let list = self.kept.entry(sample.reason.clone()).or_default();
         if list.len() < self.per_reason {
-            list.push(reject.clone());
+            list.push(sample);
         }
     }
 
@@ -61,24 +89,22 @@ impl RejectSampler {
         self.len() == 0
     }
 
+    /// The samples grouped by reason, reasons in order of first occurrence.
+    pub fn samples(&self) -> Vec<RejectSample> {
+        self.order
+            .iter()
+            .flat_map(|reason| self.kept.get(reason).cloned().unwrap_or_default())
+            .collect()
+    }
+
     /// The file's contents.
     pub fn to_jsonl(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for reason in &self.order {
-            for reject in self.kept.get(reason).map(Vec::as_slice).unwrap_or_default() {
-                let line = RejectLine {
-                    file: &reject.place.file,
-                    line: reject.place.line,
-                    source: &reject.source,
-                    reason: reject.reason.as_str(),
-                    detail: &reject.detail,
-                    snippet: &reject.snippet,
-                };
-                // Serializing plain strings and integers cannot fail.
-                if let Ok(json) = serde_json::to_vec(&line) {
-                    out.extend(json);
-                    out.push(b'\n');
-                }
+        for sample in self.samples() {
+            // Serializing plain strings and integers cannot fail.
+            if let Ok(json) = serde_json::to_vec(&sample) {
+                out.extend(json);
+                out.push(b'\n');
             }
         }
         out
@@ -94,7 +120,7 @@ impl RejectSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Place;
+    use crate::record::{Place, RejectReason};
     use std::sync::Arc;
 
     fn reject(line: u64, reason: RejectReason) -> Reject {

@@ -28,8 +28,8 @@ pub struct BuildReport {
     /// `rejects.jsonl` in the output directory, when anything was rejected.
     pub rejects_file: Option<String>,
     pub throughput: Throughput,
-    /// Heap bytes of the dedup indexes at the end of the build.
-    pub dedup_index_bytes: u64,
+    /// Bytes of dedup keys (fingerprints and band keys) the scan wrote to the work directory.
+    pub dedup_work_bytes: u64,
 }
 
 /// Wall-clock throughput of a build (tokenizer training excluded).
@@ -117,13 +117,13 @@ impl BuildReport {
         let t = &self.throughput;
         let _ = writeln!(
             out,
-            "{:.2} s on {} thread(s): {:.2} MB/s of text, {:.0} records/s, {:.0} tokens/s; dedup index {:.1} MiB",
+            "{:.2} s on {} thread(s): {:.2} MB/s of text, {:.0} records/s, {:.0} tokens/s; dedup keys {:.1} MiB",
             t.seconds,
             t.threads,
             t.text_mb_per_s,
             t.records_per_s,
             t.tokens_per_s,
-            self.dedup_index_bytes as f64 / (1024.0 * 1024.0)
+            self.dedup_work_bytes as f64 / (1024.0 * 1024.0)
         );
         out
     }

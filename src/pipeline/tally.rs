@@ -57,6 +57,24 @@ impl Tally {
         }
     }
 
+    /// The counts so far, by source name.
+    pub fn into_counts(self) -> BTreeMap<String, Counts> {
+        self.sources
+            .into_iter()
+            .map(|(name, counts)| (name.to_string(), counts))
+            .collect()
+    }
+
+    /// A tally that starts from counts gathered elsewhere (the stages' per-file outputs).
+    pub fn from_counts(counts: BTreeMap<String, Counts>) -> Self {
+        Tally {
+            sources: counts
+                .into_iter()
+                .map(|(name, counts)| (Arc::from(name.as_str()), counts))
+                .collect(),
+        }
+    }
+
     /// Totals so far (for progress): records read, duplicates (exact + near), rejected.
     pub fn running_totals(&self) -> (u64, u64, u64) {
         self.sources

@@ -1,0 +1,294 @@
+//! Stage `finish` (one worker): gather every unit's counts, pack the kept documents' tokens in
+//! input order (or in the seeded shuffle order) into shards, and write the manifest last.
+//!
+//! The shuffle is an external sort of one small record per document, `(key, index, file,
+//! offset)` with `key = xxh3(index, seed)` over the documents' input-order index, so it needs
+//! no more memory than the budget whatever the corpus size; documents are then read back from
+//! the memory-mapped scratch files in key order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use redpack_schemas::{
+    atomic, CorpusInfo, CorpusWriter, Counts, Mmap, TokenizerInfo, WriterOptions,
+};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use super::build::{layout_of, packer_for, BuildError, CountingSink, TOKENIZER_FILE};
+use super::config::BuildSettings;
+use super::progress::Progress;
+use super::rejects::{RejectSampler, REJECTS_FILE};
+use super::report::{BuildReport, Throughput};
+use super::scan::ScanMeta;
+use super::tally::Tally;
+use super::tokenize_stage::{decode_doc, TokensMeta, DOC_HEADER};
+use super::work::{read_json, Plan, Stage, WorkDir};
+use crate::extsort::{read_u32, read_u64, SortRecord, Sorter};
+use crate::tokenize::DocTokenizer;
+
+/// One document's place in the shuffle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct ShuffleRec {
+    key: u64,
+    index: u64,
+    file: u32,
+    offset: u64,
+}
+
+impl SortRecord for ShuffleRec {
+    const SIZE: usize = 28;
+    fn encode(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.key.to_le_bytes());
+        out[8..16].copy_from_slice(&self.index.to_le_bytes());
+        out[16..20].copy_from_slice(&self.file.to_le_bytes());
+        out[20..28].copy_from_slice(&self.offset.to_le_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Self {
+        ShuffleRec {
+            key: read_u64(bytes, 0),
+            index: read_u64(bytes, 8),
+            file: read_u32(bytes, 16),
+            offset: read_u64(bytes, 20),
+        }
+    }
+}
+
+/// Everything the earlier stages left for `finish`.
+struct Gathered {
+    scans: Vec<ScanMeta>,
+    tokens: Vec<TokensMeta>,
+}
+
+fn gather(plan: &Plan, work: &WorkDir) -> Result<Gathered, BuildError> {
+    let mut scans = Vec::with_capacity(plan.files.len());
+    let mut tokens = Vec::with_capacity(plan.files.len());
+    for index in 0..plan.files.len() {
+        scans.push(read_json::<ScanMeta>(&work.scan_meta(index))?);
+        tokens.push(read_json::<TokensMeta>(&work.tokens_meta(index))?);
+    }
+    Ok(Gathered { scans, tokens })
+}
+
+/// Combines the scan's counts (read, filtered, rejected; candidates as `kept`) with the
+/// tokenize stage's verdicts on the candidates.
+fn combined_counts(gathered: &Gathered) -> Result<BTreeMap<String, Counts>, BuildError> {
+    let mut sources: BTreeMap<String, Counts> = BTreeMap::new();
+    for (scan, tokens) in gathered.scans.iter().zip(&gathered.tokens) {
+        for (name, counts) in &scan.sources {
+            let verdicts = tokens.sources.get(name).cloned().unwrap_or_default();
+            if verdicts.records_read != counts.kept {
+                return Err(BuildError::Invariant(format!(
+                    "{}: source {name}: the scan found {} candidates, tokenize saw {}",
+                    scan.entry.path, counts.kept, verdicts.records_read
+                )));
+            }
+            let total = sources.entry(name.clone()).or_default();
+            let mut file = counts.clone();
+            file.kept = verdicts.kept;
+            file.exact_duplicates = verdicts.exact_duplicates;
+            file.near_duplicates = verdicts.near_duplicates;
+            total.add(&file);
+        }
+    }
+    Ok(sources)
+}
+
+/// Runs the finish stage and returns the build report. `started` is when this process's part
+/// of the build began (for the throughput line).
+pub fn finish(
+    settings: &BuildSettings,
+    plan: &Plan,
+    work: &WorkDir,
+    tokenizer: &DocTokenizer,
+    progress_visible: bool,
+    threads: usize,
+    started: Instant,
+) -> Result<BuildReport, BuildError> {
+    let out = &settings.out;
+    let gathered = gather(plan, work)?;
+    let per_source = combined_counts(&gathered)?;
+
+    let mut rejects = RejectSampler::new(settings.output.rejects_per_reason);
+    for scan in &gathered.scans {
+        for sample in &scan.rejects {
+            rejects.offer_sample(sample.clone());
+        }
+    }
+    let read: u64 = per_source.values().map(|c| c.records_read).sum();
+    let rejected: u64 = per_source.values().map(|c| c.rejected).sum();
+    rejects.write(out)?;
+    let limit = settings.output.max_rejected_fraction;
+    if read > 0 && rejected as f64 > limit * read as f64 {
+        return Err(BuildError::TooManyRejects {
+            rejected,
+            read,
+            percent: 100.0 * rejected as f64 / read as f64,
+            limit,
+            rejects: out.join(REJECTS_FILE),
+        });
+    }
+
+    let layout = layout_of(&settings.pack);
+    let mut writer = CorpusWriter::create(
+        out,
+        WriterOptions {
+            layout,
+            vocab_size: tokenizer.vocab_size(),
+            max_shard_tokens: settings.output.max_shard_tokens,
+        },
+    )?;
+    atomic::write_file(&out.join(TOKENIZER_FILE), tokenizer.json())?;
+    let mut packer = packer_for(&settings.pack, tokenizer);
+    let mut sink = CountingSink {
+        writer: &mut writer,
+        examples: 0,
+    };
+    let width = plan.token_width as usize;
+    let total_tokens: u64 = gathered.tokens.iter().map(|t| t.tokens).sum();
+    let progress = Progress::new(total_tokens, progress_visible, "finish", "tokens");
+    let maps: Vec<Option<Mmap>> = (0..plan.files.len())
+        .map(|index| {
+            if gathered.tokens[index].bytes == 0 {
+                return Ok(None);
+            }
+            Mmap::open(&work.tokens(index)).map(Some)
+        })
+        .collect::<Result<_, _>>()?;
+    let names: Vec<Vec<Arc<str>>> = gathered
+        .tokens
+        .iter()
+        .map(|t| {
+            t.source_names
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect()
+        })
+        .collect();
+    let mut packed_tokens = 0u64;
+    let mut push = |file: usize, offset: usize, sink: &mut CountingSink<'_>| {
+        let bad = || BuildError::Work {
+            path: work.tokens(file),
+            message: format!("corrupt token scratch file at byte {offset}"),
+        };
+        let bytes = maps[file].as_ref().ok_or_else(bad)?.as_slice();
+        let (doc, next) = decode_doc(bytes, offset, width).ok_or_else(bad)?;
+        let source = names[file].get(doc.source as usize).ok_or_else(bad)?;
+        let origin = format!("{}:{}", plan.files[file].display, doc.line);
+        packer.push(&doc.content, source, &origin, sink)?;
+        packed_tokens += ((next - offset - DOC_HEADER) / width) as u64;
+        progress.set(packed_tokens, "");
+        Ok::<usize, BuildError>(next)
+    };
+
+    match settings.output.shuffle_seed {
+        None => {
+            for (file, map) in maps.iter().enumerate() {
+                let len = map.as_ref().map_or(0, |m| m.len());
+                let mut offset = 0;
+                while offset < len {
+                    offset = push(file, offset, &mut sink)?;
+                }
+            }
+        }
+        Some(seed) => {
+            let spill = work.spill(Stage::Finish, 0);
+            let budget = (settings.output.memory_limit / 4) as usize;
+            let mut sorter = Sorter::<ShuffleRec>::new(&spill, "shuffle", budget);
+            let mut index = 0u64;
+            for (file, map) in maps.iter().enumerate() {
+                let Some(map) = map else { continue };
+                let bytes = map.as_slice();
+                let mut offset = 0;
+                while offset < bytes.len() {
+                    let next = doc_end(bytes, offset, width).ok_or_else(|| BuildError::Work {
+                        path: work.tokens(file),
+                        message: format!("corrupt token scratch file at byte {offset}"),
+                    })?;
+                    sorter.push(ShuffleRec {
+                        key: xxh3_64_with_seed(&index.to_le_bytes(), seed),
+                        index,
+                        file: file as u32,
+                        offset: offset as u64,
+                    })?;
+                    index += 1;
+                    offset = next;
+                }
+            }
+            let mut order = sorter.finish()?;
+            while let Some(rec) = order.next_record()? {
+                push(rec.file as usize, rec.offset as usize, &mut sink)?;
+            }
+            drop(order);
+            let _ = std::fs::remove_dir_all(&spill);
+        }
+    }
+    progress.finish();
+
+    let (packing, written) = packer.finish(&mut sink)?;
+    let examples_written = sink.examples;
+    let (counts, sources) = Tally::from_counts(per_source).finish(&written, examples_written);
+    counts.check_invariant().map_err(BuildError::Invariant)?;
+    for (name, source_counts) in &sources {
+        source_counts
+            .check_invariant()
+            .map_err(|e| BuildError::Invariant(format!("source {name}: {e}")))?;
+    }
+    let faults: Vec<String> = gathered
+        .scans
+        .iter()
+        .filter_map(|scan| scan.entry.fault.clone())
+        .collect();
+    let tokenizer_info = TokenizerInfo {
+        file: TOKENIZER_FILE.to_string(),
+        sha256: tokenizer.sha256().to_string(),
+        vocab_size: tokenizer.vocab_size(),
+        eod_id: tokenizer.eod_id(),
+        pad_id: tokenizer.pad_id(),
+        eod_token: tokenizer.eod_token().to_string(),
+        pad_token: tokenizer.pad_token().to_string(),
+    };
+    let inputs: Vec<_> = gathered.scans.iter().map(|s| s.entry.clone()).collect();
+    let input_files = inputs.len();
+    let manifest = writer.finish(CorpusInfo {
+        tokenizer: tokenizer_info.clone(),
+        build: plan.recipe.clone(),
+        inputs,
+        counts: counts.clone(),
+        sources: sources.clone(),
+        packing: packing.clone(),
+    })?;
+    let input_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
+    let text_bytes: u64 = gathered.scans.iter().map(|s| s.text_bytes).sum();
+    let throughput = Throughput::new(
+        started.elapsed().as_secs_f64(),
+        input_bytes,
+        text_bytes,
+        counts.records_read,
+        counts.tokens,
+        threads,
+    );
+    Ok(BuildReport {
+        out_dir: out.display().to_string(),
+        kind: layout.kind().name().to_string(),
+        counts,
+        sources,
+        packing,
+        tokenizer: tokenizer_info,
+        tokenizer_trained: plan.tokenizer_trained,
+        shards: manifest.shards.len(),
+        input_files,
+        faults,
+        rejects_file: (!rejects.is_empty()).then(|| out.join(REJECTS_FILE).display().to_string()),
+        throughput,
+        dedup_work_bytes: gathered.scans.iter().map(|s| s.key_bytes).sum(),
+    })
+}
+
+/// The end of the document at `offset` (header only, no decoding).
+fn doc_end(bytes: &[u8], offset: usize, width: usize) -> Option<usize> {
+    let header = bytes.get(offset..offset.checked_add(DOC_HEADER)?)?;
+    let tokens = read_u32(header, 16) as usize + read_u32(header, 20) as usize;
+    let end = offset + DOC_HEADER + tokens.checked_mul(width)?;
+    (end <= bytes.len()).then_some(end)
+}
