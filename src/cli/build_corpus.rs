@@ -71,6 +71,10 @@ pub struct BuildCorpusArgs {
     /// the rest is redone. Inputs or settings that changed since are an error.
     #[arg(long)]
     pub resume: bool,
+    /// Bytes the external sorters may buffer before spilling (default: a quarter of
+    /// --memory-limit). For tests of the spill paths.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, hide = true)]
+    pub sort_budget: Option<u64>,
     /// Keep the work directory (OUT/.redpack-work) after the build, for inspection.
     #[arg(long)]
     pub keep_work: bool,

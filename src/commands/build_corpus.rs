@@ -55,6 +55,7 @@ fn options(args: &BuildCorpusArgs) -> BuildOptions {
         progress: !args.json,
         resume: args.resume,
         keep_work: args.keep_work,
+        sort_budget: args.sort_budget.map(|b| b as usize),
     }
 }
 

@@ -120,6 +120,15 @@ pub struct BuildOptions {
     pub resume: bool,
     /// Keep the work directory after the manifest is written (for inspection).
     pub keep_work: bool,
+    /// Bytes the external sorters may hold in all (default: a quarter of the memory limit).
+    pub sort_budget: Option<usize>,
+}
+
+impl BuildOptions {
+    fn sort_budget(&self, settings: &BuildSettings) -> usize {
+        self.sort_budget
+            .unwrap_or((settings.output.memory_limit / 4) as usize)
+    }
 }
 
 /// Counts the examples that reach the writer.
@@ -417,7 +426,7 @@ fn run_units(
                 .is_none_or(|marker| !marker.exists())
         })
         .collect();
-    let limit = settings.output.memory_limit as usize;
+    let budget = options.sort_budget(settings);
     let threads = pool.current_num_threads().max(1);
     let bytes = AtomicU64::new(0);
     let records = AtomicU64::new(0);
@@ -432,7 +441,7 @@ fn run_units(
                 pool,
                 bytes: &bytes,
                 records: &records,
-                sort_budget: limit / 4,
+                sort_budget: budget,
             };
             let done = std::sync::atomic::AtomicBool::new(false);
             let result = std::thread::scope(|scope| {
@@ -458,7 +467,7 @@ fn run_units(
         Stage::Dedup => {
             let progress =
                 Progress::new(todo.len() as u64, options.progress, "dedup", "partitions");
-            let budget = limit / 4 / threads;
+            let budget = budget / threads;
             let finished = AtomicU64::new(0);
             pool.install(|| {
                 todo.par_iter().with_max_len(1).try_for_each(|&unit| {
@@ -515,6 +524,7 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         &work,
         &tokenizer,
         options.progress,
+        options.sort_budget(settings),
         pool.current_num_threads(),
         started,
     )?;
@@ -608,6 +618,7 @@ pub fn run_stage(
             &work,
             &tokenizer,
             options.progress,
+            options.sort_budget(settings),
             pool.current_num_threads(),
             started,
         )?;

@@ -102,6 +102,7 @@ pub fn finish(
     work: &WorkDir,
     tokenizer: &DocTokenizer,
     progress_visible: bool,
+    sort_budget: usize,
     threads: usize,
     started: Instant,
 ) -> Result<BuildReport, BuildError> {
@@ -193,8 +194,7 @@ pub fn finish(
         }
         Some(seed) => {
             let spill = work.spill(Stage::Finish, 0);
-            let budget = (settings.output.memory_limit / 4) as usize;
-            let mut sorter = Sorter::<ShuffleRec>::new(&spill, "shuffle", budget);
+            let mut sorter = Sorter::<ShuffleRec>::new(&spill, "shuffle", sort_budget);
             let mut index = 0u64;
             for (file, map) in maps.iter().enumerate() {
                 let Some(map) = map else { continue };

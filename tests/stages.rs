@@ -1,0 +1,401 @@
+//! The staged build: workers on "many machines" (concurrent processes sharing the output
+//! directory), crash-safe resume after `kill -9`, and the errors of misuse. Every comparison is
+//! byte for byte against the one-process build of the same inputs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const REDPACK: &str = env!("CARGO_BIN_EXE_redpack");
+const GPT2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/tokenizers/gpt2.json"
+);
+
+/// The generated sample's RedPajama part: 10 files in every real layout, with exact and near
+/// duplicates across files, malformed records and a truncated zstd file.
+fn sample_inputs(dir: &Path) -> PathBuf {
+    redpack::sample::write_sample(dir, 7).expect("sample");
+    dir.join(redpack::sample::REDPAJAMA_ROOT)
+}
+
+fn redpack(args: &[&str]) -> Command {
+    let mut command = Command::new(REDPACK);
+    command.args(args);
+    for var in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn base_args<'a>(input: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "build-corpus",
+        "--input",
+        input,
+        "--out",
+        out,
+        "--tokenizer",
+        GPT2,
+        "--seq-len",
+        "128",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn check(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    output
+}
+
+/// Every file of a corpus directory (the work directory excluded), by relative path.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("read corpus dir") {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_file() {
+            files.insert(name, fs::read(entry.path()).unwrap());
+        }
+    }
+    assert!(
+        files.contains_key("manifest.json"),
+        "{dir:?} has no manifest"
+    );
+    files
+}
+
+fn assert_same(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>, what: &str) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: different files"
+    );
+    for (name, bytes) in a {
+        assert!(bytes == &b[name], "{what}: {name} differs");
+    }
+}
+
+fn one_process(input: &str, out: &Path, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
+    let out_str = out.to_str().unwrap();
+    check(
+        redpack(&base_args(input, out_str, extra)).output().unwrap(),
+        "one-process build",
+    );
+    snapshot(out)
+}
+
+/// Runs every stage with `workers` concurrent worker processes per parallel stage.
+fn staged(input: &str, out: &Path, workers: usize, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
+    let out_str = out.to_str().unwrap();
+    for stage in ["plan", "scan", "dedup", "tokenize", "finish"] {
+        let count = workers.to_string();
+        let parallel = matches!(stage, "scan" | "dedup" | "tokenize");
+        let n = if parallel { workers } else { 1 };
+        let children: Vec<(usize, Child)> = (0..n)
+            .map(|worker| {
+                let index = worker.to_string();
+                let mut args = base_args(input, out_str, extra);
+                args.extend(["--stage", stage]);
+                if parallel {
+                    args.extend(["--workers", count.as_str(), "--worker", index.as_str()]);
+                }
+                let child = redpack(&args)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (worker, child)
+            })
+            .collect();
+        for (worker, child) in children {
+            check(
+                child.wait_with_output().unwrap(),
+                &format!("stage {stage} worker {worker}/{workers}"),
+            );
+        }
+    }
+    assert!(
+        !out.join(".redpack-work").exists(),
+        "finish removes the work directory"
+    );
+    snapshot(out)
+}
+
+#[test]
+fn stages_are_listed_in_order() {
+    let output = check(
+        redpack(&["build-corpus", "--stages"]).output().unwrap(),
+        "--stages",
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(names, ["plan", "scan", "dedup", "tokenize", "finish"]);
+}
+
+#[test]
+fn any_number_of_workers_gives_the_one_process_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let input = input.to_str().unwrap();
+    for extra in [&[][..], &["--shuffle-seed", "3"][..]] {
+        let reference = one_process(input, &dir.path().join("single"), extra);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&reference["manifest.json"]).unwrap();
+        let counts = &manifest["counts"];
+        assert!(counts["exact_duplicates"].as_u64().unwrap() > 0, "{counts}");
+        assert!(counts["near_duplicates"].as_u64().unwrap() > 0, "{counts}");
+        for workers in [1, 2, 3] {
+            let out = dir.path().join(format!("staged-{workers}"));
+            let got = staged(input, &out, workers, extra);
+            assert_same(&reference, &got, &format!("{workers} workers {extra:?}"));
+        }
+    }
+}
+
+#[test]
+fn spilling_sorters_give_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let input = input.to_str().unwrap();
+    let extra = ["--shuffle-seed", "11"];
+    let reference = one_process(input, &dir.path().join("roomy"), &extra);
+    // A budget of a few KiB: the scan, dedup and shuffle sorters all spill runs to disk.
+    let tight = one_process(
+        input,
+        &dir.path().join("tight"),
+        &[
+            "--shuffle-seed",
+            "11",
+            "--sort-budget",
+            "4KiB",
+            "--threads",
+            "1",
+        ],
+    );
+    assert_same(&reference, &tight, "spilled");
+}
+
+#[test]
+fn a_stage_waits_for_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let input = input.to_str().unwrap();
+    let out = dir.path().join("out");
+    let out_str = out.to_str().unwrap();
+    let stage = |stage: &str, extra: &[&str]| {
+        let mut args = base_args(input, out_str, extra);
+        args.extend(["--stage", stage]);
+        redpack(&args).output().unwrap()
+    };
+    let early = stage("scan", &["--workers", "2", "--worker", "0"]);
+    assert!(!early.status.success());
+    let text = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        text.contains("stage scan cannot start") && text.contains("plan"),
+        "{text}"
+    );
+
+    check(stage("plan", &[]), "plan");
+    check(
+        stage("scan", &["--workers", "2", "--worker", "0"]),
+        "scan 0/2",
+    );
+    let blocked = stage("dedup", &["--workers", "2", "--worker", "1"]);
+    assert!(!blocked.status.success());
+    let text = String::from_utf8_lossy(&blocked.stderr);
+    assert!(
+        text.contains("stage dedup cannot start: stage scan is incomplete"),
+        "{text}"
+    );
+    assert!(text.contains("not done yet"), "{text}");
+
+    // Slurm's array variables pick the worker; the other half of the scan then completes it.
+    let mut args = base_args(input, out_str, &[]);
+    args.extend(["--stage", "scan"]);
+    let slurm = redpack(&args)
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .env("SLURM_ARRAY_TASK_MIN", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "2")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&check(slurm, "slurm").stdout).unwrap();
+    assert_eq!(report["worker"], 1);
+    assert_eq!(report["workers"], 2);
+    check(stage("dedup", &[]), "dedup after a complete scan");
+
+    // Different settings than the plan's are refused.
+    let other = stage("tokenize", &["--no-dedup"]);
+    assert!(!other.status.success());
+    let text = String::from_utf8_lossy(&other.stderr);
+    assert!(text.contains("differ from the plan"), "{text}");
+
+    // An input deleted between stages is named.
+    let victim = Path::new(input).join("arxiv");
+    let first = fs::read_dir(&victim)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::remove_file(&first).unwrap();
+    let gone = stage("tokenize", &[]);
+    assert!(!gone.status.success());
+    let text = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        text.contains(first.file_name().unwrap().to_str().unwrap()),
+        "{text}"
+    );
+    assert!(!out.join("manifest.json").exists());
+}
+
+#[test]
+fn a_second_build_in_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let out = dir.path().join("out");
+    let locks = out.join(".redpack-work").join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    let held = fs::File::create(locks.join("build.lock")).unwrap();
+    held.lock().unwrap();
+    let args = base_args(input.to_str().unwrap(), out.to_str().unwrap(), &[]);
+    let output = redpack(&args).output().unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("in use by another build"), "{text}");
+    drop(held);
+    check(
+        redpack(&args).output().unwrap(),
+        "after the lock is released",
+    );
+}
+
+/// Waits until `ready` holds (polling), then kills the child with SIGKILL.
+fn kill_when(mut child: Child, ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false; // finished before the kill point
+        }
+        if ready() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    panic!("kill point never reached");
+}
+
+fn count_files(dir: &Path, ext: &str) -> usize {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn killed_builds_resume_to_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let input = input.to_str().unwrap();
+    let extra = ["--shuffle-seed", "5", "--threads", "1"];
+    let reference = one_process(input, &dir.path().join("reference"), &extra);
+    let out = dir.path().join("out");
+    let out_str = out.to_str().unwrap();
+    let work = out.join(".redpack-work");
+    type Point = Box<dyn Fn() -> bool>;
+    let points: Vec<(&str, Point)> = vec![
+        ("after the plan", {
+            let w = work.clone();
+            Box::new(move || w.join("plan.json").exists())
+        }),
+        ("mid scan", {
+            let w = work.clone();
+            Box::new(move || count_files(&w.join("scan"), "json") >= 3)
+        }),
+        ("mid dedup", {
+            let w = work.clone();
+            Box::new(move || count_files(&w.join("dedup"), "json") >= 1)
+        }),
+        ("mid tokenize", {
+            let w = work.clone();
+            Box::new(move || count_files(&w.join("tokens"), "json") >= 4)
+        }),
+        ("in finish", {
+            let o = out.clone();
+            Box::new(move || count_files(&o, "tokens") >= 1)
+        }),
+    ];
+    let mut killed = 0;
+    for (name, ready) in points {
+        let _ = fs::remove_dir_all(&out);
+        let child = redpack(&base_args(input, out_str, &extra))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if kill_when(child, ready) {
+            killed += 1;
+            assert!(
+                !out.join("manifest.json").exists(),
+                "{name}: a killed build must not look complete"
+            );
+        }
+        let mut args = base_args(input, out_str, &extra);
+        args.push("--resume");
+        check(redpack(&args).output().unwrap(), &format!("resume {name}"));
+        assert_same(&reference, &snapshot(&out), &format!("resumed {name}"));
+    }
+    assert!(
+        killed >= 3,
+        "only {killed} kill points were reached in time"
+    );
+}
+
+#[test]
+fn a_changed_input_stops_the_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let out = dir.path().join("out");
+    let (input_str, out_str) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = base_args(input_str, out_str, &[]);
+    args.extend(["--stage", "plan"]);
+    check(redpack(&args).output().unwrap(), "plan");
+    let c4 = input.join("c4");
+    let file = fs::read_dir(&c4).unwrap().next().unwrap().unwrap().path();
+    let mut text = fs::read(&file).unwrap();
+    text.extend_from_slice(b"{\"text\": \"one more line\", \"meta\": {}}\n");
+    fs::write(&file, text).unwrap();
+    let mut args = base_args(input_str, out_str, &[]);
+    args.push("--resume");
+    let output = redpack(&args).output().unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("changed since the interrupted run"), "{text}");
+    assert!(
+        text.contains(file.file_name().unwrap().to_str().unwrap()),
+        "{text}"
+    );
+}
