@@ -99,7 +99,7 @@ impl<R: SortRecord> RunReader<R> {
         buffer: usize,
     ) -> Result<Self, SpillError> {
         let size = R::SIZE as u64;
-        if end < start || (end - start) % size != 0 {
+        if end < start || !(end - start).is_multiple_of(size) {
             return Err(SpillError::new(
                 path,
                 io::Error::new(

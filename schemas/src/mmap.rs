@@ -1,4 +1,5 @@
-//! The crate's only `unsafe`: a read-only memory map of a finished shard file.
+//! The crate's only `unsafe`: a read-only memory map of a finished shard file (or of a build's
+//! token scratch file, written and renamed the same way).
 
 use std::fs::File;
 use std::path::Path;
@@ -35,6 +36,10 @@ impl Mmap {
 
     pub fn len(&self) -> usize {
         self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn as_slice(&self) -> &[u8] {

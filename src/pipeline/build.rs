@@ -125,7 +125,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    fn sort_budget(&self, settings: &BuildSettings) -> usize {
+    pub(crate) fn sort_budget(&self, settings: &BuildSettings) -> usize {
         self.sort_budget
             .unwrap_or((settings.output.memory_limit / 4) as usize)
     }
@@ -523,8 +523,7 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         &plan,
         &work,
         &tokenizer,
-        options.progress,
-        options.sort_budget(settings),
+        options,
         pool.current_num_threads(),
         started,
     )?;
@@ -617,8 +616,7 @@ pub fn run_stage(
             &plan,
             &work,
             &tokenizer,
-            options.progress,
-            options.sort_budget(settings),
+            options,
             pool.current_num_threads(),
             started,
         )?;

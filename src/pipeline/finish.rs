@@ -15,7 +15,7 @@ use redpack_schemas::{
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::build::{layout_of, packer_for, BuildError, CountingSink, TOKENIZER_FILE};
+use super::build::{layout_of, packer_for, BuildError, BuildOptions, CountingSink, TOKENIZER_FILE};
 use super::config::BuildSettings;
 use super::progress::Progress;
 use super::rejects::{RejectSampler, REJECTS_FILE};
@@ -101,8 +101,7 @@ pub fn finish(
     plan: &Plan,
     work: &WorkDir,
     tokenizer: &DocTokenizer,
-    progress_visible: bool,
-    sort_budget: usize,
+    options: &BuildOptions,
     threads: usize,
     started: Instant,
 ) -> Result<BuildReport, BuildError> {
@@ -147,7 +146,7 @@ pub fn finish(
     };
     let width = plan.token_width as usize;
     let total_tokens: u64 = gathered.tokens.iter().map(|t| t.tokens).sum();
-    let progress = Progress::new(total_tokens, progress_visible, "finish", "tokens");
+    let progress = Progress::new(total_tokens, options.progress, "finish", "tokens");
     let maps: Vec<Option<Mmap>> = (0..plan.files.len())
         .map(|index| {
             if gathered.tokens[index].bytes == 0 {
@@ -194,7 +193,8 @@ pub fn finish(
         }
         Some(seed) => {
             let spill = work.spill(Stage::Finish, 0);
-            let mut sorter = Sorter::<ShuffleRec>::new(&spill, "shuffle", sort_budget);
+            let mut sorter =
+                Sorter::<ShuffleRec>::new(&spill, "shuffle", options.sort_budget(settings));
             let mut index = 0u64;
             for (file, map) in maps.iter().enumerate() {
                 let Some(map) = map else { continue };
