@@ -7,12 +7,13 @@
 //! the memory-mapped scratch files in key order.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use redpack_schemas::{
-    atomic, CorpusInfo, CorpusWriter, Counts, Mmap, TokenizerInfo, WriterOptions,
-};
+use redpack_schemas::{atomic, CorpusInfo, CorpusWriter, Counts, TokenizerInfo, WriterOptions};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::build::{layout_of, packer_for, BuildError, BuildOptions, CountingSink, TOKENIZER_FILE};
@@ -147,14 +148,6 @@ pub fn finish(
     let width = plan.token_width as usize;
     let total_tokens: u64 = gathered.tokens.iter().map(|t| t.tokens).sum();
     let progress = Progress::new(total_tokens, options.progress, "finish", "tokens");
-    let maps: Vec<Option<Mmap>> = (0..plan.files.len())
-        .map(|index| {
-            if gathered.tokens[index].bytes == 0 {
-                return Ok(None);
-            }
-            Mmap::open(&work.tokens(index)).map(Some)
-        })
-        .collect::<Result<_, _>>()?;
     let names: Vec<Vec<Arc<str>>> = gathered
         .tokens
         .iter()
@@ -166,28 +159,28 @@ pub fn finish(
         })
         .collect();
     let mut packed_tokens = 0u64;
-    let mut push = |file: usize, offset: usize, sink: &mut CountingSink<'_>| {
+    let mut push = |file: usize, doc: &[u8], sink: &mut CountingSink<'_>| {
+        let tokens = (doc.len().saturating_sub(DOC_HEADER) / width) as u64;
         let bad = || BuildError::Work {
             path: work.tokens(file),
-            message: format!("corrupt token scratch file at byte {offset}"),
+            message: "corrupt token scratch file".into(),
         };
-        let bytes = maps[file].as_ref().ok_or_else(bad)?.as_slice();
-        let (doc, next) = decode_doc(bytes, offset, width).ok_or_else(bad)?;
+        let (doc, _) = decode_doc(doc, 0, width).ok_or_else(bad)?;
         let source = names[file].get(doc.source as usize).ok_or_else(bad)?;
         let origin = format!("{}:{}", plan.files[file].display, doc.line);
         packer.push(&doc.content, source, &origin, sink)?;
-        packed_tokens += ((next - offset - DOC_HEADER) / width) as u64;
+        packed_tokens += tokens;
         progress.set(packed_tokens, "");
-        Ok::<usize, BuildError>(next)
+        Ok::<(), BuildError>(())
     };
+    let mut doc = Vec::new();
 
     match settings.output.shuffle_seed {
         None => {
-            for (file, map) in maps.iter().enumerate() {
-                let len = map.as_ref().map_or(0, |m| m.len());
-                let mut offset = 0;
-                while offset < len {
-                    offset = push(file, offset, &mut sink)?;
+            for (file, meta) in gathered.tokens.iter().enumerate() {
+                let mut reader = ScratchReader::open(&work.tokens(file), meta.bytes, width)?;
+                while reader.next_doc(&mut doc)?.is_some() {
+                    push(file, &doc, &mut sink)?;
                 }
             }
         }
@@ -196,28 +189,23 @@ pub fn finish(
             let mut sorter =
                 Sorter::<ShuffleRec>::new(&spill, "shuffle", options.sort_budget(settings));
             let mut index = 0u64;
-            for (file, map) in maps.iter().enumerate() {
-                let Some(map) = map else { continue };
-                let bytes = map.as_slice();
-                let mut offset = 0;
-                while offset < bytes.len() {
-                    let next = doc_end(bytes, offset, width).ok_or_else(|| BuildError::Work {
-                        path: work.tokens(file),
-                        message: format!("corrupt token scratch file at byte {offset}"),
-                    })?;
+            for (file, meta) in gathered.tokens.iter().enumerate() {
+                let mut reader = ScratchReader::open(&work.tokens(file), meta.bytes, width)?;
+                while let Some(offset) = reader.skip_doc()? {
                     sorter.push(ShuffleRec {
                         key: xxh3_64_with_seed(&index.to_le_bytes(), seed),
                         index,
                         file: file as u32,
-                        offset: offset as u64,
+                        offset,
                     })?;
                     index += 1;
-                    offset = next;
                 }
             }
             let mut order = sorter.finish()?;
+            let mut files = OpenFiles::new(work, OPEN_SCRATCH_FILES);
             while let Some(rec) = order.next_record()? {
-                push(rec.file as usize, rec.offset as usize, &mut sink)?;
+                files.read_doc(rec.file as usize, rec.offset, width, &mut doc)?;
+                push(rec.file as usize, &doc, &mut sink)?;
             }
             drop(order);
             let _ = std::fs::remove_dir_all(&spill);
@@ -285,10 +273,153 @@ pub fn finish(
     })
 }
 
-/// The end of the document at `offset` (header only, no decoding).
-fn doc_end(bytes: &[u8], offset: usize, width: usize) -> Option<usize> {
-    let header = bytes.get(offset..offset.checked_add(DOC_HEADER)?)?;
-    let tokens = read_u32(header, 16) as usize + read_u32(header, 20) as usize;
-    let end = offset + DOC_HEADER + tokens.checked_mul(width)?;
-    (end <= bytes.len()).then_some(end)
+/// Scratch files the shuffle keeps open at once (documents are read in random order).
+const OPEN_SCRATCH_FILES: usize = 256;
+
+/// Reads a token scratch file front to back, one document at a time.
+struct ScratchReader {
+    path: PathBuf,
+    reader: Option<BufReader<File>>,
+    offset: u64,
+    len: u64,
+    width: usize,
+}
+
+impl ScratchReader {
+    fn open(path: &Path, len: u64, width: usize) -> Result<Self, BuildError> {
+        let reader = if len == 0 {
+            None
+        } else {
+            let file = File::open(path).map_err(|e| BuildError::io(path, e))?;
+            Some(BufReader::with_capacity(1 << 20, file))
+        };
+        Ok(ScratchReader {
+            path: path.to_path_buf(),
+            reader,
+            offset: 0,
+            len,
+            width,
+        })
+    }
+
+    fn corrupt(&self) -> BuildError {
+        BuildError::Work {
+            path: self.path.clone(),
+            message: format!("corrupt token scratch file at byte {}", self.offset),
+        }
+    }
+
+    /// Reads the next header; returns the document's offset and body length in bytes.
+    fn header(&mut self, header: &mut [u8; DOC_HEADER]) -> Result<Option<(u64, u64)>, BuildError> {
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        let at = self.offset;
+        let Some(reader) = self.reader.as_mut() else {
+            return Err(self.corrupt());
+        };
+        reader
+            .read_exact(header)
+            .map_err(|e| BuildError::io(&self.path, e))?;
+        let tokens = u64::from(read_u32(header, 16)) + u64::from(read_u32(header, 20));
+        let body = tokens * self.width as u64;
+        if at + DOC_HEADER as u64 + body > self.len {
+            return Err(self.corrupt());
+        }
+        self.offset = at + DOC_HEADER as u64 + body;
+        Ok(Some((at, body)))
+    }
+
+    /// The next document's bytes into `doc`; its offset, or `None` at the end.
+    fn next_doc(&mut self, doc: &mut Vec<u8>) -> Result<Option<u64>, BuildError> {
+        let mut header = [0u8; DOC_HEADER];
+        let Some((at, body)) = self.header(&mut header)? else {
+            return Ok(None);
+        };
+        doc.clear();
+        doc.extend_from_slice(&header);
+        doc.resize(DOC_HEADER + body as usize, 0);
+        if let Some(reader) = self.reader.as_mut() {
+            reader
+                .read_exact(&mut doc[DOC_HEADER..])
+                .map_err(|e| BuildError::io(&self.path, e))?;
+        }
+        Ok(Some(at))
+    }
+
+    /// Skips the next document; its offset, or `None` at the end.
+    fn skip_doc(&mut self) -> Result<Option<u64>, BuildError> {
+        let mut header = [0u8; DOC_HEADER];
+        let Some((at, body)) = self.header(&mut header)? else {
+            return Ok(None);
+        };
+        let skip = i64::try_from(body).map_err(|_| self.corrupt())?;
+        if let Some(reader) = self.reader.as_mut() {
+            reader
+                .seek_relative(skip)
+                .map_err(|e| BuildError::io(&self.path, e))?;
+        }
+        Ok(Some(at))
+    }
+}
+
+/// Positioned reads of documents from many scratch files, keeping at most `capacity` open (the
+/// least recently used is closed first), so the number of open files stays bounded.
+struct OpenFiles<'a> {
+    work: &'a WorkDir,
+    capacity: usize,
+    open: Vec<(usize, File)>,
+}
+
+impl<'a> OpenFiles<'a> {
+    fn new(work: &'a WorkDir, capacity: usize) -> Self {
+        OpenFiles {
+            work,
+            capacity: capacity.max(1),
+            open: Vec::new(),
+        }
+    }
+
+    fn file(&mut self, index: usize) -> Result<&File, BuildError> {
+        if let Some(at) = self.open.iter().position(|(i, _)| *i == index) {
+            let entry = self.open.remove(at);
+            self.open.push(entry);
+        } else {
+            if self.open.len() >= self.capacity {
+                self.open.remove(0);
+            }
+            let path = self.work.tokens(index);
+            let file = File::open(&path).map_err(|e| BuildError::io(&path, e))?;
+            self.open.push((index, file));
+        }
+        match self.open.last() {
+            Some((_, file)) => Ok(file),
+            None => Err(BuildError::Work {
+                path: self.work.tokens(index),
+                message: "internal error: no open file".into(),
+            }),
+        }
+    }
+
+    fn read_doc(
+        &mut self,
+        index: usize,
+        offset: u64,
+        width: usize,
+        doc: &mut Vec<u8>,
+    ) -> Result<(), BuildError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.work.tokens(index);
+        let file = self.file(index)?;
+        let mut header = [0u8; DOC_HEADER];
+        file.read_exact_at(&mut header, offset)
+            .map_err(|e| BuildError::io(&path, e))?;
+        let tokens = read_u32(&header, 16) as usize + read_u32(&header, 20) as usize;
+        doc.clear();
+        doc.extend_from_slice(&header);
+        doc.resize(DOC_HEADER + tokens * width, 0);
+        file.read_exact_at(&mut doc[DOC_HEADER..], offset + DOC_HEADER as u64)
+            .map_err(|e| BuildError::io(&path, e))?;
+        Ok(())
+    }
 }
