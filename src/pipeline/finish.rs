@@ -61,11 +61,21 @@ struct Gathered {
     tokens: Vec<TokensMeta>,
 }
 
-fn gather(plan: &Plan, work: &WorkDir) -> Result<Gathered, BuildError> {
+/// Loads every unit's meta file; each file's reject samples go to `rejects` as they are read
+/// (not kept), so memory does not grow with the number of files times the samples.
+fn gather(
+    plan: &Plan,
+    work: &WorkDir,
+    rejects: &mut RejectSampler,
+) -> Result<Gathered, BuildError> {
     let mut scans = Vec::with_capacity(plan.files.len());
     let mut tokens = Vec::with_capacity(plan.files.len());
     for index in 0..plan.files.len() {
-        scans.push(read_json::<ScanMeta>(&work.scan_meta(index))?);
+        let mut scan = read_json::<ScanMeta>(&work.scan_meta(index))?;
+        for sample in std::mem::take(&mut scan.rejects) {
+            rejects.offer_sample(sample);
+        }
+        scans.push(scan);
         tokens.push(read_json::<TokensMeta>(&work.tokens_meta(index))?);
     }
     Ok(Gathered { scans, tokens })
@@ -107,15 +117,9 @@ pub fn finish(
     started: Instant,
 ) -> Result<BuildReport, BuildError> {
     let out = &settings.out;
-    let gathered = gather(plan, work)?;
-    let per_source = combined_counts(&gathered)?;
-
     let mut rejects = RejectSampler::new(settings.output.rejects_per_reason);
-    for scan in &gathered.scans {
-        for sample in &scan.rejects {
-            rejects.offer_sample(sample.clone());
-        }
-    }
+    let gathered = gather(plan, work, &mut rejects)?;
+    let per_source = combined_counts(&gathered)?;
     let read: u64 = per_source.values().map(|c| c.records_read).sum();
     let rejected: u64 = per_source.values().map(|c| c.rejected).sum();
     rejects.write(out)?;
