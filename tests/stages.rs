@@ -399,3 +399,71 @@ fn a_changed_input_stops_the_resume() {
         "{text}"
     );
 }
+
+/// The out-of-core dedup (group heads over sorted keys) against the streaming reference
+/// (`Deduper`: exact index, then an LSH index of the survivors), record by record in input
+/// order, with and without Jaccard verification of the candidates.
+#[test]
+fn out_of_core_dedup_equals_the_streaming_rule() {
+    use redpack::dedup::{Deduper, Verdict};
+    use redpack::pipeline::config::FormatChoice;
+    use redpack::pipeline::scan::is_filtered;
+    use redpack::pipeline::{build, BuildOptions, BuildSettings, Overrides, PipelineConfig};
+    use redpack::record::Item;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let mut near_counts = Vec::new();
+    for verify in [None, Some(0.9)] {
+        let mut config = PipelineConfig::default();
+        config.dedup.minhash.verify_threshold = verify;
+        // Looser bands than the default find more candidates, so verification has work to do.
+        config.dedup.minhash.bands = 28;
+        config.dedup.minhash.rows = 4;
+        let overrides = Overrides {
+            inputs: vec![input.clone()],
+            tokenizer: Some(PathBuf::from(GPT2)),
+            format: Some(FormatChoice::Redpajama),
+            ..Overrides::default()
+        };
+        let out = dir.path().join(format!("out-{verify:?}"));
+        let settings = BuildSettings::resolve(config, overrides, out).unwrap();
+        let report = build(&settings, &BuildOptions::default()).unwrap();
+
+        let files =
+            redpack::input::discover(&[input.clone()], redpack::input::FormatHint::RedPajama)
+                .unwrap();
+        let fields = settings.input.fields.field_map();
+        let mut deduper = Deduper::new(settings.dedup);
+        let mut scratch = String::new();
+        let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for file in &files {
+            for item in redpack::input::open(file, &fields).unwrap() {
+                let Item::Record(record) = item else { continue };
+                if is_filtered(&record.content, &settings.filter) {
+                    continue;
+                }
+                let keys = deduper.keys(&record.content, &mut scratch);
+                let entry = expected.entry(record.source.to_string()).or_default();
+                match deduper.decide(&keys) {
+                    Verdict::ExactDuplicate => entry.0 += 1,
+                    Verdict::NearDuplicate => entry.1 += 1,
+                    Verdict::Unique => {}
+                }
+            }
+        }
+        let got: BTreeMap<String, (u64, u64)> = report
+            .sources
+            .iter()
+            .map(|(name, c)| (name.clone(), (c.exact_duplicates, c.near_duplicates)))
+            .filter(|(_, counts)| *counts != (0, 0))
+            .collect();
+        expected.retain(|_, counts| *counts != (0, 0));
+        assert_eq!(got, expected, "verify {verify:?}");
+        near_counts.push(report.counts.near_duplicates);
+    }
+    assert!(
+        near_counts[1] < near_counts[0],
+        "verification removes candidates: {near_counts:?}"
+    );
+}

@@ -468,10 +468,15 @@ fn run_units(
             let progress =
                 Progress::new(todo.len() as u64, options.progress, "dedup", "partitions");
             let budget = budget / threads;
+            let minhash = &settings.dedup.minhash;
+            let verify = minhash
+                .verify_threshold
+                .filter(|_| settings.dedup.near)
+                .map(|t| (t, minhash.num_hashes()));
             let finished = AtomicU64::new(0);
             pool.install(|| {
                 todo.par_iter().with_max_len(1).try_for_each(|&unit| {
-                    dedup_partition(plan, work, unit, budget)?;
+                    dedup_partition(plan, work, unit, budget, verify)?;
                     let n = finished.fetch_add(1, Ordering::Relaxed) + 1;
                     progress.set(n, "");
                     Ok::<(), BuildError>(())

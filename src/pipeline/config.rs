@@ -364,13 +364,6 @@ impl BuildSettings {
                 config.output.memory_limit
             )));
         }
-        if config.dedup.near && config.dedup.minhash.verify_threshold.is_some() {
-            return Err(ConfigError::Invalid(
-                "dedup.minhash.verify_threshold is not supported by the out-of-core dedup: \
-                 remove it (candidates are the documents sharing a band key)"
-                    .into(),
-            ));
-        }
         if let Some(fraction) = overrides.max_rejected_fraction {
             config.output.max_rejected_fraction = fraction;
         }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::build::BuildError;
 use super::keys::{partition_range, write_partitioned, BandRec, FpRecord};
 use super::work::{doc_file, write_json, Plan, Stage, WorkDir};
+use crate::dedup::minhash::estimated_jaccard;
 use crate::extsort::{merge_ranges, Range, SortRecord, SortedStream, Sorter};
 
 /// What one partition found; its presence marks the unit done.
@@ -69,6 +70,7 @@ pub fn dedup_partition(
     work: &WorkDir,
     partition: usize,
     budget: usize,
+    verify: Option<(f64, usize)>,
 ) -> Result<DedupMeta, BuildError> {
     let spill = work.spill(Stage::Dedup, partition);
     let buffer =
@@ -86,11 +88,33 @@ pub fn dedup_partition(
 
     let band_ranges = ranges(plan, partition, |f| work.scan_band(f))?;
     let mut bands = merge_ranges::<BandRec>(&band_ranges, &spill, "band", buffer)?;
-    let band_records = each_group_tail(
-        &mut bands,
-        |a, b| a.band == b.band && a.key == b.key,
-        |r| Ok(dups.push((r.doc << 1) | 1)?),
-    )?;
+    let band_records = match verify {
+        None => each_group_tail(
+            &mut bands,
+            |a, b| a.band == b.band && a.key == b.key,
+            |r| Ok(dups.push((r.doc << 1) | 1)?),
+        )?,
+        Some((threshold, lanes)) => {
+            let mut signatures = Signatures::new(work, lanes);
+            let mut head: Option<(BandRec, Vec<u32>)> = None;
+            let mut records = 0u64;
+            while let Some(record) = bands.next_record()? {
+                records += 1;
+                match &head {
+                    Some((first, lanes))
+                        if first.band == record.band && first.key == record.key =>
+                    {
+                        let other = signatures.get(record.doc)?;
+                        if estimated_jaccard(lanes, &other) >= threshold {
+                            dups.push((record.doc << 1) | 1)?;
+                        }
+                    }
+                    _ => head = Some((record, signatures.get(record.doc)?)),
+                }
+            }
+            records
+        }
+    };
     drop(bands);
 
     let entries = write_partitioned(
@@ -109,6 +133,71 @@ pub fn dedup_partition(
     };
     write_json(&work.dedup_meta(partition), &meta)?;
     Ok(meta)
+}
+
+/// Signatures by document id, read from the scan's signature files (rows of `item u64` and
+/// `lanes` u32, in item order) by binary search with positioned reads. At most
+/// [`OPEN_SIGNATURE_FILES`] files are open at once.
+struct Signatures<'a> {
+    work: &'a WorkDir,
+    lanes: usize,
+    open: Vec<(usize, std::fs::File, u64)>,
+}
+
+const OPEN_SIGNATURE_FILES: usize = 64;
+
+impl<'a> Signatures<'a> {
+    fn new(work: &'a WorkDir, lanes: usize) -> Self {
+        Signatures {
+            work,
+            lanes,
+            open: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, doc: u64) -> Result<Vec<u32>, BuildError> {
+        use std::os::unix::fs::FileExt;
+        let (file_index, item) = (doc_file(doc), super::work::doc_item(doc));
+        let path = self.work.scan_sig(file_index);
+        let row = 8 + 4 * self.lanes as u64;
+        let at = match self.open.iter().position(|(i, _, _)| *i == file_index) {
+            Some(at) => at,
+            None => {
+                if self.open.len() >= OPEN_SIGNATURE_FILES {
+                    self.open.remove(0);
+                }
+                let file = std::fs::File::open(&path).map_err(|e| BuildError::io(&path, e))?;
+                let len = file.metadata().map_err(|e| BuildError::io(&path, e))?.len();
+                self.open.push((file_index, file, len / row));
+                self.open.len() - 1
+            }
+        };
+        let (_, file, rows) = &self.open[at];
+        let (mut low, mut high) = (0u64, *rows);
+        let mut key = [0u8; 8];
+        while low < high {
+            let mid = low + (high - low) / 2;
+            file.read_exact_at(&mut key, mid * row)
+                .map_err(|e| BuildError::io(&path, e))?;
+            match u64::from_le_bytes(key).cmp(&item) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => {
+                    let mut raw = vec![0u8; 4 * self.lanes];
+                    file.read_exact_at(&mut raw, mid * row + 8)
+                        .map_err(|e| BuildError::io(&path, e))?;
+                    return Ok(raw
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect());
+                }
+            }
+        }
+        Err(BuildError::Work {
+            path,
+            message: format!("no signature for item {item}"),
+        })
+    }
 }
 
 /// The verdicts of one file's documents, gathered from every partition: `(item, near)`

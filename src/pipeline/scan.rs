@@ -80,6 +80,16 @@ pub fn file_checksum(path: &std::path::Path) -> Result<String, BuildError> {
     Ok(format!("{:032x}", hasher.digest128()))
 }
 
+/// Appends one row of a signature file: the item (u64) and the signature's lanes (u32 each),
+/// little-endian. Rows are in item order, so a reader finds an item by binary search.
+fn write_signature(out: &mut impl std::io::Write, item: u64, lanes: &[u32]) -> std::io::Result<()> {
+    out.write_all(&item.to_le_bytes())?;
+    for lane in lanes {
+        out.write_all(&lane.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 /// Shared context of the scan and tokenize units.
 pub struct UnitContext<'a> {
     pub settings: &'a BuildSettings,
@@ -110,6 +120,15 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     // Band records are about 7x the fingerprint records: split the budget that way.
     let mut fps = Sorter::<FpRecord>::new(&spill, "fp", ctx.sort_budget / 8);
     let mut bands = Sorter::<BandRec>::new(&spill, "band", ctx.sort_budget / 8 * 7);
+    let verify = settings.dedup.near && settings.dedup.minhash.verify_threshold.is_some();
+    let sig_path = ctx.work.scan_sig(index);
+    let sig_tmp = redpack_schemas::atomic::temp_path(&sig_path);
+    let mut sigs = if verify {
+        let file = std::fs::File::create(&sig_tmp).map_err(|e| BuildError::io(&sig_tmp, e))?;
+        Some(std::io::BufWriter::with_capacity(1 << 20, file))
+    } else {
+        None
+    };
     let mut tally = Tally::new();
     let mut rejects = RejectSampler::new(settings.output.rejects_per_reason);
     let mut item: u64 = 0;
@@ -180,6 +199,10 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
                             for (band, key) in band_keys(signature, rows) {
                                 bands.push(BandRec { band, key, doc })?;
                             }
+                            if let Some(out) = sigs.as_mut() {
+                                write_signature(out, *position, &signature.0)
+                                    .map_err(|e| BuildError::io(&sig_tmp, e))?;
+                            }
                         }
                     }
                 }
@@ -218,6 +241,13 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
         |r| r.partition(parts),
         false,
     )?;
+    if let Some(out) = sigs {
+        let file = out
+            .into_inner()
+            .map_err(|e| BuildError::io(&sig_tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| BuildError::io(&sig_tmp, e))?;
+        redpack_schemas::atomic::commit(&sig_tmp, &sig_path)?;
+    }
     let _ = std::fs::remove_dir_all(&spill);
     planned.check_unchanged()?;
     let key_bytes = [ctx.work.scan_fp(index), ctx.work.scan_band(index)]

@@ -302,6 +302,9 @@ impl WorkDir {
     pub fn scan_band(&self, file: usize) -> PathBuf {
         self.unit("scan", file, "band")
     }
+    pub fn scan_sig(&self, file: usize) -> PathBuf {
+        self.unit("scan", file, "sig")
+    }
     pub fn scan_meta(&self, file: usize) -> PathBuf {
         self.unit("scan", file, "json")
     }
