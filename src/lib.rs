@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod dedup;
 pub mod extsort;
+pub mod fetch;
 pub mod input;
 pub mod inspect;
 pub mod pack;

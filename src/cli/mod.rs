@@ -4,11 +4,13 @@
 use clap::{Parser, Subcommand};
 
 pub mod build_corpus;
+pub mod fetch;
 pub mod inspect;
 pub mod train;
 pub mod train_tokenizer;
 
 pub use build_corpus::BuildCorpusArgs;
+pub use fetch::FetchArgs;
 pub use inspect::InspectArgs;
 pub use train::{EvalArgs, TrainArgs};
 pub use train_tokenizer::TrainTokenizerArgs;
@@ -37,4 +39,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Summarize, decode or verify a corpus directory.
     Inspect(InspectArgs),
+    /// Download the files a data manifest lists: parallel, resumable, size- and
+    /// sha256-verified.
+    Fetch(FetchArgs),
 }

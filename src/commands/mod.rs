@@ -2,6 +2,7 @@
 
 pub mod build_corpus;
 pub mod eval;
+pub mod fetch;
 pub mod inspect;
 pub mod train;
 pub mod train_tokenizer;
@@ -35,6 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Fetch(args) => fetch::run(args),
     }
 }
 

@@ -7,19 +7,25 @@
 //! as a puzzling `truncated_file` reject. Subsets only report how many of the published files
 //! are present, since working from a partial download is normal. See `data-manifests/*.toml`.
 //!
+//! `redpack fetch` downloads what a manifest lists (see [`crate::fetch`]): each `files` entry
+//! from its `url`, else `url_prefix` + `path`, and each URL in a subset's `urls_file`. Building
+//! a corpus ignores both fields.
+//!
 //! ```toml
 //! name = "sample"
 //! format = "redpajama"          # optional: redpajama | flan | auto
-//! url_prefix = "https://..."    # optional, informational
+//! url_prefix = "https://..."    # optional: where `path`s are published
 //! [[subsets]]
 //! name = "arxiv"
 //! pattern = "arxiv/arxiv_*.jsonl"
 //! files = 100
+//! urls_file = "urls/arxiv.txt"  # optional, for fetch: one URL a line, relative to this file
 //! [[files]]
 //! path = "arxiv/arxiv_sample.jsonl"
 //! size = 1234
 //! sha256 = "..."                # optional
 //! source = "arxiv"              # optional, else the subset's `source`, else from the path
+//! url = "https://..."           # optional, for fetch: else `url_prefix` + `path`
 //! ```
 
 use std::collections::HashSet;
@@ -69,6 +75,10 @@ pub struct Subset {
     pub source: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// A published list of this subset's URLs, one a line (RedPajama's `urls/{subset}.txt`),
+    /// relative to the manifest file; `redpack fetch` downloads them. Not used by builds.
+    #[serde(default)]
+    pub urls_file: Option<String>,
 }
 
 /// One listed file.
@@ -85,6 +95,9 @@ pub struct ManifestFile {
     pub subset: Option<String>,
     #[serde(default)]
     pub source: Option<String>,
+    /// Where `redpack fetch` downloads it from; default `url_prefix` + `path`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// What resolving found for one subset.
