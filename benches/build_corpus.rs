@@ -4,7 +4,7 @@
 //! - the ceiling: `tokenizers` encode of every document, 1 and 2 threads, nothing else;
 //! - redpack end to end (read, filter, exact + near dedup, tokenize, pack, write) with 1 and 2
 //!   threads: MB/s of text, documents/s, tokens/s, and the ratio to the ceiling;
-//! - MinHash signature throughput, and dedup index memory per million documents;
+//! - MinHash signature throughput, and the dedup keys spilled per million documents;
 //! - the process's peak resident memory.
 //!
 //! The input is the real arXiv and Common Crawl samples of `../shared/data` plus generated
@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use redpack::dedup::exact::{fingerprint, ExactIndex, Fingerprint};
-use redpack::dedup::lsh::LshIndex;
-use redpack::dedup::minhash::{MinHashConfig, MinHasher, Signature};
+use redpack::dedup::exact::fingerprint;
+use redpack::dedup::minhash::{MinHashConfig, MinHasher};
 use redpack::dedup::normalize::NormalizeConfig;
 use redpack::pipeline::{build, BuildOptions, BuildSettings, Overrides, PipelineConfig};
 use redpack::record::Content;
@@ -243,37 +242,16 @@ fn main() {
         mb / seconds
     );
 
-    // Index memory: one million synthetic documents.
-    let n = 1_000_000u64;
+    // What the out-of-core dedup writes per document instead of holding it: one fingerprint
+    // record and one record per band, sorted on disk (see `benches/scale.py` for memory and
+    // time at millions of documents).
     let config = MinHashConfig::default();
-    for verify in [None, Some(0.7)] {
-        let mut exact = ExactIndex::new();
-        let mut near = LshIndex::new(config.bands, config.rows, verify);
-        let mut state = 7u64;
-        let mut lanes = vec![0u32; config.num_hashes()];
-        for _ in 0..n {
-            exact.check_and_insert(Fingerprint(
-                u128::from(splitmix(&mut state)) << 64 | u128::from(splitmix(&mut state)),
-            ));
-            for lane in lanes.iter_mut() {
-                *lane = splitmix(&mut state) as u32;
-            }
-            near.offer(Some(&Signature(lanes.clone())));
-        }
-        println!(
-            "dedup index per million documents{}: exact {:.0} MiB + near {:.0} MiB",
-            if verify.is_some() {
-                " (with verification signatures)"
-            } else {
-                ""
-            },
-            exact.heap_bytes() as f64 / (1024.0 * 1024.0),
-            near.heap_bytes() as f64 / (1024.0 * 1024.0)
-        );
-    }
+    let per_doc = 24 + 18 * config.bands;
     println!(
-        "peak resident memory including the index experiment: {:.0} MiB",
-        peak_rss_mib()
+        "dedup keys spilled per million documents: {:.0} MiB ({per_doc} bytes each: a 24-byte fingerprint record + {} band records of 18 bytes); with verify_threshold, {:.0} MiB more of signatures",
+        (per_doc as f64) * 1e6 / (1024.0 * 1024.0),
+        config.bands,
+        (8 + 4 * config.num_hashes()) as f64 * 1e6 / (1024.0 * 1024.0)
     );
 }
 
