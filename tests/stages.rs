@@ -430,9 +430,11 @@ fn out_of_core_dedup_equals_the_streaming_rule() {
         let settings = BuildSettings::resolve(config, overrides, out).unwrap();
         let report = build(&settings, &BuildOptions::default()).unwrap();
 
-        let files =
-            redpack::input::discover(&[input.clone()], redpack::input::FormatHint::RedPajama)
-                .unwrap();
+        let files = redpack::input::discover(
+            std::slice::from_ref(&input),
+            redpack::input::FormatHint::RedPajama,
+        )
+        .unwrap();
         let fields = settings.input.fields.field_map();
         let mut deduper = Deduper::new(settings.dedup);
         let mut scratch = String::new();
