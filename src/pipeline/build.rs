@@ -434,6 +434,9 @@ fn run_units(
         Stage::Scan | Stage::Tokenize => {
             let total: u64 = todo.iter().map(|&u| plan.files[u].size).sum();
             let progress = Progress::new(total, options.progress, stage.name(), "bytes");
+            // Files in flight at once: one reader thread each parses ahead, and all of them
+            // share the rayon pool, so a single reader never starves many cores.
+            let in_flight = (threads / 4).clamp(1, todo.len().max(1));
             let ctx = UnitContext {
                 settings,
                 plan,
@@ -441,9 +444,11 @@ fn run_units(
                 pool,
                 bytes: &bytes,
                 records: &records,
-                sort_budget: budget,
+                sort_budget: budget / in_flight,
             };
             let done = std::sync::atomic::AtomicBool::new(false);
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let next = std::sync::atomic::AtomicUsize::new(0);
             let result = std::thread::scope(|scope| {
                 scope.spawn(|| {
                     while !done.load(Ordering::Relaxed) {
@@ -454,10 +459,35 @@ fn run_units(
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 });
-                let result = todo.iter().try_for_each(|&unit| match stage {
-                    Stage::Scan => scan_file(&ctx, unit).map(drop),
-                    _ => tokenize_file(&ctx, tokenizer, unit).map(drop),
-                });
+                let run_some = || -> Result<(), BuildError> {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(&unit) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        let result = match stage {
+                            Stage::Scan => scan_file(&ctx, unit).map(drop),
+                            _ => tokenize_file(&ctx, tokenizer, unit).map(drop),
+                        };
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                            return result;
+                        }
+                    }
+                    Ok(())
+                };
+                let workers: Vec<_> = (0..in_flight).map(|_| scope.spawn(run_some)).collect();
+                let mut result = Ok(());
+                for worker in workers {
+                    let outcome = worker.join().unwrap_or_else(|_| {
+                        Err(BuildError::Work {
+                            path: work.root().to_path_buf(),
+                            message: format!("internal error: a {} thread panicked", stage.name()),
+                        })
+                    });
+                    if result.is_ok() {
+                        result = outcome;
+                    }
+                }
                 done.store(true, Ordering::Relaxed);
                 result
             });

@@ -137,7 +137,7 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     let mut entry: Option<InputEntry> = None;
     let fields = settings.input.fields.field_map();
     let progress = Arc::new(ReadProgress::default());
-    let base_bytes = ctx.bytes.load(Ordering::Relaxed);
+    let mut reported = 0u64;
     let files = [file];
 
     let result: Result<(), BuildError> = std::thread::scope(|scope| {
@@ -207,10 +207,10 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
                     }
                 }
                 ctx.records.fetch_add(count, Ordering::Relaxed);
-                ctx.bytes.store(
-                    base_bytes + progress.bytes.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
+                let now = progress.bytes.load(Ordering::Relaxed);
+                ctx.bytes
+                    .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
+                reported = reported.max(now);
             }
             Ok(())
         })();
@@ -224,7 +224,7 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
         message: "internal error: the reader ended without finishing the file".into(),
     })?;
     ctx.bytes
-        .store(base_bytes + planned.size, Ordering::Relaxed);
+        .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
 
     let parts = ctx.plan.partitions;
     let fp_records = write_partitioned(

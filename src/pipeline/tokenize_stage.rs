@@ -157,7 +157,7 @@ pub fn tokenize_file(
     let mut buffer = Vec::new();
     let fields = settings.input.fields.field_map();
     let progress = Arc::new(ReadProgress::default());
-    let base_bytes = ctx.bytes.load(Ordering::Relaxed);
+    let mut reported = 0u64;
     let files = [planned.input_file()];
 
     let result: Result<(), BuildError> = std::thread::scope(|scope| {
@@ -241,10 +241,10 @@ pub fn tokenize_file(
                     bytes += buffer.len() as u64;
                 }
                 ctx.records.fetch_add(count, Ordering::Relaxed);
-                ctx.bytes.store(
-                    base_bytes + progress.bytes.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
+                let now = progress.bytes.load(Ordering::Relaxed);
+                ctx.bytes
+                    .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
+                reported = reported.max(now);
             }
             Ok(())
         })();
@@ -254,7 +254,7 @@ pub fn tokenize_file(
     });
     result?;
     ctx.bytes
-        .store(base_bytes + planned.size, Ordering::Relaxed);
+        .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
     if item != scan.items || candidates != scan.candidates {
         return Err(BuildError::InputChanged {
             path: planned.path.clone(),
