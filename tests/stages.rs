@@ -474,3 +474,46 @@ fn out_of_core_dedup_equals_the_streaming_rule() {
         "verification removes candidates: {near_counts:?}"
     );
 }
+
+/// A full disk (simulated: the scan's temporary key file is a link to `/dev/full`, where every
+/// write fails with ENOSPC) stops the build with the path and the OS error, leaves no manifest,
+/// and a resume once there is room finishes with the same bytes as an undisturbed build.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_reported_and_the_build_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let input = input.to_str().unwrap();
+    let reference = one_process(input, &dir.path().join("reference"), &[]);
+    let out = dir.path().join("out");
+    let out_str = out.to_str().unwrap();
+    let mut plan = base_args(input, out_str, &[]);
+    plan.extend(["--stage", "plan"]);
+    check(redpack(&plan).output().unwrap(), "plan");
+    let scan = out.join(".redpack-work").join("scan");
+    let full = scan.join(".000003.band.tmp");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+
+    let mut resume = base_args(input, out_str, &[]);
+    resume.push("--resume");
+    let output = redpack(&resume).output().unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(text.contains(".000003.band.tmp"), "{text}");
+    assert!(!out.join("manifest.json").exists());
+    assert!(
+        !scan.join("000003.json").exists(),
+        "the failed unit is not marked done"
+    );
+
+    fs::remove_file(&full).unwrap();
+    check(redpack(&resume).output().unwrap(), "resume with room");
+    assert_same(&reference, &snapshot(&out), "after the full disk");
+
+    // Nothing is left to resume: a finished corpus is not rebuilt behind the user's back.
+    let again = redpack(&resume).output().unwrap();
+    assert!(!again.status.success());
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(text.contains("holds a finished corpus"), "{text}");
+}

@@ -543,6 +543,12 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
     work.create_dirs()?;
     let _lock = Locks::exclusive(&work)?;
     let has_plan = work.plan().exists();
+    if options.resume && !has_plan && out.join(MANIFEST_FILE).exists() {
+        return Err(BuildError::ResumeMismatch {
+            dir: out.clone(),
+            why: "it holds a finished corpus, not an interrupted build".into(),
+        });
+    }
     if !options.resume || !has_plan {
         start_fresh(settings, &work)?;
     }
