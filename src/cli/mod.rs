@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod build_corpus;
 pub mod fetch;
 pub mod inspect;
+pub mod synth;
 pub mod train;
 pub mod train_tokenizer;
 
@@ -42,4 +43,6 @@ pub enum Command {
     /// Download the files a data manifest lists: parallel, resumable, size- and
     /// sha256-verified.
     Fetch(FetchArgs),
+    /// Write a large synthetic RedPajama corpus with planted duplicate clusters (benchmarks).
+    SynthCorpus(synth::SynthCorpusArgs),
 }

@@ -4,6 +4,7 @@ pub mod build_corpus;
 pub mod eval;
 pub mod fetch;
 pub mod inspect;
+pub mod synth;
 pub mod train;
 pub mod train_tokenizer;
 
@@ -37,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::SynthCorpus(args) => synth::run(args),
     }
 }
 

@@ -11,6 +11,7 @@
 mod flan;
 mod meta;
 mod redpajama;
+pub mod synthetic;
 mod text;
 mod words;
 
