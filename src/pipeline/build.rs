@@ -559,17 +559,30 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
             settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
         )?;
     }
+    finish_and_clean(settings, options, &plan, &work, &tokenizer, &pool, started)
+}
+
+/// Stage `finish`, then the work directory goes (unless asked to keep it).
+fn finish_and_clean(
+    settings: &BuildSettings,
+    options: &BuildOptions,
+    plan: &Plan,
+    work: &WorkDir,
+    tokenizer: &DocTokenizer,
+    pool: &rayon::ThreadPool,
+    started: Instant,
+) -> Result<BuildReport, BuildError> {
     let report = finish(
         settings,
-        &plan,
-        &work,
-        &tokenizer,
+        plan,
+        work,
+        tokenizer,
         options,
         pool.current_num_threads(),
         started,
     )?;
     if !options.keep_work {
-        remove_work(&work);
+        remove_work(work);
     }
     Ok(report)
 }
@@ -652,18 +665,7 @@ pub fn run_stage(
     if stage == Stage::Finish {
         drop(_lock);
         let _exclusive = Locks::exclusive(&work)?;
-        let report = finish(
-            settings,
-            &plan,
-            &work,
-            &tokenizer,
-            options,
-            pool.current_num_threads(),
-            started,
-        )?;
-        if !options.keep_work {
-            remove_work(&work);
-        }
+        let report = finish_and_clean(settings, options, &plan, &work, &tokenizer, &pool, started)?;
         return Ok(StageOutcome::Finished(Box::new(report)));
     }
     let report = run_units(

@@ -21,7 +21,7 @@ use super::keys::{write_partitioned, BandRec, FpRecord};
 use super::reader::{self, ReadProgress, ReaderMessage};
 use super::rejects::{RejectSample, RejectSampler};
 use super::tally::{Outcome, Tally};
-use super::work::{doc_id, write_json, Plan, SourceCounts, Stage, WorkDir, ITEM_BITS};
+use super::work::{doc_id, write_json, Plan, PlannedFile, SourceCounts, Stage, WorkDir, ITEM_BITS};
 use crate::dedup::lsh::band_keys;
 use crate::dedup::Deduper;
 use crate::extsort::Sorter;
@@ -104,6 +104,51 @@ pub struct UnitContext<'a> {
     pub sort_budget: usize,
 }
 
+/// Streams one input file's items, chunk by chunk, to `each_chunk` on this thread while a reader
+/// thread parses ahead, and adds the file's progress to the context's counters. Returns the
+/// file's manifest entry (records read, fault).
+pub fn for_each_chunk(
+    ctx: &UnitContext<'_>,
+    planned: &PlannedFile,
+    mut each_chunk: impl FnMut(Vec<Item>) -> Result<(), BuildError>,
+) -> Result<InputEntry, BuildError> {
+    let fields = ctx.settings.input.fields.field_map();
+    let progress = Arc::new(ReadProgress::default());
+    let files = [planned.input_file()];
+    let mut reported = 0u64;
+    let mut entry = None;
+    std::thread::scope(|scope| {
+        let receiver = reader::spawn(scope, &files, &fields, &progress);
+        let result = (|| -> Result<(), BuildError> {
+            for message in receiver.iter() {
+                match message {
+                    ReaderMessage::Items(items) => {
+                        let count = items.len() as u64;
+                        each_chunk(items)?;
+                        ctx.records.fetch_add(count, Ordering::Relaxed);
+                        let now = progress.bytes.load(Ordering::Relaxed);
+                        ctx.bytes
+                            .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
+                        reported = reported.max(now);
+                    }
+                    ReaderMessage::FileDone(done) => entry = Some(done),
+                }
+            }
+            Ok(())
+        })();
+        // Stop the reader early on failure; dropping the receiver unblocks it.
+        progress.cancel.store(true, Ordering::Relaxed);
+        drop(receiver);
+        result
+    })?;
+    ctx.bytes
+        .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
+    entry.ok_or_else(|| BuildError::Work {
+        path: planned.path.clone(),
+        message: "internal error: the reader ended without finishing the file".into(),
+    })
+}
+
 /// Scans input file `index` and writes its unit outputs.
 pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildError> {
     let planned = ctx.plan.files.get(index).ok_or_else(|| BuildError::Work {
@@ -112,7 +157,6 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     })?;
     planned.check_unchanged()?;
     let checksum = file_checksum(&planned.path)?;
-    let file = planned.input_file();
     let settings = ctx.settings;
     let deduper = Deduper::new(settings.dedup);
     let rows = settings.dedup.minhash.rows;
@@ -134,98 +178,63 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     let mut item: u64 = 0;
     let mut candidates = 0u64;
     let mut text_bytes = 0u64;
-    let mut entry: Option<InputEntry> = None;
-    let fields = settings.input.fields.field_map();
-    let progress = Arc::new(ReadProgress::default());
-    let mut reported = 0u64;
-    let files = [file];
-
-    let result: Result<(), BuildError> = std::thread::scope(|scope| {
-        let receiver = reader::spawn(scope, &files, &fields, &progress);
-        let result = (|| {
-            for message in receiver.iter() {
-                let items = match message {
-                    ReaderMessage::Items(items) => items,
-                    ReaderMessage::FileDone(done) => {
-                        entry = Some(done);
-                        continue;
-                    }
-                };
-                let count = items.len() as u64;
-                let mut chunk: Vec<(u64, Content)> = Vec::with_capacity(items.len());
-                for it in items {
-                    let position = item;
-                    item += 1;
-                    match it {
-                        Item::Reject(reject) => {
-                            tally.record(&reject.source, Outcome::Rejected(reject.reason));
-                            rejects.offer(&reject);
-                        }
-                        Item::Record(record) => {
-                            text_bytes += record.content.len_bytes() as u64;
-                            if is_filtered(&record.content, &settings.filter) {
-                                tally.record(&record.source, Outcome::Filtered);
-                            } else {
-                                // Counted as kept for now; the tokenize stage moves the
-                                // duplicates (`candidates` is the total to check against).
-                                tally.record(&record.source, Outcome::Kept);
-                                chunk.push((position, record.content));
-                            }
-                        }
+    let entry = for_each_chunk(ctx, planned, |items| {
+        let mut chunk: Vec<(u64, Content)> = Vec::with_capacity(items.len());
+        for it in items {
+            let position = item;
+            item += 1;
+            match it {
+                Item::Reject(reject) => {
+                    tally.record(&reject.source, Outcome::Rejected(reject.reason));
+                    rejects.offer(&reject);
+                }
+                Item::Record(record) => {
+                    text_bytes += record.content.len_bytes() as u64;
+                    if is_filtered(&record.content, &settings.filter) {
+                        tally.record(&record.source, Outcome::Filtered);
+                    } else {
+                        // Counted as kept for now; the tokenize stage moves the
+                        // duplicates (`candidates` is the total to check against).
+                        tally.record(&record.source, Outcome::Kept);
+                        chunk.push((position, record.content));
                     }
                 }
-                if item >= 1 << ITEM_BITS {
-                    return Err(BuildError::Work {
-                        path: planned.path.clone(),
-                        message: format!("more than 2^{ITEM_BITS} lines in one file"),
-                    });
-                }
-                candidates += chunk.len() as u64;
-                if settings.dedup.exact || settings.dedup.near {
-                    let keys: Vec<_> = ctx.pool.install(|| {
-                        chunk
-                            .par_iter()
-                            .map_init(String::new, |scratch, (_, content)| {
-                                deduper.keys(content, scratch)
-                            })
-                            .collect()
-                    });
-                    for ((position, _), keys) in chunk.iter().zip(keys) {
-                        let doc = doc_id(index, *position);
-                        if let Some(fp) = keys.fingerprint {
-                            fps.push(FpRecord { fp: fp.0, doc })?;
-                        }
-                        if let Some(signature) = &keys.signature {
-                            for (band, key) in band_keys(signature, rows) {
-                                bands.push(BandRec { band, key, doc })?;
-                            }
-                            if let Some(out) = sigs.as_mut() {
-                                write_signature(out, *position, &signature.0)
-                                    .map_err(|e| BuildError::io(&sig_tmp, e))?;
-                            }
-                        }
-                    }
-                }
-                ctx.records.fetch_add(count, Ordering::Relaxed);
-                let now = progress.bytes.load(Ordering::Relaxed);
-                ctx.bytes
-                    .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
-                reported = reported.max(now);
             }
-            Ok(())
-        })();
-        progress.cancel.store(true, Ordering::Relaxed);
-        drop(receiver);
-        result
-    });
-    result?;
-    let entry = entry.ok_or_else(|| BuildError::Work {
-        path: planned.path.clone(),
-        message: "internal error: the reader ended without finishing the file".into(),
+        }
+        if item >= 1 << ITEM_BITS {
+            return Err(BuildError::Work {
+                path: planned.path.clone(),
+                message: format!("more than 2^{ITEM_BITS} lines in one file"),
+            });
+        }
+        candidates += chunk.len() as u64;
+        if settings.dedup.exact || settings.dedup.near {
+            let keys: Vec<_> = ctx.pool.install(|| {
+                chunk
+                    .par_iter()
+                    .map_init(String::new, |scratch, (_, content)| {
+                        deduper.keys(content, scratch)
+                    })
+                    .collect()
+            });
+            for ((position, _), keys) in chunk.iter().zip(keys) {
+                let doc = doc_id(index, *position);
+                if let Some(fp) = keys.fingerprint {
+                    fps.push(FpRecord { fp: fp.0, doc })?;
+                }
+                if let Some(signature) = &keys.signature {
+                    for (band, key) in band_keys(signature, rows) {
+                        bands.push(BandRec { band, key, doc })?;
+                    }
+                    if let Some(out) = sigs.as_mut() {
+                        write_signature(out, *position, &signature.0)
+                            .map_err(|e| BuildError::io(&sig_tmp, e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     })?;
-    ctx.bytes
-        .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
-
     let parts = ctx.plan.partitions;
     let fp_records = write_partitioned(
         &ctx.work.scan_fp(index),

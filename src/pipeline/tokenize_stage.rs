@@ -9,16 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use redpack_schemas::atomic;
 use serde::{Deserialize, Serialize};
 
 use super::build::BuildError;
 use super::dedup_stage::file_verdicts;
-use super::reader::{self, ReadProgress, ReaderMessage};
-use super::scan::{file_checksum, is_filtered, ScanMeta, UnitContext};
+use super::scan::{file_checksum, for_each_chunk, is_filtered, ScanMeta, UnitContext};
 use super::tally::{Outcome, Tally};
 use super::work::{read_json, write_json, SourceCounts};
 use crate::extsort::read_u32;
@@ -155,106 +152,81 @@ pub fn tokenize_file(
     let mut candidates = 0u64;
     let (mut docs, mut tokens, mut bytes) = (0u64, 0u64, 0u64);
     let mut buffer = Vec::new();
-    let fields = settings.input.fields.field_map();
-    let progress = Arc::new(ReadProgress::default());
-    let mut reported = 0u64;
-    let files = [planned.input_file()];
-
-    let result: Result<(), BuildError> = std::thread::scope(|scope| {
-        let receiver = reader::spawn(scope, &files, &fields, &progress);
-        let result = (|| {
-            for message in receiver.iter() {
-                let ReaderMessage::Items(items) = message else {
-                    continue;
-                };
-                let count = items.len() as u64;
-                let mut kept = Vec::new();
-                for it in items {
-                    let position = item;
-                    item += 1;
-                    let Item::Record(record) = it else { continue };
-                    if is_filtered(&record.content, &settings.filter) {
-                        continue;
-                    }
-                    candidates += 1;
-                    while verdicts.get(verdict_cursor).is_some_and(|v| v.0 < position) {
-                        verdict_cursor += 1;
-                    }
-                    let outcome = match verdicts.get(verdict_cursor) {
-                        Some(&(at, near)) if at == position => {
-                            if near {
-                                Outcome::NearDuplicate
-                            } else {
-                                Outcome::ExactDuplicate
-                            }
-                        }
-                        _ => Outcome::Kept,
-                    };
-                    tally.record(&record.source, outcome);
-                    if outcome == Outcome::Kept {
-                        kept.push(record);
-                    }
-                }
-                let texts: Vec<&str> = kept
-                    .iter()
-                    .flat_map(|record| match &record.content {
-                        Content::Text(text) => [Some(text.as_str()), None],
-                        Content::Pair { input, target, .. } => {
-                            [Some(input.as_str()), Some(target.as_str())]
-                        }
-                    })
-                    .flatten()
-                    .collect();
-                let mut ids = ctx
-                    .pool
-                    .install(|| tokenizer.encode_batch(&texts))?
-                    .into_iter();
-                for record in &kept {
-                    let content = match record.content {
-                        Content::Text(_) => TokenizedContent::Text(ids.next().unwrap_or_default()),
-                        Content::Pair { .. } => TokenizedContent::Pair {
-                            input: ids.next().unwrap_or_default(),
-                            target: ids.next().unwrap_or_default(),
-                        },
-                    };
-                    let source = match source_ids.get(&*record.source) {
-                        Some(&id) => id,
-                        None => {
-                            let id = source_names.len() as u32;
-                            source_names.push(record.source.to_string());
-                            source_ids.insert(record.source.to_string(), id);
-                            id
-                        }
-                    };
-                    buffer.clear();
-                    encode_doc(&mut buffer, record.place.line, source, &content, width).map_err(
-                        |message| BuildError::Work {
-                            path: planned.path.clone(),
-                            message: format!("line {}: {message}", record.place.line),
-                        },
-                    )?;
-                    writer
-                        .write_all(&buffer)
-                        .map_err(|e| BuildError::io(&tmp, e))?;
-                    docs += 1;
-                    tokens += ((buffer.len() - DOC_HEADER) / width) as u64;
-                    bytes += buffer.len() as u64;
-                }
-                ctx.records.fetch_add(count, Ordering::Relaxed);
-                let now = progress.bytes.load(Ordering::Relaxed);
-                ctx.bytes
-                    .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
-                reported = reported.max(now);
+    for_each_chunk(ctx, planned, |items| {
+        let mut kept = Vec::new();
+        for it in items {
+            let position = item;
+            item += 1;
+            let Item::Record(record) = it else { continue };
+            if is_filtered(&record.content, &settings.filter) {
+                continue;
             }
-            Ok(())
-        })();
-        progress.cancel.store(true, Ordering::Relaxed);
-        drop(receiver);
-        result
-    });
-    result?;
-    ctx.bytes
-        .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
+            candidates += 1;
+            while verdicts.get(verdict_cursor).is_some_and(|v| v.0 < position) {
+                verdict_cursor += 1;
+            }
+            let outcome = match verdicts.get(verdict_cursor) {
+                Some(&(at, near)) if at == position => {
+                    if near {
+                        Outcome::NearDuplicate
+                    } else {
+                        Outcome::ExactDuplicate
+                    }
+                }
+                _ => Outcome::Kept,
+            };
+            tally.record(&record.source, outcome);
+            if outcome == Outcome::Kept {
+                kept.push(record);
+            }
+        }
+        let texts: Vec<&str> = kept
+            .iter()
+            .flat_map(|record| match &record.content {
+                Content::Text(text) => [Some(text.as_str()), None],
+                Content::Pair { input, target, .. } => {
+                    [Some(input.as_str()), Some(target.as_str())]
+                }
+            })
+            .flatten()
+            .collect();
+        let mut ids = ctx
+            .pool
+            .install(|| tokenizer.encode_batch(&texts))?
+            .into_iter();
+        for record in &kept {
+            let content = match record.content {
+                Content::Text(_) => TokenizedContent::Text(ids.next().unwrap_or_default()),
+                Content::Pair { .. } => TokenizedContent::Pair {
+                    input: ids.next().unwrap_or_default(),
+                    target: ids.next().unwrap_or_default(),
+                },
+            };
+            let source = match source_ids.get(&*record.source) {
+                Some(&id) => id,
+                None => {
+                    let id = source_names.len() as u32;
+                    source_names.push(record.source.to_string());
+                    source_ids.insert(record.source.to_string(), id);
+                    id
+                }
+            };
+            buffer.clear();
+            encode_doc(&mut buffer, record.place.line, source, &content, width).map_err(
+                |message| BuildError::Work {
+                    path: planned.path.clone(),
+                    message: format!("line {}: {message}", record.place.line),
+                },
+            )?;
+            writer
+                .write_all(&buffer)
+                .map_err(|e| BuildError::io(&tmp, e))?;
+            docs += 1;
+            tokens += ((buffer.len() - DOC_HEADER) / width) as u64;
+            bytes += buffer.len() as u64;
+        }
+        Ok(())
+    })?;
     if item != scan.items || candidates != scan.candidates {
         return Err(BuildError::InputChanged {
             path: planned.path.clone(),
