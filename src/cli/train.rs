@@ -26,13 +26,23 @@ pub enum ModeArg {
 /// Where the model runs (`--device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum DeviceArg {
-    /// The best available device (the CPU in this build).
+    /// CUDA when a GPU is usable and the CUDA backend has been verified on one (not yet), else
+    /// the CPU.
     #[default]
     Auto,
     /// The f32 CPU reference backend.
     Cpu,
-    /// An NVIDIA GPU (not built yet).
+    /// An NVIDIA GPU (the first one).
     Cuda,
+}
+
+/// How the CUDA backend computes matrix products (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// bf16 operands, f32 accumulation; f32 weights, optimizer state and everything else.
+    Bf16,
+    /// f32 everywhere (slower; for checking against the CPU).
+    F32,
 }
 
 /// Pretrain or finetune RedLLM / DecLLM from a corpus.
@@ -130,6 +140,9 @@ pub struct TrainArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Matrix-product precision on CUDA (default bf16); the CPU computes in f32 only.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// CPU threads (default: all cores). Results do not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -160,6 +173,9 @@ pub struct EvalArgs {
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
+    /// Matrix-product precision on CUDA (default bf16); the CPU computes in f32 only.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// CPU threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

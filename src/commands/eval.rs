@@ -10,7 +10,7 @@ use super::train::backend_for;
 use crate::cli::train::EvalArgs;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let mut backend = backend_for(args.device, args.threads)?;
+    let mut backend = backend_for(args.device, args.threads, args.precision)?;
     let options = EvalOptions {
         prefix_len: args.prefix_len,
         batch_rows: args.batch.max(1),
@@ -29,7 +29,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    let report = job.run(&mut backend, |done| bar.set_position(done));
+    let report = job.run(backend.as_mut(), |done| bar.set_position(done));
     bar.finish_and_clear();
     let report = report.context("evaluation failed")?;
     if args.json {

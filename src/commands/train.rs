@@ -5,32 +5,37 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::probe::{self, DeviceChoice};
-use redpack_trainer::backend::Backend;
+use redpack_trainer::backend::cuda::probe::DeviceChoice;
+use redpack_trainer::backend::cuda::Precision;
+use redpack_trainer::backend::{open_backend, Backend};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{StepMetrics, StepObserver};
 use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
-use crate::cli::train::{ArchArg, DeviceArg, ModeArg, TrainArgs};
+use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
 
-/// The backend `--device` asks for. CUDA is the next step of the project; until its backend
-/// lands, `cuda` fails loudly rather than silently running on the CPU: with the reason the probe
-/// gives when there is no driver or device, else saying the backend is not built yet. `auto`
-/// stays on the CPU until then.
-pub fn backend_for(device: DeviceArg, threads: Option<usize>) -> anyhow::Result<CpuBackend> {
-    match device {
-        DeviceArg::Cuda => {
-            // Fails with the probe's reason when there is no driver or no device.
-            probe::resolve(DeviceChoice::Cuda, &probe::detect())?;
-            bail!("the CUDA backend is not built yet; use --device cpu")
-        }
-        DeviceArg::Auto | DeviceArg::Cpu => {
-            CpuBackend::new(threads).context("cannot start the CPU backend")
-        }
-    }
+/// The backend `--device` and `--precision` ask for: CUDA when asked (failing with the probe's
+/// reason when there is no driver or device) or when `auto` finds a device, else the CPU. The
+/// choice, and why `auto` fell back to the CPU, goes to stderr.
+pub fn backend_for(
+    device: DeviceArg,
+    threads: Option<usize>,
+    precision: Option<PrecisionArg>,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let choice = match device {
+        DeviceArg::Auto => DeviceChoice::Auto,
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Cuda => DeviceChoice::Cuda,
+    };
+    let precision = precision.map(|p| match p {
+        PrecisionArg::Bf16 => Precision::Bf16,
+        PrecisionArg::F32 => Precision::F32,
+    });
+    let opened = open_backend(choice, threads, precision)?;
+    eprintln!("{}", opened.note);
+    Ok(opened.backend)
 }
 
 /// The flags as a recipe layer, to overlay on the recipe file.
@@ -102,14 +107,14 @@ pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let settings = resolve_settings(&args)?;
-    let mut backend = backend_for(args.device, args.threads)?;
+    let mut backend = backend_for(args.device, args.threads, args.precision)?;
     let run = TrainRun::prepare(settings).context("cannot start training")?;
-    describe(&run, &backend);
+    describe(&run, backend.as_ref());
     let model = run.model.clone();
     let total = run.settings.steps;
     let start = run.start_step;
     let mut bar = Bar::new(total, start);
-    let outcome = run.run(&mut backend, &mut bar);
+    let outcome = run.run(backend.as_mut(), &mut bar);
     bar.finish();
     let outcome = outcome.context("training stopped")?;
     let first = outcome.metrics.first();
@@ -330,23 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn cuda_is_refused_with_a_hint() {
-        let err = backend_for(DeviceArg::Cuda, None)
+    fn cuda_without_a_device_is_refused_with_a_hint() {
+        use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+        if let CudaAvailability::Device(_) = probe::detect() {
+            return; // a GPU machine: --device cuda opens the CUDA backend
+        }
+        let err = backend_for(DeviceArg::Cuda, None, None)
             .err()
             .unwrap()
             .to_string();
-        // What the probe finds decides the reason; every one ends with the way out.
-        use redpack_trainer::backend::cuda::probe::CudaAvailability;
-        match probe::detect() {
-            CudaAvailability::NoDriver => {
-                assert_eq!(err, "no CUDA driver found: use `--device cpu`")
-            }
-            CudaAvailability::NoDevice { .. } => assert!(err.ends_with("use `--device cpu`")),
-            CudaAvailability::Device(_) => {
-                assert_eq!(err, "the CUDA backend is not built yet; use --device cpu")
-            }
-        }
-        assert!(backend_for(DeviceArg::Auto, Some(1)).is_ok());
+        assert!(err.ends_with("use `--device cpu`"), "{err}");
+        assert!(backend_for(DeviceArg::Auto, Some(1), None).is_ok());
+        let err = backend_for(DeviceArg::Cpu, Some(1), Some(PrecisionArg::Bf16))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("f32 only"), "{err}");
     }
 
     #[test]

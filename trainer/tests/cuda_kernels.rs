@@ -494,3 +494,264 @@ fn a_warning_shows_in_the_log() {
     let compiled = nvrtc::compile("warns", source, "sm_90").unwrap();
     assert!(compiled.log.contains("warning"), "log: {:?}", compiled.log);
 }
+
+#[test]
+fn dropout_matches_cpu_bit_for_bit() {
+    let Some(g) = gpu("dropout_matches_cpu_bit_for_bit") else {
+        return;
+    };
+    let (tokens, width) = (67, 40);
+    let mut rng = SplitMix64::new(8);
+    let x = randn(&mut rng, tokens * width, 1.0);
+    let rows: Vec<u32> = (0..tokens).map(|t| (t / 20) as u32).collect();
+    let positions: Vec<u32> = (0..tokens).map(|t| (t % 20 + 3) as u32).collect();
+    let dropout = ops::Dropout {
+        p: 0.3,
+        seed: 0x1234_5678_9abc_def0,
+        site: (2u64 << 32) | 5,
+    };
+    let mut want = x.clone();
+    dropout.apply(&mut want, &rows, &positions);
+    let mut xd = g.upload(&x);
+    g.kernels
+        .dropout_apply(
+            &mut xd,
+            &g.upload(&rows),
+            &g.upload(&positions),
+            width,
+            dropout.p,
+            dropout.seed,
+            dropout.site,
+        )
+        .unwrap();
+    let got = g.download(&xd);
+    let differ = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    let dropped = want.iter().filter(|v| **v == 0.0).count();
+    eprintln!(
+        "dropout: {dropped} of {} dropped, {differ} differ",
+        want.len()
+    );
+    assert_eq!(differ, 0, "dropout masks differ from the CPU's");
+}
+
+#[test]
+fn residual_add_and_bf16_conversion_match_the_host() {
+    let Some(g) = gpu("residual_add_and_bf16_conversion_match_the_host") else {
+        return;
+    };
+    let mut rng = SplitMix64::new(9);
+    let mut x = randn(&mut rng, 1001, 3.0);
+    x[0] = f32::NAN;
+    x[1] = f32::INFINITY;
+    x[2] = -0.0;
+    x[3] = f32::from_bits(0x3f80_8000); // a tie: rounds to even
+    x[4] = f32::from_bits(0x3f81_8000); // a tie: rounds up to even
+    let y = randn(&mut rng, 1001, 1.0);
+    let mut xd = g.upload(&x);
+    let mut bf = g.stream.alloc_zeros::<u16>(x.len()).unwrap();
+    g.kernels.f32_to_bf16(&xd, &mut bf).unwrap();
+    let got: Vec<u16> = g.download(&bf);
+    for (i, (&v, &b)) in x.iter().zip(&got).enumerate() {
+        let bits = v.to_bits();
+        let want = if v.is_nan() {
+            ((bits >> 16) | 0x40) as u16
+        } else {
+            ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+        };
+        assert_eq!(b, want, "bf16 of element {i} ({v})");
+    }
+    g.kernels.add_inplace(&mut xd, &g.upload(&y)).unwrap();
+    let sum = g.download(&xd);
+    for i in 5..x.len() {
+        assert_eq!(sum[i].to_bits(), (x[i] + y[i]).to_bits(), "sum {i}");
+    }
+}
+
+#[test]
+fn attention_packing_round_trips() {
+    use redpack_trainer::backend::cuda::launch_model::{PackShape, PackSide};
+    let Some(g) = gpu("attention_packing_round_trips") else {
+        return;
+    };
+    let (heads, head_dim) = (3, 8);
+    // Rows with queries and keys at different offsets; one empty.
+    let rows = [(0, 5, 0, 2), (5, 0, 2, 4), (5, 7, 6, 3)];
+    let desc: Vec<i32> = rows
+        .iter()
+        .flat_map(|&(qs, ql, ks, kl)| [qs, ql, ks, kl, 0, 0])
+        .collect();
+    let descd = g.upload(&desc);
+    let width = heads * head_dim;
+    for (side, tokens, max_len) in [(PackSide::Queries, 12, 7), (PackSide::Keys, 9, 4)] {
+        let span = |r: &(i32, i32, i32, i32)| match side {
+            PackSide::Queries => (r.0, r.1),
+            PackSide::Keys => (r.2, r.3),
+        };
+        let x: Vec<f32> = (0..tokens * width).map(|v| v as f32 + 1.0).collect();
+        let shape = PackShape {
+            rows: rows.len(),
+            heads,
+            head_dim,
+            max_len,
+            side,
+        };
+        let mut packed = g.zeros(shape.len());
+        g.kernels
+            .attn_pack(&g.upload(&x), &mut packed, &descd, shape)
+            .unwrap();
+        let p = g.download(&packed);
+        for (r, row) in rows.iter().enumerate() {
+            let (start, len) = span(row);
+            for h in 0..heads {
+                for i in 0..max_len {
+                    for c in 0..head_dim {
+                        let at = ((r * heads + h) * max_len + i) * head_dim + c;
+                        let want = if (i as i32) < len {
+                            x[(start as usize + i) * width + h * head_dim + c]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(p[at], want, "{side:?} row {r} head {h} item {i} col {c}");
+                    }
+                }
+            }
+        }
+        let mut back = g.zeros(tokens * width);
+        g.kernels
+            .attn_unpack(&packed, &mut back, &descd, shape)
+            .unwrap();
+        assert_eq!(g.download(&back), x, "{side:?}: unpack(pack(x)) != x");
+    }
+}
+
+#[test]
+fn cublas_products_match_the_cpu_reference() {
+    use redpack_trainer::backend::cpu::matmul;
+    use redpack_trainer::backend::cuda::blas::{Blas, Precision};
+    use redpack_trainer::backend::cuda::products::{self, AttnSizes};
+    let Some(g) = gpu("cublas_products_match_the_cpu_reference") else {
+        return;
+    };
+    let blas = Blas::new(g.stream.clone()).expect("cuBLAS");
+    let mut rng = SplitMix64::new(10);
+    for precision in [Precision::F32, Precision::Bf16] {
+        // f32 products agree to rounding; bf16 operands to about 2^-8 of the values.
+        let tol = match precision {
+            Precision::F32 => 1e-5,
+            Precision::Bf16 => 2e-2,
+        };
+        let run = |(spec, la, lb), a: &[f32], b: &[f32], c0: &[f32]| {
+            let mut c = g.upload(c0);
+            blas.gemm(
+                &g.kernels,
+                precision,
+                spec,
+                &g.upload(a),
+                la,
+                &g.upload(b),
+                lb,
+                &mut c,
+            )
+            .unwrap();
+            g.download(&c)
+        };
+        let (m, k, n) = (37, 24, 19);
+        let x = randn(&mut rng, m * k, 1.0);
+        let w = randn(&mut rng, n * k, 1.0);
+        let dy = randn(&mut rng, m * n, 1.0);
+        let base = randn(&mut rng, m * n, 1.0);
+        let mut want = base.clone();
+        matmul::linear_forward(&mut want, &x, &w, m, k, n, true);
+        let got = run(products::linear_forward(m, k, n, true), &x, &w, &base);
+        assert_close(&format!("{precision:?} linear_forward"), &got, &want, tol);
+        let base = randn(&mut rng, m * k, 1.0);
+        let mut want = base.clone();
+        matmul::linear_backward_input(&mut want, &dy, &w, m, k, n, true);
+        let got = run(
+            products::linear_backward_input(m, k, n, true),
+            &dy,
+            &w,
+            &base,
+        );
+        assert_close(
+            &format!("{precision:?} linear_backward_input"),
+            &got,
+            &want,
+            tol,
+        );
+        let base = randn(&mut rng, n * k, 1.0);
+        let mut want = base.clone();
+        matmul::linear_backward_weight(&mut want, &dy, &x, m, k, n);
+        let got = run(products::linear_backward_weight(m, k, n), &dy, &x, &base);
+        assert_close(
+            &format!("{precision:?} linear_backward_weight"),
+            &got,
+            &want,
+            tol,
+        );
+
+        // Batched attention products against per-entry host products.
+        let s = AttnSizes {
+            batch: 6,
+            max_q: 9,
+            max_k: 5,
+            head_dim: 8,
+        };
+        let (b, mq, mk, hd) = (s.batch, s.max_q, s.max_k, s.head_dim);
+        let q = randn(&mut rng, b * mq * hd, 1.0);
+        let kk = randn(&mut rng, b * mk * hd, 1.0);
+        let sc = randn(&mut rng, b * mq * mk, 1.0);
+        let per = |rows: usize, cols: usize, f: &dyn Fn(usize, usize, usize) -> f32| {
+            (0..b * rows * cols)
+                .map(|at| f(at / (rows * cols), at / cols % rows, at % cols))
+                .collect::<Vec<f32>>()
+        };
+        let dot =
+            |n: usize, f: &dyn Fn(usize) -> f32| (0..n).map(|p| f(p) as f64).sum::<f64>() as f32;
+        let cases: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+            (
+                "scores Q Kt",
+                run(s.scores(), &q, &kk, &vec![0.0; b * mq * mk]),
+                per(mq, mk, &|e, i, j| {
+                    dot(hd, &|p| {
+                        q[(e * mq + i) * hd + p] * kk[(e * mk + j) * hd + p]
+                    })
+                }),
+            ),
+            (
+                "output P V",
+                run(s.output(), &sc, &kk, &vec![0.0; b * mq * hd]),
+                per(mq, hd, &|e, i, c| {
+                    dot(mk, &|p| {
+                        sc[(e * mq + i) * mk + p] * kk[(e * mk + p) * hd + c]
+                    })
+                }),
+            ),
+            (
+                "d_values Pt dO",
+                run(s.d_values(), &sc, &q, &vec![0.0; b * mk * hd]),
+                per(mk, hd, &|e, j, c| {
+                    dot(mq, &|p| {
+                        sc[(e * mq + p) * mk + j] * q[(e * mq + p) * hd + c]
+                    })
+                }),
+            ),
+            (
+                "d_keys dSt Q",
+                run(s.d_keys(), &sc, &q, &vec![0.0; b * mk * hd]),
+                per(mk, hd, &|e, j, c| {
+                    dot(mq, &|p| {
+                        sc[(e * mq + p) * mk + j] * q[(e * mq + p) * hd + c]
+                    })
+                }),
+            ),
+        ];
+        for (name, got, want) in cases {
+            assert_close(&format!("{precision:?} {name}"), &got, &want, tol);
+        }
+    }
+}

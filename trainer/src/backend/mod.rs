@@ -10,6 +10,9 @@ use crate::params::ParamStore;
 
 pub mod cpu;
 pub mod cuda;
+pub mod select;
+
+pub use select::{open_backend, OpenError, Opened};
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,23 @@ pub trait Backend {
         options: &StepOptions,
         grads: &mut ParamStore,
     ) -> Result<LossStats, BackendError>;
+
+    /// `forward_backward` over the micro-batches of one optimizer step, all with the same
+    /// parameters: adds every micro-batch's gradient into `grads` and returns their stats in
+    /// order. A device backend overrides it to move the parameters and gradients once per step
+    /// instead of once per micro-batch; the default runs `forward_backward` on each in turn.
+    fn forward_backward_many(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        micro_batches: &[(&Batch, StepOptions)],
+        grads: &mut ParamStore,
+    ) -> Result<Vec<LossStats>, BackendError> {
+        micro_batches
+            .iter()
+            .map(|(batch, options)| self.forward_backward(config, params, batch, options, grads))
+            .collect()
+    }
 
     /// Forward only (evaluation): the losses, no gradients. Dropout is off.
     fn forward_loss(

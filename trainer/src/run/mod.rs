@@ -222,22 +222,28 @@ impl TrainRun {
         base_options: &StepOptions,
     ) -> Result<Accumulated, TrainError> {
         let mut sums = Accumulated::default();
+        let mut micro_batches = Vec::with_capacity(self.settings.accum as usize);
         for micro in 0..self.settings.accum {
             let loaded = loader.next_batch()?.ok_or(DataError::LoaderGone)?;
             let options = StepOptions {
                 dropout_seed: counter_hash(self.settings.seed, &[DROPOUT_STREAM, step, micro]),
                 ..*base_options
             };
-            let stats = backend
-                .forward_backward(&self.model, &self.params, &loaded.batch, &options, grads)
-                .map_err(|source| TrainError::Backend { step, source })?;
+            micro_batches.push((loaded, options));
+        }
+        // One call per step, so a device backend moves parameters and gradients once.
+        let batches: Vec<_> = micro_batches.iter().map(|(l, o)| (&l.batch, *o)).collect();
+        let stats = backend
+            .forward_backward_many(&self.model, &self.params, &batches, grads)
+            .map_err(|source| TrainError::Backend { step, source })?;
+        for ((loaded, options), stats) in micro_batches.iter().zip(stats) {
             sums.loss_sum += stats.loss_sum;
             sums.z_sum += stats.z_loss_sum;
             sums.scored += stats.tokens as u64;
             sums.real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
             sums.flops += training_flops(
                 &self.model,
-                &StackTokens::from_batch(&self.model, &loaded.batch, &options),
+                &StackTokens::from_batch(&self.model, &loaded.batch, options),
             );
             self.cursor = loaded.cursor;
         }

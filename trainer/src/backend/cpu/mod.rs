@@ -177,7 +177,10 @@ pub fn validate_batch(config: &ModelConfig, batch: &Batch) -> Result<(), Backend
     Ok(())
 }
 
-fn validate_options(config: &ModelConfig, options: &StepOptions) -> Result<(), BackendError> {
+pub(crate) fn validate_options(
+    config: &ModelConfig,
+    options: &StepOptions,
+) -> Result<(), BackendError> {
     let bad = |msg: String| Err(BackendError::BadBatch(msg));
     if !(0.0..1.0).contains(&options.dropout) {
         return bad(format!(

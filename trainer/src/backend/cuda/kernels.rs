@@ -58,6 +58,8 @@ pub const KERNELS: &[KernelSource] = &[
         ["cross_entropy_forward", "cross_entropy_backward"]
     ),
     kernel_source!("embedding", ["embedding_forward", "embedding_backward"]),
+    kernel_source!("attention", ["attn_pack", "attn_unpack"]),
+    kernel_source!("residual", ["add_inplace", "dropout_apply"]),
     kernel_source!(
         "adafactor",
         [

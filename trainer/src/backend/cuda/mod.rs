@@ -8,18 +8,39 @@
 //!   PTX on disk (keyed by source, architecture and NVRTC version).
 //! - `kernels`: the `.cu` sources (f32 compute, bf16 stored as `u16`) and their entry points:
 //!   RMSNorm (with gain and per-head), RoPE, SwiGLU, masked attention softmax, cross-entropy with
-//!   z-loss over a logits chunk, embedding forward/backward, Adafactor.
+//!   z-loss over a logits chunk, embedding forward/backward, Adafactor, attention packing,
+//!   residual add and dropout.
 //! - `launch` (with `launch_tokens` and `launch_adafactor`): loads every kernel on a device and
-//!   launches each one with typed arguments, a method per kernel.
+//!   launches each one with typed arguments, a method per kernel (`launch_model`: attention
+//!   packing, residual add, dropout, bf16 conversion).
+//! - `blas` and `products`: cuBLAS (`cublasGemmEx`, strided batched) in row-major terms, f32 or
+//!   bf16 operands with f32 accumulation (`Precision`), and every product the model runs as
+//!   data, checked on the host against the CPU reference through an emulation of cuBLAS.
+//! - `backend` (with `device`, `layers`, `model`): `CudaBackend`, the `Backend` implementation:
+//!   both architectures forward and backward, mirroring `cpu::layers` / `cpu::stack` /
+//!   `cpu::model` step for step (attention as padded batched products with the masked softmax
+//!   kernel; logits in chunks; the same dropout masks as the CPU). Parameters and gradients stay
+//!   on the device between calls (`upload_params`, `forward_backward_resident`); through the
+//!   trait each call uploads the parameters and adds the gradients into the host buffers.
 //!
-//! What is not here yet: `CudaBackend`, the `Backend` implementation that runs a whole model
-//! step (cuBLAS/cuBLASLt matrix products, bf16 mixed precision, the data path). Until it lands,
-//! `redpack train --device cuda` stops with an error. The kernel parity tests in
-//! `trainer/tests/cuda_kernels.rs` run only where a GPU is present.
+//! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
+//! backend. The whole-model parity tests are `trainer/tests/cuda_model.rs`; the throughput
+//! benchmark is `trainer/benches/cuda_step.rs` (`scripts/gpu-check.sh` runs both on a GPU
+//! machine, with the PyTorch reference `trainer/benches/torch_ref.py`).
 
+mod backend;
+pub mod blas;
+mod device;
 pub mod kernels;
 pub mod launch;
 pub mod launch_adafactor;
+pub mod launch_model;
 pub mod launch_tokens;
+mod layers;
+mod model;
 pub mod nvrtc;
 pub mod probe;
+pub mod products;
+
+pub use backend::CudaBackend;
+pub use blas::Precision;

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks and benchmark, in one call on a GPU machine that has no Rust
+# toolchain: prebuilt test and benchmark binaries do the work.
+#
+#   scripts/gpu-check.sh build   on the development machine (cargo): builds the release test and
+#                                benchmark binaries and copies them, stripped, to
+#                                target/gpu-bundle/{cuda_kernels,cuda_model,cuda_step}
+#   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
+#                                target/gpu-bundle carried over; writes logs and results under
+#                                $OUT/gpu-check (or ./gpu-check-out without $OUT)
+#
+# `run` goes through, each step with its own timeout and going on after a failure:
+#   1. the kernel parity tests (cuda_kernels, with cuBLAS products, dropout and packing),
+#   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
+#   every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16),
+#   3. compute-sanitizer memcheck on a tiny DecLLM step, 4. training throughput of DecLLM-150M
+#   and RedLLM-150M at 2048 tokens per row (bf16), 5. the same models in PyTorch (eager and
+#   torch.compile, bf16), then memcheck on a tiny RedLLM step and the f32 throughput,
+#   6. a side-by-side table. Expected about 6-8 minutes on an H100; the whole run stops at
+#   GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=target/gpu-bundle
+
+build() {
+    set -e
+    mkdir -p "$BUNDLE"
+    local json
+    json=$(mktemp)
+    cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_model \
+        --message-format=json >"$json"
+    cargo bench -p redpack-trainer --bench cuda_step --no-run --message-format=json >>"$json"
+    python3 - "$json" "$BUNDLE" <<'PY'
+import json, shutil, sys
+found = {}
+for line in open(sys.argv[1]):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        name = msg["target"]["name"]
+        if name in ("cuda_kernels", "cuda_model", "cuda_step"):
+            found[name] = msg["executable"]
+missing = {"cuda_kernels", "cuda_model", "cuda_step"} - set(found)
+if missing:
+    sys.exit(f"not built: {sorted(missing)}")
+for name, path in found.items():
+    shutil.copy(path, f"{sys.argv[2]}/{name}")
+    print(f"{sys.argv[2]}/{name} <- {path}")
+PY
+    rm -f "$json"
+    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step
+    ls -la "$BUNDLE"
+    echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
+}
+
+# Folders holding libnvrtc.so.13 and libcublas.so.13 (CUDA toolkit or the pip wheels PyTorch
+# brings), for LD_LIBRARY_PATH.
+library_path() {
+    local dirs=""
+    for lib in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13; do
+        local hit
+        hit=$( (ls -d /usr/local/cuda/lib64/"$lib" /usr/local/cuda*/targets/*/lib/"$lib" \
+            2>/dev/null; python3 - "$lib" <<'PY'
+import glob, os, sys
+for base in sys.path:
+    for hit in glob.glob(os.path.join(base, "nvidia", "**", sys.argv[1]), recursive=True):
+        print(hit)
+PY
+        ) 2>/dev/null | head -1)
+        if [ -n "$hit" ]; then
+            dirs="$dirs:$(dirname "$hit")"
+        else
+            echo "warning: $lib not found" >&2
+        fi
+    done
+    echo "${dirs#:}"
+}
+
+step() {
+    # step NAME SECONDS COMMAND...: runs with a timeout (cut to what is left of the whole run's
+    # budget, GPU_CHECK_BUDGET seconds), logs to $RESULTS/NAME.log
+    local name=$1 seconds=$2
+    shift 2
+    local left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        echo "=== $name skipped: ${left}s left of the budget" | tee -a "$RESULTS/summary.txt"
+        return 0
+    fi
+    [ "$seconds" -gt "$left" ] && seconds=$left
+    echo "=== $name (timeout ${seconds}s): $*"
+    local start=$SECONDS
+    timeout --kill-after=10 "$seconds" "$@" >"$RESULTS/$name.log" 2>&1
+    local rc=$?
+    echo "    rc=$rc in $((SECONDS - start))s"
+    tail -n 40 "$RESULTS/$name.log" | sed 's/^/    /'
+    echo "$name rc=$rc seconds=$((SECONDS - start))" >>"$RESULTS/summary.txt"
+    return 0
+}
+
+run() {
+    RESULTS=${OUT:-./gpu-check-out}/gpu-check
+    DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
+    mkdir -p "$RESULTS"
+    : >"$RESULTS/summary.txt"
+    for bin in cuda_kernels cuda_model cuda_step; do
+        [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
+    done
+    local libs
+    libs=$(library_path)
+    export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/redpack-cache}
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
+
+    # Most important first; the budget cuts the tail if the machine is slow.
+    step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1
+    step model 240 "$BUNDLE/cuda_model" --test-threads=1
+    local sanitizer=""
+    command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
+    [ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
+        sanitizer=/usr/local/cuda/bin/compute-sanitizer
+    if [ -n "$sanitizer" ]; then
+        step memcheck-dec 120 "$sanitizer" --tool memcheck --error-exitcode 99 \
+            "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu --test-threads=1
+    else
+        echo "compute-sanitizer not found: memcheck skipped" | tee -a "$RESULTS/summary.txt"
+    fi
+    step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
+    if [ -n "$sanitizer" ]; then
+        step memcheck-red 120 "$sanitizer" --tool memcheck --error-exitcode 99 \
+            "$BUNDLE/cuda_model" --exact redllm_tiny_step_matches_cpu --test-threads=1
+    fi
+    step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 "$BUNDLE/cuda_step"
+    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
+        >"$RESULTS/throughput.jsonl" 2>/dev/null
+    python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ok = [r for r in rows if "error" not in r]
+for r in rows:
+    if "error" in r:
+        print("error:", r)
+print(f"{'arch':5} {'impl':8} {'mode':13} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'trait step s':>13}")
+for arch in ("dec", "red"):
+    ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
+    for r in (r for r in ok if r["arch"] == arch):
+        ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
+        print(f"{arch:5} {r['impl']:8} {r['mode']:13} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
+              f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
+              f"{r['trait_step_s'] if 'trait_step_s' in r else float('nan'):13.3f}")
+PY
+    echo "=== summary"
+    cat "$RESULTS/summary.txt"
+}
+
+case "${1:-}" in
+build) build ;;
+run) run ;;
+*)
+    echo "usage: $0 build|run" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,155 @@
+//! CUDA training throughput: forward + backward steps of DecLLM and RedLLM (150m by default) at
+//! 2048 tokens per row (RedLLM: 1024 encoder + 1024 decoder tokens), parameters resident on the
+//! device, gradients zeroed each step (the optimizer update is not timed; neither is it in the
+//! PyTorch reference, `torch_ref.py`). Prints one JSON object per line:
+//! tokens/s (all tokens read per step, and scored tokens), MFU against `BENCH_PEAK_TFLOPS`
+//! (989, an H100 SXM's dense bf16), step time, the allocator's peak bytes, and the step time
+//! through the `Backend` trait (`trait_step_s`: parameters uploaded and gradients downloaded
+//! every step, as `redpack train` does with one micro-batch per step).
+//!
+//! `cargo bench -p redpack-trainer --bench cuda_step`, or run the built binary directly.
+//! Environment: `BENCH_SIZE` (150m), `BENCH_ARCHS` (dec,red), `BENCH_ROWS` (8), `BENCH_SEQ`
+//! (2048), `BENCH_VOCAB` (32768), `BENCH_STEPS` (10), `BENCH_WARMUP` (2), `BENCH_PRECISION`
+//! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989). Without a GPU it prints `SKIPPED: no CUDA device`.
+
+use std::time::Instant;
+
+use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::{CudaBackend, Precision};
+use redpack_trainer::backend::Backend;
+use redpack_trainer::batch::{Batch, StepOptions};
+use redpack_trainer::config::{Arch, ModelConfig};
+use redpack_trainer::flops::{training_flops, StackTokens};
+use redpack_trainer::params::ParamStore;
+use redpack_trainer::rng::SplitMix64;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("cuda_step: {what}: {e}");
+    std::process::exit(1)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    if let CudaAvailability::NoDriver | CudaAvailability::NoDevice { .. } = probe::detect() {
+        println!("SKIPPED: no CUDA device");
+        return;
+    }
+    let size = env_or("BENCH_SIZE", "150m");
+    let rows = env_usize("BENCH_ROWS", 8).max(1);
+    let seq = env_usize("BENCH_SEQ", 2048).max(4);
+    let vocab = env_usize("BENCH_VOCAB", 32768);
+    let steps = env_usize("BENCH_STEPS", 10).max(1);
+    let warmup = env_usize("BENCH_WARMUP", 2);
+    let peak_tflops: f64 = env_or("BENCH_PEAK_TFLOPS", "989").parse().unwrap_or(989.0);
+    let precision = match env_or("BENCH_PRECISION", "bf16").as_str() {
+        "f32" => Precision::F32,
+        _ => Precision::Bf16,
+    };
+    let mut backend = CudaBackend::open(precision).unwrap_or_else(|e| fail("opening", e));
+    eprintln!("cuda_step on {}", backend.name());
+    for arch_name in env_or("BENCH_ARCHS", "dec,red").split(',') {
+        let arch = match arch_name.trim() {
+            "dec" => Arch::Dec,
+            "red" => Arch::Red,
+            other => fail("BENCH_ARCHS", format!("unknown architecture {other:?}")),
+        };
+        let config = ModelConfig::preset(arch, &size, vocab).unwrap_or_else(|e| fail("config", e));
+        let params = ParamStore::init(&config, 0);
+        let mut rng = SplitMix64::new(1);
+        let batch = Batch {
+            rows,
+            seq,
+            tokens: (0..rows * seq)
+                .map(|_| rng.below(vocab as u64) as u32)
+                .collect(),
+            prefix_len: vec![seq / 2; rows],
+            length: vec![seq; rows],
+            doc_starts: vec![Vec::new(); rows],
+            source: vec![String::new(); rows],
+        };
+        let options = StepOptions {
+            z_loss: 1e-4,
+            loss_on_prefix: arch == Arch::Dec,
+            ..StepOptions::default()
+        };
+        backend
+            .upload_params(&params)
+            .unwrap_or_else(|e| fail("uploading parameters", e));
+        let step = |backend: &mut CudaBackend| {
+            backend
+                .zero_grads()
+                .unwrap_or_else(|e| fail("zeroing gradients", e));
+            backend
+                .forward_backward_resident(&config, &batch, &options)
+                .unwrap_or_else(|e| fail("forward/backward", e))
+        };
+        let mut first_loss = None;
+        for _ in 0..warmup {
+            let stats = step(&mut backend);
+            first_loss.get_or_insert(stats.loss_sum / stats.tokens.max(1) as f64);
+        }
+        backend.synchronize().unwrap_or_else(|e| fail("sync", e));
+        backend
+            .keep_pool_and_reset_peak()
+            .unwrap_or_else(|e| fail("memory pool", e));
+        let start = Instant::now();
+        let mut scored = 0usize;
+        let mut last_loss = 0.0;
+        for _ in 0..steps {
+            let stats = step(&mut backend);
+            scored += stats.tokens;
+            last_loss = stats.loss_sum / stats.tokens.max(1) as f64;
+        }
+        backend.synchronize().unwrap_or_else(|e| fail("sync", e));
+        let elapsed = start.elapsed().as_secs_f64();
+        let peak = backend.peak_pool_bytes().unwrap_or(0);
+        // The same step through the `Backend` trait, as `redpack train` runs it: parameters
+        // uploaded and gradients added into host buffers every step.
+        let mut host_grads = params.zeros_like();
+        let trait_start = Instant::now();
+        let trait_steps = 2;
+        for _ in 0..trait_steps {
+            host_grads.fill_zero();
+            backend
+                .forward_backward(&config, &params, &batch, &options, &mut host_grads)
+                .unwrap_or_else(|e| fail("forward/backward through the trait", e));
+        }
+        let trait_step_s = trait_start.elapsed().as_secs_f64() / trait_steps as f64;
+        let flops = training_flops(&config, &StackTokens::from_batch(&config, &batch, &options));
+        let step_s = elapsed / steps as f64;
+        let tokens: usize = batch.length.iter().sum();
+        let json = serde_json::json!({
+            "impl": "redpack",
+            "mode": precision.name(),
+            "arch": arch.name(),
+            "size": size,
+            "params": config.param_count(),
+            "rows": rows,
+            "seq": seq,
+            "vocab": vocab,
+            "steps": steps,
+            "step_s": step_s,
+            "tokens_per_s": tokens as f64 / step_s,
+            "scored_tokens_per_s": scored as f64 / elapsed,
+            "flops_per_step": flops,
+            "tflops": flops / step_s / 1e12,
+            "mfu": flops / step_s / (peak_tflops * 1e12),
+            "peak_bytes": peak,
+            "trait_step_s": trait_step_s,
+            "loss": last_loss,
+            "first_loss": first_loss,
+        });
+        println!("{json}");
+    }
+}

@@ -1,0 +1,382 @@
+//! `CudaBackend`: the `Backend` trait on one NVIDIA GPU.
+//!
+//! Parameters and gradients live in device buffers that survive between calls (allocated once
+//! per model shape). Through the `Backend` trait a call uploads the parameters, zeroes the
+//! device gradients, runs the model (every micro-batch of a step, with `forward_backward_many`)
+//! and adds the gradients into the caller's host buffers, so the training loop, optimizer and
+//! checkpoints work unchanged. The resident methods (`upload_params`, `zero_grads`,
+//! `forward_backward_resident`, `add_grads_to`) skip those copies: the benchmark uses them, and
+//! so will a training loop that keeps the optimizer on the device (the Adafactor kernels and
+//! their launcher are in `launch_adafactor`; the next step is a trait method for the update).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaStream};
+
+use super::blas::{Blas, Precision};
+use super::device::{Buf, Dev};
+use super::launch::CudaKernels;
+use super::model::run_model;
+use super::nvrtc::KernelCache;
+use super::probe::{self, CudaAvailability, CudaDeviceInfo};
+use crate::backend::cpu::{validate_batch, validate_options};
+use crate::backend::{Backend, BackendError};
+use crate::batch::{Batch, LossStats, StepOptions};
+use crate::config::ModelConfig;
+use crate::params::ParamStore;
+
+/// A GPU with every kernel loaded, a cuBLAS handle, and the resident parameter and gradient
+/// buffers of the last model it ran.
+pub struct CudaBackend {
+    info: CudaDeviceInfo,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: CudaKernels,
+    blas: Blas,
+    precision: Precision,
+    params: Vec<Buf>,
+    grads: Vec<Buf>,
+}
+
+fn device_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> BackendError + '_ {
+    move |e| BackendError::Device(format!("{what}: {e}"))
+}
+
+impl CudaBackend {
+    /// The first GPU, with kernels from the default PTX cache (or a temporary folder when no
+    /// cache folder can be named).
+    pub fn open(precision: Precision) -> Result<CudaBackend, BackendError> {
+        let info = match probe::detect() {
+            CudaAvailability::Device(info) => info,
+            CudaAvailability::NoDriver => {
+                return Err(BackendError::Device(
+                    probe::ProbeError::NoDriver.to_string(),
+                ))
+            }
+            CudaAvailability::NoDevice { reason } => {
+                return Err(BackendError::Device(
+                    probe::ProbeError::NoDevice { reason }.to_string(),
+                ))
+            }
+        };
+        let dir = KernelCache::default_dir()
+            .unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
+        CudaBackend::new(&info, precision, &KernelCache::new(dir))
+    }
+
+    /// A backend on the device `info` describes (from `probe::detect`).
+    pub fn new(
+        info: &CudaDeviceInfo,
+        precision: Precision,
+        cache: &KernelCache,
+    ) -> Result<CudaBackend, BackendError> {
+        let context = CudaContext::new(info.ordinal)
+            .map_err(device_error("cannot open a CUDA context on device 0"))?;
+        // SAFETY: the backend issues all its work on this one stream, so the per-buffer events
+        // cudarc records for cross-stream synchronization are never needed (each allocation
+        // would otherwise create two).
+        unsafe { context.disable_event_tracking() };
+        let stream = context.default_stream();
+        let kernels = CudaKernels::load(stream.clone(), cache, &info.arch())?;
+        let blas = Blas::new(stream.clone())?;
+        Ok(CudaBackend {
+            info: info.clone(),
+            context,
+            stream,
+            kernels,
+            blas,
+            precision,
+            params: Vec::new(),
+            grads: Vec::new(),
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn device(&self) -> &CudaDeviceInfo {
+        &self.info
+    }
+
+    fn dev(&self) -> Dev<'_> {
+        Dev {
+            stream: &self.stream,
+            kernels: &self.kernels,
+            blas: &self.blas,
+            precision: self.precision,
+        }
+    }
+
+    /// Copies `params` into the resident buffers (allocating them when the shapes changed) and
+    /// makes sure gradient buffers of the same shapes exist.
+    pub fn upload_params(&mut self, params: &ParamStore) -> Result<(), BackendError> {
+        let same_shapes = self.params.len() == params.len()
+            && self
+                .params
+                .iter()
+                .zip(&params.tensors)
+                .all(|(b, t)| b.len() == t.len());
+        if !same_shapes {
+            self.params.clear();
+            self.grads.clear();
+            for t in &params.tensors {
+                let dev = self.dev();
+                let p = dev.upload(&t.data)?;
+                let g = dev.zeros(t.len())?;
+                self.params.push(p);
+                self.grads.push(g);
+            }
+            return Ok(());
+        }
+        for (buf, t) in self.params.iter_mut().zip(&params.tensors) {
+            self.stream
+                .memcpy_htod(&t.data, buf)
+                .map_err(device_error("uploading parameters"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets every resident gradient to zero.
+    pub fn zero_grads(&mut self) -> Result<(), BackendError> {
+        for g in &mut self.grads {
+            self.stream
+                .memset_zeros(g)
+                .map_err(device_error("zeroing gradients"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the model, batch and options as the CPU backend does, and that the resident
+    /// parameters have the model's shapes.
+    fn check(
+        &self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<(), BackendError> {
+        // cuBLAS is called directly, so the context must be current on this thread (the
+        // backend may have been created on another one).
+        self.context
+            .bind_to_thread()
+            .map_err(device_error("binding the CUDA context"))?;
+        config
+            .validate()
+            .map_err(|e| BackendError::BadModel(e.to_string()))?;
+        let shapes = crate::params::param_shapes(config);
+        let matches = shapes.len() == self.params.len()
+            && shapes
+                .iter()
+                .zip(&self.params)
+                .all(|((_, shape), b)| shape.iter().product::<usize>() == b.len());
+        if !matches {
+            return Err(BackendError::BadModel(
+                "the parameters on the device do not match the config: call upload_params first"
+                    .into(),
+            ));
+        }
+        validate_batch(config, batch)?;
+        validate_options(config, options)
+    }
+
+    /// Forward and backward with the resident parameters, adding into the resident gradients.
+    pub fn forward_backward_resident(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        self.check(config, batch, options)?;
+        let mut grads = std::mem::take(&mut self.grads);
+        let result = run_model(
+            &self.dev(),
+            config,
+            &self.params,
+            batch,
+            options,
+            Some(&mut grads),
+        );
+        self.grads = grads;
+        let stats = result?;
+        self.check_async_errors()?;
+        Ok(stats)
+    }
+
+    /// Errors cudarc could only record (frees in `Drop`) surface here.
+    fn check_async_errors(&self) -> Result<(), BackendError> {
+        self.context
+            .check_err()
+            .map_err(device_error("an earlier asynchronous operation failed"))
+    }
+
+    /// Forward only with the resident parameters; dropout is off.
+    pub fn forward_loss_resident(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        let options = StepOptions {
+            dropout: 0.0,
+            ..*options
+        };
+        self.check(config, batch, &options)?;
+        run_model(&self.dev(), config, &self.params, batch, &options, None)
+    }
+
+    /// Adds the resident gradients into `grads` (same shapes, checkpoint order).
+    pub fn add_grads_to(&self, grads: &mut ParamStore) -> Result<(), BackendError> {
+        if grads.len() != self.grads.len() {
+            return Err(BackendError::BadModel(format!(
+                "{} gradient buffers on the host, {} on the device",
+                grads.len(),
+                self.grads.len()
+            )));
+        }
+        for (t, g) in grads.tensors.iter_mut().zip(&self.grads) {
+            if t.len() != g.len() {
+                return Err(BackendError::BadModel(format!(
+                    "a gradient buffer has {} values on the host, {} on the device",
+                    t.len(),
+                    g.len()
+                )));
+            }
+            let host = self.dev().download(g)?;
+            for (a, b) in t.data.iter_mut().zip(host) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every queued operation (for timing).
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        self.stream
+            .synchronize()
+            .map_err(device_error("synchronizing"))
+    }
+
+    /// Keeps freed device memory in the allocator's pool instead of returning it at every
+    /// synchronization (faster steady state), and resets the pool's high-water mark.
+    pub fn keep_pool_and_reset_peak(&self) -> Result<(), BackendError> {
+        use cudarc::driver::sys;
+        let pool = self.default_pool()?;
+        let mut threshold: u64 = u64::MAX;
+        let mut zero: u64 = 0;
+        // SAFETY: `pool` is the device's default pool; both attributes take a u64.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold) as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+            .map_err(device_error("setting the pool's release threshold"))?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero) as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+            .map_err(device_error("resetting the pool's high-water mark"))?;
+        }
+        Ok(())
+    }
+
+    /// The most bytes the stream-ordered allocator had in use at once since the last reset.
+    pub fn peak_pool_bytes(&self) -> Result<u64, BackendError> {
+        use cudarc::driver::sys;
+        let pool = self.default_pool()?;
+        let mut value: u64 = 0;
+        // SAFETY: as in `keep_pool_and_reset_peak`.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut value) as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+            .map_err(device_error("reading the pool's high-water mark"))?;
+        }
+        Ok(value)
+    }
+
+    fn default_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool, BackendError> {
+        use cudarc::driver::sys;
+        self.context
+            .bind_to_thread()
+            .map_err(device_error("binding the context"))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the device handle comes from the live context; `pool` is valid for writes.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.context.cu_device())
+                .result()
+                .map_err(device_error("finding the default memory pool"))?;
+        }
+        Ok(pool)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, {})",
+            self.info.ordinal,
+            self.info.name,
+            self.precision.name()
+        )
+    }
+
+    fn forward_backward(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        batch: &Batch,
+        options: &StepOptions,
+        grads: &mut ParamStore,
+    ) -> Result<LossStats, BackendError> {
+        let mut stats = self.forward_backward_many(config, params, &[(batch, *options)], grads)?;
+        stats
+            .pop()
+            .ok_or_else(|| BackendError::Device("internal: no stats for the batch".into()))
+    }
+
+    /// Uploads the parameters once, runs every micro-batch into the resident gradients, and
+    /// adds them into `grads` once.
+    fn forward_backward_many(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        micro_batches: &[(&Batch, StepOptions)],
+        grads: &mut ParamStore,
+    ) -> Result<Vec<LossStats>, BackendError> {
+        params
+            .check_matches(config)
+            .map_err(|e| BackendError::BadModel(format!("parameters: {e}")))?;
+        grads
+            .check_matches(config)
+            .map_err(|e| BackendError::BadModel(format!("gradient buffers: {e}")))?;
+        self.upload_params(params)?;
+        self.zero_grads()?;
+        let mut stats = Vec::with_capacity(micro_batches.len());
+        for (batch, options) in micro_batches {
+            stats.push(self.forward_backward_resident(config, batch, options)?);
+        }
+        self.add_grads_to(grads)?;
+        Ok(stats)
+    }
+
+    fn forward_loss(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        params
+            .check_matches(config)
+            .map_err(|e| BackendError::BadModel(format!("parameters: {e}")))?;
+        self.upload_params(params)?;
+        self.forward_loss_resident(config, batch, options)
+    }
+}

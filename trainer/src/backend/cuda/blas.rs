@@ -1,0 +1,380 @@
+//! Matrix products through cuBLAS (`cublasGemmEx` / `cublasGemmStridedBatchedEx`), in the
+//! row-major terms the CPU reference uses (`cpu::matmul`), for both precisions:
+//! - `Precision::F32`: f32 operands, f32 compute (`CUBLAS_COMPUTE_32F`, so no TF32): the mode
+//!   the parity tests check against the CPU;
+//! - `Precision::Bf16`: both operands rounded to bf16 (round to nearest even) just before the
+//!   product, f32 accumulation and an f32 result, so everything outside the products stays f32.
+//!
+//! cuBLAS is column-major. A row-major `m x n` product `C = op(A) · op(B)` is the column-major
+//! product `Cᵀ = op(B)ᵀ · op(A)ᵀ`, and a row-major matrix read column-major is its transpose, so
+//! the call swaps the operands and keeps their transpose flags: `gemm(op_b, op_a, n, m, k, B,
+//! ldb, A, lda, C, ldc)`.
+//!
+//! Every call checks that the operands and the result lie inside their buffers, so a shape
+//! mistake is an error, not a stray write.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasOperation_t, cudaDataType_t};
+use cudarc::cublas::{result as cublas, CudaBlas};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use super::launch::{CudaKernels, LaunchError};
+
+/// How matrix products are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 everywhere (for checking against the CPU).
+    F32,
+    /// bf16 operands, f32 accumulation and results (mixed precision; the CUDA default).
+    #[default]
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlasError {
+    #[error("cuBLAS (libcublas.so) not found: install the CUDA toolkit or put the folder holding libcublas.so.13 on LD_LIBRARY_PATH")]
+    Missing,
+    #[error("cuBLAS error while {what}: {status:?}")]
+    Cublas { what: String, status: String },
+    #[error("matrix product {what}: {detail}")]
+    Shape { what: &'static str, detail: String },
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("CUDA driver error while {what}: {detail}")]
+    Driver { what: &'static str, detail: String },
+}
+
+/// How a row-major operand is stored: per batch entry a matrix with leading dimension `ld`
+/// (its stored column count, or more), `stride` elements between batch entries, and `trans` to
+/// use its transpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub trans: bool,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+impl Layout {
+    /// A contiguous row-major matrix of `ld` columns.
+    pub fn new(ld: usize) -> Layout {
+        Layout {
+            trans: false,
+            ld,
+            stride: 0,
+        }
+    }
+
+    pub fn t(self) -> Layout {
+        Layout {
+            trans: !self.trans,
+            ..self
+        }
+    }
+
+    pub fn batched(self, stride: usize) -> Layout {
+        Layout { stride, ..self }
+    }
+}
+
+/// One product (or a strided batch of them): `C (m x n) = alpha · op(A) · op(B) + beta · C`.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub ldc: usize,
+    /// Batch entries and the stride between results (1 and 0 for a single product).
+    pub batch: usize,
+    pub stride_c: usize,
+}
+
+impl GemmSpec {
+    pub fn new(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> GemmSpec {
+        GemmSpec {
+            m,
+            n,
+            k,
+            alpha,
+            beta,
+            ldc: n,
+            batch: 1,
+            stride_c: 0,
+        }
+    }
+
+    pub fn batched(self, batch: usize, stride_c: usize) -> GemmSpec {
+        GemmSpec {
+            batch,
+            stride_c,
+            ..self
+        }
+    }
+}
+
+/// One past the last element a (batched) stored matrix touches.
+fn extent(rows: usize, cols: usize, ld: usize, batch: usize, stride: usize) -> usize {
+    if rows == 0 || cols == 0 || batch == 0 {
+        return 0;
+    }
+    (batch - 1) * stride + (rows - 1) * ld + cols
+}
+
+fn to_i32(what: &'static str, v: usize) -> Result<i32, BlasError> {
+    i32::try_from(v).map_err(|_| BlasError::Shape {
+        what,
+        detail: format!("{v} does not fit cuBLAS's 32-bit sizes"),
+    })
+}
+
+/// The column-major cuBLAS arguments of a row-major product: the operands swap places (`first`
+/// is B, `second` is A) and keep their transpose flags; `m` and `n` swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnMajor {
+    pub trans_first: bool,
+    pub trans_second: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ld_first: usize,
+    pub ld_second: usize,
+    pub ldc: usize,
+    pub stride_first: usize,
+    pub stride_second: usize,
+    pub stride_c: usize,
+}
+
+/// `Cᵀ (n x m) = op(B)ᵀ · op(A)ᵀ` in cuBLAS's terms.
+pub fn column_major(spec: &GemmSpec, a: Layout, b: Layout) -> ColumnMajor {
+    ColumnMajor {
+        trans_first: b.trans,
+        trans_second: a.trans,
+        m: spec.n,
+        n: spec.m,
+        k: spec.k,
+        ld_first: b.ld,
+        ld_second: a.ld,
+        ldc: spec.ldc,
+        stride_first: b.stride,
+        stride_second: a.stride,
+        stride_c: spec.stride_c,
+    }
+}
+
+/// Checks that a (batched) product stays inside its buffers: `Err` names the operand.
+pub fn check_bounds(
+    spec: &GemmSpec,
+    a: Layout,
+    a_len: usize,
+    b: Layout,
+    b_len: usize,
+    c_len: usize,
+) -> Result<(), BlasError> {
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    // Stored shapes: op(A) is m x k, op(B) is k x n.
+    let (a_rows, a_cols) = if a.trans { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if b.trans { (n, k) } else { (k, n) };
+    let check = |name: &str, rows: usize, cols: usize, ld: usize, stride: usize, len: usize| {
+        let need = extent(rows, cols, ld, spec.batch, stride);
+        if ld < cols.max(1) || need > len {
+            return Err(BlasError::Shape {
+                what: "out of bounds",
+                detail: format!(
+                    "{name}: {rows} x {cols} (ld {ld}, batch {} stride {stride}) needs {need} elements, the buffer has {len}",
+                    spec.batch
+                ),
+            });
+        }
+        Ok(())
+    };
+    check("A", a_rows, a_cols, a.ld, a.stride, a_len)?;
+    check("B", b_rows, b_cols, b.ld, b.stride, b_len)?;
+    check("C", m, n, spec.ldc, spec.stride_c, c_len)
+}
+
+/// A cuBLAS handle on the backend's stream.
+pub struct Blas {
+    handle: CudaBlas,
+    stream: Arc<CudaStream>,
+}
+
+impl Blas {
+    /// Loads cuBLAS (checking first that the library is there: cudarc panics otherwise) and
+    /// creates a handle bound to `stream`.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Blas, BlasError> {
+        // SAFETY: only opens and closes the library by name (dlopen/dlclose).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(BlasError::Missing);
+        }
+        let handle = CudaBlas::new(stream.clone()).map_err(|e| BlasError::Cublas {
+            what: "creating a handle".into(),
+            status: format!("{e:?}"),
+        })?;
+        Ok(Blas { handle, stream })
+    }
+
+    /// `op`'s bf16 copy (the whole buffer), for the mixed-precision products.
+    fn bf16_copy(
+        &self,
+        kernels: &CudaKernels,
+        x: &CudaSlice<f32>,
+    ) -> Result<CudaSlice<u16>, BlasError> {
+        // SAFETY: the conversion kernel writes every element before anything reads it.
+        let mut y =
+            unsafe { self.stream.alloc::<u16>(x.len()) }.map_err(|e| BlasError::Driver {
+                what: "allocating a bf16 operand",
+                detail: e.to_string(),
+            })?;
+        kernels.f32_to_bf16(x, &mut y)?;
+        Ok(y)
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C`, row-major, per `spec` (see the module docs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        kernels: &CudaKernels,
+        precision: Precision,
+        spec: GemmSpec,
+        a: &CudaSlice<f32>,
+        la: Layout,
+        b: &CudaSlice<f32>,
+        lb: Layout,
+        c: &mut CudaSlice<f32>,
+    ) -> Result<(), BlasError> {
+        let GemmSpec { m, n, k, .. } = spec;
+        if m == 0 || n == 0 || spec.batch == 0 {
+            return Ok(());
+        }
+        check_bounds(&spec, la, a.len(), lb, b.len(), c.len())?;
+        if k == 0 {
+            return Err(BlasError::Shape {
+                what: "empty inner dimension",
+                detail: format!("{m} x {n} with k = 0"),
+            });
+        }
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (bf_a, bf_b) = match precision {
+            Precision::F32 => (None, None),
+            Precision::Bf16 => (
+                Some(self.bf16_copy(kernels, a)?),
+                Some(self.bf16_copy(kernels, b)?),
+            ),
+        };
+        let stream = &self.stream;
+        let (a_ptr, _a_guard) = match &bf_a {
+            Some(x) => x.device_ptr(stream),
+            None => a.device_ptr(stream),
+        };
+        let (b_ptr, _b_guard) = match &bf_b {
+            Some(x) => x.device_ptr(stream),
+            None => b.device_ptr(stream),
+        };
+        let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
+        let in_type = match precision {
+            Precision::F32 => cudaDataType_t::CUDA_R_32F,
+            Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
+        };
+        let (alpha, beta) = (spec.alpha, spec.beta);
+        let cm = column_major(&spec, la, lb);
+        let (cm_m, cm_n, cm_k) = (to_i32("n", cm.m)?, to_i32("m", cm.n)?, to_i32("k", cm.k)?);
+        let (ld_first, ld_second, ldc) = (
+            to_i32("ld", cm.ld_first)?,
+            to_i32("ld", cm.ld_second)?,
+            to_i32("ldc", cm.ldc)?,
+        );
+        let batch = to_i32("batch", spec.batch)?;
+        let compute = cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let algo = cudarc::cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        // SAFETY: the pointers are live device buffers of this stream's context, `check_bounds`
+        // keeps every access of the (batched) product inside them, the scalar pointers are host
+        // f32 values that outlive the call (host pointer mode, the handle's default), and the
+        // data types match the buffers (f32, or the bf16 copies).
+        let status = unsafe {
+            if spec.batch == 1 {
+                cublas::gemm_ex(
+                    *self.handle.handle(),
+                    op(cm.trans_first),
+                    op(cm.trans_second),
+                    cm_m,
+                    cm_n,
+                    cm_k,
+                    (&alpha) as *const f32 as *const c_void,
+                    b_ptr as *const c_void,
+                    in_type,
+                    ld_first,
+                    a_ptr as *const c_void,
+                    in_type,
+                    ld_second,
+                    (&beta) as *const f32 as *const c_void,
+                    c_ptr as *mut c_void,
+                    cudaDataType_t::CUDA_R_32F,
+                    ldc,
+                    compute,
+                    algo,
+                )
+            } else {
+                cublas::gemm_strided_batched_ex(
+                    *self.handle.handle(),
+                    op(cm.trans_first),
+                    op(cm.trans_second),
+                    cm_m,
+                    cm_n,
+                    cm_k,
+                    (&alpha) as *const f32 as *const c_void,
+                    b_ptr as *const c_void,
+                    in_type,
+                    ld_first,
+                    cm.stride_first as i64,
+                    a_ptr as *const c_void,
+                    in_type,
+                    ld_second,
+                    cm.stride_second as i64,
+                    (&beta) as *const f32 as *const c_void,
+                    c_ptr as *mut c_void,
+                    cudaDataType_t::CUDA_R_32F,
+                    ldc,
+                    cm.stride_c as i64,
+                    batch,
+                    compute,
+                    algo,
+                )
+            }
+        };
+        status.map_err(|e| BlasError::Cublas {
+            what: format!("a {m} x {n} x {k} product (batch {})", spec.batch),
+            status: format!("{e:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_counts_the_last_element_of_the_last_batch_entry() {
+        assert_eq!(extent(2, 3, 3, 1, 0), 6);
+        assert_eq!(extent(2, 3, 5, 1, 0), 8);
+        assert_eq!(extent(2, 3, 3, 4, 6), 24);
+        assert_eq!(extent(0, 3, 3, 4, 6), 0);
+    }
+}

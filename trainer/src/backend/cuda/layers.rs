@@ -1,0 +1,570 @@
+//! The residual blocks on the GPU, forward and backward, step for step as `cpu::layers` and
+//! `cpu::attention` (same order of operations, same parameter layout). Differences, all
+//! rounding-level: the residual add is fused into the output projection (`beta = 1`) when there
+//! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
+//! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
+
+use super::device::{Buf, Dev, DevRows, DevStream};
+use super::launch_model::{PackShape, PackSide};
+use super::launch_tokens::ScoresShape;
+use super::products::AttnSizes;
+use crate::backend::BackendError;
+
+/// Shapes and constants shared by all blocks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub d: usize,
+    pub f: usize,
+    pub heads: usize,
+    pub hd: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    pub fn da(&self) -> usize {
+        self.heads * self.hd
+    }
+}
+
+/// RoPE tables on the device (`cpu::ops::Rope::tables`).
+pub(super) struct DevRope {
+    pub cos: Buf,
+    pub sin: Buf,
+}
+
+/// How an attention block attends (`cpu::layers::AttnSpec`).
+pub(super) struct DevAttn<'a> {
+    pub queries: &'a DevStream,
+    pub keys: &'a DevStream,
+    pub rows: &'a DevRows,
+    /// Reset at document boundaries (uses the streams' document ids).
+    pub docs: bool,
+    pub rope: &'a DevRope,
+    pub out_norm: bool,
+}
+
+/// Dropout on one residual branch: probability, seed and site (`cpu::ops::Dropout`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DropSite {
+    pub p: f32,
+    pub seed: u64,
+    pub site: u64,
+}
+
+/// An attention block's five tensors (norm, q, k, v, o) or their gradients.
+pub(super) struct AttnCache {
+    x_in: Buf,
+    inv: Buf,
+    normed: Buf,
+    q_raw: Buf,
+    q_inv: Buf,
+    k_raw: Buf,
+    k_inv: Buf,
+    v_raw: Buf,
+    v_inv: Buf,
+    q_rot: Buf,
+    k_rot: Buf,
+    v_hat: Buf,
+    /// The attention output before the per-head norm (RedLLM only) and its `1/rms`.
+    o_raw: Option<(Buf, Buf)>,
+    o_in: Buf,
+}
+
+pub(super) struct FfnCache {
+    x_in: Buf,
+    inv: Buf,
+    normed: Buf,
+    gate: Buf,
+    up: Buf,
+    hidden: Buf,
+}
+
+/// `(raw, x̂, 1/rms)` of a projection normalized per head.
+fn project(
+    dev: &Dev,
+    dims: &Dims,
+    input: &Buf,
+    w: &Buf,
+    tokens: usize,
+) -> Result<(Buf, Buf, Buf), BackendError> {
+    let (d, da) = (dims.d, dims.da());
+    let mut raw = dev.zeros(tokens * da)?;
+    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
+    let mut hat = dev.zeros(tokens * da)?;
+    let mut inv = dev.zeros(tokens * dims.heads)?;
+    dev.kernels.rmsnorm_forward(
+        &raw,
+        None,
+        &mut hat,
+        &mut inv,
+        tokens * dims.heads,
+        dims.hd,
+        dims.eps,
+    )?;
+    Ok((raw, hat, inv))
+}
+
+/// Adds a branch's output `y` (`tokens x d`) into the stream `x`, through dropout if any.
+fn add_branch(
+    dev: &Dev,
+    x: &mut Buf,
+    mut y: Buf,
+    stream: &DevStream,
+    width: usize,
+    dropout: Option<DropSite>,
+) -> Result<(), BackendError> {
+    if let Some(dr) = dropout {
+        dev.kernels.dropout_apply(
+            &mut y,
+            &stream.rows,
+            &stream.positions,
+            width,
+            dr.p,
+            dr.seed,
+            dr.site,
+        )?;
+    }
+    dev.kernels.add_inplace(x, &y)?;
+    Ok(())
+}
+
+/// The gradient w.r.t. a branch's output: `dx` itself, or a dropped-out copy.
+fn branch_grad(
+    dev: &Dev,
+    dx: &Buf,
+    stream: &DevStream,
+    width: usize,
+    dropout: Option<DropSite>,
+) -> Result<Option<Buf>, BackendError> {
+    let Some(dr) = dropout else { return Ok(None) };
+    let mut dy = dev.copy(dx)?;
+    dev.kernels.dropout_apply(
+        &mut dy,
+        &stream.rows,
+        &stream.positions,
+        width,
+        dr.p,
+        dr.seed,
+        dr.site,
+    )?;
+    Ok(Some(dy))
+}
+
+/// The padded shapes of the query and key sides.
+fn pack_shapes(dims: &Dims, rows: &DevRows) -> (PackShape, PackShape) {
+    let shape = |max_len, side| PackShape {
+        rows: rows.rows,
+        heads: dims.heads,
+        head_dim: dims.hd,
+        max_len,
+        side,
+    };
+    (
+        shape(rows.max_q, PackSide::Queries),
+        shape(rows.max_k, PackSide::Keys),
+    )
+}
+
+/// Padded Q, K, V and the probabilities `P` of every (row, head).
+struct Probs {
+    qp: Buf,
+    kp: Buf,
+    vp: Buf,
+    p: Buf,
+}
+
+fn probabilities(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    q: &Buf,
+    k: &Buf,
+    v: &Buf,
+) -> Result<Probs, BackendError> {
+    let rows = spec.rows;
+    let (qs, ks) = pack_shapes(dims, rows);
+    let (mq, mk, hd) = (rows.max_q, rows.max_k, dims.hd);
+    let batch = rows.rows * dims.heads;
+    // Scratch buffers below: each is written whole by the pack kernel (padding included), the
+    // batched product (beta 0) or the softmax kernel (every line) that follows it.
+    let mut qp = dev.scratch(qs.len())?;
+    let mut kp = dev.scratch(ks.len())?;
+    let mut vp = dev.scratch(ks.len())?;
+    dev.kernels.attn_pack(q, &mut qp, &rows.desc, qs)?;
+    dev.kernels.attn_pack(k, &mut kp, &rows.desc, ks)?;
+    dev.kernels.attn_pack(v, &mut vp, &rows.desc, ks)?;
+    // S = Q Kᵀ per (row, head), unscaled: the softmax kernel applies the scale.
+    let sizes = AttnSizes {
+        batch,
+        max_q: mq,
+        max_k: mk,
+        head_dim: hd,
+    };
+    let mut s = dev.scratch(batch * mq * mk)?;
+    dev.product(sizes.scores(), &qp, &kp, &mut s)?;
+    let mut p = dev.scratch(batch * mq * mk)?;
+    let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
+    let shape = ScoresShape {
+        rows: rows.rows,
+        heads: dims.heads,
+        max_q: mq,
+        max_k: mk,
+    };
+    let scale = 1.0 / (hd as f32).sqrt();
+    dev.kernels
+        .masked_softmax_forward(&s, &mut p, &rows.desc, docs, shape, scale)?;
+    Ok(Probs { qp, kp, vp, p })
+}
+
+/// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (`cpu::attention::attention_forward`).
+fn attention_forward(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    q: &Buf,
+    k: &Buf,
+    v: &Buf,
+) -> Result<Buf, BackendError> {
+    let mut o = dev.zeros(spec.queries.len * dims.da())?;
+    let rows = spec.rows;
+    if rows.max_q == 0 || rows.max_k == 0 {
+        return Ok(o);
+    }
+    let (qs, _) = pack_shapes(dims, rows);
+    let (mq, mk, hd) = (rows.max_q, rows.max_k, dims.hd);
+    let batch = rows.rows * dims.heads;
+    let pr = probabilities(dev, dims, spec, q, k, v)?;
+    let sizes = AttnSizes {
+        batch,
+        max_q: mq,
+        max_k: mk,
+        head_dim: hd,
+    };
+    let mut op = dev.scratch(qs.len())?;
+    dev.product(sizes.output(), &pr.p, &pr.vp, &mut op)?;
+    dev.kernels.attn_unpack(&op, &mut o, &rows.desc, qs)?;
+    Ok(o)
+}
+
+/// Gradients w.r.t. Q, K, V given `d_o` (`cpu::attention::attention_backward`); the
+/// probabilities are recomputed, as on the CPU.
+fn attention_backward(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    q: &Buf,
+    k: &Buf,
+    v: &Buf,
+    d_o: &Buf,
+) -> Result<(Buf, Buf, Buf), BackendError> {
+    let da = dims.da();
+    let mut dq = dev.zeros(spec.queries.len * da)?;
+    let mut dk = dev.zeros(spec.keys.len * da)?;
+    let mut dv = dev.zeros(spec.keys.len * da)?;
+    let rows = spec.rows;
+    if rows.max_q == 0 || rows.max_k == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let (qs, ks) = pack_shapes(dims, rows);
+    let (mq, mk, hd) = (rows.max_q, rows.max_k, dims.hd);
+    let batch = rows.rows * dims.heads;
+    let pr = probabilities(dev, dims, spec, q, k, v)?;
+    // Scratch: written whole by the pack kernel, the products and the softmax backward.
+    let mut dop = dev.scratch(qs.len())?;
+    dev.kernels.attn_pack(d_o, &mut dop, &rows.desc, qs)?;
+    // dP = dO Vᵀ
+    let sizes = AttnSizes {
+        batch,
+        max_q: mq,
+        max_k: mk,
+        head_dim: hd,
+    };
+    let mut dp = dev.scratch(batch * mq * mk)?;
+    dev.product(sizes.d_probs(), &dop, &pr.vp, &mut dp)?;
+    // dV = Pᵀ dO
+    let mut dvp = dev.scratch(ks.len())?;
+    dev.product(sizes.d_values(), &pr.p, &dop, &mut dvp)?;
+    drop(dop);
+    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), w.r.t. the unscaled scores.
+    let mut ds = dev.scratch(batch * mq * mk)?;
+    let shape = ScoresShape {
+        rows: rows.rows,
+        heads: dims.heads,
+        max_q: mq,
+        max_k: mk,
+    };
+    let scale = 1.0 / (hd as f32).sqrt();
+    dev.kernels
+        .masked_softmax_backward(&pr.p, &dp, &mut ds, shape, scale)?;
+    drop(dp);
+    // dQ = dS K, dK = dSᵀ Q
+    let mut dqp = dev.scratch(qs.len())?;
+    dev.product(sizes.d_queries(), &ds, &pr.kp, &mut dqp)?;
+    let mut dkp = dev.scratch(ks.len())?;
+    dev.product(sizes.d_keys(), &ds, &pr.qp, &mut dkp)?;
+    dev.kernels.attn_unpack(&dqp, &mut dq, &rows.desc, qs)?;
+    dev.kernels.attn_unpack(&dkp, &mut dk, &rows.desc, ks)?;
+    dev.kernels.attn_unpack(&dvp, &mut dv, &rows.desc, ks)?;
+    Ok((dq, dk, dv))
+}
+
+/// Forward of an attention block (`cpu::layers::attention_block_forward`); `w` holds the
+/// block's five tensors, `kv` the encoder output for cross-attention.
+pub(super) fn attention_block_forward(
+    dev: &Dev,
+    dims: &Dims,
+    w: &[Buf],
+    x: &mut Buf,
+    kv: Option<&Buf>,
+    spec: &DevAttn,
+    dropout: Option<DropSite>,
+) -> Result<AttnCache, BackendError> {
+    let (d, da, hd, heads) = (dims.d, dims.da(), dims.hd, dims.heads);
+    let n = spec.queries.len;
+    let nk = spec.keys.len;
+    let x_in = dev.copy(x)?;
+    let mut normed = dev.zeros(n * d)?;
+    let mut inv = dev.zeros(n)?;
+    dev.kernels
+        .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
+    let src: &Buf = kv.unwrap_or(&normed);
+    let (q_raw, mut q_rot, q_inv) = project(dev, dims, &normed, &w[1], n)?;
+    let (k_raw, mut k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
+    let (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
+    let rope = spec.rope;
+    dev.kernels.rope_apply(
+        &mut q_rot,
+        &spec.queries.positions,
+        &rope.cos,
+        &rope.sin,
+        heads,
+        hd,
+        false,
+    )?;
+    dev.kernels.rope_apply(
+        &mut k_rot,
+        &spec.keys.positions,
+        &rope.cos,
+        &rope.sin,
+        heads,
+        hd,
+        false,
+    )?;
+    let o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
+    let (o_raw, o_in) = if spec.out_norm {
+        let mut o_hat = dev.zeros(n * da)?;
+        let mut o_inv = dev.zeros(n * heads)?;
+        dev.kernels
+            .rmsnorm_forward(&o, None, &mut o_hat, &mut o_inv, n * heads, hd, dims.eps)?;
+        (Some((o, o_inv)), o_hat)
+    } else {
+        (None, o)
+    };
+    if dropout.is_some() {
+        let mut y = dev.zeros(n * d)?;
+        dev.linear_forward(&mut y, &o_in, &w[4], n, da, d, false)?;
+        add_branch(dev, x, y, spec.queries, d, dropout)?;
+    } else {
+        dev.linear_forward(x, &o_in, &w[4], n, da, d, true)?;
+    }
+    Ok(AttnCache {
+        x_in,
+        inv,
+        normed,
+        q_raw,
+        q_inv,
+        k_raw,
+        k_inv,
+        v_raw,
+        v_inv,
+        q_rot,
+        k_rot,
+        v_hat,
+        o_raw,
+        o_in,
+    })
+}
+
+/// `dx (tokens x hd·heads) = backward of the per-head norm` given the gradient w.r.t. `x̂`.
+fn head_norm_backward(
+    dev: &Dev,
+    dims: &Dims,
+    grad: &Buf,
+    raw: &Buf,
+    inv: &Buf,
+    tokens: usize,
+) -> Result<Buf, BackendError> {
+    let mut out = dev.zeros(tokens * dims.da())?;
+    dev.kernels
+        .rmsnorm_backward(grad, raw, inv, None, &mut out, tokens * dims.heads, dims.hd)?;
+    Ok(out)
+}
+
+/// Backward of `attention_block_forward`: `dx` holds the gradient w.r.t. the block output and
+/// becomes the gradient w.r.t. its input; `g` are the block's five gradient buffers; for
+/// cross-attention `kv` is the encoder output and its gradient, added into.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_block_backward(
+    dev: &Dev,
+    dims: &Dims,
+    w: &[Buf],
+    g: &mut [Buf],
+    cache: &AttnCache,
+    dx: &mut Buf,
+    kv: Option<(&Buf, &mut Buf)>,
+    spec: &DevAttn,
+    dropout: Option<DropSite>,
+) -> Result<(), BackendError> {
+    let (d, da, hd, heads) = (dims.d, dims.da(), dims.hd, dims.heads);
+    let n = spec.queries.len;
+    let nk = spec.keys.len;
+    let [g_norm, g_q, g_k, g_v, g_o] = g else {
+        return Err(BackendError::BadModel(
+            "an attention block owns exactly 5 tensors".into(),
+        ));
+    };
+    let dropped = branch_grad(dev, dx, spec.queries, d, dropout)?;
+    let dy: &Buf = dropped.as_ref().unwrap_or(dx);
+    dev.linear_backward_weight(g_o, dy, &cache.o_in, n, da, d)?;
+    let mut d_o = dev.zeros(n * da)?;
+    dev.linear_backward_input(&mut d_o, dy, &w[4], n, da, d, false)?;
+    drop(dropped);
+    if let Some((o_raw, o_inv)) = &cache.o_raw {
+        d_o = head_norm_backward(dev, dims, &d_o, o_raw, o_inv, n)?;
+    }
+    let (mut dq, mut dk, dv) = attention_backward(
+        dev,
+        dims,
+        spec,
+        &cache.q_rot,
+        &cache.k_rot,
+        &cache.v_hat,
+        &d_o,
+    )?;
+    drop(d_o);
+    let rope = spec.rope;
+    dev.kernels.rope_apply(
+        &mut dq,
+        &spec.queries.positions,
+        &rope.cos,
+        &rope.sin,
+        heads,
+        hd,
+        true,
+    )?;
+    dev.kernels.rope_apply(
+        &mut dk,
+        &spec.keys.positions,
+        &rope.cos,
+        &rope.sin,
+        heads,
+        hd,
+        true,
+    )?;
+    let dq = head_norm_backward(dev, dims, &dq, &cache.q_raw, &cache.q_inv, n)?;
+    let dk = head_norm_backward(dev, dims, &dk, &cache.k_raw, &cache.k_inv, nk)?;
+    let dv = head_norm_backward(dev, dims, &dv, &cache.v_raw, &cache.v_inv, nk)?;
+    let mut d_normed = dev.zeros(n * d)?;
+    dev.linear_backward_weight(g_q, &dq, &cache.normed, n, d, da)?;
+    dev.linear_backward_input(&mut d_normed, &dq, &w[1], n, d, da, false)?;
+    match kv {
+        None => {
+            dev.linear_backward_weight(g_k, &dk, &cache.normed, n, d, da)?;
+            dev.linear_backward_weight(g_v, &dv, &cache.normed, n, d, da)?;
+            dev.linear_backward_input(&mut d_normed, &dk, &w[2], n, d, da, true)?;
+            dev.linear_backward_input(&mut d_normed, &dv, &w[3], n, d, da, true)?;
+        }
+        Some((src, d_src)) => {
+            dev.linear_backward_weight(g_k, &dk, src, nk, d, da)?;
+            dev.linear_backward_weight(g_v, &dv, src, nk, d, da)?;
+            dev.linear_backward_input(d_src, &dk, &w[2], nk, d, da, true)?;
+            dev.linear_backward_input(d_src, &dv, &w[3], nk, d, da, true)?;
+        }
+    }
+    dev.kernels
+        .rmsnorm_backward(&d_normed, &cache.x_in, &cache.inv, Some(&w[0]), dx, n, d)?;
+    dev.kernels
+        .rmsnorm_gain_backward(&d_normed, &cache.x_in, &cache.inv, g_norm, n)?;
+    Ok(())
+}
+
+/// Forward of a SwiGLU FFN block (`cpu::layers::ffn_block_forward`); `w` = norm, gate, up, down.
+pub(super) fn ffn_block_forward(
+    dev: &Dev,
+    dims: &Dims,
+    w: &[Buf],
+    x: &mut Buf,
+    stream: &DevStream,
+    dropout: Option<DropSite>,
+) -> Result<FfnCache, BackendError> {
+    let (d, f) = (dims.d, dims.f);
+    let n = stream.len;
+    let x_in = dev.copy(x)?;
+    let mut normed = dev.zeros(n * d)?;
+    let mut inv = dev.zeros(n)?;
+    dev.kernels
+        .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
+    let mut gate = dev.zeros(n * f)?;
+    let mut up = dev.zeros(n * f)?;
+    dev.linear_forward(&mut gate, &normed, &w[1], n, d, f, false)?;
+    dev.linear_forward(&mut up, &normed, &w[2], n, d, f, false)?;
+    let mut hidden = dev.zeros(n * f)?;
+    dev.kernels.swiglu_forward(&gate, &up, &mut hidden)?;
+    if dropout.is_some() {
+        let mut y = dev.zeros(n * d)?;
+        dev.linear_forward(&mut y, &hidden, &w[3], n, f, d, false)?;
+        add_branch(dev, x, y, stream, d, dropout)?;
+    } else {
+        dev.linear_forward(x, &hidden, &w[3], n, f, d, true)?;
+    }
+    Ok(FfnCache {
+        x_in,
+        inv,
+        normed,
+        gate,
+        up,
+        hidden,
+    })
+}
+
+/// Backward of `ffn_block_forward` (conventions of `attention_block_backward`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ffn_block_backward(
+    dev: &Dev,
+    dims: &Dims,
+    w: &[Buf],
+    g: &mut [Buf],
+    cache: &FfnCache,
+    dx: &mut Buf,
+    stream: &DevStream,
+    dropout: Option<DropSite>,
+) -> Result<(), BackendError> {
+    let (d, f) = (dims.d, dims.f);
+    let n = stream.len;
+    let [g_norm, g_gate, g_up, g_down] = g else {
+        return Err(BackendError::BadModel(
+            "an FFN block owns exactly 4 tensors".into(),
+        ));
+    };
+    let dropped = branch_grad(dev, dx, stream, d, dropout)?;
+    let dy: &Buf = dropped.as_ref().unwrap_or(dx);
+    dev.linear_backward_weight(g_down, dy, &cache.hidden, n, f, d)?;
+    let mut dh = dev.zeros(n * f)?;
+    dev.linear_backward_input(&mut dh, dy, &w[3], n, f, d, false)?;
+    drop(dropped);
+    let mut dgate = dev.zeros(n * f)?;
+    let mut dup = dev.zeros(n * f)?;
+    dev.kernels
+        .swiglu_backward(&dh, &cache.gate, &cache.up, &mut dgate, &mut dup)?;
+    drop(dh);
+    dev.linear_backward_weight(g_gate, &dgate, &cache.normed, n, d, f)?;
+    dev.linear_backward_weight(g_up, &dup, &cache.normed, n, d, f)?;
+    let mut d_normed = dev.zeros(n * d)?;
+    dev.linear_backward_input(&mut d_normed, &dgate, &w[1], n, d, f, false)?;
+    dev.linear_backward_input(&mut d_normed, &dup, &w[2], n, d, f, true)?;
+    dev.kernels
+        .rmsnorm_backward(&d_normed, &cache.x_in, &cache.inv, Some(&w[0]), dx, n, d)?;
+    dev.kernels
+        .rmsnorm_gain_backward(&d_normed, &cache.x_in, &cache.inv, g_norm, n)?;
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! Both architectures on the GPU, composed as `cpu::model` and `cpu::stack` compose them: the
+//! same streams, attention rows, scored tokens, block order, parameter indices and dropout sites
+//! (the host builds the streams with the CPU code and uploads them).
+
+use cudarc::driver::CudaSlice;
+
+use super::device::{Buf, Dev, DevRows, DevStream};
+use super::launch_tokens::TokenChains;
+use super::layers::{
+    attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
+};
+use super::products;
+use crate::backend::cpu::ops::Rope;
+use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
+use crate::backend::BackendError;
+use crate::batch::{Batch, LossStats, StepOptions};
+use crate::config::{Arch, ModelConfig};
+
+/// Logits held at once: `chunk x vocab` f32 values (64 Mi, 256 MiB).
+const LOGITS_BUDGET: usize = 1 << 26;
+
+#[derive(Debug, Clone, Copy)]
+enum Block {
+    SelfAttn(usize),
+    CrossAttn(usize),
+    Ffn(usize),
+}
+
+/// A stack's blocks, final norm index and dropout site prefix (`cpu::stack::StackPlan`).
+struct Plan {
+    blocks: Vec<Block>,
+    final_norm: usize,
+    id: u64,
+}
+
+impl Plan {
+    fn plain(first: usize, layers: usize, id: u64) -> Plan {
+        let blocks = (0..layers)
+            .flat_map(|i| {
+                [
+                    Block::SelfAttn(first + 9 * i),
+                    Block::Ffn(first + 9 * i + 5),
+                ]
+            })
+            .collect();
+        Plan {
+            blocks,
+            final_norm: first + 9 * layers,
+            id,
+        }
+    }
+
+    fn red_decoder(first: usize, layers: usize, id: u64) -> Plan {
+        let blocks = (0..layers)
+            .flat_map(|i| {
+                let base = first + 14 * i;
+                [
+                    Block::SelfAttn(base),
+                    Block::CrossAttn(base + 5),
+                    Block::Ffn(base + 10),
+                ]
+            })
+            .collect();
+        Plan {
+            blocks,
+            final_norm: first + 14 * layers,
+            id,
+        }
+    }
+}
+
+enum Cache {
+    Attn(Box<AttnCache>),
+    Ffn(Box<FfnCache>),
+}
+
+/// A stack's forward state.
+struct StackRun {
+    output: Buf,
+    caches: Vec<Cache>,
+    x_final: Buf,
+    inv_final: Buf,
+}
+
+/// What a stack's blocks share.
+struct StackEnv<'a> {
+    dims: Dims,
+    params: &'a [Buf],
+    stream: &'a DevStream,
+    self_spec: DevAttn<'a>,
+    cross: Option<(DevAttn<'a>, &'a Buf)>,
+    dropout: Option<(f32, u64)>,
+}
+
+impl StackEnv<'_> {
+    fn dropout(&self, plan: &Plan, block: usize) -> Option<DropSite> {
+        self.dropout.map(|(p, seed)| DropSite {
+            p,
+            seed,
+            site: (plan.id << 32) | block as u64,
+        })
+    }
+}
+
+fn missing_cross() -> BackendError {
+    BackendError::BadModel("a cross-attention block in a stack without an encoder".into())
+}
+
+fn stack_forward(
+    dev: &Dev,
+    env: &StackEnv,
+    plan: &Plan,
+    training: bool,
+) -> Result<StackRun, BackendError> {
+    let d = env.dims.d;
+    let n = env.stream.len;
+    let mut x = dev.zeros(n * d)?;
+    dev.kernels
+        .embedding_forward(&env.params[0], &env.stream.tokens, &mut x, d)?;
+    let mut caches = Vec::new();
+    for (b, block) in plan.blocks.iter().enumerate() {
+        let dropout = env.dropout(plan, b);
+        let cache = match *block {
+            Block::SelfAttn(i) => Cache::Attn(Box::new(attention_block_forward(
+                dev,
+                &env.dims,
+                &env.params[i..i + 5],
+                &mut x,
+                None,
+                &env.self_spec,
+                dropout,
+            )?)),
+            Block::CrossAttn(i) => {
+                let (spec, kv) = env.cross.as_ref().ok_or_else(missing_cross)?;
+                Cache::Attn(Box::new(attention_block_forward(
+                    dev,
+                    &env.dims,
+                    &env.params[i..i + 5],
+                    &mut x,
+                    Some(kv),
+                    spec,
+                    dropout,
+                )?))
+            }
+            Block::Ffn(i) => Cache::Ffn(Box::new(ffn_block_forward(
+                dev,
+                &env.dims,
+                &env.params[i..i + 4],
+                &mut x,
+                env.stream,
+                dropout,
+            )?)),
+        };
+        if training {
+            caches.push(cache);
+        }
+    }
+    let mut output = dev.zeros(n * d)?;
+    let mut inv_final = dev.zeros(n)?;
+    dev.kernels.rmsnorm_forward(
+        &x,
+        Some(&env.params[plan.final_norm]),
+        &mut output,
+        &mut inv_final,
+        n,
+        d,
+        env.dims.eps,
+    )?;
+    Ok(StackRun {
+        output,
+        caches,
+        x_final: x,
+        inv_final,
+    })
+}
+
+/// Backward through a stack given the gradient w.r.t. its output (`cpu::stack::stack_backward`).
+fn stack_backward(
+    dev: &Dev,
+    env: &StackEnv,
+    plan: &Plan,
+    run: &StackRun,
+    d_out: &Buf,
+    grads: &mut [Buf],
+    mut d_kv: Option<&mut Buf>,
+) -> Result<(), BackendError> {
+    let d = env.dims.d;
+    let n = env.stream.len;
+    let mut dx = dev.zeros(n * d)?;
+    let fnorm = plan.final_norm;
+    dev.kernels.rmsnorm_backward(
+        d_out,
+        &run.x_final,
+        &run.inv_final,
+        Some(&env.params[fnorm]),
+        &mut dx,
+        n,
+        d,
+    )?;
+    dev.kernels
+        .rmsnorm_gain_backward(d_out, &run.x_final, &run.inv_final, &mut grads[fnorm], n)?;
+    for (b, (block, cache)) in plan.blocks.iter().zip(&run.caches).enumerate().rev() {
+        let dropout = env.dropout(plan, b);
+        match (*block, cache) {
+            (Block::SelfAttn(i), Cache::Attn(cache)) => attention_block_backward(
+                dev,
+                &env.dims,
+                &env.params[i..i + 5],
+                &mut grads[i..i + 5],
+                cache,
+                &mut dx,
+                None,
+                &env.self_spec,
+                dropout,
+            )?,
+            (Block::CrossAttn(i), Cache::Attn(cache)) => {
+                let (spec, kv) = env.cross.as_ref().ok_or_else(missing_cross)?;
+                let d_kv = d_kv.as_deref_mut().ok_or_else(missing_cross)?;
+                attention_block_backward(
+                    dev,
+                    &env.dims,
+                    &env.params[i..i + 5],
+                    &mut grads[i..i + 5],
+                    cache,
+                    &mut dx,
+                    Some((kv, d_kv)),
+                    spec,
+                    dropout,
+                )?
+            }
+            (Block::Ffn(i), Cache::Ffn(cache)) => ffn_block_backward(
+                dev,
+                &env.dims,
+                &env.params[i..i + 4],
+                &mut grads[i..i + 4],
+                cache,
+                &mut dx,
+                env.stream,
+                dropout,
+            )?,
+            _ => {
+                return Err(BackendError::BadModel(
+                    "internal: a block and its cache differ in kind".into(),
+                ))
+            }
+        }
+    }
+    // The embedding lookup's backward, in token order per vocabulary row.
+    dev.kernels.embedding_backward(
+        &dx,
+        &env.stream.tokens,
+        &env.stream.chain_first,
+        &env.stream.chain_next,
+        &mut grads[0],
+        d,
+    )?;
+    Ok(())
+}
+
+/// Logits, cross-entropy and z-loss of the scored tokens (`cpu::loss::logits_loss`), in chunks
+/// so that `chunk x vocab` logits are the most ever held. With `d_embed`, adds the embedding's
+/// output-side gradient and returns the gradient w.r.t. `hidden`.
+#[allow(clippy::too_many_arguments)]
+fn score(
+    dev: &Dev,
+    config: &ModelConfig,
+    embed: &Buf,
+    mut d_embed: Option<&mut Buf>,
+    hidden: &Buf,
+    hidden_tokens: usize,
+    scored: &[Scored],
+    rows: usize,
+    z_loss: f32,
+) -> Result<(LossStats, Option<Buf>), BackendError> {
+    let (d, vocab) = (config.d_model, config.vocab_size);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut stats = LossStats {
+        row_loss: vec![0.0; rows],
+        row_tokens: vec![0; rows],
+        ..LossStats::default()
+    };
+    let mut d_hidden = match d_embed {
+        Some(_) => Some(dev.zeros(hidden_tokens * d)?),
+        None => None,
+    };
+    let chunk_len = (LOGITS_BUDGET / vocab).clamp(1, 8192);
+    let mut losses = Vec::new();
+    for chunk in scored.chunks(chunk_len) {
+        let c = chunk.len();
+        let index: Vec<u32> = chunk.iter().map(|s| s.index as u32).collect();
+        let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
+        let index_d = dev.upload(&index)?;
+        let targets_d = dev.upload(&targets)?;
+        // Scratch: the gather writes all of `h`, the product (beta 0) all of the logits.
+        let mut h = dev.scratch(c * d)?;
+        dev.kernels.embedding_forward(hidden, &index_d, &mut h, d)?;
+        // logits (c x vocab) = h · Eᵀ · d^-0.5
+        let mut logits = dev.scratch(c * vocab)?;
+        dev.product(products::logits(c, vocab, d, scale), &h, embed, &mut logits)?;
+        let mut log_z = dev.zeros(c)?;
+        let mut ce = dev.zeros(c)?;
+        let mut z = dev.zeros(c)?;
+        dev.kernels.cross_entropy_forward(
+            &logits, &targets_d, &mut log_z, &mut ce, &mut z, vocab, z_loss,
+        )?;
+        // Read back after the loop: a download here would stall the stream every chunk.
+        losses.push((ce, z));
+        let (Some(de), Some(dh_all)) = (d_embed.as_deref_mut(), d_hidden.as_mut()) else {
+            continue;
+        };
+        // The logits become d(ce + z)/d(h · Eᵀ) in place.
+        dev.kernels.cross_entropy_backward(
+            &mut logits,
+            &targets_d,
+            &log_z,
+            vocab,
+            z_loss,
+            scale,
+        )?;
+        // dh (c x d) = G · E
+        let mut dh = dev.zeros(c * d)?;
+        dev.product(
+            products::logits_d_hidden(c, vocab, d),
+            &logits,
+            embed,
+            &mut dh,
+        )?;
+        // dE (vocab x d) += Gᵀ · h
+        dev.product(products::logits_d_embed(c, vocab, d), &logits, &h, de)?;
+        // Scatter into the scored rows of d_hidden (each at most once per chunk).
+        let chains = TokenChains::new(&index);
+        let first: CudaSlice<i32> = dev.upload(&chains.first)?;
+        let next: CudaSlice<i32> = dev.upload(&chains.next)?;
+        dev.kernels
+            .embedding_backward(&dh, &index_d, &first, &next, dh_all, d)?;
+    }
+    for (chunk, (ce, z)) in scored.chunks(chunk_len).zip(&losses) {
+        let ce_h = dev.download(ce)?;
+        let z_h = dev.download(z)?;
+        for ((s, &ce), &z) in chunk.iter().zip(&ce_h).zip(&z_h) {
+            stats.loss_sum += ce as f64;
+            stats.z_loss_sum += z as f64;
+            stats.tokens += 1;
+            stats.row_loss[s.row] += ce as f64;
+            stats.row_tokens[s.row] += 1;
+        }
+    }
+    Ok((stats, d_hidden))
+}
+
+/// Forward (and, with `grads`, backward: gradients are *added* into `grads`) of a whole model
+/// over a batch already validated by the caller. `params` and `grads` are in checkpoint order.
+pub(super) fn run_model(
+    dev: &Dev,
+    config: &ModelConfig,
+    params: &[Buf],
+    batch: &Batch,
+    options: &StepOptions,
+    grads: Option<&mut [Buf]>,
+) -> Result<LossStats, BackendError> {
+    let training = grads.is_some();
+    let dims = Dims {
+        d: config.d_model,
+        f: config.d_ffn,
+        heads: config.n_heads,
+        hd: config.head_dim,
+        eps: config.norm_eps,
+    };
+    let dropout =
+        (training && options.dropout > 0.0).then_some((options.dropout, options.dropout_seed));
+    let reset = options.reset_at_doc_boundaries;
+    let empty = LossStats {
+        row_loss: vec![0.0; batch.rows],
+        row_tokens: vec![0; batch.rows],
+        ..LossStats::default()
+    };
+    let rope_host = Rope::new(config.head_dim, config.rope_base, batch.seq + 1);
+    let (cos, sin) = rope_host.tables();
+    let upload_rope = || -> Result<DevRope, BackendError> {
+        Ok(DevRope {
+            cos: dev.upload(cos)?,
+            sin: dev.upload(sin)?,
+        })
+    };
+    match config.arch {
+        Arch::Dec => {
+            let stream = Stream::dec_input(batch);
+            let first_target = |r: usize| match options.loss_on_prefix {
+                true => 1,
+                false => batch.prefix_len[r],
+            };
+            let scored = scored_tokens(batch, &stream, first_target);
+            if scored.is_empty() {
+                // Nothing is scored: the loss is empty and every gradient is zero.
+                return Ok(empty);
+            }
+            let bidirectional = |r: usize| match options.bidirectional_prefix {
+                true => batch.prefix_len[r],
+                false => 0,
+            };
+            let rows = DevRows::upload(dev, &stream.self_rows(true, &bidirectional))?;
+            let ds = DevStream::upload(dev, &stream)?;
+            let rope = upload_rope()?;
+            let env = StackEnv {
+                dims,
+                params,
+                stream: &ds,
+                self_spec: DevAttn {
+                    queries: &ds,
+                    keys: &ds,
+                    rows: &rows,
+                    docs: reset,
+                    rope: &rope,
+                    out_norm: false,
+                },
+                cross: None,
+                dropout,
+            };
+            let plan = Plan::plain(1, config.layers, 0);
+            let run = stack_forward(dev, &env, &plan, training)?;
+            match grads {
+                None => {
+                    let (stats, _) = score(
+                        dev,
+                        config,
+                        &params[0],
+                        None,
+                        &run.output,
+                        ds.len,
+                        &scored,
+                        batch.rows,
+                        options.z_loss,
+                    )?;
+                    Ok(stats)
+                }
+                Some(grads) => {
+                    let (stats, d_out) = score(
+                        dev,
+                        config,
+                        &params[0],
+                        Some(&mut grads[0]),
+                        &run.output,
+                        ds.len,
+                        &scored,
+                        batch.rows,
+                        options.z_loss,
+                    )?;
+                    let d_out = d_out.ok_or_else(|| {
+                        BackendError::Device("internal: no hidden-state gradient".into())
+                    })?;
+                    stack_backward(dev, &env, &plan, &run, &d_out, grads, None)?;
+                    Ok(stats)
+                }
+            }
+        }
+        Arch::Red => {
+            let enc_stream = Stream::encoder_input(batch);
+            let dec_stream = Stream::red_decoder_input(batch);
+            let scored = scored_tokens(batch, &dec_stream, |r| batch.prefix_len[r]);
+            if scored.is_empty() {
+                return Ok(empty);
+            }
+            let enc_rows = DevRows::upload(dev, &enc_stream.self_rows(false, &|_| 0))?;
+            let dec_rows = DevRows::upload(dev, &dec_stream.self_rows(true, &|_| 0))?;
+            let cross_rows = DevRows::upload(dev, &dec_stream.cross_rows(&enc_stream))?;
+            let enc = DevStream::upload(dev, &enc_stream)?;
+            let dec = DevStream::upload(dev, &dec_stream)?;
+            let rope = upload_rope()?;
+            let enc_env = StackEnv {
+                dims,
+                params,
+                stream: &enc,
+                self_spec: DevAttn {
+                    queries: &enc,
+                    keys: &enc,
+                    rows: &enc_rows,
+                    docs: reset,
+                    rope: &rope,
+                    out_norm: true,
+                },
+                cross: None,
+                dropout,
+            };
+            let enc_plan = Plan::plain(1, config.encoder_layers, 1);
+            let enc_run = stack_forward(dev, &enc_env, &enc_plan, training)?;
+            let dec_env = StackEnv {
+                dims,
+                params,
+                stream: &dec,
+                self_spec: DevAttn {
+                    queries: &dec,
+                    keys: &dec,
+                    rows: &dec_rows,
+                    docs: reset,
+                    rope: &rope,
+                    out_norm: true,
+                },
+                cross: Some((
+                    DevAttn {
+                        queries: &dec,
+                        keys: &enc,
+                        rows: &cross_rows,
+                        docs: reset,
+                        rope: &rope,
+                        out_norm: true,
+                    },
+                    &enc_run.output,
+                )),
+                dropout,
+            };
+            let dec_plan = Plan::red_decoder(enc_plan.final_norm + 1, config.decoder_layers, 2);
+            let dec_run = stack_forward(dev, &dec_env, &dec_plan, training)?;
+            match grads {
+                None => {
+                    let (stats, _) = score(
+                        dev,
+                        config,
+                        &params[0],
+                        None,
+                        &dec_run.output,
+                        dec.len,
+                        &scored,
+                        batch.rows,
+                        options.z_loss,
+                    )?;
+                    Ok(stats)
+                }
+                Some(grads) => {
+                    let (stats, d_out) = score(
+                        dev,
+                        config,
+                        &params[0],
+                        Some(&mut grads[0]),
+                        &dec_run.output,
+                        dec.len,
+                        &scored,
+                        batch.rows,
+                        options.z_loss,
+                    )?;
+                    let d_out = d_out.ok_or_else(|| {
+                        BackendError::Device("internal: no hidden-state gradient".into())
+                    })?;
+                    let mut d_enc = dev.zeros(enc.len * dims.d)?;
+                    stack_backward(
+                        dev,
+                        &dec_env,
+                        &dec_plan,
+                        &dec_run,
+                        &d_out,
+                        grads,
+                        Some(&mut d_enc),
+                    )?;
+                    stack_backward(dev, &enc_env, &enc_plan, &enc_run, &d_enc, grads, None)?;
+                    Ok(stats)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Opening the backend `--device` (and `--precision`) ask for: a `Box<dyn Backend>` for the
+//! training loop and evaluation, plus a line for the log that says what was chosen and why.
+
+use super::cpu::CpuBackend;
+use super::cuda::probe::{self, CudaAvailability, DeviceChoice, ProbeError};
+use super::cuda::{CudaBackend, Precision};
+use super::{Backend, BackendError};
+
+/// Why no backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("--precision bf16 needs a CUDA device; the CPU backend computes in f32 only")]
+    CpuPrecision,
+    #[error("cannot start the {device} backend: {source}")]
+    Start {
+        device: &'static str,
+        #[source]
+        source: BackendError,
+    },
+}
+
+/// Whether `--device auto` may pick the CUDA backend. False until the CUDA parity tests
+/// (`trainer/tests/cuda_model.rs`) have passed on a GPU, which no session has run yet: until
+/// then CUDA is used only when asked for by name (`--device cuda`).
+pub const AUTO_PICKS_CUDA: bool = false;
+
+/// An opened backend and what to log about the choice.
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub note: String,
+}
+
+/// Opens the backend for `choice`. `precision` applies to CUDA (`None` = bf16 there); asking
+/// for bf16 on the CPU is an error, and `auto` without a CUDA device falls back to the CPU with
+/// a note that says why.
+pub fn open_backend(
+    choice: DeviceChoice,
+    threads: Option<usize>,
+    precision: Option<Precision>,
+) -> Result<Opened, OpenError> {
+    let found = match choice {
+        DeviceChoice::Cpu => CudaAvailability::NoDriver,
+        DeviceChoice::Cuda | DeviceChoice::Auto => probe::detect(),
+    };
+    let mut resolved = probe::resolve(choice, &found)?;
+    let held_back = choice == DeviceChoice::Auto
+        && !AUTO_PICKS_CUDA
+        && matches!(resolved, probe::ResolvedDevice::Cuda(_));
+    if held_back {
+        resolved = probe::ResolvedDevice::Cpu;
+    }
+    match resolved {
+        probe::ResolvedDevice::Cuda(info) => {
+            let precision = precision.unwrap_or_default();
+            let dir = super::cuda::nvrtc::KernelCache::default_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
+            let cache = super::cuda::nvrtc::KernelCache::new(dir);
+            let backend =
+                CudaBackend::new(&info, precision, &cache).map_err(|source| OpenError::Start {
+                    device: "CUDA",
+                    source,
+                })?;
+            let note = format!("device: {}", backend.name());
+            Ok(Opened {
+                backend: Box::new(backend),
+                note,
+            })
+        }
+        probe::ResolvedDevice::Cpu => {
+            if precision == Some(Precision::Bf16) {
+                return Err(OpenError::CpuPrecision);
+            }
+            let backend = CpuBackend::new(threads).map_err(|source| OpenError::Start {
+                device: "CPU",
+                source,
+            })?;
+            let note = match (choice, &found) {
+                _ if held_back => format!(
+                    "device: {} (--device auto: a GPU is present, but the CUDA backend has not \
+                     been verified on one yet; --device cuda uses it)",
+                    backend.name()
+                ),
+                (DeviceChoice::Auto, CudaAvailability::NoDriver) => format!(
+                    "device: {} (--device auto: no CUDA driver found)",
+                    backend.name()
+                ),
+                (DeviceChoice::Auto, CudaAvailability::NoDevice { reason }) => format!(
+                    "device: {} (--device auto: no usable CUDA device: {reason})",
+                    backend.name()
+                ),
+                _ => format!("device: {}", backend.name()),
+            };
+            Ok(Opened {
+                backend: Box::new(backend),
+                note,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_opens_and_refuses_bf16() {
+        let opened = open_backend(DeviceChoice::Cpu, Some(1), None).unwrap();
+        assert!(opened.note.starts_with("device: cpu"), "{}", opened.note);
+        assert!(open_backend(DeviceChoice::Cpu, Some(1), Some(Precision::F32)).is_ok());
+        let err = open_backend(DeviceChoice::Cpu, Some(1), Some(Precision::Bf16))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("f32 only"), "{err}");
+    }
+
+    #[test]
+    fn auto_without_a_device_says_why_it_took_the_cpu() {
+        if let CudaAvailability::Device(_) = probe::detect() {
+            return; // a GPU machine: auto takes CUDA, covered by the CUDA tests
+        }
+        let opened = open_backend(DeviceChoice::Auto, Some(1), None).unwrap();
+        assert!(opened.note.contains("--device auto"), "{}", opened.note);
+    }
+
+    #[test]
+    fn cuda_without_a_device_names_the_way_out() {
+        if let CudaAvailability::Device(_) = probe::detect() {
+            return;
+        }
+        let err = open_backend(DeviceChoice::Cuda, Some(1), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().ends_with("use `--device cpu`"), "{err}");
+    }
+}

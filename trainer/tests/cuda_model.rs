@@ -1,0 +1,433 @@
+//! The CUDA backend against the CPU reference, whole model at a time: one training step of a
+//! `tiny` model of each architecture (the loss and every parameter's gradient, f32), the masks
+//! (DecLLM + BiAttn, document resets, cross-attention), dropout (the same masks on both
+//! devices), forward-only evaluation, 20 optimizer steps whose losses must track the CPU's, and
+//! one bf16 step within mixed-precision tolerances. Without a GPU every test prints
+//! `SKIPPED: no CUDA device` and returns.
+
+mod cuda_support;
+
+use cuda_support::{assert_close, require_nvrtc, say};
+use redpack_trainer::backend::cpu::CpuBackend;
+use redpack_trainer::backend::cuda::nvrtc::KernelCache;
+use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::{CudaBackend, Precision};
+use redpack_trainer::backend::Backend;
+use redpack_trainer::batch::{Batch, LossStats, StepOptions};
+use redpack_trainer::config::{Arch, ModelConfig};
+use redpack_trainer::optim::{self, Adafactor, AdafactorConfig};
+use redpack_trainer::params::ParamStore;
+use redpack_trainer::rng::SplitMix64;
+
+const VOCAB: usize = 211;
+
+/// The CUDA backend in `precision`, or `None` after printing a visible SKIPPED line.
+fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
+    let info = match probe::detect() {
+        CudaAvailability::Device(info) => info,
+        other => {
+            say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));
+            return None;
+        }
+    };
+    require_nvrtc();
+    let cache = KernelCache::new(
+        std::env::temp_dir().join(format!("redpack-kernels-test-{}", std::process::id())),
+    );
+    match CudaBackend::new(&info, precision, &cache) {
+        Ok(b) => Some(b),
+        Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),
+    }
+}
+
+fn tiny(arch: Arch) -> ModelConfig {
+    ModelConfig::preset(arch, "tiny", VOCAB).unwrap()
+}
+
+/// Rows of different lengths (one of a single token, one empty for DecLLM) with random
+/// prefixes and document starts, padded with id 0.
+fn batch(arch: Arch, seed: u64) -> Batch {
+    let seq = 48;
+    let lengths: Vec<usize> = match arch {
+        Arch::Dec => vec![seq, 37, 1, 0, 20],
+        Arch::Red => vec![seq, 37, 2, 20],
+    };
+    let rows = lengths.len();
+    let mut rng = SplitMix64::new(seed);
+    let mut tokens = vec![0u32; rows * seq];
+    let mut prefix_len = Vec::new();
+    let mut doc_starts = Vec::new();
+    for (r, &n) in lengths.iter().enumerate() {
+        for t in &mut tokens[r * seq..r * seq + n] {
+            *t = rng.below(VOCAB as u64) as u32;
+        }
+        let k = match n {
+            0 => 0,
+            1 => 1,
+            _ => 1 + rng.below(n as u64 - 1) as usize,
+        };
+        prefix_len.push(k);
+        let mut starts: Vec<u32> = (0..3)
+            .map(|_| rng.below(n.max(1) as u64) as u32)
+            .filter(|&s| s > 0)
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        doc_starts.push(starts);
+    }
+    Batch {
+        rows,
+        seq,
+        tokens,
+        prefix_len,
+        length: lengths,
+        doc_starts,
+        source: vec![String::new(); rows],
+    }
+}
+
+fn check_stats(name: &str, gpu: &LossStats, cpu: &LossStats, tol: f64) {
+    assert_eq!(gpu.tokens, cpu.tokens, "{name}: scored tokens");
+    assert_eq!(
+        gpu.row_tokens, cpu.row_tokens,
+        "{name}: scored tokens per row"
+    );
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-30);
+    let (loss, z) = (
+        rel(gpu.loss_sum, cpu.loss_sum),
+        rel(gpu.z_loss_sum, cpu.z_loss_sum),
+    );
+    say(&format!(
+        "{name}: loss {} vs cpu {} (rel {loss:.2e}), z {} vs {} (rel {z:.2e})",
+        gpu.loss_sum, cpu.loss_sum, gpu.z_loss_sum, cpu.z_loss_sum
+    ));
+    assert!(loss <= tol, "{name}: loss differs by {loss:.2e}");
+    assert!(cpu.z_loss_sum == 0.0 || z <= tol, "{name}: z-loss differs");
+    let rows: Vec<f32> = gpu.row_loss.iter().map(|&v| v as f32).collect();
+    let cpu_rows: Vec<f32> = cpu.row_loss.iter().map(|&v| v as f32).collect();
+    assert_close(&format!("{name}: row losses"), &rows, &cpu_rows, tol);
+}
+
+/// One step on both backends from the same parameters; compares the loss (within `tol`) and
+/// every gradient (within `grad_tol` of the tensor's largest value).
+fn step_parity(
+    test: &str,
+    arch: Arch,
+    options: StepOptions,
+    precision: Precision,
+    tol: f64,
+    grad_tol: f64,
+) {
+    let Some(mut gpu) = cuda(test, precision) else {
+        return;
+    };
+    let config = tiny(arch);
+    let params = ParamStore::init(&config, 7);
+    let batch = batch(arch, 11);
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    let mut cpu_grads = params.zeros_like();
+    let cpu_stats = cpu
+        .forward_backward(&config, &params, &batch, &options, &mut cpu_grads)
+        .unwrap();
+    // The GPU adds into the buffers it is given: start from something non-zero to check that.
+    let mut gpu_grads = params.zeros_like();
+    for t in &mut gpu_grads.tensors {
+        t.data.fill(0.5);
+    }
+    let gpu_stats = gpu
+        .forward_backward(&config, &params, &batch, &options, &mut gpu_grads)
+        .unwrap_or_else(|e| panic!("{test}: {e}"));
+    say(&format!("{test} on {}", gpu.name()));
+    check_stats(test, &gpu_stats, &cpu_stats, tol);
+    // Every tensor is reported before failing, so one run shows where a mismatch starts.
+    let mut failed = Vec::new();
+    for ((name, g), c) in gpu_grads.iter().zip(&cpu_grads.tensors) {
+        let g: Vec<f32> = g.data.iter().map(|v| v - 0.5).collect();
+        let worst = worst_mismatch(&format!("{test}: d {name}"), &g, &c.data);
+        if worst.is_nan() || worst > grad_tol {
+            failed.push(format!("{name} ({worst:.2e})"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{test}: gradients beyond {grad_tol:.0e}: {}",
+        failed.join(", ")
+    );
+}
+
+/// `max |gpu − cpu| / max |cpu|`, printed with where it occurs (NaN on a NaN mismatch).
+fn worst_mismatch(name: &str, gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len(), "{name}: lengths differ");
+    let scale = cpu
+        .iter()
+        .fold(0f64, |m, &v| m.max(v.abs() as f64))
+        .max(1e-30);
+    let (mut worst, mut at) = (0f64, 0);
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let err = (g as f64 - c as f64).abs() / scale;
+        if err.is_nan() || err > worst {
+            (worst, at) = (err, i);
+            if err.is_nan() {
+                break;
+            }
+        }
+    }
+    say(&format!(
+        "{name}: worst relative mismatch {worst:.2e} at {at} (gpu {}, cpu {}, max |cpu| {scale:.3e})",
+        gpu.get(at).copied().unwrap_or(0.0),
+        cpu.get(at).copied().unwrap_or(0.0)
+    ));
+    worst
+}
+
+fn pretrain_options(arch: Arch) -> StepOptions {
+    StepOptions {
+        z_loss: 1e-3,
+        loss_on_prefix: arch == Arch::Dec,
+        ..StepOptions::default()
+    }
+}
+
+#[test]
+fn decllm_tiny_step_matches_cpu() {
+    step_parity(
+        "decllm_tiny_step_matches_cpu",
+        Arch::Dec,
+        pretrain_options(Arch::Dec),
+        Precision::F32,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn redllm_tiny_step_matches_cpu() {
+    step_parity(
+        "redllm_tiny_step_matches_cpu",
+        Arch::Red,
+        pretrain_options(Arch::Red),
+        Precision::F32,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn decllm_biattn_with_document_resets_matches_cpu() {
+    let options = StepOptions {
+        z_loss: 1e-4,
+        bidirectional_prefix: true,
+        reset_at_doc_boundaries: true,
+        ..StepOptions::default()
+    };
+    step_parity(
+        "decllm_biattn_with_document_resets_matches_cpu",
+        Arch::Dec,
+        options,
+        Precision::F32,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn redllm_with_document_resets_matches_cpu() {
+    let options = StepOptions {
+        reset_at_doc_boundaries: true,
+        ..pretrain_options(Arch::Red)
+    };
+    step_parity(
+        "redllm_with_document_resets_matches_cpu",
+        Arch::Red,
+        options,
+        Precision::F32,
+        1e-5,
+        1e-4,
+    );
+}
+
+#[test]
+fn dropout_masks_match_cpu() {
+    for arch in [Arch::Dec, Arch::Red] {
+        let options = StepOptions {
+            dropout: 0.1,
+            dropout_seed: 1234,
+            ..pretrain_options(arch)
+        };
+        step_parity(
+            &format!("dropout_masks_match_cpu ({})", arch.name()),
+            arch,
+            options,
+            Precision::F32,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn micro_batches_accumulate_like_the_cpu() {
+    let test = "micro_batches_accumulate_like_the_cpu";
+    let Some(mut gpu) = cuda(test, Precision::F32) else {
+        return;
+    };
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    for arch in [Arch::Dec, Arch::Red] {
+        let config = tiny(arch);
+        let params = ParamStore::init(&config, 9);
+        let (a, b) = (batch(arch, 21), batch(arch, 22));
+        let options = pretrain_options(arch);
+        let micro = [(&a, options), (&b, options)];
+        let mut cpu_grads = params.zeros_like();
+        let cpu_stats = cpu
+            .forward_backward_many(&config, &params, &micro, &mut cpu_grads)
+            .unwrap();
+        let mut gpu_grads = params.zeros_like();
+        let gpu_stats = gpu
+            .forward_backward_many(&config, &params, &micro, &mut gpu_grads)
+            .unwrap();
+        for (i, (g, c)) in gpu_stats.iter().zip(&cpu_stats).enumerate() {
+            check_stats(&format!("{test} ({}, micro {i})", arch.name()), g, c, 1e-5);
+        }
+        for ((name, g), c) in gpu_grads.iter().zip(&cpu_grads.tensors) {
+            assert_close(&format!("{test}: d {name}"), &g.data, &c.data, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn forward_loss_matches_cpu() {
+    let Some(mut gpu) = cuda("forward_loss_matches_cpu", Precision::F32) else {
+        return;
+    };
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    for arch in [Arch::Dec, Arch::Red] {
+        let config = tiny(arch);
+        let params = ParamStore::init(&config, 3);
+        let batch = batch(arch, 5);
+        let options = pretrain_options(arch);
+        let c = cpu
+            .forward_loss(&config, &params, &batch, &options)
+            .unwrap();
+        let g = gpu
+            .forward_loss(&config, &params, &batch, &options)
+            .unwrap();
+        check_stats(&format!("forward_loss ({})", arch.name()), &g, &c, 1e-5);
+    }
+}
+
+#[test]
+fn a_batch_with_nothing_scored_gives_zero_loss_and_gradients() {
+    let Some(mut gpu) = cuda("a_batch_with_nothing_scored", Precision::F32) else {
+        return;
+    };
+    let config = tiny(Arch::Dec);
+    let params = ParamStore::init(&config, 3);
+    let mut b = batch(Arch::Dec, 5);
+    // Finetuning with the whole row as prefix: no target.
+    b.prefix_len = b.length.clone();
+    let mut grads = params.zeros_like();
+    let stats = gpu
+        .forward_backward(&config, &params, &b, &StepOptions::default(), &mut grads)
+        .unwrap();
+    assert_eq!(stats.tokens, 0);
+    assert!(grads
+        .tensors
+        .iter()
+        .all(|t| t.data.iter().all(|&v| v == 0.0)));
+}
+
+#[test]
+fn a_bad_batch_is_an_error_not_a_crash() {
+    let Some(mut gpu) = cuda("a_bad_batch_is_an_error_not_a_crash", Precision::F32) else {
+        return;
+    };
+    let config = tiny(Arch::Red);
+    let params = ParamStore::init(&config, 3);
+    let mut b = batch(Arch::Red, 5);
+    b.tokens[0] = VOCAB as u32 + 5;
+    let mut grads = params.zeros_like();
+    let err = gpu
+        .forward_backward(
+            &config,
+            &params,
+            &b,
+            &pretrain_options(Arch::Red),
+            &mut grads,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+}
+
+/// 20 Adafactor steps on each device from the same start, the optimizer on the host for both:
+/// the per-step losses must agree closely (f32 differences compound slowly over the steps).
+fn twenty_steps(test: &str, arch: Arch) {
+    let Some(mut gpu) = cuda(test, Precision::F32) else {
+        return;
+    };
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    let config = tiny(arch);
+    let options = pretrain_options(arch);
+    let start = ParamStore::init(&config, 1);
+    let optim_config = AdafactorConfig::default();
+    let mut losses = [Vec::new(), Vec::new()];
+    for (which, backend) in [&mut cpu as &mut dyn Backend, &mut gpu]
+        .into_iter()
+        .enumerate()
+    {
+        let mut params = start.clone();
+        let mut optimizer = Adafactor::new(optim_config.clone(), &params).unwrap();
+        let mut grads = params.zeros_like();
+        for step in 0..20u64 {
+            let b = batch(arch, 100 + step % 4);
+            grads.fill_zero();
+            let stats = backend
+                .forward_backward(&config, &params, &b, &options, &mut grads)
+                .unwrap();
+            optim::scale_grads(&mut grads, 1.0 / stats.tokens as f32);
+            optimizer.update(&mut params, &grads, 1e-2).unwrap();
+            losses[which].push(stats.loss_sum / stats.tokens as f64);
+        }
+    }
+    let mut worst = 0.0f64;
+    for (step, (c, g)) in losses[0].iter().zip(&losses[1]).enumerate() {
+        let rel = (g - c).abs() / c.abs();
+        say(&format!(
+            "{test}: step {step}: cpu {c:.6} gpu {g:.6} (rel {rel:.2e})"
+        ));
+        worst = worst.max(rel);
+    }
+    say(&format!(
+        "{test}: cpu loss {:.4} -> {:.4}",
+        losses[0][0],
+        losses[0][losses[0].len() - 1]
+    ));
+    assert!(worst <= 1e-3, "{test}: losses drift apart by {worst:.2e}");
+}
+
+#[test]
+fn decllm_twenty_steps_track_cpu() {
+    twenty_steps("decllm_twenty_steps_track_cpu", Arch::Dec);
+}
+
+#[test]
+fn redllm_twenty_steps_track_cpu() {
+    twenty_steps("redllm_twenty_steps_track_cpu", Arch::Red);
+}
+
+#[test]
+fn bf16_step_is_close_to_cpu() {
+    // bf16 operands carry 8 bits of mantissa: about 0.4% per rounding, and a gradient passes
+    // through several products (and sums with cancellation, as in the norm gains). Loose bounds
+    // that still catch a wrong product, which is off by the size of the values themselves.
+    for arch in [Arch::Dec, Arch::Red] {
+        step_parity(
+            &format!("bf16_step_is_close_to_cpu ({})", arch.name()),
+            arch,
+            pretrain_options(arch),
+            Precision::Bf16,
+            2e-2,
+            0.25,
+        );
+    }
+}
