@@ -246,6 +246,15 @@ fn a_stage_waits_for_the_previous_one() {
     assert_eq!(report["workers"], 2);
     check(stage("dedup", &[]), "dedup after a complete scan");
 
+    // Planning a different build over this one is refused, naming what differs.
+    let replan = stage("plan", &["--no-dedup"]);
+    assert!(!replan.status.success());
+    let text = String::from_utf8_lossy(&replan.stderr);
+    assert!(
+        text.contains("already holds the plan of a different build"),
+        "{text}"
+    );
+
     // Different settings than the plan's are refused.
     let other = stage("tokenize", &["--no-dedup"]);
     assert!(!other.status.success());

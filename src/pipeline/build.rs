@@ -637,7 +637,18 @@ pub fn run_stage(
         if !work.plan().exists() {
             start_fresh(settings, &work)?;
         }
-        let (plan, _) = plan_stage(settings, &work, &pool)?;
+        let (plan, _) = plan_stage(settings, &work, &pool).map_err(|err| match err {
+            BuildError::ResumeMismatch { dir, why } => BuildError::StageMismatch {
+                stage: "plan",
+                why: format!(
+                    "{} already holds the plan of a different build ({why}); remove {} to start \
+                     over, or use another --out",
+                    dir.display(),
+                    WorkDir::new(&dir).root().display()
+                ),
+            },
+            other => other,
+        })?;
         let mut report = idle(Some(&plan));
         report.units = 1;
         report.ran = 1;
