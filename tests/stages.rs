@@ -245,6 +245,25 @@ fn a_stage_waits_for_the_previous_one() {
     assert_eq!(report["worker"], 1);
     assert_eq!(report["workers"], 2);
     check(stage("dedup", &[]), "dedup after a complete scan");
+    let status = check(
+        redpack(&["build-corpus", "--out", out_str, "--status", "--json"])
+            .output()
+            .unwrap(),
+        "status",
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let line = |name: &str| {
+        let stages = status["stages"].as_array().unwrap();
+        let line = stages.iter().find(|s| s["stage"] == name).unwrap();
+        (
+            line["done"].as_u64().unwrap(),
+            line["units"].as_u64().unwrap(),
+        )
+    };
+    let (scanned, files) = line("scan");
+    assert_eq!(scanned, files);
+    assert_eq!(line("tokenize").0, 0);
+    assert_eq!(status["complete"], false);
 
     // Planning a different build over this one is refused, naming what differs.
     let replan = stage("plan", &["--no-dedup"]);

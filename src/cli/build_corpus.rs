@@ -81,6 +81,9 @@ pub struct BuildCorpusArgs {
     /// List the build's stages in order, one per line, and exit.
     #[arg(long, exclusive = true)]
     pub stages: bool,
+    /// Show how far the build in --out has come (units done per stage) and exit.
+    #[arg(long, requires = "out", conflicts_with = "stage")]
+    pub status: bool,
     /// Run only this stage (plan, scan, dedup, tokenize, finish): worker --worker of
     /// --workers. Each stage refuses to start until the previous one is complete.
     #[arg(long, value_name = "NAME")]

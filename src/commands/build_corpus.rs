@@ -130,6 +130,15 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let (true, Some(out)) = (args.status, &args.out) {
+        let status = crate::pipeline::work::BuildStatus::of(out)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{}", status.summary());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.pipeline.is_none() && args.inputs.is_empty() && args.data_manifest.is_none() {
         return run_default(&args);
     }

@@ -527,3 +527,79 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, BuildError> {
 
 /// Per-source counts keyed by source name.
 pub type SourceCounts = BTreeMap<String, redpack_schemas::Counts>;
+
+/// How far a build in an output directory has come (`build-corpus --status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildStatus {
+    pub out: PathBuf,
+    /// A finished corpus (its manifest) is there.
+    pub complete: bool,
+    /// Per stage: units done and units in all (`None` before the plan exists).
+    pub stages: Vec<StageStatus>,
+}
+
+/// One line of [`BuildStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub stage: &'static str,
+    pub done: usize,
+    pub units: Option<usize>,
+}
+
+impl BuildStatus {
+    /// Reads the work directory of `out` (nothing is changed).
+    pub fn of(out: &Path) -> Result<Self, BuildError> {
+        let work = WorkDir::new(out);
+        let complete = out.join(redpack_schemas::MANIFEST_FILE).exists();
+        let plan = work.load_plan()?;
+        let stages = Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let units = plan.as_ref().map(|p| stage_units(stage, p));
+                let done = match (stage, &plan) {
+                    (Stage::Plan, Some(_)) => 1,
+                    (Stage::Finish, _) => usize::from(complete),
+                    (_, Some(p)) => (0..stage_units(stage, p))
+                        .filter(|&u| {
+                            work.unit_done_marker(stage, u)
+                                .is_some_and(|marker| marker.exists())
+                        })
+                        .count(),
+                    (_, None) => usize::from(complete),
+                };
+                StageStatus {
+                    stage: stage.name(),
+                    done,
+                    units: units.or(complete.then_some(1)),
+                }
+            })
+            .collect();
+        Ok(BuildStatus {
+            out: out.to_path_buf(),
+            complete,
+            stages,
+        })
+    }
+
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "{}: {}\n",
+            self.out.display(),
+            if self.complete {
+                "a finished corpus"
+            } else {
+                "not finished"
+            }
+        );
+        for line in &self.stages {
+            let units = line
+                .units
+                .map_or_else(|| "?".to_string(), |n| n.to_string());
+            text.push_str(&format!(
+                "  {:<9} {:>6} / {units} units done\n",
+                line.stage, line.done
+            ));
+        }
+        text
+    }
+}
