@@ -548,3 +548,49 @@ fn a_full_disk_is_reported_and_the_build_resumes() {
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(text.contains("holds a finished corpus"), "{text}");
 }
+
+/// An input edited between the scan and the tokenize stage, even with its size and mtime put
+/// back, is caught by the checksum instead of mixing two versions of the file.
+#[test]
+fn an_input_edited_between_stages_is_caught_by_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample_inputs(&dir.path().join("raw"));
+    let out = dir.path().join("out");
+    let (input_str, out_str) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let stage = |name: &str| {
+        let mut args = base_args(input_str, out_str, &[]);
+        args.extend(["--stage", name]);
+        redpack(&args).output().unwrap()
+    };
+    for name in ["plan", "scan", "dedup"] {
+        check(stage(name), name);
+    }
+    let file = fs::read_dir(input.join("wikipedia"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&file).unwrap();
+    let at = bytes.iter().position(|&b| b == b'e').unwrap();
+    bytes[at] = b'E';
+    fs::write(&file, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let output = stage("tokenize");
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("changed during the build") && text.contains("checksum"),
+        "{text}"
+    );
+    assert!(
+        text.contains(file.file_name().unwrap().to_str().unwrap()),
+        "{text}"
+    );
+}

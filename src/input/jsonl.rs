@@ -7,8 +7,11 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use xxhash_rust::xxh3::Xxh3Default;
 
 use super::fields::{self, FieldValue, LineError};
 use super::lines::{LineEvent, LineReader};
@@ -59,6 +62,8 @@ pub struct JsonlStream {
     lines: LineReader<Box<dyn BufRead + Send>>,
     context: LineContext,
     compressed: Arc<AtomicU64>,
+    /// xxh3-128 state over the raw file bytes read so far (on disk, before decompression).
+    raw_hash: Arc<Mutex<Xxh3Default>>,
     items: u64,
     fault: Option<FileFault>,
 }
@@ -103,9 +108,11 @@ impl JsonlStream {
         };
         let handle = File::open(&file.path).map_err(io_error)?;
         let compressed = Arc::new(AtomicU64::new(0));
+        let raw_hash = Arc::new(Mutex::new(Xxh3Default::new()));
         let counted = CountingReader {
             inner: handle,
             count: Arc::clone(&compressed),
+            hash: Arc::clone(&raw_hash),
         };
         let decoded: Box<dyn Read + Send> = match compression {
             Compression::None => Box::new(counted),
@@ -130,6 +137,7 @@ impl JsonlStream {
                 compression,
             },
             compressed,
+            raw_hash,
             items: 0,
             fault: None,
         })
@@ -141,6 +149,16 @@ impl JsonlStream {
 
     pub fn bytes_read(&self) -> u64 {
         self.compressed.load(Ordering::Relaxed)
+    }
+
+    /// The file's first `n` raw bytes (those read so far) and their xxh3-128 state, so a caller
+    /// can finish a whole-file checksum without reading the file again.
+    pub fn raw_hash(&self) -> (u64, Xxh3Default) {
+        let hash = match self.raw_hash.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        (self.bytes_read(), hash)
     }
 
     pub fn items(&self) -> u64 {
@@ -251,15 +269,20 @@ fn fault(context: &LineContext, items: u64, consumed: u64, error: &io::Error) ->
     }
 }
 
-/// Counts the bytes read from the file, shared with the stream for `bytes_read`.
+/// Counts and hashes the bytes read from the file, shared with the stream for `bytes_read` and
+/// `raw_hash`.
 struct CountingReader<R> {
     inner: R,
     count: Arc<AtomicU64>,
+    hash: Arc<Mutex<Xxh3Default>>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if let Ok(mut hash) = self.hash.lock() {
+            hash.update(&buf[..n]);
+        }
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

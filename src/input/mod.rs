@@ -252,6 +252,15 @@ impl RecordStream {
         }
     }
 
+    /// For JSONL inputs, the raw bytes read so far and their xxh3-128 state (see
+    /// [`JsonlStream::raw_hash`]); Parquet is read out of order, so `None`.
+    pub fn raw_hash(&self) -> Option<(u64, xxhash_rust::xxh3::Xxh3Default)> {
+        match self {
+            RecordStream::Jsonl(s) => Some(s.raw_hash()),
+            RecordStream::Parquet(_) => None,
+        }
+    }
+
     /// Items (lines or rows, records and rejects together) yielded so far.
     pub fn records(&self) -> u64 {
         match self {

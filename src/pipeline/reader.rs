@@ -24,8 +24,22 @@ pub const CHANNEL_CHUNKS: usize = 3;
 #[derive(Debug)]
 pub enum ReaderMessage {
     Items(Vec<Item>),
-    /// A file is done (or could not be opened): its manifest entry.
-    FileDone(InputEntry),
+    /// A file is done (or could not be opened): its manifest entry, and for JSONL the raw bytes
+    /// read and their xxh3-128 state (to finish a checksum without a second pass).
+    FileDone(InputEntry, Option<RawHash>),
+}
+
+/// How many raw bytes of a file were hashed, and the hash state.
+#[derive(Clone)]
+pub struct RawHash {
+    pub bytes: u64,
+    pub state: xxhash_rust::xxh3::Xxh3Default,
+}
+
+impl std::fmt::Debug for RawHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawHash {{ bytes: {} }}", self.bytes)
+    }
 }
 
 /// Shared progress counters the reader updates.
@@ -65,6 +79,7 @@ pub fn read_all(
             records_read: 0,
             fault: None,
         };
+        let mut raw = None;
         match input::open(file, fields) {
             Err(err) => entry.fault = Some(format!("{}: could not open: {err}", file.display)),
             Ok(mut stream) => {
@@ -96,12 +111,15 @@ pub fn read_all(
                     chunk.push(item);
                 }
                 entry.records_read = stream.records();
+                raw = stream
+                    .raw_hash()
+                    .map(|(bytes, state)| RawHash { bytes, state });
                 entry.fault = stream.fault().map(|fault| fault.to_string());
             }
         }
         done_bytes += size;
         progress.bytes.store(done_bytes, Ordering::Relaxed);
-        if sender.send(ReaderMessage::FileDone(entry)).is_err() {
+        if sender.send(ReaderMessage::FileDone(entry, raw)).is_err() {
             return;
         }
     }

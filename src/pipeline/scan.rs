@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 use super::build::BuildError;
 use super::config::{BuildSettings, FilterConfig};
 use super::keys::{write_partitioned, BandRec, FpRecord};
-use super::reader::{self, ReadProgress, ReaderMessage};
+use super::reader::{self, RawHash, ReadProgress, ReaderMessage};
 use super::rejects::{RejectSample, RejectSampler};
 use super::tally::{Outcome, Tally};
 use super::work::{doc_id, write_json, Plan, PlannedFile, SourceCounts, Stage, WorkDir, ITEM_BITS};
@@ -62,11 +62,17 @@ pub fn is_filtered(content: &Content, filter: &FilterConfig) -> bool {
     }
 }
 
-/// xxh3-128 of a file's bytes, as lowercase hex.
-pub fn file_checksum(path: &std::path::Path) -> Result<String, BuildError> {
-    use std::io::Read;
+/// xxh3-128 of a file's bytes, as lowercase hex. `raw` is what the reader already hashed (its
+/// first bytes); only the rest is read (all of it for Parquet, which is not read in order).
+pub fn file_checksum(path: &std::path::Path, raw: Option<RawHash>) -> Result<String, BuildError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (start, mut hasher) = match raw {
+        Some(RawHash { bytes, state }) => (bytes, state),
+        None => (0, Xxh3Default::new()),
+    };
     let mut file = std::fs::File::open(path).map_err(|e| BuildError::io(path, e))?;
-    let mut hasher = Xxh3Default::new();
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| BuildError::io(path, e))?;
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = file
@@ -106,17 +112,18 @@ pub struct UnitContext<'a> {
 
 /// Streams one input file's items, chunk by chunk, to `each_chunk` on this thread while a reader
 /// thread parses ahead, and adds the file's progress to the context's counters. Returns the
-/// file's manifest entry (records read, fault).
+/// file's manifest entry (records read, fault) and its xxh3-128 checksum.
 pub fn for_each_chunk(
     ctx: &UnitContext<'_>,
     planned: &PlannedFile,
     mut each_chunk: impl FnMut(Vec<Item>) -> Result<(), BuildError>,
-) -> Result<InputEntry, BuildError> {
+) -> Result<(InputEntry, String), BuildError> {
     let fields = ctx.settings.input.fields.field_map();
     let progress = Arc::new(ReadProgress::default());
     let files = [planned.input_file()];
     let mut reported = 0u64;
     let mut entry = None;
+    let mut raw = None;
     std::thread::scope(|scope| {
         let receiver = reader::spawn(scope, &files, &fields, &progress);
         let result = (|| -> Result<(), BuildError> {
@@ -131,7 +138,10 @@ pub fn for_each_chunk(
                             .fetch_add(now.saturating_sub(reported), Ordering::Relaxed);
                         reported = reported.max(now);
                     }
-                    ReaderMessage::FileDone(done) => entry = Some(done),
+                    ReaderMessage::FileDone(done, hashed) => {
+                        entry = Some(done);
+                        raw = hashed;
+                    }
                 }
             }
             Ok(())
@@ -143,10 +153,11 @@ pub fn for_each_chunk(
     })?;
     ctx.bytes
         .fetch_add(planned.size.saturating_sub(reported), Ordering::Relaxed);
-    entry.ok_or_else(|| BuildError::Work {
+    let entry = entry.ok_or_else(|| BuildError::Work {
         path: planned.path.clone(),
         message: "internal error: the reader ended without finishing the file".into(),
-    })
+    })?;
+    Ok((entry, file_checksum(&planned.path, raw)?))
 }
 
 /// Scans input file `index` and writes its unit outputs.
@@ -156,7 +167,6 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
         message: format!("no input file #{index} in the plan"),
     })?;
     planned.check_unchanged()?;
-    let checksum = file_checksum(&planned.path)?;
     let settings = ctx.settings;
     let deduper = Deduper::new(settings.dedup);
     let rows = settings.dedup.minhash.rows;
@@ -178,7 +188,7 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     let mut item: u64 = 0;
     let mut candidates = 0u64;
     let mut text_bytes = 0u64;
-    let entry = for_each_chunk(ctx, planned, |items| {
+    let (entry, checksum) = for_each_chunk(ctx, planned, |items| {
         let mut chunk: Vec<(u64, Content)> = Vec::with_capacity(items.len());
         for it in items {
             let position = item;
@@ -279,4 +289,33 @@ pub fn scan_file(ctx: &UnitContext<'_>, index: usize) -> Result<ScanMeta, BuildE
     };
     write_json(&ctx.work.scan_meta(index), &meta)?;
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checksum_continued_from_the_readers_state_equals_a_whole_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let whole = file_checksum(&path, None).unwrap();
+        for split in [0usize, 1, 1 << 20, bytes.len() - 1, bytes.len()] {
+            let mut state = Xxh3Default::new();
+            state.update(&bytes[..split]);
+            let raw = RawHash {
+                bytes: split as u64,
+                state,
+            };
+            assert_eq!(
+                file_checksum(&path, Some(raw)).unwrap(),
+                whole,
+                "split {split}"
+            );
+        }
+        std::fs::write(&path, [&bytes[..10], b"x", &bytes[11..]].concat()).unwrap();
+        assert_ne!(file_checksum(&path, None).unwrap(), whole);
+    }
 }

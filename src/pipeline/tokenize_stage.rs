@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::build::BuildError;
 use super::dedup_stage::file_verdicts;
-use super::scan::{file_checksum, for_each_chunk, is_filtered, ScanMeta, UnitContext};
+use super::scan::{for_each_chunk, is_filtered, ScanMeta, UnitContext};
 use super::tally::{Outcome, Tally};
 use super::work::{read_json, write_json, SourceCounts};
 use crate::extsort::read_u32;
@@ -129,13 +129,6 @@ pub fn tokenize_file(
     })?;
     let scan: ScanMeta = read_json(&work.scan_meta(index))?;
     planned.check_unchanged()?;
-    let checksum = file_checksum(&planned.path)?;
-    if checksum != scan.checksum {
-        return Err(BuildError::InputChanged {
-            path: planned.path.clone(),
-            detail: format!("checksum {} at scan, {checksum} now", scan.checksum),
-        });
-    }
     let verdicts = file_verdicts(ctx.plan, work, index)?;
     let width = ctx.plan.token_width as usize;
     let settings = ctx.settings;
@@ -152,7 +145,7 @@ pub fn tokenize_file(
     let mut candidates = 0u64;
     let (mut docs, mut tokens, mut bytes) = (0u64, 0u64, 0u64);
     let mut buffer = Vec::new();
-    for_each_chunk(ctx, planned, |items| {
+    let (_, checksum) = for_each_chunk(ctx, planned, |items| {
         let mut kept = Vec::new();
         for it in items {
             let position = item;
@@ -227,6 +220,13 @@ pub fn tokenize_file(
         }
         Ok(())
     })?;
+    if checksum != scan.checksum {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::InputChanged {
+            path: planned.path.clone(),
+            detail: format!("checksum {} at scan, {checksum} now", scan.checksum),
+        });
+    }
     if item != scan.items || candidates != scan.candidates {
         return Err(BuildError::InputChanged {
             path: planned.path.clone(),
