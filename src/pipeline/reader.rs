@@ -26,7 +26,7 @@ pub enum ReaderMessage {
     Items(Vec<Item>),
     /// A file is done (or could not be opened): its manifest entry, and for JSONL the raw bytes
     /// read and their xxh3-128 state (to finish a checksum without a second pass).
-    FileDone(InputEntry, Option<RawHash>),
+    FileDone(InputEntry, Option<Box<RawHash>>),
 }
 
 /// How many raw bytes of a file were hashed, and the hash state.
@@ -113,7 +113,7 @@ pub fn read_all(
                 entry.records_read = stream.records();
                 raw = stream
                     .raw_hash()
-                    .map(|(bytes, state)| RawHash { bytes, state });
+                    .map(|(bytes, state)| Box::new(RawHash { bytes, state }));
                 entry.fault = stream.fault().map(|fault| fault.to_string());
             }
         }

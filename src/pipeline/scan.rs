@@ -140,7 +140,7 @@ pub fn for_each_chunk(
                     }
                     ReaderMessage::FileDone(done, hashed) => {
                         entry = Some(done);
-                        raw = hashed;
+                        raw = hashed.map(|boxed| *boxed);
                     }
                 }
             }
