@@ -16,7 +16,8 @@
 //! plan.json                      settings, input files with size/mtime, tokenizer sha256
 //! tokenizer.json                 the tokenizer every stage uses
 //! scan/NNNNNN.{fp,band,json}     per input file: sorted dedup keys + counts, rejects
-//! dedup/PPP.{dups,json}          per partition: duplicate doc ids, indexed by file
+//! scan/NNNNNN.sig                signatures, only with dedup.minhash.verify_threshold
+//! dedup/NNNNNN.{dups,json}       per partition: duplicate doc ids, indexed by file
 //! tokens/NNNNNN.{tok,json}       per input file: the kept documents' tokens + counts
 //! spill/                         external-sort runs (deleted as merged)
 //! locks/                         advisory locks of running workers
@@ -238,11 +239,11 @@ impl Plan {
                 other.files.len()
             ));
         }
-        for (old, new) in self.files.iter().zip(&other.files) {
+        for (index, (old, new)) in self.files.iter().zip(&other.files).enumerate() {
             if old.display != new.display || old.format != new.format || old.source != new.source {
                 return Some(format!(
-                    "input #{} was {} and is now {}",
-                    old.display, old.display, new.display
+                    "input #{index} was {} ({}, source {}) and is now {} ({}, source {})",
+                    old.display, old.format, old.source, new.display, new.format, new.source
                 ));
             }
             if old.size != new.size || old.mtime_ns != new.mtime_ns || old.sha256 != new.sha256 {
