@@ -12,7 +12,7 @@ pub mod loss;
 pub mod matmul;
 mod model;
 pub mod ops;
-mod stack;
+pub(crate) mod stack;
 pub mod stream;
 
 use crate::backend::{Backend, BackendError};

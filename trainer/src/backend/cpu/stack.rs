@@ -15,17 +15,18 @@ use crate::params::Tensor;
 
 /// One residual block of a stack and the index of its first tensor.
 #[derive(Debug, Clone, Copy)]
-enum Block {
+pub(crate) enum Block {
     SelfAttn(usize),
     CrossAttn(usize),
     Ffn(usize),
 }
 
 /// The blocks of one stack in order, where its final norm lives and its dropout site prefix.
-pub(super) struct StackPlan {
-    blocks: Vec<Block>,
+/// Shared with the CUDA backend, which walks the parameters in the same order.
+pub(crate) struct StackPlan {
+    pub blocks: Vec<Block>,
     pub final_norm: usize,
-    id: u64,
+    pub id: u64,
 }
 
 impl StackPlan {

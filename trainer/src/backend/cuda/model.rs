@@ -12,6 +12,7 @@ use super::layers::{
 };
 use super::products;
 use crate::backend::cpu::ops::Rope;
+use crate::backend::cpu::stack::{Block, StackPlan as Plan};
 use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
 use crate::backend::BackendError;
 use crate::batch::{Batch, LossStats, StepOptions};
@@ -19,56 +20,6 @@ use crate::config::{Arch, ModelConfig};
 
 /// Logits held at once: `chunk x vocab` f32 values (64 Mi, 256 MiB).
 const LOGITS_BUDGET: usize = 1 << 26;
-
-#[derive(Debug, Clone, Copy)]
-enum Block {
-    SelfAttn(usize),
-    CrossAttn(usize),
-    Ffn(usize),
-}
-
-/// A stack's blocks, final norm index and dropout site prefix (`cpu::stack::StackPlan`).
-struct Plan {
-    blocks: Vec<Block>,
-    final_norm: usize,
-    id: u64,
-}
-
-impl Plan {
-    fn plain(first: usize, layers: usize, id: u64) -> Plan {
-        let blocks = (0..layers)
-            .flat_map(|i| {
-                [
-                    Block::SelfAttn(first + 9 * i),
-                    Block::Ffn(first + 9 * i + 5),
-                ]
-            })
-            .collect();
-        Plan {
-            blocks,
-            final_norm: first + 9 * layers,
-            id,
-        }
-    }
-
-    fn red_decoder(first: usize, layers: usize, id: u64) -> Plan {
-        let blocks = (0..layers)
-            .flat_map(|i| {
-                let base = first + 14 * i;
-                [
-                    Block::SelfAttn(base),
-                    Block::CrossAttn(base + 5),
-                    Block::Ffn(base + 10),
-                ]
-            })
-            .collect();
-        Plan {
-            blocks,
-            final_norm: first + 14 * layers,
-            id,
-        }
-    }
-}
 
 enum Cache {
     Attn(Box<AttnCache>),
