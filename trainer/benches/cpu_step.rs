@@ -13,7 +13,6 @@ use redpack_trainer::batch::{Batch, StepOptions};
 use redpack_trainer::config::{human_count, Arch, ModelConfig};
 use redpack_trainer::flops::{training_flops, StackTokens};
 use redpack_trainer::params::ParamStore;
-use redpack_trainer::rng::SplitMix64;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -50,18 +49,7 @@ fn main() {
             };
             let params = ParamStore::init(&config, 0);
             let mut grads = params.zeros_like();
-            let mut rng = SplitMix64::new(1);
-            let batch = Batch {
-                rows,
-                seq,
-                tokens: (0..rows * seq)
-                    .map(|_| rng.below(vocab as u64) as u32)
-                    .collect(),
-                prefix_len: vec![seq / 2; rows],
-                length: vec![seq; rows],
-                doc_starts: vec![Vec::new(); rows],
-                source: vec![String::new(); rows],
-            };
+            let batch = Batch::random_full(rows, seq, vocab, 1);
             let options = StepOptions {
                 z_loss: 1e-4,
                 loss_on_prefix: true,

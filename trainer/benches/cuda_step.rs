@@ -21,7 +21,6 @@ use redpack_trainer::batch::{Batch, StepOptions};
 use redpack_trainer::config::{Arch, ModelConfig};
 use redpack_trainer::flops::{training_flops, StackTokens};
 use redpack_trainer::params::ParamStore;
-use redpack_trainer::rng::SplitMix64;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -66,18 +65,7 @@ fn main() {
         };
         let config = ModelConfig::preset(arch, &size, vocab).unwrap_or_else(|e| fail("config", e));
         let params = ParamStore::init(&config, 0);
-        let mut rng = SplitMix64::new(1);
-        let batch = Batch {
-            rows,
-            seq,
-            tokens: (0..rows * seq)
-                .map(|_| rng.below(vocab as u64) as u32)
-                .collect(),
-            prefix_len: vec![seq / 2; rows],
-            length: vec![seq; rows],
-            doc_starts: vec![Vec::new(); rows],
-            source: vec![String::new(); rows],
-        };
+        let batch = Batch::random_full(rows, seq, vocab, 1);
         let options = StepOptions {
             z_loss: 1e-4,
             loss_on_prefix: arch == Arch::Dec,

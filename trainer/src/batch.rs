@@ -32,6 +32,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// `rows` full rows of `seq` uniformly random token ids below `vocab` (seeded), the prefix
+    /// split in the middle, one document per row: the synthetic batch the step benchmarks time.
+    pub fn random_full(rows: usize, seq: usize, vocab: usize, seed: u64) -> Batch {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        Batch {
+            rows,
+            seq,
+            tokens: (0..rows * seq)
+                .map(|_| rng.below(vocab as u64) as u32)
+                .collect(),
+            prefix_len: vec![seq / 2; rows],
+            length: vec![seq; rows],
+            doc_starts: vec![Vec::new(); rows],
+            source: vec![String::new(); rows],
+        }
+    }
+
     /// The tokens of row `r`, padding excluded.
     pub fn row(&self, r: usize) -> &[u32] {
         let start = r * self.seq;
