@@ -7,7 +7,11 @@
 #                                target/gpu-bundle/{cuda_kernels,cuda_model,cuda_step}
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
-#                                $OUT/gpu-check (or ./gpu-check-out without $OUT)
+#                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
+#                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
+#
+# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, memcheck-dec,
+# bench-bf16, torch, memcheck-red, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels, with cuBLAS products, dropout and packing),
@@ -50,7 +54,9 @@ for name, path in found.items():
     print(f"{sys.argv[2]}/{name} <- {path}")
 PY
     rm -f "$json"
-    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step
+    cargo build --release --bin redpack
+    cp target/release/redpack "$BUNDLE"/redpack
+    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -96,15 +102,50 @@ step() {
     echo "    rc=$rc in $((SECONDS - start))s"
     tail -n 40 "$RESULTS/$name.log" | sed 's/^/    /'
     echo "$name rc=$rc seconds=$((SECONDS - start))" >>"$RESULTS/summary.txt"
+    pack
     return 0
 }
 
+# The device tool brings back at most 8 files: every log travels in one archive, remade after
+# each step so that a run cut short still returns what it did.
+pack() {
+    [ -n "${OUT:-}" ] && tar -czf "$OUT/gpu-check.tar.gz" -C "$(dirname "$RESULTS")" gpu-check
+    return 0
+}
+
+# wanted NAME: whether GPU_CHECK_STEPS (comma-separated; all steps when unset) names the step
+wanted() {
+    [ -z "${GPU_CHECK_STEPS:-}" ] && return 0
+    case ",$GPU_CHECK_STEPS," in *",$1,"*) return 0 ;; esac
+    return 1
+}
+
+# The CLI end to end: the built-in default corpus, then 20 steps of each tiny recipe on the GPU
+# and on the CPU, whose final losses the log shows side by side.
+e2e() {
+    set -e
+    local dir=/tmp/redpack-e2e
+    rm -rf "$dir"
+    "$BUNDLE/redpack" build-corpus --out "$dir" >/dev/null
+    for recipe in decllm-tiny-pretrain:packed redllm-tiny-pretrain:packed \
+        decllm-tiny-finetune:examples redllm-tiny-finetune:examples; do
+        local name=${recipe%%:*} data=${recipe##*:}
+        for device in cuda cpu; do
+            "$BUNDLE/redpack" train --config "trainer/configs/$name.toml" --data "$dir/$data" \
+                --out "$dir/run-$name-$device" --steps 20 --device "$device" --json \
+                >"$dir/$name-$device.json"
+            python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[2], "first_loss", d["first_loss"], "last_loss", d["last_loss"])' \
+                "$dir/$name-$device.json" "$name $device"
+        done
+    done
+}
+
 run() {
-    RESULTS=${OUT:-./gpu-check-out}/gpu-check
+    RESULTS=${GPU_CHECK_RESULTS:-/tmp/gpu-check-out}/gpu-check
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_model cuda_step; do
+    for bin in cuda_kernels cuda_model cuda_step redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -115,25 +156,24 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 
     # Most important first; the budget cuts the tail if the machine is slow.
-    step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1
-    step model 240 "$BUNDLE/cuda_model" --test-threads=1
+    export RUST_BACKTRACE=1
+    wanted kernels && step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1
+    wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
+    wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
     [ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
         sanitizer=/usr/local/cuda/bin/compute-sanitizer
-    if [ -n "$sanitizer" ]; then
-        step memcheck-dec 120 "$sanitizer" --tool memcheck --error-exitcode 99 \
-            "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu --test-threads=1
-    else
+    if [ -z "$sanitizer" ]; then
         echo "compute-sanitizer not found: memcheck skipped" | tee -a "$RESULTS/summary.txt"
     fi
-    step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
-    if [ -n "$sanitizer" ]; then
-        step memcheck-red 120 "$sanitizer" --tool memcheck --error-exitcode 99 \
-            "$BUNDLE/cuda_model" --exact redllm_tiny_step_matches_cpu --test-threads=1
-    fi
-    step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 "$BUNDLE/cuda_step"
+    [ -n "$sanitizer" ] && wanted memcheck-dec && step memcheck-dec 120 "$sanitizer" --tool memcheck \
+        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu --test-threads=1
+    wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
+    [ -n "$sanitizer" ] && wanted memcheck-red && step memcheck-red 120 "$sanitizer" --tool memcheck \
+        --error-exitcode 99 "$BUNDLE/cuda_model" --exact redllm_tiny_step_matches_cpu --test-threads=1
+    wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
@@ -154,6 +194,7 @@ for arch in ("dec", "red"):
 PY
     echo "=== summary"
     cat "$RESULTS/summary.txt"
+    pack
 }
 
 case "${1:-}" in
