@@ -10,11 +10,14 @@
 //! `cargo bench -p redpack-trainer --bench cuda_step`, or run the built binary directly.
 //! Environment: `BENCH_SIZE` (150m), `BENCH_ARCHS` (dec,red), `BENCH_ROWS` (8), `BENCH_SEQ`
 //! (2048), `BENCH_VOCAB` (32768), `BENCH_STEPS` (10), `BENCH_WARMUP` (2), `BENCH_PRECISION`
-//! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989). Without a GPU it prints `SKIPPED: no CUDA device`.
+//! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989), `BENCH_PROFILE` (0; 1 prints, after the timed
+//! steps, a time table by kernel and product shape of two more steps run with
+//! `backend::cuda::profile` on). Without a GPU it prints `SKIPPED: no CUDA device`.
 
 use std::time::Instant;
 
 use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::profile;
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::batch::{Batch, StepOptions};
@@ -114,6 +117,20 @@ fn main() {
                 .unwrap_or_else(|e| fail("forward/backward through the trait", e));
         }
         let trait_step_s = trait_start.elapsed().as_secs_f64() / trait_steps as f64;
+        if env_usize("BENCH_PROFILE", 0) > 0 {
+            profile::set_enabled(true);
+            profile::reset();
+            for _ in 0..2 {
+                step(&mut backend);
+            }
+            profile::set_enabled(false);
+            eprintln!(
+                "profile of 2 steps, {} {size} ({}):\n{}",
+                arch.name(),
+                precision.name(),
+                profile::report()
+            );
+        }
         let flops = training_flops(&config, &StackTokens::from_batch(&config, &batch, &options));
         let step_s = elapsed / steps as f64;
         let tokens: usize = batch.length.iter().sum();

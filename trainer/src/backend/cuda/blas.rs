@@ -308,7 +308,16 @@ impl Blas {
         // keeps every access of the (batched) product inside them, the scalar pointers are host
         // f32 values that outlive the call (host pointer mode, the handle's default), and the
         // data types match the buffers (f32, or the bf16 copies).
-        let status = unsafe {
+        let name = || {
+            format!(
+                "gemm {} {m}x{n}x{k}{}{}{}",
+                precision.name(),
+                if spec.batch > 1 { format!(" batch {}", spec.batch) } else { String::new() },
+                if la.trans { " At" } else { "" },
+                if lb.trans { " Bt" } else { "" },
+            )
+        };
+        let status = super::profile::timed(stream, name, || unsafe {
             if spec.batch == 1 {
                 cublas::gemm_ex(
                     *self.handle.handle(),
@@ -358,7 +367,7 @@ impl Blas {
                     algo,
                 )
             }
-        };
+        });
         status.map_err(|e| BlasError::Cublas {
             what: format!("a {m} x {n} x {k} product (batch {})", spec.batch),
             status: format!("{e:?}"),

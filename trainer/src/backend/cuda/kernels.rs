@@ -44,7 +44,8 @@ pub const KERNELS: &[KernelSource] = &[
         [
             "rmsnorm_forward",
             "rmsnorm_backward",
-            "rmsnorm_gain_backward"
+            "rmsnorm_gain_partial",
+            "rmsnorm_gain_final"
         ]
     ),
     kernel_source!("rope", ["rope_apply"]),

@@ -21,6 +21,8 @@ pub(super) const THREADS: u32 = 256;
 pub(super) const WARPS_PER_BLOCK: u32 = THREADS / 32;
 /// Blocks of the first reduction pass: fixed, so sums do not depend on the input size.
 pub(super) const REDUCE_BLOCKS: u32 = 256;
+/// Rows per partial sum of the RMSNorm gain's gradient (`GAIN_CHUNK` in norm.cu).
+const GAIN_CHUNK: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -98,16 +100,20 @@ impl CudaKernels {
     }
 
     pub(super) fn run(
+        &self,
         name: &str,
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), LaunchError> {
-        // SAFETY: every caller pushes the kernel's arguments in the order and with the C types
-        // of its signature in the `.cu` file, and sizes the grid so that the kernel's own bounds
-        // checks keep every access inside the buffers described in the method's contract.
-        unsafe { args.launch(cfg) }
-            .map(|_| ())
-            .map_err(driver(format!("launching {name}")))
+        super::profile::timed(&self.stream, || name.to_string(), || {
+            // SAFETY: every caller pushes the kernel's arguments in the order and with the C
+            // types of its signature in the `.cu` file, and sizes the grid so that the kernel's
+            // own bounds checks keep every access inside the buffers described in the method's
+            // contract.
+            unsafe { args.launch(cfg) }
+                .map(|_| ())
+                .map_err(driver(format!("launching {name}")))
+        })
     }
 
     /// `groups` groups of `width` values: `y = x̂ (· gain)`, `inv = 1/rms` per group. Without a
@@ -132,7 +138,7 @@ impl CudaKernels {
         };
         b.arg(y).arg(inv).arg(&groups).arg(&width).arg(&eps);
         let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
-        Self::run("rmsnorm_forward", &mut b, grid(blocks, 1, THREADS))
+        self.run("rmsnorm_forward", &mut b, grid(blocks, 1, THREADS))
     }
 
     /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
@@ -156,10 +162,11 @@ impl CudaKernels {
         };
         b.arg(dx).arg(&groups).arg(&width);
         let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
-        Self::run("rmsnorm_backward", &mut b, grid(blocks, 1, THREADS))
+        self.run("rmsnorm_backward", &mut b, grid(blocks, 1, THREADS))
     }
 
-    /// Adds the gain's gradient (summed over `rows` in order) into `dgain`.
+    /// Adds the gain's gradient (summed over `rows`, per `GAIN_CHUNK` rows then over the chunks,
+    /// in a fixed order) into `dgain`.
     pub fn rmsnorm_gain_backward(
         &self,
         dy: &CudaSlice<f32>,
@@ -168,10 +175,22 @@ impl CudaKernels {
         dgain: &mut CudaSlice<f32>,
         rows: usize,
     ) -> Result<(), LaunchError> {
-        let (rows, width) = (rows as i32, dgain.len() as i32);
-        let mut b = self.builder("rmsnorm_gain_backward")?;
-        b.arg(dy).arg(x).arg(inv).arg(dgain).arg(&rows).arg(&width);
-        Self::run("rmsnorm_gain_backward", &mut b, grid_1d(width as usize))
+        if rows == 0 || dgain.is_empty() {
+            return Ok(());
+        }
+        let width = dgain.len();
+        let chunks = rows.div_ceil(GAIN_CHUNK);
+        // SAFETY: the partial pass writes every element before the final pass reads it.
+        let mut partial = unsafe { self.stream.alloc::<f32>(chunks * width) }
+            .map_err(driver("allocating the gain's partial sums"))?;
+        let (rows_i, width_i, chunks_i) = (rows as i32, width as i32, chunks as i32);
+        let mut b = self.builder("rmsnorm_gain_partial")?;
+        b.arg(dy).arg(x).arg(inv).arg(&mut partial).arg(&rows_i).arg(&width_i);
+        let cfg = grid((width as u32).div_ceil(THREADS), chunks.min(65535) as u32, THREADS);
+        self.run("rmsnorm_gain_partial", &mut b, cfg)?;
+        let mut b = self.builder("rmsnorm_gain_final")?;
+        b.arg(&partial).arg(dgain).arg(&chunks_i).arg(&width_i);
+        self.run("rmsnorm_gain_final", &mut b, grid_1d(width))
     }
 
     /// Rotates `x` (`tokens x heads·head_dim`) in place; `cos`/`sin` are `positions x
@@ -193,7 +212,7 @@ impl CudaKernels {
         let mut b = self.builder("rope_apply")?;
         b.arg(x).arg(positions).arg(cos).arg(sin);
         b.arg(&tokens).arg(&heads).arg(&head_dim).arg(&inverse);
-        Self::run("rope_apply", &mut b, grid_1d(pairs))
+        self.run("rope_apply", &mut b, grid_1d(pairs))
     }
 
     pub fn swiglu_forward(
@@ -205,7 +224,7 @@ impl CudaKernels {
         let n = gate.len() as i64;
         let mut b = self.builder("swiglu_forward")?;
         b.arg(gate).arg(up).arg(h).arg(&n);
-        Self::run("swiglu_forward", &mut b, grid_1d(n as usize))
+        self.run("swiglu_forward", &mut b, grid_1d(n as usize))
     }
 
     pub fn swiglu_backward(
@@ -219,6 +238,6 @@ impl CudaKernels {
         let n = dh.len() as i64;
         let mut b = self.builder("swiglu_backward")?;
         b.arg(dh).arg(gate).arg(up).arg(dgate).arg(dup).arg(&n);
-        Self::run("swiglu_backward", &mut b, grid_1d(n as usize))
+        self.run("swiglu_backward", &mut b, grid_1d(n as usize))
     }
 }

@@ -69,14 +69,14 @@ impl CudaKernels {
         let (n, square, count) = (n as i64, square as i32, REDUCE_BLOCKS as i32);
         let mut b = self.builder("reduce_sum_partial")?;
         b.arg(x).arg(&n).arg(&square).arg(&mut *partial);
-        Self::run(
+        self.run(
             "reduce_sum_partial",
             &mut b,
             grid(REDUCE_BLOCKS, 1, THREADS),
         )?;
         let mut b = self.builder("reduce_sum_final")?;
         b.arg(&*partial).arg(&count).arg(out);
-        Self::run("reduce_sum_final", &mut b, grid(1, 1, THREADS))
+        self.run("reduce_sum_final", &mut b, grid(1, 1, THREADS))
     }
 
     /// One Adafactor update of `param` with `grad`; `momentum` must be `Some` exactly when the
@@ -103,7 +103,7 @@ impl CudaKernels {
                     .arg(&n)
                     .arg(&beta2)
                     .arg(&eps1);
-                Self::run("adafactor_full_moment", &mut b, grid_1d(n as usize))?;
+                self.run("adafactor_full_moment", &mut b, grid_1d(n as usize))?;
             }
             DeviceMoment::Factored { v_row, v_col } => {
                 let (rows, cols) = (v_row.len() as i32, v_col.len() as i32);
@@ -114,7 +114,7 @@ impl CudaKernels {
                     .arg(&cols)
                     .arg(&beta2)
                     .arg(&eps1);
-                Self::run(
+                self.run(
                     "adafactor_row_moment",
                     &mut b,
                     grid(rows as u32, 1, THREADS),
@@ -126,7 +126,7 @@ impl CudaKernels {
                     .arg(&cols)
                     .arg(&beta2)
                     .arg(&eps1);
-                Self::run("adafactor_col_moment", &mut b, grid_1d(cols as usize))?;
+                self.run("adafactor_col_moment", &mut b, grid_1d(cols as usize))?;
                 self.sum_f64(
                     v_row,
                     rows as usize,
@@ -141,7 +141,7 @@ impl CudaKernels {
                     .arg(&s.v_row_sum)
                     .arg(&mut s.y);
                 b.arg(&rows).arg(&cols);
-                Self::run("adafactor_factored_y", &mut b, grid_1d(n as usize))?;
+                self.run("adafactor_factored_y", &mut b, grid_1d(n as usize))?;
             }
         }
         self.sum_f64(&s.y, n as usize, true, &mut s.partial, &mut s.y_sq_sum)?;
@@ -160,6 +160,6 @@ impl CudaKernels {
             .arg(&config.epsilon2)
             .arg(&param_scale)
             .arg(&beta1);
-        Self::run("adafactor_apply", &mut b, grid_1d(n as usize))
+        self.run("adafactor_apply", &mut b, grid_1d(n as usize))
     }
 }

@@ -54,7 +54,7 @@ impl CudaKernels {
             .arg(&dims[2])
             .arg(&dims[3])
             .arg(&keys);
-        Self::run(name, &mut b, grid_1d(shape.len()))
+        self.run(name, &mut b, grid_1d(shape.len()))
     }
 
     /// Stream (`tokens x heads·head_dim`) to the padded layout; `dst` has `shape.len()` values.
@@ -88,7 +88,7 @@ impl CudaKernels {
         let n = x.len() as i64;
         let mut b = self.builder("add_inplace")?;
         b.arg(x).arg(y).arg(&n);
-        Self::run("add_inplace", &mut b, grid_1d(n as usize))
+        self.run("add_inplace", &mut b, grid_1d(n as usize))
     }
 
     /// Dropout on `x` (`rows.len() x width`) with the CPU reference's mask.
@@ -110,7 +110,7 @@ impl CudaKernels {
         b.arg(x).arg(rows).arg(positions);
         b.arg(&tokens).arg(&width32).arg(&p).arg(&keep_scale);
         b.arg(&seed).arg(&site);
-        Self::run("dropout_apply", &mut b, grid_1d(rows.len() * width))
+        self.run("dropout_apply", &mut b, grid_1d(rows.len() * width))
     }
 
     /// f32 to bf16 (stored as `u16`), round to nearest even; `y` at least as long as `x`.
@@ -122,6 +122,6 @@ impl CudaKernels {
         let n = x.len() as i64;
         let mut b = self.builder("f32_to_bf16_kernel")?;
         b.arg(x).arg(y).arg(&n);
-        Self::run("f32_to_bf16_kernel", &mut b, grid_1d(n as usize))
+        self.run("f32_to_bf16_kernel", &mut b, grid_1d(n as usize))
     }
 }

@@ -76,7 +76,7 @@ impl CudaKernels {
             .arg(&dims[3])
             .arg(&scale);
         let blocks = (shape.lines() as u32).div_ceil(WARPS_PER_BLOCK);
-        Self::run("masked_softmax_forward", &mut b, grid(blocks, 1, THREADS))
+        self.run("masked_softmax_forward", &mut b, grid(blocks, 1, THREADS))
     }
 
     /// `dscores = scale · P ⊙ (dP − rowsum(P ⊙ dP))`, the gradient w.r.t. the unscaled scores.
@@ -93,7 +93,7 @@ impl CudaKernels {
         b.arg(probs).arg(dprobs).arg(dscores);
         b.arg(&lines).arg(&max_k).arg(&scale);
         let blocks = (lines as u32).div_ceil(WARPS_PER_BLOCK);
-        Self::run("masked_softmax_backward", &mut b, grid(blocks, 1, THREADS))
+        self.run("masked_softmax_backward", &mut b, grid(blocks, 1, THREADS))
     }
 
     /// Per token of a `tokens x vocab` logits chunk: `log_z`, `ce` and `z` (`z_loss · logZ²`).
@@ -112,7 +112,7 @@ impl CudaKernels {
         let mut b = self.builder("cross_entropy_forward")?;
         b.arg(logits).arg(targets).arg(log_z).arg(ce).arg(z);
         b.arg(&tokens).arg(&vocab).arg(&z_loss);
-        Self::run(
+        self.run(
             "cross_entropy_forward",
             &mut b,
             grid(tokens as u32, 1, CE_THREADS),
@@ -134,7 +134,7 @@ impl CudaKernels {
         b.arg(logits).arg(targets).arg(log_z);
         b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
         let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
-        Self::run("cross_entropy_backward", &mut b, cfg)
+        self.run("cross_entropy_backward", &mut b, cfg)
     }
 
     /// `out[t] = embed[tokens[t]]`, rows of `d`.
@@ -148,7 +148,7 @@ impl CudaKernels {
         let (n, d32) = (tokens.len() as i32, d as i32);
         let mut b = self.builder("embedding_forward")?;
         b.arg(embed).arg(tokens).arg(out).arg(&n).arg(&d32);
-        Self::run("embedding_forward", &mut b, grid_1d(tokens.len() * d))
+        self.run("embedding_forward", &mut b, grid_1d(tokens.len() * d))
     }
 
     /// Adds `dx` (`tokens x d`) into the rows of `d_embed` its tokens index, in token order;
@@ -172,7 +172,7 @@ impl CudaKernels {
             .arg(&d32)
             .arg(d_embed);
         let cfg = grid(chains as u32, (d as u32).div_ceil(THREADS), THREADS);
-        Self::run("embedding_backward", &mut b, cfg)
+        self.run("embedding_backward", &mut b, cfg)
     }
 }
 

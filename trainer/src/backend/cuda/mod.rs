@@ -23,6 +23,8 @@
 //!   on the device between calls (`upload_params`, `forward_backward_resident`); through the
 //!   trait each call uploads the parameters and adds the gradients into the host buffers.
 //!
+//! - `profile`: an opt-in time table by kernel and product shape (`REDPACK_CUDA_PROFILE=1`).
+//!
 //! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
 //! backend. The whole-model parity tests are `trainer/tests/cuda_model.rs`; the throughput
 //! benchmark is `trainer/benches/cuda_step.rs` (`scripts/gpu-check.sh` runs both on a GPU
@@ -40,6 +42,7 @@ mod layers;
 mod model;
 pub mod nvrtc;
 pub mod probe;
+pub mod profile;
 pub mod products;
 
 pub use backend::CudaBackend;

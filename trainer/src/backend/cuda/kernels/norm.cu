@@ -44,16 +44,34 @@ extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, con
     }
 }
 
-// dgain[c] += sum over rows, in row order, of dy[row, c] * xhat[row, c]: one thread per column,
-// so the sum is deterministic and in the CPU reference's order.
-extern "C" __global__ void rmsnorm_gain_backward(const float* dy, const float* x, const float* inv,
-                                                 float* dgain, int rows, int width) {
+// dgain[c] += sum over rows of dy[row, c] * xhat[row, c], in two deterministic passes: the
+// partial sum of each chunk of GAIN_CHUNK rows in row order, one thread per (column, chunk),
+// then the chunks' sums in chunk order, one thread per column. The order depends on the shape
+// alone, never on the launch; it differs from the CPU reference's single running sum by rounding.
+
+#define GAIN_CHUNK 64
+
+extern "C" __global__ void rmsnorm_gain_partial(const float* dy, const float* x, const float* inv,
+                                                float* partial, int rows, int width) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= width) return;
-    float acc = dgain[c];
-    for (int row = 0; row < rows; row++) {
-        long at = (long)row * width + c;
-        acc += dy[at] * (x[at] * inv[row]);
+    int chunks = (rows + GAIN_CHUNK - 1) / GAIN_CHUNK;
+    for (int chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+        int end = min(rows, (chunk + 1) * GAIN_CHUNK);
+        float acc = 0.0f;
+        for (int row = chunk * GAIN_CHUNK; row < end; row++) {
+            long at = (long)row * width + c;
+            acc += dy[at] * (x[at] * inv[row]);
+        }
+        partial[(long)chunk * width + c] = acc;
     }
-    dgain[c] = acc;
+}
+
+extern "C" __global__ void rmsnorm_gain_final(const float* partial, float* dgain, int chunks,
+                                              int width) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    float acc = 0.0f;
+    for (int chunk = 0; chunk < chunks; chunk++) acc += partial[(long)chunk * width + c];
+    dgain[c] += acc;
 }
