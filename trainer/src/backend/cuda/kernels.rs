@@ -60,6 +60,21 @@ pub const KERNELS: &[KernelSource] = &[
     ),
     kernel_source!("embedding", ["embedding_forward", "embedding_backward"]),
     kernel_source!("attention", ["attn_pack", "attn_unpack"]),
+    kernel_source!(
+        "flash",
+        [
+            "flash_forward_d32",
+            "flash_backward_kv_d32",
+            "flash_backward_q_d32",
+            "flash_forward_d64",
+            "flash_backward_kv_d64",
+            "flash_backward_q_d64",
+            "flash_forward_d128",
+            "flash_backward_kv_d128",
+            "flash_backward_q_d128",
+            "flash_delta",
+        ]
+    ),
     kernel_source!("residual", ["add_inplace", "dropout_apply"]),
     kernel_source!(
         "adafactor",

@@ -32,6 +32,8 @@ pub enum LaunchError {
     Driver { what: String, source: DriverError },
     #[error("kernel {0} is not loaded")]
     Missing(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub(super) fn driver(what: impl Into<String>) -> impl FnOnce(DriverError) -> LaunchError {

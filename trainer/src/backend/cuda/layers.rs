@@ -5,6 +5,8 @@
 //! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
 
 use super::device::{Buf, Dev, DevRows, DevStream};
+use super::blas::Precision;
+use super::launch_flash::{FlashShape, FLASH_HEAD_DIMS};
 use super::launch_model::{PackShape, PackSide};
 use super::launch_tokens::ScoresShape;
 use super::products::AttnSizes;
@@ -216,6 +218,46 @@ fn probabilities(
     Ok(Probs { qp, kp, vp, p })
 }
 
+/// Whether attention runs fused (flash.cu): in the bf16 mode, for the head dimensions it has
+/// kernels for, unless `REDPACK_CUDA_ATTENTION=batched` asks for the batched products and the
+/// softmax kernel (the f32 mode's path, kept for comparison).
+fn fused_attention(dev: &Dev, dims: &Dims) -> bool {
+    static BATCHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let batched =
+        *BATCHED.get_or_init(|| std::env::var("REDPACK_CUDA_ATTENTION").is_ok_and(|v| v == "batched"));
+    dev.precision == Precision::Bf16 && FLASH_HEAD_DIMS.contains(&dims.hd) && !batched
+}
+
+fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
+    FlashShape {
+        rows: rows.rows,
+        heads: dims.heads,
+        head_dim: dims.hd,
+        max_q: rows.max_q,
+        max_k: rows.max_k,
+    }
+}
+
+/// The fused forward: the output stream and the per-query log-sum-exp.
+fn flash_forward(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    q: &Buf,
+    k: &Buf,
+    v: &Buf,
+) -> Result<(Buf, Buf), BackendError> {
+    let rows = spec.rows;
+    let shape = flash_shape(dims, rows);
+    let mut o = dev.zeros(spec.queries.len * dims.da())?;
+    // Read back only for queries inside a row, which the kernel writes.
+    let mut lse = dev.scratch(shape.lines().max(1))?;
+    let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
+    dev.kernels
+        .flash_forward(q, k, v, &rows.desc, docs, shape, &mut o, &mut lse)?;
+    Ok((o, lse))
+}
+
 /// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (`cpu::attention::attention_forward`).
 fn attention_forward(
     dev: &Dev,
@@ -225,8 +267,11 @@ fn attention_forward(
     k: &Buf,
     v: &Buf,
 ) -> Result<Buf, BackendError> {
-    let mut o = dev.zeros(spec.queries.len * dims.da())?;
     let rows = spec.rows;
+    if rows.max_q > 0 && rows.max_k > 0 && fused_attention(dev, dims) {
+        return Ok(flash_forward(dev, dims, spec, q, k, v)?.0);
+    }
+    let mut o = dev.zeros(spec.queries.len * dims.da())?;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok(o);
     }
@@ -263,6 +308,29 @@ fn attention_backward(
     let mut dv = dev.zeros(spec.keys.len * da)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
+        return Ok((dq, dk, dv));
+    }
+    if fused_attention(dev, dims) {
+        // The output and log-sum-exp are recomputed, as the probabilities are on the CPU.
+        let shape = flash_shape(dims, rows);
+        let (o, lse) = flash_forward(dev, dims, spec, q, k, v)?;
+        let mut delta = dev.scratch(shape.lines())?; // every line written
+        dev.kernels
+            .flash_delta(d_o, &o, &rows.desc, shape, &mut delta)?;
+        drop(o);
+        let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
+        dev.kernels.flash_backward(
+            q,
+            k,
+            v,
+            d_o,
+            &lse,
+            &delta,
+            &rows.desc,
+            docs,
+            shape,
+            (&mut dq, &mut dk, &mut dv),
+        )?;
         return Ok((dq, dk, dv));
     }
     let (qs, ks) = pack_shapes(dims, rows);

@@ -36,6 +36,7 @@ mod device;
 pub mod kernels;
 pub mod launch;
 pub mod launch_adafactor;
+pub mod launch_flash;
 pub mod launch_model;
 pub mod launch_tokens;
 mod layers;

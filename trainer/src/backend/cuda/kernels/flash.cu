@@ -1,0 +1,623 @@
+// Fused ("flash") attention for the bf16 mode: softmax(scale * Q Kᵀ + mask) V per (row, head)
+// without ever storing the score matrix, forward and backward, on the tensor cores through
+// `mma.sync.m16n8k16` (bf16 operands, f32 accumulation).
+//
+// Streams are the model's f32 token streams (`tokens x heads·D`, rows packed one after another);
+// `rows_desc` holds six ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len,
+// causal, bidirectional prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to
+// the keys of its own document. Operands are rounded to bf16 as they are loaded; scores, the
+// softmax and every accumulator stay f32. A query that sees no key outputs zeros.
+//
+// The softmax runs in base 2: `scale_log2 = scale · log2(e)`, and the log-sum-exp that the
+// forward pass leaves for the backward (`lse`, `rows x heads x max_q`) is `log2 Σ 2^(x - max) +
+// max` of the base-2 scores (+inf for a query that sees nothing, so its probabilities are 0).
+//
+// The backward pass is two kernels, each summing in a fixed order with no atomics, so the
+// gradients are deterministic: `flash_backward_kv` (one block per key tile: dK and dV over the
+// query tiles) and `flash_backward_q` (one block per query tile: dQ over the key tiles), both
+// recomputing the probabilities from `lse`; `flash_delta` first forms `delta = rowsum(dO ⊙ O)`.
+//
+// Fragment layouts of m16n8k16 (lane = 4·g + t): A (16 x 16, row-major) registers hold the pairs
+// (row g, k 2t..2t+1), (row g+8, k 2t), (row g, k 2t+8), (row g+8, k 2t+8); B (16 x 8) registers
+// hold (k 2t..2t+1, col g) and (k 2t+8.., col g); C holds (row g, cols 2t, 2t+1) and (row g+8,
+// cols 2t, 2t+1). The lower k of a pair sits in the lower 16 bits. Two adjacent C tiles of a
+// score matrix are therefore exactly the A fragment of the next product.
+
+#define FA_WARPS 4
+#define FA_THREADS (FA_WARPS * 32)
+// Queries per forward / dQ block (16 per warp), keys per tile in the forward pass.
+#define FA_BQ 64
+#define FA_BK 64
+// Keys per dK/dV block (16 per warp) and queries per tile there; keys per tile in the dQ pass.
+#define FB_BK 64
+#define FB_BQ 32
+#define FQ_BK 32
+
+#define POS_INF __int_as_float(0x7f800000)
+
+struct RowDesc {
+    int q_start, q_len, k_start, k_len, causal, prefix;
+};
+
+__device__ __forceinline__ RowDesc row_desc(const int* rows_desc, int r) {
+    const int* d = rows_desc + r * 6;
+    RowDesc out = {d[0], d[1], d[2], d[3], d[4], d[5]};
+    return out;
+}
+
+// Whether query i sees key j (indices within the row; both known to be inside it).
+__device__ __forceinline__ bool sees(const RowDesc& row, int i, int j, const u32* q_doc,
+                                     const u32* k_doc) {
+    if (row.causal && j > i && !(i < row.prefix && j < row.prefix)) return false;
+    if (q_doc) return q_doc[row.q_start + i] == k_doc[row.k_start + j];
+    return true;
+}
+
+// One past the last key any query in [i0, i1) can see: the causal bound, widened by the prefix.
+__device__ __forceinline__ int key_end(const RowDesc& row, int i0, int i1) {
+    if (!row.causal) return row.k_len;
+    int end = min(i1, row.q_len);
+    if (i0 < row.prefix) end = max(end, row.prefix);
+    return min(end, row.k_len);
+}
+
+// The first query that can see any key in [j0, ...): causal rows skip queries before j0.
+__device__ __forceinline__ int query_begin(const RowDesc& row, int j0) {
+    if (!row.causal || j0 < row.prefix) return 0;
+    return j0;
+}
+
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
+}
+
+__device__ __forceinline__ u32 pack2_bits(bf16_bits lo, bf16_bits hi) {
+    return (u32)lo | ((u32)hi << 16);
+}
+
+// c += a · b on the tensor cores.
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// A pair of f32 values (d, d+1) of token `t` (or zeros past `len`) rounded to bf16.
+__device__ __forceinline__ u32 load_pair(const float* x, int start, int i, int len, long da,
+                                         int col) {
+    if (i >= len) return 0u;
+    float2 v = *(const float2*)(x + (long)(start + i) * da + col);
+    return pack2(v.x, v.y);
+}
+
+// Rows [i0, i0 + n) of one head of a stream into shared memory as bf16, `stride` elements per
+// row; rows past `len` are zeros.
+template <int D>
+__device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const float* x, int start,
+                                           int i0, int n, int len, long da, int head_col) {
+    for (int idx = threadIdx.x; idx < n * (D / 2); idx += FA_THREADS) {
+        int ii = idx / (D / 2), c = (idx % (D / 2)) * 2;
+        *(u32*)&dst[ii * stride + c] = load_pair(x, start, i0 + ii, len, da, head_col + c);
+    }
+}
+
+// Two bf16 values of rows (k, k+1) in one column of a row-major shared tile, as a B pair.
+__device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, int k, int col) {
+    return pack2_bits(tile[k * stride + col], tile[(k + 1) * stride + col]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: one block per (64 queries, head, row); each warp owns 16 queries and walks the key
+// tiles with the online softmax.
+
+template <int D>
+__device__ void flash_forward(const float* q, const float* k, const float* v,
+                              const int* rows_desc, const u32* q_doc, const u32* k_doc,
+                              float* out, float* lse, int heads, int max_q, float scale_log2) {
+    constexpr int KS = D / 16;     // k-steps over the head dimension
+    constexpr int DT = D / 8;      // n-tiles over the head dimension
+    constexpr int NT = FA_BK / 8;  // n-tiles over a key tile
+    constexpr int KST = D + 8;     // shared row stride of K and V (bf16), padded against conflicts
+    __shared__ bf16_bits ks[FA_BK * KST];
+    __shared__ bf16_bits vs[FA_BK * KST];
+
+    const int r = blockIdx.z, h = blockIdx.y;
+    const RowDesc row = row_desc(rows_desc, r);
+    const int i0 = blockIdx.x * FA_BQ;
+    if (i0 >= row.q_len) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const long da = (long)heads * D;
+    const int hc = h * D;
+    const int qa = i0 + warp * 16 + g, qb = qa + 8;  // this thread's two query rows
+
+    u32 qf[KS][4];
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = hc + kk * 16 + 2 * t;
+        qf[kk][0] = load_pair(q, row.q_start, qa, row.q_len, da, c);
+        qf[kk][1] = load_pair(q, row.q_start, qb, row.q_len, da, c);
+        qf[kk][2] = load_pair(q, row.q_start, qa, row.q_len, da, c + 8);
+        qf[kk][3] = load_pair(q, row.q_start, qb, row.q_len, da, c + 8);
+    }
+    float o[DT][4];
+    #pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
+
+    const int k_end = key_end(row, i0, i0 + FA_BQ);
+    for (int j0 = 0; j0 < k_end; j0 += FA_BK) {
+        __syncthreads();
+        stage_rows<D>(ks, KST, k, row.k_start, j0, FA_BK, row.k_len, da, hc);
+        stage_rows<D>(vs, KST, v, row.k_start, j0, FA_BK, row.k_len, da, hc);
+        __syncthreads();
+
+        float s[NT][4];
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            const bf16_bits* kr = ks + (nt * 8 + g) * KST + 2 * t;
+            #pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
+                mma16816(s[nt], qf[kk], b);
+            }
+        }
+        // Mask and scale, then the online softmax per query row (a row's 64 scores are spread
+        // over the 4 lanes of its group).
+        float xa = NEG_INF, xb = NEG_INF;
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e < 2 ? qa : qb;
+                int j = j0 + nt * 8 + 2 * t + (e & 1);
+                bool on = i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc);
+                float x = on ? s[nt][e] * scale_log2 : NEG_INF;
+                s[nt][e] = x;
+                if (e < 2) xa = fmaxf(xa, x);
+                else xb = fmaxf(xb, x);
+            }
+        }
+        xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
+        xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
+        xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
+        xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
+        float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
+        // Rescaling of what was summed so far; nothing was (all zeros) while the max is -inf.
+        float ra = na == NEG_INF ? 1.0f : exp2f(ma - na);
+        float rb = nb == NEG_INF ? 1.0f : exp2f(mb - nb);
+        float sa = 0.0f, sb = 0.0f;
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float base = e < 2 ? na : nb;
+                float p = s[nt][e] == NEG_INF ? 0.0f : exp2f(s[nt][e] - base);
+                s[nt][e] = p;
+                if (e < 2) sa += p;
+                else sb += p;
+            }
+        }
+        sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+        sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+        sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+        sb += __shfl_xor_sync(0xffffffffu, sb, 2);
+        la = la * ra + sa;
+        lb = lb * rb + sb;
+        ma = na;
+        mb = nb;
+        #pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            o[dt][0] *= ra;
+            o[dt][1] *= ra;
+            o[dt][2] *= rb;
+            o[dt][3] *= rb;
+        }
+        // O += P V: P's C tiles (2kk, 2kk+1) are the A fragment of k-step kk over the keys.
+        #pragma unroll
+        for (int kk = 0; kk < FA_BK / 16; kk++) {
+            u32 pa[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            int key = kk * 16 + 2 * t;
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                int col = dt * 8 + g;
+                u32 b[2] = {column_pair(vs, KST, key, col), column_pair(vs, KST, key + 8, col)};
+                mma16816(o[dt], pa, b);
+            }
+        }
+    }
+
+    float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+    #pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+        int c = hc + dt * 8 + 2 * t;
+        if (qa < row.q_len) {
+            *(float2*)(out + (long)(row.q_start + qa) * da + c) =
+                make_float2(o[dt][0] * ia, o[dt][1] * ia);
+        }
+        if (qb < row.q_len) {
+            *(float2*)(out + (long)(row.q_start + qb) * da + c) =
+                make_float2(o[dt][2] * ib, o[dt][3] * ib);
+        }
+    }
+    if (t == 0) {
+        float* l = lse + ((long)r * heads + h) * max_q;
+        if (qa < row.q_len) l[qa] = la > 0.0f ? ma + log2f(la) : POS_INF;
+        if (qb < row.q_len) l[qb] = lb > 0.0f ? mb + log2f(lb) : POS_INF;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// delta[r, h, i] = Σ_d dO[i, d] · O[i, d] (f32), one warp per (row, head, query); 0 past q_len.
+
+extern "C" __global__ void flash_delta(const float* d_out, const float* out, const int* rows_desc,
+                                       float* delta, int n_rows, int heads, int head_dim,
+                                       int max_q) {
+    long line = (long)blockIdx.x * FA_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (line >= (long)n_rows * heads * max_q) return;
+    int i = (int)(line % max_q);
+    int h = (int)((line / max_q) % heads);
+    int r = (int)(line / max_q / heads);
+    RowDesc row = row_desc(rows_desc, r);
+    float acc = 0.0f;
+    if (i < row.q_len) {
+        long base = (long)(row.q_start + i) * heads * head_dim + (long)h * head_dim;
+        for (int c = lane; c < head_dim; c += 32) acc += d_out[base + c] * out[base + c];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) delta[line] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// dK, dV: one block per (64 keys, head, row); each warp owns 16 keys and walks the query tiles
+// that can see them: Sᵀ = K Qᵀ, Pᵀ from lse, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ - delta)
+// · scale, dK += dSᵀ Q.
+
+template <int D>
+__device__ void flash_backward_kv(const float* q, const float* k, const float* v,
+                                  const float* d_out, const float* lse, const float* delta,
+                                  const int* rows_desc, const u32* q_doc, const u32* k_doc,
+                                  float* dk, float* dv, int heads, int max_q, float scale,
+                                  float scale_log2) {
+    constexpr int KS = D / 16;
+    constexpr int DT = D / 8;
+    constexpr int NT = FB_BQ / 8;  // n-tiles over a query tile
+    constexpr int ST = D + 8;
+    __shared__ bf16_bits qs[FB_BQ * ST];
+    __shared__ bf16_bits dos[FB_BQ * ST];
+    __shared__ bf16_bits vsh[FB_BK * ST];
+    __shared__ float lse_s[FB_BQ];
+    __shared__ float delta_s[FB_BQ];
+
+    const int r = blockIdx.z, h = blockIdx.y;
+    const RowDesc row = row_desc(rows_desc, r);
+    const int j0 = blockIdx.x * FB_BK;
+    if (j0 >= row.k_len) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const long da = (long)heads * D;
+    const int hc = h * D;
+    const int ka = j0 + warp * 16 + g, kb = ka + 8;  // this thread's two key rows
+    const int wk = warp * 16;                       // the warp's first key within the tile
+
+    u32 kf[KS][4];
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = hc + kk * 16 + 2 * t;
+        kf[kk][0] = load_pair(k, row.k_start, ka, row.k_len, da, c);
+        kf[kk][1] = load_pair(k, row.k_start, kb, row.k_len, da, c);
+        kf[kk][2] = load_pair(k, row.k_start, ka, row.k_len, da, c + 8);
+        kf[kk][3] = load_pair(k, row.k_start, kb, row.k_len, da, c + 8);
+    }
+    stage_rows<D>(vsh, ST, v, row.k_start, j0, FB_BK, row.k_len, da, hc);
+    float dkacc[DT][4], dvacc[DT][4];
+    #pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+        #pragma unroll
+        for (int e = 0; e < 4; e++) dkacc[dt][e] = dvacc[dt][e] = 0.0f;
+    }
+    const float* lse_r = lse + ((long)r * heads + h) * max_q;
+    const float* delta_r = delta + ((long)r * heads + h) * max_q;
+
+    const int q_begin = (query_begin(row, j0) / FB_BQ) * FB_BQ;
+    for (int i0 = q_begin; i0 < row.q_len; i0 += FB_BQ) {
+        __syncthreads();
+        stage_rows<D>(qs, ST, q, row.q_start, i0, FB_BQ, row.q_len, da, hc);
+        stage_rows<D>(dos, ST, d_out, row.q_start, i0, FB_BQ, row.q_len, da, hc);
+        for (int ii = threadIdx.x; ii < FB_BQ; ii += FA_THREADS) {
+            bool in = i0 + ii < row.q_len;
+            lse_s[ii] = in ? lse_r[i0 + ii] : POS_INF;
+            delta_s[ii] = in ? delta_r[i0 + ii] : 0.0f;
+        }
+        __syncthreads();
+
+        // Sᵀ (16 keys x FB_BQ queries) and from it Pᵀ.
+        float p[NT][4];
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+            const bf16_bits* qr = qs + (nt * 8 + g) * ST + 2 * t;
+            #pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                u32 b[2] = {*(const u32*)(qr + kk * 16), *(const u32*)(qr + kk * 16 + 8)};
+                mma16816(p[nt], kf[kk], b);
+            }
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int j = e < 2 ? ka : kb;
+                int ii = nt * 8 + 2 * t + (e & 1);
+                int i = i0 + ii;
+                bool on = i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc);
+                float l = lse_s[ii];
+                p[nt][e] = on && l != POS_INF ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+            }
+        }
+        // dV += Pᵀ dO (k over the tile's queries).
+        #pragma unroll
+        for (int kk = 0; kk < FB_BQ / 16; kk++) {
+            u32 pa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
+                         pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                         pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+            int qi = kk * 16 + 2 * t;
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                int col = dt * 8 + g;
+                u32 b[2] = {column_pair(dos, ST, qi, col), column_pair(dos, ST, qi + 8, col)};
+                mma16816(dvacc[dt], pa, b);
+            }
+        }
+        // dPᵀ = V dOᵀ (k over the head dimension; V's A fragments from shared memory).
+        float dp[NT][4];
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            const bf16_bits* va = vsh + (wk + g) * ST + kk * 16 + 2 * t;
+            u32 a[4] = {*(const u32*)va, *(const u32*)(va + 8 * ST), *(const u32*)(va + 8),
+                        *(const u32*)(va + 8 * ST + 8)};
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const bf16_bits* dr = dos + (nt * 8 + g) * ST + kk * 16 + 2 * t;
+                u32 b[2] = {*(const u32*)dr, *(const u32*)(dr + 8)};
+                mma16816(dp[nt], a, b);
+            }
+        }
+        // dSᵀ = Pᵀ ⊙ (dPᵀ - delta) · scale, into p.
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int ii = nt * 8 + 2 * t + (e & 1);
+                p[nt][e] = p[nt][e] * (dp[nt][e] - delta_s[ii]) * scale;
+            }
+        }
+        // dK += dSᵀ Q (k over the tile's queries).
+        #pragma unroll
+        for (int kk = 0; kk < FB_BQ / 16; kk++) {
+            u32 sa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
+                         pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                         pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+            int qi = kk * 16 + 2 * t;
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                int col = dt * 8 + g;
+                u32 b[2] = {column_pair(qs, ST, qi, col), column_pair(qs, ST, qi + 8, col)};
+                mma16816(dkacc[dt], sa, b);
+            }
+        }
+    }
+
+    #pragma unroll
+
+    for (int dt = 0; dt < DT; dt++) {
+        int c = hc + dt * 8 + 2 * t;
+        if (ka < row.k_len) {
+            long at = (long)(row.k_start + ka) * da + c;
+            *(float2*)(dk + at) = make_float2(dkacc[dt][0], dkacc[dt][1]);
+            *(float2*)(dv + at) = make_float2(dvacc[dt][0], dvacc[dt][1]);
+        }
+        if (kb < row.k_len) {
+            long at = (long)(row.k_start + kb) * da + c;
+            *(float2*)(dk + at) = make_float2(dkacc[dt][2], dkacc[dt][3]);
+            *(float2*)(dv + at) = make_float2(dvacc[dt][2], dvacc[dt][3]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dQ: one block per (64 queries, head, row); each warp owns 16 queries and walks the key tiles:
+// S = Q Kᵀ, P from lse, dP = dO Vᵀ, dS = P ⊙ (dP - delta) · scale, dQ += dS K.
+
+template <int D>
+__device__ void flash_backward_q(const float* q, const float* k, const float* v,
+                                 const float* d_out, const float* lse, const float* delta,
+                                 const int* rows_desc, const u32* q_doc, const u32* k_doc,
+                                 float* dq, int heads, int max_q, float scale, float scale_log2) {
+    constexpr int KS = D / 16;
+    constexpr int DT = D / 8;
+    constexpr int NT = FQ_BK / 8;
+    constexpr int ST = D + 8;
+    __shared__ bf16_bits ks[FQ_BK * ST];
+    __shared__ bf16_bits vsh[FQ_BK * ST];
+
+    const int r = blockIdx.z, h = blockIdx.y;
+    const RowDesc row = row_desc(rows_desc, r);
+    const int i0 = blockIdx.x * FA_BQ;
+    if (i0 >= row.q_len) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const long da = (long)heads * D;
+    const int hc = h * D;
+    const int qa = i0 + warp * 16 + g, qb = qa + 8;
+
+    u32 qf[KS][4], df[KS][4];
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        int c = hc + kk * 16 + 2 * t;
+        qf[kk][0] = load_pair(q, row.q_start, qa, row.q_len, da, c);
+        qf[kk][1] = load_pair(q, row.q_start, qb, row.q_len, da, c);
+        qf[kk][2] = load_pair(q, row.q_start, qa, row.q_len, da, c + 8);
+        qf[kk][3] = load_pair(q, row.q_start, qb, row.q_len, da, c + 8);
+        df[kk][0] = load_pair(d_out, row.q_start, qa, row.q_len, da, c);
+        df[kk][1] = load_pair(d_out, row.q_start, qb, row.q_len, da, c);
+        df[kk][2] = load_pair(d_out, row.q_start, qa, row.q_len, da, c + 8);
+        df[kk][3] = load_pair(d_out, row.q_start, qb, row.q_len, da, c + 8);
+    }
+    const long line = ((long)r * heads + h) * max_q;
+    const float la = qa < row.q_len ? lse[line + qa] : POS_INF;
+    const float lb = qb < row.q_len ? lse[line + qb] : POS_INF;
+    const float dla = qa < row.q_len ? delta[line + qa] : 0.0f;
+    const float dlb = qb < row.q_len ? delta[line + qb] : 0.0f;
+    float dqacc[DT][4];
+    #pragma unroll
+    for (int dt = 0; dt < DT; dt++) dqacc[dt][0] = dqacc[dt][1] = dqacc[dt][2] = dqacc[dt][3] = 0.0f;
+
+    const int k_end = key_end(row, i0, i0 + FA_BQ);
+    for (int j0 = 0; j0 < k_end; j0 += FQ_BK) {
+        __syncthreads();
+        stage_rows<D>(ks, ST, k, row.k_start, j0, FQ_BK, row.k_len, da, hc);
+        stage_rows<D>(vsh, ST, v, row.k_start, j0, FQ_BK, row.k_len, da, hc);
+        __syncthreads();
+
+        float p[NT][4], dp[NT][4];
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) p[nt][e] = dp[nt][e] = 0.0f;
+            const bf16_bits* kr = ks + (nt * 8 + g) * ST + 2 * t;
+            const bf16_bits* vr = vsh + (nt * 8 + g) * ST + 2 * t;
+            #pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
+                mma16816(p[nt], qf[kk], b);
+                u32 c[2] = {*(const u32*)(vr + kk * 16), *(const u32*)(vr + kk * 16 + 8)};
+                mma16816(dp[nt], df[kk], c);
+            }
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e < 2 ? qa : qb;
+                int j = j0 + nt * 8 + 2 * t + (e & 1);
+                float l = e < 2 ? la : lb;
+                bool on = i < row.q_len && j < row.k_len && l != POS_INF &&
+                          sees(row, i, j, q_doc, k_doc);
+                float pr = on ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+                p[nt][e] = pr * (dp[nt][e] - (e < 2 ? dla : dlb)) * scale;
+            }
+        }
+        // dQ += dS K (k over the tile's keys).
+        #pragma unroll
+        for (int kk = 0; kk < FQ_BK / 16; kk++) {
+            u32 sa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
+                         pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                         pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+            int key = kk * 16 + 2 * t;
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                int col = dt * 8 + g;
+                u32 b[2] = {column_pair(ks, ST, key, col), column_pair(ks, ST, key + 8, col)};
+                mma16816(dqacc[dt], sa, b);
+            }
+        }
+    }
+
+    #pragma unroll
+
+    for (int dt = 0; dt < DT; dt++) {
+        int c = hc + dt * 8 + 2 * t;
+        if (qa < row.q_len) {
+            *(float2*)(dq + (long)(row.q_start + qa) * da + c) =
+                make_float2(dqacc[dt][0], dqacc[dt][1]);
+        }
+        if (qb < row.q_len) {
+            *(float2*)(dq + (long)(row.q_start + qb) * da + c) =
+                make_float2(dqacc[dt][2], dqacc[dt][3]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, one per supported head dimension.
+
+extern "C" __global__ void flash_forward_d32(const float* q, const float* k, const float* v,
+                                             const int* rows_desc, const u32* q_doc,
+                                             const u32* k_doc, float* out, float* lse, int heads,
+                                             int max_q, float scale_log2) {
+    flash_forward<32>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d32(const float* q, const float* k, const float* v,
+                                                 const float* d_out, const float* lse,
+                                                 const float* delta, const int* rows_desc,
+                                                 const u32* q_doc, const u32* k_doc, float* dk,
+                                                 float* dv, int heads, int max_q, float scale,
+                                                 float scale_log2) {
+    flash_backward_kv<32>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
+                          max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d32(const float* q, const float* k, const float* v,
+                                                const float* d_out, const float* lse,
+                                                const float* delta, const int* rows_desc,
+                                                const u32* q_doc, const u32* k_doc, float* dq,
+                                                int heads, int max_q, float scale,
+                                                float scale_log2) {
+    flash_backward_q<32>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
+                         scale, scale_log2);
+}
+
+extern "C" __global__ void flash_forward_d64(const float* q, const float* k, const float* v,
+                                             const int* rows_desc, const u32* q_doc,
+                                             const u32* k_doc, float* out, float* lse, int heads,
+                                             int max_q, float scale_log2) {
+    flash_forward<64>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d64(const float* q, const float* k, const float* v,
+                                                 const float* d_out, const float* lse,
+                                                 const float* delta, const int* rows_desc,
+                                                 const u32* q_doc, const u32* k_doc, float* dk,
+                                                 float* dv, int heads, int max_q, float scale,
+                                                 float scale_log2) {
+    flash_backward_kv<64>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
+                          max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d64(const float* q, const float* k, const float* v,
+                                                const float* d_out, const float* lse,
+                                                const float* delta, const int* rows_desc,
+                                                const u32* q_doc, const u32* k_doc, float* dq,
+                                                int heads, int max_q, float scale,
+                                                float scale_log2) {
+    flash_backward_q<64>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
+                         scale, scale_log2);
+}
+
+extern "C" __global__ void flash_forward_d128(const float* q, const float* k, const float* v,
+                                             const int* rows_desc, const u32* q_doc,
+                                             const u32* k_doc, float* out, float* lse, int heads,
+                                             int max_q, float scale_log2) {
+    flash_forward<128>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d128(const float* q, const float* k, const float* v,
+                                                 const float* d_out, const float* lse,
+                                                 const float* delta, const int* rows_desc,
+                                                 const u32* q_doc, const u32* k_doc, float* dk,
+                                                 float* dv, int heads, int max_q, float scale,
+                                                 float scale_log2) {
+    flash_backward_kv<128>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
+                          max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d128(const float* q, const float* k, const float* v,
+                                                const float* d_out, const float* lse,
+                                                const float* delta, const int* rows_desc,
+                                                const u32* q_doc, const u32* k_doc, float* dq,
+                                                int heads, int max_q, float scale,
+                                                float scale_log2) {
+    flash_backward_q<128>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
+                         scale, scale_log2);
+}

@@ -1,0 +1,169 @@
+//! Launchers for the fused attention of the bf16 mode (flash.cu): forward, `delta = rowsum(dO ⊙
+//! O)`, and the two backward kernels (dK/dV per key tile, dQ per query tile). Q, K, V and the
+//! gradients are the model's f32 token streams (`tokens x heads·head_dim`); `lse` and `delta`
+//! are `rows x heads x max_q` values.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::launch::{grid, CudaKernels, LaunchError, NULL};
+
+/// Head dimensions the fused kernels are instantiated for.
+pub const FLASH_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+/// Threads per block (`FA_THREADS`), queries per forward / dQ block (`FA_BQ`) and keys per dK/dV
+/// block (`FB_BK`) in flash.cu.
+const FA_THREADS: u32 = 128;
+const FA_BQ: usize = 64;
+const FB_BK: usize = 64;
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+
+/// One fused attention call's shapes: the batch rows (described by `rows_desc`, six `i32` each
+/// as `AttnRow`), heads, head dimension, and the longest query and key ranges of any row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashShape {
+    pub rows: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub max_q: usize,
+    pub max_k: usize,
+}
+
+impl FlashShape {
+    /// Values of `lse` and `delta`.
+    pub fn lines(&self) -> usize {
+        self.rows * self.heads * self.max_q
+    }
+
+    fn check(&self) -> Result<(), LaunchError> {
+        if !FLASH_HEAD_DIMS.contains(&self.head_dim) {
+            return Err(LaunchError::Unsupported(format!(
+                "fused attention has no kernel for head_dim {} (only {FLASH_HEAD_DIMS:?})",
+                self.head_dim
+            )));
+        }
+        if self.rows > 65535 || self.heads > 65535 {
+            return Err(LaunchError::Unsupported(format!(
+                "fused attention over {} rows x {} heads exceeds the grid",
+                self.rows, self.heads
+            )));
+        }
+        Ok(())
+    }
+
+    fn grid(&self, len: usize, per_block: usize) -> cudarc::driver::LaunchConfig {
+        let mut cfg = grid(len.div_ceil(per_block) as u32, self.heads as u32, FA_THREADS);
+        cfg.grid_dim.2 = self.rows.max(1) as u32;
+        cfg
+    }
+}
+
+/// The document ids of the query and key streams, when documents reset attention.
+pub type DocStreams<'a> = Option<(&'a CudaSlice<u32>, &'a CudaSlice<u32>)>;
+
+fn push_docs<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, docs: DocStreams<'a>) {
+    match docs {
+        Some((q_doc, k_doc)) => b.arg(q_doc).arg(k_doc),
+        None => b.arg(&NULL).arg(&NULL),
+    };
+}
+
+impl CudaKernels {
+    /// `out` (query stream) = attention output for every query inside a row (others are left as
+    /// they are), and `lse` the base-2 log-sum-exp per query line for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_forward(
+        &self,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        rows_desc: &CudaSlice<i32>,
+        docs: DocStreams<'_>,
+        shape: FlashShape,
+        out: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<(), LaunchError> {
+        shape.check()?;
+        if shape.max_q == 0 || shape.max_k == 0 {
+            return Ok(());
+        }
+        let name = flash_name("flash_forward", shape.head_dim);
+        let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
+        let scale_log2 = LOG2_E / (shape.head_dim as f32).sqrt();
+        let mut b = self.builder(name)?;
+        b.arg(q).arg(k).arg(v).arg(rows_desc);
+        push_docs(&mut b, docs);
+        b.arg(out).arg(lse).arg(&heads).arg(&max_q).arg(&scale_log2);
+        self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
+    }
+
+    /// `delta[line] = Σ dO ⊙ O` over the head dimension, per query line (0 past a row's end).
+    pub fn flash_delta(
+        &self,
+        d_out: &CudaSlice<f32>,
+        out: &CudaSlice<f32>,
+        rows_desc: &CudaSlice<i32>,
+        shape: FlashShape,
+        delta: &mut CudaSlice<f32>,
+    ) -> Result<(), LaunchError> {
+        let dims = [shape.rows, shape.heads, shape.head_dim, shape.max_q].map(|v| v as i32);
+        let mut b = self.builder("flash_delta")?;
+        b.arg(d_out).arg(out).arg(rows_desc).arg(delta);
+        b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
+        let warps = FA_THREADS as usize / 32;
+        let blocks = shape.lines().div_ceil(warps) as u32;
+        self.run("flash_delta", &mut b, grid(blocks, 1, FA_THREADS))
+    }
+
+    /// The gradients w.r.t. Q, K and V, written (not added) for every token inside a row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_backward(
+        &self,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        d_out: &CudaSlice<f32>,
+        lse: &CudaSlice<f32>,
+        delta: &CudaSlice<f32>,
+        rows_desc: &CudaSlice<i32>,
+        docs: DocStreams<'_>,
+        shape: FlashShape,
+        (dq, dk, dv): (&mut CudaSlice<f32>, &mut CudaSlice<f32>, &mut CudaSlice<f32>),
+    ) -> Result<(), LaunchError> {
+        shape.check()?;
+        if shape.max_q == 0 || shape.max_k == 0 {
+            return Ok(());
+        }
+        let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let scale_log2 = scale * LOG2_E;
+
+        let name = flash_name("flash_backward_kv", shape.head_dim);
+        let mut b = self.builder(name)?;
+        b.arg(q).arg(k).arg(v).arg(d_out).arg(lse).arg(delta).arg(rows_desc);
+        push_docs(&mut b, docs);
+        b.arg(dk).arg(dv).arg(&heads).arg(&max_q).arg(&scale).arg(&scale_log2);
+        self.run(name, &mut b, shape.grid(shape.max_k, FB_BK))?;
+
+        let name = flash_name("flash_backward_q", shape.head_dim);
+        let mut b = self.builder(name)?;
+        b.arg(q).arg(k).arg(v).arg(d_out).arg(lse).arg(delta).arg(rows_desc);
+        push_docs(&mut b, docs);
+        b.arg(dq).arg(&heads).arg(&max_q).arg(&scale).arg(&scale_log2);
+        self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
+    }
+}
+
+/// The entry point of `kernel` for `head_dim` (`flash_forward_d128`).
+fn flash_name(kernel: &str, head_dim: usize) -> &'static str {
+    match (kernel, head_dim) {
+        ("flash_forward", 32) => "flash_forward_d32",
+        ("flash_forward", 64) => "flash_forward_d64",
+        ("flash_backward_kv", 32) => "flash_backward_kv_d32",
+        ("flash_backward_kv", 64) => "flash_backward_kv_d64",
+        ("flash_backward_q", 32) => "flash_backward_q_d32",
+        ("flash_backward_q", 64) => "flash_backward_q_d64",
+        ("flash_backward_kv", _) => "flash_backward_kv_d128",
+        ("flash_backward_q", _) => "flash_backward_q_d128",
+        _ => "flash_forward_d128",
+    }
+}
+
