@@ -484,9 +484,15 @@ fn adafactor_matches_cpu_full_factored_and_with_momentum() {
             // The updates are read back as differences of parameters about 100 times larger,
             // so one ulp of a parameter (the rounding of the final add on either side) is
             // already a few 1e-5 of the largest update: the tolerance is 1e-5 plus that ulp.
-            let p_max = params.tensors[0].data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let p_max = params.tensors[0]
+                .data
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
             let ulp = f32::from_bits(p_max.to_bits() + 1) - p_max;
-            let u_max = cpu_update.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let u_max = cpu_update
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(1e-30);
             assert_close(
                 &format!("adafactor {label} update {t}"),
                 &gpu_update,
@@ -820,7 +826,11 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
             let d_out = randn(&mut rng, q_tokens * da, 1.0);
             let q_doc: Vec<u32> = (0..q_tokens).map(|t| (t / doc_len) as u32).collect();
             let k_doc: Vec<u32> = (0..k_tokens).map(|t| (t / 29) as u32).collect();
-            let k_doc = if *label == "self" { q_doc.clone() } else { k_doc };
+            let k_doc = if *label == "self" {
+                q_doc.clone()
+            } else {
+                k_doc
+            };
             let desc: Vec<i32> = rows
                 .iter()
                 .flat_map(|r| {
@@ -854,7 +864,14 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                     &q, &k, &v, &d_out, shape, rows, docs, &mut dq, &mut dk, &mut dv,
                 );
 
-                let (qd, kd, vd, dod) = (g.upload(&q), g.upload(&k), g.upload(&v), g.upload(&d_out));
+                // The kernels read bf16 copies (rounded on the device, as the model does).
+                let bf16 = |x: &[f32]| {
+                    let mut y = g.stream.alloc_zeros::<u16>(x.len()).unwrap();
+                    g.kernels.f32_to_bf16(&g.upload(x), &mut y).unwrap();
+                    y
+                };
+                let (qd, kd, vd, dod) = (bf16(&q), bf16(&k), bf16(&v), bf16(&d_out));
+                let do_f32 = g.upload(&d_out);
                 let descd = g.upload(&desc);
                 let doc_d = docs.map(|(a, b)| (g.upload(a), g.upload(b)));
                 let docs_arg = doc_d.as_ref().map(|(a, b)| (a, b));
@@ -864,7 +881,8 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 k_.flash_forward(&qd, &kd, &vd, &descd, docs_arg, fshape, &mut od, &mut lse)
                     .unwrap();
                 let mut delta = g.zeros(fshape.lines());
-                k_.flash_delta(&dod, &od, &descd, fshape, &mut delta).unwrap();
+                k_.flash_delta(&do_f32, &od, &descd, fshape, &mut delta)
+                    .unwrap();
                 let backward = || {
                     let (mut dqd, mut dkd, mut dvd) = (
                         g.zeros(q_tokens * da),
@@ -889,7 +907,11 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 let (gdq, gdk, gdv) = backward();
                 let name = format!(
                     "flash {label} head_dim {hd}{}",
-                    if docs.is_some() { " with documents" } else { "" }
+                    if docs.is_some() {
+                        " with documents"
+                    } else {
+                        ""
+                    }
                 );
                 assert_close(&format!("{name} out"), &g.download(&od), &out, 1e-2);
                 assert_close(&format!("{name} dq"), &gdq, &dq, 2e-2);

@@ -204,6 +204,14 @@ pub fn check_bounds(
     check("C", m, n, spec.ldc, spec.stride_c, c_len)
 }
 
+/// Whether bf16-mode products hand cuBLAS the f32 operands with `CUBLAS_COMPUTE_32F_FAST_16BF`
+/// (`REDPACK_CUDA_GEMM=fast16bf`) rather than bf16 copies made first (the default, `convert`).
+/// Either way the operands are rounded to bf16 and accumulated in f32.
+pub fn inner_bf16_rounding() -> bool {
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| std::env::var("REDPACK_CUDA_GEMM").is_ok_and(|v| v == "fast16bf"))
+}
+
 /// A cuBLAS handle on the backend's stream.
 pub struct Blas {
     handle: CudaBlas,
@@ -272,7 +280,11 @@ impl Blas {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
+        // In the bf16 mode cuBLAS can round the f32 operands itself, inside the product
+        // (`CUBLAS_COMPUTE_32F_FAST_16BF`), instead of our converting them first.
+        let inner = precision == Precision::Bf16 && inner_bf16_rounding();
         let (bf_a, bf_b) = match precision {
+            _ if inner => (None, None),
             Precision::F32 => (None, None),
             Precision::Bf16 => (
                 Some(self.bf16_copy(kernels, a)?),
@@ -290,6 +302,7 @@ impl Blas {
         };
         let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
         let in_type = match precision {
+            _ if inner => cudaDataType_t::CUDA_R_32F,
             Precision::F32 => cudaDataType_t::CUDA_R_32F,
             Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
         };
@@ -302,7 +315,11 @@ impl Blas {
             to_i32("ldc", cm.ldc)?,
         );
         let batch = to_i32("batch", spec.batch)?;
-        let compute = cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let compute = if inner {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF
+        } else {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
         let algo = cudarc::cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
         // SAFETY: the pointers are live device buffers of this stream's context, `check_bounds`
         // keeps every access of the (batched) product inside them, the scalar pointers are host
@@ -310,9 +327,14 @@ impl Blas {
         // data types match the buffers (f32, or the bf16 copies).
         let name = || {
             format!(
-                "gemm {} {m}x{n}x{k}{}{}{}",
+                "gemm {}{} {m}x{n}x{k}{}{}{}",
                 precision.name(),
-                if spec.batch > 1 { format!(" batch {}", spec.batch) } else { String::new() },
+                if inner { " (fast)" } else { "" },
+                if spec.batch > 1 {
+                    format!(" batch {}", spec.batch)
+                } else {
+                    String::new()
+                },
                 if la.trans { " At" } else { "" },
                 if lb.trans { " Bt" } else { "" },
             )

@@ -15,6 +15,8 @@ use crate::backend::cpu::stream::Stream;
 use crate::backend::BackendError;
 
 pub(super) type Buf = CudaSlice<f32>;
+/// bf16 values stored as `u16` (the top half of an f32).
+pub(super) type Bf16Buf = CudaSlice<u16>;
 
 impl From<LaunchError> for BackendError {
     fn from(e: LaunchError) -> Self {
@@ -72,6 +74,14 @@ impl Dev<'_> {
         // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` values
         // before reading any (each call site names the kernel or product that does).
         Ok(unsafe { self.stream.alloc::<f32>(n) }?)
+    }
+
+    /// `x` rounded to bf16 (round to nearest even).
+    pub fn bf16(&self, x: &Buf) -> Result<Bf16Buf, BackendError> {
+        // SAFETY: the conversion kernel writes all `x.len()` values before anything reads them.
+        let mut y = unsafe { self.stream.alloc::<u16>(x.len().max(1)) }?;
+        self.kernels.f32_to_bf16(x, &mut y)?;
+        Ok(y)
     }
 
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, BackendError> {

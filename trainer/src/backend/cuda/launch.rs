@@ -107,15 +107,19 @@ impl CudaKernels {
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), LaunchError> {
-        super::profile::timed(&self.stream, || name.to_string(), || {
-            // SAFETY: every caller pushes the kernel's arguments in the order and with the C
-            // types of its signature in the `.cu` file, and sizes the grid so that the kernel's
-            // own bounds checks keep every access inside the buffers described in the method's
-            // contract.
-            unsafe { args.launch(cfg) }
-                .map(|_| ())
-                .map_err(driver(format!("launching {name}")))
-        })
+        super::profile::timed(
+            &self.stream,
+            || name.to_string(),
+            || {
+                // SAFETY: every caller pushes the kernel's arguments in the order and with the C
+                // types of its signature in the `.cu` file, and sizes the grid so that the kernel's
+                // own bounds checks keep every access inside the buffers described in the method's
+                // contract.
+                unsafe { args.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(driver(format!("launching {name}")))
+            },
+        )
     }
 
     /// `groups` groups of `width` values: `y = x̂ (· gain)`, `inv = 1/rms` per group. Without a
@@ -187,8 +191,17 @@ impl CudaKernels {
             .map_err(driver("allocating the gain's partial sums"))?;
         let (rows_i, width_i, chunks_i) = (rows as i32, width as i32, chunks as i32);
         let mut b = self.builder("rmsnorm_gain_partial")?;
-        b.arg(dy).arg(x).arg(inv).arg(&mut partial).arg(&rows_i).arg(&width_i);
-        let cfg = grid((width as u32).div_ceil(THREADS), chunks.min(65535) as u32, THREADS);
+        b.arg(dy)
+            .arg(x)
+            .arg(inv)
+            .arg(&mut partial)
+            .arg(&rows_i)
+            .arg(&width_i);
+        let cfg = grid(
+            (width as u32).div_ceil(THREADS),
+            chunks.min(65535) as u32,
+            THREADS,
+        );
         self.run("rmsnorm_gain_partial", &mut b, cfg)?;
         let mut b = self.builder("rmsnorm_gain_final")?;
         b.arg(&partial).arg(dgain).arg(&chunks_i).arg(&width_i);

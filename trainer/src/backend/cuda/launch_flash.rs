@@ -1,11 +1,22 @@
 //! Launchers for the fused attention of the bf16 mode (flash.cu): forward, `delta = rowsum(dO ⊙
-//! O)`, and the two backward kernels (dK/dV per key tile, dQ per query tile). Q, K, V and the
-//! gradients are the model's f32 token streams (`tokens x heads·head_dim`); `lse` and `delta`
-//! are `rows x heads x max_q` values.
+//! O)`, and the two backward kernels (dK/dV per key tile, dQ per query tile). Q, K, V and dO are
+//! bf16 copies (`u16`) of the model's token streams (`tokens x heads·head_dim`), the outputs f32
+//! streams; `lse` and `delta` are `rows x heads x max_q` values.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
+use super::blas::Precision;
 use super::launch::{grid, CudaKernels, LaunchError, NULL};
+
+/// Whether attention runs fused (these kernels): in the bf16 mode, for the head dimensions there
+/// are kernels for, unless `REDPACK_CUDA_ATTENTION=batched` asks for the batched products and the
+/// softmax kernel (the f32 mode's path, kept for comparison).
+pub fn fused_attention(precision: Precision, head_dim: usize) -> bool {
+    static BATCHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let batched = *BATCHED
+        .get_or_init(|| std::env::var("REDPACK_CUDA_ATTENTION").is_ok_and(|v| v == "batched"));
+    precision == Precision::Bf16 && FLASH_HEAD_DIMS.contains(&head_dim) && !batched
+}
 
 /// Head dimensions the fused kernels are instantiated for.
 pub const FLASH_HEAD_DIMS: [usize; 3] = [32, 64, 128];
@@ -50,7 +61,11 @@ impl FlashShape {
     }
 
     fn grid(&self, len: usize, per_block: usize) -> cudarc::driver::LaunchConfig {
-        let mut cfg = grid(len.div_ceil(per_block) as u32, self.heads as u32, FA_THREADS);
+        let mut cfg = grid(
+            len.div_ceil(per_block) as u32,
+            self.heads as u32,
+            FA_THREADS,
+        );
         cfg.grid_dim.2 = self.rows.max(1) as u32;
         cfg
     }
@@ -72,9 +87,9 @@ impl CudaKernels {
     #[allow(clippy::too_many_arguments)]
     pub fn flash_forward(
         &self,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
         rows_desc: &CudaSlice<i32>,
         docs: DocStreams<'_>,
         shape: FlashShape,
@@ -117,16 +132,20 @@ impl CudaKernels {
     #[allow(clippy::too_many_arguments)]
     pub fn flash_backward(
         &self,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
-        d_out: &CudaSlice<f32>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        d_out: &CudaSlice<u16>,
         lse: &CudaSlice<f32>,
         delta: &CudaSlice<f32>,
         rows_desc: &CudaSlice<i32>,
         docs: DocStreams<'_>,
         shape: FlashShape,
-        (dq, dk, dv): (&mut CudaSlice<f32>, &mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        (dq, dk, dv): (
+            &mut CudaSlice<f32>,
+            &mut CudaSlice<f32>,
+            &mut CudaSlice<f32>,
+        ),
     ) -> Result<(), LaunchError> {
         shape.check()?;
         if shape.max_q == 0 || shape.max_k == 0 {
@@ -138,16 +157,37 @@ impl CudaKernels {
 
         let name = flash_name("flash_backward_kv", shape.head_dim);
         let mut b = self.builder(name)?;
-        b.arg(q).arg(k).arg(v).arg(d_out).arg(lse).arg(delta).arg(rows_desc);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(d_out)
+            .arg(lse)
+            .arg(delta)
+            .arg(rows_desc);
         push_docs(&mut b, docs);
-        b.arg(dk).arg(dv).arg(&heads).arg(&max_q).arg(&scale).arg(&scale_log2);
+        b.arg(dk)
+            .arg(dv)
+            .arg(&heads)
+            .arg(&max_q)
+            .arg(&scale)
+            .arg(&scale_log2);
         self.run(name, &mut b, shape.grid(shape.max_k, FB_BK))?;
 
         let name = flash_name("flash_backward_q", shape.head_dim);
         let mut b = self.builder(name)?;
-        b.arg(q).arg(k).arg(v).arg(d_out).arg(lse).arg(delta).arg(rows_desc);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(d_out)
+            .arg(lse)
+            .arg(delta)
+            .arg(rows_desc);
         push_docs(&mut b, docs);
-        b.arg(dq).arg(&heads).arg(&max_q).arg(&scale).arg(&scale_log2);
+        b.arg(dq)
+            .arg(&heads)
+            .arg(&max_q)
+            .arg(&scale)
+            .arg(&scale_log2);
         self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
     }
 }
@@ -166,4 +206,3 @@ fn flash_name(kernel: &str, head_dim: usize) -> &'static str {
         _ => "flash_forward_d128",
     }
 }
-

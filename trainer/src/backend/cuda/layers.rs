@@ -4,9 +4,8 @@
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
 
-use super::device::{Buf, Dev, DevRows, DevStream};
-use super::blas::Precision;
-use super::launch_flash::{FlashShape, FLASH_HEAD_DIMS};
+use super::device::{Bf16Buf, Buf, Dev, DevRows, DevStream};
+use super::launch_flash::FlashShape;
 use super::launch_model::{PackShape, PackSide};
 use super::launch_tokens::ScoresShape;
 use super::products::AttnSizes;
@@ -218,14 +217,8 @@ fn probabilities(
     Ok(Probs { qp, kp, vp, p })
 }
 
-/// Whether attention runs fused (flash.cu): in the bf16 mode, for the head dimensions it has
-/// kernels for, unless `REDPACK_CUDA_ATTENTION=batched` asks for the batched products and the
-/// softmax kernel (the f32 mode's path, kept for comparison).
 fn fused_attention(dev: &Dev, dims: &Dims) -> bool {
-    static BATCHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let batched =
-        *BATCHED.get_or_init(|| std::env::var("REDPACK_CUDA_ATTENTION").is_ok_and(|v| v == "batched"));
-    dev.precision == Precision::Bf16 && FLASH_HEAD_DIMS.contains(&dims.hd) && !batched
+    super::launch_flash::fused_attention(dev.precision, dims.hd)
 }
 
 fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
@@ -246,6 +239,16 @@ fn flash_forward(
     q: &Buf,
     k: &Buf,
     v: &Buf,
+) -> Result<(Buf, Buf), BackendError> {
+    let (qb, kb, vb) = (dev.bf16(q)?, dev.bf16(k)?, dev.bf16(v)?);
+    flash_forward_bf16(dev, dims, spec, (&qb, &kb, &vb))
+}
+
+fn flash_forward_bf16(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    (q, k, v): (&Bf16Buf, &Bf16Buf, &Bf16Buf),
 ) -> Result<(Buf, Buf), BackendError> {
     let rows = spec.rows;
     let shape = flash_shape(dims, rows);
@@ -313,17 +316,19 @@ fn attention_backward(
     if fused_attention(dev, dims) {
         // The output and log-sum-exp are recomputed, as the probabilities are on the CPU.
         let shape = flash_shape(dims, rows);
-        let (o, lse) = flash_forward(dev, dims, spec, q, k, v)?;
+        let (qb, kb, vb) = (dev.bf16(q)?, dev.bf16(k)?, dev.bf16(v)?);
+        let (o, lse) = flash_forward_bf16(dev, dims, spec, (&qb, &kb, &vb))?;
         let mut delta = dev.scratch(shape.lines())?; // every line written
         dev.kernels
             .flash_delta(d_o, &o, &rows.desc, shape, &mut delta)?;
         drop(o);
+        let dob = dev.bf16(d_o)?;
         let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
         dev.kernels.flash_backward(
-            q,
-            k,
-            v,
-            d_o,
+            &qb,
+            &kb,
+            &vb,
+            &dob,
             &lse,
             &delta,
             &rows.desc,

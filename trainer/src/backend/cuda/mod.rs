@@ -43,8 +43,8 @@ mod layers;
 mod model;
 pub mod nvrtc;
 pub mod probe;
-pub mod profile;
 pub mod products;
+pub mod profile;
 
 pub use backend::CudaBackend;
 pub use blas::Precision;

@@ -2,11 +2,13 @@
 // without ever storing the score matrix, forward and backward, on the tensor cores through
 // `mma.sync.m16n8k16` (bf16 operands, f32 accumulation).
 //
-// Streams are the model's f32 token streams (`tokens x heads·D`, rows packed one after another);
-// `rows_desc` holds six ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len,
-// causal, bidirectional prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to
-// the keys of its own document. Operands are rounded to bf16 as they are loaded; scores, the
-// softmax and every accumulator stay f32. A query that sees no key outputs zeros.
+// Q, K, V and dO arrive as bf16 copies of the model's token streams (`tokens x heads·D`, rows
+// packed one after another); the outputs (O, dQ, dK, dV) are f32 streams. `rows_desc` holds six
+// ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len, causal, bidirectional
+// prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to the keys of its own
+// document. Scores, the softmax and every accumulator stay f32. A query that sees no key outputs
+// zeros. Tiles reach shared memory through `cp.async` (16 bytes per copy, rows past a row's end
+// zero-filled), so a block keeps every load of a tile in flight at once.
 //
 // The softmax runs in base 2: `scale_log2 = scale · log2(e)`, and the log-sum-exp that the
 // forward pass leaves for the backward (`lse`, `rows x heads x max_q`) is `log2 Σ 2^(x - max) +
@@ -84,23 +86,46 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// A pair of f32 values (d, d+1) of token `t` (or zeros past `len`) rounded to bf16.
-__device__ __forceinline__ u32 load_pair(const float* x, int start, int i, int len, long da,
+// The bf16 pair (d, d+1) of token `start + i` (zeros past `len`), as one 32-bit word.
+__device__ __forceinline__ u32 load_pair(const bf16_bits* x, int start, int i, int len, long da,
                                          int col) {
     if (i >= len) return 0u;
-    float2 v = *(const float2*)(x + (long)(start + i) * da + col);
-    return pack2(v.x, v.y);
+    return *(const u32*)(x + (long)(start + i) * da + col);
 }
 
-// Rows [i0, i0 + n) of one head of a stream into shared memory as bf16, `stride` elements per
-// row; rows past `len` are zeros.
-template <int D>
-__device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const float* x, int start,
-                                           int i0, int n, int len, long da, int head_col) {
-    for (int idx = threadIdx.x; idx < n * (D / 2); idx += FA_THREADS) {
-        int ii = idx / (D / 2), c = (idx % (D / 2)) * 2;
-        *(u32*)&dst[ii * stride + c] = load_pair(x, start, i0 + ii, len, da, head_col + c);
+__device__ __forceinline__ u32 shared_address(const void* p) {
+    u32 out;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(out) : "l"(p));
+    return out;
+}
+
+// Starts copying rows [i0, i0 + N) of one head of a bf16 stream into shared memory (`stride`
+// elements per row); rows past `len` are zero-filled. `stage_wait` then waits for every copy this
+// thread started; a __syncthreads() after it makes the tile visible to the block.
+template <int D, int N>
+__device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf16_bits* x,
+                                           int start, int i0, int len, long da, int head_col) {
+    constexpr int CHUNKS = D / 8;  // 16-byte pieces per row
+    constexpr int ITERS = (N * CHUNKS + FA_THREADS - 1) / FA_THREADS;
+#pragma unroll
+    for (int it = 0; it < ITERS; it++) {
+        int idx = it * FA_THREADS + threadIdx.x;
+        if (idx < N * CHUNKS) {
+            int ii = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+            int i = i0 + ii;
+            bool in = i < len;
+            const bf16_bits* src = x + (long)(start + (in ? i : 0)) * da + head_col + c;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                             shared_address(dst + ii * stride + c)),
+                         "l"(src), "r"(in ? 16 : 0)
+                         : "memory");
+        }
     }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void stage_wait() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
 // Two bf16 values of rows (k, k+1) in one column of a row-major shared tile, as a B pair.
@@ -113,7 +138,7 @@ __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, in
 // tiles with the online softmax.
 
 template <int D>
-__device__ void flash_forward(const float* q, const float* k, const float* v,
+__device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                               const int* rows_desc, const u32* q_doc, const u32* k_doc,
                               float* out, float* lse, int heads, int max_q, float scale_log2) {
     constexpr int KS = D / 16;     // k-steps over the head dimension
@@ -149,8 +174,9 @@ __device__ void flash_forward(const float* q, const float* k, const float* v,
     const int k_end = key_end(row, i0, i0 + FA_BQ);
     for (int j0 = 0; j0 < k_end; j0 += FA_BK) {
         __syncthreads();
-        stage_rows<D>(ks, KST, k, row.k_start, j0, FA_BK, row.k_len, da, hc);
-        stage_rows<D>(vs, KST, v, row.k_start, j0, FA_BK, row.k_len, da, hc);
+        stage_rows<D, FA_BK>(ks, KST, k, row.k_start, j0, row.k_len, da, hc);
+        stage_rows<D, FA_BK>(vs, KST, v, row.k_start, j0, row.k_len, da, hc);
+        stage_wait();
         __syncthreads();
 
         float s[NT][4];
@@ -279,8 +305,8 @@ extern "C" __global__ void flash_delta(const float* d_out, const float* out, con
 // · scale, dK += dSᵀ Q.
 
 template <int D>
-__device__ void flash_backward_kv(const float* q, const float* k, const float* v,
-                                  const float* d_out, const float* lse, const float* delta,
+__device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
+                                  const bf16_bits* d_out, const float* lse, const float* delta,
                                   const int* rows_desc, const u32* q_doc, const u32* k_doc,
                                   float* dk, float* dv, int heads, int max_q, float scale,
                                   float scale_log2) {
@@ -313,7 +339,7 @@ __device__ void flash_backward_kv(const float* q, const float* k, const float* v
         kf[kk][2] = load_pair(k, row.k_start, ka, row.k_len, da, c + 8);
         kf[kk][3] = load_pair(k, row.k_start, kb, row.k_len, da, c + 8);
     }
-    stage_rows<D>(vsh, ST, v, row.k_start, j0, FB_BK, row.k_len, da, hc);
+    stage_rows<D, FB_BK>(vsh, ST, v, row.k_start, j0, row.k_len, da, hc);
     float dkacc[DT][4], dvacc[DT][4];
     #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
@@ -326,13 +352,14 @@ __device__ void flash_backward_kv(const float* q, const float* k, const float* v
     const int q_begin = (query_begin(row, j0) / FB_BQ) * FB_BQ;
     for (int i0 = q_begin; i0 < row.q_len; i0 += FB_BQ) {
         __syncthreads();
-        stage_rows<D>(qs, ST, q, row.q_start, i0, FB_BQ, row.q_len, da, hc);
-        stage_rows<D>(dos, ST, d_out, row.q_start, i0, FB_BQ, row.q_len, da, hc);
+        stage_rows<D, FB_BQ>(qs, ST, q, row.q_start, i0, row.q_len, da, hc);
+        stage_rows<D, FB_BQ>(dos, ST, d_out, row.q_start, i0, row.q_len, da, hc);
         for (int ii = threadIdx.x; ii < FB_BQ; ii += FA_THREADS) {
             bool in = i0 + ii < row.q_len;
             lse_s[ii] = in ? lse_r[i0 + ii] : POS_INF;
             delta_s[ii] = in ? delta_r[i0 + ii] : 0.0f;
         }
+        stage_wait();
         __syncthreads();
 
         // Sᵀ (16 keys x FB_BQ queries) and from it Pᵀ.
@@ -411,8 +438,9 @@ __device__ void flash_backward_kv(const float* q, const float* k, const float* v
         }
     }
 
-    #pragma unroll
+    stage_wait();  // the V tile's copies, when no query tile needed them
 
+#pragma unroll
     for (int dt = 0; dt < DT; dt++) {
         int c = hc + dt * 8 + 2 * t;
         if (ka < row.k_len) {
@@ -433,8 +461,8 @@ __device__ void flash_backward_kv(const float* q, const float* k, const float* v
 // S = Q Kᵀ, P from lse, dP = dO Vᵀ, dS = P ⊙ (dP - delta) · scale, dQ += dS K.
 
 template <int D>
-__device__ void flash_backward_q(const float* q, const float* k, const float* v,
-                                 const float* d_out, const float* lse, const float* delta,
+__device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
+                                 const bf16_bits* d_out, const float* lse, const float* delta,
                                  const int* rows_desc, const u32* q_doc, const u32* k_doc,
                                  float* dq, int heads, int max_q, float scale, float scale_log2) {
     constexpr int KS = D / 16;
@@ -478,8 +506,9 @@ __device__ void flash_backward_q(const float* q, const float* k, const float* v,
     const int k_end = key_end(row, i0, i0 + FA_BQ);
     for (int j0 = 0; j0 < k_end; j0 += FQ_BK) {
         __syncthreads();
-        stage_rows<D>(ks, ST, k, row.k_start, j0, FQ_BK, row.k_len, da, hc);
-        stage_rows<D>(vsh, ST, v, row.k_start, j0, FQ_BK, row.k_len, da, hc);
+        stage_rows<D, FQ_BK>(ks, ST, k, row.k_start, j0, row.k_len, da, hc);
+        stage_rows<D, FQ_BK>(vsh, ST, v, row.k_start, j0, row.k_len, da, hc);
+        stage_wait();
         __syncthreads();
 
         float p[NT][4], dp[NT][4];
@@ -541,15 +570,15 @@ __device__ void flash_backward_q(const float* q, const float* k, const float* v,
 // ---------------------------------------------------------------------------------------------
 // Entry points, one per supported head dimension.
 
-extern "C" __global__ void flash_forward_d32(const float* q, const float* k, const float* v,
-                                             const int* rows_desc, const u32* q_doc,
+extern "C" __global__ void flash_forward_d32(const bf16_bits* q, const bf16_bits* k,
+                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
                                              const u32* k_doc, float* out, float* lse, int heads,
                                              int max_q, float scale_log2) {
     flash_forward<32>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_kv_d32(const float* q, const float* k, const float* v,
-                                                 const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_kv_d32(const bf16_bits* q, const bf16_bits* k,
+                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                  const float* delta, const int* rows_desc,
                                                  const u32* q_doc, const u32* k_doc, float* dk,
                                                  float* dv, int heads, int max_q, float scale,
@@ -558,8 +587,8 @@ extern "C" __global__ void flash_backward_kv_d32(const float* q, const float* k,
                           max_q, scale, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_q_d32(const float* q, const float* k, const float* v,
-                                                const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_q_d32(const bf16_bits* q, const bf16_bits* k,
+                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                 const float* delta, const int* rows_desc,
                                                 const u32* q_doc, const u32* k_doc, float* dq,
                                                 int heads, int max_q, float scale,
@@ -568,15 +597,15 @@ extern "C" __global__ void flash_backward_q_d32(const float* q, const float* k, 
                          scale, scale_log2);
 }
 
-extern "C" __global__ void flash_forward_d64(const float* q, const float* k, const float* v,
-                                             const int* rows_desc, const u32* q_doc,
+extern "C" __global__ void flash_forward_d64(const bf16_bits* q, const bf16_bits* k,
+                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
                                              const u32* k_doc, float* out, float* lse, int heads,
                                              int max_q, float scale_log2) {
     flash_forward<64>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_kv_d64(const float* q, const float* k, const float* v,
-                                                 const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_kv_d64(const bf16_bits* q, const bf16_bits* k,
+                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                  const float* delta, const int* rows_desc,
                                                  const u32* q_doc, const u32* k_doc, float* dk,
                                                  float* dv, int heads, int max_q, float scale,
@@ -585,8 +614,8 @@ extern "C" __global__ void flash_backward_kv_d64(const float* q, const float* k,
                           max_q, scale, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_q_d64(const float* q, const float* k, const float* v,
-                                                const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_q_d64(const bf16_bits* q, const bf16_bits* k,
+                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                 const float* delta, const int* rows_desc,
                                                 const u32* q_doc, const u32* k_doc, float* dq,
                                                 int heads, int max_q, float scale,
@@ -595,15 +624,15 @@ extern "C" __global__ void flash_backward_q_d64(const float* q, const float* k, 
                          scale, scale_log2);
 }
 
-extern "C" __global__ void flash_forward_d128(const float* q, const float* k, const float* v,
-                                             const int* rows_desc, const u32* q_doc,
+extern "C" __global__ void flash_forward_d128(const bf16_bits* q, const bf16_bits* k,
+                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
                                              const u32* k_doc, float* out, float* lse, int heads,
                                              int max_q, float scale_log2) {
     flash_forward<128>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_kv_d128(const float* q, const float* k, const float* v,
-                                                 const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_kv_d128(const bf16_bits* q, const bf16_bits* k,
+                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                  const float* delta, const int* rows_desc,
                                                  const u32* q_doc, const u32* k_doc, float* dk,
                                                  float* dv, int heads, int max_q, float scale,
@@ -612,8 +641,8 @@ extern "C" __global__ void flash_backward_kv_d128(const float* q, const float* k
                           max_q, scale, scale_log2);
 }
 
-extern "C" __global__ void flash_backward_q_d128(const float* q, const float* k, const float* v,
-                                                const float* d_out, const float* lse,
+extern "C" __global__ void flash_backward_q_d128(const bf16_bits* q, const bf16_bits* k,
+                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
                                                 const float* delta, const int* rows_desc,
                                                 const u32* q_doc, const u32* k_doc, float* dq,
                                                 int heads, int max_q, float scale,
