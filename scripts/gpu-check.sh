@@ -11,7 +11,7 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, memcheck-dec,
-# bench-bf16, fast16bf, torch, memcheck-red, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# bench-bf16, bench-1b, torch, memcheck-red, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels, with cuBLAS products, dropout and packing),
@@ -170,16 +170,13 @@ run() {
     [ -n "$sanitizer" ] && wanted memcheck-dec && step memcheck-dec 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu --test-threads=1
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    # The bf16 products with cuBLAS rounding the f32 operands itself, against converting first.
-    wanted fast16bf && step model-fast16bf 60 env REDPACK_CUDA_GEMM=fast16bf "$BUNDLE/cuda_model" \
-        --exact bf16_step_is_close_to_cpu --test-threads=1
-    wanted fast16bf && step bench-fast16bf 150 env REDPACK_CUDA_GEMM=fast16bf BENCH_PRECISION=bf16 \
-        BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
+        BENCH_WARMUP=1 "$BUNDLE/cuda_step"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     [ -n "$sanitizer" ] && wanted memcheck-red && step memcheck-red 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_model" --exact redllm_tiny_step_matches_cpu --test-threads=1
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 "$BUNDLE/cuda_step"
-    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-fast16bf.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
+    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
 import json, sys

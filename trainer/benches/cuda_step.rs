@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
-use redpack_trainer::backend::cuda::{blas, launch_flash, profile};
+use redpack_trainer::backend::cuda::{launch_flash, profile};
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::batch::{Batch, StepOptions};
@@ -137,7 +137,6 @@ fn main() {
         let json = serde_json::json!({
             "impl": "redpack",
             "mode": precision.name(),
-            "gemm": if precision == Precision::Bf16 && blas::inner_bf16_rounding() { "fast16bf" } else { "convert" },
             "attention": if launch_flash::fused_attention(precision, config.head_dim) { "flash" } else { "batched" },
             "arch": arch.name(),
             "size": size,

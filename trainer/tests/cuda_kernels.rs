@@ -662,20 +662,45 @@ fn cublas_products_match_the_cpu_reference() {
             Precision::F32 => 1e-5,
             Precision::Bf16 => 2e-2,
         };
+        // In the bf16 mode each product also runs on bf16 copies made beforehand (the operands
+        // the model converts once and reuses): the same rounding, so the same bits.
         let run = |(spec, la, lb), a: &[f32], b: &[f32], c0: &[f32]| {
+            let (ad, bd) = (g.upload(a), g.upload(b));
             let mut c = g.upload(c0);
             blas.gemm(
                 &g.kernels,
                 precision,
                 spec,
-                &g.upload(a),
+                (&ad).into(),
                 la,
-                &g.upload(b),
+                (&bd).into(),
                 lb,
                 &mut c,
             )
             .unwrap();
-            g.download(&c)
+            let got = g.download(&c);
+            if precision == Precision::Bf16 {
+                let copy = |x: &cudarc::driver::CudaSlice<f32>| {
+                    let mut y = g.stream.alloc_zeros::<u16>(x.len()).unwrap();
+                    g.kernels.f32_to_bf16(x, &mut y).unwrap();
+                    y
+                };
+                let (ab, bb) = (copy(&ad), copy(&bd));
+                let mut c = g.upload(c0);
+                blas.gemm(
+                    &g.kernels,
+                    precision,
+                    spec,
+                    (&ab).into(),
+                    la,
+                    (&bb).into(),
+                    lb,
+                    &mut c,
+                )
+                .unwrap();
+                assert_eq!(g.download(&c), got, "bf16 copies made beforehand differ");
+            }
+            got
         };
         let (m, k, n) = (37, 24, 19);
         let x = randn(&mut rng, m * k, 1.0);
@@ -871,7 +896,6 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                     y
                 };
                 let (qd, kd, vd, dod) = (bf16(&q), bf16(&k), bf16(&v), bf16(&d_out));
-                let do_f32 = g.upload(&d_out);
                 let descd = g.upload(&desc);
                 let doc_d = docs.map(|(a, b)| (g.upload(a), g.upload(b)));
                 let docs_arg = doc_d.as_ref().map(|(a, b)| (a, b));
@@ -881,7 +905,9 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 k_.flash_forward(&qd, &kd, &vd, &descd, docs_arg, fshape, &mut od, &mut lse)
                     .unwrap();
                 let mut delta = g.zeros(fshape.lines());
-                k_.flash_delta(&do_f32, &od, &descd, fshape, &mut delta)
+                let mut ob = g.stream.alloc_zeros::<u16>(od.len()).unwrap();
+                k_.f32_to_bf16(&od, &mut ob).unwrap();
+                k_.flash_delta(&dod, &ob, &descd, fshape, &mut delta)
                     .unwrap();
                 let backward = || {
                     let (mut dqd, mut dkd, mut dvd) = (

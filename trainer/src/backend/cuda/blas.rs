@@ -204,12 +204,34 @@ pub fn check_bounds(
     check("C", m, n, spec.ldc, spec.stride_c, c_len)
 }
 
-/// Whether bf16-mode products hand cuBLAS the f32 operands with `CUBLAS_COMPUTE_32F_FAST_16BF`
-/// (`REDPACK_CUDA_GEMM=fast16bf`) rather than bf16 copies made first (the default, `convert`).
-/// Either way the operands are rounded to bf16 and accumulated in f32.
-pub fn inner_bf16_rounding() -> bool {
-    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FAST.get_or_init(|| std::env::var("REDPACK_CUDA_GEMM").is_ok_and(|v| v == "fast16bf"))
+/// A product operand: an f32 buffer, which the bf16 mode rounds to a bf16 copy just before the
+/// product, or a bf16 copy made earlier (`Dev::bf16`) and reused by several products, which only
+/// the bf16 mode takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Operand<'a> {
+    F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<u16>),
+}
+
+impl Operand<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Operand::F32(x) => x.len(),
+            Operand::Bf16(x) => x.len(),
+        }
+    }
+}
+
+impl<'a> From<&'a CudaSlice<f32>> for Operand<'a> {
+    fn from(x: &'a CudaSlice<f32>) -> Self {
+        Operand::F32(x)
+    }
+}
+
+impl<'a> From<&'a CudaSlice<u16>> for Operand<'a> {
+    fn from(x: &'a CudaSlice<u16>) -> Self {
+        Operand::Bf16(x)
+    }
 }
 
 /// A cuBLAS handle on the backend's stream.
@@ -256,9 +278,9 @@ impl Blas {
         kernels: &CudaKernels,
         precision: Precision,
         spec: GemmSpec,
-        a: &CudaSlice<f32>,
+        a: Operand<'_>,
         la: Layout,
-        b: &CudaSlice<f32>,
+        b: Operand<'_>,
         lb: Layout,
         c: &mut CudaSlice<f32>,
     ) -> Result<(), BlasError> {
@@ -280,29 +302,31 @@ impl Blas {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
-        // In the bf16 mode cuBLAS can round the f32 operands itself, inside the product
-        // (`CUBLAS_COMPUTE_32F_FAST_16BF`), instead of our converting them first.
-        let inner = precision == Precision::Bf16 && inner_bf16_rounding();
-        let (bf_a, bf_b) = match precision {
-            _ if inner => (None, None),
-            Precision::F32 => (None, None),
-            Precision::Bf16 => (
-                Some(self.bf16_copy(kernels, a)?),
-                Some(self.bf16_copy(kernels, b)?),
-            ),
+        // The bf16 copies this product makes (of the f32 operands, in the bf16 mode).
+        let convert = |x: Operand<'_>| -> Result<Option<CudaSlice<u16>>, BlasError> {
+            match (precision, x) {
+                (Precision::Bf16, Operand::F32(x)) => Ok(Some(self.bf16_copy(kernels, x)?)),
+                (Precision::Bf16, Operand::Bf16(_)) | (Precision::F32, Operand::F32(_)) => Ok(None),
+                (Precision::F32, Operand::Bf16(_)) => Err(BlasError::Shape {
+                    what: "operand type",
+                    detail: "a bf16 operand in the f32 mode".into(),
+                }),
+            }
         };
+        let (bf_a, bf_b) = (convert(a)?, convert(b)?);
         let stream = &self.stream;
-        let (a_ptr, _a_guard) = match &bf_a {
-            Some(x) => x.device_ptr(stream),
-            None => a.device_ptr(stream),
+        let (a_ptr, _a_guard) = match (&bf_a, a) {
+            (Some(copy), _) => copy.device_ptr(stream),
+            (None, Operand::F32(x)) => x.device_ptr(stream),
+            (None, Operand::Bf16(x)) => x.device_ptr(stream),
         };
-        let (b_ptr, _b_guard) = match &bf_b {
-            Some(x) => x.device_ptr(stream),
-            None => b.device_ptr(stream),
+        let (b_ptr, _b_guard) = match (&bf_b, b) {
+            (Some(copy), _) => copy.device_ptr(stream),
+            (None, Operand::F32(x)) => x.device_ptr(stream),
+            (None, Operand::Bf16(x)) => x.device_ptr(stream),
         };
         let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
         let in_type = match precision {
-            _ if inner => cudaDataType_t::CUDA_R_32F,
             Precision::F32 => cudaDataType_t::CUDA_R_32F,
             Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
         };
@@ -315,11 +339,7 @@ impl Blas {
             to_i32("ldc", cm.ldc)?,
         );
         let batch = to_i32("batch", spec.batch)?;
-        let compute = if inner {
-            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF
-        } else {
-            cublasComputeType_t::CUBLAS_COMPUTE_32F
-        };
+        let compute = cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let algo = cudarc::cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
         // SAFETY: the pointers are live device buffers of this stream's context, `check_bounds`
         // keeps every access of the (batched) product inside them, the scalar pointers are host
@@ -327,9 +347,8 @@ impl Blas {
         // data types match the buffers (f32, or the bf16 copies).
         let name = || {
             format!(
-                "gemm {}{} {m}x{n}x{k}{}{}{}",
+                "gemm {} {m}x{n}x{k}{}{}{}",
                 precision.name(),
-                if inner { " (fast)" } else { "" },
                 if spec.batch > 1 {
                     format!(" batch {}", spec.batch)
                 } else {

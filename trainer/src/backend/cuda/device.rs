@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits};
 
-use super::blas::{Blas, BlasError, Precision};
+use super::blas::{Blas, BlasError, Operand, Precision};
 use super::launch::{CudaKernels, LaunchError};
 use super::launch_tokens::TokenChains;
 use super::products::{self, Product};
@@ -17,6 +17,14 @@ use crate::backend::BackendError;
 pub(super) type Buf = CudaSlice<f32>;
 /// bf16 values stored as `u16` (the top half of an f32).
 pub(super) type Bf16Buf = CudaSlice<u16>;
+
+/// What a product reads of `x`: its bf16 copy when there is one (`Dev::product_copy`), else `x`.
+pub(super) fn operand<'a>(x: &'a Buf, copy: &'a Option<Bf16Buf>) -> Operand<'a> {
+    match copy {
+        Some(c) => Operand::Bf16(c),
+        None => Operand::F32(x),
+    }
+}
 
 impl From<LaunchError> for BackendError {
     fn from(e: LaunchError) -> Self {
@@ -102,25 +110,41 @@ impl Dev<'_> {
     }
 
     /// Runs one product of `products`: `c = alpha · op(a) · op(b) + beta · c`.
-    pub fn product(
+    pub fn product<'a>(
         &self,
         (spec, la, lb): Product,
-        a: &Buf,
-        b: &Buf,
+        a: impl Into<Operand<'a>>,
+        b: impl Into<Operand<'a>>,
         c: &mut Buf,
     ) -> Result<(), BackendError> {
-        Ok(self
-            .blas
-            .gemm(self.kernels, self.precision, spec, a, la, b, lb, c)?)
+        Ok(self.blas.gemm(
+            self.kernels,
+            self.precision,
+            spec,
+            a.into(),
+            la,
+            b.into(),
+            lb,
+            c,
+        )?)
+    }
+
+    /// A bf16 copy of `x` in the bf16 mode (for an operand several products read), `None` in the
+    /// f32 mode; `operand` then picks what to hand a product.
+    pub fn product_copy(&self, x: &Buf) -> Result<Option<Bf16Buf>, BackendError> {
+        match self.precision {
+            Precision::Bf16 => Ok(Some(self.bf16(x)?)),
+            Precision::F32 => Ok(None),
+        }
     }
 
     /// `out (m x n) (+)= x (m x k) · wᵀ` with `w` in `[n, k]` layout (`matmul::linear_forward`).
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_forward(
+    pub fn linear_forward<'a>(
         &self,
         out: &mut Buf,
-        x: &Buf,
-        w: &Buf,
+        x: impl Into<Operand<'a>>,
+        w: impl Into<Operand<'a>>,
         m: usize,
         k: usize,
         n: usize,
@@ -131,11 +155,11 @@ impl Dev<'_> {
 
     /// `dx (m x k) (+)= dy (m x n) · w` (`matmul::linear_backward_input`).
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_backward_input(
+    pub fn linear_backward_input<'a>(
         &self,
         dx: &mut Buf,
-        dy: &Buf,
-        w: &Buf,
+        dy: impl Into<Operand<'a>>,
+        w: impl Into<Operand<'a>>,
         m: usize,
         k: usize,
         n: usize,
@@ -151,11 +175,11 @@ impl Dev<'_> {
 
     /// `dw (n x k) += dyᵀ · x` with `dy` `m x n`, `x` `m x k` (`matmul::linear_backward_weight`).
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_backward_weight(
+    pub fn linear_backward_weight<'a>(
         &self,
         dw: &mut Buf,
-        dy: &Buf,
-        x: &Buf,
+        dy: impl Into<Operand<'a>>,
+        x: impl Into<Operand<'a>>,
         m: usize,
         k: usize,
         n: usize,

@@ -110,11 +110,12 @@ impl CudaKernels {
         self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
     }
 
-    /// `delta[line] = Σ dO ⊙ O` over the head dimension, per query line (0 past a row's end).
+    /// `delta[line] = Σ dO ⊙ O` over the head dimension (bf16 copies, f32 sum), per query line (0
+    /// past a row's end).
     pub fn flash_delta(
         &self,
-        d_out: &CudaSlice<f32>,
-        out: &CudaSlice<f32>,
+        d_out: &CudaSlice<u16>,
+        out: &CudaSlice<u16>,
         rows_desc: &CudaSlice<i32>,
         shape: FlashShape,
         delta: &mut CudaSlice<f32>,

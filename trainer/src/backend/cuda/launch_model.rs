@@ -122,6 +122,7 @@ impl CudaKernels {
         let n = x.len() as i64;
         let mut b = self.builder("f32_to_bf16_kernel")?;
         b.arg(x).arg(y).arg(&n);
-        self.run("f32_to_bf16_kernel", &mut b, grid_1d(n as usize))
+        // Four values per thread.
+        self.run("f32_to_bf16_kernel", &mut b, grid_1d(x.len().div_ceil(4)))
     }
 }

@@ -4,7 +4,8 @@
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
 
-use super::device::{Bf16Buf, Buf, Dev, DevRows, DevStream};
+use super::blas::Operand;
+use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
 use super::launch_flash::FlashShape;
 use super::launch_model::{PackShape, PackSide};
 use super::launch_tokens::ScoresShape;
@@ -56,35 +57,74 @@ pub(super) struct DropSite {
 pub(super) struct AttnCache {
     x_in: Buf,
     inv: Buf,
-    normed: Buf,
+    normed: Kept,
     q_raw: Buf,
     q_inv: Buf,
     k_raw: Buf,
     k_inv: Buf,
     v_raw: Buf,
     v_inv: Buf,
-    q_rot: Buf,
-    k_rot: Buf,
-    v_hat: Buf,
+    /// What the attention's backward pass needs of Q, K and V.
+    attn: AttnKept,
     /// The attention output before the per-head norm (RedLLM only) and its `1/rms`.
     o_raw: Option<(Buf, Buf)>,
-    o_in: Buf,
+    o_in: Kept,
 }
 
 pub(super) struct FfnCache {
     x_in: Buf,
     inv: Buf,
-    normed: Buf,
+    normed: Kept,
     gate: Buf,
     up: Buf,
-    hidden: Buf,
+    hidden: Kept,
+}
+
+/// The attention inputs kept for the backward pass: for the fused kernels their bf16 copies and
+/// the per-query log-sum-exp (so the backward pass recomputes no forward), else the f32 values.
+pub(super) enum AttnKept {
+    Fused {
+        q: Bf16Buf,
+        k: Bf16Buf,
+        v: Bf16Buf,
+        lse: Buf,
+    },
+    Batched {
+        q: Buf,
+        k: Buf,
+        v: Buf,
+    },
+}
+
+/// An activation that the backward pass reads only through matrix products: in the bf16 mode
+/// only its bf16 copy is kept (made once, read by every product that needs it, half the
+/// memory), in the f32 mode the values themselves.
+pub(super) enum Kept {
+    F32(Buf),
+    Bf16(Bf16Buf),
+}
+
+impl Kept {
+    pub fn new(dev: &Dev, x: Buf) -> Result<Kept, BackendError> {
+        Ok(match dev.product_copy(&x)? {
+            Some(copy) => Kept::Bf16(copy),
+            None => Kept::F32(x),
+        })
+    }
+
+    pub fn operand(&self) -> Operand<'_> {
+        match self {
+            Kept::F32(x) => Operand::F32(x),
+            Kept::Bf16(x) => Operand::Bf16(x),
+        }
+    }
 }
 
 /// `(raw, x̂, 1/rms)` of a projection normalized per head.
 fn project(
     dev: &Dev,
     dims: &Dims,
-    input: &Buf,
+    input: Operand<'_>,
     w: &Buf,
     tokens: usize,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
@@ -231,20 +271,9 @@ fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
     }
 }
 
-/// The fused forward: the output stream and the per-query log-sum-exp.
+/// The fused forward over bf16 copies of Q, K, V: the output stream and the per-query
+/// log-sum-exp.
 fn flash_forward(
-    dev: &Dev,
-    dims: &Dims,
-    spec: &DevAttn,
-    q: &Buf,
-    k: &Buf,
-    v: &Buf,
-) -> Result<(Buf, Buf), BackendError> {
-    let (qb, kb, vb) = (dev.bf16(q)?, dev.bf16(k)?, dev.bf16(v)?);
-    flash_forward_bf16(dev, dims, spec, (&qb, &kb, &vb))
-}
-
-fn flash_forward_bf16(
     dev: &Dev,
     dims: &Dims,
     spec: &DevAttn,
@@ -261,6 +290,46 @@ fn flash_forward_bf16(
     Ok((o, lse))
 }
 
+/// The fused backward: gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
+/// log-sum-exp and (bf16) output, and the output gradient.
+fn flash_backward(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+    (q, k, v): (&Bf16Buf, &Bf16Buf, &Bf16Buf),
+    lse: &Buf,
+    o: &Bf16Buf,
+    d_o: &Buf,
+) -> Result<(Buf, Buf, Buf), BackendError> {
+    let da = dims.da();
+    let mut dq = dev.zeros(spec.queries.len * da)?;
+    let mut dk = dev.zeros(spec.keys.len * da)?;
+    let mut dv = dev.zeros(spec.keys.len * da)?;
+    let rows = spec.rows;
+    if rows.max_q == 0 || rows.max_k == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let shape = flash_shape(dims, rows);
+    let dob = dev.bf16(d_o)?;
+    let mut delta = dev.scratch(shape.lines())?; // every line written
+    dev.kernels
+        .flash_delta(&dob, o, &rows.desc, shape, &mut delta)?;
+    let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
+    dev.kernels.flash_backward(
+        q,
+        k,
+        v,
+        &dob,
+        lse,
+        &delta,
+        &rows.desc,
+        docs,
+        shape,
+        (&mut dq, &mut dk, &mut dv),
+    )?;
+    Ok((dq, dk, dv))
+}
+
 /// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (`cpu::attention::attention_forward`).
 fn attention_forward(
     dev: &Dev,
@@ -271,9 +340,6 @@ fn attention_forward(
     v: &Buf,
 ) -> Result<Buf, BackendError> {
     let rows = spec.rows;
-    if rows.max_q > 0 && rows.max_k > 0 && fused_attention(dev, dims) {
-        return Ok(flash_forward(dev, dims, spec, q, k, v)?.0);
-    }
     let mut o = dev.zeros(spec.queries.len * dims.da())?;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok(o);
@@ -311,31 +377,6 @@ fn attention_backward(
     let mut dv = dev.zeros(spec.keys.len * da)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
-        return Ok((dq, dk, dv));
-    }
-    if fused_attention(dev, dims) {
-        // The output and log-sum-exp are recomputed, as the probabilities are on the CPU.
-        let shape = flash_shape(dims, rows);
-        let (qb, kb, vb) = (dev.bf16(q)?, dev.bf16(k)?, dev.bf16(v)?);
-        let (o, lse) = flash_forward_bf16(dev, dims, spec, (&qb, &kb, &vb))?;
-        let mut delta = dev.scratch(shape.lines())?; // every line written
-        dev.kernels
-            .flash_delta(d_o, &o, &rows.desc, shape, &mut delta)?;
-        drop(o);
-        let dob = dev.bf16(d_o)?;
-        let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
-        dev.kernels.flash_backward(
-            &qb,
-            &kb,
-            &vb,
-            &dob,
-            &lse,
-            &delta,
-            &rows.desc,
-            docs,
-            shape,
-            (&mut dq, &mut dk, &mut dv),
-        )?;
         return Ok((dq, dk, dv));
     }
     let (qs, ks) = pack_shapes(dims, rows);
@@ -400,10 +441,19 @@ pub(super) fn attention_block_forward(
     let mut inv = dev.zeros(n)?;
     dev.kernels
         .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
-    let src: &Buf = kv.unwrap_or(&normed);
-    let (q_raw, mut q_rot, q_inv) = project(dev, dims, &normed, &w[1], n)?;
+    let normed = Kept::new(dev, normed)?;
+    let kv_copy = match kv {
+        Some(src) => dev.product_copy(src)?,
+        None => None,
+    };
+    let src = match kv {
+        Some(src) => operand(src, &kv_copy),
+        None => normed.operand(),
+    };
+    let (q_raw, mut q_rot, q_inv) = project(dev, dims, normed.operand(), &w[1], n)?;
     let (k_raw, mut k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
     let (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
+    drop(kv_copy);
     let rope = spec.rope;
     dev.kernels.rope_apply(
         &mut q_rot,
@@ -423,7 +473,16 @@ pub(super) fn attention_block_forward(
         hd,
         false,
     )?;
-    let o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
+    let (o, attn) = if fused_attention(dev, dims) {
+        let (q, k, v) = (dev.bf16(&q_rot)?, dev.bf16(&k_rot)?, dev.bf16(&v_hat)?);
+        drop((q_rot, k_rot, v_hat));
+        let (o, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
+        (o, AttnKept::Fused { q, k, v, lse })
+    } else {
+        let o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
+        let (q, k, v) = (q_rot, k_rot, v_hat);
+        (o, AttnKept::Batched { q, k, v })
+    };
     let (o_raw, o_in) = if spec.out_norm {
         let mut o_hat = dev.zeros(n * da)?;
         let mut o_inv = dev.zeros(n * heads)?;
@@ -433,12 +492,13 @@ pub(super) fn attention_block_forward(
     } else {
         (None, o)
     };
+    let o_in = Kept::new(dev, o_in)?;
     if dropout.is_some() {
         let mut y = dev.zeros(n * d)?;
-        dev.linear_forward(&mut y, &o_in, &w[4], n, da, d, false)?;
+        dev.linear_forward(&mut y, o_in.operand(), &w[4], n, da, d, false)?;
         add_branch(dev, x, y, spec.queries, d, dropout)?;
     } else {
-        dev.linear_forward(x, &o_in, &w[4], n, da, d, true)?;
+        dev.linear_forward(x, o_in.operand(), &w[4], n, da, d, true)?;
     }
     Ok(AttnCache {
         x_in,
@@ -450,9 +510,7 @@ pub(super) fn attention_block_forward(
         k_inv,
         v_raw,
         v_inv,
-        q_rot,
-        k_rot,
-        v_hat,
+        attn,
         o_raw,
         o_in,
     })
@@ -498,22 +556,32 @@ pub(super) fn attention_block_backward(
     };
     let dropped = branch_grad(dev, dx, spec.queries, d, dropout)?;
     let dy: &Buf = dropped.as_ref().unwrap_or(dx);
-    dev.linear_backward_weight(g_o, dy, &cache.o_in, n, da, d)?;
+    let dy_copy = dev.product_copy(dy)?;
+    let dy_op = operand(dy, &dy_copy);
+    dev.linear_backward_weight(g_o, dy_op, cache.o_in.operand(), n, da, d)?;
     let mut d_o = dev.zeros(n * da)?;
-    dev.linear_backward_input(&mut d_o, dy, &w[4], n, da, d, false)?;
+    dev.linear_backward_input(&mut d_o, dy_op, &w[4], n, da, d, false)?;
+    drop(dy_copy);
     drop(dropped);
     if let Some((o_raw, o_inv)) = &cache.o_raw {
         d_o = head_norm_backward(dev, dims, &d_o, o_raw, o_inv, n)?;
     }
-    let (mut dq, mut dk, dv) = attention_backward(
-        dev,
-        dims,
-        spec,
-        &cache.q_rot,
-        &cache.k_rot,
-        &cache.v_hat,
-        &d_o,
-    )?;
+    let (mut dq, mut dk, dv) = match &cache.attn {
+        AttnKept::Fused { q, k, v, lse } => {
+            // delta = rowsum(dO ⊙ O) wants the attention output: RedLLM keeps it (before its
+            // per-head norm), DecLLM's is the output projection's input.
+            let o_copy;
+            let o: &Bf16Buf = match (&cache.o_raw, &cache.o_in) {
+                (Some((raw, _)), _) | (None, Kept::F32(raw)) => {
+                    o_copy = dev.bf16(raw)?;
+                    &o_copy
+                }
+                (None, Kept::Bf16(o)) => o,
+            };
+            flash_backward(dev, dims, spec, (q, k, v), lse, o, &d_o)?
+        }
+        AttnKept::Batched { q, k, v } => attention_backward(dev, dims, spec, q, k, v, &d_o)?,
+    };
     drop(d_o);
     let rope = spec.rope;
     dev.kernels.rope_apply(
@@ -537,21 +605,34 @@ pub(super) fn attention_block_backward(
     let dq = head_norm_backward(dev, dims, &dq, &cache.q_raw, &cache.q_inv, n)?;
     let dk = head_norm_backward(dev, dims, &dk, &cache.k_raw, &cache.k_inv, nk)?;
     let dv = head_norm_backward(dev, dims, &dv, &cache.v_raw, &cache.v_inv, nk)?;
+    let (dq_copy, dk_copy, dv_copy) = (
+        dev.product_copy(&dq)?,
+        dev.product_copy(&dk)?,
+        dev.product_copy(&dv)?,
+    );
+    let (dq_op, dk_op, dv_op) = (
+        operand(&dq, &dq_copy),
+        operand(&dk, &dk_copy),
+        operand(&dv, &dv_copy),
+    );
     let mut d_normed = dev.zeros(n * d)?;
-    dev.linear_backward_weight(g_q, &dq, &cache.normed, n, d, da)?;
-    dev.linear_backward_input(&mut d_normed, &dq, &w[1], n, d, da, false)?;
+    let normed = cache.normed.operand();
+    dev.linear_backward_weight(g_q, dq_op, normed, n, d, da)?;
+    dev.linear_backward_input(&mut d_normed, dq_op, &w[1], n, d, da, false)?;
     match kv {
         None => {
-            dev.linear_backward_weight(g_k, &dk, &cache.normed, n, d, da)?;
-            dev.linear_backward_weight(g_v, &dv, &cache.normed, n, d, da)?;
-            dev.linear_backward_input(&mut d_normed, &dk, &w[2], n, d, da, true)?;
-            dev.linear_backward_input(&mut d_normed, &dv, &w[3], n, d, da, true)?;
+            dev.linear_backward_weight(g_k, dk_op, normed, n, d, da)?;
+            dev.linear_backward_weight(g_v, dv_op, normed, n, d, da)?;
+            dev.linear_backward_input(&mut d_normed, dk_op, &w[2], n, d, da, true)?;
+            dev.linear_backward_input(&mut d_normed, dv_op, &w[3], n, d, da, true)?;
         }
         Some((src, d_src)) => {
-            dev.linear_backward_weight(g_k, &dk, src, nk, d, da)?;
-            dev.linear_backward_weight(g_v, &dv, src, nk, d, da)?;
-            dev.linear_backward_input(d_src, &dk, &w[2], nk, d, da, true)?;
-            dev.linear_backward_input(d_src, &dv, &w[3], nk, d, da, true)?;
+            let src_copy = dev.product_copy(src)?;
+            let src_op = operand(src, &src_copy);
+            dev.linear_backward_weight(g_k, dk_op, src_op, nk, d, da)?;
+            dev.linear_backward_weight(g_v, dv_op, src_op, nk, d, da)?;
+            dev.linear_backward_input(d_src, dk_op, &w[2], nk, d, da, true)?;
+            dev.linear_backward_input(d_src, dv_op, &w[3], nk, d, da, true)?;
         }
     }
     dev.kernels
@@ -577,18 +658,20 @@ pub(super) fn ffn_block_forward(
     let mut inv = dev.zeros(n)?;
     dev.kernels
         .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
+    let normed = Kept::new(dev, normed)?;
     let mut gate = dev.zeros(n * f)?;
     let mut up = dev.zeros(n * f)?;
-    dev.linear_forward(&mut gate, &normed, &w[1], n, d, f, false)?;
-    dev.linear_forward(&mut up, &normed, &w[2], n, d, f, false)?;
+    dev.linear_forward(&mut gate, normed.operand(), &w[1], n, d, f, false)?;
+    dev.linear_forward(&mut up, normed.operand(), &w[2], n, d, f, false)?;
     let mut hidden = dev.zeros(n * f)?;
     dev.kernels.swiglu_forward(&gate, &up, &mut hidden)?;
+    let hidden = Kept::new(dev, hidden)?;
     if dropout.is_some() {
         let mut y = dev.zeros(n * d)?;
-        dev.linear_forward(&mut y, &hidden, &w[3], n, f, d, false)?;
+        dev.linear_forward(&mut y, hidden.operand(), &w[3], n, f, d, false)?;
         add_branch(dev, x, y, stream, d, dropout)?;
     } else {
-        dev.linear_forward(x, &hidden, &w[3], n, f, d, true)?;
+        dev.linear_forward(x, hidden.operand(), &w[3], n, f, d, true)?;
     }
     Ok(FfnCache {
         x_in,
@@ -621,20 +704,25 @@ pub(super) fn ffn_block_backward(
     };
     let dropped = branch_grad(dev, dx, stream, d, dropout)?;
     let dy: &Buf = dropped.as_ref().unwrap_or(dx);
-    dev.linear_backward_weight(g_down, dy, &cache.hidden, n, f, d)?;
+    let dy_copy = dev.product_copy(dy)?;
+    let dy_op = operand(dy, &dy_copy);
+    dev.linear_backward_weight(g_down, dy_op, cache.hidden.operand(), n, f, d)?;
     let mut dh = dev.zeros(n * f)?;
-    dev.linear_backward_input(&mut dh, dy, &w[3], n, f, d, false)?;
+    dev.linear_backward_input(&mut dh, dy_op, &w[3], n, f, d, false)?;
+    drop(dy_copy);
     drop(dropped);
     let mut dgate = dev.zeros(n * f)?;
     let mut dup = dev.zeros(n * f)?;
     dev.kernels
         .swiglu_backward(&dh, &cache.gate, &cache.up, &mut dgate, &mut dup)?;
     drop(dh);
-    dev.linear_backward_weight(g_gate, &dgate, &cache.normed, n, d, f)?;
-    dev.linear_backward_weight(g_up, &dup, &cache.normed, n, d, f)?;
+    let (dgate_copy, dup_copy) = (dev.product_copy(&dgate)?, dev.product_copy(&dup)?);
+    let (dgate_op, dup_op) = (operand(&dgate, &dgate_copy), operand(&dup, &dup_copy));
+    dev.linear_backward_weight(g_gate, dgate_op, cache.normed.operand(), n, d, f)?;
+    dev.linear_backward_weight(g_up, dup_op, cache.normed.operand(), n, d, f)?;
     let mut d_normed = dev.zeros(n * d)?;
-    dev.linear_backward_input(&mut d_normed, &dgate, &w[1], n, d, f, false)?;
-    dev.linear_backward_input(&mut d_normed, &dup, &w[2], n, d, f, true)?;
+    dev.linear_backward_input(&mut d_normed, dgate_op, &w[1], n, d, f, false)?;
+    dev.linear_backward_input(&mut d_normed, dup_op, &w[2], n, d, f, true)?;
     dev.kernels
         .rmsnorm_backward(&d_normed, &cache.x_in, &cache.inv, Some(&w[0]), dx, n, d)?;
     dev.kernels

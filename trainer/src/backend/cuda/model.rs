@@ -4,7 +4,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::device::{Buf, Dev, DevRows, DevStream};
+use super::device::{operand, Buf, Dev, DevRows, DevStream};
 use super::launch_tokens::TokenChains;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
@@ -236,6 +236,9 @@ fn score(
         None => None,
     };
     let chunk_len = (LOGITS_BUDGET / vocab).clamp(1, 8192);
+    // Every chunk's products read the embedding: round it to bf16 once (in the bf16 mode).
+    let embed_copy = dev.product_copy(embed)?;
+    let embed_op = operand(embed, &embed_copy);
     let mut losses = Vec::new();
     for chunk in scored.chunks(chunk_len) {
         let c = chunk.len();
@@ -248,7 +251,14 @@ fn score(
         dev.kernels.embedding_forward(hidden, &index_d, &mut h, d)?;
         // logits (c x vocab) = h · Eᵀ · d^-0.5
         let mut logits = dev.scratch(c * vocab)?;
-        dev.product(products::logits(c, vocab, d, scale), &h, embed, &mut logits)?;
+        let h_copy = dev.product_copy(&h)?;
+        let h_op = operand(&h, &h_copy);
+        dev.product(
+            products::logits(c, vocab, d, scale),
+            h_op,
+            embed_op,
+            &mut logits,
+        )?;
         let mut log_z = dev.zeros(c)?;
         let mut ce = dev.zeros(c)?;
         let mut z = dev.zeros(c)?;
@@ -269,16 +279,18 @@ fn score(
             z_loss,
             scale,
         )?;
+        let g_copy = dev.product_copy(&logits)?;
+        let g_op = operand(&logits, &g_copy);
         // dh (c x d) = G · E
         let mut dh = dev.zeros(c * d)?;
         dev.product(
             products::logits_d_hidden(c, vocab, d),
-            &logits,
-            embed,
+            g_op,
+            embed_op,
             &mut dh,
         )?;
         // dE (vocab x d) += Gᵀ · h
-        dev.product(products::logits_d_embed(c, vocab, d), &logits, &h, de)?;
+        dev.product(products::logits_d_embed(c, vocab, d), g_op, h_op, de)?;
         // Scatter into the scored rows of d_hidden (each at most once per chunk).
         let chains = TokenChains::new(&index);
         let first: CudaSlice<i32> = dev.upload(&chains.first)?;

@@ -278,11 +278,12 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 }
 
 // ---------------------------------------------------------------------------------------------
-// delta[r, h, i] = Σ_d dO[i, d] · O[i, d] (f32), one warp per (row, head, query); 0 past q_len.
+// delta[r, h, i] = Σ_d dO[i, d] · O[i, d] over the bf16 copies, summed in f32; one warp per
+// (row, head, query); 0 past q_len.
 
-extern "C" __global__ void flash_delta(const float* d_out, const float* out, const int* rows_desc,
-                                       float* delta, int n_rows, int heads, int head_dim,
-                                       int max_q) {
+extern "C" __global__ void flash_delta(const bf16_bits* d_out, const bf16_bits* out,
+                                       const int* rows_desc, float* delta, int n_rows, int heads,
+                                       int head_dim, int max_q) {
     long line = (long)blockIdx.x * FA_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (line >= (long)n_rows * heads * max_q) return;
@@ -293,7 +294,9 @@ extern "C" __global__ void flash_delta(const float* d_out, const float* out, con
     float acc = 0.0f;
     if (i < row.q_len) {
         long base = (long)(row.q_start + i) * heads * head_dim + (long)h * head_dim;
-        for (int c = lane; c < head_dim; c += 32) acc += d_out[base + c] * out[base + c];
+        for (int c = lane; c < head_dim; c += 32) {
+            acc += bf16_to_f32(d_out[base + c]) * bf16_to_f32(out[base + c]);
+        }
     }
     acc = warp_sum(acc);
     if (lane == 0) delta[line] = acc;
