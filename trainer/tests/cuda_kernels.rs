@@ -473,7 +473,7 @@ fn adafactor_matches_cpu_full_factored_and_with_momentum() {
                 DeviceMoment::Full(&mut v_full)
             };
             g.kernels
-                .adafactor_update(step, &mut pd, &gd, moment, m.as_mut(), &mut scratch)
+                .adafactor_update(step, &mut pd, &gd, moment, m.as_mut(), &mut scratch, None)
                 .unwrap();
             // Compare the updates, which are small next to the parameters.
             let delta = |p: &[f32], b: &[f32]| -> Vec<f32> {

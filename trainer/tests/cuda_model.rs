@@ -431,3 +431,110 @@ fn bf16_step_is_close_to_cpu() {
         );
     }
 }
+
+/// Resident training (parameters, gradients and Adafactor state on the GPU, the optimizer step
+/// on the device) against the host loop on the CPU reference, 4 steps of each architecture with
+/// two micro-batches per step, global-norm clipping that bites, and Adafactor with factored
+/// second moments and momentum: the gradient and update norms of every step, the parameters'
+/// total change and the optimizer state read back must match.
+#[test]
+fn resident_training_matches_the_host_loop() {
+    use redpack_trainer::backend::ResidentTraining;
+    for arch in [Arch::Dec, Arch::Red] {
+        let test = format!("resident_training_matches_the_host_loop ({})", arch.name());
+        let Some(mut gpu) = cuda(&test, Precision::F32) else {
+            return;
+        };
+        let mut cpu = CpuBackend::new(Some(2)).unwrap();
+        let config = tiny(arch);
+        let options = pretrain_options(arch);
+        let start = ParamStore::init(&config, 5);
+        let optim_config = AdafactorConfig {
+            factored: true,
+            min_dim_size_to_factor: 32,
+            beta1: Some(0.9),
+            ..AdafactorConfig::default()
+        };
+        let (steps, clip, lr) = (4u64, Some(0.5), 1e-2f32);
+        let micro = |step: u64| [batch(arch, 200 + 2 * step), batch(arch, 201 + 2 * step)];
+
+        // The host loop, as `run::TrainRun` does it without a resident device.
+        let mut params = start.clone();
+        let mut optimizer = Adafactor::new(optim_config.clone(), &params).unwrap();
+        let mut grads = params.zeros_like();
+        let mut host_norms = Vec::new();
+        for step in 0..steps {
+            let batches = micro(step);
+            let list: Vec<_> = batches.iter().map(|b| (b, options)).collect();
+            grads.fill_zero();
+            let stats = cpu
+                .forward_backward_many(&config, &params, &list, &mut grads)
+                .unwrap();
+            let scored: usize = stats.iter().map(|s| s.tokens).sum();
+            optim::scale_grads(&mut grads, 1.0 / scored as f32);
+            let norm = optim::clip_global_norm(&mut grads, clip.unwrap());
+            let update = optimizer.update(&mut params, &grads, lr).unwrap();
+            host_norms.push((norm, update.update_norm));
+        }
+
+        // The same steps resident on the GPU.
+        let fresh = Adafactor::new(optim_config.clone(), &start).unwrap();
+        gpu.load_training(&config, &start, &fresh).unwrap();
+        let mut device_norms = Vec::new();
+        for step in 0..steps {
+            let batches = micro(step);
+            let list: Vec<_> = batches.iter().map(|b| (b, options)).collect();
+            let stats = ResidentTraining::accumulate(&mut gpu, &config, &list).unwrap();
+            let scored: usize = stats.iter().map(|s| s.tokens).sum();
+            let (norm, update) = gpu.apply_update(1.0 / scored as f32, clip, lr).unwrap();
+            device_norms.push((norm, update.unwrap().update_norm));
+        }
+        let mut gpu_params = start.clone();
+        let mut gpu_optimizer = fresh.clone();
+        gpu.store_training(&mut gpu_params, &mut gpu_optimizer)
+            .unwrap();
+
+        for (step, (h, d)) in host_norms.iter().zip(&device_norms).enumerate() {
+            say(&format!(
+                "{test}: step {step}: grad norm cpu {:.6} gpu {:.6}, update norm cpu {:.6e} gpu {:.6e}",
+                h.0, d.0, h.1, d.1
+            ));
+            assert!(
+                h.0 > clip.unwrap(),
+                "{test}: clipping should bite at step {step}"
+            );
+            assert!(
+                (h.0 - d.0).abs() <= 1e-4 * h.0,
+                "{test}: gradient norm at step {step}"
+            );
+            assert!(
+                (h.1 - d.1).abs() <= 1e-3 * h.1,
+                "{test}: update norm at step {step}"
+            );
+        }
+        assert_eq!(
+            gpu_optimizer.step(),
+            optimizer.step(),
+            "{test}: update count"
+        );
+        for ((name, want), got) in params.iter().zip(&gpu_params.tensors) {
+            let delta = |p: &[f32], s: &[f32]| -> Vec<f32> {
+                p.iter().zip(s).map(|(a, b)| a - b).collect()
+            };
+            let s = &start.get(name).unwrap().data;
+            assert_close(
+                &format!("{test}: change of {name}"),
+                &delta(&got.data, s),
+                &delta(&want.data, s),
+                2e-3,
+            );
+        }
+        for ((name, want), (_, got)) in optimizer
+            .state_tensors()
+            .iter()
+            .zip(gpu_optimizer.state_tensors())
+        {
+            assert_close(&format!("{test}: {name}"), &got.data, &want.data, 1e-3);
+        }
+    }
+}

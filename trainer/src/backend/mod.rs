@@ -6,6 +6,7 @@
 
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
+use crate::optim::adafactor::{Adafactor, UpdateStats};
 use crate::params::ParamStore;
 
 pub mod cpu;
@@ -68,4 +69,49 @@ pub trait Backend {
         batch: &Batch,
         options: &StepOptions,
     ) -> Result<LossStats, BackendError>;
+
+    /// The backend's resident training, if it keeps parameters and optimizer state on its device
+    /// (CUDA); `None` (the default) leaves the optimizer step to the host.
+    fn resident(&mut self) -> Option<&mut dyn ResidentTraining> {
+        None
+    }
+}
+
+/// Training with the parameters, gradients and Adafactor state resident on a device: the run
+/// loop hands over the micro-batches and the step's constants, and moves the parameters back
+/// only for checkpoints. Each step does what the host loop does, in the same order: gradients of
+/// the summed loss, scaled to the mean, optional global-norm clipping, then the Adafactor update.
+pub trait ResidentTraining {
+    /// Copies the parameters and the optimizer (state and update count) onto the device.
+    fn load_training(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        optimizer: &Adafactor,
+    ) -> Result<(), BackendError>;
+
+    /// Forward and backward over one step's micro-batches with the resident parameters; the
+    /// gradients of the summed loss replace the previous step's.
+    fn accumulate(
+        &mut self,
+        config: &ModelConfig,
+        micro_batches: &[(&Batch, StepOptions)],
+    ) -> Result<Vec<LossStats>, BackendError>;
+
+    /// Multiplies the gradients by `scale` (1 / scored tokens), clips them to the global norm
+    /// `clip` if given, and applies one Adafactor update with `lr`. Returns the gradient norm
+    /// before clipping and the update's stats; a non-finite norm applies no update (`None`).
+    fn apply_update(
+        &mut self,
+        scale: f32,
+        clip: Option<f64>,
+        lr: f32,
+    ) -> Result<(f64, Option<UpdateStats>), BackendError>;
+
+    /// Copies the parameters and the optimizer state back into the host copies.
+    fn store_training(
+        &mut self,
+        params: &mut ParamStore,
+        optimizer: &mut Adafactor,
+    ) -> Result<(), BackendError>;
 }

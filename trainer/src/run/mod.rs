@@ -124,16 +124,39 @@ impl TrainRun {
         let mut metrics = Vec::new();
         let mut last_checkpoint = self.resumed_from.clone();
         let mut final_checkpoint = None;
+        // A device that keeps the parameters and the optimizer state resident runs the whole
+        // step; the host copies are refreshed for checkpoints only.
+        let resident = match backend.resident() {
+            Some(device) => {
+                device
+                    .load_training(&self.model, &self.params, &self.optimizer)
+                    .map_err(|source| TrainError::Backend {
+                        step: self.start_step + 1,
+                        source,
+                    })?;
+                true
+            }
+            None => false,
+        };
         for step in self.start_step + 1..=settings.steps {
             let started = Instant::now();
-            grads.fill_zero();
+            if !resident {
+                grads.fill_zero();
+            }
             let Accumulated {
                 loss_sum,
                 z_sum,
                 scored,
                 real_tokens,
                 flops,
-            } = self.accumulate(step, &mut loader, backend, &mut grads, &base_options)?;
+            } = self.accumulate(
+                step,
+                &mut loader,
+                backend,
+                resident,
+                &mut grads,
+                &base_options,
+            )?;
             if scored == 0 {
                 return Err(TrainError::NoScoredTokens { step });
             }
@@ -151,16 +174,28 @@ impl TrainRun {
             if !z_loss.is_finite() {
                 return Err(non_finite("the z-loss", z_loss));
             }
-            optim::scale_grads(&mut grads, (1.0 / scored as f64) as f32);
-            let grad_norm = match settings.grad_clip_norm {
-                Some(max) => optim::clip_global_norm(&mut grads, max),
-                None => optim::global_norm(&grads),
-            };
-            if !grad_norm.is_finite() {
-                return Err(non_finite("the gradient norm", grad_norm));
-            }
             let lr = settings.schedule.lr(step, settings.steps);
-            let update = self.optimizer.update(&mut self.params, &grads, lr as f32)?;
+            let scale = (1.0 / scored as f64) as f32;
+            let (grad_norm, update) = match backend.resident().filter(|_| resident) {
+                Some(device) => device
+                    .apply_update(scale, settings.grad_clip_norm, lr as f32)
+                    .map_err(|source| TrainError::Backend { step, source })?,
+                None => {
+                    optim::scale_grads(&mut grads, scale);
+                    let grad_norm = match settings.grad_clip_norm {
+                        Some(max) => optim::clip_global_norm(&mut grads, max),
+                        None => optim::global_norm(&grads),
+                    };
+                    let update = grad_norm
+                        .is_finite()
+                        .then(|| self.optimizer.update(&mut self.params, &grads, lr as f32))
+                        .transpose()?;
+                    (grad_norm, update)
+                }
+            };
+            let Some(update) = update.filter(|_| grad_norm.is_finite()) else {
+                return Err(non_finite("the gradient norm", grad_norm));
+            };
             if !update.update_norm.is_finite() {
                 return Err(non_finite("the update norm", update.update_norm));
             }
@@ -191,6 +226,11 @@ impl TrainRun {
             observer.on_step(&record);
             metrics.push(record);
             if step % settings.checkpoint_every == 0 || step == settings.steps {
+                if let Some(device) = backend.resident().filter(|_| resident) {
+                    device
+                        .store_training(&mut self.params, &mut self.optimizer)
+                        .map_err(|source| TrainError::Backend { step, source })?;
+                }
                 let dir = self.save(step)?;
                 checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
                 observer.on_checkpoint(step, &dir);
@@ -218,6 +258,7 @@ impl TrainRun {
         step: u64,
         loader: &mut Loader,
         backend: &mut dyn Backend,
+        resident: bool,
         grads: &mut ParamStore,
         base_options: &StepOptions,
     ) -> Result<Accumulated, TrainError> {
@@ -233,9 +274,11 @@ impl TrainRun {
         }
         // One call per step, so a device backend moves parameters and gradients once.
         let batches: Vec<_> = micro_batches.iter().map(|(l, o)| (&l.batch, *o)).collect();
-        let stats = backend
-            .forward_backward_many(&self.model, &self.params, &batches, grads)
-            .map_err(|source| TrainError::Backend { step, source })?;
+        let stats = match backend.resident().filter(|_| resident) {
+            Some(device) => device.accumulate(&self.model, &batches),
+            None => backend.forward_backward_many(&self.model, &self.params, &batches, grads),
+        }
+        .map_err(|source| TrainError::Backend { step, source })?;
         for ((loaded, options), stats) in micro_batches.iter().zip(stats) {
             sums.loss_sum += stats.loss_sum;
             sums.z_sum += stats.z_loss_sum;

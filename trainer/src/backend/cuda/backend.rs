@@ -30,12 +30,14 @@ use crate::params::ParamStore;
 pub struct CudaBackend {
     info: CudaDeviceInfo,
     context: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    kernels: CudaKernels,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) kernels: CudaKernels,
     blas: Blas,
     precision: Precision,
-    params: Vec<Buf>,
-    grads: Vec<Buf>,
+    pub(super) params: Vec<Buf>,
+    pub(super) grads: Vec<Buf>,
+    /// Adafactor's state, once resident training is loaded (`resident.rs`).
+    pub(super) optimizer: Option<super::resident::DeviceOptimizer>,
 }
 
 fn device_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> BackendError + '_ {
@@ -88,6 +90,7 @@ impl CudaBackend {
             precision,
             params: Vec::new(),
             grads: Vec::new(),
+            optimizer: None,
         })
     }
 
@@ -99,7 +102,7 @@ impl CudaBackend {
         &self.info
     }
 
-    fn dev(&self) -> Dev<'_> {
+    pub(super) fn dev(&self) -> Dev<'_> {
         Dev {
             stream: &self.stream,
             kernels: &self.kernels,
@@ -203,7 +206,7 @@ impl CudaBackend {
     }
 
     /// Errors cudarc could only record (frees in `Drop`) surface here.
-    fn check_async_errors(&self) -> Result<(), BackendError> {
+    pub(super) fn check_async_errors(&self) -> Result<(), BackendError> {
         self.context
             .check_err()
             .map_err(device_error("an earlier asynchronous operation failed"))
@@ -378,5 +381,9 @@ impl Backend for CudaBackend {
             .map_err(|e| BackendError::BadModel(format!("parameters: {e}")))?;
         self.upload_params(params)?;
         self.forward_loss_resident(config, batch, options)
+    }
+
+    fn resident(&mut self) -> Option<&mut dyn crate::backend::ResidentTraining> {
+        Some(self)
     }
 }

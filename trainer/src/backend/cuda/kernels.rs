@@ -75,7 +75,10 @@ pub const KERNELS: &[KernelSource] = &[
             "flash_delta",
         ]
     ),
-    kernel_source!("residual", ["add_inplace", "dropout_apply"]),
+    kernel_source!(
+        "residual",
+        ["scale_inplace", "add_inplace", "dropout_apply"]
+    ),
     kernel_source!(
         "adafactor",
         [

@@ -57,16 +57,22 @@ impl AdafactorScratch {
 }
 
 impl CudaKernels {
-    /// `out[0] = Σ x` (or `Σ x²`), in f64, over the first `n` values of `x`.
-    fn sum_f64(
+    /// `out[at] = Σ x` (or `Σ x²`), in f64, over the first `n` values of `x`, in a fixed order.
+    pub fn sum_f64(
         &self,
         x: &CudaSlice<f32>,
         n: usize,
         square: bool,
         partial: &mut CudaSlice<f64>,
-        out: &mut CudaSlice<f64>,
+        (out, at): (&mut CudaSlice<f64>, usize),
     ) -> Result<(), LaunchError> {
-        let (n, square, count) = (n as i64, square as i32, REDUCE_BLOCKS as i32);
+        if at >= out.len() {
+            return Err(LaunchError::Unsupported(format!(
+                "internal: sum into slot {at} of {}",
+                out.len()
+            )));
+        }
+        let (n, square, count, at) = (n as i64, square as i32, REDUCE_BLOCKS as i32, at as i32);
         let mut b = self.builder("reduce_sum_partial")?;
         b.arg(x).arg(&n).arg(&square).arg(&mut *partial);
         self.run(
@@ -75,12 +81,14 @@ impl CudaKernels {
             grid(REDUCE_BLOCKS, 1, THREADS),
         )?;
         let mut b = self.builder("reduce_sum_final")?;
-        b.arg(&*partial).arg(&count).arg(out);
+        b.arg(&*partial).arg(&count).arg(out).arg(&at);
         self.run("reduce_sum_final", &mut b, grid(1, 1, THREADS))
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// One Adafactor update of `param` with `grad`; `momentum` must be `Some` exactly when the
-    /// config has `beta1`.
+    /// config has `beta1`. With `update_sq = Some((out, at))`, `out[at]` receives the sum of the
+    /// squared update (f64), for the update norm.
     pub fn adafactor_update(
         &self,
         step: AdafactorStep<'_>,
@@ -89,6 +97,7 @@ impl CudaKernels {
         moment: DeviceMoment<'_>,
         momentum: Option<&mut CudaSlice<f32>>,
         scratch: &mut AdafactorScratch,
+        update_sq: Option<(&mut CudaSlice<f64>, usize)>,
     ) -> Result<(), LaunchError> {
         let config = step.config;
         let (beta2, eps1) = (step.beta2, config.epsilon1);
@@ -132,7 +141,7 @@ impl CudaKernels {
                     rows as usize,
                     false,
                     &mut s.partial,
-                    &mut s.v_row_sum,
+                    (&mut s.v_row_sum, 0),
                 )?;
                 let mut b = self.builder("adafactor_factored_y")?;
                 b.arg(grad)
@@ -144,13 +153,19 @@ impl CudaKernels {
                 self.run("adafactor_factored_y", &mut b, grid_1d(n as usize))?;
             }
         }
-        self.sum_f64(&s.y, n as usize, true, &mut s.partial, &mut s.y_sq_sum)?;
-        self.sum_f64(param, n as usize, true, &mut s.partial, &mut s.p_sq_sum)?;
+        self.sum_f64(&s.y, n as usize, true, &mut s.partial, (&mut s.y_sq_sum, 0))?;
+        self.sum_f64(
+            param,
+            n as usize,
+            true,
+            &mut s.partial,
+            (&mut s.p_sq_sum, 0),
+        )?;
         let clip = config.clipping_threshold.unwrap_or(0.0);
         let param_scale = config.multiply_by_parameter_scale as i32;
         let beta1 = config.beta1.unwrap_or(0.0);
         let mut b = self.builder("adafactor_apply")?;
-        b.arg(&mut *param).arg(&s.y);
+        b.arg(&mut *param).arg(&mut s.y);
         match momentum {
             Some(m) => b.arg(m),
             None => b.arg(&super::launch::NULL),
@@ -160,6 +175,10 @@ impl CudaKernels {
             .arg(&config.epsilon2)
             .arg(&param_scale)
             .arg(&beta1);
-        self.run("adafactor_apply", &mut b, grid_1d(n as usize))
+        self.run("adafactor_apply", &mut b, grid_1d(n as usize))?;
+        match update_sq {
+            Some(out) => self.sum_f64(&s.y, n as usize, true, &mut s.partial, out),
+            None => Ok(()),
+        }
     }
 }

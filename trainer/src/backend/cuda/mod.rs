@@ -45,6 +45,7 @@ pub mod nvrtc;
 pub mod probe;
 pub mod products;
 pub mod profile;
+mod resident;
 
 pub use backend::CudaBackend;
 pub use blas::Precision;

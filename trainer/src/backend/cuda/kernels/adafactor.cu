@@ -18,13 +18,13 @@ extern "C" __global__ void reduce_sum_partial(const float* x, long n, int square
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
-// out[0] = sum of `count` partials; one block.
-extern "C" __global__ void reduce_sum_final(const double* partial, int count, double* out) {
+// out[at] = sum of `count` partials; one block.
+extern "C" __global__ void reduce_sum_final(const double* partial, int count, double* out, int at) {
     __shared__ double scratch[32];
     double acc = 0.0;
     for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
     acc = block_sum_f64(acc, scratch);
-    if (threadIdx.x == 0) out[0] = acc;
+    if (threadIdx.x == 0) out[at] = acc;
 }
 
 // v = beta2 v + (1 - beta2)(g^2 + eps1); y = g / sqrt(v).
@@ -79,9 +79,10 @@ extern "C" __global__ void adafactor_factored_y(const float* g, const float* v_r
     y[at] = g[at] * row_factor * (1.0f / sqrtf(v_col[j]));
 }
 
-// Update clipping, parameter scaling, optional momentum (null `momentum` = none), p -= u.
-// `clip_threshold <= 0` switches clipping off; `param_scale == 0` scales by lr alone.
-extern "C" __global__ void adafactor_apply(float* param, const float* y, float* momentum, long n,
+// Update clipping, parameter scaling, optional momentum (null `momentum` = none), p -= u; `y`
+// becomes u (for the update norm). `clip_threshold <= 0` switches clipping off; `param_scale == 0`
+// scales by lr alone.
+extern "C" __global__ void adafactor_apply(float* param, float* y, float* momentum, long n,
                                            const double* y_sq_sum, const double* p_sq_sum,
                                            float lr, float clip_threshold, float eps2,
                                            int param_scale, float beta1) {
@@ -94,11 +95,11 @@ extern "C" __global__ void adafactor_apply(float* param, const float* y, float* 
     float scale = param_scale ? lr * fmaxf((float)sqrt(p_sq_sum[0] / (double)n), eps2) : lr;
     float yi = y[i];
     if (denom > 1.0f) yi /= denom;
+    float u = scale * yi;
     if (momentum) {
-        float m = beta1 * momentum[i] + (1.0f - beta1) * (scale * yi);
-        momentum[i] = m;
-        param[i] -= m;
-    } else {
-        param[i] -= scale * yi;
+        u = beta1 * momentum[i] + (1.0f - beta1) * u;
+        momentum[i] = u;
     }
+    param[i] -= u;
+    y[i] = u;
 }
