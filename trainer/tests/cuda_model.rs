@@ -455,7 +455,7 @@ fn resident_training_matches_the_host_loop() {
             beta1: Some(0.9),
             ..AdafactorConfig::default()
         };
-        let (steps, clip, lr) = (4u64, Some(0.5), 1e-2f32);
+        let (steps, clip, lr) = (4u64, Some(0.25), 1e-2f32);
         let micro = |step: u64| [batch(arch, 200 + 2 * step), batch(arch, 201 + 2 * step)];
 
         // The host loop, as `run::TrainRun` does it without a resident device.
