@@ -10,18 +10,22 @@
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
-# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, memcheck-dec,
-# bench-bf16, bench-1b, torch, memcheck-red, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
+# torch, memcheck, bench-1b, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
-#   1. the kernel parity tests (cuda_kernels, with cuBLAS products, dropout and packing),
+#   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, the fused attention
+#      in both variants, cuBLAS products, dropout, Adafactor),
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
-#   every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16),
-#   3. compute-sanitizer memcheck on a tiny DecLLM step, 4. training throughput of DecLLM-150M
-#   and RedLLM-150M at 2048 tokens per row (bf16), 5. the same models in PyTorch (eager and
-#   torch.compile, bf16), then memcheck on a tiny RedLLM step and the f32 throughput,
-#   6. a side-by-side table. Expected about 6-8 minutes on an H100; the whole run stops at
-#   GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
+#      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
+#      attention, resident training vs the host loop), and the bf16 step with the pipelined
+#      fused attention,
+#   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
+#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), with
+#      each fused-attention variant, 5. the same models in PyTorch (eager and torch.compile,
+#      bf16), 6. compute-sanitizer memcheck on the kernels and tiny steps, 7. the 1B models and
+#      the f32 mode's throughput, 8. a side-by-side table. About 4 minutes on an H200; the whole
+#      run stops at GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=target/gpu-bundle
@@ -159,7 +163,14 @@ run() {
     export RUST_BACKTRACE=1
     wanted kernels && step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1
     wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
+    # The bf16 model step with the pipelined fused-attention kernels (the kernel test covers both).
+    wanted model && step model-pipelined 60 env REDPACK_CUDA_FLASH=pipelined "$BUNDLE/cuda_model" \
+        --exact bf16_step_is_close_to_cpu --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
+    wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-pipelined 150 env REDPACK_CUDA_FLASH=pipelined \
+        BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
     [ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
@@ -167,16 +178,22 @@ run() {
     if [ -z "$sanitizer" ]; then
         echo "compute-sanitizer not found: memcheck skipped" | tee -a "$RESULTS/summary.txt"
     fi
-    [ -n "$sanitizer" ] && wanted memcheck-dec && step memcheck-dec 120 "$sanitizer" --tool memcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu --test-threads=1
-    wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    # memcheck: the fused attention (both variants, every mask and head dim) and Adafactor
+    # kernels, then whole tiny steps (f32 both architectures, bf16 with fused attention) and
+    # resident training.
+    [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
+        --error-exitcode 99 "$BUNDLE/cuda_kernels" --exact \
+        flash_attention_matches_cpu_for_every_mask_and_head_dim \
+        adafactor_matches_cpu_full_factored_and_with_momentum --test-threads=1
+    [ -n "$sanitizer" ] && wanted memcheck && step memcheck-model 120 "$sanitizer" --tool memcheck \
+        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
+        redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
+        resident_training_matches_the_host_loop --test-threads=1
     wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
-        BENCH_WARMUP=1 "$BUNDLE/cuda_step"
-    wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
-    [ -n "$sanitizer" ] && wanted memcheck-red && step memcheck-red 120 "$sanitizer" --tool memcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_model" --exact redllm_tiny_step_matches_cpu --test-threads=1
-    wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 "$BUNDLE/cuda_step"
-    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
+        BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
+    wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
+        BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
+    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-pipelined.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
 import json, sys
@@ -185,12 +202,13 @@ ok = [r for r in rows if "error" not in r]
 for r in rows:
     if "error" in r:
         print("error:", r)
-print(f"{'arch':5} {'impl':8} {'mode':13} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13}")
+print(f"{'arch':5} {'impl':8} {'mode':22} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13}")
 for arch in ("dec", "red"):
     ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
     for r in (r for r in ok if r["arch"] == arch):
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-        print(f"{arch:5} {r['impl']:8} {r['mode']:13} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
+        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "")
+        print(f"{arch:5} {r['impl']:8} {mode:22} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
               f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
               f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f}")
 PY

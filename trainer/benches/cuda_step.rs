@@ -10,7 +10,8 @@
 //! `cargo bench -p redpack-trainer --bench cuda_step`, or run the built binary directly.
 //! Environment: `BENCH_SIZE` (150m), `BENCH_ARCHS` (dec,red), `BENCH_ROWS` (8), `BENCH_SEQ`
 //! (2048), `BENCH_VOCAB` (32768), `BENCH_STEPS` (10), `BENCH_WARMUP` (2), `BENCH_PRECISION`
-//! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989), `BENCH_PROFILE` (0; 1 prints, after the timed
+//! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989), `BENCH_TRAIN_STEPS` (3 whole training steps timed;
+//! 0 skips them), `BENCH_PROFILE` (0; 1 prints, after the timed
 //! steps, a time table by kernel and product shape of two more steps run with
 //! `backend::cuda::profile` on). Without a GPU it prints `SKIPPED: no CUDA device`.
 
@@ -109,15 +110,17 @@ fn main() {
         // Whole optimizer steps as `redpack train` runs them on a GPU: resident parameters,
         // gradients scaled to the mean, the global norm, and the Adafactor update (the paper's
         // settings) on the device.
-        let optimizer = Adafactor::new(AdafactorConfig::default(), &params)
-            .unwrap_or_else(|e| fail("optimizer", e));
-        backend
-            .load_training(&config, &params, &optimizer)
-            .unwrap_or_else(|e| fail("loading resident training", e));
-        let train_steps = 3;
+        let train_steps = env_usize("BENCH_TRAIN_STEPS", 3);
+        if train_steps > 0 {
+            let optimizer = Adafactor::new(AdafactorConfig::default(), &params)
+                .unwrap_or_else(|e| fail("optimizer", e));
+            backend
+                .load_training(&config, &params, &optimizer)
+                .unwrap_or_else(|e| fail("loading resident training", e));
+        }
         let micro = [(&batch, options)];
         let mut train_step_s = 0.0;
-        for i in 0..=train_steps {
+        for i in (0..=train_steps).filter(|_| train_steps > 0) {
             let start = Instant::now();
             let stats = ResidentTraining::accumulate(&mut backend, &config, &micro)
                 .unwrap_or_else(|e| fail("forward/backward", e));
@@ -151,7 +154,11 @@ fn main() {
         let json = serde_json::json!({
             "impl": "redpack",
             "mode": precision.name(),
-            "attention": if launch_flash::fused_attention(precision, config.head_dim) { "flash" } else { "batched" },
+            "attention": match (launch_flash::fused_attention(precision, config.head_dim), launch_flash::FlashVariant::from_env()) {
+                (false, _) => "batched",
+                (true, launch_flash::FlashVariant::Basic) => "flash",
+                (true, launch_flash::FlashVariant::Pipelined) => "flash-pipelined",
+            },
             "arch": arch.name(),
             "size": size,
             "params": config.param_count(),

@@ -812,7 +812,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
     use redpack_trainer::backend::cpu::attention::{
         attention_backward, attention_forward, AttnShape,
     };
-    use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FLASH_HEAD_DIMS};
+    use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
     let Some(g) = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim") else {
         return;
     };
@@ -870,14 +870,23 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 })
                 .map(|v| v as i32)
                 .collect();
-            let fshape = FlashShape {
+            let basic = FlashShape {
                 rows: rows.len(),
                 heads,
                 head_dim: hd,
                 max_q: rows.iter().map(|r| r.q_len).max().unwrap(),
                 max_k: rows.iter().map(|r| r.k_len).max().unwrap(),
+                variant: FlashVariant::Basic,
             };
-            for docs in [None, Some((&q_doc[..], &k_doc[..]))] {
+            let pipelined = FlashShape {
+                variant: FlashVariant::Pipelined,
+                ..basic
+            };
+            let mut basic_bits = None;
+            for (docs, fshape) in [None, Some((&q_doc[..], &k_doc[..]))]
+                .into_iter()
+                .flat_map(|docs| [(docs, basic), (docs, pipelined)])
+            {
                 let mut out = vec![0.0f32; q_tokens * da];
                 attention_forward(&q, &k, &v, shape, rows, docs, &mut out);
                 let (mut dq, mut dk, mut dv) = (
@@ -932,7 +941,8 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 };
                 let (gdq, gdk, gdv) = backward();
                 let name = format!(
-                    "flash {label} head_dim {hd}{}",
+                    "flash {:?} {label} head_dim {hd}{}",
+                    fshape.variant,
                     if docs.is_some() {
                         " with documents"
                     } else {
@@ -944,10 +954,19 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 assert_close(&format!("{name} dk"), &gdk, &dk, 2e-2);
                 assert_close(&format!("{name} dv"), &gdv, &dv, 1e-2);
                 let again = backward();
+                let got = (g.download(&od), gdq, gdk, gdv);
                 assert!(
-                    again == (gdq, gdk, gdv),
+                    (&again.0, &again.1, &again.2) == (&got.1, &got.2, &got.3),
                     "{name}: the backward pass is not deterministic"
                 );
+                // Both variants sum in the same order: the same bits.
+                match fshape.variant {
+                    FlashVariant::Basic => basic_bits = Some(got),
+                    FlashVariant::Pipelined => assert!(
+                        basic_bits.as_ref() == Some(&got),
+                        "{name}: differs from the basic variant"
+                    ),
+                }
             }
         }
     }

@@ -96,6 +96,10 @@ impl CudaKernels {
         &self.stream
     }
 
+    pub(super) fn function(&self, name: &'static str) -> Result<&CudaFunction, LaunchError> {
+        self.functions.get(name).ok_or(LaunchError::Missing(name))
+    }
+
     pub(super) fn builder(&self, name: &'static str) -> Result<LaunchArgs<'_>, LaunchError> {
         let function = self.functions.get(name).ok_or(LaunchError::Missing(name))?;
         Ok(self.stream.launch_builder(function))

@@ -6,7 +6,8 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::blas::Precision;
-use super::launch::{grid, CudaKernels, LaunchError, NULL};
+use super::kernels::KERNELS;
+use super::launch::{driver, grid, CudaKernels, LaunchError, NULL};
 
 /// Whether attention runs fused (these kernels): in the bf16 mode, for the head dimensions there
 /// are kernels for, unless `REDPACK_CUDA_ATTENTION=batched` asks for the batched products and the
@@ -20,12 +21,60 @@ pub fn fused_attention(precision: Precision, head_dim: usize) -> bool {
 
 /// Head dimensions the fused kernels are instantiated for.
 pub const FLASH_HEAD_DIMS: [usize; 3] = [32, 64, 128];
-/// Threads per block (`FA_THREADS`), queries per forward / dQ block (`FA_BQ`) and keys per dK/dV
-/// block (`FB_BK`) in flash.cu.
-const FA_THREADS: u32 = 128;
-const FA_BQ: usize = 64;
+/// Keys per forward tile (`FA_BK`), keys per dK/dV block and queries per tile there (`FB_BK`,
+/// `FB_BQ`), keys per dQ tile (`FQ_BK`) in flash.cu; the dK/dV kernel always has 4 warps.
+const FA_BK: usize = 64;
 const FB_BK: usize = 64;
+const FB_BQ: usize = 32;
+const FQ_BK: usize = 32;
+const KV_THREADS: u32 = 128;
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// Dynamic shared memory a kernel may take without opting in.
+const DEFAULT_SMEM: usize = 48 * 1024;
+
+/// The two builds of the fused kernels (flash.cu's entry points): they sum in the same order
+/// and give the same bits; they differ in block shape and whether tile copies overlap the math.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashVariant {
+    /// 4 warps, 64 queries per forward / dQ block, one tile buffer.
+    #[default]
+    Basic,
+    /// 8 warps, 128 queries per forward / dQ block, two tile buffers.
+    Pipelined,
+}
+
+impl FlashVariant {
+    fn suffix(self) -> &'static str {
+        match self {
+            FlashVariant::Basic => "",
+            FlashVariant::Pipelined => "_pipelined",
+        }
+    }
+
+    fn warps(self) -> usize {
+        match self {
+            FlashVariant::Basic => 4,
+            FlashVariant::Pipelined => 8,
+        }
+    }
+
+    fn stages(self) -> usize {
+        match self {
+            FlashVariant::Basic => 1,
+            FlashVariant::Pipelined => 2,
+        }
+    }
+
+    /// `REDPACK_CUDA_FLASH=pipelined|basic`, else the default.
+    pub fn from_env() -> FlashVariant {
+        static CHOICE: std::sync::OnceLock<FlashVariant> = std::sync::OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH").as_deref() {
+            Ok("pipelined") => FlashVariant::Pipelined,
+            Ok("basic") => FlashVariant::Basic,
+            _ => FlashVariant::default(),
+        })
+    }
+}
 
 /// One fused attention call's shapes: the batch rows (described by `rows_desc`, six `i32` each
 /// as `AttnRow`), heads, head dimension, and the longest query and key ranges of any row.
@@ -36,6 +85,7 @@ pub struct FlashShape {
     pub head_dim: usize,
     pub max_q: usize,
     pub max_k: usize,
+    pub variant: FlashVariant,
 }
 
 impl FlashShape {
@@ -60,14 +110,22 @@ impl FlashShape {
         Ok(())
     }
 
-    fn grid(&self, len: usize, per_block: usize) -> cudarc::driver::LaunchConfig {
-        let mut cfg = grid(
-            len.div_ceil(per_block) as u32,
-            self.heads as u32,
-            FA_THREADS,
-        );
+    fn grid(
+        &self,
+        len: usize,
+        per_block: usize,
+        threads: u32,
+        smem: usize,
+    ) -> cudarc::driver::LaunchConfig {
+        let mut cfg = grid(len.div_ceil(per_block) as u32, self.heads as u32, threads);
         cfg.grid_dim.2 = self.rows.max(1) as u32;
+        cfg.shared_mem_bytes = smem as u32;
         cfg
+    }
+
+    /// Bytes of `rows` shared-memory rows of bf16 (padded by 8 values, as in flash.cu).
+    fn tile_bytes(&self, rows: usize) -> usize {
+        rows * (self.head_dim + 8) * 2
     }
 }
 
@@ -82,6 +140,20 @@ fn push_docs<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, docs: DocStreams<'a>) {
 }
 
 impl CudaKernels {
+    /// Lets `name` take `bytes` of dynamic shared memory (above the default 48 KiB a kernel must
+    /// opt in).
+    fn allow_shared_memory(&self, name: &'static str, bytes: usize) -> Result<(), LaunchError> {
+        use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_SMEM;
+        if bytes <= DEFAULT_SMEM {
+            return Ok(());
+        }
+        self.function(name)?
+            .set_attribute(MAX_SMEM, bytes as i32)
+            .map_err(driver(format!(
+                "letting {name} take {bytes} bytes of shared memory"
+            )))
+    }
+
     /// `out` (query stream) = attention output for every query inside a row (others are left as
     /// they are), and `lse` the base-2 log-sum-exp per query line for the backward pass.
     #[allow(clippy::too_many_arguments)]
@@ -100,14 +172,19 @@ impl CudaKernels {
         if shape.max_q == 0 || shape.max_k == 0 {
             return Ok(());
         }
-        let name = flash_name("flash_forward", shape.head_dim);
+        let variant = shape.variant;
+        let name = flash_entry("flash_forward", shape.head_dim, variant)?;
+        let smem = variant.stages() * 2 * shape.tile_bytes(FA_BK);
+        self.allow_shared_memory(name, smem)?;
         let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
         let scale_log2 = LOG2_E / (shape.head_dim as f32).sqrt();
         let mut b = self.builder(name)?;
         b.arg(q).arg(k).arg(v).arg(rows_desc);
         push_docs(&mut b, docs);
         b.arg(out).arg(lse).arg(&heads).arg(&max_q).arg(&scale_log2);
-        self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
+        let threads = variant.warps() as u32 * 32;
+        let cfg = shape.grid(shape.max_q, variant.warps() * 16, threads, smem);
+        self.run(name, &mut b, cfg)
     }
 
     /// `delta[line] = Σ dO ⊙ O` over the head dimension (bf16 copies, f32 sum), per query line (0
@@ -124,9 +201,8 @@ impl CudaKernels {
         let mut b = self.builder("flash_delta")?;
         b.arg(d_out).arg(out).arg(rows_desc).arg(delta);
         b.arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]);
-        let warps = FA_THREADS as usize / 32;
-        let blocks = shape.lines().div_ceil(warps) as u32;
-        self.run("flash_delta", &mut b, grid(blocks, 1, FA_THREADS))
+        let blocks = shape.lines().div_ceil(4) as u32; // FA_WARPS query lines per block
+        self.run("flash_delta", &mut b, grid(blocks, 1, 128))
     }
 
     /// The gradients w.r.t. Q, K and V, written (not added) for every token inside a row.
@@ -156,7 +232,10 @@ impl CudaKernels {
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let scale_log2 = scale * LOG2_E;
 
-        let name = flash_name("flash_backward_kv", shape.head_dim);
+        let variant = shape.variant;
+        let name = flash_entry("flash_backward_kv", shape.head_dim, variant)?;
+        let smem = shape.tile_bytes(FB_BK) + variant.stages() * 2 * shape.tile_bytes(FB_BQ);
+        self.allow_shared_memory(name, smem)?;
         let mut b = self.builder(name)?;
         b.arg(q)
             .arg(k)
@@ -172,9 +251,12 @@ impl CudaKernels {
             .arg(&max_q)
             .arg(&scale)
             .arg(&scale_log2);
-        self.run(name, &mut b, shape.grid(shape.max_k, FB_BK))?;
+        let cfg = shape.grid(shape.max_k, FB_BK, KV_THREADS, smem);
+        self.run(name, &mut b, cfg)?;
 
-        let name = flash_name("flash_backward_q", shape.head_dim);
+        let name = flash_entry("flash_backward_q", shape.head_dim, variant)?;
+        let smem = variant.stages() * 2 * shape.tile_bytes(FQ_BK);
+        self.allow_shared_memory(name, smem)?;
         let mut b = self.builder(name)?;
         b.arg(q)
             .arg(k)
@@ -189,21 +271,22 @@ impl CudaKernels {
             .arg(&max_q)
             .arg(&scale)
             .arg(&scale_log2);
-        self.run(name, &mut b, shape.grid(shape.max_q, FA_BQ))
+        let threads = variant.warps() as u32 * 32;
+        let cfg = shape.grid(shape.max_q, variant.warps() * 16, threads, smem);
+        self.run(name, &mut b, cfg)
     }
 }
 
-/// The entry point of `kernel` for `head_dim` (`flash_forward_d128`).
-fn flash_name(kernel: &str, head_dim: usize) -> &'static str {
-    match (kernel, head_dim) {
-        ("flash_forward", 32) => "flash_forward_d32",
-        ("flash_forward", 64) => "flash_forward_d64",
-        ("flash_backward_kv", 32) => "flash_backward_kv_d32",
-        ("flash_backward_kv", 64) => "flash_backward_kv_d64",
-        ("flash_backward_q", 32) => "flash_backward_q_d32",
-        ("flash_backward_q", 64) => "flash_backward_q_d64",
-        ("flash_backward_kv", _) => "flash_backward_kv_d128",
-        ("flash_backward_q", _) => "flash_backward_q_d128",
-        _ => "flash_forward_d128",
-    }
+/// The entry point of `kernel` for `head_dim` and `variant` (`flash_forward_d128_pipelined`).
+fn flash_entry(
+    kernel: &str,
+    head_dim: usize,
+    variant: FlashVariant,
+) -> Result<&'static str, LaunchError> {
+    let want = format!("{kernel}_d{head_dim}{}", variant.suffix());
+    KERNELS
+        .iter()
+        .flat_map(|source| source.entries.iter().copied())
+        .find(|entry| *entry == want)
+        .ok_or_else(|| LaunchError::Unsupported(format!("no fused attention kernel {want}")))
 }

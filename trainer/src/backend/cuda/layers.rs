@@ -6,7 +6,7 @@
 
 use super::blas::Operand;
 use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
-use super::launch_flash::FlashShape;
+use super::launch_flash::{FlashShape, FlashVariant};
 use super::launch_model::{PackShape, PackSide};
 use super::launch_tokens::ScoresShape;
 use super::products::AttnSizes;
@@ -268,6 +268,7 @@ fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
         head_dim: dims.hd,
         max_q: rows.max_q,
         max_k: rows.max_k,
+        variant: FlashVariant::from_env(),
     }
 }
 

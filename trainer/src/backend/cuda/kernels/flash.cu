@@ -27,8 +27,7 @@
 
 #define FA_WARPS 4
 #define FA_THREADS (FA_WARPS * 32)
-// Queries per forward / dQ block (16 per warp), keys per tile in the forward pass.
-#define FA_BQ 64
+// Keys per tile in the forward pass (queries per forward / dQ block: 16 per warp).
 #define FA_BK 64
 // Keys per dK/dV block (16 per warp) and queries per tile there; keys per tile in the dQ pass.
 #define FB_BK 64
@@ -100,16 +99,17 @@ __device__ __forceinline__ u32 shared_address(const void* p) {
 }
 
 // Starts copying rows [i0, i0 + N) of one head of a bf16 stream into shared memory (`stride`
-// elements per row); rows past `len` are zero-filled. `stage_wait` then waits for every copy this
-// thread started; a __syncthreads() after it makes the tile visible to the block.
-template <int D, int N>
+// elements per row), spread over the block's THREADS threads; rows past `len` are zero-filled.
+// `cp_commit` closes a group of such copies and `cp_wait<n>` waits until at most n of this
+// thread's groups are still in flight; a __syncthreads() after it makes the tile visible.
+template <int D, int N, int THREADS>
 __device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf16_bits* x,
                                            int start, int i0, int len, long da, int head_col) {
     constexpr int CHUNKS = D / 8;  // 16-byte pieces per row
-    constexpr int ITERS = (N * CHUNKS + FA_THREADS - 1) / FA_THREADS;
+    constexpr int ITERS = (N * CHUNKS + THREADS - 1) / THREADS;
 #pragma unroll
     for (int it = 0; it < ITERS; it++) {
-        int idx = it * FA_THREADS + threadIdx.x;
+        int idx = it * THREADS + threadIdx.x;
         if (idx < N * CHUNKS) {
             int ii = idx / CHUNKS, c = (idx % CHUNKS) * 8;
             int i = i0 + ii;
@@ -121,12 +121,20 @@ __device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf1
                          : "memory");
         }
     }
+}
+
+__device__ __forceinline__ void cp_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void stage_wait() {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+
+// Every kernel's tiles live in dynamic shared memory: STAGES buffers, so that with two the next
+// tile's copies run while the current one is computed on.
+extern __shared__ __align__(16) unsigned char flash_smem[];
 
 // Two bf16 values of rows (k, k+1) in one column of a row-major shared tile, as a B pair.
 __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, int k, int col) {
@@ -137,7 +145,7 @@ __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, in
 // Forward: one block per (64 queries, head, row); each warp owns 16 queries and walks the key
 // tiles with the online softmax.
 
-template <int D>
+template <int D, int WARPS, int STAGES>
 __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                               const int* rows_desc, const u32* q_doc, const u32* k_doc,
                               float* out, float* lse, int heads, int max_q, float scale_log2) {
@@ -145,12 +153,12 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
     constexpr int DT = D / 8;      // n-tiles over the head dimension
     constexpr int NT = FA_BK / 8;  // n-tiles over a key tile
     constexpr int KST = D + 8;     // shared row stride of K and V (bf16), padded against conflicts
-    __shared__ bf16_bits ks[FA_BK * KST];
-    __shared__ bf16_bits vs[FA_BK * KST];
+    constexpr int THREADS = WARPS * 32, BQ = WARPS * 16, TILE = FA_BK * KST;
+    bf16_bits* smem = (bf16_bits*)flash_smem;  // STAGES x (K tile, V tile)
 
     const int r = blockIdx.z, h = blockIdx.y;
     const RowDesc row = row_desc(rows_desc, r);
-    const int i0 = blockIdx.x * FA_BQ;
+    const int i0 = blockIdx.x * BQ;
     if (i0 >= row.q_len) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long da = (long)heads * D;
@@ -171,13 +179,30 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
     for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
     float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
 
-    const int k_end = key_end(row, i0, i0 + FA_BQ);
-    for (int j0 = 0; j0 < k_end; j0 += FA_BK) {
+    const int k_end = key_end(row, i0, i0 + BQ);
+    const int tiles = (k_end + FA_BK - 1) / FA_BK;
+    auto load = [&](int tile) {
+        bf16_bits* dst = smem + (tile % STAGES) * 2 * TILE;
+        int j = tile * FA_BK;
+        stage_rows<D, FA_BK, THREADS>(dst, KST, k, row.k_start, j, row.k_len, da, hc);
+        stage_rows<D, FA_BK, THREADS>(dst + TILE, KST, v, row.k_start, j, row.k_len, da, hc);
+        cp_commit();
+    };
+    if (STAGES > 1 && tiles > 0) load(0);
+    for (int tile = 0; tile < tiles; tile++) {
+        const int j0 = tile * FA_BK;
+        if (STAGES == 1) {
+            load(tile);
+            cp_wait<0>();
+        } else if (tile + 1 < tiles) {
+            load(tile + 1);  // its buffer was last read before the previous trailing barrier
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
-        stage_rows<D, FA_BK>(ks, KST, k, row.k_start, j0, row.k_len, da, hc);
-        stage_rows<D, FA_BK>(vs, KST, v, row.k_start, j0, row.k_len, da, hc);
-        stage_wait();
-        __syncthreads();
+        const bf16_bits* ks = smem + (tile % STAGES) * 2 * TILE;
+        const bf16_bits* vs = ks + TILE;
 
         float s[NT][4];
         #pragma unroll
@@ -255,6 +280,7 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
                 mma16816(o[dt], pa, b);
             }
         }
+        __syncthreads();  // every warp is done with this buffer before it is refilled
     }
 
     float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
@@ -307,7 +333,7 @@ extern "C" __global__ void flash_delta(const bf16_bits* d_out, const bf16_bits* 
 // that can see them: Sᵀ = K Qᵀ, Pᵀ from lse, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ - delta)
 // · scale, dK += dSᵀ Q.
 
-template <int D>
+template <int D, int STAGES>
 __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                   const bf16_bits* d_out, const float* lse, const float* delta,
                                   const int* rows_desc, const u32* q_doc, const u32* k_doc,
@@ -317,9 +343,10 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
     constexpr int DT = D / 8;
     constexpr int NT = FB_BQ / 8;  // n-tiles over a query tile
     constexpr int ST = D + 8;
-    __shared__ bf16_bits qs[FB_BQ * ST];
-    __shared__ bf16_bits dos[FB_BQ * ST];
-    __shared__ bf16_bits vsh[FB_BK * ST];
+    constexpr int THREADS = FA_THREADS, TILE = FB_BQ * ST;
+    // The block's V tile, then STAGES x (Q tile, dO tile).
+    bf16_bits* vsh = (bf16_bits*)flash_smem;
+    bf16_bits* stages = vsh + FB_BK * ST;
     __shared__ float lse_s[FB_BQ];
     __shared__ float delta_s[FB_BQ];
 
@@ -342,7 +369,8 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         kf[kk][2] = load_pair(k, row.k_start, ka, row.k_len, da, c + 8);
         kf[kk][3] = load_pair(k, row.k_start, kb, row.k_len, da, c + 8);
     }
-    stage_rows<D, FB_BK>(vsh, ST, v, row.k_start, j0, row.k_len, da, hc);
+    stage_rows<D, FB_BK, THREADS>(vsh, ST, v, row.k_start, j0, row.k_len, da, hc);
+    cp_commit();
     float dkacc[DT][4], dvacc[DT][4];
     #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
@@ -353,17 +381,34 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
     const float* delta_r = delta + ((long)r * heads + h) * max_q;
 
     const int q_begin = (query_begin(row, j0) / FB_BQ) * FB_BQ;
-    for (int i0 = q_begin; i0 < row.q_len; i0 += FB_BQ) {
-        __syncthreads();
-        stage_rows<D, FB_BQ>(qs, ST, q, row.q_start, i0, row.q_len, da, hc);
-        stage_rows<D, FB_BQ>(dos, ST, d_out, row.q_start, i0, row.q_len, da, hc);
+    const int tiles = row.q_len > q_begin ? (row.q_len - q_begin + FB_BQ - 1) / FB_BQ : 0;
+    auto load = [&](int tile) {
+        bf16_bits* dst = stages + (tile % STAGES) * 2 * TILE;
+        int i = q_begin + tile * FB_BQ;
+        stage_rows<D, FB_BQ, THREADS>(dst, ST, q, row.q_start, i, row.q_len, da, hc);
+        stage_rows<D, FB_BQ, THREADS>(dst + TILE, ST, d_out, row.q_start, i, row.q_len, da, hc);
+        cp_commit();
+    };
+    if (STAGES > 1 && tiles > 0) load(0);
+    for (int tile = 0; tile < tiles; tile++) {
+        const int i0 = q_begin + tile * FB_BQ;
+        if (STAGES == 1) {
+            load(tile);
+            cp_wait<0>();
+        } else if (tile + 1 < tiles) {
+            load(tile + 1);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         for (int ii = threadIdx.x; ii < FB_BQ; ii += FA_THREADS) {
             bool in = i0 + ii < row.q_len;
             lse_s[ii] = in ? lse_r[i0 + ii] : POS_INF;
             delta_s[ii] = in ? delta_r[i0 + ii] : 0.0f;
         }
-        stage_wait();
         __syncthreads();
+        const bf16_bits* qs = stages + (tile % STAGES) * 2 * TILE;
+        const bf16_bits* dos = qs + TILE;
 
         // Sᵀ (16 keys x FB_BQ queries) and from it Pᵀ.
         float p[NT][4];
@@ -439,9 +484,10 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
                 mma16816(dkacc[dt], sa, b);
             }
         }
+        __syncthreads();  // every warp is done with this buffer (and lse_s) before a refill
     }
 
-    stage_wait();  // the V tile's copies, when no query tile needed them
+    cp_wait<0>();  // the V tile's copies, when no query tile needed them
 
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
@@ -463,7 +509,7 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
 // dQ: one block per (64 queries, head, row); each warp owns 16 queries and walks the key tiles:
 // S = Q Kᵀ, P from lse, dP = dO Vᵀ, dS = P ⊙ (dP - delta) · scale, dQ += dS K.
 
-template <int D>
+template <int D, int WARPS, int STAGES>
 __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                  const bf16_bits* d_out, const float* lse, const float* delta,
                                  const int* rows_desc, const u32* q_doc, const u32* k_doc,
@@ -472,12 +518,12 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     constexpr int DT = D / 8;
     constexpr int NT = FQ_BK / 8;
     constexpr int ST = D + 8;
-    __shared__ bf16_bits ks[FQ_BK * ST];
-    __shared__ bf16_bits vsh[FQ_BK * ST];
+    constexpr int THREADS = WARPS * 32, BQ = WARPS * 16, TILE = FQ_BK * ST;
+    bf16_bits* smem = (bf16_bits*)flash_smem;  // STAGES x (K tile, V tile)
 
     const int r = blockIdx.z, h = blockIdx.y;
     const RowDesc row = row_desc(rows_desc, r);
-    const int i0 = blockIdx.x * FA_BQ;
+    const int i0 = blockIdx.x * BQ;
     if (i0 >= row.q_len) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long da = (long)heads * D;
@@ -506,13 +552,30 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     #pragma unroll
     for (int dt = 0; dt < DT; dt++) dqacc[dt][0] = dqacc[dt][1] = dqacc[dt][2] = dqacc[dt][3] = 0.0f;
 
-    const int k_end = key_end(row, i0, i0 + FA_BQ);
-    for (int j0 = 0; j0 < k_end; j0 += FQ_BK) {
+    const int k_end = key_end(row, i0, i0 + BQ);
+    const int tiles = (k_end + FQ_BK - 1) / FQ_BK;
+    auto load = [&](int tile) {
+        bf16_bits* dst = smem + (tile % STAGES) * 2 * TILE;
+        int j = tile * FQ_BK;
+        stage_rows<D, FQ_BK, THREADS>(dst, ST, k, row.k_start, j, row.k_len, da, hc);
+        stage_rows<D, FQ_BK, THREADS>(dst + TILE, ST, v, row.k_start, j, row.k_len, da, hc);
+        cp_commit();
+    };
+    if (STAGES > 1 && tiles > 0) load(0);
+    for (int tile = 0; tile < tiles; tile++) {
+        const int j0 = tile * FQ_BK;
+        if (STAGES == 1) {
+            load(tile);
+            cp_wait<0>();
+        } else if (tile + 1 < tiles) {
+            load(tile + 1);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
-        stage_rows<D, FQ_BK>(ks, ST, k, row.k_start, j0, row.k_len, da, hc);
-        stage_rows<D, FQ_BK>(vsh, ST, v, row.k_start, j0, row.k_len, da, hc);
-        stage_wait();
-        __syncthreads();
+        const bf16_bits* ks = smem + (tile % STAGES) * 2 * TILE;
+        const bf16_bits* vsh = ks + TILE;
 
         float p[NT][4], dp[NT][4];
         #pragma unroll
@@ -553,6 +616,7 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
                 mma16816(dqacc[dt], sa, b);
             }
         }
+        __syncthreads();
     }
 
     #pragma unroll
@@ -571,85 +635,146 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry points, one per supported head dimension.
+// Entry points, per supported head dimension, in two variants: the basic one (4 warps, 64
+// queries per forward / dQ block, one tile buffer: each tile is copied, then computed on) and
+// the pipelined one (8 warps, 128 queries per forward / dQ block, so each K/V tile read serves
+// twice the queries, and two tile buffers: the next tile's copies overlap the current tile's
+// math). Both sum in the same order, so they give the same bits.
 
 extern "C" __global__ void flash_forward_d32(const bf16_bits* q, const bf16_bits* k,
-                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
-                                             const u32* k_doc, float* out, float* lse, int heads,
-                                             int max_q, float scale_log2) {
-    flash_forward<32>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<32, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
 }
 
 extern "C" __global__ void flash_backward_kv_d32(const bf16_bits* q, const bf16_bits* k,
-                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                 const float* delta, const int* rows_desc,
-                                                 const u32* q_doc, const u32* k_doc, float* dk,
-                                                 float* dv, int heads, int max_q, float scale,
-                                                 float scale_log2) {
-    flash_backward_kv<32>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
-                          max_q, scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<32, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_backward_q_d32(const bf16_bits* q, const bf16_bits* k,
-                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                const float* delta, const int* rows_desc,
-                                                const u32* q_doc, const u32* k_doc, float* dq,
-                                                int heads, int max_q, float scale,
-                                                float scale_log2) {
-    flash_backward_q<32>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
-                         scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<32, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_forward_d32_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<32, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d32_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<32, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d32_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<32, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d64(const bf16_bits* q, const bf16_bits* k,
-                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
-                                             const u32* k_doc, float* out, float* lse, int heads,
-                                             int max_q, float scale_log2) {
-    flash_forward<64>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<64, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
 }
 
 extern "C" __global__ void flash_backward_kv_d64(const bf16_bits* q, const bf16_bits* k,
-                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                 const float* delta, const int* rows_desc,
-                                                 const u32* q_doc, const u32* k_doc, float* dk,
-                                                 float* dv, int heads, int max_q, float scale,
-                                                 float scale_log2) {
-    flash_backward_kv<64>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
-                          max_q, scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<64, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_backward_q_d64(const bf16_bits* q, const bf16_bits* k,
-                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                const float* delta, const int* rows_desc,
-                                                const u32* q_doc, const u32* k_doc, float* dq,
-                                                int heads, int max_q, float scale,
-                                                float scale_log2) {
-    flash_backward_q<64>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
-                         scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<64, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_forward_d64_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<64, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d64_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<64, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d64_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<64, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d128(const bf16_bits* q, const bf16_bits* k,
-                                             const bf16_bits* v, const int* rows_desc, const u32* q_doc,
-                                             const u32* k_doc, float* out, float* lse, int heads,
-                                             int max_q, float scale_log2) {
-    flash_forward<128>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q, scale_log2);
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<128, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
 }
 
 extern "C" __global__ void flash_backward_kv_d128(const bf16_bits* q, const bf16_bits* k,
-                                                 const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                 const float* delta, const int* rows_desc,
-                                                 const u32* q_doc, const u32* k_doc, float* dk,
-                                                 float* dv, int heads, int max_q, float scale,
-                                                 float scale_log2) {
-    flash_backward_kv<128>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv, heads,
-                          max_q, scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<128, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_backward_q_d128(const bf16_bits* q, const bf16_bits* k,
-                                                const bf16_bits* v, const bf16_bits* d_out, const float* lse,
-                                                const float* delta, const int* rows_desc,
-                                                const u32* q_doc, const u32* k_doc, float* dq,
-                                                int heads, int max_q, float scale,
-                                                float scale_log2) {
-    flash_backward_q<128>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq, heads, max_q,
-                         scale, scale_log2);
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<128, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_forward_d128_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
+        float* lse, int heads, int max_q, float scale_log2) {
+    flash_forward<128, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+                                 scale_log2);
+}
+
+extern "C" __global__ void flash_backward_kv_d128_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
+        int max_q, float scale, float scale_log2) {
+    flash_backward_kv<128, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+                                heads, max_q, scale, scale_log2);
+}
+
+extern "C" __global__ void flash_backward_q_d128_pipelined(const bf16_bits* q, const bf16_bits* k,
+        const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
+        const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
+        float scale, float scale_log2) {
+    flash_backward_q<128, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+                                    heads, max_q, scale, scale_log2);
 }
