@@ -136,6 +136,42 @@ __device__ __forceinline__ void cp_wait() {
 // tile's copies run while the current one is computed on.
 extern __shared__ __align__(16) unsigned char flash_smem[];
 
+// Fragments through `ldmatrix` (four 8x8 matrices per instruction, one row address per lane),
+// for tiles stored row-major in shared memory with `stride` elements per row:
+// - `ldsm_b_nk`: the B fragments of n-tiles n0 and n0 + 8 at k-step k0 from a [n][k] tile
+//   (b[0..1] and b[2..3]);
+// - `ldsm_b_kn`: the same from a [k][n] tile, transposed on the way (`.trans`);
+// - `ldsm_a`: the A fragment of rows m0..m0+16 at k-step k0 from a [m][k] tile.
+__device__ __forceinline__ void ldsm_x4(u32* r, const bf16_bits* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p))
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16_bits* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p))
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_b_nk(u32* b, const bf16_bits* tile, int stride, int n0, int k0,
+                                          int lane) {
+    ldsm_x4(b, tile + (n0 + (lane >> 4) * 8 + (lane & 7)) * stride + k0 + ((lane >> 3) & 1) * 8);
+}
+
+__device__ __forceinline__ void ldsm_b_kn(u32* b, const bf16_bits* tile, int stride, int k0, int n0,
+                                          int lane) {
+    ldsm_x4_trans(b, tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * stride + n0 +
+                         (lane >> 4) * 8);
+}
+
+__device__ __forceinline__ void ldsm_a(u32* a, const bf16_bits* tile, int stride, int m0, int k0,
+                                       int lane) {
+    ldsm_x4(a, tile + (m0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * stride + k0 + (lane >> 4) * 8);
+}
+
 // Two bf16 values of rows (k, k+1) in one column of a row-major shared tile, as a B pair.
 __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, int k, int col) {
     return pack2_bits(tile[k * stride + col], tile[(k + 1) * stride + col]);
@@ -145,7 +181,7 @@ __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, in
 // Forward: one block per (64 queries, head, row); each warp owns 16 queries and walks the key
 // tiles with the online softmax.
 
-template <int D, int WARPS, int STAGES>
+template <int D, int WARPS, int STAGES, bool LDM>
 __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                               const int* rows_desc, const u32* q_doc, const u32* k_doc,
                               float* out, float* lse, int heads, int max_q, float scale_log2) {
@@ -206,13 +242,27 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 
         float s[NT][4];
         #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            const bf16_bits* kr = ks + (nt * 8 + g) * KST + 2 * t;
+        for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        if constexpr (LDM) {
             #pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
-                mma16816(s[nt], qf[kk], b);
+            for (int nt = 0; nt < NT; nt += 2) {
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[4];
+                    ldsm_b_nk(b, ks, KST, nt * 8, kk * 16, lane);
+                    mma16816(s[nt], qf[kk], b);
+                    mma16816(s[nt + 1], qf[kk], b + 2);
+                }
+            }
+        } else {
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const bf16_bits* kr = ks + (nt * 8 + g) * KST + 2 * t;
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
+                    mma16816(s[nt], qf[kk], b);
+                }
             }
         }
         // Mask and scale, then the online softmax per query row (a row's 64 scores are spread
@@ -272,12 +322,22 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
             u32 pa[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
                          pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                          pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            int key = kk * 16 + 2 * t;
-            #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                int col = dt * 8 + g;
-                u32 b[2] = {column_pair(vs, KST, key, col), column_pair(vs, KST, key + 8, col)};
-                mma16816(o[dt], pa, b);
+            if constexpr (LDM) {
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    u32 b[4];
+                    ldsm_b_kn(b, vs, KST, kk * 16, dt * 8, lane);
+                    mma16816(o[dt], pa, b);
+                    mma16816(o[dt + 1], pa, b + 2);
+                }
+            } else {
+                int key = kk * 16 + 2 * t;
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    int col = dt * 8 + g;
+                    u32 b[2] = {column_pair(vs, KST, key, col), column_pair(vs, KST, key + 8, col)};
+                    mma16816(o[dt], pa, b);
+                }
             }
         }
         __syncthreads();  // every warp is done with this buffer before it is refilled
@@ -333,7 +393,7 @@ extern "C" __global__ void flash_delta(const bf16_bits* d_out, const bf16_bits* 
 // that can see them: Sᵀ = K Qᵀ, Pᵀ from lse, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ - delta)
 // · scale, dK += dSᵀ Q.
 
-template <int D, int STAGES>
+template <int D, int STAGES, bool LDM>
 __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                   const bf16_bits* d_out, const float* lse, const float* delta,
                                   const int* rows_desc, const u32* q_doc, const u32* k_doc,
@@ -413,14 +473,31 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         // Sᵀ (16 keys x FB_BQ queries) and from it Pᵀ.
         float p[NT][4];
         #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
-            const bf16_bits* qr = qs + (nt * 8 + g) * ST + 2 * t;
+        for (int nt = 0; nt < NT; nt++) p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.0f;
+        if constexpr (LDM) {
             #pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                u32 b[2] = {*(const u32*)(qr + kk * 16), *(const u32*)(qr + kk * 16 + 8)};
-                mma16816(p[nt], kf[kk], b);
+            for (int nt = 0; nt < NT; nt += 2) {
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[4];
+                    ldsm_b_nk(b, qs, ST, nt * 8, kk * 16, lane);
+                    mma16816(p[nt], kf[kk], b);
+                    mma16816(p[nt + 1], kf[kk], b + 2);
+                }
             }
+        } else {
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const bf16_bits* qr = qs + (nt * 8 + g) * ST + 2 * t;
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[2] = {*(const u32*)(qr + kk * 16), *(const u32*)(qr + kk * 16 + 8)};
+                    mma16816(p[nt], kf[kk], b);
+                }
+            }
+        }
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int j = e < 2 ? ka : kb;
@@ -437,12 +514,22 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
             u32 pa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
                          pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                          pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-            int qi = kk * 16 + 2 * t;
-            #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                int col = dt * 8 + g;
-                u32 b[2] = {column_pair(dos, ST, qi, col), column_pair(dos, ST, qi + 8, col)};
-                mma16816(dvacc[dt], pa, b);
+            if constexpr (LDM) {
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    u32 b[4];
+                    ldsm_b_kn(b, dos, ST, kk * 16, dt * 8, lane);
+                    mma16816(dvacc[dt], pa, b);
+                    mma16816(dvacc[dt + 1], pa, b + 2);
+                }
+            } else {
+                int qi = kk * 16 + 2 * t;
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    int col = dt * 8 + g;
+                    u32 b[2] = {column_pair(dos, ST, qi, col), column_pair(dos, ST, qi + 8, col)};
+                    mma16816(dvacc[dt], pa, b);
+                }
             }
         }
         // dPᵀ = V dOᵀ (k over the head dimension; V's A fragments from shared memory).
@@ -451,14 +538,26 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         for (int nt = 0; nt < NT; nt++) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
         #pragma unroll
         for (int kk = 0; kk < KS; kk++) {
-            const bf16_bits* va = vsh + (wk + g) * ST + kk * 16 + 2 * t;
-            u32 a[4] = {*(const u32*)va, *(const u32*)(va + 8 * ST), *(const u32*)(va + 8),
-                        *(const u32*)(va + 8 * ST + 8)};
-            #pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                const bf16_bits* dr = dos + (nt * 8 + g) * ST + kk * 16 + 2 * t;
-                u32 b[2] = {*(const u32*)dr, *(const u32*)(dr + 8)};
-                mma16816(dp[nt], a, b);
+            if constexpr (LDM) {
+                u32 a[4];
+                ldsm_a(a, vsh, ST, wk, kk * 16, lane);
+                #pragma unroll
+                for (int nt = 0; nt < NT; nt += 2) {
+                    u32 b[4];
+                    ldsm_b_nk(b, dos, ST, nt * 8, kk * 16, lane);
+                    mma16816(dp[nt], a, b);
+                    mma16816(dp[nt + 1], a, b + 2);
+                }
+            } else {
+                const bf16_bits* va = vsh + (wk + g) * ST + kk * 16 + 2 * t;
+                u32 a[4] = {*(const u32*)va, *(const u32*)(va + 8 * ST), *(const u32*)(va + 8),
+                            *(const u32*)(va + 8 * ST + 8)};
+                #pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const bf16_bits* dr = dos + (nt * 8 + g) * ST + kk * 16 + 2 * t;
+                    u32 b[2] = {*(const u32*)dr, *(const u32*)(dr + 8)};
+                    mma16816(dp[nt], a, b);
+                }
             }
         }
         // dSᵀ = Pᵀ ⊙ (dPᵀ - delta) · scale, into p.
@@ -476,12 +575,22 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
             u32 sa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
                          pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                          pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-            int qi = kk * 16 + 2 * t;
-            #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                int col = dt * 8 + g;
-                u32 b[2] = {column_pair(qs, ST, qi, col), column_pair(qs, ST, qi + 8, col)};
-                mma16816(dkacc[dt], sa, b);
+            if constexpr (LDM) {
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    u32 b[4];
+                    ldsm_b_kn(b, qs, ST, kk * 16, dt * 8, lane);
+                    mma16816(dkacc[dt], sa, b);
+                    mma16816(dkacc[dt + 1], sa, b + 2);
+                }
+            } else {
+                int qi = kk * 16 + 2 * t;
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    int col = dt * 8 + g;
+                    u32 b[2] = {column_pair(qs, ST, qi, col), column_pair(qs, ST, qi + 8, col)};
+                    mma16816(dkacc[dt], sa, b);
+                }
             }
         }
         __syncthreads();  // every warp is done with this buffer (and lse_s) before a refill
@@ -509,7 +618,7 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
 // dQ: one block per (64 queries, head, row); each warp owns 16 queries and walks the key tiles:
 // S = Q Kᵀ, P from lse, dP = dO Vᵀ, dS = P ⊙ (dP - delta) · scale, dQ += dS K.
 
-template <int D, int WARPS, int STAGES>
+template <int D, int WARPS, int STAGES, bool LDM>
 __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                  const bf16_bits* d_out, const float* lse, const float* delta,
                                  const int* rows_desc, const u32* q_doc, const u32* k_doc,
@@ -582,15 +691,37 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
         for (int nt = 0; nt < NT; nt++) {
             #pragma unroll
             for (int e = 0; e < 4; e++) p[nt][e] = dp[nt][e] = 0.0f;
-            const bf16_bits* kr = ks + (nt * 8 + g) * ST + 2 * t;
-            const bf16_bits* vr = vsh + (nt * 8 + g) * ST + 2 * t;
+        }
+        if constexpr (LDM) {
             #pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
-                mma16816(p[nt], qf[kk], b);
-                u32 c[2] = {*(const u32*)(vr + kk * 16), *(const u32*)(vr + kk * 16 + 8)};
-                mma16816(dp[nt], df[kk], c);
+            for (int nt = 0; nt < NT; nt += 2) {
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[4], c[4];
+                    ldsm_b_nk(b, ks, ST, nt * 8, kk * 16, lane);
+                    mma16816(p[nt], qf[kk], b);
+                    mma16816(p[nt + 1], qf[kk], b + 2);
+                    ldsm_b_nk(c, vsh, ST, nt * 8, kk * 16, lane);
+                    mma16816(dp[nt], df[kk], c);
+                    mma16816(dp[nt + 1], df[kk], c + 2);
+                }
             }
+        } else {
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const bf16_bits* kr = ks + (nt * 8 + g) * ST + 2 * t;
+                const bf16_bits* vr = vsh + (nt * 8 + g) * ST + 2 * t;
+                #pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    u32 b[2] = {*(const u32*)(kr + kk * 16), *(const u32*)(kr + kk * 16 + 8)};
+                    mma16816(p[nt], qf[kk], b);
+                    u32 c[2] = {*(const u32*)(vr + kk * 16), *(const u32*)(vr + kk * 16 + 8)};
+                    mma16816(dp[nt], df[kk], c);
+                }
+            }
+        }
+        #pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int i = e < 2 ? qa : qb;
@@ -608,12 +739,22 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
             u32 sa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
                          pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                          pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-            int key = kk * 16 + 2 * t;
-            #pragma unroll
-            for (int dt = 0; dt < DT; dt++) {
-                int col = dt * 8 + g;
-                u32 b[2] = {column_pair(ks, ST, key, col), column_pair(ks, ST, key + 8, col)};
-                mma16816(dqacc[dt], sa, b);
+            if constexpr (LDM) {
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    u32 b[4];
+                    ldsm_b_kn(b, ks, ST, kk * 16, dt * 8, lane);
+                    mma16816(dqacc[dt], sa, b);
+                    mma16816(dqacc[dt + 1], sa, b + 2);
+                }
+            } else {
+                int key = kk * 16 + 2 * t;
+                #pragma unroll
+                for (int dt = 0; dt < DT; dt++) {
+                    int col = dt * 8 + g;
+                    u32 b[2] = {column_pair(ks, ST, key, col), column_pair(ks, ST, key + 8, col)};
+                    mma16816(dqacc[dt], sa, b);
+                }
             }
         }
         __syncthreads();
@@ -638,13 +779,13 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
 // Entry points, per supported head dimension, in two variants: the basic one (4 warps, 64
 // queries per forward / dQ block, one tile buffer: each tile is copied, then computed on) and
 // the pipelined one (8 warps, 128 queries per forward / dQ block, so each K/V tile read serves
-// twice the queries, and two tile buffers: the next tile's copies overlap the current tile's
-// math). Both sum in the same order, so they give the same bits.
+// twice the queries; two tile buffers, so the next tile's copies overlap the current tile's
+// math; fragments through `ldmatrix`). Both sum in the same order, so they give the same bits.
 
 extern "C" __global__ void flash_forward_d32(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<32, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<32, 4, 1, false>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -652,7 +793,7 @@ extern "C" __global__ void flash_backward_kv_d32(const bf16_bits* q, const bf16_
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<32, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<32, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -660,14 +801,14 @@ extern "C" __global__ void flash_backward_q_d32(const bf16_bits* q, const bf16_b
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<32, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<32, 4, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d32_pipelined(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<32, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<32, 8, 2, true>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -675,7 +816,7 @@ extern "C" __global__ void flash_backward_kv_d32_pipelined(const bf16_bits* q, c
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<32, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<32, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -683,14 +824,14 @@ extern "C" __global__ void flash_backward_q_d32_pipelined(const bf16_bits* q, co
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<32, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<32, 8, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d64(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<64, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<64, 4, 1, false>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -698,7 +839,7 @@ extern "C" __global__ void flash_backward_kv_d64(const bf16_bits* q, const bf16_
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<64, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<64, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -706,14 +847,14 @@ extern "C" __global__ void flash_backward_q_d64(const bf16_bits* q, const bf16_b
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<64, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<64, 4, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d64_pipelined(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<64, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<64, 8, 2, true>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -721,7 +862,7 @@ extern "C" __global__ void flash_backward_kv_d64_pipelined(const bf16_bits* q, c
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<64, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<64, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -729,14 +870,14 @@ extern "C" __global__ void flash_backward_q_d64_pipelined(const bf16_bits* q, co
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<64, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<64, 8, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d128(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<128, 4, 1>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<128, 4, 1, false>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -744,7 +885,7 @@ extern "C" __global__ void flash_backward_kv_d128(const bf16_bits* q, const bf16
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<128, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<128, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -752,14 +893,14 @@ extern "C" __global__ void flash_backward_q_d128(const bf16_bits* q, const bf16_
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<128, 4, 1>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<128, 4, 1, false>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
 
 extern "C" __global__ void flash_forward_d128_pipelined(const bf16_bits* q, const bf16_bits* k,
         const bf16_bits* v, const int* rows_desc, const u32* q_doc, const u32* k_doc, float* out,
         float* lse, int heads, int max_q, float scale_log2) {
-    flash_forward<128, 8, 2>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
+    flash_forward<128, 8, 2, true>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,
                                  scale_log2);
 }
 
@@ -767,7 +908,7 @@ extern "C" __global__ void flash_backward_kv_d128_pipelined(const bf16_bits* q, 
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dk, float* dv, int heads,
         int max_q, float scale, float scale_log2) {
-    flash_backward_kv<128, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
+    flash_backward_kv<128, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, dv,
                                 heads, max_q, scale, scale_log2);
 }
 
@@ -775,6 +916,6 @@ extern "C" __global__ void flash_backward_q_d128_pipelined(const bf16_bits* q, c
         const bf16_bits* v, const bf16_bits* d_out, const float* lse, const float* delta,
         const int* rows_desc, const u32* q_doc, const u32* k_doc, float* dq, int heads, int max_q,
         float scale, float scale_log2) {
-    flash_backward_q<128, 8, 2>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
+    flash_backward_q<128, 8, 2, true>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dq,
                                     heads, max_q, scale, scale_log2);
 }
