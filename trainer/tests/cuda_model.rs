@@ -31,9 +31,7 @@ fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
         }
     };
     require_nvrtc();
-    let cache = KernelCache::new(
-        std::env::temp_dir().join(format!("redpack-kernels-test-{}", std::process::id())),
-    );
+    let cache = KernelCache::new(cuda_support::test_kernel_cache());
     match CudaBackend::new(&info, precision, &cache) {
         Ok(b) => Some(b),
         Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),

@@ -26,6 +26,16 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Where the tests keep compiled kernels: `REDPACK_TEST_KERNEL_CACHE` when set (so that several
+/// test processes on a GPU machine compile each kernel once), else a folder of this process.
+pub fn test_kernel_cache() -> std::path::PathBuf {
+    std::env::var_os("REDPACK_TEST_KERNEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("redpack-kernels-test-{}", std::process::id()))
+        })
+}
+
 /// A device with every kernel loaded.
 pub struct Gpu {
     pub stream: Arc<CudaStream>,
@@ -44,8 +54,7 @@ pub fn gpu(test: &str) -> Option<Gpu> {
     require_nvrtc();
     let context = CudaContext::new(info.ordinal).expect("CUDA context");
     let stream = context.default_stream();
-    let cache_dir =
-        std::env::temp_dir().join(format!("redpack-kernels-test-{}", std::process::id()));
+    let cache_dir = test_kernel_cache();
     let kernels = CudaKernels::load(stream.clone(), &KernelCache::new(cache_dir), &info.arch())
         .unwrap_or_else(|e| panic!("loading kernels on {}: {e}", info.name));
     Some(Gpu { stream, kernels })
