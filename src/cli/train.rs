@@ -26,8 +26,8 @@ pub enum ModeArg {
 /// Where the model runs (`--device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum DeviceArg {
-    /// CUDA when a GPU is usable and the CUDA backend has been verified on one (not yet), else
-    /// the CPU.
+    /// CUDA when a GPU is usable (driver, NVRTC and a device found), else the CPU, with a log
+    /// line that says why.
     #[default]
     Auto,
     /// The f32 CPU reference backend.

@@ -21,11 +21,6 @@ pub enum OpenError {
     },
 }
 
-/// Whether `--device auto` may pick the CUDA backend. False until the CUDA parity tests
-/// (`trainer/tests/cuda_model.rs`) have passed on a GPU, which no session has run yet: until
-/// then CUDA is used only when asked for by name (`--device cuda`).
-pub const AUTO_PICKS_CUDA: bool = false;
-
 /// An opened backend and what to log about the choice.
 pub struct Opened {
     pub backend: Box<dyn Backend>,
@@ -44,14 +39,7 @@ pub fn open_backend(
         DeviceChoice::Cpu => CudaAvailability::NoDriver,
         DeviceChoice::Cuda | DeviceChoice::Auto => probe::detect(),
     };
-    let mut resolved = probe::resolve(choice, &found)?;
-    let held_back = choice == DeviceChoice::Auto
-        && !AUTO_PICKS_CUDA
-        && matches!(resolved, probe::ResolvedDevice::Cuda(_));
-    if held_back {
-        resolved = probe::ResolvedDevice::Cpu;
-    }
-    match resolved {
+    match probe::resolve(choice, &found)? {
         probe::ResolvedDevice::Cuda(info) => {
             let precision = precision.unwrap_or_default();
             let dir = super::cuda::nvrtc::KernelCache::default_dir()
@@ -77,11 +65,6 @@ pub fn open_backend(
                 source,
             })?;
             let note = match (choice, &found) {
-                _ if held_back => format!(
-                    "device: {} (--device auto: a GPU is present, but the CUDA backend has not \
-                     been verified on one yet; --device cuda uses it)",
-                    backend.name()
-                ),
                 (DeviceChoice::Auto, CudaAvailability::NoDriver) => format!(
                     "device: {} (--device auto: no CUDA driver found)",
                     backend.name()

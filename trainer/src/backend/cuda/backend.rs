@@ -3,11 +3,9 @@
 //! Parameters and gradients live in device buffers that survive between calls (allocated once
 //! per model shape). Through the `Backend` trait a call uploads the parameters, zeroes the
 //! device gradients, runs the model (every micro-batch of a step, with `forward_backward_many`)
-//! and adds the gradients into the caller's host buffers, so the training loop, optimizer and
-//! checkpoints work unchanged. The resident methods (`upload_params`, `zero_grads`,
-//! `forward_backward_resident`, `add_grads_to`) skip those copies: the benchmark uses them, and
-//! so will a training loop that keeps the optimizer on the device (the Adafactor kernels and
-//! their launcher are in `launch_adafactor`; the next step is a trait method for the update).
+//! and adds the gradients into the caller's host buffers. The resident methods (`upload_params`,
+//! `zero_grads`, `forward_backward_resident`) skip those copies; `resident.rs` builds on them the
+//! `ResidentTraining` that `redpack train` uses, with the Adafactor state on the device too.
 
 use std::sync::Arc;
 

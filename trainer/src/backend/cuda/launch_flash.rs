@@ -36,10 +36,12 @@ const DEFAULT_SMEM: usize = 48 * 1024;
 /// and give the same bits; they differ in block shape and whether tile copies overlap the math.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FlashVariant {
-    /// 4 warps, 64 queries per forward / dQ block, one tile buffer.
-    #[default]
+    /// 4 warps, 64 queries per forward / dQ block, one tile buffer, fragments by plain shared
+    /// loads.
     Basic,
-    /// 8 warps, 128 queries per forward / dQ block, two tile buffers.
+    /// 8 warps, 128 queries per forward / dQ block, two tile buffers, fragments by `ldmatrix`:
+    /// the default (on an H200, DecLLM-150M steps 5% faster with it than with `Basic`).
+    #[default]
     Pipelined,
 }
 

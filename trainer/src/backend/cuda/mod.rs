@@ -1,5 +1,5 @@
-//! The CUDA backend's foundations, on cudarc with dynamic loading: the same binary builds with no
-//! CUDA toolkit, driver or GPU, and finds the libraries at run time.
+//! The CUDA backend, on cudarc with dynamic loading: the same binary builds with no CUDA toolkit,
+//! driver or GPU, and finds the libraries at run time.
 //!
 //! What is here:
 //! - `probe`: finds the driver, NVRTC and a device without panicking (cudarc panics on a missing
@@ -7,28 +7,29 @@
 //! - `nvrtc`: compiles the kernel sources to PTX for the device's architecture and caches the
 //!   PTX on disk (keyed by source, architecture and NVRTC version).
 //! - `kernels`: the `.cu` sources (f32 compute, bf16 stored as `u16`) and their entry points:
-//!   RMSNorm (with gain and per-head), RoPE, SwiGLU, masked attention softmax, cross-entropy with
-//!   z-loss over a logits chunk, embedding forward/backward, Adafactor, attention packing,
-//!   residual add and dropout.
-//! - `launch` (with `launch_tokens` and `launch_adafactor`): loads every kernel on a device and
-//!   launches each one with typed arguments, a method per kernel (`launch_model`: attention
-//!   packing, residual add, dropout, bf16 conversion).
+//!   RMSNorm (with gain and per-head), RoPE, SwiGLU, the fused ("flash") attention of the bf16
+//!   mode, the masked attention softmax of the f32 mode, cross-entropy with z-loss over a logits
+//!   chunk, embedding forward/backward, Adafactor, attention packing, residual add, scaling and
+//!   dropout.
+//! - `launch` (with `launch_tokens`, `launch_model`, `launch_flash` and `launch_adafactor`):
+//!   loads every kernel on a device and launches each one with typed arguments, a method per
+//!   kernel.
 //! - `blas` and `products`: cuBLAS (`cublasGemmEx`, strided batched) in row-major terms, f32 or
-//!   bf16 operands with f32 accumulation (`Precision`), and every product the model runs as
-//!   data, checked on the host against the CPU reference through an emulation of cuBLAS.
+//!   bf16 operands with f32 accumulation (`Precision`, `Operand`), and every product the model
+//!   runs as data, checked on the host against the CPU reference through an emulation of cuBLAS.
 //! - `backend` (with `device`, `layers`, `model`): `CudaBackend`, the `Backend` implementation:
 //!   both architectures forward and backward, mirroring `cpu::layers` / `cpu::stack` /
-//!   `cpu::model` step for step (attention as padded batched products with the masked softmax
-//!   kernel; logits in chunks; the same dropout masks as the CPU). Parameters and gradients stay
-//!   on the device between calls (`upload_params`, `forward_backward_resident`); through the
-//!   trait each call uploads the parameters and adds the gradients into the host buffers.
-//!
+//!   `cpu::model` step for step (fused attention in bf16, batched products in f32; logits in
+//!   chunks; the same dropout masks as the CPU).
+//! - `resident`: `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state
+//!   stay on the GPU for a whole `redpack train` run.
 //! - `profile`: an opt-in time table by kernel and product shape (`REDPACK_CUDA_PROFILE=1`).
 //!
 //! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
-//! backend. The whole-model parity tests are `trainer/tests/cuda_model.rs`; the throughput
-//! benchmark is `trainer/benches/cuda_step.rs` (`scripts/gpu-check.sh` runs both on a GPU
-//! machine, with the PyTorch reference `trainer/benches/torch_ref.py`).
+//! backend. The kernel and whole-model parity tests are `trainer/tests/cuda_kernels.rs` and
+//! `cuda_model.rs`; the throughput benchmark is `trainer/benches/cuda_step.rs`
+//! (`scripts/gpu-check.sh` runs them on a GPU machine, with the PyTorch reference
+//! `trainer/benches/torch_ref.py`).
 
 mod backend;
 pub mod blas;
