@@ -274,16 +274,7 @@ fn masked_softmax_matches_cpu_for_every_mask() {
     let dprobs = randn(&mut rng, shape.lines() * max_k, 1.0);
     let desc: Vec<i32> = rows
         .iter()
-        .flat_map(|r| {
-            [
-                r.q_start,
-                r.q_len,
-                r.k_start,
-                r.k_len,
-                r.causal as usize,
-                r.bidirectional_prefix,
-            ]
-        })
+        .flat_map(AttnRow::fields)
         .map(|v| v as i32)
         .collect();
     for docs in [None, Some((&q_doc[..], &k_doc[..]))] {
@@ -858,16 +849,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
             };
             let desc: Vec<i32> = rows
                 .iter()
-                .flat_map(|r| {
-                    [
-                        r.q_start,
-                        r.q_len,
-                        r.k_start,
-                        r.k_len,
-                        r.causal as usize,
-                        r.bidirectional_prefix,
-                    ]
-                })
+                .flat_map(AttnRow::fields)
                 .map(|v| v as i32)
                 .collect();
             let basic = FlashShape {

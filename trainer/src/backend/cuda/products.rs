@@ -441,19 +441,7 @@ mod tests {
                     &mut want_dv,
                 );
 
-                let desc: Vec<[usize; 6]> = rows
-                    .iter()
-                    .map(|r| {
-                        [
-                            r.q_start,
-                            r.q_len,
-                            r.k_start,
-                            r.k_len,
-                            r.causal as usize,
-                            r.bidirectional_prefix,
-                        ]
-                    })
-                    .collect();
+                let desc: Vec<[usize; 6]> = rows.iter().map(AttnRow::fields).collect();
                 let mq = rows.iter().map(|r| r.q_len).max().unwrap();
                 let mk = rows.iter().map(|r| r.k_len).max().unwrap();
                 let sizes = AttnSizes {
