@@ -640,7 +640,7 @@ fn attention_packing_round_trips() {
 #[test]
 fn cublas_products_match_the_cpu_reference() {
     use redpack_trainer::backend::cpu::matmul;
-    use redpack_trainer::backend::cuda::blas::{Blas, Precision};
+    use redpack_trainer::backend::cuda::blas::{Blas, Operand, Precision};
     use redpack_trainer::backend::cuda::products::{self, AttnSizes};
     let Some(g) = gpu("cublas_products_match_the_cpu_reference") else {
         return;
@@ -657,39 +657,17 @@ fn cublas_products_match_the_cpu_reference() {
         // the model converts once and reuses): the same rounding, so the same bits.
         let run = |(spec, la, lb), a: &[f32], b: &[f32], c0: &[f32]| {
             let (ad, bd) = (g.upload(a), g.upload(b));
-            let mut c = g.upload(c0);
-            blas.gemm(
-                &g.kernels,
-                precision,
-                spec,
-                (&ad).into(),
-                la,
-                (&bd).into(),
-                lb,
-                &mut c,
-            )
-            .unwrap();
-            let got = g.download(&c);
-            if precision == Precision::Bf16 {
-                let copy = |x: &cudarc::driver::CudaSlice<f32>| {
-                    let mut y = g.stream.alloc_zeros::<u16>(x.len()).unwrap();
-                    g.kernels.f32_to_bf16(x, &mut y).unwrap();
-                    y
-                };
-                let (ab, bb) = (copy(&ad), copy(&bd));
+            let product = |a: Operand<'_>, b: Operand<'_>| {
                 let mut c = g.upload(c0);
-                blas.gemm(
-                    &g.kernels,
-                    precision,
-                    spec,
-                    (&ab).into(),
-                    la,
-                    (&bb).into(),
-                    lb,
-                    &mut c,
-                )
-                .unwrap();
-                assert_eq!(g.download(&c), got, "bf16 copies made beforehand differ");
+                blas.gemm(&g.kernels, precision, spec, a, la, b, lb, &mut c)
+                    .unwrap();
+                g.download(&c)
+            };
+            let got = product((&ad).into(), (&bd).into());
+            if precision == Precision::Bf16 {
+                let (ab, bb) = (g.bf16(&ad), g.bf16(&bd));
+                let again = product((&ab).into(), (&bb).into());
+                assert_eq!(again, got, "bf16 copies made beforehand differ");
             }
             got
         };
@@ -881,11 +859,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 );
 
                 // The kernels read bf16 copies (rounded on the device, as the model does).
-                let bf16 = |x: &[f32]| {
-                    let mut y = g.stream.alloc_zeros::<u16>(x.len()).unwrap();
-                    g.kernels.f32_to_bf16(&g.upload(x), &mut y).unwrap();
-                    y
-                };
+                let bf16 = |x: &[f32]| g.bf16(&g.upload(x));
                 let (qd, kd, vd, dod) = (bf16(&q), bf16(&k), bf16(&v), bf16(&d_out));
                 let descd = g.upload(&desc);
                 let doc_d = docs.map(|(a, b)| (g.upload(a), g.upload(b)));
@@ -896,9 +870,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 k_.flash_forward(&qd, &kd, &vd, &descd, docs_arg, fshape, &mut od, &mut lse)
                     .unwrap();
                 let mut delta = g.zeros(fshape.lines());
-                let mut ob = g.stream.alloc_zeros::<u16>(od.len()).unwrap();
-                k_.f32_to_bf16(&od, &mut ob).unwrap();
-                k_.flash_delta(&dod, &ob, &descd, fshape, &mut delta)
+                k_.flash_delta(&dod, &g.bf16(&od), &descd, fshape, &mut delta)
                     .unwrap();
                 let backward = || {
                     let (mut dqd, mut dkd, mut dvd) = (

@@ -61,6 +61,13 @@ pub fn gpu(test: &str) -> Option<Gpu> {
 }
 
 impl Gpu {
+    /// `x` rounded to bf16 on the device, as the model's bf16 copies are.
+    pub fn bf16(&self, x: &CudaSlice<f32>) -> CudaSlice<u16> {
+        let mut y = self.stream.alloc_zeros::<u16>(x.len()).expect("alloc");
+        self.kernels.f32_to_bf16(x, &mut y).expect("f32 to bf16");
+        y
+    }
+
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> CudaSlice<T> {
         self.stream.clone_htod(data).expect("upload")
     }
