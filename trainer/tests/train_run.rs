@@ -1,18 +1,20 @@
 //! End-to-end runs of the training loop on `tiny` models: a crash and resume reproduce the
 //! uninterrupted run bitwise, NaN stops the run with the last checkpoint intact, checkpoints
-//! round-trip, and wrong inputs fail before any work.
+//! round-trip, wrong inputs fail before any work, and the loop's resident-training path (the
+//! one a GPU takes) gives the host loop's bits.
 
 mod train_common;
 
 use std::path::Path;
 
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::{Backend, BackendError};
+use redpack_trainer::backend::{Backend, BackendError, ResidentTraining};
 use redpack_trainer::batch::{Batch, LossStats, StepOptions};
 use redpack_trainer::checkpoint;
 use redpack_trainer::config::{Arch, ModelConfig};
 use redpack_trainer::eval::{EvalJob, EvalOptions};
 use redpack_trainer::metrics::{read_metrics, Quiet, StepMetrics, METRICS_FILE};
+use redpack_trainer::optim::{self, Adafactor, UpdateStats};
 use redpack_trainer::params::ParamStore;
 use redpack_trainer::run::{Mode, TrainError, TrainRun, TrainSettings};
 use redpack_trainer::schedule::Schedule;
@@ -387,4 +389,164 @@ fn old_checkpoints_are_pruned() {
         .collect();
     names.sort();
     assert_eq!(names, ["step-00000002", "step-00000003"]);
+}
+
+/// A backend that claims resident training but keeps its "device" state on the host, doing
+/// each step with the same functions the host loop uses: a run through the loop's resident path
+/// must then give the same bits as the plain CPU run. It refuses the trait's per-step path, so
+/// the loop cannot fall back to it unseen, and can report a non-finite gradient norm from a
+/// given step on.
+struct HostResident {
+    cpu: CpuBackend,
+    state: Option<(ParamStore, Adafactor, ParamStore)>,
+    loads: usize,
+    stores: usize,
+    updates: usize,
+    nan_from_update: usize,
+}
+
+impl HostResident {
+    fn new(nan_from_update: usize) -> HostResident {
+        HostResident {
+            cpu: CpuBackend::new(Some(1)).unwrap(),
+            state: None,
+            loads: 0,
+            stores: 0,
+            updates: 0,
+            nan_from_update,
+        }
+    }
+}
+
+impl Backend for HostResident {
+    fn name(&self) -> String {
+        "host-resident cpu".into()
+    }
+    fn forward_backward(
+        &mut self,
+        _: &ModelConfig,
+        _: &ParamStore,
+        _: &Batch,
+        _: &StepOptions,
+        _: &mut ParamStore,
+    ) -> Result<LossStats, BackendError> {
+        panic!("a resident backend's per-step trait path was used")
+    }
+    fn forward_loss(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        self.cpu.forward_loss(config, params, batch, options)
+    }
+    fn resident(&mut self) -> Option<&mut dyn ResidentTraining> {
+        Some(self)
+    }
+}
+
+impl ResidentTraining for HostResident {
+    fn load_training(
+        &mut self,
+        _: &ModelConfig,
+        params: &ParamStore,
+        optimizer: &Adafactor,
+    ) -> Result<(), BackendError> {
+        self.loads += 1;
+        self.state = Some((params.clone(), optimizer.clone(), params.zeros_like()));
+        Ok(())
+    }
+    fn accumulate(
+        &mut self,
+        config: &ModelConfig,
+        micro_batches: &[(&Batch, StepOptions)],
+    ) -> Result<Vec<LossStats>, BackendError> {
+        let (params, _, grads) = self.state.as_mut().expect("loaded");
+        grads.fill_zero();
+        self.cpu
+            .forward_backward_many(config, params, micro_batches, grads)
+    }
+    fn apply_update(
+        &mut self,
+        scale: f32,
+        clip: Option<f64>,
+        lr: f32,
+    ) -> Result<(f64, Option<UpdateStats>), BackendError> {
+        let (params, optimizer, grads) = self.state.as_mut().expect("loaded");
+        self.updates += 1;
+        optim::scale_grads(grads, scale);
+        let norm = match clip {
+            Some(max) => optim::clip_global_norm(grads, max),
+            None => optim::global_norm(grads),
+        };
+        if self.updates >= self.nan_from_update {
+            return Ok((f64::NAN, None));
+        }
+        let update = optimizer
+            .update(params, grads, lr)
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        Ok((norm, Some(update)))
+    }
+    fn store_training(
+        &mut self,
+        params: &mut ParamStore,
+        optimizer: &mut Adafactor,
+    ) -> Result<(), BackendError> {
+        self.stores += 1;
+        let (p, o, _) = self.state.as_ref().expect("loaded");
+        *params = p.clone();
+        *optimizer = o.clone();
+        Ok(())
+    }
+}
+
+#[test]
+fn the_resident_path_of_the_loop_matches_the_host_loop_bitwise() {
+    let root = tempfile::tempdir().unwrap();
+    let data = packed_corpus(&root.path().join("rp"), 10, 16);
+    let mut settings = tiny_settings(
+        Arch::Dec,
+        Mode::Pretrain,
+        &data,
+        &root.path().join("host"),
+        6,
+    );
+    settings.grad_clip_norm = Some(0.5);
+    let host = train(&settings, &mut CpuBackend::new(Some(1)).unwrap()).unwrap();
+
+    // Straight through the resident path: one load, a store before each of the 2 checkpoints.
+    settings.out = root.path().join("resident");
+    let mut resident = HostResident::new(usize::MAX);
+    let got = train(&settings, &mut resident).unwrap();
+    assert_eq!((resident.loads, resident.stores), (1, 2));
+    let strip = |m: &[StepMetrics]| m.iter().map(deterministic).collect::<Vec<_>>();
+    assert_eq!(strip(&got), strip(&host));
+    assert_eq!(
+        final_params(&root.path().join("host")),
+        final_params(&root.path().join("resident"))
+    );
+
+    // A non-finite gradient norm at step 5 stops the run, naming the step-3 checkpoint, and a
+    // resume loads the parameters and optimizer state from it onto the "device" again.
+    settings.out = root.path().join("resumed");
+    let err = train(&settings, &mut HostResident::new(5)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("step 5") && message.contains("gradient norm"),
+        "{message}"
+    );
+    assert!(message.contains("step-00000003"), "{message}");
+    settings.resume = true;
+    let mut again = HostResident::new(usize::MAX);
+    let tail = train(&settings, &mut again).unwrap();
+    assert_eq!(again.loads, 1);
+    assert_eq!(tail.first().map(|m| m.step), Some(4));
+    // Both read back from their files (the JSON round trip of a value is compared with itself).
+    let read = |run: &str| read_metrics(&root.path().join(run).join(METRICS_FILE)).unwrap();
+    assert_eq!(strip(&read("resumed")), strip(&read("host")));
+    assert_eq!(
+        final_params(&root.path().join("host")),
+        final_params(&root.path().join("resumed"))
+    );
 }
