@@ -14,8 +14,9 @@
 # torch, memcheck, bench-1b, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
-#   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, the fused attention
-#      in both variants, cuBLAS products, dropout, Adafactor),
+#   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
+#      dropout, Adafactor; cuda_attention: the masked softmax, packing and the fused attention in
+#      both builds),
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
 #      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
 #      attention, resident training vs the host loop), and the bf16 step with the pipelined
@@ -35,7 +36,8 @@ build() {
     mkdir -p "$BUNDLE"
     local json
     json=$(mktemp)
-    cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_model \
+    cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_attention \
+        --test cuda_model \
         --message-format=json >"$json"
     cargo bench -p redpack-trainer --bench cuda_step --no-run --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
@@ -48,9 +50,9 @@ for line in open(sys.argv[1]):
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
         name = msg["target"]["name"]
-        if name in ("cuda_kernels", "cuda_model", "cuda_step"):
+        if name in ("cuda_kernels", "cuda_attention", "cuda_model", "cuda_step"):
             found[name] = msg["executable"]
-missing = {"cuda_kernels", "cuda_model", "cuda_step"} - set(found)
+missing = {"cuda_kernels", "cuda_attention", "cuda_model", "cuda_step"} - set(found)
 if missing:
     sys.exit(f"not built: {sorted(missing)}")
 for name, path in found.items():
@@ -60,7 +62,8 @@ PY
     rm -f "$json"
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
-    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/redpack
+    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step \
+        "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -149,7 +152,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_model cuda_step redpack; do
+    for bin in cuda_kernels cuda_attention cuda_model cuda_step redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -166,6 +169,7 @@ run() {
     # (Compiling every kernel for sm_90 and sm_80 needs no GPU: CI does it, so it is skipped here.)
     wanted kernels && step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1 \
         --skip every_kernel_compiles_for_sm90_and_sm80
+    wanted kernels && step attention 120 "$BUNDLE/cuda_attention" --test-threads=1
     wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
     # The bf16 model step with the pipelined fused-attention kernels (the kernel test covers both).
     wanted model && step model-pipelined 60 env REDPACK_CUDA_FLASH=pipelined "$BUNDLE/cuda_model" \
@@ -189,7 +193,7 @@ run() {
         redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_kernels" --exact \
+        --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
     wanted bench-1b && step bench-1b 150 env REDPACK_CUDA_FLASH=pipelined BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"

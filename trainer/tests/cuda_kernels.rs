@@ -1,15 +1,15 @@
 //! The CUDA kernels: every source compiles with NVRTC (here and on CI, no GPU needed), the PTX
 //! cache works, and each kernel matches the CPU reference's math on random inputs (forward and
 //! backward, f32, within about 1e-5 of the tensor's largest value). The parity tests need a GPU:
-//! without one they print `SKIPPED: no CUDA device` and return.
+//! without one they print `SKIPPED: no CUDA device` and return. The attention kernels' tests are
+//! in `cuda_attention.rs`.
 
 mod cuda_support;
 
-use cuda_support::{assert_close, gpu, product, randn, reference_probs, require_nvrtc, Gpu};
-use redpack_trainer::backend::cpu::attention::AttnRow;
+use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, Gpu};
 use redpack_trainer::backend::cpu::ops;
 use redpack_trainer::backend::cuda::kernels::KERNELS;
-use redpack_trainer::backend::cuda::launch_tokens::{ScoresShape, TokenChains};
+use redpack_trainer::backend::cuda::launch_tokens::TokenChains;
 use redpack_trainer::backend::cuda::nvrtc::{self, KernelCache};
 use redpack_trainer::rng::SplitMix64;
 
@@ -236,90 +236,6 @@ fn embedding_matches_cpu_bit_for_bit() {
         .unwrap();
     assert_close("embedding forward", &g.download(&out), &gathered, 0.0);
     assert_close("embedding backward", &g.download(&ded), &d_embed, 0.0);
-}
-
-#[test]
-fn masked_softmax_matches_cpu_for_every_mask() {
-    let Some(g) = gpu("masked_softmax_matches_cpu_for_every_mask") else {
-        return;
-    };
-    let (heads, max_q, max_k, scale) = (2, 12, 12, 0.25);
-    let row = |q_start, q_len, k_start, k_len, causal, prefix| AttnRow {
-        q_start,
-        q_len,
-        k_start,
-        k_len,
-        causal,
-        bidirectional_prefix: prefix,
-    };
-    // Causal; bidirectional (encoder, cross); prefix-bidirectional; shorter rows (per-row
-    // lengths), each with and without document resets.
-    let rows = [
-        row(0, 12, 0, 12, true, 0),
-        row(12, 9, 12, 9, false, 0),
-        row(21, 10, 21, 10, true, 4),
-        row(31, 5, 31, 12, false, 0),
-    ];
-    let tokens = 43;
-    let mut rng = SplitMix64::new(6);
-    let q_doc: Vec<u32> = (0..tokens).map(|t| (t / 5) as u32).collect();
-    let k_doc = q_doc.clone();
-    let shape = ScoresShape {
-        rows: rows.len(),
-        heads,
-        max_q,
-        max_k,
-    };
-    let scores = randn(&mut rng, shape.lines() * max_k, 2.0);
-    let dprobs = randn(&mut rng, shape.lines() * max_k, 1.0);
-    let desc: Vec<i32> = rows
-        .iter()
-        .flat_map(AttnRow::fields)
-        .map(|v| v as i32)
-        .collect();
-    for docs in [None, Some((&q_doc[..], &k_doc[..]))] {
-        let (mut want_p, mut want_ds) = (vec![0.0f32; scores.len()], vec![0.0f32; scores.len()]);
-        for (r, attn_row) in rows.iter().enumerate() {
-            for h in 0..heads {
-                let base = (r * heads + h) * max_q * max_k;
-                let (lq, lk) = (attn_row.q_len, attn_row.k_len);
-                let block: Vec<f32> = (0..lq * lk)
-                    .map(|e| scores[base + (e / lk) * max_k + e % lk])
-                    .collect();
-                let p = reference_probs(&block, attn_row, docs, scale);
-                for i in 0..lq {
-                    let at = base + i * max_k;
-                    let dot: f32 = (0..lk).map(|j| p[i * lk + j] * dprobs[at + j]).sum();
-                    for j in 0..lk {
-                        want_p[at + j] = p[i * lk + j];
-                        want_ds[at + j] = p[i * lk + j] * (dprobs[at + j] - dot) * scale;
-                    }
-                }
-            }
-        }
-        let (sd, dpd, descd) = (g.upload(&scores), g.upload(&dprobs), g.upload(&desc));
-        let doc_d = docs.map(|(q, k)| (g.upload(q), g.upload(k)));
-        let (mut pd, mut dsd) = (g.zeros(scores.len()), g.zeros(scores.len()));
-        let k = &g.kernels;
-        let docs_arg = doc_d.as_ref().map(|(q, k)| (q, k));
-        k.masked_softmax_forward(&sd, &mut pd, &descd, docs_arg, shape, scale)
-            .unwrap();
-        k.masked_softmax_backward(&pd, &dpd, &mut dsd, shape, scale)
-            .unwrap();
-        let label = if docs.is_some() { "with documents" } else { "" };
-        assert_close(
-            &format!("softmax P {label}"),
-            &g.download(&pd),
-            &want_p,
-            1e-5,
-        );
-        assert_close(
-            &format!("softmax dS {label}"),
-            &g.download(&dsd),
-            &want_ds,
-            1e-5,
-        );
-    }
 }
 
 #[test]
@@ -581,63 +497,6 @@ fn residual_add_and_bf16_conversion_match_the_host() {
 }
 
 #[test]
-fn attention_packing_round_trips() {
-    use redpack_trainer::backend::cuda::launch_model::{PackShape, PackSide};
-    let Some(g) = gpu("attention_packing_round_trips") else {
-        return;
-    };
-    let (heads, head_dim) = (3, 8);
-    // Rows with queries and keys at different offsets; one empty.
-    let rows = [(0, 5, 0, 2), (5, 0, 2, 4), (5, 7, 6, 3)];
-    let desc: Vec<i32> = rows
-        .iter()
-        .flat_map(|&(qs, ql, ks, kl)| [qs, ql, ks, kl, 0, 0])
-        .collect();
-    let descd = g.upload(&desc);
-    let width = heads * head_dim;
-    for (side, tokens, max_len) in [(PackSide::Queries, 12, 7), (PackSide::Keys, 9, 4)] {
-        let span = |r: &(i32, i32, i32, i32)| match side {
-            PackSide::Queries => (r.0, r.1),
-            PackSide::Keys => (r.2, r.3),
-        };
-        let x: Vec<f32> = (0..tokens * width).map(|v| v as f32 + 1.0).collect();
-        let shape = PackShape {
-            rows: rows.len(),
-            heads,
-            head_dim,
-            max_len,
-            side,
-        };
-        let mut packed = g.zeros(shape.len());
-        g.kernels
-            .attn_pack(&g.upload(&x), &mut packed, &descd, shape)
-            .unwrap();
-        let p = g.download(&packed);
-        for (r, row) in rows.iter().enumerate() {
-            let (start, len) = span(row);
-            for h in 0..heads {
-                for i in 0..max_len {
-                    for c in 0..head_dim {
-                        let at = ((r * heads + h) * max_len + i) * head_dim + c;
-                        let want = if (i as i32) < len {
-                            x[(start as usize + i) * width + h * head_dim + c]
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(p[at], want, "{side:?} row {r} head {h} item {i} col {c}");
-                    }
-                }
-            }
-        }
-        let mut back = g.zeros(tokens * width);
-        g.kernels
-            .attn_unpack(&packed, &mut back, &descd, shape)
-            .unwrap();
-        assert_eq!(g.download(&back), x, "{side:?}: unpack(pack(x)) != x");
-    }
-}
-
-#[test]
 fn cublas_products_match_the_cpu_reference() {
     use redpack_trainer::backend::cpu::matmul;
     use redpack_trainer::backend::cuda::blas::{Blas, Operand, Precision};
@@ -764,164 +623,6 @@ fn cublas_products_match_the_cpu_reference() {
         ];
         for (name, got, want) in cases {
             assert_close(&format!("{precision:?} {name}"), &got, &want, tol);
-        }
-    }
-}
-
-/// The fused bf16 attention (flash.cu) against the CPU's f32 attention, forward and backward:
-/// causal rows over several key tiles with a ragged last tile, a bidirectional row, a causal row
-/// with a bidirectional prefix, a row shorter than one tile, and cross-attention with unequal
-/// query and key lengths; each with and without document resets (which leave some cross-attention
-/// queries seeing no key: zeros), for every head dimension that has a kernel. Operands are
-/// rounded to bf16, so the tolerance is bf16's (a few 1e-3 of the largest value) rather than
-/// f32's. The backward pass, which sums in a fixed order without atomics, must also give the
-/// same bits twice.
-#[test]
-fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
-    use redpack_trainer::backend::cpu::attention::{
-        attention_backward, attention_forward, AttnShape,
-    };
-    use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
-    let Some(g) = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim") else {
-        return;
-    };
-    let row = |q_start, q_len, k_start, k_len, causal, prefix| AttnRow {
-        q_start,
-        q_len,
-        k_start,
-        k_len,
-        causal,
-        bidirectional_prefix: prefix,
-    };
-    let self_rows = vec![
-        row(0, 150, 0, 150, true, 0),
-        row(150, 70, 150, 70, false, 0),
-        row(220, 100, 220, 100, true, 40),
-        row(320, 5, 320, 5, true, 0),
-    ];
-    let cross_rows = vec![row(0, 90, 0, 130, false, 0), row(90, 33, 130, 7, false, 0)];
-    let cases = [
-        ("self", self_rows, 325, 325, 23),
-        ("cross", cross_rows, 123, 137, 41),
-    ];
-    let mut rng = SplitMix64::new(12);
-    for hd in FLASH_HEAD_DIMS {
-        let heads = 2;
-        let da = heads * hd;
-        let shape = AttnShape {
-            n_heads: heads,
-            head_dim: hd,
-        };
-        for (label, rows, q_tokens, k_tokens, doc_len) in &cases {
-            let (q_tokens, k_tokens) = (*q_tokens, *k_tokens);
-            let q = randn(&mut rng, q_tokens * da, 1.0);
-            let k = randn(&mut rng, k_tokens * da, 1.0);
-            let v = randn(&mut rng, k_tokens * da, 1.0);
-            let d_out = randn(&mut rng, q_tokens * da, 1.0);
-            let q_doc: Vec<u32> = (0..q_tokens).map(|t| (t / doc_len) as u32).collect();
-            let k_doc: Vec<u32> = (0..k_tokens).map(|t| (t / 29) as u32).collect();
-            let k_doc = if *label == "self" {
-                q_doc.clone()
-            } else {
-                k_doc
-            };
-            let desc: Vec<i32> = rows
-                .iter()
-                .flat_map(AttnRow::fields)
-                .map(|v| v as i32)
-                .collect();
-            let basic = FlashShape {
-                rows: rows.len(),
-                heads,
-                head_dim: hd,
-                max_q: rows.iter().map(|r| r.q_len).max().unwrap(),
-                max_k: rows.iter().map(|r| r.k_len).max().unwrap(),
-                variant: FlashVariant::Basic,
-            };
-            let pipelined = FlashShape {
-                variant: FlashVariant::Pipelined,
-                ..basic
-            };
-            let mut basic_bits = None;
-            for (docs, fshape) in [None, Some((&q_doc[..], &k_doc[..]))]
-                .into_iter()
-                .flat_map(|docs| [(docs, basic), (docs, pipelined)])
-            {
-                let mut out = vec![0.0f32; q_tokens * da];
-                attention_forward(&q, &k, &v, shape, rows, docs, &mut out);
-                let (mut dq, mut dk, mut dv) = (
-                    vec![0.0f32; q_tokens * da],
-                    vec![0.0f32; k_tokens * da],
-                    vec![0.0f32; k_tokens * da],
-                );
-                attention_backward(
-                    &q, &k, &v, &d_out, shape, rows, docs, &mut dq, &mut dk, &mut dv,
-                );
-
-                // The kernels read bf16 copies (rounded on the device, as the model does).
-                let bf16 = |x: &[f32]| g.bf16(&g.upload(x));
-                let (qd, kd, vd, dod) = (bf16(&q), bf16(&k), bf16(&v), bf16(&d_out));
-                let descd = g.upload(&desc);
-                let doc_d = docs.map(|(a, b)| (g.upload(a), g.upload(b)));
-                let docs_arg = doc_d.as_ref().map(|(a, b)| (a, b));
-                let mut od = g.zeros(q_tokens * da);
-                let mut lse = g.zeros(fshape.lines());
-                let k_ = &g.kernels;
-                k_.flash_forward(&qd, &kd, &vd, &descd, docs_arg, fshape, &mut od, &mut lse)
-                    .unwrap();
-                let mut delta = g.zeros(fshape.lines());
-                k_.flash_delta(&dod, &g.bf16(&od), &descd, fshape, &mut delta)
-                    .unwrap();
-                let backward = || {
-                    let (mut dqd, mut dkd, mut dvd) = (
-                        g.zeros(q_tokens * da),
-                        g.zeros(k_tokens * da),
-                        g.zeros(k_tokens * da),
-                    );
-                    k_.flash_backward(
-                        &qd,
-                        &kd,
-                        &vd,
-                        &dod,
-                        &lse,
-                        &delta,
-                        &descd,
-                        docs_arg,
-                        fshape,
-                        (&mut dqd, &mut dkd, &mut dvd),
-                    )
-                    .unwrap();
-                    (g.download(&dqd), g.download(&dkd), g.download(&dvd))
-                };
-                let (gdq, gdk, gdv) = backward();
-                let name = format!(
-                    "flash {:?} {label} head_dim {hd}{}",
-                    fshape.variant,
-                    if docs.is_some() {
-                        " with documents"
-                    } else {
-                        ""
-                    }
-                );
-                assert_close(&format!("{name} out"), &g.download(&od), &out, 1e-2);
-                assert_close(&format!("{name} dq"), &gdq, &dq, 2e-2);
-                assert_close(&format!("{name} dk"), &gdk, &dk, 2e-2);
-                assert_close(&format!("{name} dv"), &gdv, &dv, 1e-2);
-                let again = backward();
-                let got = (g.download(&od), gdq, gdk, gdv);
-                assert!(
-                    (&again.0, &again.1, &again.2) == (&got.1, &got.2, &got.3),
-                    "{name}: the backward pass is not deterministic"
-                );
-                // Both variants sum in the same order: the same bits.
-                match fshape.variant {
-                    FlashVariant::Basic => basic_bits = Some(got),
-                    FlashVariant::Pipelined => assert!(
-                        basic_bits.as_ref() == Some(&got),
-                        "{name}: differs from the basic variant"
-                    ),
-                }
-            }
         }
     }
 }

@@ -141,6 +141,30 @@ fn push_docs<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, docs: DocStreams<'a>) {
     };
 }
 
+/// The arguments both backward kernels start with.
+#[derive(Clone, Copy)]
+struct BackwardInputs<'a> {
+    q: &'a CudaSlice<u16>,
+    k: &'a CudaSlice<u16>,
+    v: &'a CudaSlice<u16>,
+    d_out: &'a CudaSlice<u16>,
+    lse: &'a CudaSlice<f32>,
+    delta: &'a CudaSlice<f32>,
+    rows_desc: &'a CudaSlice<i32>,
+    docs: DocStreams<'a>,
+}
+
+fn push_inputs<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, x: BackwardInputs<'a>) {
+    b.arg(x.q)
+        .arg(x.k)
+        .arg(x.v)
+        .arg(x.d_out)
+        .arg(x.lse)
+        .arg(x.delta)
+        .arg(x.rows_desc);
+    push_docs(b, x.docs);
+}
+
 impl CudaKernels {
     /// Lets `name` take `bytes` of dynamic shared memory (above the default 48 KiB a kernel must
     /// opt in).
@@ -233,20 +257,24 @@ impl CudaKernels {
         let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let scale_log2 = scale * LOG2_E;
+        // Both kernels take the same inputs first, in the same order.
+        let inputs = BackwardInputs {
+            q,
+            k,
+            v,
+            d_out,
+            lse,
+            delta,
+            rows_desc,
+            docs,
+        };
 
         let variant = shape.variant;
         let name = flash_entry("flash_backward_kv", shape.head_dim, variant)?;
         let smem = shape.tile_bytes(FB_BK) + variant.stages() * 2 * shape.tile_bytes(FB_BQ);
         self.allow_shared_memory(name, smem)?;
         let mut b = self.builder(name)?;
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(d_out)
-            .arg(lse)
-            .arg(delta)
-            .arg(rows_desc);
-        push_docs(&mut b, docs);
+        push_inputs(&mut b, inputs);
         b.arg(dk)
             .arg(dv)
             .arg(&heads)
@@ -260,14 +288,7 @@ impl CudaKernels {
         let smem = variant.stages() * 2 * shape.tile_bytes(FQ_BK);
         self.allow_shared_memory(name, smem)?;
         let mut b = self.builder(name)?;
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(d_out)
-            .arg(lse)
-            .arg(delta)
-            .arg(rows_desc);
-        push_docs(&mut b, docs);
+        push_inputs(&mut b, inputs);
         b.arg(dq)
             .arg(&heads)
             .arg(&max_q)

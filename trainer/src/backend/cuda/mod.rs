@@ -26,10 +26,10 @@
 //! - `profile`: an opt-in time table by kernel and product shape (`REDPACK_CUDA_PROFILE=1`).
 //!
 //! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
-//! backend. The kernel and whole-model parity tests are `trainer/tests/cuda_kernels.rs` and
-//! `cuda_model.rs`; the throughput benchmark is `trainer/benches/cuda_step.rs`
-//! (`scripts/gpu-check.sh` runs them on a GPU machine, with the PyTorch reference
-//! `trainer/benches/torch_ref.py`).
+//! backend. The kernel and whole-model parity tests are `trainer/tests/cuda_kernels.rs`,
+//! `cuda_attention.rs` and `cuda_model.rs`; the throughput benchmark is
+//! `trainer/benches/cuda_step.rs` (`scripts/gpu-check.sh` runs them on a GPU machine, with the
+//! PyTorch reference `trainer/benches/torch_ref.py`).
 
 mod backend;
 pub mod blas;
