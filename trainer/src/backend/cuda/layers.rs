@@ -206,6 +206,16 @@ fn pack_shapes(dims: &Dims, rows: &DevRows) -> (PackShape, PackShape) {
     )
 }
 
+/// The batched products' sizes: one (row, head) per batch entry, padded to the longest span.
+fn attn_sizes(dims: &Dims, rows: &DevRows) -> AttnSizes {
+    AttnSizes {
+        batch: rows.rows * dims.heads,
+        max_q: rows.max_q,
+        max_k: rows.max_k,
+        head_dim: dims.hd,
+    }
+}
+
 /// Padded Q, K, V and the probabilities `P` of every (row, head).
 struct Probs {
     qp: Buf,
@@ -235,12 +245,7 @@ fn probabilities(
     dev.kernels.attn_pack(k, &mut kp, &rows.desc, ks)?;
     dev.kernels.attn_pack(v, &mut vp, &rows.desc, ks)?;
     // S = Q Kᵀ per (row, head), unscaled: the softmax kernel applies the scale.
-    let sizes = AttnSizes {
-        batch,
-        max_q: mq,
-        max_k: mk,
-        head_dim: hd,
-    };
+    let sizes = attn_sizes(dims, rows);
     let mut s = dev.scratch(batch * mq * mk)?;
     dev.product(sizes.scores(), &qp, &kp, &mut s)?;
     let mut p = dev.scratch(batch * mq * mk)?;
@@ -354,15 +359,8 @@ fn attention_forward(
         return Ok(o);
     }
     let (qs, _) = pack_shapes(dims, rows);
-    let (mq, mk, hd) = (rows.max_q, rows.max_k, dims.hd);
-    let batch = rows.rows * dims.heads;
     let pr = probabilities(dev, dims, spec, q, k, v)?;
-    let sizes = AttnSizes {
-        batch,
-        max_q: mq,
-        max_k: mk,
-        head_dim: hd,
-    };
+    let sizes = attn_sizes(dims, rows);
     let mut op = dev.scratch(qs.len())?;
     dev.product(sizes.output(), &pr.p, &pr.vp, &mut op)?;
     dev.kernels.attn_unpack(&op, &mut o, &rows.desc, qs)?;
@@ -393,12 +391,7 @@ fn attention_backward(
     let mut dop = dev.scratch(qs.len())?;
     dev.kernels.attn_pack(d_o, &mut dop, &rows.desc, qs)?;
     // dP = dO Vᵀ
-    let sizes = AttnSizes {
-        batch,
-        max_q: mq,
-        max_k: mk,
-        head_dim: hd,
-    };
+    let sizes = attn_sizes(dims, rows);
     let mut dp = dev.scratch(batch * mq * mk)?;
     dev.product(sizes.d_probs(), &dop, &pr.vp, &mut dp)?;
     // dV = Pᵀ dO

@@ -132,6 +132,23 @@ __device__ __forceinline__ void cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Every kernel walks its tiles the same way: `load(t)` starts tile t's copies into buffer
+// t % STAGES. With one buffer, tile t is copied, then waited for. With two, tile 0 is started
+// before the loop and each step starts tile t + 1 (its buffer was last read before the previous
+// step's trailing barrier) and waits for tile t alone. A __syncthreads() must follow.
+template <int STAGES, typename Load>
+__device__ __forceinline__ void await_tile(int tile, int tiles, Load& load) {
+    if (STAGES == 1) {
+        load(tile);
+        cp_wait<0>();
+    } else if (tile + 1 < tiles) {
+        load(tile + 1);
+        cp_wait<1>();
+    } else {
+        cp_wait<0>();
+    }
+}
+
 // Every kernel's tiles live in dynamic shared memory: STAGES buffers, so that with two the next
 // tile's copies run while the current one is computed on.
 extern __shared__ __align__(16) unsigned char flash_smem[];
@@ -224,18 +241,10 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
         stage_rows<D, FA_BK, THREADS>(dst + TILE, KST, v, row.k_start, j, row.k_len, da, hc);
         cp_commit();
     };
-    if (STAGES > 1 && tiles > 0) load(0);
+    if (STAGES > 1 && tiles > 0) load(0);  // the pipeline's first tile
     for (int tile = 0; tile < tiles; tile++) {
         const int j0 = tile * FA_BK;
-        if (STAGES == 1) {
-            load(tile);
-            cp_wait<0>();
-        } else if (tile + 1 < tiles) {
-            load(tile + 1);  // its buffer was last read before the previous trailing barrier
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
+        await_tile<STAGES>(tile, tiles, load);
         __syncthreads();
         const bf16_bits* ks = smem + (tile % STAGES) * 2 * TILE;
         const bf16_bits* vs = ks + TILE;
@@ -449,18 +458,10 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         stage_rows<D, FB_BQ, THREADS>(dst + TILE, ST, d_out, row.q_start, i, row.q_len, da, hc);
         cp_commit();
     };
-    if (STAGES > 1 && tiles > 0) load(0);
+    if (STAGES > 1 && tiles > 0) load(0);  // the pipeline's first tile
     for (int tile = 0; tile < tiles; tile++) {
         const int i0 = q_begin + tile * FB_BQ;
-        if (STAGES == 1) {
-            load(tile);
-            cp_wait<0>();
-        } else if (tile + 1 < tiles) {
-            load(tile + 1);
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
+        await_tile<STAGES>(tile, tiles, load);
         for (int ii = threadIdx.x; ii < FB_BQ; ii += FA_THREADS) {
             bool in = i0 + ii < row.q_len;
             lse_s[ii] = in ? lse_r[i0 + ii] : POS_INF;
@@ -670,18 +671,10 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
         stage_rows<D, FQ_BK, THREADS>(dst + TILE, ST, v, row.k_start, j, row.k_len, da, hc);
         cp_commit();
     };
-    if (STAGES > 1 && tiles > 0) load(0);
+    if (STAGES > 1 && tiles > 0) load(0);  // the pipeline's first tile
     for (int tile = 0; tile < tiles; tile++) {
         const int j0 = tile * FQ_BK;
-        if (STAGES == 1) {
-            load(tile);
-            cp_wait<0>();
-        } else if (tile + 1 < tiles) {
-            load(tile + 1);
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
+        await_tile<STAGES>(tile, tiles, load);
         __syncthreads();
         const bf16_bits* ks = smem + (tile % STAGES) * 2 * TILE;
         const bf16_bits* vsh = ks + TILE;
