@@ -19,11 +19,11 @@
 #      both builds),
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
 #      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
-#      attention, resident training vs the host loop), and the bf16 step with the pipelined
-#      fused attention,
+#      attention, resident training vs the host loop), the bf16 step with the basic fused
+#      attention build, and the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), with
-#      each fused-attention variant, 5. the same models in PyTorch (eager and torch.compile,
+#      cublasGemmEx and with cuBLASLt's cached plans, 5. the same models in PyTorch (eager and torch.compile,
 #      bf16), 6. compute-sanitizer memcheck on the kernels and tiny steps, 7. the 1B models and
 #      the f32 mode's throughput, 8. a side-by-side table. About 4 minutes on an H200; the whole
 #      run stops at GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
@@ -172,12 +172,17 @@ run() {
     wanted kernels && step attention 120 "$BUNDLE/cuda_attention" --test-threads=1
     wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
     # The bf16 model step with the pipelined fused-attention kernels (the kernel test covers both).
-    wanted model && step model-pipelined 60 env REDPACK_CUDA_FLASH=pipelined "$BUNDLE/cuda_model" \
+    wanted model && step model-basic 60 env REDPACK_CUDA_FLASH=basic "$BUNDLE/cuda_model" \
         --exact bf16_step_is_close_to_cpu --test-threads=1
+    # Whole steps with the products through cuBLASLt (the kernel test checks each product).
+    wanted model && step model-lt 90 env REDPACK_CUDA_BLAS=lt "$BUNDLE/cuda_model" --exact \
+        decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
+        resident_training_matches_the_host_loop --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-pipelined 150 env REDPACK_CUDA_FLASH=pipelined \
-        BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    # The same with cuBLASLt's cached plans in place of cublasGemmEx (REDPACK_CUDA_BLAS=lt).
+    wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
+        BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
@@ -199,7 +204,7 @@ run() {
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
-    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-pipelined.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
+    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
 import json, sys
@@ -208,13 +213,13 @@ ok = [r for r in rows if "error" not in r]
 for r in rows:
     if "error" in r:
         print("error:", r)
-print(f"{'arch':5} {'impl':8} {'mode':22} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13}")
+print(f"{'arch':5} {'impl':8} {'mode':29} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13}")
 for arch in ("dec", "red"):
     ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
     for r in (r for r in ok if r["arch"] == arch):
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "")
-        print(f"{arch:5} {r['impl']:8} {mode:22} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
+        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "")
+        print(f"{arch:5} {r['impl']:8} {mode:29} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
               f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
               f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f}")
 PY

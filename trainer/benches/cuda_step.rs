@@ -159,6 +159,8 @@ fn main() {
                 (true, launch_flash::FlashVariant::Basic) => "flash",
                 (true, launch_flash::FlashVariant::Pipelined) => "flash-pipelined",
             },
+            "blas": backend.blas_engine().name(),
+            "blas_plans": backend.blas_plans(),
             "arch": arch.name(),
             "size": size,
             "params": config.param_count(),

@@ -498,13 +498,24 @@ fn residual_add_and_bf16_conversion_match_the_host() {
 
 #[test]
 fn cublas_products_match_the_cpu_reference() {
-    use redpack_trainer::backend::cpu::matmul;
-    use redpack_trainer::backend::cuda::blas::{Blas, Operand, Precision};
-    use redpack_trainer::backend::cuda::products::{self, AttnSizes};
+    use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine};
     let Some(g) = gpu("cublas_products_match_the_cpu_reference") else {
         return;
     };
-    let blas = Blas::new(g.stream.clone()).expect("cuBLAS");
+    for engine in [BlasEngine::GemmEx, BlasEngine::Lt] {
+        let blas = Blas::with_engine(g.stream.clone(), engine).expect("cuBLAS");
+        assert_eq!(blas.engine(), engine);
+        check_products(&g, &blas);
+    }
+}
+
+/// Every product shape the model uses, on small odd sizes (so cuBLASLt also meets operands
+/// aligned to only 4 bytes), against host products, in both precisions.
+fn check_products(g: &Gpu, blas: &redpack_trainer::backend::cuda::blas::Blas) {
+    use redpack_trainer::backend::cpu::matmul;
+    use redpack_trainer::backend::cuda::blas::{Operand, Precision};
+    use redpack_trainer::backend::cuda::products::{self, AttnSizes};
+    let engine = blas.engine().name();
     let mut rng = SplitMix64::new(10);
     for precision in [Precision::F32, Precision::Bf16] {
         // f32 products agree to rounding; bf16 operands to about 2^-8 of the values.
@@ -622,7 +633,61 @@ fn cublas_products_match_the_cpu_reference() {
             ),
         ];
         for (name, got, want) in cases {
-            assert_close(&format!("{precision:?} {name}"), &got, &want, tol);
+            assert_close(&format!("{engine} {precision:?} {name}"), &got, &want, tol);
         }
     }
+}
+
+/// cuBLASLt at a model's sizes (a DecLLM-150M projection, aligned as the allocator aligns):
+/// one plan per shape however often it runs, the same bits on every run, and the products of
+/// `cublasGemmEx` up to summation order.
+#[test]
+fn cublaslt_plans_are_built_once_and_give_the_same_bits_every_run() {
+    use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine, Precision};
+    use redpack_trainer::backend::cuda::products;
+    let Some(g) = gpu("cublaslt_plans_are_built_once_and_give_the_same_bits_every_run") else {
+        return;
+    };
+    let lt = Blas::with_engine(g.stream.clone(), BlasEngine::Lt).expect("cuBLASLt");
+    let ex = Blas::with_engine(g.stream.clone(), BlasEngine::GemmEx).expect("cuBLAS");
+    let mut rng = SplitMix64::new(11);
+    let (m, k, n) = (1024, 768, 2304);
+    let x = g.upload(&randn(&mut rng, m * k, 1.0));
+    let w = g.upload(&randn(&mut rng, n * k, 0.05));
+    let (xb, wb) = (g.bf16(&x), g.bf16(&w));
+    let run = |blas: &Blas, accumulate: bool| {
+        let (spec, la, lb) = products::linear_forward(m, k, n, accumulate);
+        let mut c = g.upload(&vec![0.5f32; m * n]);
+        blas.gemm(
+            &g.kernels,
+            Precision::Bf16,
+            spec,
+            (&xb).into(),
+            la,
+            (&wb).into(),
+            lb,
+            &mut c,
+        )
+        .unwrap();
+        g.download(&c)
+    };
+    let first = run(&lt, false);
+    for _ in 0..3 {
+        assert_eq!(
+            run(&lt, false),
+            first,
+            "cuBLASLt gave other bits on a later run"
+        );
+    }
+    assert_eq!(lt.cached_plans(), 1, "one shape, one plan");
+    let accumulated = run(&lt, true);
+    assert_eq!(
+        lt.cached_plans(),
+        1,
+        "beta is a launch argument, not part of the plan"
+    );
+    let want = run(&ex, false);
+    assert_close("cuBLASLt against cublasGemmEx", &first, &want, 1e-5);
+    let shifted: Vec<f32> = want.iter().map(|v| v + 0.5).collect();
+    assert_close("cuBLASLt with beta 1", &accumulated, &shifted, 1e-5);
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::blas::{Blas, Precision};
+use super::blas::{Blas, BlasEngine, Precision};
 use super::device::{Buf, Dev};
 use super::launch::CudaKernels;
 use super::model::run_model;
@@ -98,6 +98,16 @@ impl CudaBackend {
 
     pub fn device(&self) -> &CudaDeviceInfo {
         &self.info
+    }
+
+    /// The library call that runs the products (`REDPACK_CUDA_BLAS`).
+    pub fn blas_engine(&self) -> BlasEngine {
+        self.blas.engine()
+    }
+
+    /// Product shapes cuBLASLt has built plans for (0 with `cublasGemmEx`).
+    pub fn blas_plans(&self) -> usize {
+        self.blas.cached_plans()
     }
 
     pub(super) fn dev(&self) -> Dev<'_> {

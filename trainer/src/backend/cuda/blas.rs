@@ -12,6 +12,11 @@
 //!
 //! Every call checks that the operands and the result lie inside their buffers, so a shape
 //! mistake is an error, not a stray write.
+//!
+//! Two engines run the same column-major call (`BlasEngine`): `cublasGemmEx` (the default, the
+//! one the GPU checks have measured), and cuBLASLt with a plan per shape (`lt.rs`: descriptors
+//! and the heuristic's algorithm built once, then reused), chosen with `REDPACK_CUDA_BLAS=lt`.
+//! A shape cuBLASLt has no algorithm for runs through `cublasGemmEx`.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use cudarc::cublas::{result as cublas, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use super::launch::{CudaKernels, LaunchError};
+use super::lt::{self, LtBlas, PlanKey};
 
 /// How matrix products are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,7 +147,7 @@ fn to_i32(what: &'static str, v: usize) -> Result<i32, BlasError> {
 
 /// The column-major cuBLAS arguments of a row-major product: the operands swap places (`first`
 /// is B, `second` is A) and keep their transpose flags; `m` and `n` swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ColumnMajor {
     pub trans_first: bool,
     pub trans_second: bool,
@@ -234,16 +240,51 @@ impl<'a> From<&'a CudaSlice<u16>> for Operand<'a> {
     }
 }
 
-/// A cuBLAS handle on the backend's stream.
+/// Which library call runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlasEngine {
+    /// `cublasGemmEx` / `cublasGemmStridedBatchedEx` with the default algorithm.
+    #[default]
+    GemmEx,
+    /// `cublasLtMatmul` with cached descriptors and a heuristic-chosen algorithm per shape.
+    Lt,
+}
+
+impl BlasEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            BlasEngine::GemmEx => "gemmex",
+            BlasEngine::Lt => "lt",
+        }
+    }
+
+    /// `REDPACK_CUDA_BLAS=gemmex|lt`, else the default.
+    pub fn from_env() -> BlasEngine {
+        static CHOICE: std::sync::OnceLock<BlasEngine> = std::sync::OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_BLAS").as_deref() {
+            Ok("lt") => BlasEngine::Lt,
+            Ok("gemmex") => BlasEngine::GemmEx,
+            _ => BlasEngine::default(),
+        })
+    }
+}
+
+/// A cuBLAS handle on the backend's stream, and a cuBLASLt one when that engine is chosen.
 pub struct Blas {
     handle: CudaBlas,
     stream: Arc<CudaStream>,
+    lt: Option<LtBlas>,
 }
 
 impl Blas {
-    /// Loads cuBLAS (checking first that the library is there: cudarc panics otherwise) and
-    /// creates a handle bound to `stream`.
+    /// `with_engine` for the engine `REDPACK_CUDA_BLAS` names.
     pub fn new(stream: Arc<CudaStream>) -> Result<Blas, BlasError> {
+        Blas::with_engine(stream, BlasEngine::from_env())
+    }
+
+    /// Loads cuBLAS (and cuBLASLt for `BlasEngine::Lt`), checking first that the libraries are
+    /// there (cudarc panics otherwise), and creates handles bound to `stream`.
+    pub fn with_engine(stream: Arc<CudaStream>, engine: BlasEngine) -> Result<Blas, BlasError> {
         // SAFETY: only opens and closes the library by name (dlopen/dlclose).
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(BlasError::Missing);
@@ -252,7 +293,34 @@ impl Blas {
             what: "creating a handle".into(),
             status: format!("{e:?}"),
         })?;
-        Ok(Blas { handle, stream })
+        let lt = match engine {
+            BlasEngine::GemmEx => None,
+            BlasEngine::Lt => {
+                let major = stream
+                    .context()
+                    .attribute(
+                        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    )
+                    .map_err(|e| BlasError::Driver {
+                        what: "reading the compute capability",
+                        detail: e.to_string(),
+                    })?;
+                Some(LtBlas::new(stream.clone(), major.max(0) as u32)?)
+            }
+        };
+        Ok(Blas { handle, stream, lt })
+    }
+
+    pub fn engine(&self) -> BlasEngine {
+        match self.lt {
+            Some(_) => BlasEngine::Lt,
+            None => BlasEngine::GemmEx,
+        }
+    }
+
+    /// Shapes cuBLASLt has plans for (0 with `cublasGemmEx`).
+    pub fn cached_plans(&self) -> usize {
+        self.lt.as_ref().map_or(0, LtBlas::cached_plans)
     }
 
     /// `op`'s bf16 copy (the whole buffer), for the mixed-precision products.
@@ -358,6 +426,29 @@ impl Blas {
                 if lb.trans { " Bt" } else { "" },
             )
         };
+        if let Some(lt_blas) = &self.lt {
+            let elem = match precision {
+                Precision::F32 => 4,
+                Precision::Bf16 => 2,
+            };
+            let key = PlanKey {
+                bf16: precision == Precision::Bf16,
+                cm,
+                batch: spec.batch,
+                align_first: lt::alignment(b_ptr, elem, cm.ld_first, cm.stride_first),
+                align_second: lt::alignment(a_ptr, elem, cm.ld_second, cm.stride_second),
+                align_c: lt::alignment(c_ptr, 4, cm.ldc, cm.stride_c),
+            };
+            // SAFETY: as for cublasGemmEx below; the key's alignments are those of these
+            // pointers, leading dimensions and strides.
+            let lt_name = || format!("{} lt", name());
+            let ran = super::profile::timed(stream, lt_name, || unsafe {
+                lt_blas.matmul(&key, alpha, b_ptr, a_ptr, beta, c_ptr)
+            })?;
+            if ran {
+                return Ok(());
+            }
+        }
         let status = super::profile::timed(stream, name, || unsafe {
             if spec.batch == 1 {
                 cublas::gemm_ex(

@@ -41,6 +41,7 @@ pub mod launch_flash;
 pub mod launch_model;
 pub mod launch_tokens;
 mod layers;
+pub mod lt;
 mod model;
 pub mod nvrtc;
 pub mod probe;
