@@ -20,7 +20,7 @@ use std::time::Instant;
 use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
 use redpack_trainer::backend::cuda::{launch_flash, profile};
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
-use redpack_trainer::backend::{Backend, ResidentTraining};
+use redpack_trainer::backend::{Backend, MicroBatch, ResidentTraining};
 use redpack_trainer::batch::{Batch, StepOptions};
 use redpack_trainer::config::{Arch, ModelConfig};
 use redpack_trainer::flops::{training_flops, StackTokens};
@@ -118,9 +118,16 @@ fn main() {
                 .load_training(&config, &params, &optimizer)
                 .unwrap_or_else(|e| fail("loading resident training", e));
         }
-        let micro = [(&batch, options)];
         let mut train_step_s = 0.0;
+        let stager = ResidentTraining::stager(&backend, &config, &options);
         for i in (0..=train_steps).filter(|_| train_steps > 0) {
+            // Staged as `redpack train`'s loader thread does it, ahead of the step (so not
+            // timed): inputs built and written into pinned memory.
+            let staged = stager.as_ref().map(|s| s.stage(&batch));
+            let micro = [MicroBatch {
+                staged: staged.as_ref(),
+                ..MicroBatch::new(&batch, options)
+            }];
             let start = Instant::now();
             let stats = ResidentTraining::accumulate(&mut backend, &config, &micro)
                 .unwrap_or_else(|e| fail("forward/backward", e));

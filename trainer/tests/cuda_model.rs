@@ -437,7 +437,7 @@ fn bf16_step_is_close_to_cpu() {
 /// total change and the optimizer state read back must match.
 #[test]
 fn resident_training_matches_the_host_loop() {
-    use redpack_trainer::backend::ResidentTraining;
+    use redpack_trainer::backend::{MicroBatch, ResidentTraining};
     for arch in [Arch::Dec, Arch::Red] {
         let test = format!("resident_training_matches_the_host_loop ({})", arch.name());
         let Some(mut gpu) = cuda(&test, Precision::F32) else {
@@ -475,13 +475,25 @@ fn resident_training_matches_the_host_loop() {
             host_norms.push((norm, update.update_norm));
         }
 
-        // The same steps resident on the GPU.
+        // The same steps resident on the GPU. The second micro-batch of each step comes staged
+        // (inputs built and in pinned memory, as `redpack train`'s loader thread leaves them),
+        // the first is built in the step.
         let fresh = Adafactor::new(optim_config.clone(), &start).unwrap();
         gpu.load_training(&config, &start, &fresh).unwrap();
+        let stager = gpu
+            .stager(&config, &options)
+            .expect("the CUDA backend stages");
         let mut device_norms = Vec::new();
         for step in 0..steps {
             let batches = micro(step);
-            let list: Vec<_> = batches.iter().map(|b| (b, options)).collect();
+            let staged = stager.stage(&batches[1]);
+            let list = [
+                MicroBatch::new(&batches[0], options),
+                MicroBatch {
+                    staged: Some(&staged),
+                    ..MicroBatch::new(&batches[1], options)
+                },
+            ];
             let stats = ResidentTraining::accumulate(&mut gpu, &config, &list).unwrap();
             let scored: usize = stats.iter().map(|s| s.tokens).sum();
             let (norm, update) = gpu.apply_update(1.0 / scored as f32, clip, lr).unwrap();

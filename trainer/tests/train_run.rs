@@ -6,9 +6,12 @@
 mod train_common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::{Backend, BackendError, ResidentTraining};
+use redpack_trainer::backend::{
+    Backend, BackendError, MicroBatch, ResidentTraining, Staged, Stager,
+};
 use redpack_trainer::batch::{Batch, LossStats, StepOptions};
 use redpack_trainer::checkpoint;
 use redpack_trainer::config::{Arch, ModelConfig};
@@ -403,6 +406,34 @@ struct HostResident {
     stores: usize,
     updates: usize,
     nan_from_update: usize,
+    /// Micro-batches that arrived staged by `HostStager`, checked against their batches.
+    staged: usize,
+}
+
+/// A batch's contents in one number.
+fn fingerprint(batch: &Batch) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let words = batch.tokens.iter().map(|&t| t as u64);
+    let lens = batch
+        .length
+        .iter()
+        .chain(&batch.prefix_len)
+        .map(|&v| v as u64);
+    for v in words.chain(lens) {
+        h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Stages a batch as the thread that ran it and the batch's fingerprint, so the resident step
+/// can check that staging ran on the loader's thread and reached the step with its own batch.
+struct HostStager;
+
+impl Stager for HostStager {
+    fn stage(&self, batch: &Batch) -> Staged {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        Box::new((thread, fingerprint(batch)))
+    }
 }
 
 impl HostResident {
@@ -414,6 +445,7 @@ impl HostResident {
             stores: 0,
             updates: 0,
             nan_from_update,
+            staged: 0,
         }
     }
 }
@@ -457,15 +489,28 @@ impl ResidentTraining for HostResident {
         self.state = Some((params.clone(), optimizer.clone(), params.zeros_like()));
         Ok(())
     }
+    fn stager(&self, _: &ModelConfig, _: &StepOptions) -> Option<Arc<dyn Stager>> {
+        Some(Arc::new(HostStager))
+    }
     fn accumulate(
         &mut self,
         config: &ModelConfig,
-        micro_batches: &[(&Batch, StepOptions)],
+        micro_batches: &[MicroBatch<'_>],
     ) -> Result<Vec<LossStats>, BackendError> {
+        for mb in micro_batches {
+            let staged = mb.staged.expect("every batch staged");
+            let (thread, print) = staged
+                .downcast_ref::<(String, u64)>()
+                .expect("HostStager's");
+            assert_eq!(thread, "redpack-batches", "staged on the loader thread");
+            assert_eq!(*print, fingerprint(mb.batch), "staged with its own batch");
+            self.staged += 1;
+        }
         let (params, _, grads) = self.state.as_mut().expect("loaded");
         grads.fill_zero();
+        let batches: Vec<_> = micro_batches.iter().map(|m| (m.batch, m.options)).collect();
         self.cpu
-            .forward_backward_many(config, params, micro_batches, grads)
+            .forward_backward_many(config, params, &batches, grads)
     }
     fn apply_update(
         &mut self,
@@ -520,6 +565,7 @@ fn the_resident_path_of_the_loop_matches_the_host_loop_bitwise() {
     let mut resident = HostResident::new(usize::MAX);
     let got = train(&settings, &mut resident).unwrap();
     assert_eq!((resident.loads, resident.stores), (1, 2));
+    assert_eq!(resident.staged, 6 * settings.accum as usize);
     let strip = |m: &[StepMetrics]| m.iter().map(deterministic).collect::<Vec<_>>();
     assert_eq!(strip(&got), strip(&host));
     assert_eq!(

@@ -4,6 +4,9 @@
 //! with respect to every parameter. The optimizer, data loading and checkpoints sit above it and
 //! never see the device. `cpu` is the f32 reference every other backend is checked against.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
 use crate::optim::adafactor::{Adafactor, UpdateStats};
@@ -90,12 +93,19 @@ pub trait ResidentTraining {
         optimizer: &Adafactor,
     ) -> Result<(), BackendError>;
 
+    /// A stager for the batches of a run with `config` and `options` (dropout seeds aside), to
+    /// run on the data loader's thread; `None` (the default) stages nothing.
+    fn stager(&self, config: &ModelConfig, options: &StepOptions) -> Option<Arc<dyn Stager>> {
+        let _ = (config, options);
+        None
+    }
+
     /// Forward and backward over one step's micro-batches with the resident parameters; the
     /// gradients of the summed loss replace the previous step's.
     fn accumulate(
         &mut self,
         config: &ModelConfig,
-        micro_batches: &[(&Batch, StepOptions)],
+        micro_batches: &[MicroBatch<'_>],
     ) -> Result<Vec<LossStats>, BackendError>;
 
     /// Multiplies the gradients by `scale` (1 / scored tokens), clips them to the global norm
@@ -114,4 +124,34 @@ pub trait ResidentTraining {
         params: &mut ParamStore,
         optimizer: &mut Adafactor,
     ) -> Result<(), BackendError>;
+}
+
+/// What a stager made of a batch, opaque to everything but the backend that made it.
+pub type Staged = Box<dyn Any + Send>;
+
+/// Prepares batches for a device ahead of their step, on the data loader's thread: the CUDA
+/// backend builds a batch's model inputs there and writes them into pinned host memory, so the
+/// step only starts one asynchronous copy. Staging never fails: a batch it cannot prepare is
+/// prepared again (and its error reported) by the step.
+pub trait Stager: Send + Sync {
+    fn stage(&self, batch: &Batch) -> Staged;
+}
+
+/// One micro-batch of a resident step: the batch, its options, and what the backend's stager
+/// made of it, if it ran.
+#[derive(Clone, Copy)]
+pub struct MicroBatch<'a> {
+    pub batch: &'a Batch,
+    pub options: StepOptions,
+    pub staged: Option<&'a Staged>,
+}
+
+impl<'a> MicroBatch<'a> {
+    pub fn new(batch: &'a Batch, options: StepOptions) -> MicroBatch<'a> {
+        MicroBatch {
+            batch,
+            options,
+            staged: None,
+        }
+    }
 }

@@ -4,11 +4,16 @@
 //!
 //! Each batch travels with the cursor just after it; the trainer saves that cursor with a
 //! checkpoint, and a loader started from it produces the same batches that followed.
+//!
+//! With a `Stager` (a device backend's), the thread also prepares each batch for the device
+//! (`spawn_staged`, `next_staged`), so that work overlaps the previous step too.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::{Cursor, DataError, ExampleSource, OwnedExample, Permutation};
+use crate::backend::{Staged, Stager};
 use crate::batch::Batch;
 use crate::rng::counter_hash;
 
@@ -68,9 +73,11 @@ pub struct LoadedBatch {
     pub cursor: Cursor,
 }
 
+type Produced = Result<(LoadedBatch, Option<Staged>), DataError>;
+
 /// A running loader. Dropping it stops the thread.
 pub struct Loader {
-    receiver: Option<Receiver<Result<LoadedBatch, DataError>>>,
+    receiver: Option<Receiver<Produced>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -80,6 +87,16 @@ impl Loader {
         source: Box<dyn ExampleSource>,
         options: LoaderOptions,
         start: Cursor,
+    ) -> Result<Loader, DataError> {
+        Loader::spawn_staged(source, options, start, None)
+    }
+
+    /// `spawn`, with `stager` preparing every batch on the loader's thread.
+    pub fn spawn_staged(
+        source: Box<dyn ExampleSource>,
+        options: LoaderOptions,
+        start: Cursor,
+        stager: Option<Arc<dyn Stager>>,
     ) -> Result<Loader, DataError> {
         if source.is_empty() {
             return Err(DataError::Empty {
@@ -96,7 +113,7 @@ impl Loader {
         let (sender, receiver) = sync_channel(options.prefetch.max(1));
         let handle = std::thread::Builder::new()
             .name("redpack-batches".to_string())
-            .spawn(move || produce(source.as_ref(), &options, start, &sender))
+            .spawn(move || produce(source.as_ref(), &options, start, stager, &sender))
             .map_err(|_| DataError::LoaderGone)?;
         Ok(Loader {
             receiver: Some(receiver),
@@ -106,6 +123,11 @@ impl Loader {
 
     /// The next batch, or `None` once the requested epochs are done.
     pub fn next_batch(&mut self) -> Result<Option<LoadedBatch>, DataError> {
+        Ok(self.next_staged()?.map(|(batch, _)| batch))
+    }
+
+    /// The next batch with what the stager made of it (`None` without a stager).
+    pub fn next_staged(&mut self) -> Result<Option<(LoadedBatch, Option<Staged>)>, DataError> {
         let receiver = self.receiver.as_ref().ok_or(DataError::LoaderGone)?;
         match receiver.recv() {
             Ok(Ok(batch)) => Ok(Some(batch)),
@@ -135,13 +157,15 @@ fn produce(
     source: &dyn ExampleSource,
     options: &LoaderOptions,
     start: Cursor,
-    sender: &SyncSender<Result<LoadedBatch, DataError>>,
+    stager: Option<Arc<dyn Stager>>,
+    sender: &SyncSender<Produced>,
 ) {
     let mut walker = Walker::new(source.len(), options.order, start);
     loop {
         match next_batch(source, options, &mut walker) {
             Ok(Some(batch)) => {
-                if sender.send(Ok(batch)).is_err() {
+                let staged = stager.as_ref().map(|s| s.stage(&batch.batch));
+                if sender.send(Ok((batch, staged))).is_err() {
                     return;
                 }
             }

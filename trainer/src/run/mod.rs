@@ -19,7 +19,7 @@ pub use settings::{
     BatchSize, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError, TrainSettings,
 };
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, MicroBatch};
 use crate::batch::StepOptions;
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta, RngState};
 use crate::data::{DataError, Loader};
@@ -107,11 +107,6 @@ impl TrainRun {
     ) -> Result<TrainOutcome, TrainError> {
         let settings = self.settings.clone();
         let mut log = MetricsLog::open(&settings.out, self.start_step)?;
-        let mut loader = Loader::spawn(
-            self.source.take().ok_or(DataError::LoaderGone)?,
-            self.loader_options.clone(),
-            self.cursor,
-        )?;
         let mut grads = self.params.zeros_like();
         let base_options = StepOptions {
             z_loss: settings.objective.z_loss,
@@ -138,6 +133,18 @@ impl TrainRun {
             }
             None => false,
         };
+        // A resident device prepares its batches on the loader's thread (pinned buffers for
+        // CUDA), so that work overlaps the step before.
+        let stager = match backend.resident().filter(|_| resident) {
+            Some(device) => device.stager(&self.model, &base_options),
+            None => None,
+        };
+        let mut loader = Loader::spawn_staged(
+            self.source.take().ok_or(DataError::LoaderGone)?,
+            self.loader_options.clone(),
+            self.cursor,
+            stager,
+        )?;
         for step in self.start_step + 1..=settings.steps {
             let started = Instant::now();
             if !resident {
@@ -265,21 +272,36 @@ impl TrainRun {
         let mut sums = Accumulated::default();
         let mut micro_batches = Vec::with_capacity(self.settings.accum as usize);
         for micro in 0..self.settings.accum {
-            let loaded = loader.next_batch()?.ok_or(DataError::LoaderGone)?;
+            let (loaded, staged) = loader.next_staged()?.ok_or(DataError::LoaderGone)?;
             let options = StepOptions {
                 dropout_seed: counter_hash(self.settings.seed, &[DROPOUT_STREAM, step, micro]),
                 ..*base_options
             };
-            micro_batches.push((loaded, options));
+            micro_batches.push((loaded, options, staged));
         }
         // One call per step, so a device backend moves parameters and gradients once.
-        let batches: Vec<_> = micro_batches.iter().map(|(l, o)| (&l.batch, *o)).collect();
         let stats = match backend.resident().filter(|_| resident) {
-            Some(device) => device.accumulate(&self.model, &batches),
-            None => backend.forward_backward_many(&self.model, &self.params, &batches, grads),
+            Some(device) => {
+                let batches: Vec<_> = micro_batches
+                    .iter()
+                    .map(|(l, options, staged)| MicroBatch {
+                        batch: &l.batch,
+                        options: *options,
+                        staged: staged.as_ref(),
+                    })
+                    .collect();
+                device.accumulate(&self.model, &batches)
+            }
+            None => {
+                let batches: Vec<_> = micro_batches
+                    .iter()
+                    .map(|(l, o, _)| (&l.batch, *o))
+                    .collect();
+                backend.forward_backward_many(&self.model, &self.params, &batches, grads)
+            }
         }
         .map_err(|source| TrainError::Backend { step, source })?;
-        for ((loaded, options), stats) in micro_batches.iter().zip(stats) {
+        for ((loaded, options, _), stats) in micro_batches.iter().zip(stats) {
             sums.loss_sum += stats.loss_sum;
             sums.z_sum += stats.z_loss_sum;
             sums.scored += stats.tokens as u64;

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::blas::{Blas, BlasEngine, Precision};
-use super::device::{Buf, Dev};
+use super::device::{Buf, Dev, Words};
+use super::inputs::BatchInputs;
 use super::launch::CudaKernels;
 use super::model::run_model;
 use super::nvrtc::KernelCache;
 use super::probe::{self, CudaAvailability, CudaDeviceInfo};
+use super::staging::{CudaStager, StagedInputs};
 use crate::backend::cpu::{validate_batch, validate_options};
 use crate::backend::{Backend, BackendError};
 use crate::batch::{Batch, LossStats, StepOptions};
@@ -197,13 +199,34 @@ impl CudaBackend {
         batch: &Batch,
         options: &StepOptions,
     ) -> Result<LossStats, BackendError> {
+        self.forward_backward_staged(config, batch, options, None)
+    }
+
+    /// `forward_backward_resident` with the batch's inputs as the stager left them (built and
+    /// in pinned memory), or built here when there are none or they do not fit the step.
+    pub(super) fn forward_backward_staged(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+        staged: Option<&StagedInputs>,
+    ) -> Result<LossStats, BackendError> {
         self.check(config, batch, options)?;
+        let built;
+        let (inputs, words) = match staged.and_then(|s| s.for_step(options)) {
+            Some(ready) => ready,
+            None => {
+                built = BatchInputs::build(config, batch, options.into())?;
+                (&built, Words::Host(&built.words))
+            }
+        };
         let mut grads = std::mem::take(&mut self.grads);
         let result = run_model(
             &self.dev(),
             config,
             &self.params,
-            batch,
+            inputs,
+            words,
             options,
             Some(&mut grads),
         );
@@ -211,6 +234,11 @@ impl CudaBackend {
         let stats = result?;
         self.check_async_errors()?;
         Ok(stats)
+    }
+
+    /// A stager for `redpack train`'s loader thread (`staging.rs`).
+    pub(super) fn make_stager(&self, config: &ModelConfig, options: &StepOptions) -> CudaStager {
+        CudaStager::new(self.context.clone(), config, options)
     }
 
     /// Errors cudarc could only record (frees in `Drop`) surface here.
@@ -232,7 +260,16 @@ impl CudaBackend {
             ..*options
         };
         self.check(config, batch, &options)?;
-        run_model(&self.dev(), config, &self.params, batch, &options, None)
+        let inputs = BatchInputs::build(config, batch, (&options).into())?;
+        run_model(
+            &self.dev(),
+            config,
+            &self.params,
+            &inputs,
+            Words::Host(&inputs.words),
+            &options,
+            None,
+        )
     }
 
     /// Adds the resident gradients into `grads` (same shapes, checkpoint order).

@@ -1,17 +1,19 @@
 //! What the model code on the GPU works with: the stream, the kernels and cuBLAS in one handle
 //! (`Dev`), allocation and copy helpers, the linear-layer products in the CPU reference's terms
-//! (`cpu::matmul`), and a batch's token streams and attention rows uploaded once per call.
+//! (`cpu::matmul`), and a micro-batch's inputs (`inputs::BatchInputs`) copied up in one
+//! transfer.
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DeviceRepr, DriverError, PinnedHostSlice, ValidAsZeroBits,
+};
 
 use super::blas::{Blas, BlasError, Operand, Precision};
+use super::inputs::{BatchInputs, ModelParts, Part, RowsParts, StreamParts};
 use super::launch::{CudaKernels, LaunchError};
-use super::launch_tokens::TokenChains;
+use super::layers::DevRope;
 use super::products::{self, Product};
-use crate::backend::cpu::attention::AttnRow;
-use crate::backend::cpu::stream::Stream;
 use crate::backend::BackendError;
 
 pub(super) type Buf = CudaSlice<f32>;
@@ -188,6 +190,14 @@ impl Dev<'_> {
     }
 }
 
+/// Where a micro-batch's packed input words are: pinned host memory filled ahead of the step
+/// (`staging.rs`), or an ordinary vector (built on the training thread, or when pinned memory
+/// could not be had).
+pub(super) enum Words<'a> {
+    Pinned(&'a PinnedHostSlice<u32>),
+    Host(&'a [u32]),
+}
+
 /// A token stream (`cpu::stream::Stream`) on the device, with the embedding backward's chains.
 pub(super) struct DevStream {
     pub len: usize,
@@ -199,22 +209,6 @@ pub(super) struct DevStream {
     pub chain_next: CudaSlice<i32>,
 }
 
-impl DevStream {
-    /// Uploads a non-empty stream.
-    pub fn upload(dev: &Dev, s: &Stream) -> Result<DevStream, BackendError> {
-        let chains = TokenChains::new(&s.tokens);
-        Ok(DevStream {
-            len: s.len(),
-            tokens: dev.upload(&s.tokens)?,
-            rows: dev.upload(&s.rows)?,
-            positions: dev.upload(&s.positions)?,
-            docs: dev.upload(&s.docs)?,
-            chain_first: dev.upload(&chains.first)?,
-            chain_next: dev.upload(&chains.next)?,
-        })
-    }
-}
-
 /// Attention rows (`cpu::attention::AttnRow`) on the device: six `i32` per row, and the longest
 /// query and key spans (the padded batched layout's sizes).
 pub(super) struct DevRows {
@@ -224,21 +218,162 @@ pub(super) struct DevRows {
     pub max_k: usize,
 }
 
-impl DevRows {
-    pub fn upload(dev: &Dev, rows: &[AttnRow]) -> Result<DevRows, BackendError> {
-        let mut desc = Vec::with_capacity(rows.len() * 6);
-        for r in rows {
-            for v in r.fields() {
-                desc.push(i32::try_from(v).map_err(|_| {
-                    BackendError::BadBatch(format!("attention span {v} exceeds i32"))
-                })?);
-            }
+/// One logits chunk's scored tokens on the device (`inputs::ChunkParts`).
+pub(super) struct DevChunk {
+    pub len: usize,
+    pub index: CudaSlice<u32>,
+    pub targets: CudaSlice<u32>,
+    pub first: CudaSlice<i32>,
+    pub next: CudaSlice<i32>,
+}
+
+/// The device copies of a micro-batch's inputs (`inputs::BatchInputs`), per architecture (one
+/// per micro-batch, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+pub(super) enum DevModel {
+    Dec {
+        stream: DevStream,
+        rows: DevRows,
+    },
+    Red {
+        enc: DevStream,
+        dec: DevStream,
+        enc_rows: DevRows,
+        dec_rows: DevRows,
+        cross_rows: DevRows,
+    },
+}
+
+pub(super) struct DevInputs {
+    pub model: DevModel,
+    pub chunks: Vec<DevChunk>,
+    pub rope: DevRope,
+}
+
+/// The word array on the device, and typed copies of its parts.
+struct Arena<'d> {
+    dev: &'d Dev<'d>,
+    words: CudaSlice<u32>,
+}
+
+impl Arena<'_> {
+    /// A device copy of `part`'s words as `T` (`u32`, `i32` or `f32`: 4-byte values whose words
+    /// hold their bits). The copy stays on the device.
+    fn take<T: DeviceRepr>(&self, part: Part) -> Result<CudaSlice<T>, BackendError> {
+        const { assert!(std::mem::size_of::<T>() == 4) };
+        let end = part.offset + part.len;
+        if part.len == 0 || end > self.words.len() {
+            return Err(BackendError::Device(format!(
+                "internal: input part {}..{end} of {} words",
+                part.offset,
+                self.words.len()
+            )));
         }
-        Ok(DevRows {
-            desc: dev.upload(&desc)?,
-            rows: rows.len(),
-            max_q: rows.iter().map(|r| r.q_len).max().unwrap_or(0),
-            max_k: rows.iter().map(|r| r.k_len).max().unwrap_or(0),
+        let view = self.words.slice(part.offset..end);
+        // SAFETY: every `T` here is a 4-byte type for which any bit pattern is valid, and the
+        // view has exactly `part.len` words.
+        let view = unsafe { view.transmute::<T>(part.len) }.ok_or_else(|| {
+            BackendError::Device("internal: an input part does not fit its words".into())
+        })?;
+        // SAFETY: the copy below writes all `part.len` values before anything reads them.
+        let mut out = unsafe { self.dev.stream.alloc::<T>(part.len) }?;
+        self.dev.stream.memcpy_dtod(&view, &mut out)?;
+        Ok(out)
+    }
+
+    fn stream(&self, p: &StreamParts) -> Result<DevStream, BackendError> {
+        Ok(DevStream {
+            len: p.len,
+            tokens: self.take(p.tokens)?,
+            rows: self.take(p.rows)?,
+            positions: self.take(p.positions)?,
+            docs: self.take(p.docs)?,
+            chain_first: self.take(p.chain_first)?,
+            chain_next: self.take(p.chain_next)?,
         })
+    }
+
+    fn rows(&self, p: &RowsParts) -> Result<DevRows, BackendError> {
+        Ok(DevRows {
+            desc: self.take(p.desc)?,
+            rows: p.rows,
+            max_q: p.max_q,
+            max_k: p.max_k,
+        })
+    }
+}
+
+impl DevInputs {
+    /// Copies the words to the device in one transfer (asynchronous from pinned memory) and
+    /// splits them into the typed buffers the model reads (device-to-device copies, on the
+    /// same stream). `None` when nothing is scored (there is nothing to upload).
+    pub fn upload(
+        dev: &Dev,
+        inputs: &BatchInputs,
+        words: Words<'_>,
+    ) -> Result<Option<DevInputs>, BackendError> {
+        if inputs.model == ModelParts::Empty {
+            return Ok(None);
+        }
+        let n = match words {
+            Words::Pinned(p) => p.len(),
+            Words::Host(w) => w.len(),
+        };
+        if n < inputs.words.len() || n == 0 {
+            return Err(BackendError::Device(format!(
+                "internal: {n} staged words for {} words of inputs",
+                inputs.words.len()
+            )));
+        }
+        // SAFETY: the copy below writes the first `n` words; parts read only below
+        // `inputs.words.len() <= n`.
+        let mut device = unsafe { dev.stream.alloc::<u32>(n) }?;
+        match words {
+            Words::Pinned(p) => dev.stream.memcpy_htod(p, &mut device)?,
+            Words::Host(w) => dev.stream.memcpy_htod(w, &mut device)?,
+        }
+        let arena = Arena { dev, words: device };
+        let model = match &inputs.model {
+            ModelParts::Empty => return Ok(None),
+            ModelParts::Dec { stream, rows } => DevModel::Dec {
+                stream: arena.stream(stream)?,
+                rows: arena.rows(rows)?,
+            },
+            ModelParts::Red {
+                enc,
+                dec,
+                enc_rows,
+                dec_rows,
+                cross_rows,
+            } => DevModel::Red {
+                enc: arena.stream(enc)?,
+                dec: arena.stream(dec)?,
+                enc_rows: arena.rows(enc_rows)?,
+                dec_rows: arena.rows(dec_rows)?,
+                cross_rows: arena.rows(cross_rows)?,
+            },
+        };
+        let chunks = inputs
+            .chunks
+            .iter()
+            .map(|c| {
+                Ok(DevChunk {
+                    len: c.index.len,
+                    index: arena.take(c.index)?,
+                    targets: arena.take(c.targets)?,
+                    first: arena.take(c.first)?,
+                    next: arena.take(c.next)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        let rope = DevRope {
+            cos: arena.take(inputs.rope_cos)?,
+            sin: arena.take(inputs.rope_sin)?,
+        };
+        Ok(Some(DevInputs {
+            model,
+            chunks,
+            rope,
+        }))
     }
 }

@@ -23,6 +23,12 @@
 //!   chunks; the same dropout masks as the CPU).
 //! - `resident`: `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state
 //!   stay on the GPU for a whole `redpack train` run.
+//! - `inputs` and `staging`: a micro-batch's model inputs (streams, attention rows, scored
+//!   tokens, RoPE tables) built on the host and packed into one word array; the `Stager` that
+//!   builds them on the data loader's thread into pinned buffers, so a step's inputs reach the
+//!   device in one asynchronous copy.
+//! - `lt`: cuBLASLt products with a plan (descriptors and algorithm) cached per shape
+//!   (`REDPACK_CUDA_BLAS=lt`).
 //! - `profile`: an opt-in time table by kernel and product shape (`REDPACK_CUDA_PROFILE=1`).
 //!
 //! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
@@ -34,6 +40,7 @@
 mod backend;
 pub mod blas;
 mod device;
+pub mod inputs;
 pub mod kernels;
 pub mod launch;
 pub mod launch_adafactor;
@@ -48,6 +55,7 @@ pub mod probe;
 pub mod products;
 pub mod profile;
 mod resident;
+mod staging;
 
 pub use backend::CudaBackend;
 pub use blas::Precision;

@@ -1,25 +1,21 @@
 //! Both architectures on the GPU, composed as `cpu::model` and `cpu::stack` compose them: the
 //! same streams, attention rows, scored tokens, block order, parameter indices and dropout sites
-//! (the host builds the streams with the CPU code and uploads them).
+//! (the host builds the streams with the CPU code, `inputs.rs`, and they reach the device in one
+//! copy before the step). Nothing in a step waits for the device until the losses are read back
+//! after the last backward launch.
 
-use cudarc::driver::CudaSlice;
-
-use super::device::{operand, Buf, Dev, DevRows, DevStream};
-use super::launch_tokens::TokenChains;
+use super::device::{operand, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
+use super::inputs::{chunk_len, BatchInputs};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
+    AttnCache, DevAttn, Dims, DropSite, FfnCache,
 };
 use super::products;
-use crate::backend::cpu::ops::Rope;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
-use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
+use crate::backend::cpu::stream::Scored;
 use crate::backend::BackendError;
-use crate::batch::{Batch, LossStats, StepOptions};
-use crate::config::{Arch, ModelConfig};
-
-/// Logits held at once: `chunk x vocab` f32 values (64 Mi, 256 MiB).
-const LOGITS_BUDGET: usize = 1 << 26;
+use crate::batch::{LossStats, StepOptions};
+use crate::config::ModelConfig;
 
 enum Cache {
     Attn(Box<AttnCache>),
@@ -209,9 +205,43 @@ fn stack_backward(
     Ok(())
 }
 
+/// Each logits chunk's cross-entropy and z-loss values, on the device until `Losses::read`.
+struct Losses(Vec<(Buf, Buf)>);
+
+impl Losses {
+    /// Reads the values back (this waits for the device) and sums them per row as
+    /// `cpu::loss::logits_loss` does.
+    fn read(
+        &self,
+        dev: &Dev,
+        config: &ModelConfig,
+        scored: &[Scored],
+        rows: usize,
+    ) -> Result<LossStats, BackendError> {
+        let mut stats = LossStats {
+            row_loss: vec![0.0; rows],
+            row_tokens: vec![0; rows],
+            ..LossStats::default()
+        };
+        for (chunk, (ce, z)) in scored.chunks(chunk_len(config.vocab_size)).zip(&self.0) {
+            let ce_h = dev.download(ce)?;
+            let z_h = dev.download(z)?;
+            for ((s, &ce), &z) in chunk.iter().zip(&ce_h).zip(&z_h) {
+                stats.loss_sum += ce as f64;
+                stats.z_loss_sum += z as f64;
+                stats.tokens += 1;
+                stats.row_loss[s.row] += ce as f64;
+                stats.row_tokens[s.row] += 1;
+            }
+        }
+        Ok(stats)
+    }
+}
+
 /// Logits, cross-entropy and z-loss of the scored tokens (`cpu::loss::logits_loss`), in chunks
-/// so that `chunk x vocab` logits are the most ever held. With `d_embed`, adds the embedding's
-/// output-side gradient and returns the gradient w.r.t. `hidden`.
+/// (`inputs::chunk_len`) so that `chunk x vocab` logits are the most ever held. With `d_embed`,
+/// adds the embedding's output-side gradient and returns the gradient w.r.t. `hidden`. The
+/// losses stay on the device (`Losses`), so the backward launches follow without a wait.
 #[allow(clippy::too_many_arguments)]
 fn score(
     dev: &Dev,
@@ -220,35 +250,25 @@ fn score(
     mut d_embed: Option<&mut Buf>,
     hidden: &Buf,
     hidden_tokens: usize,
-    scored: &[Scored],
-    rows: usize,
+    chunks: &[DevChunk],
     z_loss: f32,
-) -> Result<(LossStats, Option<Buf>), BackendError> {
+) -> Result<(Losses, Option<Buf>), BackendError> {
     let (d, vocab) = (config.d_model, config.vocab_size);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut stats = LossStats {
-        row_loss: vec![0.0; rows],
-        row_tokens: vec![0; rows],
-        ..LossStats::default()
-    };
     let mut d_hidden = match d_embed {
         Some(_) => Some(dev.zeros(hidden_tokens * d)?),
         None => None,
     };
-    let chunk_len = (LOGITS_BUDGET / vocab).clamp(1, 8192);
     // Every chunk's products read the embedding: round it to bf16 once (in the bf16 mode).
     let embed_copy = dev.product_copy(embed)?;
     let embed_op = operand(embed, &embed_copy);
     let mut losses = Vec::new();
-    for chunk in scored.chunks(chunk_len) {
-        let c = chunk.len();
-        let index: Vec<u32> = chunk.iter().map(|s| s.index as u32).collect();
-        let targets: Vec<u32> = chunk.iter().map(|s| s.target).collect();
-        let index_d = dev.upload(&index)?;
-        let targets_d = dev.upload(&targets)?;
+    for chunk in chunks {
+        let c = chunk.len;
         // Scratch: the gather writes all of `h`, the product (beta 0) all of the logits.
         let mut h = dev.scratch(c * d)?;
-        dev.kernels.embedding_forward(hidden, &index_d, &mut h, d)?;
+        dev.kernels
+            .embedding_forward(hidden, &chunk.index, &mut h, d)?;
         // logits (c x vocab) = h · Eᵀ · d^-0.5
         let mut logits = dev.scratch(c * vocab)?;
         let h_copy = dev.product_copy(&h)?;
@@ -263,9 +283,14 @@ fn score(
         let mut ce = dev.zeros(c)?;
         let mut z = dev.zeros(c)?;
         dev.kernels.cross_entropy_forward(
-            &logits, &targets_d, &mut log_z, &mut ce, &mut z, vocab, z_loss,
+            &logits,
+            &chunk.targets,
+            &mut log_z,
+            &mut ce,
+            &mut z,
+            vocab,
+            z_loss,
         )?;
-        // Read back after the loop: a download here would stall the stream every chunk.
         losses.push((ce, z));
         let (Some(de), Some(dh_all)) = (d_embed.as_deref_mut(), d_hidden.as_mut()) else {
             continue;
@@ -273,7 +298,7 @@ fn score(
         // The logits become d(ce + z)/d(h · Eᵀ) in place.
         dev.kernels.cross_entropy_backward(
             &mut logits,
-            &targets_d,
+            &chunk.targets,
             &log_z,
             vocab,
             z_loss,
@@ -292,36 +317,35 @@ fn score(
         // dE (vocab x d) += Gᵀ · h
         dev.product(products::logits_d_embed(c, vocab, d), g_op, h_op, de)?;
         // Scatter into the scored rows of d_hidden (each at most once per chunk).
-        let chains = TokenChains::new(&index);
-        let first: CudaSlice<i32> = dev.upload(&chains.first)?;
-        let next: CudaSlice<i32> = dev.upload(&chains.next)?;
         dev.kernels
-            .embedding_backward(&dh, &index_d, &first, &next, dh_all, d)?;
+            .embedding_backward(&dh, &chunk.index, &chunk.first, &chunk.next, dh_all, d)?;
     }
-    for (chunk, (ce, z)) in scored.chunks(chunk_len).zip(&losses) {
-        let ce_h = dev.download(ce)?;
-        let z_h = dev.download(z)?;
-        for ((s, &ce), &z) in chunk.iter().zip(&ce_h).zip(&z_h) {
-            stats.loss_sum += ce as f64;
-            stats.z_loss_sum += z as f64;
-            stats.tokens += 1;
-            stats.row_loss[s.row] += ce as f64;
-            stats.row_tokens[s.row] += 1;
-        }
-    }
-    Ok((stats, d_hidden))
+    Ok((Losses(losses), d_hidden))
+}
+
+fn no_hidden_gradient() -> BackendError {
+    BackendError::Device("internal: no hidden-state gradient".into())
 }
 
 /// Forward (and, with `grads`, backward: gradients are *added* into `grads`) of a whole model
-/// over a batch already validated by the caller. `params` and `grads` are in checkpoint order.
+/// over a micro-batch whose inputs were built from a batch the caller validated. `params` and
+/// `grads` are in checkpoint order; `words` holds `inputs.words` (staged in pinned memory, or
+/// the vector itself).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_model(
     dev: &Dev,
     config: &ModelConfig,
     params: &[Buf],
-    batch: &Batch,
+    inputs: &BatchInputs,
+    words: Words<'_>,
     options: &StepOptions,
     grads: Option<&mut [Buf]>,
 ) -> Result<LossStats, BackendError> {
+    if inputs.arch != config.arch || inputs.options != options.into() {
+        return Err(BackendError::Device(
+            "internal: the batch's inputs were built for another model or options".into(),
+        ));
+    }
     let training = grads.is_some();
     let dims = Dims {
         d: config.d_model,
@@ -333,48 +357,40 @@ pub(super) fn run_model(
     let dropout =
         (training && options.dropout > 0.0).then_some((options.dropout, options.dropout_seed));
     let reset = options.reset_at_doc_boundaries;
-    let empty = LossStats {
-        row_loss: vec![0.0; batch.rows],
-        row_tokens: vec![0; batch.rows],
-        ..LossStats::default()
+    let Some(staged) = DevInputs::upload(dev, inputs, words)? else {
+        // Nothing is scored: the loss is empty and every gradient is zero.
+        return Ok(LossStats {
+            row_loss: vec![0.0; inputs.rows],
+            row_tokens: vec![0; inputs.rows],
+            ..LossStats::default()
+        });
     };
-    let rope_host = Rope::new(config.head_dim, config.rope_base, batch.seq + 1);
-    let (cos, sin) = rope_host.tables();
-    let upload_rope = || -> Result<DevRope, BackendError> {
-        Ok(DevRope {
-            cos: dev.upload(cos)?,
-            sin: dev.upload(sin)?,
-        })
+    let rope = &staged.rope;
+    // The scored tokens' losses (and, training, the gradient w.r.t. the top stack's output).
+    let score = |output: &Buf, stream: &DevStream, d_embed: Option<&mut Buf>| {
+        score(
+            dev,
+            config,
+            &params[0],
+            d_embed,
+            output,
+            stream.len,
+            &staged.chunks,
+            options.z_loss,
+        )
     };
-    match config.arch {
-        Arch::Dec => {
-            let stream = Stream::dec_input(batch);
-            let first_target = |r: usize| match options.loss_on_prefix {
-                true => 1,
-                false => batch.prefix_len[r],
-            };
-            let scored = scored_tokens(batch, &stream, first_target);
-            if scored.is_empty() {
-                // Nothing is scored: the loss is empty and every gradient is zero.
-                return Ok(empty);
-            }
-            let bidirectional = |r: usize| match options.bidirectional_prefix {
-                true => batch.prefix_len[r],
-                false => 0,
-            };
-            let rows = DevRows::upload(dev, &stream.self_rows(true, &bidirectional))?;
-            let ds = DevStream::upload(dev, &stream)?;
-            let rope = upload_rope()?;
+    let losses = match &staged.model {
+        DevModel::Dec { stream, rows } => {
             let env = StackEnv {
                 dims,
                 params,
-                stream: &ds,
+                stream,
                 self_spec: DevAttn {
-                    queries: &ds,
-                    keys: &ds,
-                    rows: &rows,
+                    queries: stream,
+                    keys: stream,
+                    rows,
                     docs: reset,
-                    rope: &rope,
+                    rope,
                     out_norm: false,
                 },
                 cross: None,
@@ -383,63 +399,32 @@ pub(super) fn run_model(
             let plan = Plan::plain(1, config.layers, 0);
             let run = stack_forward(dev, &env, &plan, training)?;
             match grads {
-                None => {
-                    let (stats, _) = score(
-                        dev,
-                        config,
-                        &params[0],
-                        None,
-                        &run.output,
-                        ds.len,
-                        &scored,
-                        batch.rows,
-                        options.z_loss,
-                    )?;
-                    Ok(stats)
-                }
+                None => score(&run.output, stream, None)?.0,
                 Some(grads) => {
-                    let (stats, d_out) = score(
-                        dev,
-                        config,
-                        &params[0],
-                        Some(&mut grads[0]),
-                        &run.output,
-                        ds.len,
-                        &scored,
-                        batch.rows,
-                        options.z_loss,
-                    )?;
-                    let d_out = d_out.ok_or_else(|| {
-                        BackendError::Device("internal: no hidden-state gradient".into())
-                    })?;
+                    let (losses, d_out) = score(&run.output, stream, Some(&mut grads[0]))?;
+                    let d_out = d_out.ok_or_else(no_hidden_gradient)?;
                     stack_backward(dev, &env, &plan, &run, &d_out, grads, None)?;
-                    Ok(stats)
+                    losses
                 }
             }
         }
-        Arch::Red => {
-            let enc_stream = Stream::encoder_input(batch);
-            let dec_stream = Stream::red_decoder_input(batch);
-            let scored = scored_tokens(batch, &dec_stream, |r| batch.prefix_len[r]);
-            if scored.is_empty() {
-                return Ok(empty);
-            }
-            let enc_rows = DevRows::upload(dev, &enc_stream.self_rows(false, &|_| 0))?;
-            let dec_rows = DevRows::upload(dev, &dec_stream.self_rows(true, &|_| 0))?;
-            let cross_rows = DevRows::upload(dev, &dec_stream.cross_rows(&enc_stream))?;
-            let enc = DevStream::upload(dev, &enc_stream)?;
-            let dec = DevStream::upload(dev, &dec_stream)?;
-            let rope = upload_rope()?;
+        DevModel::Red {
+            enc,
+            dec,
+            enc_rows,
+            dec_rows,
+            cross_rows,
+        } => {
             let enc_env = StackEnv {
                 dims,
                 params,
-                stream: &enc,
+                stream: enc,
                 self_spec: DevAttn {
-                    queries: &enc,
-                    keys: &enc,
-                    rows: &enc_rows,
+                    queries: enc,
+                    keys: enc,
+                    rows: enc_rows,
                     docs: reset,
-                    rope: &rope,
+                    rope,
                     out_norm: true,
                 },
                 cross: None,
@@ -450,22 +435,22 @@ pub(super) fn run_model(
             let dec_env = StackEnv {
                 dims,
                 params,
-                stream: &dec,
+                stream: dec,
                 self_spec: DevAttn {
-                    queries: &dec,
-                    keys: &dec,
-                    rows: &dec_rows,
+                    queries: dec,
+                    keys: dec,
+                    rows: dec_rows,
                     docs: reset,
-                    rope: &rope,
+                    rope,
                     out_norm: true,
                 },
                 cross: Some((
                     DevAttn {
-                        queries: &dec,
-                        keys: &enc,
-                        rows: &cross_rows,
+                        queries: dec,
+                        keys: enc,
+                        rows: cross_rows,
                         docs: reset,
-                        rope: &rope,
+                        rope,
                         out_norm: true,
                     },
                     &enc_run.output,
@@ -475,35 +460,10 @@ pub(super) fn run_model(
             let dec_plan = Plan::red_decoder(enc_plan.final_norm + 1, config.decoder_layers, 2);
             let dec_run = stack_forward(dev, &dec_env, &dec_plan, training)?;
             match grads {
-                None => {
-                    let (stats, _) = score(
-                        dev,
-                        config,
-                        &params[0],
-                        None,
-                        &dec_run.output,
-                        dec.len,
-                        &scored,
-                        batch.rows,
-                        options.z_loss,
-                    )?;
-                    Ok(stats)
-                }
+                None => score(&dec_run.output, dec, None)?.0,
                 Some(grads) => {
-                    let (stats, d_out) = score(
-                        dev,
-                        config,
-                        &params[0],
-                        Some(&mut grads[0]),
-                        &dec_run.output,
-                        dec.len,
-                        &scored,
-                        batch.rows,
-                        options.z_loss,
-                    )?;
-                    let d_out = d_out.ok_or_else(|| {
-                        BackendError::Device("internal: no hidden-state gradient".into())
-                    })?;
+                    let (losses, d_out) = score(&dec_run.output, dec, Some(&mut grads[0]))?;
+                    let d_out = d_out.ok_or_else(no_hidden_gradient)?;
                     let mut d_enc = dev.zeros(enc.len * dims.d)?;
                     stack_backward(
                         dev,
@@ -515,9 +475,10 @@ pub(super) fn run_model(
                         Some(&mut d_enc),
                     )?;
                     stack_backward(dev, &enc_env, &enc_plan, &enc_run, &d_enc, grads, None)?;
-                    Ok(stats)
+                    losses
                 }
             }
         }
-    }
+    };
+    losses.read(dev, config, &inputs.scored, inputs.rows)
 }

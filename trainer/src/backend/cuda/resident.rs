@@ -11,8 +11,11 @@ use cudarc::driver::CudaSlice;
 use super::backend::CudaBackend;
 use super::device::Buf;
 use super::launch_adafactor::{AdafactorScratch, AdafactorStep, DeviceMoment};
-use crate::backend::{BackendError, ResidentTraining};
-use crate::batch::{Batch, LossStats, StepOptions};
+use std::sync::Arc;
+
+use super::staging::StagedInputs;
+use crate::backend::{BackendError, MicroBatch, ResidentTraining, Stager};
+use crate::batch::{LossStats, StepOptions};
 use crate::config::ModelConfig;
 use crate::optim::adafactor::{beta2, state_name, Adafactor, AdafactorConfig, UpdateStats};
 use crate::params::{ParamStore, Tensor};
@@ -113,16 +116,23 @@ impl ResidentTraining for CudaBackend {
         Ok(())
     }
 
+    fn stager(&self, config: &ModelConfig, options: &StepOptions) -> Option<Arc<dyn Stager>> {
+        Some(Arc::new(self.make_stager(config, options)))
+    }
+
     fn accumulate(
         &mut self,
         config: &ModelConfig,
-        micro_batches: &[(&Batch, StepOptions)],
+        micro_batches: &[MicroBatch<'_>],
     ) -> Result<Vec<LossStats>, BackendError> {
         self.optimizer_mut()?;
         self.zero_grads()?;
         micro_batches
             .iter()
-            .map(|(batch, options)| self.forward_backward_resident(config, batch, options))
+            .map(|mb| {
+                let staged = mb.staged.and_then(|s| s.downcast_ref::<StagedInputs>());
+                self.forward_backward_staged(config, mb.batch, &mb.options, staged)
+            })
             .collect()
     }
 
