@@ -231,6 +231,11 @@ impl CudaBackend {
             Some(&mut grads),
         );
         self.grads = grads;
+        if result.is_err() {
+            // The staged words may still be on their way to the device; the caller drops the
+            // staged batch (and its pinned buffer goes back to the pool) once this returns.
+            let _ = self.stream.synchronize();
+        }
         let stats = result?;
         self.check_async_errors()?;
         Ok(stats)

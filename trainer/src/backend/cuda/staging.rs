@@ -6,9 +6,12 @@
 //!
 //! Pinned buffers come from a pool and go back to it when the staged batch is dropped, so a run
 //! allocates a handful (the loader's prefetch depth plus the micro-batches of a step) and then
-//! reuses them. Before a buffer is written again, cudarc waits for the event recorded after its
-//! last copy, so a copy still in flight is never overwritten. When pinned memory cannot be had,
-//! the staged batch keeps its words in an ordinary vector and the step copies from there.
+//! reuses them. A buffer must not be written while the copy out of it is in flight: the step
+//! that uses a staged batch returns only once the device is past that copy (it reads the losses
+//! back, or on an error synchronizes the stream: `CudaBackend::forward_backward_staged`), and
+//! the batch is dropped after that. (cudarc's own per-buffer event is not recorded, as the
+//! backend turns cudarc's event tracking off.) When pinned memory cannot be had, the staged
+//! batch keeps its words in an ordinary vector and the step copies from there.
 
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +59,7 @@ impl Pool {
                 b
             }
         };
-        // Waits for the last copy out of this buffer to finish.
+        // No copy out of a pooled buffer is in flight (see the module docs).
         let slice = buffer.as_mut_slice().ok()?;
         slice[..words.len()].copy_from_slice(words);
         Some(buffer)

@@ -7,7 +7,9 @@
 // ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len, causal, bidirectional
 // prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to the keys of its own
 // document. Scores, the softmax and every accumulator stay f32. A query that sees no key outputs
-// zeros. Tiles reach shared memory through `cp.async` (16 bytes per copy, rows past a row's end
+// zeros. A warp whose whole tile is visible (inside the row, below the causal diagonal or inside
+// the bidirectional prefix, one document) skips the per-score test (`all_visible`); the results
+// are the same bits either way. Tiles reach shared memory through `cp.async` (16 bytes per copy, rows past a row's end
 // zero-filled), so a block keeps every load of a tile in flight at once.
 //
 // The softmax runs in base 2: `scale_log2 = scale · log2(e)`, and the log-sum-exp that the
@@ -66,6 +68,36 @@ __device__ __forceinline__ int key_end(const RowDesc& row, int i0, int i1) {
 __device__ __forceinline__ int query_begin(const RowDesc& row, int j0) {
     if (!row.causal || j0 < row.prefix) return 0;
     return j0;
+}
+
+// Whether every query in [q0, q1) sees every key in [k0, k1) (non-empty ranges of row indices):
+// both inside the row, no causal cut between them, and one document for all. Document indices
+// never decrease along a row, so equal ends mean one document throughout. A tile for which this
+// holds skips the per-score test (`Full<true>`), which would pass everywhere.
+__device__ __forceinline__ bool all_visible(const RowDesc& row, int q0, int q1, int k0, int k1,
+                                            const u32* q_doc, const u32* k_doc) {
+    if (q1 > row.q_len || k1 > row.k_len) return false;
+    if (row.causal && k1 - 1 > q0 && !(q1 <= row.prefix && k1 <= row.prefix)) return false;
+    if (q_doc) {
+        u32 d = q_doc[row.q_start + q0];
+        return q_doc[row.q_start + q1 - 1] == d && k_doc[row.k_start + k0] == d &&
+               k_doc[row.k_start + k1 - 1] == d;
+    }
+    return true;
+}
+
+// A compile-time flag for the two versions of a score loop: `Full<true>` for a tile whose
+// scores are all visible (no test), `Full<false>` for one that tests each score.
+template <bool B>
+struct Full {
+    static constexpr bool value = B;
+};
+
+// Whether query i sees key j, where `F::value` says the whole tile is visible.
+template <typename F>
+__device__ __forceinline__ bool visible(F, const RowDesc& row, int i, int j, const u32* q_doc,
+                                        const u32* k_doc) {
+    return F::value || (i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc));
 }
 
 __device__ __forceinline__ u32 pack2(float lo, float hi) {
@@ -194,6 +226,76 @@ __device__ __forceinline__ u32 column_pair(const bf16_bits* tile, int stride, in
     return pack2_bits(tile[k * stride + col], tile[(k + 1) * stride + col]);
 }
 
+// The three kernels' per-score steps, each in two versions (`Full<true>`: the warp's whole tile
+// is visible, so no score is tested). Lane (g, t) holds, per n-tile nt, the scores of query
+// rows a and b (elements 0-1 and 2-3) at columns nt·8 + 2t and nt·8 + 2t + 1.
+
+// Forward: masks and scales the scores `s` (16 queries x NT·8 keys from j0), and raises the
+// row maxima `xa`, `xb`. `__fmul_rn` keeps the scaling from fusing with the later subtraction,
+// so both versions round alike.
+template <typename F, int NT>
+__device__ __forceinline__ void scale_scores(F full, float (&s)[NT][4], const RowDesc& row, int qa,
+                                             int qb, int j0, int t, float scale_log2,
+                                             const u32* q_doc, const u32* k_doc, float& xa,
+                                             float& xb) {
+    #pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        #pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int i = e < 2 ? qa : qb;
+            int j = j0 + nt * 8 + 2 * t + (e & 1);
+            float x = visible(full, row, i, j, q_doc, k_doc) ? __fmul_rn(s[nt][e], scale_log2)
+                                                              : NEG_INF;
+            s[nt][e] = x;
+            if (e < 2) xa = fmaxf(xa, x);
+            else xb = fmaxf(xb, x);
+        }
+    }
+}
+
+// dK/dV: the probabilities Pᵀ (keys a and b x NT·8 queries from i0) from the scores in `p`
+// and the queries' log-sum-exps `lse_s` (indexed from i0).
+template <typename F, int NT>
+__device__ __forceinline__ void key_probabilities(F full, float (&p)[NT][4], const RowDesc& row,
+                                                  int ka, int kb, int i0, int t,
+                                                  const float* lse_s, float scale_log2,
+                                                  const u32* q_doc, const u32* k_doc) {
+    #pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        #pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j = e < 2 ? ka : kb;
+            int ii = nt * 8 + 2 * t + (e & 1);
+            int i = i0 + ii;
+            bool on = visible(full, row, i, j, q_doc, k_doc);
+            float l = lse_s[ii];
+            p[nt][e] = on && l != POS_INF ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+        }
+    }
+}
+
+// dQ: dS = P ⊙ (dP - delta) · scale into `p` (queries a and b x NT·8 keys from j0), from the
+// scores in `p`, `dp` and the two queries' log-sum-exps `ls` and deltas `dls`.
+template <typename F, int NT>
+__device__ __forceinline__ void score_grads(F full, float (&p)[NT][4], const float (&dp)[NT][4],
+                                            const RowDesc& row, int qa, int qb, int j0, int t,
+                                            const float (&ls)[2], const float (&dls)[2],
+                                            float scale, float scale_log2, const u32* q_doc,
+                                            const u32* k_doc) {
+    #pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        #pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int i = e < 2 ? qa : qb;
+            int j = j0 + nt * 8 + 2 * t + (e & 1);
+            float l = ls[e >> 1];
+            bool on = l != POS_INF && visible(full, row, i, j, q_doc, k_doc);
+            float pr = on ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+            p[nt][e] = pr * (dp[nt][e] - dls[e >> 1]) * scale;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: one block per (64 queries, head, row); each warp owns 16 queries and walks the key
 // tiles with the online softmax.
@@ -277,18 +379,11 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
         // Mask and scale, then the online softmax per query row (a row's 64 scores are spread
         // over the 4 lanes of its group).
         float xa = NEG_INF, xb = NEG_INF;
-        #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e < 2 ? qa : qb;
-                int j = j0 + nt * 8 + 2 * t + (e & 1);
-                bool on = i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc);
-                float x = on ? s[nt][e] * scale_log2 : NEG_INF;
-                s[nt][e] = x;
-                if (e < 2) xa = fmaxf(xa, x);
-                else xb = fmaxf(xb, x);
-            }
+        const int wq = i0 + warp * 16;  // the warp's first query
+        if (all_visible(row, wq, wq + 16, j0, j0 + FA_BK, q_doc, k_doc)) {
+            scale_scores(Full<true>(), s, row, qa, qb, j0, t, scale_log2, q_doc, k_doc, xa, xb);
+        } else {
+            scale_scores(Full<false>(), s, row, qa, qb, j0, t, scale_log2, q_doc, k_doc, xa, xb);
         }
         xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
         xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
@@ -497,17 +592,11 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
                 }
             }
         }
-        #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int j = e < 2 ? ka : kb;
-                int ii = nt * 8 + 2 * t + (e & 1);
-                int i = i0 + ii;
-                bool on = i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc);
-                float l = lse_s[ii];
-                p[nt][e] = on && l != POS_INF ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
-            }
+        if (all_visible(row, i0, i0 + FB_BQ, j0 + wk, j0 + wk + 16, q_doc, k_doc)) {
+            key_probabilities(Full<true>(), p, row, ka, kb, i0, t, lse_s, scale_log2, q_doc, k_doc);
+        } else {
+            key_probabilities(Full<false>(), p, row, ka, kb, i0, t, lse_s, scale_log2, q_doc,
+                              k_doc);
         }
         // dV += Pᵀ dO (k over the tile's queries).
         #pragma unroll
@@ -713,18 +802,14 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
                 }
             }
         }
-        #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e < 2 ? qa : qb;
-                int j = j0 + nt * 8 + 2 * t + (e & 1);
-                float l = e < 2 ? la : lb;
-                bool on = i < row.q_len && j < row.k_len && l != POS_INF &&
-                          sees(row, i, j, q_doc, k_doc);
-                float pr = on ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
-                p[nt][e] = pr * (dp[nt][e] - (e < 2 ? dla : dlb)) * scale;
-            }
+        const int wq = i0 + warp * 16;  // the warp's first query
+        const float ls[2] = {la, lb}, dls[2] = {dla, dlb};
+        if (all_visible(row, wq, wq + 16, j0, j0 + FQ_BK, q_doc, k_doc)) {
+            score_grads(Full<true>(), p, dp, row, qa, qb, j0, t, ls, dls, scale, scale_log2, q_doc,
+                        k_doc);
+        } else {
+            score_grads(Full<false>(), p, dp, row, qa, qb, j0, t, ls, dls, scale, scale_log2, q_doc,
+                        k_doc);
         }
         // dQ += dS K (k over the tile's keys).
         #pragma unroll
