@@ -24,7 +24,8 @@
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), with
 #      cublasGemmEx and with cuBLASLt's cached plans, 5. the same models in PyTorch (eager and torch.compile,
-#      bf16), 6. compute-sanitizer memcheck on the kernels and tiny steps, 7. the 1B models and
+#      bf16), 6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on
+#      the steps), 7. the 1B models and
 #      the f32 mode's throughput, 8. a side-by-side table. About 4 minutes on an H200; the whole
 #      run stops at GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
 set -uo pipefail
@@ -197,6 +198,11 @@ run() {
         --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
         redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
+    # initcheck: no kernel or product reads device memory nothing wrote (the step's outputs that
+    # a kernel or a beta-0 product fills are allocated without zeroing).
+    [ -n "$sanitizer" ] && wanted memcheck && step initcheck-model 120 "$sanitizer" --tool initcheck \
+        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
+        redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu --test-threads=1
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1

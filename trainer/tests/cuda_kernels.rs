@@ -120,6 +120,21 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
         .unwrap();
     assert_close("rmsnorm y", &g.download(&yd), &y, 1e-5);
     assert_close("rmsnorm inv", &g.download(&invd), &inv, 1e-5);
+    // The bf16 build writes the f32 build's values rounded, bit for bit.
+    let mut yb = g.stream.alloc_zeros::<u16>(rows * width).unwrap();
+    let mut invb = g.zeros(rows);
+    k.rmsnorm_forward(&xd, Some(&gd), &mut yb, &mut invb, rows, width, eps)
+        .unwrap();
+    assert_eq!(
+        g.download(&yb),
+        g.download(&g.bf16(&yd)),
+        "rmsnorm bf16 output"
+    );
+    assert_eq!(
+        g.download(&invb),
+        g.download(&invd),
+        "rmsnorm bf16 build's inv"
+    );
     assert_close("rmsnorm dx", &g.download(&dxd), &dx, 1e-5);
     assert_close("rmsnorm dgain", &g.download(&dgd), &dgain, 1e-5);
 }
@@ -199,6 +214,17 @@ fn swiglu_matches_cpu() {
     assert_close("swiglu h", &g.download(&hd), &h, 1e-5);
     assert_close("swiglu dgate", &g.download(&dgd), &dgate, 1e-5);
     assert_close("swiglu dup", &g.download(&dud), &dup, 1e-5);
+    // The bf16 builds write the f32 builds' values rounded, bit for bit.
+    let bf16_zeros = || g.stream.alloc_zeros::<u16>(n).unwrap();
+    let (mut hb, mut dgb, mut dub) = (bf16_zeros(), bf16_zeros(), bf16_zeros());
+    g.kernels.swiglu_forward(&gd, &ud, &mut hb).unwrap();
+    g.kernels
+        .swiglu_backward(&dhd, &gd, &ud, &mut dgb, &mut dub)
+        .unwrap();
+    for (name, got, f32_out) in [("h", &hb, &hd), ("dgate", &dgb, &dgd), ("dup", &dub, &dud)] {
+        let want = g.download(&g.bf16(f32_out));
+        assert_eq!(g.download(got), want, "swiglu bf16 {name}");
+    }
 }
 
 #[test]

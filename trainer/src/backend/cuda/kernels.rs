@@ -43,13 +43,22 @@ pub const KERNELS: &[KernelSource] = &[
         "norm",
         [
             "rmsnorm_forward",
+            "rmsnorm_forward_bf16",
             "rmsnorm_backward",
             "rmsnorm_gain_partial",
             "rmsnorm_gain_final"
         ]
     ),
     kernel_source!("rope", ["rope_apply"]),
-    kernel_source!("swiglu", ["swiglu_forward", "swiglu_backward"]),
+    kernel_source!(
+        "swiglu",
+        [
+            "swiglu_forward",
+            "swiglu_forward_bf16",
+            "swiglu_backward",
+            "swiglu_backward_bf16"
+        ]
+    ),
     kernel_source!(
         "softmax",
         ["masked_softmax_forward", "masked_softmax_backward"]

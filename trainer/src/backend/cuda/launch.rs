@@ -41,6 +41,25 @@ pub(super) fn driver(what: impl Into<String>) -> impl FnOnce(DriverError) -> Lau
     move |source| LaunchError::Driver { what, source }
 }
 
+/// An element type kernels built in two output types write: f32, or bf16 stored as `u16` (the
+/// `_bf16` entry points, whose values are those of the f32 ones rounded as `f32_to_bf16`).
+pub trait Stored: cudarc::driver::DeviceRepr {
+    /// This type's entry point of a kernel, given the f32 and the bf16 one.
+    fn entry(f32_entry: &'static str, bf16_entry: &'static str) -> &'static str;
+}
+
+impl Stored for f32 {
+    fn entry(f32_entry: &'static str, _: &'static str) -> &'static str {
+        f32_entry
+    }
+}
+
+impl Stored for u16 {
+    fn entry(_: &'static str, bf16_entry: &'static str) -> &'static str {
+        bf16_entry
+    }
+}
+
 /// A 1-D launch over `n` items, `THREADS` per block.
 pub(super) fn grid_1d(n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -129,18 +148,19 @@ impl CudaKernels {
     /// `groups` groups of `width` values: `y = x̂ (· gain)`, `inv = 1/rms` per group. Without a
     /// gain this is the per-head norm.
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm_forward(
+    pub fn rmsnorm_forward<T: Stored>(
         &self,
         x: &CudaSlice<f32>,
         gain: Option<&CudaSlice<f32>>,
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<T>,
         inv: &mut CudaSlice<f32>,
         groups: usize,
         width: usize,
         eps: f32,
     ) -> Result<(), LaunchError> {
+        let name = T::entry("rmsnorm_forward", "rmsnorm_forward_bf16");
         let (groups, width) = (groups as i32, width as i32);
-        let mut b = self.builder("rmsnorm_forward")?;
+        let mut b = self.builder(name)?;
         b.arg(x);
         match gain {
             Some(g) => b.arg(g),
@@ -148,7 +168,7 @@ impl CudaKernels {
         };
         b.arg(y).arg(inv).arg(&groups).arg(&width).arg(&eps);
         let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
-        self.run("rmsnorm_forward", &mut b, grid(blocks, 1, THREADS))
+        self.run(name, &mut b, grid(blocks, 1, THREADS))
     }
 
     /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
@@ -234,29 +254,31 @@ impl CudaKernels {
         self.run("rope_apply", &mut b, grid_1d(pairs))
     }
 
-    pub fn swiglu_forward(
+    pub fn swiglu_forward<T: Stored>(
         &self,
         gate: &CudaSlice<f32>,
         up: &CudaSlice<f32>,
-        h: &mut CudaSlice<f32>,
+        h: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {
+        let name = T::entry("swiglu_forward", "swiglu_forward_bf16");
         let n = gate.len() as i64;
-        let mut b = self.builder("swiglu_forward")?;
+        let mut b = self.builder(name)?;
         b.arg(gate).arg(up).arg(h).arg(&n);
-        self.run("swiglu_forward", &mut b, grid_1d(n as usize))
+        self.run(name, &mut b, grid_1d(n as usize))
     }
 
-    pub fn swiglu_backward(
+    pub fn swiglu_backward<T: Stored>(
         &self,
         dh: &CudaSlice<f32>,
         gate: &CudaSlice<f32>,
         up: &CudaSlice<f32>,
-        dgate: &mut CudaSlice<f32>,
-        dup: &mut CudaSlice<f32>,
+        dgate: &mut CudaSlice<T>,
+        dup: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {
+        let name = T::entry("swiglu_backward", "swiglu_backward_bf16");
         let n = dh.len() as i64;
-        let mut b = self.builder("swiglu_backward")?;
+        let mut b = self.builder(name)?;
         b.arg(dh).arg(gate).arg(up).arg(dgate).arg(dup).arg(&n);
-        self.run("swiglu_backward", &mut b, grid_1d(n as usize))
+        self.run(name, &mut b, grid_1d(n as usize))
     }
 }

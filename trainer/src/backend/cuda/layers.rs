@@ -4,7 +4,7 @@
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
 
-use super::blas::Operand;
+use super::blas::{Operand, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
 use super::launch_flash::{FlashShape, FlashVariant};
 use super::launch_model::{PackShape, PackSide};
@@ -118,6 +118,73 @@ impl Kept {
             Kept::Bf16(x) => Operand::Bf16(x),
         }
     }
+
+    /// An output of `n` values in the mode's product type, for a kernel built in both (its
+    /// `_bf16` build writes the same values rounded, so in the bf16 mode no f32 copy is
+    /// written, read back and converted).
+    ///
+    /// # Safety
+    /// The caller's kernel must write all `n` values before anything reads them.
+    unsafe fn output(dev: &Dev, n: usize) -> Result<Kept, BackendError> {
+        Ok(match dev.precision {
+            Precision::Bf16 => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n) }?),
+            Precision::F32 => Kept::F32(dev.scratch(n)?),
+        })
+    }
+
+    /// RMSNorm of `rows` rows of `x` (with `gain`), keeping `inv` for the backward pass.
+    pub fn rmsnorm(
+        dev: &Dev,
+        x: &Buf,
+        gain: &Buf,
+        inv: &mut Buf,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) -> Result<Kept, BackendError> {
+        // SAFETY: rmsnorm_forward writes every row.
+        let mut y = unsafe { Kept::output(dev, rows * width) }?;
+        let k = dev.kernels;
+        match &mut y {
+            Kept::F32(y) => k.rmsnorm_forward(x, Some(gain), y, inv, rows, width, eps)?,
+            Kept::Bf16(y) => k.rmsnorm_forward(x, Some(gain), y, inv, rows, width, eps)?,
+        }
+        Ok(y)
+    }
+
+    /// `silu(gate) · up`.
+    pub fn swiglu(dev: &Dev, gate: &Buf, up: &Buf) -> Result<Kept, BackendError> {
+        // SAFETY: swiglu_forward writes every value.
+        let mut h = unsafe { Kept::output(dev, gate.len()) }?;
+        match &mut h {
+            Kept::F32(h) => dev.kernels.swiglu_forward(gate, up, h)?,
+            Kept::Bf16(h) => dev.kernels.swiglu_forward(gate, up, h)?,
+        }
+        Ok(h)
+    }
+
+    /// SwiGLU's gradients w.r.t. gate and up, given `dh`.
+    pub fn swiglu_grads(
+        dev: &Dev,
+        dh: &Buf,
+        gate: &Buf,
+        up: &Buf,
+    ) -> Result<(Kept, Kept), BackendError> {
+        let n = dh.len();
+        // SAFETY: swiglu_backward writes every value of both.
+        let (mut dgate, mut dup) = unsafe { (Kept::output(dev, n)?, Kept::output(dev, n)?) };
+        let k = dev.kernels;
+        match (&mut dgate, &mut dup) {
+            (Kept::F32(dg), Kept::F32(du)) => k.swiglu_backward(dh, gate, up, dg, du)?,
+            (Kept::Bf16(dg), Kept::Bf16(du)) => k.swiglu_backward(dh, gate, up, dg, du)?,
+            _ => {
+                return Err(BackendError::Device(
+                    "internal: SwiGLU gradients of two types".into(),
+                ))
+            }
+        }
+        Ok((dgate, dup))
+    }
 }
 
 /// `(raw, x̂, 1/rms)` of a projection normalized per head.
@@ -129,10 +196,10 @@ fn project(
     tokens: usize,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
     let (d, da) = (dims.d, dims.da());
-    let mut raw = dev.zeros(tokens * da)?;
+    let mut raw = dev.scratch(tokens * da)?; // the product (beta 0) writes it all
     dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
-    let mut hat = dev.zeros(tokens * da)?;
-    let mut inv = dev.zeros(tokens * dims.heads)?;
+    let mut hat = dev.scratch(tokens * da)?; // rmsnorm_forward writes every group
+    let mut inv = dev.scratch(tokens * dims.heads)?;
     dev.kernels.rmsnorm_forward(
         &raw,
         None,
@@ -436,11 +503,8 @@ pub(super) fn attention_block_forward(
     let n = spec.queries.len;
     let nk = spec.keys.len;
     let x_in = dev.copy(x)?;
-    let mut normed = dev.zeros(n * d)?;
-    let mut inv = dev.zeros(n)?;
-    dev.kernels
-        .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
-    let normed = Kept::new(dev, normed)?;
+    let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
+    let normed = Kept::rmsnorm(dev, &x_in, &w[0], &mut inv, n, d, dims.eps)?;
     let kv_copy = match kv {
         Some(src) => dev.product_copy(src)?,
         None => None,
@@ -483,8 +547,8 @@ pub(super) fn attention_block_forward(
         (o, AttnKept::Batched { q, k, v })
     };
     let (o_raw, o_in) = if spec.out_norm {
-        let mut o_hat = dev.zeros(n * da)?;
-        let mut o_inv = dev.zeros(n * heads)?;
+        let mut o_hat = dev.scratch(n * da)?; // rmsnorm_forward writes every group
+        let mut o_inv = dev.scratch(n * heads)?;
         dev.kernels
             .rmsnorm_forward(&o, None, &mut o_hat, &mut o_inv, n * heads, hd, dims.eps)?;
         (Some((o, o_inv)), o_hat)
@@ -493,7 +557,7 @@ pub(super) fn attention_block_forward(
     };
     let o_in = Kept::new(dev, o_in)?;
     if dropout.is_some() {
-        let mut y = dev.zeros(n * d)?;
+        let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
         dev.linear_forward(&mut y, o_in.operand(), &w[4], n, da, d, false)?;
         add_branch(dev, x, y, spec.queries, d, dropout)?;
     } else {
@@ -558,7 +622,7 @@ pub(super) fn attention_block_backward(
     let dy_copy = dev.product_copy(dy)?;
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_o, dy_op, cache.o_in.operand(), n, da, d)?;
-    let mut d_o = dev.zeros(n * da)?;
+    let mut d_o = dev.scratch(n * da)?; // the product (beta 0) writes it all
     dev.linear_backward_input(&mut d_o, dy_op, &w[4], n, da, d, false)?;
     drop(dy_copy);
     drop(dropped);
@@ -614,7 +678,7 @@ pub(super) fn attention_block_backward(
         operand(&dk, &dk_copy),
         operand(&dv, &dv_copy),
     );
-    let mut d_normed = dev.zeros(n * d)?;
+    let mut d_normed = dev.scratch(n * d)?; // the dq product (beta 0) writes it all
     let normed = cache.normed.operand();
     dev.linear_backward_weight(g_q, dq_op, normed, n, d, da)?;
     dev.linear_backward_input(&mut d_normed, dq_op, &w[1], n, d, da, false)?;
@@ -653,20 +717,15 @@ pub(super) fn ffn_block_forward(
     let (d, f) = (dims.d, dims.f);
     let n = stream.len;
     let x_in = dev.copy(x)?;
-    let mut normed = dev.zeros(n * d)?;
-    let mut inv = dev.zeros(n)?;
-    dev.kernels
-        .rmsnorm_forward(&x_in, Some(&w[0]), &mut normed, &mut inv, n, d, dims.eps)?;
-    let normed = Kept::new(dev, normed)?;
-    let mut gate = dev.zeros(n * f)?;
-    let mut up = dev.zeros(n * f)?;
+    let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
+    let normed = Kept::rmsnorm(dev, &x_in, &w[0], &mut inv, n, d, dims.eps)?;
+    let mut gate = dev.scratch(n * f)?; // the products (beta 0) write them all
+    let mut up = dev.scratch(n * f)?;
     dev.linear_forward(&mut gate, normed.operand(), &w[1], n, d, f, false)?;
     dev.linear_forward(&mut up, normed.operand(), &w[2], n, d, f, false)?;
-    let mut hidden = dev.zeros(n * f)?;
-    dev.kernels.swiglu_forward(&gate, &up, &mut hidden)?;
-    let hidden = Kept::new(dev, hidden)?;
+    let hidden = Kept::swiglu(dev, &gate, &up)?;
     if dropout.is_some() {
-        let mut y = dev.zeros(n * d)?;
+        let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
         dev.linear_forward(&mut y, hidden.operand(), &w[3], n, f, d, false)?;
         add_branch(dev, x, y, stream, d, dropout)?;
     } else {
@@ -706,20 +765,16 @@ pub(super) fn ffn_block_backward(
     let dy_copy = dev.product_copy(dy)?;
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_down, dy_op, cache.hidden.operand(), n, f, d)?;
-    let mut dh = dev.zeros(n * f)?;
+    let mut dh = dev.scratch(n * f)?; // the product (beta 0) writes it all
     dev.linear_backward_input(&mut dh, dy_op, &w[3], n, f, d, false)?;
     drop(dy_copy);
     drop(dropped);
-    let mut dgate = dev.zeros(n * f)?;
-    let mut dup = dev.zeros(n * f)?;
-    dev.kernels
-        .swiglu_backward(&dh, &cache.gate, &cache.up, &mut dgate, &mut dup)?;
+    let (dgate, dup) = Kept::swiglu_grads(dev, &dh, &cache.gate, &cache.up)?;
     drop(dh);
-    let (dgate_copy, dup_copy) = (dev.product_copy(&dgate)?, dev.product_copy(&dup)?);
-    let (dgate_op, dup_op) = (operand(&dgate, &dgate_copy), operand(&dup, &dup_copy));
+    let (dgate_op, dup_op) = (dgate.operand(), dup.operand());
     dev.linear_backward_weight(g_gate, dgate_op, cache.normed.operand(), n, d, f)?;
     dev.linear_backward_weight(g_up, dup_op, cache.normed.operand(), n, d, f)?;
-    let mut d_normed = dev.zeros(n * d)?;
+    let mut d_normed = dev.scratch(n * d)?; // the dgate product (beta 0) writes it all
     dev.linear_backward_input(&mut d_normed, dgate_op, &w[1], n, d, f, false)?;
     dev.linear_backward_input(&mut d_normed, dup_op, &w[2], n, d, f, true)?;
     dev.kernels

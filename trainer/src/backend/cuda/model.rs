@@ -62,7 +62,7 @@ fn stack_forward(
 ) -> Result<StackRun, BackendError> {
     let d = env.dims.d;
     let n = env.stream.len;
-    let mut x = dev.zeros(n * d)?;
+    let mut x = dev.scratch(n * d)?; // embedding_forward writes every value
     dev.kernels
         .embedding_forward(&env.params[0], &env.stream.tokens, &mut x, d)?;
     let mut caches = Vec::new();
@@ -103,8 +103,8 @@ fn stack_forward(
             caches.push(cache);
         }
     }
-    let mut output = dev.zeros(n * d)?;
-    let mut inv_final = dev.zeros(n)?;
+    let mut output = dev.scratch(n * d)?; // rmsnorm_forward writes every row
+    let mut inv_final = dev.scratch(n)?;
     dev.kernels.rmsnorm_forward(
         &x,
         Some(&env.params[plan.final_norm]),
@@ -307,7 +307,7 @@ fn score(
         let g_copy = dev.product_copy(&logits)?;
         let g_op = operand(&logits, &g_copy);
         // dh (c x d) = G · E
-        let mut dh = dev.zeros(c * d)?;
+        let mut dh = dev.scratch(c * d)?; // the product (beta 0) writes it all
         dev.product(
             products::logits_d_hidden(c, vocab, d),
             g_op,

@@ -23,6 +23,12 @@ __device__ __forceinline__ float bf16_to_f32(bf16_bits x) {
     return __uint_as_float(((u32)x) << 16);
 }
 
+// Stores an f32 result as it is, or rounded to bf16 exactly as `f32_to_bf16` rounds, for the
+// kernels built in both output types (an f32 activation, or the bf16 copy that only products
+// read).
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(bf16_bits* p, float v) { *p = f32_to_bf16(v); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -7,8 +7,11 @@
 
 #define NORM_WARPS 8
 
-extern "C" __global__ void rmsnorm_forward(const float* x, const float* gain, float* y, float* inv,
-                                           int groups, int width, float eps) {
+// Built twice: f32 outputs, and (`_bf16`) outputs rounded to bf16 for a mixed-precision step,
+// where products are their only readers; the f32 values before rounding are the same.
+template <typename Out>
+__device__ __forceinline__ void rmsnorm_forward_at(const float* x, const float* gain, Out* y,
+                                                   float* inv, int groups, int width, float eps) {
     int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
@@ -17,11 +20,21 @@ extern "C" __global__ void rmsnorm_forward(const float* x, const float* gain, fl
     for (int i = lane; i < width; i += 32) sq += xs[i] * xs[i];
     float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
     if (lane == 0) inv[g] = r;
-    float* ys = y + (long)g * width;
+    Out* ys = y + (long)g * width;
     for (int i = lane; i < width; i += 32) {
         float xhat = xs[i] * r;
-        ys[i] = gain ? xhat * gain[i] : xhat;
+        store_value(ys + i, gain ? xhat * gain[i] : xhat);
     }
+}
+
+extern "C" __global__ void rmsnorm_forward(const float* x, const float* gain, float* y, float* inv,
+                                           int groups, int width, float eps) {
+    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps);
+}
+
+extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gain, bf16_bits* y,
+                                                float* inv, int groups, int width, float eps) {
+    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps);
 }
 
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
