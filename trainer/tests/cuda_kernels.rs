@@ -309,8 +309,18 @@ fn cross_entropy_matches_cpu_logits_loss() {
     let k = &g.kernels;
     k.cross_entropy_forward(&ld, &td, &mut lzd, &mut ced, &mut zd, vocab, z_loss)
         .unwrap();
+    // The bf16 build (before the in-place one overwrites the logits) gives the in-place
+    // gradient's values rounded, bit for bit.
+    let mut gb = g.stream.alloc_zeros::<u16>(tokens * vocab).unwrap();
+    k.cross_entropy_backward_bf16(&ld, &mut gb, &td, &lzd, vocab, z_loss, scale)
+        .unwrap();
     k.cross_entropy_backward(&mut ld, &td, &lzd, vocab, z_loss, scale)
         .unwrap();
+    assert_eq!(
+        g.download(&gb),
+        g.download(&g.bf16(&ld)),
+        "cross-entropy bf16 gradient"
+    );
     let want_ce: Vec<f32> = token_ce.iter().map(|&v| v as f32).collect();
     assert_close("cross-entropy per token", &g.download(&ced), &want_ce, 1e-5);
     let z_sum: f64 = g.download(&zd).iter().map(|&v| v as f64).sum();

@@ -65,7 +65,11 @@ pub const KERNELS: &[KernelSource] = &[
     ),
     kernel_source!(
         "cross_entropy",
-        ["cross_entropy_forward", "cross_entropy_backward"]
+        [
+            "cross_entropy_forward",
+            "cross_entropy_backward",
+            "cross_entropy_backward_bf16"
+        ]
     ),
     kernel_source!("embedding", ["embedding_forward", "embedding_backward"]),
     kernel_source!("attention", ["attn_pack", "attn_unpack"]),

@@ -137,6 +137,27 @@ impl CudaKernels {
         self.run("cross_entropy_backward", &mut b, cfg)
     }
 
+    /// `cross_entropy_backward` into a separate bf16 buffer (`tokens x vocab`), leaving the
+    /// logits as they are: the same values, rounded, for the mixed-precision products.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy_backward_bf16(
+        &self,
+        logits: &CudaSlice<f32>,
+        grad: &mut CudaSlice<u16>,
+        targets: &CudaSlice<u32>,
+        log_z: &CudaSlice<f32>,
+        vocab: usize,
+        z_loss: f32,
+        grad_scale: f32,
+    ) -> Result<(), LaunchError> {
+        let (tokens, vocab) = (targets.len() as i32, vocab as i32);
+        let mut b = self.builder("cross_entropy_backward_bf16")?;
+        b.arg(logits).arg(grad).arg(targets).arg(log_z);
+        b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
+        let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
+        self.run("cross_entropy_backward_bf16", &mut b, cfg)
+    }
+
     /// `out[t] = embed[tokens[t]]`, rows of `d`.
     pub fn embedding_forward(
         &self,

@@ -26,14 +26,32 @@ extern "C" __global__ void cross_entropy_forward(const float* logits, const u32*
     }
 }
 
-extern "C" __global__ void cross_entropy_backward(float* logits, const u32* targets,
-                                                  const float* log_z, int tokens, int vocab,
-                                                  float z_loss, float grad_scale) {
+// The gradient goes in place over the logits (f32), or (`_bf16`) into a separate bf16 buffer for
+// the mixed-precision products that are its only readers: the same values, rounded.
+template <typename Out>
+__device__ __forceinline__ void cross_entropy_backward_at(const float* logits, Out* grad,
+                                                          const u32* targets, const float* log_z,
+                                                          int tokens, int vocab, float z_loss,
+                                                          float grad_scale) {
     int t = blockIdx.y;
     int v = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens || v >= vocab) return;
     float lz = log_z[t];
-    float* l = logits + (long)t * vocab + v;
-    float g = expf(*l - lz) * (1.0f + 2.0f * z_loss * lz) - (v == (int)targets[t] ? 1.0f : 0.0f);
-    *l = g * grad_scale;
+    long at = (long)t * vocab + v;
+    float g = expf(logits[at] - lz) * (1.0f + 2.0f * z_loss * lz) -
+              (v == (int)targets[t] ? 1.0f : 0.0f);
+    store_value(grad + at, g * grad_scale);
+}
+
+extern "C" __global__ void cross_entropy_backward(float* logits, const u32* targets,
+                                                  const float* log_z, int tokens, int vocab,
+                                                  float z_loss, float grad_scale) {
+    cross_entropy_backward_at(logits, logits, targets, log_z, tokens, vocab, z_loss, grad_scale);
+}
+
+extern "C" __global__ void cross_entropy_backward_bf16(const float* logits, bf16_bits* grad,
+                                                       const u32* targets, const float* log_z,
+                                                       int tokens, int vocab, float z_loss,
+                                                       float grad_scale) {
+    cross_entropy_backward_at(logits, grad, targets, log_z, tokens, vocab, z_loss, grad_scale);
 }
