@@ -6,7 +6,7 @@
 
 mod cuda_support;
 
-use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, Gpu};
+use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, say, Gpu};
 use redpack_trainer::backend::cpu::ops;
 use redpack_trainer::backend::cuda::kernels::KERNELS;
 use redpack_trainer::backend::cuda::launch_tokens::TokenChains;
@@ -161,6 +161,66 @@ fn per_head_rmsnorm_matches_cpu() {
         .unwrap();
     assert_close("head norm y", &g.download(&yd), &xhat, 1e-5);
     assert_close("head norm dx", &g.download(&dxd), &dx, 1e-5);
+}
+
+/// The fused attention's input kernel (per-head norm, RoPE, bf16 in one pass) against the
+/// separate kernels it replaces: `inv` bit for bit, the outputs within one bf16 step (the
+/// rotation may round its two products differently once fused), and most of them identical.
+#[test]
+fn head_norm_rope_bf16_matches_the_separate_kernels() {
+    let Some(g) = gpu("head_norm_rope_bf16_matches_the_separate_kernels") else {
+        return;
+    };
+    for (tokens, heads, head_dim) in [(41, 3, 64), (17, 2, 128), (9, 4, 32)] {
+        let rope = ops::Rope::new(head_dim, 10_000.0, 64);
+        let mut rng = SplitMix64::new(12);
+        let n = tokens * heads * head_dim;
+        let x = randn(&mut rng, n, 2.0);
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(64) as u32).collect();
+        let (cos, sin) = rope.tables();
+        let (cosd, sind, posd) = (g.upload(cos), g.upload(sin), g.upload(&positions));
+        let xd = g.upload(&x);
+        let k = &g.kernels;
+        let groups = tokens * heads;
+        for rotate in [true, false] {
+            let (mut hat, mut inv) = (g.zeros(n), g.zeros(groups));
+            k.rmsnorm_forward(&xd, None, &mut hat, &mut inv, groups, head_dim, 1e-6)
+                .unwrap();
+            if rotate {
+                k.rope_apply(&mut hat, &posd, &cosd, &sind, heads, head_dim, false)
+                    .unwrap();
+            }
+            let want = g.download(&g.bf16(&hat));
+            let mut out = g.stream.alloc_zeros::<u16>(n).unwrap();
+            let mut inv_fused = g.zeros(groups);
+            let tables = rotate.then_some((&posd, &cosd, &sind));
+            k.head_norm_rope_bf16(&xd, &mut out, &mut inv_fused, tables, heads, head_dim, 1e-6)
+                .unwrap();
+            let name = format!("head_norm_rope_bf16 ({tokens}x{heads}x{head_dim}, rope {rotate})");
+            assert_eq!(g.download(&inv_fused), g.download(&inv), "{name}: inv");
+            let got = g.download(&out);
+            let steps: Vec<i32> = got
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| (a as i16 as i32 - b as i16 as i32).abs())
+                .collect();
+            let differ = steps.iter().filter(|&&s| s != 0).count();
+            say(&format!(
+                "{name}: {differ} of {n} values one bf16 step apart"
+            ));
+            assert!(
+                steps.iter().all(|&s| s <= 1),
+                "{name}: more than one bf16 step"
+            );
+            assert!(differ * 100 <= n, "{name}: {differ} of {n} values differ");
+            if !rotate {
+                assert_eq!(
+                    differ, 0,
+                    "{name}: the norm alone rounds as the separate kernel"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -171,6 +171,42 @@ impl CudaKernels {
         self.run(name, &mut b, grid(blocks, 1, THREADS))
     }
 
+    /// The per-head norm (no gain) of `x` (`tokens x heads·head_dim`), rotated by RoPE at
+    /// `positions` when given (`rope` = the cos and sin tables), into the bf16 stream `y`; `inv`
+    /// (`tokens·heads`) as `rmsnorm_forward` keeps it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_norm_rope_bf16(
+        &self,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<u16>,
+        inv: &mut CudaSlice<f32>,
+        rope: Option<(&CudaSlice<u32>, &CudaSlice<f32>, &CudaSlice<f32>)>,
+        heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<(), LaunchError> {
+        let groups = x.len() / head_dim.max(1);
+        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(2);
+        if y.len() < x.len() || inv.len() < groups || !whole {
+            return Err(LaunchError::Unsupported(format!(
+                "head_norm_rope_bf16: {} values, {} outputs, {} inv, head_dim {head_dim}",
+                x.len(),
+                y.len(),
+                inv.len()
+            )));
+        }
+        let (g32, heads, head_dim) = (groups as i32, heads as i32, head_dim as i32);
+        let mut b = self.builder("head_norm_rope_bf16")?;
+        b.arg(x).arg(y).arg(inv);
+        match rope {
+            Some((positions, cos, sin)) => b.arg(positions).arg(cos).arg(sin),
+            None => b.arg(&NULL).arg(&NULL).arg(&NULL),
+        };
+        b.arg(&g32).arg(&heads).arg(&head_dim).arg(&eps);
+        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
+        self.run("head_norm_rope_bf16", &mut b, grid(blocks, 1, THREADS))
+    }
+
     /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_backward(

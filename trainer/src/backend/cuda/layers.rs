@@ -2,7 +2,10 @@
 //! `cpu::attention` (same order of operations, same parameter layout). Differences, all
 //! rounding-level: the residual add is fused into the output projection (`beta = 1`) when there
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
-//! (the kernels recompute `x̂`); attention runs as padded batched products over (row, head).
+//! (the kernels recompute `x̂`); attention runs fused (`flash.cu`) in the bf16 mode, as padded
+//! batched products over (row, head) in the f32 mode.
+
+use cudarc::driver::CudaSlice;
 
 use super::blas::{Operand, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
@@ -132,11 +135,12 @@ impl Kept {
         })
     }
 
-    /// RMSNorm of `rows` rows of `x` (with `gain`), keeping `inv` for the backward pass.
+    /// RMSNorm of `rows` rows of `x` (with `gain`, if any), keeping `inv` for the backward
+    /// pass.
     pub fn rmsnorm(
         dev: &Dev,
         x: &Buf,
-        gain: &Buf,
+        gain: Option<&Buf>,
         inv: &mut Buf,
         rows: usize,
         width: usize,
@@ -146,8 +150,8 @@ impl Kept {
         let mut y = unsafe { Kept::output(dev, rows * width) }?;
         let k = dev.kernels;
         match &mut y {
-            Kept::F32(y) => k.rmsnorm_forward(x, Some(gain), y, inv, rows, width, eps)?,
-            Kept::Bf16(y) => k.rmsnorm_forward(x, Some(gain), y, inv, rows, width, eps)?,
+            Kept::F32(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps)?,
+            Kept::Bf16(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps)?,
         }
         Ok(y)
     }
@@ -210,6 +214,30 @@ fn project(
         dims.eps,
     )?;
     Ok((raw, hat, inv))
+}
+
+/// `project` for the fused attention: the per-head norm and, with `rope` (positions and
+/// tables), the rotation run in one kernel that writes the bf16 copy the attention kernels read;
+/// the f32 normed values are never stored. Returns the projection, `1/rms` per head and the copy.
+fn project_bf16(
+    dev: &Dev,
+    dims: &Dims,
+    input: Operand<'_>,
+    w: &Buf,
+    tokens: usize,
+    rope: Option<(&CudaSlice<u32>, &DevRope)>,
+) -> Result<(Buf, Buf, Bf16Buf), BackendError> {
+    let (d, da) = (dims.d, dims.da());
+    let mut raw = dev.scratch(tokens * da)?; // the product (beta 0) writes it all
+    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
+    let mut inv = dev.scratch(tokens * dims.heads)?; // the kernel writes every group
+                                                     // SAFETY: head_norm_rope_bf16 writes every value.
+    let mut out = unsafe { dev.stream.alloc::<u16>(tokens * da) }?;
+    let tables = rope.map(|(positions, r)| (positions, &r.cos, &r.sin));
+    dev.kernels.head_norm_rope_bf16(
+        &raw, &mut out, &mut inv, tables, dims.heads, dims.hd, dims.eps,
+    )?;
+    Ok((raw, inv, out))
 }
 
 /// Adds a branch's output `y` (`tokens x d`) into the stream `x`, through dropout if any.
@@ -504,7 +532,7 @@ pub(super) fn attention_block_forward(
     let nk = spec.keys.len;
     let x_in = dev.copy(x)?;
     let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
-    let normed = Kept::rmsnorm(dev, &x_in, &w[0], &mut inv, n, d, dims.eps)?;
+    let normed = Kept::rmsnorm(dev, &x_in, Some(&w[0]), &mut inv, n, d, dims.eps)?;
     let kv_copy = match kv {
         Some(src) => dev.product_copy(src)?,
         None => None,
@@ -513,49 +541,57 @@ pub(super) fn attention_block_forward(
         Some(src) => operand(src, &kv_copy),
         None => normed.operand(),
     };
-    let (q_raw, mut q_rot, q_inv) = project(dev, dims, normed.operand(), &w[1], n)?;
-    let (k_raw, mut k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
-    let (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
-    drop(kv_copy);
     let rope = spec.rope;
-    dev.kernels.rope_apply(
-        &mut q_rot,
-        &spec.queries.positions,
-        &rope.cos,
-        &rope.sin,
-        heads,
-        hd,
-        false,
-    )?;
-    dev.kernels.rope_apply(
-        &mut k_rot,
-        &spec.keys.positions,
-        &rope.cos,
-        &rope.sin,
-        heads,
-        hd,
-        false,
-    )?;
-    let (o, attn) = if fused_attention(dev, dims) {
-        let (q, k, v) = (dev.bf16(&q_rot)?, dev.bf16(&k_rot)?, dev.bf16(&v_hat)?);
-        drop((q_rot, k_rot, v_hat));
-        let (o, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
-        (o, AttnKept::Fused { q, k, v, lse })
+    let (q_raw, q_inv, k_raw, k_inv, v_raw, v_inv, o, attn);
+    if fused_attention(dev, dims) {
+        let (queries, keys) = (&spec.queries.positions, &spec.keys.positions);
+        let (q, k, v);
+        (q_raw, q_inv, q) =
+            project_bf16(dev, dims, normed.operand(), &w[1], n, Some((queries, rope)))?;
+        (k_raw, k_inv, k) = project_bf16(dev, dims, src, &w[2], nk, Some((keys, rope)))?;
+        (v_raw, v_inv, v) = project_bf16(dev, dims, src, &w[3], nk, None)?;
+        drop(kv_copy);
+        let lse;
+        (o, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
+        attn = AttnKept::Fused { q, k, v, lse };
     } else {
-        let o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
-        let (q, k, v) = (q_rot, k_rot, v_hat);
-        (o, AttnKept::Batched { q, k, v })
-    };
+        let (mut q_rot, mut k_rot, v_hat);
+        (q_raw, q_rot, q_inv) = project(dev, dims, normed.operand(), &w[1], n)?;
+        (k_raw, k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
+        (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
+        drop(kv_copy);
+        dev.kernels.rope_apply(
+            &mut q_rot,
+            &spec.queries.positions,
+            &rope.cos,
+            &rope.sin,
+            heads,
+            hd,
+            false,
+        )?;
+        dev.kernels.rope_apply(
+            &mut k_rot,
+            &spec.keys.positions,
+            &rope.cos,
+            &rope.sin,
+            heads,
+            hd,
+            false,
+        )?;
+        o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
+        attn = AttnKept::Batched {
+            q: q_rot,
+            k: k_rot,
+            v: v_hat,
+        };
+    }
     let (o_raw, o_in) = if spec.out_norm {
-        let mut o_hat = dev.scratch(n * da)?; // rmsnorm_forward writes every group
-        let mut o_inv = dev.scratch(n * heads)?;
-        dev.kernels
-            .rmsnorm_forward(&o, None, &mut o_hat, &mut o_inv, n * heads, hd, dims.eps)?;
+        let mut o_inv = dev.scratch(n * heads)?; // rmsnorm_forward writes every group
+        let o_hat = Kept::rmsnorm(dev, &o, None, &mut o_inv, n * heads, hd, dims.eps)?;
         (Some((o, o_inv)), o_hat)
     } else {
-        (None, o)
+        (None, Kept::new(dev, o)?)
     };
-    let o_in = Kept::new(dev, o_in)?;
     if dropout.is_some() {
         let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
         dev.linear_forward(&mut y, o_in.operand(), &w[4], n, da, d, false)?;
@@ -718,7 +754,7 @@ pub(super) fn ffn_block_forward(
     let n = stream.len;
     let x_in = dev.copy(x)?;
     let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
-    let normed = Kept::rmsnorm(dev, &x_in, &w[0], &mut inv, n, d, dims.eps)?;
+    let normed = Kept::rmsnorm(dev, &x_in, Some(&w[0]), &mut inv, n, d, dims.eps)?;
     let mut gate = dev.scratch(n * f)?; // the products (beta 0) write them all
     let mut up = dev.scratch(n * f)?;
     dev.linear_forward(&mut gate, normed.operand(), &w[1], n, d, f, false)?;

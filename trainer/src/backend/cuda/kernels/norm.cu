@@ -37,6 +37,39 @@ extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gai
     rmsnorm_forward_at(x, gain, y, inv, groups, width, eps);
 }
 
+// The per-head norm of the fused attention's inputs in one pass: each group (one head of one
+// token) normalized without a gain, then, with `positions`, rotated as `rope_apply` rotates it
+// (rope.cu: element i pairs with i + head_dim/2, at the token's position), and written as bf16,
+// the copy the attention kernels read; `inv` as in `rmsnorm_forward`. The f32 values before
+// rounding are those of `rmsnorm_forward` then `rope_apply`.
+extern "C" __global__ void head_norm_rope_bf16(const float* x, bf16_bits* y, float* inv,
+                                               const u32* positions, const float* cos_table,
+                                               const float* sin_table, int groups, int heads,
+                                               int head_dim, float eps) {
+    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    const float* xs = x + (long)g * head_dim;
+    float sq = 0.0f;
+    for (int i = lane; i < head_dim; i += 32) sq += xs[i] * xs[i];
+    float r = 1.0f / sqrtf(warp_sum(sq) / (float)head_dim + eps);
+    if (lane == 0) inv[g] = r;
+    bf16_bits* ys = y + (long)g * head_dim;
+    if (!positions) {
+        for (int i = lane; i < head_dim; i += 32) ys[i] = f32_to_bf16(xs[i] * r);
+        return;
+    }
+    int half = head_dim / 2;
+    long pos = positions[g / heads];
+    for (int i = lane; i < half; i += 32) {
+        float c = cos_table[pos * half + i];
+        float s = sin_table[pos * half + i];
+        float x1 = xs[i] * r, x2 = xs[i + half] * r;
+        ys[i] = f32_to_bf16(x1 * c - x2 * s);
+        ys[i + half] = f32_to_bf16(x2 * c + x1 * s);
+    }
+}
+
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
 extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, const float* inv,
                                             const float* gain, float* dx, int groups, int width) {
