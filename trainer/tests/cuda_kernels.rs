@@ -163,12 +163,12 @@ fn per_head_rmsnorm_matches_cpu() {
     assert_close("head norm dx", &g.download(&dxd), &dx, 1e-5);
 }
 
-/// The fused attention's input kernel (per-head norm, RoPE, bf16 in one pass) against the
-/// separate kernels it replaces: `inv` bit for bit, the outputs within one bf16 step (the
-/// rotation may round its two products differently once fused), and most of them identical.
+/// The fused attention's input kernel (per-head norm, RoPE, bf16 in one pass) and its backward
+/// against the separate kernels they replace: `inv` bit for bit, the outputs within one bf16
+/// step (a fused rotation may round its two products differently), most of them identical.
 #[test]
-fn head_norm_rope_bf16_matches_the_separate_kernels() {
-    let Some(g) = gpu("head_norm_rope_bf16_matches_the_separate_kernels") else {
+fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
+    let Some(g) = gpu("head_norm_rope_bf16_and_its_backward_match_the_separate_kernels") else {
         return;
     };
     for (tokens, heads, head_dim) in [(41, 3, 64), (17, 2, 128), (9, 4, 32)] {
@@ -219,6 +219,38 @@ fn head_norm_rope_bf16_matches_the_separate_kernels() {
                     "{name}: the norm alone rounds as the separate kernel"
                 );
             }
+
+            // The backward: RoPE inverse then the norm's backward (into zeros), rounded.
+            let dy = randn(&mut rng, n, 1.0);
+            let dyd = g.upload(&dy);
+            let mut rotated = g.upload(&dy);
+            if rotate {
+                k.rope_apply(&mut rotated, &posd, &cosd, &sind, heads, head_dim, true)
+                    .unwrap();
+            }
+            let mut dx = g.zeros(n);
+            k.rmsnorm_backward(&rotated, &xd, &inv, None, &mut dx, groups, head_dim)
+                .unwrap();
+            let want = g.download(&g.bf16(&dx));
+            let mut dxb = g.stream.alloc_zeros::<u16>(n).unwrap();
+            k.head_norm_rope_backward_bf16(&dyd, &xd, &inv, tables, &mut dxb, heads, head_dim)
+                .unwrap();
+            let got = g.download(&dxb);
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            say(&format!("{name} backward: {differ} of {n} values differ"));
+            let far = got
+                .iter()
+                .zip(&want)
+                .filter(|(&a, &b)| (a as i16 as i32 - b as i16 as i32).abs() > 1)
+                .count();
+            assert_eq!(
+                far, 0,
+                "{name} backward: values more than one bf16 step apart"
+            );
+            assert!(
+                differ * 100 <= n,
+                "{name} backward: {differ} of {n} values differ"
+            );
         }
     }
 }

@@ -45,6 +45,7 @@ pub const KERNELS: &[KernelSource] = &[
             "rmsnorm_forward",
             "rmsnorm_forward_bf16",
             "head_norm_rope_bf16",
+            "head_norm_rope_backward_bf16",
             "rmsnorm_backward",
             "rmsnorm_gain_partial",
             "rmsnorm_gain_final"

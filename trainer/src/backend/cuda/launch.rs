@@ -207,6 +207,47 @@ impl CudaKernels {
         self.run("head_norm_rope_bf16", &mut b, grid(blocks, 1, THREADS))
     }
 
+    /// The backward of `head_norm_rope_bf16` (the same `rope`): the gradient w.r.t. `x` from
+    /// `dy`, the gradient w.r.t. its outputs, written (not added) as bf16 into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_norm_rope_backward_bf16(
+        &self,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        inv: &CudaSlice<f32>,
+        rope: Option<(&CudaSlice<u32>, &CudaSlice<f32>, &CudaSlice<f32>)>,
+        dx: &mut CudaSlice<u16>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(), LaunchError> {
+        let groups = x.len() / head_dim.max(1);
+        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(2);
+        if dy.len() < x.len() || dx.len() < x.len() || inv.len() < groups || !whole {
+            return Err(LaunchError::Unsupported(format!(
+                "head_norm_rope_backward_bf16: {} values, {} gradients, {} outputs, {} inv, \
+                 head_dim {head_dim}",
+                x.len(),
+                dy.len(),
+                dx.len(),
+                inv.len()
+            )));
+        }
+        let (g32, heads, head_dim) = (groups as i32, heads as i32, head_dim as i32);
+        let mut b = self.builder("head_norm_rope_backward_bf16")?;
+        b.arg(dy).arg(x).arg(inv);
+        match rope {
+            Some((positions, cos, sin)) => b.arg(positions).arg(cos).arg(sin),
+            None => b.arg(&NULL).arg(&NULL).arg(&NULL),
+        };
+        b.arg(dx).arg(&g32).arg(&heads).arg(&head_dim);
+        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
+        self.run(
+            "head_norm_rope_backward_bf16",
+            &mut b,
+            grid(blocks, 1, THREADS),
+        )
+    }
+
     /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_backward(

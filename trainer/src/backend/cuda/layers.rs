@@ -615,6 +615,24 @@ pub(super) fn attention_block_forward(
     })
 }
 
+/// The backward of `project_bf16`'s norm and rotation: the bf16 gradient w.r.t. the projection
+/// `raw` from `grad`, the gradient w.r.t. the attention's input copy.
+fn head_grad_bf16(
+    dev: &Dev,
+    dims: &Dims,
+    grad: &Buf,
+    raw: &Buf,
+    inv: &Buf,
+    rope: Option<(&CudaSlice<u32>, &DevRope)>,
+) -> Result<Kept, BackendError> {
+    // SAFETY: head_norm_rope_backward_bf16 writes every value.
+    let mut out = unsafe { dev.stream.alloc::<u16>(raw.len()) }?;
+    let tables = rope.map(|(positions, r)| (positions, &r.cos, &r.sin));
+    dev.kernels
+        .head_norm_rope_backward_bf16(grad, raw, inv, tables, &mut out, dims.heads, dims.hd)?;
+    Ok(Kept::Bf16(out))
+}
+
 /// `dx (tokens x hd·heads) = backward of the per-head norm` given the gradient w.r.t. `x̂`.
 fn head_norm_backward(
     dev: &Dev,
@@ -665,7 +683,10 @@ pub(super) fn attention_block_backward(
     if let Some((o_raw, o_inv)) = &cache.o_raw {
         d_o = head_norm_backward(dev, dims, &d_o, o_raw, o_inv, n)?;
     }
-    let (mut dq, mut dk, dv) = match &cache.attn {
+    let rope = spec.rope;
+    let (queries, keys) = (&spec.queries.positions, &spec.keys.positions);
+    // The gradients w.r.t. the projections, kept as the products read them.
+    let (dq, dk, dv) = match &cache.attn {
         AttnKept::Fused { q, k, v, lse } => {
             // delta = rowsum(dO ⊙ O) wants the attention output: RedLLM keeps it (before its
             // per-head norm), DecLLM's is the output projection's input.
@@ -677,43 +698,46 @@ pub(super) fn attention_block_backward(
                 }
                 (None, Kept::Bf16(o)) => o,
             };
-            flash_backward(dev, dims, spec, (q, k, v), lse, o, &d_o)?
+            let (dq, dk, dv) = flash_backward(dev, dims, spec, (q, k, v), lse, o, &d_o)?;
+            drop(d_o);
+            // RoPE and the per-head norms backwards, straight into the bf16 copies.
+            (
+                head_grad_bf16(
+                    dev,
+                    dims,
+                    &dq,
+                    &cache.q_raw,
+                    &cache.q_inv,
+                    Some((queries, rope)),
+                )?,
+                head_grad_bf16(
+                    dev,
+                    dims,
+                    &dk,
+                    &cache.k_raw,
+                    &cache.k_inv,
+                    Some((keys, rope)),
+                )?,
+                head_grad_bf16(dev, dims, &dv, &cache.v_raw, &cache.v_inv, None)?,
+            )
         }
-        AttnKept::Batched { q, k, v } => attention_backward(dev, dims, spec, q, k, v, &d_o)?,
+        AttnKept::Batched { q, k, v } => {
+            let (mut dq, mut dk, dv) = attention_backward(dev, dims, spec, q, k, v, &d_o)?;
+            drop(d_o);
+            let kernels = dev.kernels;
+            kernels.rope_apply(&mut dq, queries, &rope.cos, &rope.sin, heads, hd, true)?;
+            kernels.rope_apply(&mut dk, keys, &rope.cos, &rope.sin, heads, hd, true)?;
+            let dq = head_norm_backward(dev, dims, &dq, &cache.q_raw, &cache.q_inv, n)?;
+            let dk = head_norm_backward(dev, dims, &dk, &cache.k_raw, &cache.k_inv, nk)?;
+            let dv = head_norm_backward(dev, dims, &dv, &cache.v_raw, &cache.v_inv, nk)?;
+            (
+                Kept::new(dev, dq)?,
+                Kept::new(dev, dk)?,
+                Kept::new(dev, dv)?,
+            )
+        }
     };
-    drop(d_o);
-    let rope = spec.rope;
-    dev.kernels.rope_apply(
-        &mut dq,
-        &spec.queries.positions,
-        &rope.cos,
-        &rope.sin,
-        heads,
-        hd,
-        true,
-    )?;
-    dev.kernels.rope_apply(
-        &mut dk,
-        &spec.keys.positions,
-        &rope.cos,
-        &rope.sin,
-        heads,
-        hd,
-        true,
-    )?;
-    let dq = head_norm_backward(dev, dims, &dq, &cache.q_raw, &cache.q_inv, n)?;
-    let dk = head_norm_backward(dev, dims, &dk, &cache.k_raw, &cache.k_inv, nk)?;
-    let dv = head_norm_backward(dev, dims, &dv, &cache.v_raw, &cache.v_inv, nk)?;
-    let (dq_copy, dk_copy, dv_copy) = (
-        dev.product_copy(&dq)?,
-        dev.product_copy(&dk)?,
-        dev.product_copy(&dv)?,
-    );
-    let (dq_op, dk_op, dv_op) = (
-        operand(&dq, &dq_copy),
-        operand(&dk, &dk_copy),
-        operand(&dv, &dv_copy),
-    );
+    let (dq_op, dk_op, dv_op) = (dq.operand(), dk.operand(), dv.operand());
     let mut d_normed = dev.scratch(n * d)?; // the dq product (beta 0) writes it all
     let normed = cache.normed.operand();
     dev.linear_backward_weight(g_q, dq_op, normed, n, d, da)?;

@@ -70,6 +70,48 @@ extern "C" __global__ void head_norm_rope_bf16(const float* x, bf16_bits* y, flo
     }
 }
 
+// Element i of a head of `d`, rotated backwards as `rope_apply` with `inverse` rotates it (the
+// same products in the same order), at position `pos`; `d` itself without a rotation.
+__device__ __forceinline__ float unrotated(const float* d, int i, int half, const float* cos_table,
+                                           const float* sin_table, long pos, bool rotate) {
+    if (!rotate) return d[i];
+    int k = i < half ? i : i - half;
+    float c = cos_table[pos * half + k];
+    float s = -sin_table[pos * half + k];
+    float x1 = d[k], x2 = d[k + half];
+    return i < half ? x1 * c - x2 * s : x2 * c + x1 * s;
+}
+
+// The backward of `head_norm_rope_bf16`: from the gradient `dy` w.r.t. its (rotated) outputs,
+// the gradient w.r.t. its input `x`, written as bf16 for the projection's products, its only
+// readers. Per element the same arithmetic, in the same order, as `rope_apply` (inverse) then
+// `rmsnorm_backward` (no gain) into zeros.
+extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const float* x,
+                                                        const float* inv, const u32* positions,
+                                                        const float* cos_table,
+                                                        const float* sin_table, bf16_bits* dx,
+                                                        int groups, int heads, int head_dim) {
+    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    long base = (long)g * head_dim;
+    const float* d = dy + base;
+    float r = inv[g];
+    int half = head_dim / 2;
+    bool rotate = positions != 0;
+    long pos = rotate ? (long)positions[g / heads] : 0;
+    float dot = 0.0f;
+    for (int i = lane; i < head_dim; i += 32) {
+        float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
+        dot += dxhat * x[base + i] * r;
+    }
+    dot = warp_sum(dot) / (float)head_dim;
+    for (int i = lane; i < head_dim; i += 32) {
+        float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
+        dx[base + i] = f32_to_bf16(r * (dxhat - x[base + i] * r * dot));
+    }
+}
+
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
 extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, const float* inv,
                                             const float* gain, float* dx, int groups, int width) {
