@@ -560,24 +560,13 @@ pub(super) fn attention_block_forward(
         (k_raw, k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
         (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
         drop(kv_copy);
-        dev.kernels.rope_apply(
-            &mut q_rot,
-            &spec.queries.positions,
-            &rope.cos,
-            &rope.sin,
-            heads,
-            hd,
-            false,
-        )?;
-        dev.kernels.rope_apply(
-            &mut k_rot,
-            &spec.keys.positions,
-            &rope.cos,
-            &rope.sin,
-            heads,
-            hd,
-            false,
-        )?;
+        for (x, positions) in [
+            (&mut q_rot, &spec.queries.positions),
+            (&mut k_rot, &spec.keys.positions),
+        ] {
+            dev.kernels
+                .rope_apply(x, positions, &rope.cos, &rope.sin, heads, hd, false)?;
+        }
         o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
         attn = AttnKept::Batched {
             q: q_rot,

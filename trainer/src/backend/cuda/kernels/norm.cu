@@ -7,6 +7,17 @@
 
 #define NORM_WARPS 8
 
+// `1 / sqrt(mean(x^2) + eps)` of one group `xs` of `width` values, summed by one warp in a fixed
+// order (lane i takes i, i + 32, ...), kept in `inv` by lane 0.
+__device__ __forceinline__ float group_inv_rms(const float* xs, int width, float eps, int lane,
+                                               float* inv) {
+    float sq = 0.0f;
+    for (int i = lane; i < width; i += 32) sq += xs[i] * xs[i];
+    float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
+    if (lane == 0) *inv = r;
+    return r;
+}
+
 // Built twice: f32 outputs, and (`_bf16`) outputs rounded to bf16 for a mixed-precision step,
 // where products are their only readers; the f32 values before rounding are the same.
 template <typename Out>
@@ -16,10 +27,7 @@ __device__ __forceinline__ void rmsnorm_forward_at(const float* x, const float* 
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
     const float* xs = x + (long)g * width;
-    float sq = 0.0f;
-    for (int i = lane; i < width; i += 32) sq += xs[i] * xs[i];
-    float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
-    if (lane == 0) inv[g] = r;
+    float r = group_inv_rms(xs, width, eps, lane, inv + g);
     Out* ys = y + (long)g * width;
     for (int i = lane; i < width; i += 32) {
         float xhat = xs[i] * r;
@@ -50,10 +58,7 @@ extern "C" __global__ void head_norm_rope_bf16(const float* x, bf16_bits* y, flo
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
     const float* xs = x + (long)g * head_dim;
-    float sq = 0.0f;
-    for (int i = lane; i < head_dim; i += 32) sq += xs[i] * xs[i];
-    float r = 1.0f / sqrtf(warp_sum(sq) / (float)head_dim + eps);
-    if (lane == 0) inv[g] = r;
+    float r = group_inv_rms(xs, head_dim, eps, lane, inv + g);
     bf16_bits* ys = y + (long)g * head_dim;
     if (!positions) {
         for (int i = lane; i < head_dim; i += 32) ys[i] = f32_to_bf16(xs[i] * r);
