@@ -219,7 +219,7 @@ ok = [r for r in rows if "error" not in r]
 for r in rows:
     if "error" in r:
         print("error:", r)
-print(f"{'arch':5} {'impl':8} {'mode':29} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13}")
+print(f"{'arch':5} {'impl':8} {'mode':29} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'vs torch compile':>17} {'train step s':>13} {'update s':>9}")
 for arch in ("dec", "red"):
     ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
     for r in (r for r in ok if r["arch"] == arch):
@@ -227,7 +227,8 @@ for arch in ("dec", "red"):
         mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "")
         print(f"{arch:5} {r['impl']:8} {mode:29} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
               f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
-              f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f}")
+              f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f} "
+              f"{r['update_s'] if 'update_s' in r else float('nan'):9.4f}")
 PY
     echo "=== summary"
     cat "$RESULTS/summary.txt"

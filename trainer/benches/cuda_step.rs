@@ -4,8 +4,9 @@
 //! PyTorch reference, `torch_ref.py`). Prints one JSON object per line:
 //! tokens/s (all tokens read per step, and scored tokens), MFU against `BENCH_PEAK_TFLOPS`
 //! (989, an H100 SXM's dense bf16), step time, the allocator's peak bytes, and the time of a whole
-//! training step as `redpack train` runs it on a GPU (`train_step_s`: resident parameters, the
-//! gradient norm and the Adafactor update on the device).
+//! training step as `redpack train` runs it on a GPU (`train_step_s`: the batch staged into
+//! pinned memory beforehand as the loader thread does it, then resident parameters, the gradient
+//! norm and the Adafactor update on the device; `update_s` is the norm and update alone).
 //!
 //! `cargo bench -p redpack-trainer --bench cuda_step`, or run the built binary directly.
 //! Environment: `BENCH_SIZE` (150m), `BENCH_ARCHS` (dec,red), `BENCH_ROWS` (8), `BENCH_SEQ`
@@ -13,7 +14,8 @@
 //! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989), `BENCH_TRAIN_STEPS` (3 whole training steps timed;
 //! 0 skips them), `BENCH_PROFILE` (0; 1 prints, after the timed
 //! steps, a time table by kernel and product shape of two more steps run with
-//! `backend::cuda::profile` on). Without a GPU it prints `SKIPPED: no CUDA device`.
+//! `backend::cuda::profile` on, and one of an optimizer update with its launch count). Without
+//! a GPU it prints `SKIPPED: no CUDA device`.
 
 use std::time::Instant;
 
@@ -118,7 +120,7 @@ fn main() {
                 .load_training(&config, &params, &optimizer)
                 .unwrap_or_else(|e| fail("loading resident training", e));
         }
-        let mut train_step_s = 0.0;
+        let (mut train_step_s, mut update_s) = (0.0, 0.0);
         let stager = ResidentTraining::stager(&backend, &config, &options);
         for i in (0..=train_steps).filter(|_| train_steps > 0) {
             // Staged as `redpack train`'s loader thread does it, ahead of the step (so not
@@ -132,6 +134,8 @@ fn main() {
             let stats = ResidentTraining::accumulate(&mut backend, &config, &micro)
                 .unwrap_or_else(|e| fail("forward/backward", e));
             let scored: usize = stats.iter().map(|s| s.tokens).sum();
+            // `accumulate` returns once the losses are read back, so the device is idle here.
+            let update_start = Instant::now();
             backend
                 .apply_update(1.0 / scored.max(1) as f32, None, 1e-3)
                 .unwrap_or_else(|e| fail("optimizer update", e));
@@ -139,7 +143,24 @@ fn main() {
             if i > 0 {
                 // the first one warms the optimizer's buffers up
                 train_step_s += start.elapsed().as_secs_f64() / train_steps as f64;
+                update_s += update_start.elapsed().as_secs_f64() / train_steps as f64;
             }
+        }
+        if train_steps > 0 && env_usize("BENCH_PROFILE", 0) > 0 {
+            // The optimizer step alone: how many launches, and how long its kernels take.
+            profile::set_enabled(true);
+            profile::reset();
+            backend
+                .apply_update(1e-6, None, 1e-3)
+                .unwrap_or_else(|e| fail("optimizer update", e));
+            profile::set_enabled(false);
+            let rows = profile::entries();
+            let launches: u64 = rows.iter().map(|r| r.1).sum();
+            eprintln!(
+                "profile of one optimizer update, {} {size}: {launches} launches\n{}",
+                arch.name(),
+                profile::report()
+            );
         }
         if env_usize("BENCH_PROFILE", 0) > 0 {
             profile::set_enabled(true);
@@ -183,6 +204,7 @@ fn main() {
             "mfu": flops / step_s / (peak_tflops * 1e12),
             "peak_bytes": peak,
             "train_step_s": train_step_s,
+            "update_s": update_s,
             "loss": last_loss,
             "first_loss": first_loss,
         });
