@@ -9,8 +9,8 @@
 // document. Scores, the softmax and every accumulator stay f32. A query that sees no key outputs
 // zeros. A warp whose whole tile is visible (inside the row, below the causal diagonal or inside
 // the bidirectional prefix, one document) skips the per-score test (`all_visible`); the results
-// are the same bits either way. Tiles reach shared memory through `cp.async` (16 bytes per copy, rows past a row's end
-// zero-filled), so a block keeps every load of a tile in flight at once.
+// are the same bits either way. Tiles reach shared memory through `cp.async` (16 bytes per copy,
+// rows past a row's end zero-filled), so a block keeps every load of a tile in flight at once.
 //
 // The softmax runs in base 2: `scale_log2 = scale · log2(e)`, and the log-sum-exp that the
 // forward pass leaves for the backward (`lse`, `rows x heads x max_q`) is `log2 Σ 2^(x - max) +
