@@ -15,12 +15,14 @@ use super::blas::{Blas, BlasEngine, Precision};
 use super::device::{Buf, Dev, Words};
 use super::inputs::BatchInputs;
 use super::launch::CudaKernels;
+use super::layers::DevRope;
 use super::model::run_model;
 use super::nvrtc::KernelCache;
 use super::probe::{self, CudaAvailability, CudaDeviceInfo};
 use super::staging::{CudaStager, StagedInputs};
+use crate::backend::cpu::ops::Rope;
 use crate::backend::cpu::{validate_batch, validate_options};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Staged};
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
 use crate::params::ParamStore;
@@ -36,8 +38,19 @@ pub struct CudaBackend {
     precision: Precision,
     pub(super) params: Vec<Buf>,
     pub(super) grads: Vec<Buf>,
+    /// The RoPE tables on the device, built once per model and grown with the sequence length.
+    rope: Option<(RopeKey, DevRope)>,
     /// Adafactor's state, once resident training is loaded (`resident.rs`).
     pub(super) optimizer: Option<super::resident::DeviceOptimizer>,
+}
+
+/// What RoPE tables depend on: the head dimension, the base (its bits) and how many positions
+/// they cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RopeKey {
+    head_dim: usize,
+    base: u32,
+    positions: usize,
 }
 
 fn device_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> BackendError + '_ {
@@ -90,6 +103,7 @@ impl CudaBackend {
             precision,
             params: Vec::new(),
             grads: Vec::new(),
+            rope: None,
             optimizer: None,
         })
     }
@@ -202,6 +216,19 @@ impl CudaBackend {
         self.forward_backward_staged(config, batch, options, None)
     }
 
+    /// `forward_backward_resident` over a batch that `ResidentTraining::stager`'s stager
+    /// prepared (what `redpack train` does: its loader thread stages every batch).
+    pub fn forward_backward_prepared(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+        staged: &Staged,
+    ) -> Result<LossStats, BackendError> {
+        let staged = staged.downcast_ref::<StagedInputs>();
+        self.forward_backward_staged(config, batch, options, staged)
+    }
+
     /// `forward_backward_resident` with the batch's inputs as the stager left them (built and
     /// in pinned memory), or built here when there are none or they do not fit the step.
     pub(super) fn forward_backward_staged(
@@ -220,6 +247,7 @@ impl CudaBackend {
                 (&built, Words::Host(&built.words))
             }
         };
+        self.rope_tables(config, inputs.positions)?;
         let mut grads = std::mem::take(&mut self.grads);
         let result = run_model(
             &self.dev(),
@@ -227,6 +255,7 @@ impl CudaBackend {
             &self.params,
             inputs,
             words,
+            self.rope()?,
             options,
             Some(&mut grads),
         );
@@ -239,6 +268,42 @@ impl CudaBackend {
         let stats = result?;
         self.check_async_errors()?;
         Ok(stats)
+    }
+
+    /// RoPE tables for `config` covering `positions` positions (the CPU's tables, computed in
+    /// f64): uploaded on first use, and again only when a longer sequence or another head size
+    /// comes (a table for more positions serves fewer: row p is the same).
+    fn rope_tables(&mut self, config: &ModelConfig, positions: usize) -> Result<(), BackendError> {
+        let fits = |k: &RopeKey| {
+            k.head_dim == config.head_dim
+                && k.base == config.rope_base.to_bits()
+                && k.positions >= positions
+        };
+        if self.rope.as_ref().is_some_and(|(k, _)| fits(k)) {
+            return Ok(());
+        }
+        let key = RopeKey {
+            head_dim: config.head_dim,
+            base: config.rope_base.to_bits(),
+            positions: positions.max(1),
+        };
+        let host = Rope::new(key.head_dim, config.rope_base, key.positions);
+        let (cos, sin) = host.tables();
+        let dev = self.dev();
+        let tables = DevRope {
+            cos: dev.upload(cos)?,
+            sin: dev.upload(sin)?,
+        };
+        self.rope = Some((key, tables));
+        Ok(())
+    }
+
+    /// The tables `rope_tables` made.
+    fn rope(&self) -> Result<&DevRope, BackendError> {
+        match &self.rope {
+            Some((_, tables)) => Ok(tables),
+            None => Err(BackendError::Device("internal: no RoPE tables".into())),
+        }
     }
 
     /// A stager for `redpack train`'s loader thread (`staging.rs`).
@@ -266,12 +331,14 @@ impl CudaBackend {
         };
         self.check(config, batch, &options)?;
         let inputs = BatchInputs::build(config, batch, (&options).into())?;
+        self.rope_tables(config, inputs.positions)?;
         run_model(
             &self.dev(),
             config,
             &self.params,
             &inputs,
             Words::Host(&inputs.words),
+            self.rope()?,
             &options,
             None,
         )

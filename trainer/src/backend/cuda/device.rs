@@ -12,7 +12,6 @@ use cudarc::driver::{
 use super::blas::{Blas, BlasError, Operand, Precision};
 use super::inputs::{BatchInputs, ModelParts, Part, RowsParts, StreamParts};
 use super::launch::{CudaKernels, LaunchError};
-use super::layers::DevRope;
 use super::products::{self, Product};
 use crate::backend::BackendError;
 
@@ -247,7 +246,6 @@ pub(super) enum DevModel {
 pub(super) struct DevInputs {
     pub model: DevModel,
     pub chunks: Vec<DevChunk>,
-    pub rope: DevRope,
 }
 
 /// The word array on the device, and typed copies of its parts.
@@ -257,8 +255,8 @@ struct Arena<'d> {
 }
 
 impl Arena<'_> {
-    /// A device copy of `part`'s words as `T` (`u32`, `i32` or `f32`: 4-byte values whose words
-    /// hold their bits). The copy stays on the device.
+    /// A device copy of `part`'s words as `T` (`u32` or `i32`: 4-byte values whose words hold
+    /// their bits). The copy stays on the device.
     fn take<T: DeviceRepr>(&self, part: Part) -> Result<CudaSlice<T>, BackendError> {
         const { assert!(std::mem::size_of::<T>() == 4) };
         let end = part.offset + part.len;
@@ -366,14 +364,6 @@ impl DevInputs {
                 })
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
-        let rope = DevRope {
-            cos: arena.take(inputs.rope_cos)?,
-            sin: arena.take(inputs.rope_sin)?,
-        };
-        Ok(Some(DevInputs {
-            model,
-            chunks,
-            rope,
-        }))
+        Ok(Some(DevInputs { model, chunks }))
     }
 }

@@ -4,16 +4,16 @@
 //!
 //! The inputs are what `cpu::model` derives from a batch: the token streams (tokens, rows,
 //! positions, documents) with the embedding backward's chains, the attention rows, the scored
-//! predictions and, per logits chunk, their stream indices, targets and chains, and the RoPE
-//! tables. Everything here is host code: `BatchInputs::build` runs on the data loader's thread
+//! predictions and, per logits chunk, their stream indices, targets and chains. (The RoPE tables
+//! depend only on the model and the sequence length; the backend keeps them on the device.)
+//! Everything here is host code: `BatchInputs::build` runs on the data loader's thread
 //! (through the stager) or, without one, on the training thread just before the step.
 //!
-//! Words hold `u32` values as they are, `i32` as their two's-complement bits and `f32` as their
-//! IEEE bits (`Part` records which), so the device side reinterprets a part in place.
+//! Words hold `u32` values as they are and `i32` as their two's-complement bits (each part's
+//! doc says which), so the device side reinterprets a part in place.
 
 use super::launch_tokens::TokenChains;
 use crate::backend::cpu::attention::AttnRow;
-use crate::backend::cpu::ops::Rope;
 use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
 use crate::backend::BackendError;
 use crate::batch::{Batch, StepOptions};
@@ -109,9 +109,8 @@ pub struct BatchInputs {
     pub model: ModelParts,
     pub scored: Vec<Scored>,
     pub chunks: Vec<ChunkParts>,
-    /// RoPE cosines and sines (`f32` words), `batch.seq + 1` positions.
-    pub rope_cos: Part,
-    pub rope_sin: Part,
+    /// Positions the RoPE tables must cover (`batch.seq + 1`).
+    pub positions: usize,
     /// Batch rows (for the per-row losses).
     pub rows: usize,
     /// What the inputs were built for, checked against the step that uses them.
@@ -141,10 +140,6 @@ impl Packer {
 
     fn i32s(&mut self, v: &[i32]) -> Part {
         self.push(v.iter().map(|&x| x as u32))
-    }
-
-    fn f32s(&mut self, v: &[f32]) -> Part {
-        self.push(v.iter().map(|x| x.to_bits()))
     }
 
     fn stream(&mut self, s: &Stream) -> StreamParts {
@@ -230,7 +225,6 @@ impl BatchInputs {
             }
         };
         let mut chunks = Vec::new();
-        let (mut rope_cos, mut rope_sin) = (Part::default(), Part::default());
         if model != ModelParts::Empty {
             for chunk in scored.chunks(chunk_len(config.vocab_size)) {
                 let index: Vec<u32> = chunk.iter().map(|s| s.index as u32).collect();
@@ -243,18 +237,13 @@ impl BatchInputs {
                     next: p.i32s(&chains.next),
                 });
             }
-            let rope = Rope::new(config.head_dim, config.rope_base, batch.seq + 1);
-            let (cos, sin) = rope.tables();
-            rope_cos = p.f32s(cos);
-            rope_sin = p.f32s(sin);
         }
         Ok(BatchInputs {
             words: p.words,
             model,
             scored,
             chunks,
-            rope_cos,
-            rope_sin,
+            positions: batch.seq + 1,
             rows: batch.rows,
             options,
             arch: config.arch,
@@ -352,11 +341,7 @@ mod tests {
                 assert_eq!(i32s(&inputs, c.first), chains.first);
                 assert_eq!(i32s(&inputs, c.next), chains.next);
             }
-            let rope = Rope::new(config.head_dim, config.rope_base, b.seq + 1);
-            let cos: Vec<u32> = rope.tables().0.iter().map(|x| x.to_bits()).collect();
-            assert_eq!(inputs.u32s(inputs.rope_cos), cos.as_slice());
-            let sin: Vec<u32> = rope.tables().1.iter().map(|x| x.to_bits()).collect();
-            assert_eq!(inputs.u32s(inputs.rope_sin), sin.as_slice());
+            assert_eq!(inputs.positions, b.seq + 1);
             assert_eq!(inputs.options, options);
         }
     }
@@ -407,7 +392,6 @@ mod tests {
                     .iter()
                     .flat_map(|c| [c.index, c.targets, c.first, c.next]),
             )
-            .chain([inputs.rope_cos, inputs.rope_sin])
             .collect();
         parts.sort_by_key(|p| p.offset);
         let mut end = 0;

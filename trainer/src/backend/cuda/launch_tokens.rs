@@ -37,18 +37,34 @@ pub struct TokenChains {
 
 impl TokenChains {
     pub fn new(tokens: &[u32]) -> Self {
-        let mut last: HashMap<u32, usize> = HashMap::new();
         let mut first = Vec::new();
         let mut next = vec![-1i32; tokens.len()];
-        for (t, &id) in tokens.iter().enumerate() {
-            match last.insert(id, t) {
-                Some(previous) => next[previous] = t as i32,
-                None => first.push(t as i32),
+        let mut link = |t: usize, previous: Option<usize>| match previous {
+            Some(previous) => next[previous] = t as i32,
+            None => first.push(t as i32),
+        };
+        // Ids below a small multiple of the token count (a vocabulary, or stream indices) take
+        // a table indexed by id; any others a hash map. Both link the same chains.
+        let span = tokens.iter().max().map_or(0, |&m| m as usize + 1);
+        if span <= DENSE_IDS.max(4 * tokens.len()) {
+            let mut last = vec![u32::MAX; span];
+            for (t, &id) in tokens.iter().enumerate() {
+                let slot = &mut last[id as usize];
+                link(t, (*slot != u32::MAX).then_some(*slot as usize));
+                *slot = t as u32;
+            }
+        } else {
+            let mut last: HashMap<u32, usize> = HashMap::new();
+            for (t, &id) in tokens.iter().enumerate() {
+                link(t, last.insert(id, t));
             }
         }
         TokenChains { first, next }
     }
 }
+
+/// Ids up to this many always take `TokenChains`'s table (4 MiB of `u32`).
+const DENSE_IDS: usize = 1 << 20;
 
 impl CudaKernels {
     /// `probs = softmax(scale · scores + mask)` per query line. `rows_desc` has six `i32` per
@@ -229,5 +245,38 @@ mod tests {
         }
         visited.sort_unstable();
         assert_eq!(visited, (0..tokens.len()).collect::<Vec<_>>());
+    }
+
+    /// The chains as the definition says: per id, its tokens in order.
+    fn reference(tokens: &[u32]) -> TokenChains {
+        let mut first = Vec::new();
+        let mut next = vec![-1i32; tokens.len()];
+        for (t, &id) in tokens.iter().enumerate() {
+            if let Some(k) = tokens[t + 1..].iter().position(|&x| x == id) {
+                next[t] = (t + 1 + k) as i32;
+            }
+            if !tokens[..t].contains(&id) {
+                first.push(t as i32);
+            }
+        }
+        TokenChains { first, next }
+    }
+
+    #[test]
+    fn chains_link_each_ids_tokens_in_order_with_the_table_or_the_map() {
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let cases: Vec<Vec<u32>> = vec![
+            vec![],
+            vec![7],
+            vec![5, 5, 5],
+            (0..300).map(|_| rng.below(40) as u32).collect(),
+            // Ids far above 4x the count and DENSE_IDS: the hash map.
+            (0..300)
+                .map(|_| [3, u32::MAX, 1 << 30][rng.below(3) as usize])
+                .collect(),
+        ];
+        for tokens in cases {
+            assert_eq!(TokenChains::new(&tokens), reference(&tokens), "{tokens:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::device::{operand, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream,
 use super::inputs::{chunk_len, BatchInputs};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, Dims, DropSite, FfnCache,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
 };
 use super::products;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
@@ -350,7 +350,7 @@ fn no_hidden_gradient() -> BackendError {
 /// Forward (and, with `grads`, backward: gradients are *added* into `grads`) of a whole model
 /// over a micro-batch whose inputs were built from a batch the caller validated. `params` and
 /// `grads` are in checkpoint order; `words` holds `inputs.words` (staged in pinned memory, or
-/// the vector itself).
+/// the vector itself); `rope` covers at least `inputs.positions` positions.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_model(
     dev: &Dev,
@@ -358,6 +358,7 @@ pub(super) fn run_model(
     params: &[Buf],
     inputs: &BatchInputs,
     words: Words<'_>,
+    rope: &DevRope,
     options: &StepOptions,
     grads: Option<&mut [Buf]>,
 ) -> Result<LossStats, BackendError> {
@@ -385,7 +386,6 @@ pub(super) fn run_model(
             ..LossStats::default()
         });
     };
-    let rope = &staged.rope;
     // The scored tokens' losses (and, training, the gradient w.r.t. the top stack's output).
     let score = |output: &Buf, stream: &DevStream, d_embed: Option<&mut Buf>| {
         score(
