@@ -53,6 +53,10 @@ struct RopeKey {
     positions: usize,
 }
 
+fn no_rope_tables() -> BackendError {
+    BackendError::Device("internal: no RoPE tables after building them".into())
+}
+
 fn device_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> BackendError + '_ {
     move |e| BackendError::Device(format!("{what}: {e}"))
 }
@@ -248,6 +252,9 @@ impl CudaBackend {
             }
         };
         self.rope_tables(config, inputs.positions)?;
+        let Some((_, rope)) = &self.rope else {
+            return Err(no_rope_tables());
+        };
         let mut grads = std::mem::take(&mut self.grads);
         let result = run_model(
             &self.dev(),
@@ -255,7 +262,7 @@ impl CudaBackend {
             &self.params,
             inputs,
             words,
-            self.rope()?,
+            rope,
             options,
             Some(&mut grads),
         );
@@ -298,14 +305,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The tables `rope_tables` made.
-    fn rope(&self) -> Result<&DevRope, BackendError> {
-        match &self.rope {
-            Some((_, tables)) => Ok(tables),
-            None => Err(BackendError::Device("internal: no RoPE tables".into())),
-        }
-    }
-
     /// A stager for `redpack train`'s loader thread (`staging.rs`).
     pub(super) fn make_stager(&self, config: &ModelConfig, options: &StepOptions) -> CudaStager {
         CudaStager::new(self.context.clone(), config, options)
@@ -332,13 +331,16 @@ impl CudaBackend {
         self.check(config, batch, &options)?;
         let inputs = BatchInputs::build(config, batch, (&options).into())?;
         self.rope_tables(config, inputs.positions)?;
+        let Some((_, rope)) = &self.rope else {
+            return Err(no_rope_tables());
+        };
         run_model(
             &self.dev(),
             config,
             &self.params,
             &inputs,
             Words::Host(&inputs.words),
-            self.rope()?,
+            rope,
             &options,
             None,
         )
