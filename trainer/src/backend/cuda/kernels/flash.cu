@@ -70,6 +70,25 @@ __device__ __forceinline__ int query_begin(const RowDesc& row, int j0) {
     return j0;
 }
 
+// The (tile, head, row) a block works on. Blocks start roughly in the order of their linear
+// index, and in a causal row the tiles differ in work: a later query tile sees more keys. So
+// the heaviest tile of every (row, head) is handed
+// out first, then the next heaviest, and so on: long blocks start early and the last wave holds
+// short ones. The grid still covers every (tile, head, row) once, each computed as before; only
+// the order in which they run changes. For the query-tile kernels (forward, dQ), where the last
+// tile is the heaviest.
+struct BlockWork {
+    int tile, h, r;
+};
+
+__device__ __forceinline__ BlockWork last_tiles_first() {
+    unsigned per_tile = gridDim.y * gridDim.z;
+    unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned rank = lin / per_tile, rest = lin % per_tile;
+    BlockWork w = {(int)(gridDim.x - 1 - rank), (int)(rest % gridDim.y), (int)(rest / gridDim.y)};
+    return w;
+}
+
 // Whether every query in [q0, q1) sees every key in [k0, k1) (non-empty ranges of row indices):
 // both inside the row, no causal cut between them, and one document for all. Document indices
 // never decrease along a row, so equal ends mean one document throughout. A tile for which this
@@ -311,9 +330,10 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
     constexpr int THREADS = WARPS * 32, BQ = WARPS * 16, TILE = FA_BK * KST;
     bf16_bits* smem = (bf16_bits*)flash_smem;  // STAGES x (K tile, V tile)
 
-    const int r = blockIdx.z, h = blockIdx.y;
+    const BlockWork work = last_tiles_first();
+    const int r = work.r, h = work.h;
     const RowDesc row = row_desc(rows_desc, r);
-    const int i0 = blockIdx.x * BQ;
+    const int i0 = work.tile * BQ;
     if (i0 >= row.q_len) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long da = (long)heads * D;
@@ -514,6 +534,8 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
     __shared__ float lse_s[FB_BQ];
     __shared__ float delta_s[FB_BQ];
 
+    // Key tiles in index order: in a causal row the first ones, seen by the most queries, are
+    // the heaviest, so each (row, head) already starts with them.
     const int r = blockIdx.z, h = blockIdx.y;
     const RowDesc row = row_desc(rows_desc, r);
     const int j0 = blockIdx.x * FB_BK;
@@ -720,9 +742,10 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     constexpr int THREADS = WARPS * 32, BQ = WARPS * 16, TILE = FQ_BK * ST;
     bf16_bits* smem = (bf16_bits*)flash_smem;  // STAGES x (K tile, V tile)
 
-    const int r = blockIdx.z, h = blockIdx.y;
+    const BlockWork work = last_tiles_first();
+    const int r = work.r, h = work.h;
     const RowDesc row = row_desc(rows_desc, r);
-    const int i0 = blockIdx.x * BQ;
+    const int i0 = work.tile * BQ;
     if (i0 >= row.q_len) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long da = (long)heads * D;
