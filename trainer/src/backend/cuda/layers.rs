@@ -191,6 +191,20 @@ impl Kept {
     }
 }
 
+/// `input (tokens x d) · wᵀ`, the raw Q, K or V projection (`tokens x heads·head_dim`).
+fn projection(
+    dev: &Dev,
+    dims: &Dims,
+    input: Operand<'_>,
+    w: &Buf,
+    tokens: usize,
+) -> Result<Buf, BackendError> {
+    let (d, da) = (dims.d, dims.da());
+    let mut raw = dev.scratch(tokens * da)?; // the product (beta 0) writes it all
+    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
+    Ok(raw)
+}
+
 /// `(raw, x̂, 1/rms)` of a projection normalized per head.
 fn project(
     dev: &Dev,
@@ -199,10 +213,8 @@ fn project(
     w: &Buf,
     tokens: usize,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
-    let (d, da) = (dims.d, dims.da());
-    let mut raw = dev.scratch(tokens * da)?; // the product (beta 0) writes it all
-    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
-    let mut hat = dev.scratch(tokens * da)?; // rmsnorm_forward writes every group
+    let raw = projection(dev, dims, input, w, tokens)?;
+    let mut hat = dev.scratch(tokens * dims.da())?; // rmsnorm_forward writes every group
     let mut inv = dev.scratch(tokens * dims.heads)?;
     dev.kernels.rmsnorm_forward(
         &raw,
@@ -227,12 +239,11 @@ fn project_bf16(
     tokens: usize,
     rope: Option<(&CudaSlice<u32>, &DevRope)>,
 ) -> Result<(Buf, Buf, Bf16Buf), BackendError> {
-    let (d, da) = (dims.d, dims.da());
-    let mut raw = dev.scratch(tokens * da)?; // the product (beta 0) writes it all
-    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
-    let mut inv = dev.scratch(tokens * dims.heads)?; // the kernel writes every group
-                                                     // SAFETY: head_norm_rope_bf16 writes every value.
-    let mut out = unsafe { dev.stream.alloc::<u16>(tokens * da) }?;
+    let raw = projection(dev, dims, input, w, tokens)?;
+    // The kernel writes every group's `inv` and every value of `out`.
+    let mut inv = dev.scratch(tokens * dims.heads)?;
+    // SAFETY: head_norm_rope_bf16 writes every value.
+    let mut out = unsafe { dev.stream.alloc::<u16>(tokens * dims.da()) }?;
     let tables = rope.map(|(positions, r)| (positions, &r.cos, &r.sin));
     dev.kernels.head_norm_rope_bf16(
         &raw, &mut out, &mut inv, tables, dims.heads, dims.hd, dims.eps,
