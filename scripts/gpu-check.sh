@@ -11,7 +11,7 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
-# torch, memcheck, bench-1b, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# torch, memcheck, ncu, bench-1b, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
@@ -23,11 +23,14 @@
 #      attention build, and the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), with
-#      cublasGemmEx and with cuBLASLt's cached plans, 5. the same models in PyTorch (eager and torch.compile,
-#      bf16), 6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on
-#      the steps), 7. the 1B models and
-#      the f32 mode's throughput, 8. a side-by-side table. About 4 minutes on an H200; the whole
-#      run stops at GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
+#      cublasGemmEx and with cuBLASLt's cached plans,
+#   5. the same models in PyTorch (eager and torch.compile, bf16),
+#   6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
+#   7. Nsight Compute on the fused attention kernels, where `ncu` is installed,
+#   8. the 1B models and the f32 mode's throughput,
+#   9. a side-by-side table.
+# About 4 minutes on an H200 in session 3; the whole run stops at GPU_CHECK_BUDGET seconds (540),
+# each step within its own timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=target/gpu-bundle
@@ -206,6 +209,20 @@ run() {
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
+    # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
+    # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
+    local ncu=""
+    for c in ncu /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+        command -v "$c" >/dev/null 2>&1 && { ncu=$(command -v "$c"); break; }
+    done
+    if [ -n "$ncu" ]; then
+        wanted ncu && step ncu-attention 150 "$ncu" --kernel-name regex:flash_ --launch-count 3 \
+            --section SpeedOfLight --section Occupancy --section WarpStateStats \
+            --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            env BENCH_ARCHS=dec BENCH_STEPS=1 BENCH_WARMUP=0 BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
+    else
+        echo "ncu not found: the attention profile is skipped" | tee -a "$RESULTS/summary.txt"
+    fi
     wanted bench-1b && step bench-1b 150 env REDPACK_CUDA_FLASH=pipelined BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
