@@ -158,6 +158,16 @@ impl EvalJob {
         let mut sums: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
         let mut examples = 0u64;
         let mut batch_no = 0u64;
+        // A device that keeps parameters resident gets them once for the whole evaluation.
+        let resident = match backend.resident() {
+            Some(device) => {
+                device
+                    .load_params(&self.model, &self.params)
+                    .map_err(|source| EvalError::Backend { batch: 0, source })?;
+                true
+            }
+            None => false,
+        };
         while let Some(loaded) = self.loader.next_batch()? {
             let mut batch = loaded.batch;
             if let Some(max) = self.options.max_examples {
@@ -169,12 +179,14 @@ impl EvalJob {
                     batch = truncate_rows(batch, left);
                 }
             }
-            let stats = backend
-                .forward_loss(&self.model, &self.params, &batch, &self.step_options)
-                .map_err(|source| EvalError::Backend {
-                    batch: batch_no,
-                    source,
-                })?;
+            let stats = match backend.resident().filter(|_| resident) {
+                Some(device) => device.forward_loss_loaded(&self.model, &batch, &self.step_options),
+                None => backend.forward_loss(&self.model, &self.params, &batch, &self.step_options),
+            }
+            .map_err(|source| EvalError::Backend {
+                batch: batch_no,
+                source,
+            })?;
             for r in 0..batch.rows {
                 let entry = sums.entry(batch.source[r].clone()).or_default();
                 entry.0 += stats.row_loss.get(r).copied().unwrap_or(0.0);

@@ -238,6 +238,26 @@ fn checkpoint_round_trip_and_eval() {
     assert_eq!(report.overall.tokens, 8 * 15);
     assert_eq!(report.sources.len(), 2);
     assert_eq!(report.sources["web"].tokens, 4 * 15);
+    // A backend with resident parameters gets them once for the whole evaluation (its
+    // per-batch path panics), here over 3 batches of 3 rows, and reports the same.
+    let small_batches = EvalOptions {
+        batch_rows: 3,
+        ..EvalOptions::default()
+    };
+    let by_three = |backend: &mut dyn Backend| {
+        EvalJob::prepare(&settings.out, &data, small_batches.clone())
+            .unwrap()
+            .run(backend, |_| {})
+            .unwrap()
+    };
+    let mut resident = HostResident::new(usize::MAX);
+    let on_device = by_three(&mut resident);
+    assert_eq!(resident.param_loads, 1);
+    assert_eq!(
+        serde_json::to_value(&on_device).unwrap(),
+        serde_json::to_value(by_three(&mut backend)).unwrap()
+    );
+    assert_eq!(on_device.overall.tokens, report.overall.tokens);
     assert!((report.overall.ppl - report.overall.loss.exp()).abs() < 1e-9);
     let fixed = EvalJob::prepare(
         &outcome.final_checkpoint,
@@ -408,6 +428,9 @@ struct HostResident {
     nan_from_update: usize,
     /// Micro-batches that arrived staged by `HostStager`, checked against their batches.
     staged: usize,
+    /// Parameters `load_params` put on the "device", and how often it was called.
+    eval_params: Option<ParamStore>,
+    param_loads: usize,
 }
 
 /// A batch's contents in one number.
@@ -446,6 +469,8 @@ impl HostResident {
             updates: 0,
             nan_from_update,
             staged: 0,
+            eval_params: None,
+            param_loads: 0,
         }
     }
 }
@@ -466,12 +491,12 @@ impl Backend for HostResident {
     }
     fn forward_loss(
         &mut self,
-        config: &ModelConfig,
-        params: &ParamStore,
-        batch: &Batch,
-        options: &StepOptions,
+        _: &ModelConfig,
+        _: &ParamStore,
+        _: &Batch,
+        _: &StepOptions,
     ) -> Result<LossStats, BackendError> {
-        self.cpu.forward_loss(config, params, batch, options)
+        panic!("a resident backend's per-batch evaluation path was used")
     }
     fn resident(&mut self) -> Option<&mut dyn ResidentTraining> {
         Some(self)
@@ -488,6 +513,23 @@ impl ResidentTraining for HostResident {
         self.loads += 1;
         self.state = Some((params.clone(), optimizer.clone(), params.zeros_like()));
         Ok(())
+    }
+    fn load_params(&mut self, _: &ModelConfig, params: &ParamStore) -> Result<(), BackendError> {
+        self.param_loads += 1;
+        self.eval_params = Some(params.clone());
+        Ok(())
+    }
+    fn forward_loss_loaded(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        let params = match (&self.eval_params, &self.state) {
+            (Some(p), _) | (None, Some((p, _, _))) => p,
+            (None, None) => panic!("no parameters loaded"),
+        };
+        self.cpu.forward_loss(config, params, batch, options)
     }
     fn stager(&self, _: &ModelConfig, _: &StepOptions) -> Option<Arc<dyn Stager>> {
         Some(Arc::new(HostStager))

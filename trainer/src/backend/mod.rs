@@ -118,6 +118,23 @@ pub trait ResidentTraining {
         lr: f32,
     ) -> Result<(f64, Option<UpdateStats>), BackendError>;
 
+    /// Copies the parameters onto the device for `forward_loss_loaded` (evaluation: no
+    /// optimizer state, no gradients needed).
+    fn load_params(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+    ) -> Result<(), BackendError>;
+
+    /// Forward only (dropout off) with the parameters `load_params` or `load_training` put on
+    /// the device, so an evaluation moves them once, not once per batch.
+    fn forward_loss_loaded(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError>;
+
     /// Copies the parameters and the optimizer state back into the host copies.
     fn store_training(
         &mut self,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::staging::StagedInputs;
 use crate::backend::{BackendError, MicroBatch, ResidentTraining, Stager};
-use crate::batch::{LossStats, StepOptions};
+use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
 use crate::optim::adafactor::{beta2, state_name, Adafactor, AdafactorConfig, UpdateStats};
 use crate::params::{ParamStore, Tensor};
@@ -114,6 +114,26 @@ impl ResidentTraining for CudaBackend {
             partial,
         });
         Ok(())
+    }
+
+    fn load_params(
+        &mut self,
+        config: &ModelConfig,
+        params: &ParamStore,
+    ) -> Result<(), BackendError> {
+        params
+            .check_matches(config)
+            .map_err(|e| BackendError::BadModel(format!("parameters: {e}")))?;
+        self.upload_params(params)
+    }
+
+    fn forward_loss_loaded(
+        &mut self,
+        config: &ModelConfig,
+        batch: &Batch,
+        options: &StepOptions,
+    ) -> Result<LossStats, BackendError> {
+        self.forward_loss_resident(config, batch, options)
     }
 
     fn stager(&self, config: &ModelConfig, options: &StepOptions) -> Option<Arc<dyn Stager>> {
