@@ -311,6 +311,22 @@ fn forward_loss_matches_cpu() {
             .forward_loss(&config, &params, &batch, &options)
             .unwrap();
         check_stats(&format!("forward_loss ({})", arch.name()), &g, &c, 1e-5);
+        // Evaluation's path: the parameters loaded once, then two batches.
+        use redpack_trainer::backend::ResidentTraining;
+        gpu.load_params(&config, &params).unwrap();
+        let other = crate::batch(arch, 6);
+        let c2 = cpu
+            .forward_loss(&config, &params, &other, &options)
+            .unwrap();
+        for (name, b, want) in [("first", &batch, &c), ("second", &other, &c2)] {
+            let got = gpu.forward_loss_loaded(&config, b, &options).unwrap();
+            check_stats(
+                &format!("forward_loss_loaded {name} ({})", arch.name()),
+                &got,
+                want,
+                1e-5,
+            );
+        }
     }
 }
 
