@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::launch::{grid, grid_1d, CudaKernels, LaunchError, NULL, THREADS, WARPS_PER_BLOCK};
+use super::launch::{
+    grid, grid_1d, CudaKernels, LaunchError, Stored, NULL, THREADS, WARPS_PER_BLOCK,
+};
 
 /// Threads per block for the per-token cross-entropy reduction.
 const CE_THREADS: u32 = 512;
@@ -135,43 +137,26 @@ impl CudaKernels {
         )
     }
 
-    /// Overwrites the logits chunk with `(softmax · (1 + 2 z_loss logZ) − onehot) · grad_scale`.
-    pub fn cross_entropy_backward(
-        &self,
-        logits: &mut CudaSlice<f32>,
-        targets: &CudaSlice<u32>,
-        log_z: &CudaSlice<f32>,
-        vocab: usize,
-        z_loss: f32,
-        grad_scale: f32,
-    ) -> Result<(), LaunchError> {
-        let (tokens, vocab) = (targets.len() as i32, vocab as i32);
-        let mut b = self.builder("cross_entropy_backward")?;
-        b.arg(logits).arg(targets).arg(log_z);
-        b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
-        let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
-        self.run("cross_entropy_backward", &mut b, cfg)
-    }
-
-    /// `cross_entropy_backward` into a separate bf16 buffer (`tokens x vocab`), leaving the
-    /// logits as they are: the same values, rounded, for the mixed-precision products.
+    /// `grad` (`tokens x vocab`, f32 or bf16) = `(softmax · (1 + 2 z_loss logZ) − onehot) ·
+    /// grad_scale` of the logits chunk, which is left as it is.
     #[allow(clippy::too_many_arguments)]
-    pub fn cross_entropy_backward_bf16(
+    pub fn cross_entropy_backward<T: Stored>(
         &self,
         logits: &CudaSlice<f32>,
-        grad: &mut CudaSlice<u16>,
+        grad: &mut CudaSlice<T>,
         targets: &CudaSlice<u32>,
         log_z: &CudaSlice<f32>,
         vocab: usize,
         z_loss: f32,
         grad_scale: f32,
     ) -> Result<(), LaunchError> {
+        let name = T::entry("cross_entropy_backward", "cross_entropy_backward_bf16");
         let (tokens, vocab) = (targets.len() as i32, vocab as i32);
-        let mut b = self.builder("cross_entropy_backward_bf16")?;
+        let mut b = self.builder(name)?;
         b.arg(logits).arg(grad).arg(targets).arg(log_z);
         b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
         let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
-        self.run("cross_entropy_backward_bf16", &mut b, cfg)
+        self.run(name, &mut b, cfg)
     }
 
     /// `out[t] = embed[tokens[t]]`, rows of `d`.

@@ -128,7 +128,7 @@ impl Kept {
     ///
     /// # Safety
     /// The caller's kernel must write all `n` values before anything reads them.
-    unsafe fn output(dev: &Dev, n: usize) -> Result<Kept, BackendError> {
+    pub(super) unsafe fn output(dev: &Dev, n: usize) -> Result<Kept, BackendError> {
         Ok(match dev.precision {
             Precision::Bf16 => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n) }?),
             Precision::F32 => Kept::F32(dev.scratch(n)?),

@@ -4,12 +4,11 @@
 //! copy before the step). Nothing in a step waits for the device until the losses are read back
 //! after the last backward launch.
 
-use super::blas::Precision;
 use super::device::{operand, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
 use super::inputs::{chunk_len, BatchInputs};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept,
 };
 use super::products;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
@@ -296,36 +295,32 @@ fn score(
         let (Some(de), Some(dh_all)) = (d_embed.as_deref_mut(), d_hidden.as_mut()) else {
             continue;
         };
-        // G = d(ce + z)/d(h · Eᵀ): in the bf16 mode written as bf16 for the products (its only
-        // readers), in the f32 mode in place of the logits.
-        let g_copy = match dev.precision {
-            Precision::Bf16 => {
-                // SAFETY: cross_entropy_backward_bf16 writes all `c x vocab` values.
-                let mut g = unsafe { dev.stream.alloc::<u16>(c * vocab) }?;
-                dev.kernels.cross_entropy_backward_bf16(
-                    &logits,
-                    &mut g,
-                    &chunk.targets,
-                    &log_z,
-                    vocab,
-                    z_loss,
-                    scale,
-                )?;
-                Some(g)
-            }
-            Precision::F32 => {
-                dev.kernels.cross_entropy_backward(
-                    &mut logits,
-                    &chunk.targets,
-                    &log_z,
-                    vocab,
-                    z_loss,
-                    scale,
-                )?;
-                None
-            }
-        };
-        let g_op = operand(&logits, &g_copy);
+        // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
+        // bf16 mode: the products are its only readers).
+        // SAFETY: cross_entropy_backward writes all `c x vocab` values.
+        let mut g = unsafe { Kept::output(dev, c * vocab) }?;
+        match &mut g {
+            Kept::F32(g) => dev.kernels.cross_entropy_backward(
+                &logits,
+                g,
+                &chunk.targets,
+                &log_z,
+                vocab,
+                z_loss,
+                scale,
+            )?,
+            Kept::Bf16(g) => dev.kernels.cross_entropy_backward(
+                &logits,
+                g,
+                &chunk.targets,
+                &log_z,
+                vocab,
+                z_loss,
+                scale,
+            )?,
+        }
+        drop(logits);
+        let g_op = g.operand();
         // dh (c x d) = G · E
         let mut dh = dev.scratch(c * d)?; // the product (beta 0) writes it all
         dev.product(

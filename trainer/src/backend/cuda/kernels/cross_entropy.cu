@@ -1,7 +1,7 @@
 // Cross-entropy with z-loss over one chunk of logits (`tokens x vocab`, the chunk the matmul just
 // wrote); one block per token. Per token: logZ = logsumexp(logits), ce = logZ - logit[target],
-// z = z_loss * logZ^2. No probability matrix is kept: the backward pass overwrites the logits
-// chunk with d(ce + z)/d(raw logits) = (softmax * (1 + 2 z_loss logZ) - onehot) * grad_scale,
+// z = z_loss * logZ^2. No probability matrix is kept: the backward pass writes the chunk's
+// d(ce + z)/d(raw logits) = (softmax * (1 + 2 z_loss logZ) - onehot) * grad_scale,
 // where grad_scale is the logit scale (d_model^-0.5) that the matmul applied. The backward grid
 // puts tokens on y, so a chunk holds at most 65535 tokens.
 
@@ -26,8 +26,8 @@ extern "C" __global__ void cross_entropy_forward(const float* logits, const u32*
     }
 }
 
-// The gradient goes in place over the logits (f32), or (`_bf16`) into a separate bf16 buffer for
-// the mixed-precision products that are its only readers: the same values, rounded.
+// The gradient goes into its own buffer, f32 or (`_bf16`) bf16 for the mixed-precision products
+// that are its only readers: the same values, rounded. The logits are left as they are.
 template <typename Out>
 __device__ __forceinline__ void cross_entropy_backward_at(const float* logits, Out* grad,
                                                           const u32* targets, const float* log_z,
@@ -43,10 +43,11 @@ __device__ __forceinline__ void cross_entropy_backward_at(const float* logits, O
     store_value(grad + at, g * grad_scale);
 }
 
-extern "C" __global__ void cross_entropy_backward(float* logits, const u32* targets,
-                                                  const float* log_z, int tokens, int vocab,
-                                                  float z_loss, float grad_scale) {
-    cross_entropy_backward_at(logits, logits, targets, log_z, tokens, vocab, z_loss, grad_scale);
+extern "C" __global__ void cross_entropy_backward(const float* logits, float* grad,
+                                                  const u32* targets, const float* log_z,
+                                                  int tokens, int vocab, float z_loss,
+                                                  float grad_scale) {
+    cross_entropy_backward_at(logits, grad, targets, log_z, tokens, vocab, z_loss, grad_scale);
 }
 
 extern "C" __global__ void cross_entropy_backward_bf16(const float* logits, bf16_bits* grad,
