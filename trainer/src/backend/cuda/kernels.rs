@@ -99,20 +99,16 @@ pub const KERNELS: &[KernelSource] = &[
             "flash_delta",
         ]
     ),
-    kernel_source!(
-        "residual",
-        ["scale_inplace", "add_inplace", "dropout_apply"]
-    ),
+    kernel_source!("residual", ["add_inplace", "dropout_apply"]),
     kernel_source!(
         "adafactor",
         [
-            "reduce_sum_partial",
-            "reduce_sum_final",
-            "adafactor_full_moment",
-            "adafactor_row_moment",
-            "adafactor_col_moment",
-            "adafactor_factored_y",
-            "adafactor_apply",
+            "mt_grad_sq_partial",
+            "mt_sum_chunks",
+            "mt_moments",
+            "mt_factor_sums",
+            "mt_y_sq_partial",
+            "mt_apply",
         ]
     ),
 ];

@@ -19,8 +19,6 @@ use super::nvrtc::{KernelCache, KernelError};
 /// (`NORM_WARPS` in norm.cu).
 pub(super) const THREADS: u32 = 256;
 pub(super) const WARPS_PER_BLOCK: u32 = THREADS / 32;
-/// Blocks of the first reduction pass: fixed, so sums do not depend on the input size.
-pub(super) const REDUCE_BLOCKS: u32 = 256;
 /// Rows per partial sum of the RMSNorm gain's gradient (`GAIN_CHUNK` in norm.cu).
 const GAIN_CHUNK: usize = 64;
 

@@ -113,14 +113,6 @@ impl CudaKernels {
         self.run("dropout_apply", &mut b, grid_1d(rows.len() * width))
     }
 
-    /// `x *= factor`.
-    pub fn scale_inplace(&self, x: &mut CudaSlice<f32>, factor: f32) -> Result<(), LaunchError> {
-        let n = x.len() as i64;
-        let mut b = self.builder("scale_inplace")?;
-        b.arg(&mut *x).arg(&factor).arg(&n);
-        self.run("scale_inplace", &mut b, grid_1d(n as usize))
-    }
-
     /// f32 to bf16 (stored as `u16`), round to nearest even; `y` at least as long as `x`.
     pub fn f32_to_bf16(
         &self,

@@ -1,8 +1,8 @@
 //! `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state stay on the
 //! GPU for the whole run. A step is the host loop's step on the device: the summed-loss
-//! gradients of every micro-batch, scaled by 1 / scored tokens (`scale_inplace`), the global
-//! norm (per-tensor f64 sums in tensor order, summed on the host, as `optim::global_norm`),
-//! optional clipping, and the Adafactor update of every tensor (`launch_adafactor`, T5X's rule)
+//! gradients of every micro-batch, scaled by 1 / scored tokens, the global norm (per-tensor f64
+//! sums, added on the host in tensor order, as `optim::global_norm`), optional clipping, and the
+//! Adafactor update of every tensor (`launch_adafactor`, T5X's rule, all tensors in each launch)
 //! with the update norm summed likewise. Only the norms come back each step; the parameters and
 //! state cross to the host for checkpoints alone.
 
@@ -10,7 +10,9 @@ use cudarc::driver::CudaSlice;
 
 use super::backend::CudaBackend;
 use super::device::Buf;
-use super::launch_adafactor::{AdafactorScratch, AdafactorStep, DeviceMoment};
+use super::launch_adafactor::{
+    AdafactorStep, AdafactorTensor, DeviceMoment, MomentShape, MultiTensorAdafactor,
+};
 use std::sync::Arc;
 
 use super::staging::StagedInputs;
@@ -35,10 +37,8 @@ pub(super) struct DeviceOptimizer {
     shapes: Vec<Vec<usize>>,
     moments: Vec<Moment>,
     momentum: Vec<Option<Buf>>,
-    scratch: AdafactorScratch,
-    /// One f64 per tensor: squared gradient, then squared update sums.
-    sums: CudaSlice<f64>,
-    partial: CudaSlice<f64>,
+    /// The update's work table and sums.
+    update: MultiTensorAdafactor,
 }
 
 fn missing(name: &str) -> BackendError {
@@ -50,12 +50,6 @@ impl CudaBackend {
         self.optimizer.as_mut().ok_or_else(|| {
             BackendError::BadModel("resident training was not loaded (load_training)".into())
         })
-    }
-
-    /// The f64 sums of squares per tensor in `sums`, read back and added in tensor order.
-    fn read_sum(&self, sums: &CudaSlice<f64>, n: usize) -> Result<f64, BackendError> {
-        let host = self.stream.clone_dtoh(sums)?;
-        Ok(host[..n].iter().sum())
     }
 }
 
@@ -98,10 +92,18 @@ impl ResidentTraining for CudaBackend {
                 None => None,
             });
         }
-        let largest = params.tensors.iter().map(Tensor::len).max().unwrap_or(1);
-        let scratch = AdafactorScratch::new(&self.stream, largest.max(1))?;
-        let sums = dev.zeros_of::<f64>(params.len().max(1))?;
-        let partial = dev.zeros_of::<f64>(super::launch::REDUCE_BLOCKS as usize)?;
+        let shapes: Vec<MomentShape> = moments
+            .iter()
+            .zip(&params.tensors)
+            .map(|(m, t)| match m {
+                Moment::Full(_) => MomentShape::Full { n: t.len() },
+                Moment::Factored { .. } => MomentShape::Factored {
+                    rows: t.shape[0],
+                    cols: t.shape[1],
+                },
+            })
+            .collect();
+        let update = MultiTensorAdafactor::new(&self.stream, &shapes)?;
         self.optimizer = Some(DeviceOptimizer {
             config: oconfig,
             step: optimizer.step(),
@@ -109,9 +111,7 @@ impl ResidentTraining for CudaBackend {
             shapes: params.tensors.iter().map(|t| t.shape.clone()).collect(),
             moments,
             momentum,
-            scratch,
-            sums,
-            partial,
+            update,
         });
         Ok(())
     }
@@ -231,47 +231,39 @@ impl CudaBackend {
         lr: f32,
     ) -> Result<(f64, Option<UpdateStats>), BackendError> {
         let n = self.grads.len();
-        for g in &mut self.grads {
-            self.kernels.scale_inplace(g, scale)?;
-        }
-        for (i, g) in self.grads.iter().enumerate() {
-            self.kernels
-                .sum_f64(g, g.len(), true, &mut opt.partial, (&mut opt.sums, i))?;
-        }
-        let norm = self.read_sum(&opt.sums, n)?.sqrt();
+        let mut tensors: Vec<AdafactorTensor<'_>> = self
+            .params
+            .iter_mut()
+            .zip(&mut self.grads)
+            .zip(opt.moments.iter_mut().zip(&mut opt.momentum))
+            .map(|((param, grad), (moment, momentum))| AdafactorTensor {
+                param,
+                grad,
+                moment: match moment {
+                    Moment::Full(v) => DeviceMoment::Full(v),
+                    Moment::Factored { v_row, v_col } => DeviceMoment::Factored { v_row, v_col },
+                },
+                momentum: momentum.as_mut(),
+            })
+            .collect();
+        let kernels = &self.kernels;
+        opt.update.gradient_squares(kernels, &mut tensors, scale)?;
+        let norm = read_sum(&self.stream, &opt.update.grad_sq, n)?.sqrt();
         if !norm.is_finite() {
             return Ok((norm, None));
         }
-        if let Some(max) = clip {
-            if norm > max && norm > 0.0 {
-                let factor = (max / norm) as f32;
-                for g in &mut self.grads {
-                    self.kernels.scale_inplace(g, factor)?;
-                }
-            }
-        }
+        let factor = match clip {
+            Some(max) if norm > max && norm > 0.0 => (max / norm) as f32,
+            _ => 1.0,
+        };
         let b2 = beta2(opt.config.decay_rate, opt.step);
         let step = AdafactorStep {
             config: &opt.config,
             beta2: b2,
             lr,
         };
-        for (i, (p, g)) in self.params.iter_mut().zip(&self.grads).enumerate() {
-            let moment = match &mut opt.moments[i] {
-                Moment::Full(v) => DeviceMoment::Full(v),
-                Moment::Factored { v_row, v_col } => DeviceMoment::Factored { v_row, v_col },
-            };
-            self.kernels.adafactor_update(
-                step,
-                p,
-                g,
-                moment,
-                opt.momentum[i].as_mut(),
-                &mut opt.scratch,
-                Some((&mut opt.sums, i)),
-            )?;
-        }
-        let update_norm = self.read_sum(&opt.sums, n)?.sqrt();
+        opt.update.update(kernels, step, &mut tensors, factor)?;
+        let update_norm = read_sum(&self.stream, &opt.update.update_sq, n)?.sqrt();
         opt.step += 1;
         Ok((
             norm,
@@ -281,4 +273,14 @@ impl CudaBackend {
             }),
         ))
     }
+}
+
+/// The first `n` f64 sums of squares in `sums`, read back and added in tensor order.
+fn read_sum(
+    stream: &Arc<cudarc::driver::CudaStream>,
+    sums: &CudaSlice<f64>,
+    n: usize,
+) -> Result<f64, BackendError> {
+    let host = stream.clone_dtoh(sums)?;
+    Ok(host[..n].iter().sum())
 }

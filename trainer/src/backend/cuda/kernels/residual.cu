@@ -17,12 +17,6 @@ __device__ __forceinline__ u64 hash_step(u64 h, u64 c) {
     return mix64(h ^ (c * 0x9e3779b97f4a7c15ull));
 }
 
-// x *= factor, element-wise.
-extern "C" __global__ void scale_inplace(float* x, float factor, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] *= factor;
-}
-
 // x += y, element-wise.
 extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
