@@ -127,6 +127,9 @@ __device__ __forceinline__ u32 pack2_bits(bf16_bits lo, bf16_bits hi) {
     return (u32)lo | ((u32)hi << 16);
 }
 
+// The inline-PTX primitives, in one place: tests/emu/cuda_emu.h gives its own versions (same
+// names and contracts) so that the kernels' numerics can be checked on a CPU.
+#ifndef REDPACK_CPU_EMULATION
 // c += a · b on the tensor cores.
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
     asm volatile(
@@ -136,17 +139,55 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+__device__ __forceinline__ u32 shared_address(const void* p) {
+    u32 out;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(out) : "l"(p));
+    return out;
+}
+
+// Starts copying 16 bytes from global to shared memory, of which `src_bytes` are read and the
+// rest zero-filled.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
+                 "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Every kernel's tiles live in dynamic shared memory: STAGES buffers, so that with two the next
+// tile's copies run while the current one is computed on.
+extern __shared__ __align__(16) unsigned char flash_smem[];
+
+// Four 8x8 matrices of b16 from shared memory (one row address per lane), as they are or
+// transposed.
+__device__ __forceinline__ void ldsm_x4(u32* r, const bf16_bits* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p))
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16_bits* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p))
+                 : "memory");
+}
+#endif
+
 // The bf16 pair (d, d+1) of token `start + i` (zeros past `len`), as one 32-bit word.
 __device__ __forceinline__ u32 load_pair(const bf16_bits* x, int start, int i, int len, long da,
                                          int col) {
     if (i >= len) return 0u;
     return *(const u32*)(x + (long)(start + i) * da + col);
-}
-
-__device__ __forceinline__ u32 shared_address(const void* p) {
-    u32 out;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(out) : "l"(p));
-    return out;
 }
 
 // Starts copying rows [i0, i0 + N) of one head of a bf16 stream into shared memory (`stride`
@@ -166,21 +207,9 @@ __device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf1
             int i = i0 + ii;
             bool in = i < len;
             const bf16_bits* src = x + (long)(start + (in ? i : 0)) * da + head_col + c;
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                             shared_address(dst + ii * stride + c)),
-                         "l"(src), "r"(in ? 16 : 0)
-                         : "memory");
+            cp_async16(dst + ii * stride + c, src, in ? 16 : 0);
         }
     }
-}
-
-__device__ __forceinline__ void cp_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // Every kernel walks its tiles the same way: `load(t)` starts tile t's copies into buffer
@@ -200,30 +229,12 @@ __device__ __forceinline__ void await_tile(int tile, int tiles, Load& load) {
     }
 }
 
-// Every kernel's tiles live in dynamic shared memory: STAGES buffers, so that with two the next
-// tile's copies run while the current one is computed on.
-extern __shared__ __align__(16) unsigned char flash_smem[];
-
 // Fragments through `ldmatrix` (four 8x8 matrices per instruction, one row address per lane),
 // for tiles stored row-major in shared memory with `stride` elements per row:
 // - `ldsm_b_nk`: the B fragments of n-tiles n0 and n0 + 8 at k-step k0 from a [n][k] tile
 //   (b[0..1] and b[2..3]);
 // - `ldsm_b_kn`: the same from a [k][n] tile, transposed on the way (`.trans`);
 // - `ldsm_a`: the A fragment of rows m0..m0+16 at k-step k0 from a [m][k] tile.
-__device__ __forceinline__ void ldsm_x4(u32* r, const bf16_bits* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p))
-                 : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16_bits* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p))
-                 : "memory");
-}
-
 __device__ __forceinline__ void ldsm_b_nk(u32* b, const bf16_bits* tile, int stride, int n0, int k0,
                                           int lane) {
     ldsm_x4(b, tile + (n0 + (lane >> 4) * 8 + (lane & 7)) * stride + k0 + ((lane >> 3) & 1) * 8);

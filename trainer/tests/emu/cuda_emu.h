@@ -1,0 +1,371 @@
+// A CPU stand-in for the parts of CUDA the trainer's kernels use, so that their numerics can be
+// checked on a machine without a GPU (tests/cuda_emulated.rs builds the checks with the host's
+// C++ compiler). It is a model of the execution rules, not of the hardware's speed:
+//
+// - Blocks run one after another. The threads of a block are fibers (ucontext) on one OS thread,
+//   switched only at barriers, so a block's shared memory (`__shared__` becomes `static`) and its
+//   dynamic shared memory (`flash_smem`) are simply globals.
+// - `__syncthreads()` waits for every thread of the block that has not returned; a warp-wide
+//   operation (`__shfl_xor_sync`, `mma.sync`, `ldmatrix`) waits for its 32 lanes and fails
+//   loudly if any lane has returned. A barrier that can never be passed is reported as a
+//   deadlock instead of hanging.
+// - The inline-PTX primitives of flash.cu are given here (flash.cu leaves them out under
+//   REDPACK_CPU_EMULATION): `mma.sync.m16n8k16` with the fragment layouts of the PTX ISA
+//   (products of bf16 values are exact in f32; the sum over k is taken in f64 and added to the
+//   accumulator in f32, so bits can differ from a GPU's in the last place); `ldmatrix .x4` with
+//   and without `.trans`; `cp.async` as an immediate copy with its zero fill.
+#pragma once
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#define REDPACK_CPU_EMULATION 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float2 make_float2(float x, float y) {
+    return float2{x, y};
+}
+inline float4 make_float4(float x, float y, float z, float w) {
+    return float4{x, y, z, w};
+}
+
+// Set by the scheduler before it switches to a thread.
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline float __int_as_float(int x) {
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+inline float __uint_as_float(unsigned x) {
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+inline int __float_as_int(float x) {
+    int u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+inline float __fmul_rn(float a, float b) {
+    return a * b;
+}
+inline float __fadd_rn(float a, float b) {
+    return a + b;
+}
+template <class A, class B>
+inline typename std::common_type<A, B>::type min(A a, B b) {
+    return a < b ? a : b;
+}
+template <class A, class B>
+inline typename std::common_type<A, B>::type max(A a, B b) {
+    return a < b ? b : a;
+}
+using std::fmax;
+using std::sqrt;
+
+namespace emu {
+
+[[noreturn]] inline void fail(const char* what) {
+    fprintf(stderr, "cuda_emu: %s (block %u,%u,%u thread %u)\n", what, blockIdx.x, blockIdx.y,
+            blockIdx.z, threadIdx.x);
+    exit(3);
+}
+
+// A thread's stack and where it stopped. `makecontext` starts it on its stack once; after that
+// `_setjmp`/`_longjmp` switch (no signal-mask system call per switch, unlike `swapcontext`).
+struct Fiber {
+    ucontext_t context;
+    jmp_buf resume;
+    std::vector<char> stack;
+    bool started = false;
+    bool done = false;
+};
+
+struct Barrier {
+    int arrived = 0;
+    unsigned generation = 0;
+};
+
+struct Block {
+    std::vector<Fiber> fibers;
+    ucontext_t scheduler;
+    jmp_buf scheduler_resume;
+    unsigned current = 0;
+    unsigned live = 0;
+    unsigned live_in_warp[32] = {};
+    Barrier block_barrier;
+    Barrier warp_barrier[32];
+    // Whatever changes a barrier's state: a release or a thread's return.
+    unsigned long progress = 0;
+};
+
+inline Block*& block() {
+    static Block* b = nullptr;
+    return b;
+}
+
+inline void yield_waiting() {
+    Block* b = block();
+    if (!_setjmp(b->fibers[b->current].resume)) _longjmp(b->scheduler_resume, 1);
+}
+
+// Waits until `expected` threads have arrived (counting arrivals since the last release).
+inline void wait(Barrier& barrier, unsigned expected) {
+    Block* b = block();
+    unsigned generation = barrier.generation;
+    b->progress++;
+    if ((unsigned)++barrier.arrived >= expected) {
+        barrier.arrived = 0;
+        barrier.generation++;
+        b->progress++;
+        return;
+    }
+    while (barrier.generation == generation) yield_waiting();
+}
+
+inline void syncthreads() {
+    wait(block()->block_barrier, block()->live);
+}
+
+inline void warp_sync() {
+    Block* b = block();
+    unsigned warp = threadIdx.x >> 5;
+    if (b->live_in_warp[warp] != 32) fail("a warp-wide operation with lanes that have returned");
+    wait(b->warp_barrier[warp], 32);
+}
+
+// Every lane publishes `N` words and gets the words of all 32 lanes of its warp.
+template <int N>
+struct Exchange {
+    uint64_t lanes[32][N];
+};
+
+template <int N>
+inline void exchange(const uint64_t (&mine)[N], Exchange<N>& all) {
+    static uint64_t slots[32][32][N];
+    unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    memcpy(slots[warp][lane], mine, sizeof(mine));
+    warp_sync();
+    memcpy(all.lanes, slots[warp], sizeof(all.lanes));
+    warp_sync();
+}
+
+template <class F>
+struct Start {
+    F* kernel;
+    static void run(unsigned lo, unsigned hi) {
+        Start* s = (Start*)(((uintptr_t)hi << 32) | lo);
+        (*s->kernel)();
+        Block* b = block();
+        Fiber& f = b->fibers[b->current];
+        f.done = true;
+        b->live--;
+        b->live_in_warp[threadIdx.x >> 5]--;
+        // A barrier may now be complete without this thread.
+        Barrier& bb = b->block_barrier;
+        if (bb.arrived > 0 && (unsigned)bb.arrived >= b->live) {
+            bb.arrived = 0;
+            bb.generation++;
+        }
+        b->progress++;
+        _longjmp(b->scheduler_resume, 1);
+    }
+};
+
+// Sets thread `f` up to start `entry(ptr)` on its own stack (out of line, as `resume`).
+__attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(), uintptr_t ptr) {
+    f.done = false;
+    f.started = false;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.data();
+    f.context.uc_stack.ss_size = f.stack.size();
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, entry, 2, (unsigned)ptr, (unsigned)(ptr >> 32));
+}
+
+// Runs thread `f` until it waits at a barrier or returns. Kept out of line so that no local of
+// the scheduler's loops lives in the frame that `_setjmp` saves.
+__attribute__((noinline)) inline void resume(Block& b, Fiber& f) {
+    if (!_setjmp(b.scheduler_resume)) {
+        if (f.started) _longjmp(f.resume, 1);
+        f.started = true;
+        swapcontext(&b.scheduler, &f.context);
+    }
+}
+
+// Runs `kernel()` (a closure that calls the kernel with its arguments) over the grid.
+template <class F>
+inline void launch(dim3 grid, dim3 threads, F kernel) {
+    if (threads.y != 1 || threads.z != 1 || threads.x % 32 != 0 || threads.x > 1024) {
+        fail("only 1-D blocks of whole warps are emulated");
+    }
+    gridDim = grid;
+    blockDim = threads;
+    const size_t stack_bytes = 256 * 1024;
+    Block b;
+    block() = &b;
+    b.fibers.resize(threads.x);
+    for (auto& f : b.fibers) f.stack.resize(stack_bytes);
+    Start<F> start{&kernel};
+    uintptr_t ptr = (uintptr_t)&start;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx.x = x, blockIdx.y = y, blockIdx.z = z;
+                b.live = threads.x;
+                for (unsigned w = 0; w < 32; w++) {
+                    b.live_in_warp[w] = w < threads.x / 32 ? 32 : 0;
+                    b.warp_barrier[w] = Barrier();
+                }
+                b.block_barrier = Barrier();
+                for (unsigned t = 0; t < threads.x; t++) {
+                    Fiber& f = b.fibers[t];
+                    prepare(b, f, (void (*)())Start<F>::run, ptr);
+                }
+                // Round robin until every thread has returned. A thread gives the scheduler back
+                // control only at a barrier it must wait at, or by returning; a whole round with
+                // no arrival, release or return means no barrier can ever open.
+                while (b.live > 0) {
+                    unsigned long before = b.progress;
+                    for (unsigned t = 0; t < threads.x; t++) {
+                        Fiber& f = b.fibers[t];
+                        if (f.done) continue;
+                        b.current = t;
+                        threadIdx.x = t;
+                        resume(b, f);
+                    }
+                    if (b.progress == before && b.live > 0) {
+                        fail("deadlock: every live thread waits at a barrier that cannot open");
+                    }
+                }
+            }
+    block() = nullptr;
+}
+
+inline float bf16_value(uint32_t bits16) {
+    return __uint_as_float(bits16 << 16);
+}
+
+}  // namespace emu
+
+inline void __syncthreads() {
+    emu::syncthreads();
+}
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int offset) {
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    uint64_t mine[1] = {0};
+    memcpy(mine, &v, sizeof(T));
+    emu::Exchange<1> all;
+    emu::exchange(mine, all);
+    T out;
+    memcpy(&out, &all.lanes[(threadIdx.x & 31) ^ offset][0], sizeof(T));
+    return out;
+}
+
+// flash.cu's primitives (its REDPACK_CPU_EMULATION branch names these).
+[[maybe_unused]] alignas(16) static unsigned char flash_smem[232448];
+
+// c += a · b, mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32.
+inline void mma16816(float* c, const uint32_t* a, const uint32_t* b) {
+    uint64_t mine[3] = {(uint64_t)a[0] | (uint64_t)a[1] << 32,
+                        (uint64_t)a[2] | (uint64_t)a[3] << 32,
+                        (uint64_t)b[0] | (uint64_t)b[1] << 32};
+    emu::Exchange<3> all;
+    emu::exchange(mine, all);
+    // Element (m, k) of A is in lane 4 (m % 8) + (k % 8) / 2, register (m >= 8) + 2 (k >= 8),
+    // half k % 2; element (k, n) of B in lane 4 n + (k % 8) / 2, register k >= 8, half k % 2.
+    auto word = [&](int lane, int reg) -> uint32_t {
+        uint64_t w = all.lanes[lane][reg / 2];
+        return (uint32_t)(reg % 2 ? w >> 32 : w);
+    };
+    auto a_at = [&](int m, int k) {
+        uint32_t w = word(4 * (m % 8) + (k % 8) / 2, (m >= 8) + 2 * (k >= 8));
+        return emu::bf16_value((w >> (16 * (k % 2))) & 0xffff);
+    };
+    auto b_at = [&](int k, int n) {
+        uint32_t w = word(4 * n + (k % 8) / 2, 4 + (k >= 8));
+        return emu::bf16_value((w >> (16 * (k % 2))) & 0xffff);
+    };
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int e = 0; e < 4; e++) {
+        double acc = 0.0;
+        for (int k = 0; k < 16; k++) acc += (double)a_at(rows[e], k) * (double)b_at(k, cols[e]);
+        c[e] = (float)((double)c[e] + acc);
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lane l gives the address of row l % 8 of
+// matrix l / 8; register j receives matrix j's elements (row l / 4, cols 2 (l % 4) + {0, 1}), or
+// with `.trans` (rows 2 (l % 4) + {0, 1}, col l / 4).
+inline void ldmatrix_x4(uint32_t* r, const unsigned short* p, bool trans) {
+    uint64_t mine[1] = {(uint64_t)(uintptr_t)p};
+    emu::Exchange<1> all;
+    emu::exchange(mine, all);
+    int lane = threadIdx.x & 31;
+    for (int j = 0; j < 4; j++) {
+        unsigned short lo, hi;
+        if (!trans) {
+            const unsigned short* row =
+                (const unsigned short*)(uintptr_t)all.lanes[8 * j + lane / 4][0];
+            lo = row[2 * (lane % 4)];
+            hi = row[2 * (lane % 4) + 1];
+        } else {
+            const unsigned short* r0 =
+                (const unsigned short*)(uintptr_t)all.lanes[8 * j + 2 * (lane % 4)][0];
+            const unsigned short* r1 =
+                (const unsigned short*)(uintptr_t)all.lanes[8 * j + 2 * (lane % 4) + 1][0];
+            lo = r0[lane / 4];
+            hi = r1[lane / 4];
+        }
+        r[j] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+inline void ldsm_x4(uint32_t* r, const unsigned short* p) {
+    ldmatrix_x4(r, p, false);
+}
+inline void ldsm_x4_trans(uint32_t* r, const unsigned short* p) {
+    ldmatrix_x4(r, p, true);
+}
+
+// cp.async.cg.shared.global of 16 bytes, `src_bytes` of them read and the rest zero-filled.
+inline void cp_async16(void* dst, const void* src, int src_bytes) {
+    memset(dst, 0, 16);
+    memcpy(dst, src, src_bytes);
+}
+inline void cp_commit() {}
+template <int N>
+inline void cp_wait() {}
