@@ -28,36 +28,59 @@ fn compiler() -> Option<String> {
     })
 }
 
-/// Compiles `tests/emu/<name>.cpp` and runs it; fails with its output unless it exits 0.
-fn run_check(name: &str) {
+/// How a check program is built: plain, or under AddressSanitizer.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    Plain,
+    AddressSanitizer,
+}
+
+/// Compiles `tests/emu/<name>.cpp` and runs it with `args`; fails with its output unless it
+/// exits 0.
+fn run_check(name: &str, build: Build, args: &[&str]) {
     let Some(cxx) = compiler() else {
         println!("SKIPPED: no C++ compiler for the CUDA emulator ({name})");
         return;
     };
     let source = emu_dir().join(format!("{name}.cpp"));
-    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-{name}"));
+    let suffix = match build {
+        Build::Plain => "",
+        Build::AddressSanitizer => "-asan",
+    };
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-{name}{suffix}"));
+    let mut command = Command::new(&cxx);
+    command.args(["-std=c++17", "-Wall", "-Wextra", "-Wno-unknown-pragmas"]);
     // `_FORTIFY_SOURCE` would refuse the emulator's jumps between thread stacks.
-    let compiled = Command::new(&cxx)
-        .args(["-O2", "-std=c++17", "-U_FORTIFY_SOURCE", "-Wall", "-Wextra"])
-        .arg("-Wno-unknown-pragmas")
+    command.arg("-U_FORTIFY_SOURCE");
+    match build {
+        Build::Plain => command.arg("-O2"),
+        Build::AddressSanitizer => command.args(["-O1", "-g", "-fsanitize=address"]),
+    };
+    let compiled = command
         .arg("-o")
         .arg(&binary)
         .arg(&source)
         .output()
         .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
+    let messages = String::from_utf8_lossy(&compiled.stderr);
+    if !compiled.status.success() && build == Build::AddressSanitizer {
+        // The plain build of the same source is a test of its own; here the sanitizer's
+        // runtime is what is missing.
+        println!("SKIPPED: {cxx} cannot build with -fsanitize=address ({name}):\n{messages}");
+        return;
+    }
     assert!(
         compiled.status.success(),
-        "{cxx} could not build {}:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&compiled.stderr)
+        "{cxx} could not build {}:\n{messages}",
+        source.display()
     );
-    let warnings = String::from_utf8_lossy(&compiled.stderr);
     assert!(
-        !warnings.contains("warning"),
-        "{cxx} warns on {}:\n{warnings}",
+        !messages.contains("warning"),
+        "{cxx} warns on {}:\n{messages}",
         source.display()
     );
     let ran = Command::new(&binary)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()));
     let stdout = String::from_utf8_lossy(&ran.stdout);
@@ -72,10 +95,18 @@ fn run_check(name: &str) {
 
 #[test]
 fn fused_attention_matches_f64_attention_on_the_emulator() {
-    run_check("flash_check");
+    run_check("flash_check", Build::Plain, &[]);
+}
+
+#[test]
+fn fused_attention_stays_inside_its_buffers_under_addresssanitizer() {
+    // The emulator's memcheck: every global buffer is a host allocation and the dynamic shared
+    // memory one of exactly the launch's size, so any read or write past one is reported with
+    // its kernel source line. Head dim 128 with documents, both builds.
+    run_check("flash_check", Build::AddressSanitizer, &["quick"]);
 }
 
 #[test]
 fn multi_tensor_adafactor_matches_the_cpu_rule_on_the_emulator() {
-    run_check("adafactor_check");
+    run_check("adafactor_check", Build::Plain, &[]);
 }

@@ -37,7 +37,7 @@ static void run(size_t blocks, const std::function<void()>& kernel) {
     dim3 grid, threads;
     grid.x = (unsigned)blocks;
     threads.x = 256;
-    emu::launch(grid, threads, kernel);
+    emu::launch(grid, threads, 0, kernel);
 }
 
 int main() {

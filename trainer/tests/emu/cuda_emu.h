@@ -3,8 +3,9 @@
 // C++ compiler). It is a model of the execution rules, not of the hardware's speed:
 //
 // - Blocks run one after another. The threads of a block are fibers (ucontext) on one OS thread,
-//   switched only at barriers, so a block's shared memory (`__shared__` becomes `static`) and its
-//   dynamic shared memory (`flash_smem`) are simply globals.
+//   switched only at barriers, so a block's shared memory (`__shared__` becomes `static`) is
+//   simply global. Dynamic shared memory (`flash_smem`) is a heap buffer of exactly the size the
+//   launch asks for, so that AddressSanitizer sees a read or write past it.
 // - `__syncthreads()` waits for every thread of the block that has not returned; a warp-wide
 //   operation (`__shfl_xor_sync`, `mma.sync`, `ldmatrix`) waits for its 32 lanes and fails
 //   loudly if any lane has returned. A barrier that can never be passed is reported as a
@@ -56,6 +57,9 @@ inline float4 make_float4(float x, float y, float z, float w) {
 
 // Set by the scheduler before it switches to a thread.
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
+// Dynamic shared memory (flash.cu's `extern __shared__` array): set by `emu::launch` for each
+// launch to a buffer of the size it asks for.
+[[maybe_unused]] static unsigned char* flash_smem = nullptr;
 
 inline float __int_as_float(int x) {
     float f;
@@ -181,31 +185,34 @@ inline void exchange(const uint64_t (&mine)[N], Exchange<N>& all) {
     warp_sync();
 }
 
+// A thread's life: run the kernel for the current block, count itself out of the block (which
+// may complete a barrier the others wait at), hand control back, and when resumed for the next
+// block run the kernel again. So each thread is set up once per launch, not once per block.
 template <class F>
 struct Start {
     F* kernel;
     static void run(unsigned lo, unsigned hi) {
         Start* s = (Start*)(((uintptr_t)hi << 32) | lo);
-        (*s->kernel)();
-        Block* b = block();
-        Fiber& f = b->fibers[b->current];
-        f.done = true;
-        b->live--;
-        b->live_in_warp[threadIdx.x >> 5]--;
-        // A barrier may now be complete without this thread.
-        Barrier& bb = b->block_barrier;
-        if (bb.arrived > 0 && (unsigned)bb.arrived >= b->live) {
-            bb.arrived = 0;
-            bb.generation++;
+        for (;;) {
+            (*s->kernel)();
+            Block* b = block();
+            Fiber& f = b->fibers[b->current];
+            f.done = true;
+            b->live--;
+            b->live_in_warp[threadIdx.x >> 5]--;
+            Barrier& bb = b->block_barrier;
+            if (bb.arrived > 0 && (unsigned)bb.arrived >= b->live) {
+                bb.arrived = 0;
+                bb.generation++;
+            }
+            b->progress++;
+            if (!_setjmp(f.resume)) _longjmp(b->scheduler_resume, 1);
         }
-        b->progress++;
-        _longjmp(b->scheduler_resume, 1);
     }
 };
 
 // Sets thread `f` up to start `entry(ptr)` on its own stack (out of line, as `resume`).
 __attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(), uintptr_t ptr) {
-    f.done = false;
     f.started = false;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack.data();
@@ -224,14 +231,17 @@ __attribute__((noinline)) inline void resume(Block& b, Fiber& f) {
     }
 }
 
-// Runs `kernel()` (a closure that calls the kernel with its arguments) over the grid.
+// Runs `kernel()` (a closure that calls the kernel with its arguments) over the grid, with
+// `shared_bytes` of dynamic shared memory.
 template <class F>
-inline void launch(dim3 grid, dim3 threads, F kernel) {
+inline void launch(dim3 grid, dim3 threads, size_t shared_bytes, F kernel) {
     if (threads.y != 1 || threads.z != 1 || threads.x % 32 != 0 || threads.x > 1024) {
         fail("only 1-D blocks of whole warps are emulated");
     }
     gridDim = grid;
     blockDim = threads;
+    std::vector<unsigned char> dynamic_shared(shared_bytes);
+    flash_smem = dynamic_shared.data();
     const size_t stack_bytes = 256 * 1024;
     Block b;
     block() = &b;
@@ -239,6 +249,7 @@ inline void launch(dim3 grid, dim3 threads, F kernel) {
     for (auto& f : b.fibers) f.stack.resize(stack_bytes);
     Start<F> start{&kernel};
     uintptr_t ptr = (uintptr_t)&start;
+    for (auto& f : b.fibers) prepare(b, f, (void (*)())Start<F>::run, ptr);
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -249,10 +260,7 @@ inline void launch(dim3 grid, dim3 threads, F kernel) {
                     b.warp_barrier[w] = Barrier();
                 }
                 b.block_barrier = Barrier();
-                for (unsigned t = 0; t < threads.x; t++) {
-                    Fiber& f = b.fibers[t];
-                    prepare(b, f, (void (*)())Start<F>::run, ptr);
-                }
+                for (auto& f : b.fibers) f.done = false;
                 // Round robin until every thread has returned. A thread gives the scheduler back
                 // control only at a barrier it must wait at, or by returning; a whole round with
                 // no arrival, release or return means no barrier can ever open.
@@ -271,6 +279,7 @@ inline void launch(dim3 grid, dim3 threads, F kernel) {
                 }
             }
     block() = nullptr;
+    flash_smem = nullptr;
 }
 
 inline float bf16_value(uint32_t bits16) {
@@ -296,7 +305,6 @@ inline T __shfl_xor_sync(unsigned, T v, int offset) {
 }
 
 // flash.cu's primitives (its REDPACK_CPU_EMULATION branch names these).
-[[maybe_unused]] alignas(16) static unsigned char flash_smem[232448];
 
 // c += a · b, mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32.
 inline void mma16816(float* c, const uint32_t* a, const uint32_t* b) {
