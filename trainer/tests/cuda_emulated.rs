@@ -107,6 +107,14 @@ fn fused_attention_stays_inside_its_buffers_under_addresssanitizer() {
 }
 
 #[test]
+fn fused_attention_inputs_equal_the_separate_kernels_on_the_emulator() {
+    // head_norm_rope_bf16 and its backward against the norm, RoPE and conversion kernels they
+    // replace, bit for bit; then again under AddressSanitizer.
+    run_check("kernels_check", Build::Plain, &[]);
+    run_check("kernels_check", Build::AddressSanitizer, &[]);
+}
+
+#[test]
 fn multi_tensor_adafactor_matches_the_cpu_rule_on_the_emulator() {
     run_check("adafactor_check", Build::Plain, &[]);
 }

@@ -48,6 +48,12 @@ struct alignas(8) float2 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+inline uint2 make_uint2(unsigned x, unsigned y) {
+    return uint2{x, y};
+}
 inline float2 make_float2(float x, float y) {
     return float2{x, y};
 }
