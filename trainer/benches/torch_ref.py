@@ -13,7 +13,12 @@ The models follow the CPU reference backend (trainer/src/backend/cpu/) op for op
   self-attention, cross-attention to the encoder output, RoPE on both sides) and predicts [k, n).
 
 Timed: forward + backward (+ zeroing the gradients), bf16 autocast with f32 master weights,
-eager and torch.compile; the optimizer update is not timed (nor is it in `cuda_step`). Attention
+eager and torch.compile (`step_s`, as `cuda_step`'s); then, where torch.optim has Adafactor, the
+whole training step (`train_step_s`, as `cuda_step`'s): the same, plus the global gradient norm
+(clip_grad_norm_ with an infinite threshold, which also multiplies the gradients by 1) and
+torch.optim.Adafactor's update (foreach, run eagerly in both modes), as redpack's resident step
+computes the norm and updates on the device.
+torch's Adafactor differs from T5X's in details (its step-size rule), not in the work done. Attention
 uses F.scaled_dot_product_attention (flash/cuDNN kernels where available), the way a PyTorch
 user would write it. Prints one JSON object per line: tokens/s, MFU (FLOPs counted as
 trainer/src/flops.rs counts them, against --peak-tflops) and peak memory.
@@ -237,9 +242,15 @@ def bench(arch, mode, args):
     torch.cuda.synchronize()
     elapsed = time.time() - start
     step_s = elapsed / args.steps
+    peak_bytes = torch.cuda.max_memory_allocated()
+    train_step_s = whole_train_step(model, step, args)
     flops = training_flops(arch, model, args.rows, args.seq, args.vocab, d, heads * hd)
     scored = args.rows * (args.seq - 1 if arch == "dec" else args.seq - k)
+    extra = {}
+    if train_step_s is not None:
+        extra = {"train_step_s": train_step_s, "update_s": train_step_s - step_s}
     return {
+        **extra,
         "impl": "torch",
         "mode": f"{mode}-bf16",
         "arch": arch,
@@ -255,12 +266,37 @@ def bench(arch, mode, args):
         "flops_per_step": flops,
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / (args.peak_tflops * 1e12),
-        "peak_bytes": torch.cuda.max_memory_allocated(),
+        "peak_bytes": peak_bytes,
         "loss": float(loss),
         "first_loss": first,
         "warmup_s": warm_s,
         "torch": torch.__version__,
     }
+
+
+def whole_train_step(model, step, args):
+    """Seconds per training step with the gradient norm and an Adafactor update, or None where
+    this torch has no torch.optim.Adafactor (before 2.5)."""
+    adafactor = getattr(torch.optim, "Adafactor", None)
+    if adafactor is None:
+        return None
+    opt = adafactor(model.parameters(), lr=1e-2, foreach=True)
+    params = [p for p in model.parameters()]
+
+    def train_step():
+        loss = step()
+        torch.nn.utils.clip_grad_norm_(params, float("inf"), foreach=True)
+        opt.step()
+        return loss
+
+    for _ in range(args.warmup):
+        train_step()
+    torch.cuda.synchronize()
+    start = time.time()
+    for _ in range(args.steps):
+        train_step()
+    torch.cuda.synchronize()
+    return (time.time() - start) / args.steps
 
 
 def main():
