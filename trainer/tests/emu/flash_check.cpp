@@ -6,6 +6,7 @@
 // Besides the tolerances of tests/cuda_attention.rs, the two builds must give identical bits,
 // as they do on a GPU. Prints one line per check; exits non-zero if any failed.
 #include "cuda_emu.h"
+#include "check_rng.h"
 
 #include <string>
 
@@ -14,22 +15,6 @@
 #include "../../src/backend/cuda/kernels/flash.cu"
 
 namespace {
-
-struct Rng {
-    uint64_t state;
-    uint64_t next() {
-        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    // Roughly normal: the sum of four uniforms, centred and scaled.
-    float normal() {
-        double s = 0;
-        for (int i = 0; i < 4; i++) s += (double)(next() >> 11) / 9007199254740992.0;
-        return (float)((s - 2.0) * 1.7320508);
-    }
-};
 
 struct Case {
     std::vector<RowDesc> rows;

@@ -7,6 +7,7 @@
 // there). Head dims 64 and 128, with and without RoPE. Launches as launch.rs sets them up.
 // Prints one line per check; exits non-zero if any failed.
 #include "cuda_emu.h"
+#include "check_rng.h"
 
 #include <cstdint>
 #include <string>
@@ -20,17 +21,6 @@
 namespace {
 
 int failures = 0;
-
-struct Rng {
-    uint64_t state;
-    uint64_t next() {
-        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    float uniform() { return (float)((double)(next() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
-};
 
 dim3 blocks_of(size_t n) {
     dim3 g;
