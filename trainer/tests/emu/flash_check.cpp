@@ -51,13 +51,15 @@ Case make_case(bool docs) {
     c.max_k = 150;
     if (docs) {
         // Document ids never decrease along a row; a reset every 37 (queries) and 41 (cross keys)
-        // tokens. Self rows share ids between queries and keys.
+        // tokens. Self rows share ids between queries and keys. The cross row's keys start at
+        // document 1, so its first 37 queries see no key (zero output, +inf log-sum-exp) and
+        // its last keys (document 3) no query (zero dK and dV).
         c.q_doc.assign(c.q_tokens, 0);
         c.k_doc.assign(c.k_tokens, 0);
         for (const RowDesc& r : c.rows) {
             for (int i = 0; i < r.q_len; i++) c.q_doc[r.q_start + i] = i / 37;
             bool self = r.k_start == r.q_start;
-            for (int j = 0; j < r.k_len; j++) c.k_doc[r.k_start + j] = self ? j / 37 : j / 41;
+            for (int j = 0; j < r.k_len; j++) c.k_doc[r.k_start + j] = self ? j / 37 : j / 41 + 1;
         }
     }
     return c;
@@ -95,11 +97,14 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
     const float scale_log2_bwd = scale * 1.4426950408889634f;
     Result res;
-    res.out.assign((size_t)c.q_tokens * heads * D, 0.0f);
-    res.lse.assign((size_t)n_rows * heads * c.max_q, 0.0f);
-    res.dq.assign(res.out.size(), 0.0f);
-    res.dk.assign((size_t)c.k_tokens * heads * D, 0.0f);
-    res.dv.assign(res.dk.size(), 0.0f);
+    // Outputs start as NaN, so a value the kernels should write but do not cannot pass: the
+    // model hands them buffers that are not zeroed first.
+    const float nan = std::nanf("");
+    res.out.assign((size_t)c.q_tokens * heads * D, nan);
+    res.lse.assign((size_t)n_rows * heads * c.max_q, nan);
+    res.dq.assign(res.out.size(), nan);
+    res.dk.assign((size_t)c.k_tokens * heads * D, nan);
+    res.dv.assign(res.dk.size(), nan);
     const size_t tile_row = (size_t)(D + 8) * 2;
     auto grid = [&](int len, int per_block) {
         dim3 g;
@@ -119,7 +124,7 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
     // The backward pass reads bf16 copies of O, as the model keeps them.
     std::vector<bf16_bits> out_bf16(res.out.size());
     for (size_t i = 0; i < out_bf16.size(); i++) out_bf16[i] = f32_to_bf16(res.out[i]);
-    std::vector<float> delta((size_t)n_rows * heads * c.max_q, 0.0f);
+    std::vector<float> delta((size_t)n_rows * heads * c.max_q, nan);
     dim3 delta_grid, delta_threads;
     delta_grid.x = (unsigned)((n_rows * heads * c.max_q + 3) / 4);
     delta_threads.x = 128;
@@ -260,6 +265,16 @@ void run_dim(Rng& rng, bool docs) {
     Result want = reference(c, heads, D, q, k, v, d_out);
     Result basic = run_kernels<D, 4, 1, false>(c, heads, q, k, v, d_out);
     Result piped = run_kernels<D, 8, 2, true>(c, heads, q, k, v, d_out);
+    // The log-sum-exp is written for each row's queries only (the backward pass reads no more).
+    for (Result* r : {&basic, &piped}) {
+        for (size_t ri = 0; ri < c.rows.size(); ri++) {
+            for (int h = 0; h < heads; h++) {
+                for (int i = c.rows[ri].q_len; i < c.max_q; i++) {
+                    r->lse[(ri * heads + h) * c.max_q + i] = 0.0f;
+                }
+            }
+        }
+    }
     std::string tag = "d" + std::to_string(D) + (docs ? " documents" : "");
     for (auto* got : {&basic, &piped}) {
         std::string build = tag + (got == &basic ? " basic" : " pipelined");
