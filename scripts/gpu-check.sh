@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh build   on the development machine (cargo): builds the release test and
 #                                benchmark binaries and copies them, stripped, to
-#                                target/gpu-bundle/{cuda_kernels,cuda_model,cuda_step}
+#                                target/gpu-bundle/{cuda_kernels,cuda_attention,cuda_adafactor,
+#                                cuda_model,cuda_step,redpack}
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
@@ -15,8 +16,8 @@
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
-#      dropout, Adafactor; cuda_attention: the masked softmax, packing and the fused attention in
-#      both builds),
+#      dropout; cuda_attention: the masked softmax, packing and the fused attention in both
+#      builds; cuda_adafactor: the multi-tensor Adafactor update),
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
 #      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
 #      attention, resident training vs the host loop), the bf16 step with the basic fused
@@ -41,7 +42,7 @@ build() {
     local json
     json=$(mktemp)
     cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_attention \
-        --test cuda_model \
+        --test cuda_adafactor --test cuda_model \
         --message-format=json >"$json"
     cargo bench -p redpack-trainer --bench cuda_step --no-run --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
@@ -54,9 +55,9 @@ for line in open(sys.argv[1]):
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
         name = msg["target"]["name"]
-        if name in ("cuda_kernels", "cuda_attention", "cuda_model", "cuda_step"):
+        if name in ("cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step"):
             found[name] = msg["executable"]
-missing = {"cuda_kernels", "cuda_attention", "cuda_model", "cuda_step"} - set(found)
+missing = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step"} - set(found)
 if missing:
     sys.exit(f"not built: {sorted(missing)}")
 for name, path in found.items():
@@ -66,8 +67,8 @@ PY
     rm -f "$json"
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
-    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step \
-        "$BUNDLE"/redpack
+    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_adafactor \
+        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -156,7 +157,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_attention cuda_model cuda_step redpack; do
+    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_step redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -174,6 +175,7 @@ run() {
     wanted kernels && step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1 \
         --skip every_kernel_compiles_for_sm90_and_sm80
     wanted kernels && step attention 120 "$BUNDLE/cuda_attention" --test-threads=1
+    wanted kernels && step adafactor 60 "$BUNDLE/cuda_adafactor" --test-threads=1
     wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
     # The bf16 model step with the pipelined fused-attention kernels (the kernel test covers both).
     wanted model && step model-basic 60 env REDPACK_CUDA_FLASH=basic "$BUNDLE/cuda_model" \
