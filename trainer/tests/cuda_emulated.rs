@@ -107,9 +107,10 @@ fn fused_attention_stays_inside_its_buffers_under_addresssanitizer() {
 }
 
 #[test]
-fn fused_attention_inputs_equal_the_separate_kernels_on_the_emulator() {
+fn norm_rope_swiglu_and_cross_entropy_kernels_match_on_the_emulator() {
     // head_norm_rope_bf16 and its backward against the norm, RoPE and conversion kernels they
-    // replace, bit for bit; then again under AddressSanitizer.
+    // replace, bit for bit; RMSNorm with a gain, SwiGLU and the cross-entropy against f64, and
+    // their bf16 builds against the f32 ones rounded; then all again under AddressSanitizer.
     run_check("kernels_check", Build::Plain, &[]);
     run_check("kernels_check", Build::AddressSanitizer, &[]);
 }

@@ -1,10 +1,15 @@
-// The fused attention-input kernels of norm.cu (session 4: per-head norm, RoPE and bf16 in one
-// pass, and its backward), run on the CPU emulator (cuda_emu.h), against the separate kernels
-// they replace (rmsnorm_forward, rope_apply, f32_to_bf16_kernel; rope_apply inverse,
-// rmsnorm_backward), which the GPU tests check against the CPU reference. Both compute the same
-// products in the same order; the emulator contracts nothing into an FMA, so the bits must be
-// equal (on a GPU the two may contract differently: tests/cuda_kernels.rs allows one bf16 step
-// there). Head dims 64 and 128, with and without RoPE. Launches as launch.rs sets them up.
+// The element-wise and per-row kernels, run on the CPU emulator (cuda_emu.h), launched as
+// launch.rs and launch_tokens.rs launch them:
+// - norm.cu's fused attention-input kernels (session 4: per-head norm, RoPE and bf16 in one pass,
+//   and its backward) against the separate kernels they replace (rmsnorm_forward, rope_apply,
+//   f32_to_bf16_kernel; rope_apply inverse, rmsnorm_backward). Both compute the same products in
+//   the same order and the emulator contracts nothing into an FMA, so the bits must be equal (on
+//   a GPU the two may contract differently: tests/cuda_kernels.rs allows one bf16 step there).
+//   Head dims 64 and 128, with and without RoPE.
+// - RMSNorm with a gain (forward, backward added into a gradient, the gain's two-pass gradient),
+//   SwiGLU (forward, backward) and the cross-entropy with z-loss (forward, backward) against the
+//   formulas in f64, to 1e-5 of each tensor's largest value; each `_bf16` build must equal its
+//   f32 build rounded, bit for bit.
 // Prints one line per check; exits non-zero if any failed.
 #include "cuda_emu.h"
 #include "check_rng.h"
@@ -15,8 +20,10 @@
 // The kernels, after the emulator that stands in for CUDA.
 #include "../../src/backend/cuda/kernels/common.cuh"
 #include "../../src/backend/cuda/kernels/convert.cu"
+#include "../../src/backend/cuda/kernels/cross_entropy.cu"
 #include "../../src/backend/cuda/kernels/norm.cu"
 #include "../../src/backend/cuda/kernels/rope.cu"
+#include "../../src/backend/cuda/kernels/swiglu.cu"
 
 namespace {
 
@@ -126,12 +133,176 @@ void check(int head_dim, bool rope) {
     same_bits(tag + " backward", dx_fused, to_bf16(dx));
 }
 
+// max |got - want| / max |want| within `tol`.
+void close(const std::string& name, const std::vector<float>& got, const std::vector<double>& want,
+           double tol) {
+    double scale = 1e-30, worst = 0;
+    for (double w : want) scale = std::max(scale, std::fabs(w));
+    for (size_t i = 0; i < got.size(); i++) {
+        double err = std::isnan(got[i]) ? INFINITY : std::fabs(got[i] - want[i]) / scale;
+        worst = std::max(worst, err);
+    }
+    bool ok = worst <= tol;
+    printf("%s %s: worst %.2e, tolerance %.0e\n", ok ? "ok  " : "FAIL", name.c_str(), worst, tol);
+    if (!ok) failures++;
+}
+
+std::vector<float> random_values(Rng& rng, size_t n, float scale) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = scale * rng.normal();
+    return x;
+}
+
+dim3 elementwise(size_t n) {
+    return blocks_of((n + 255) / 256);
+}
+
+void check_rmsnorm() {
+    // Rows of a width that is not a multiple of 32; 150 rows, so the gain gradient has three
+    // chunks of GAIN_CHUNK.
+    const int rows = 150, width = 200;
+    const float eps = 1e-6f;
+    Rng rng{7};
+    auto x = random_values(rng, (size_t)rows * width, 2.0f);
+    auto gain = random_values(rng, width, 1.0f);
+    auto dy = random_values(rng, (size_t)rows * width, 1.0f);
+    auto dx0 = random_values(rng, (size_t)rows * width, 1.0f);
+    auto dgain0 = random_values(rng, width, 1.0f);
+    std::vector<double> y_ref(x.size()), dx_ref(x.size()), dgain_ref(width);
+    for (int c = 0; c < width; c++) dgain_ref[c] = dgain0[c];
+    for (int r = 0; r < rows; r++) {
+        double sq = 0;
+        for (int c = 0; c < width; c++) sq += (double)x[r * width + c] * x[r * width + c];
+        double inv = 1.0 / std::sqrt(sq / width + eps), dot = 0;
+        for (int c = 0; c < width; c++) {
+            double xhat = x[r * width + c] * inv;
+            y_ref[r * width + c] = xhat * gain[c];
+            dot += (double)dy[r * width + c] * gain[c] * xhat;
+            dgain_ref[c] += dy[r * width + c] * xhat;
+        }
+        dot /= width;
+        for (int c = 0; c < width; c++) {
+            double xhat = x[r * width + c] * inv;
+            dx_ref[r * width + c] =
+                dx0[r * width + c] + inv * (dy[r * width + c] * gain[c] - xhat * dot);
+        }
+    }
+    std::vector<float> y(x.size()), inv(rows), inv2(rows);
+    std::vector<bf16_bits> y16(x.size());
+    emu::launch(group_grid(rows), threads256(), 0, [&] {
+        rmsnorm_forward(x.data(), gain.data(), y.data(), inv.data(), rows, width, eps);
+    });
+    emu::launch(group_grid(rows), threads256(), 0, [&] {
+        rmsnorm_forward_bf16(x.data(), gain.data(), y16.data(), inv2.data(), rows, width, eps);
+    });
+    close("rmsnorm forward", y, y_ref, 1e-5);
+    same_bits("rmsnorm forward bf16", y16, to_bf16(y));
+    std::vector<float> dx = dx0, dgain = dgain0;
+    emu::launch(group_grid(rows), threads256(), 0, [&] {
+        rmsnorm_backward(dy.data(), x.data(), inv.data(), gain.data(), dx.data(), rows, width);
+    });
+    close("rmsnorm backward (added into dx)", dx, dx_ref, 1e-5);
+    const int chunks = (rows + GAIN_CHUNK - 1) / GAIN_CHUNK;
+    std::vector<float> partial((size_t)chunks * width);
+    dim3 partial_grid = blocks_of((width + 255) / 256);
+    partial_grid.y = (unsigned)chunks;
+    emu::launch(partial_grid, threads256(), 0, [&] {
+        rmsnorm_gain_partial(dy.data(), x.data(), inv.data(), partial.data(), rows, width);
+    });
+    emu::launch(elementwise(width), threads256(), 0,
+                [&] { rmsnorm_gain_final(partial.data(), dgain.data(), chunks, width); });
+    close("rmsnorm gain gradient (added)", dgain, dgain_ref, 1e-5);
+}
+
+void check_swiglu() {
+    const long n = 5000;
+    Rng rng{8};
+    auto gate = random_values(rng, n, 3.0f), up = random_values(rng, n, 1.0f);
+    auto dh = random_values(rng, n, 1.0f);
+    std::vector<double> h_ref(n), dgate_ref(n), dup_ref(n);
+    for (long i = 0; i < n; i++) {
+        double g = gate[i], s = 1.0 / (1.0 + std::exp(-g));
+        h_ref[i] = g * s * up[i];
+        dup_ref[i] = dh[i] * g * s;
+        dgate_ref[i] = dh[i] * up[i] * s * (1.0 + g * (1.0 - s));
+    }
+    std::vector<float> h(n), dgate(n), dup(n);
+    std::vector<bf16_bits> h16(n), dgate16(n), dup16(n);
+    emu::launch(elementwise(n), threads256(), 0,
+                [&] { swiglu_forward(gate.data(), up.data(), h.data(), n); });
+    emu::launch(elementwise(n), threads256(), 0,
+                [&] { swiglu_forward_bf16(gate.data(), up.data(), h16.data(), n); });
+    emu::launch(elementwise(n), threads256(), 0, [&] {
+        swiglu_backward(dh.data(), gate.data(), up.data(), dgate.data(), dup.data(), n);
+    });
+    emu::launch(elementwise(n), threads256(), 0, [&] {
+        swiglu_backward_bf16(dh.data(), gate.data(), up.data(), dgate16.data(), dup16.data(), n);
+    });
+    close("swiglu forward", h, h_ref, 1e-5);
+    close("swiglu backward dgate", dgate, dgate_ref, 1e-5);
+    close("swiglu backward dup", dup, dup_ref, 1e-5);
+    same_bits("swiglu forward bf16", h16, to_bf16(h));
+    same_bits("swiglu backward dgate bf16", dgate16, to_bf16(dgate));
+    same_bits("swiglu backward dup bf16", dup16, to_bf16(dup));
+}
+
+void check_cross_entropy() {
+    // A vocabulary that is not a multiple of the block; logits of a realistic spread.
+    const int tokens = 9, vocab = 1000;
+    const float z_loss = 1e-4f, grad_scale = 0.03125f;
+    Rng rng{9};
+    auto logits = random_values(rng, (size_t)tokens * vocab, 4.0f);
+    std::vector<u32> targets(tokens);
+    for (auto& t : targets) t = (u32)(rng.next() % vocab);
+    std::vector<double> lz_ref(tokens), ce_ref(tokens), z_ref(tokens), grad_ref(logits.size());
+    for (int t = 0; t < tokens; t++) {
+        const float* l = logits.data() + (size_t)t * vocab;
+        double m = -INFINITY, sum = 0;
+        for (int v = 0; v < vocab; v++) m = std::max(m, (double)l[v]);
+        for (int v = 0; v < vocab; v++) sum += std::exp(l[v] - m);
+        double lz = m + std::log(sum);
+        lz_ref[t] = lz;
+        ce_ref[t] = lz - l[targets[t]];
+        z_ref[t] = z_loss * lz * lz;
+        for (int v = 0; v < vocab; v++) {
+            double g = std::exp(l[v] - lz) * (1.0 + 2.0 * z_loss * lz) - (v == (int)targets[t]);
+            grad_ref[(size_t)t * vocab + v] = g * grad_scale;
+        }
+    }
+    std::vector<float> lz(tokens), ce(tokens), z(tokens), grad(logits.size());
+    std::vector<bf16_bits> grad16(logits.size());
+    dim3 forward_grid = blocks_of(tokens), forward_threads;
+    forward_threads.x = 512;
+    emu::launch(forward_grid, forward_threads, 0, [&] {
+        cross_entropy_forward(logits.data(), targets.data(), lz.data(), ce.data(), z.data(), tokens,
+                              vocab, z_loss);
+    });
+    dim3 backward_grid = blocks_of((vocab + 255) / 256);
+    backward_grid.y = tokens;
+    emu::launch(backward_grid, threads256(), 0, [&] {
+        cross_entropy_backward(logits.data(), grad.data(), targets.data(), lz.data(), tokens, vocab,
+                               z_loss, grad_scale);
+    });
+    emu::launch(backward_grid, threads256(), 0, [&] {
+        cross_entropy_backward_bf16(logits.data(), grad16.data(), targets.data(), lz.data(), tokens,
+                                    vocab, z_loss, grad_scale);
+    });
+    close("cross-entropy log Z", lz, lz_ref, 1e-6);
+    close("cross-entropy loss", ce, ce_ref, 1e-5);
+    close("cross-entropy z-loss", z, z_ref, 1e-5);
+    close("cross-entropy gradient", grad, grad_ref, 1e-5);
+    same_bits("cross-entropy gradient bf16", grad16, to_bf16(grad));
+}
+
 }  // namespace
 
 int main() {
     for (int head_dim : {64, 128}) {
         for (bool rope : {false, true}) check(head_dim, rope);
     }
+    check_rmsnorm();
+    check_swiglu();
+    check_cross_entropy();
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
