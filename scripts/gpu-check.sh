@@ -23,11 +23,12 @@
 #      attention, resident training vs the host loop), the bf16 step with the basic fused
 #      attention build, and the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
-#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), with
-#      cublasGemmEx and with cuBLASLt's cached plans,
-#   5. the same models in PyTorch (eager and torch.compile, bf16),
+#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16),
+#   5. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
 #   6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
-#   7. Nsight Compute on the fused attention kernels, where `ncu` is installed,
+#   7. experiments: the throughput again with cuBLASLt's cached plans, and with the fused
+#      attention's 4-warp pipelined build; Nsight Compute on the fused attention kernels, where
+#      `ncu` is installed,
 #   8. the 1B models and the f32 mode's throughput,
 #   9. a side-by-side table.
 # About 4 minutes on an H200 in session 3; the whole run stops at GPU_CHECK_BUDGET seconds (540),
@@ -186,9 +187,6 @@ run() {
         resident_training_matches_the_host_loop --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    # The same with cuBLASLt's cached plans in place of cublasGemmEx (REDPACK_CUDA_BLAS=lt).
-    wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
-        BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
@@ -211,6 +209,13 @@ run() {
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
+    # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
+    # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (two
+    # blocks per SM), each beside bench-bf16's default.
+    wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
+        BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-w4 150 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
+        BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
     local ncu=""
@@ -229,7 +234,8 @@ run() {
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
-    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
+    grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
+        "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
 import json, sys

@@ -190,10 +190,9 @@ fn main() {
         let json = serde_json::json!({
             "impl": "redpack",
             "mode": precision.name(),
-            "attention": match (launch_flash::fused_attention(precision, config.head_dim), launch_flash::FlashVariant::from_env()) {
-                (false, _) => "batched",
-                (true, launch_flash::FlashVariant::Basic) => "flash",
-                (true, launch_flash::FlashVariant::Pipelined) => "flash-pipelined",
+            "attention": match launch_flash::fused_attention(precision, config.head_dim) {
+                false => "batched".to_string(),
+                true => format!("flash-{}", launch_flash::FlashVariant::from_env().name()),
             },
             "blas": backend.blas_engine().name(),
             "blas_plans": backend.blas_plans(),

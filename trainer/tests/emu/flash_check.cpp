@@ -2,9 +2,9 @@
 // against attention computed in f64 from the same bf16 inputs: every mask the model uses
 // (causal over several tiles, bidirectional, a bidirectional prefix, a row shorter than a
 // fragment, cross-attention with unequal lengths), with and without document resets, head
-// dimensions 32, 64 and 128, both builds. Launches are set up as launch_flash.rs sets them up.
-// Besides the tolerances of tests/cuda_attention.rs, the two builds must give identical bits,
-// as they do on a GPU. Prints one line per check; exits non-zero if any failed.
+// dimensions 32, 64 and 128, every build. Launches are set up as launch_flash.rs sets them up.
+// Besides the tolerances of tests/cuda_attention.rs, the builds must give identical bits, as
+// they do on a GPU. Prints one line per check; exits non-zero if any failed.
 #include "cuda_emu.h"
 #include "check_rng.h"
 
@@ -263,32 +263,39 @@ void run_dim(Rng& rng, bool docs) {
     auto v = random_bf16(rng, (size_t)c.k_tokens * heads * D, 1.0f);
     auto d_out = random_bf16(rng, (size_t)c.q_tokens * heads * D, 1.0f);
     Result want = reference(c, heads, D, q, k, v, d_out);
-    Result basic = run_kernels<D, 4, 1, false>(c, heads, q, k, v, d_out);
-    Result piped = run_kernels<D, 8, 2, true>(c, heads, q, k, v, d_out);
-    // The log-sum-exp is written for each row's queries only (the backward pass reads no more).
-    for (Result* r : {&basic, &piped}) {
+    // The builds of flash.cu's entry points: (warps, stages, ldmatrix) as FLASH_ENTRIES.
+    std::vector<std::pair<std::string, Result>> builds;
+    builds.emplace_back("basic", run_kernels<D, 4, 1, false>(c, heads, q, k, v, d_out));
+    builds.emplace_back("pipelined", run_kernels<D, 8, 2, true>(c, heads, q, k, v, d_out));
+    builds.emplace_back("pipelined_w4", run_kernels<D, 4, 2, true>(c, heads, q, k, v, d_out));
+    std::string tag = "d" + std::to_string(D) + (docs ? " documents" : "");
+    for (auto& [name, got] : builds) {
+        // The log-sum-exp is written for each row's queries only (the backward reads no more).
         for (size_t ri = 0; ri < c.rows.size(); ri++) {
             for (int h = 0; h < heads; h++) {
                 for (int i = c.rows[ri].q_len; i < c.max_q; i++) {
-                    r->lse[(ri * heads + h) * c.max_q + i] = 0.0f;
+                    got.lse[(ri * heads + h) * c.max_q + i] = 0.0f;
                 }
             }
         }
+        std::string build = tag + " " + name;
+        check(build + " out", got.out, want.out, 1e-2);
+        check(build + " lse", got.lse, want.lse, 1e-4);
+        check(build + " dq", got.dq, want.dq, 2e-2);
+        check(build + " dk", got.dk, want.dk, 2e-2);
+        check(build + " dv", got.dv, want.dv, 2e-2);
     }
-    std::string tag = "d" + std::to_string(D) + (docs ? " documents" : "");
-    for (auto* got : {&basic, &piped}) {
-        std::string build = tag + (got == &basic ? " basic" : " pipelined");
-        check(build + " out", got->out, want.out, 1e-2);
-        check(build + " lse", got->lse, want.lse, 1e-4);
-        check(build + " dq", got->dq, want.dq, 2e-2);
-        check(build + " dk", got->dk, want.dk, 2e-2);
-        check(build + " dv", got->dv, want.dv, 2e-2);
+    // Every build sums in the same order: the same bits as the basic one.
+    const Result& basic = builds[0].second;
+    for (size_t b = 1; b < builds.size(); b++) {
+        const Result& other = builds[b].second;
+        std::string pair = tag + " " + builds[b].first + " vs basic";
+        same_bits(pair + " out", other.out, basic.out);
+        same_bits(pair + " lse", other.lse, basic.lse);
+        same_bits(pair + " dq", other.dq, basic.dq);
+        same_bits(pair + " dk", other.dk, basic.dk);
+        same_bits(pair + " dv", other.dv, basic.dv);
     }
-    same_bits(tag + " out", basic.out, piped.out);
-    same_bits(tag + " lse", basic.lse, piped.lse);
-    same_bits(tag + " dq", basic.dq, piped.dq);
-    same_bits(tag + " dk", basic.dk, piped.dk);
-    same_bits(tag + " dv", basic.dv, piped.dv);
 }
 
 }  // namespace

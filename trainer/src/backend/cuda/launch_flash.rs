@@ -32,8 +32,8 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// Dynamic shared memory a kernel may take without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 
-/// The two builds of the fused kernels (flash.cu's entry points): they sum in the same order
-/// and give the same bits; they differ in block shape and whether tile copies overlap the math.
+/// The builds of the fused kernels (flash.cu's entry points): they sum in the same order and give
+/// the same bits; they differ in block shape and whether tile copies overlap the math.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FlashVariant {
     /// 4 warps, 64 queries per forward / dQ block, one tile buffer, fragments by plain shared
@@ -43,6 +43,10 @@ pub enum FlashVariant {
     /// the default (on an H200, DecLLM-150M steps 5% faster with it than with `Basic`).
     #[default]
     Pipelined,
+    /// `Pipelined` with 4 warps and 64 queries per forward / dQ block, so that two blocks share
+    /// an SM at head dim 128 and pass their barriers out of step (an experiment for
+    /// `scripts/gpu-check.sh` to measure beside `Pipelined`; not yet run on a GPU).
+    PipelinedW4,
 }
 
 impl FlashVariant {
@@ -50,12 +54,13 @@ impl FlashVariant {
         match self {
             FlashVariant::Basic => "",
             FlashVariant::Pipelined => "_pipelined",
+            FlashVariant::PipelinedW4 => "_pipelined_w4",
         }
     }
 
     fn warps(self) -> usize {
         match self {
-            FlashVariant::Basic => 4,
+            FlashVariant::Basic | FlashVariant::PipelinedW4 => 4,
             FlashVariant::Pipelined => 8,
         }
     }
@@ -63,17 +68,34 @@ impl FlashVariant {
     fn stages(self) -> usize {
         match self {
             FlashVariant::Basic => 1,
-            FlashVariant::Pipelined => 2,
+            FlashVariant::Pipelined | FlashVariant::PipelinedW4 => 2,
         }
     }
 
-    /// `REDPACK_CUDA_FLASH=pipelined|basic`, else the default.
+    /// Its name in `REDPACK_CUDA_FLASH` and in the benchmark's output.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashVariant::Basic => "basic",
+            FlashVariant::Pipelined => "pipelined",
+            FlashVariant::PipelinedW4 => "pipelined-w4",
+        }
+    }
+
+    pub const ALL: [FlashVariant; 3] = [
+        FlashVariant::Basic,
+        FlashVariant::Pipelined,
+        FlashVariant::PipelinedW4,
+    ];
+
+    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4`, else the default.
     pub fn from_env() -> FlashVariant {
         static CHOICE: std::sync::OnceLock<FlashVariant> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH").as_deref() {
-            Ok("pipelined") => FlashVariant::Pipelined,
-            Ok("basic") => FlashVariant::Basic,
-            _ => FlashVariant::default(),
+            Ok(name) => FlashVariant::ALL
+                .into_iter()
+                .find(|v| v.name() == name)
+                .unwrap_or_default(),
+            Err(_) => FlashVariant::default(),
         })
     }
 }

@@ -888,11 +888,15 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry points, per supported head dimension, in two variants: the basic one (4 warps, 64
-// queries per forward / dQ block, one tile buffer: each tile is copied, then computed on) and
-// the pipelined one (8 warps, 128 queries per forward / dQ block, so each K/V tile read serves
+// Entry points, per supported head dimension, in three variants: the basic one (4 warps, 64
+// queries per forward / dQ block, one tile buffer: each tile is copied, then computed on); the
+// pipelined one (8 warps, 128 queries per forward / dQ block, so each K/V tile read serves
 // twice the queries; two tile buffers, so the next tile's copies overlap the current tile's
-// math; fragments through `ldmatrix`). Both sum in the same order, so they give the same bits.
+// math; fragments through `ldmatrix`); and `pipelined_w4`, the pipelined one with 4 warps and 64
+// queries per block, so that two blocks fit an SM at head dim 128 (2 x 128 threads x 256
+// registers is the register file) and run out of step with each other: one block's softmax can
+// overlap the other's products, where the 8 warps of one block all pass the same barriers. All
+// sum in the same order, so they give the same bits.
 
 // One build's three entry points; the names are spelled out at each use so that a search finds
 // them (and the compile test checks each one is in the PTX).
@@ -924,11 +928,17 @@ FLASH_ENTRIES(32, 4, 1, false, flash_forward_d32, flash_backward_kv_d32,
               flash_backward_q_d32)
 FLASH_ENTRIES(32, 8, 2, true, flash_forward_d32_pipelined, flash_backward_kv_d32_pipelined,
               flash_backward_q_d32_pipelined)
+FLASH_ENTRIES(32, 4, 2, true, flash_forward_d32_pipelined_w4, flash_backward_kv_d32_pipelined_w4,
+              flash_backward_q_d32_pipelined_w4)
 FLASH_ENTRIES(64, 4, 1, false, flash_forward_d64, flash_backward_kv_d64,
               flash_backward_q_d64)
 FLASH_ENTRIES(64, 8, 2, true, flash_forward_d64_pipelined, flash_backward_kv_d64_pipelined,
               flash_backward_q_d64_pipelined)
+FLASH_ENTRIES(64, 4, 2, true, flash_forward_d64_pipelined_w4, flash_backward_kv_d64_pipelined_w4,
+              flash_backward_q_d64_pipelined_w4)
 FLASH_ENTRIES(128, 4, 1, false, flash_forward_d128, flash_backward_kv_d128,
               flash_backward_q_d128)
 FLASH_ENTRIES(128, 8, 2, true, flash_forward_d128_pipelined, flash_backward_kv_d128_pipelined,
               flash_backward_q_d128_pipelined)
+FLASH_ENTRIES(128, 4, 2, true, flash_forward_d128_pipelined_w4,
+              flash_backward_kv_d128_pipelined_w4, flash_backward_q_d128_pipelined_w4)
