@@ -27,8 +27,8 @@
 #   5. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
 #   6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
 #   7. experiments: the throughput again with cuBLASLt's cached plans, and with the fused
-#      attention's 4-warp pipelined build; Nsight Compute on the fused attention kernels, where
-#      `ncu` is installed,
+#      attention's 4-warp pipelined and wide builds; Nsight Compute on the fused attention
+#      kernels, where `ncu` is installed,
 #   8. the 1B models and the f32 mode's throughput,
 #   9. a side-by-side table.
 # About 4 minutes on an H200 in session 3; the whole run stops at GPU_CHECK_BUDGET seconds (540),
@@ -211,10 +211,12 @@ run() {
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
     # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
     # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (two
-    # blocks per SM), each beside bench-bf16's default.
+    # blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's default.
     wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-w4 150 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
+        BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-wide 150 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
@@ -235,6 +237,7 @@ run() {
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
+        "$RESULTS"/bench-wide.log \
         "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"

@@ -102,7 +102,7 @@ fn fused_attention_matches_f64_attention_on_the_emulator() {
 fn fused_attention_stays_inside_its_buffers_under_addresssanitizer() {
     // The emulator's memcheck: every global buffer is a host allocation and the dynamic shared
     // memory one of exactly the launch's size, so any read or write past one is reported with
-    // its kernel source line. Head dim 128 with documents, both builds.
+    // its kernel source line. Head dim 128 with documents, one head, every build.
     run_check("flash_check", Build::AddressSanitizer, &["quick"]);
 }
 

@@ -105,6 +105,9 @@ pub const KERNELS: &[KernelSource] = &[
             "flash_forward_d128_pipelined_w4",
             "flash_backward_kv_d128_pipelined_w4",
             "flash_backward_q_d128_pipelined_w4",
+            "flash_forward_d32_wide",
+            "flash_forward_d64_wide",
+            "flash_forward_d128_wide",
             "flash_delta",
         ]
     ),

@@ -32,8 +32,9 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// Dynamic shared memory a kernel may take without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 
-/// The builds of the fused kernels (flash.cu's entry points): they sum in the same order and give
-/// the same bits; they differ in block shape and whether tile copies overlap the math.
+/// The builds of the fused kernels (flash.cu's entry points): they differ in block shape and
+/// whether tile copies overlap the math. They sum in the same order and give the same bits, but
+/// for `Wide`'s forward pass at head dim 128 (see there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FlashVariant {
     /// 4 warps, 64 queries per forward / dQ block, one tile buffer, fragments by plain shared
@@ -47,20 +48,28 @@ pub enum FlashVariant {
     /// an SM at head dim 128 and pass their barriers out of step (an experiment for
     /// `scripts/gpu-check.sh` to measure beside `Pipelined`; not yet run on a GPU).
     PipelinedW4,
+    /// `PipelinedW4`'s backward pass, and a forward pass in which each warp owns 32 queries (128
+    /// per block) with Q in shared memory, so each K/V fragment feeds two products
+    /// (`flash_forward_wide`). At head dim 128 its key tiles are 32 (64 would spill), so its
+    /// online softmax rounds differently from the other builds there. An experiment, as
+    /// `PipelinedW4`.
+    Wide,
 }
 
 impl FlashVariant {
-    fn suffix(self) -> &'static str {
+    /// The suffix of this build's entry point of `kernel` (`flash_forward`, ...).
+    fn suffix(self, kernel: &str) -> &'static str {
         match self {
             FlashVariant::Basic => "",
             FlashVariant::Pipelined => "_pipelined",
-            FlashVariant::PipelinedW4 => "_pipelined_w4",
+            FlashVariant::Wide if kernel == "flash_forward" => "_wide",
+            FlashVariant::PipelinedW4 | FlashVariant::Wide => "_pipelined_w4",
         }
     }
 
     fn warps(self) -> usize {
         match self {
-            FlashVariant::Basic | FlashVariant::PipelinedW4 => 4,
+            FlashVariant::Basic | FlashVariant::PipelinedW4 | FlashVariant::Wide => 4,
             FlashVariant::Pipelined => 8,
         }
     }
@@ -68,8 +77,35 @@ impl FlashVariant {
     fn stages(self) -> usize {
         match self {
             FlashVariant::Basic => 1,
-            FlashVariant::Pipelined | FlashVariant::PipelinedW4 => 2,
+            _ => 2,
         }
+    }
+
+    /// Queries per forward block: 16 per warp, 32 in `Wide`.
+    fn forward_queries(self) -> usize {
+        match self {
+            FlashVariant::Wide => self.warps() * 32,
+            _ => self.warps() * 16,
+        }
+    }
+
+    /// Dynamic shared memory of the forward kernel: the K and V tiles of each stage, and in
+    /// `Wide` the block's Q rows (its key tiles are 32 at head dim 128, as flash.cu instantiates
+    /// `flash_forward_wide`).
+    fn forward_smem(self, shape: &FlashShape) -> usize {
+        match self {
+            FlashVariant::Wide => {
+                let keys = if shape.head_dim == 128 { 32 } else { FA_BK };
+                shape.tile_bytes(self.forward_queries())
+                    + self.stages() * 2 * shape.tile_bytes(keys)
+            }
+            _ => self.stages() * 2 * shape.tile_bytes(FA_BK),
+        }
+    }
+
+    /// Whether this build's results are bit for bit those of `Basic` at `head_dim`.
+    pub fn same_bits_as_basic(self, head_dim: usize) -> bool {
+        !(self == FlashVariant::Wide && head_dim == 128)
     }
 
     /// Its name in `REDPACK_CUDA_FLASH` and in the benchmark's output.
@@ -78,16 +114,18 @@ impl FlashVariant {
             FlashVariant::Basic => "basic",
             FlashVariant::Pipelined => "pipelined",
             FlashVariant::PipelinedW4 => "pipelined-w4",
+            FlashVariant::Wide => "wide",
         }
     }
 
-    pub const ALL: [FlashVariant; 3] = [
+    pub const ALL: [FlashVariant; 4] = [
         FlashVariant::Basic,
         FlashVariant::Pipelined,
         FlashVariant::PipelinedW4,
+        FlashVariant::Wide,
     ];
 
-    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4`, else the default.
+    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4|wide`, else the default.
     pub fn from_env() -> FlashVariant {
         static CHOICE: std::sync::OnceLock<FlashVariant> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH").as_deref() {
@@ -222,7 +260,7 @@ impl CudaKernels {
         }
         let variant = shape.variant;
         let name = flash_entry("flash_forward", shape.head_dim, variant)?;
-        let smem = variant.stages() * 2 * shape.tile_bytes(FA_BK);
+        let smem = variant.forward_smem(&shape);
         self.allow_shared_memory(name, smem)?;
         let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
         let scale_log2 = LOG2_E / (shape.head_dim as f32).sqrt();
@@ -231,7 +269,7 @@ impl CudaKernels {
         push_docs(&mut b, docs);
         b.arg(out).arg(lse).arg(&heads).arg(&max_q).arg(&scale_log2);
         let threads = variant.warps() as u32 * 32;
-        let cfg = shape.grid(shape.max_q, variant.warps() * 16, threads, smem);
+        let cfg = shape.grid(shape.max_q, variant.forward_queries(), threads, smem);
         self.run(name, &mut b, cfg)
     }
 
@@ -328,7 +366,7 @@ fn flash_entry(
     head_dim: usize,
     variant: FlashVariant,
 ) -> Result<&'static str, LaunchError> {
-    let want = format!("{kernel}_d{head_dim}{}", variant.suffix());
+    let want = format!("{kernel}_d{head_dim}{}", variant.suffix(kernel));
     KERNELS
         .iter()
         .flat_map(|source| source.entries.iter().copied())

@@ -499,6 +499,204 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 }
 
 // ---------------------------------------------------------------------------------------------
+// Forward, wide: as `flash_forward` (pipelined, `ldmatrix`), but each warp owns 32 queries (two
+// groups of 16, m = 0 and 1), so each K and V fragment read from shared memory feeds two
+// products instead of one, and a warp has twice the independent products in flight. Q stays in
+// shared memory (the block's BQ rows, staged once with the first key tile) and its fragments are
+// read at each k-step, since Q fragments for 32 rows would not fit in registers beside the
+// accumulators. With BK = FA_BK every score and output is summed in the same order as in
+// `flash_forward`: the same bits.
+
+template <int D, int WARPS, int BK>
+__device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
+                                   const int* rows_desc, const u32* q_doc, const u32* k_doc,
+                                   float* out, float* lse, int heads, int max_q,
+                                   float scale_log2) {
+    constexpr int STAGES = 2;
+    constexpr int KS = D / 16, DT = D / 8, NT = BK / 8, KST = D + 8;
+    constexpr int THREADS = WARPS * 32, BQ = WARPS * 32, TILE = BK * KST;
+    bf16_bits* qs = (bf16_bits*)flash_smem;  // BQ query rows, then STAGES x (K tile, V tile)
+    bf16_bits* smem = qs + BQ * KST;
+
+    const BlockWork work = last_tiles_first();
+    const int r = work.r, h = work.h;
+    const RowDesc row = row_desc(rows_desc, r);
+    const int i0 = work.tile * BQ;
+    if (i0 >= row.q_len) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const long da = (long)heads * D;
+    const int hc = h * D;
+    int qa[2], qb[2];  // this thread's query rows in each group
+    #pragma unroll
+    for (int m = 0; m < 2; m++) {
+        qa[m] = i0 + warp * 32 + m * 16 + g;
+        qb[m] = qa[m] + 8;
+    }
+
+    float o[2][DT][4];
+    #pragma unroll
+    for (int m = 0; m < 2; m++) {
+        #pragma unroll
+        for (int dt = 0; dt < DT; dt++) o[m][dt][0] = o[m][dt][1] = o[m][dt][2] = o[m][dt][3] = 0.0f;
+    }
+    float ma[2] = {NEG_INF, NEG_INF}, mb[2] = {NEG_INF, NEG_INF};
+    float la[2] = {0.0f, 0.0f}, lb[2] = {0.0f, 0.0f};
+
+    const int k_end = key_end(row, i0, i0 + BQ);
+    const int tiles = (k_end + BK - 1) / BK;
+    auto load = [&](int tile) {
+        bf16_bits* dst = smem + (tile % STAGES) * 2 * TILE;
+        int j = tile * BK;
+        stage_rows<D, BK, THREADS>(dst, KST, k, row.k_start, j, row.k_len, da, hc);
+        stage_rows<D, BK, THREADS>(dst + TILE, KST, v, row.k_start, j, row.k_len, da, hc);
+        cp_commit();
+    };
+    if (tiles > 0) {
+        // Q with the first tile: the first wait covers both.
+        stage_rows<D, BQ, THREADS>(qs, KST, q, row.q_start, i0, row.q_len, da, hc);
+        load(0);
+    }
+    for (int tile = 0; tile < tiles; tile++) {
+        const int j0 = tile * BK;
+        await_tile<STAGES>(tile, tiles, load);
+        __syncthreads();
+        const bf16_bits* ks = smem + (tile % STAGES) * 2 * TILE;
+        const bf16_bits* vs = ks + TILE;
+
+        float s[2][NT][4];
+        #pragma unroll
+        for (int m = 0; m < 2; m++) {
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+        }
+        #pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            u32 a[2][4];
+            ldsm_a(a[0], qs, KST, warp * 32, kk * 16, lane);
+            ldsm_a(a[1], qs, KST, warp * 32 + 16, kk * 16, lane);
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt += 2) {
+                u32 b[4];
+                ldsm_b_nk(b, ks, KST, nt * 8, kk * 16, lane);
+                #pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma16816(s[m][nt], a[m], b);
+                    mma16816(s[m][nt + 1], a[m], b + 2);
+                }
+            }
+        }
+        #pragma unroll
+        for (int m = 0; m < 2; m++) {
+            // Mask, scale and the online softmax of group m, as in `flash_forward`.
+            float xa = NEG_INF, xb = NEG_INF;
+            const int wq = i0 + warp * 32 + m * 16;
+            if (all_visible(row, wq, wq + 16, j0, j0 + BK, q_doc, k_doc)) {
+                scale_scores(Full<true>(), s[m], row, qa[m], qb[m], j0, t, scale_log2, q_doc,
+                             k_doc, xa, xb);
+            } else {
+                scale_scores(Full<false>(), s[m], row, qa[m], qb[m], j0, t, scale_log2, q_doc,
+                             k_doc, xa, xb);
+            }
+            xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
+            xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
+            xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
+            xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
+            float na = fmaxf(ma[m], xa), nb = fmaxf(mb[m], xb);
+            float ra = na == NEG_INF ? 1.0f : exp2f(ma[m] - na);
+            float rb = nb == NEG_INF ? 1.0f : exp2f(mb[m] - nb);
+            float sa = 0.0f, sb = 0.0f;
+            #pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float base = e < 2 ? na : nb;
+                    float p = s[m][nt][e] == NEG_INF ? 0.0f : exp2f(s[m][nt][e] - base);
+                    s[m][nt][e] = p;
+                    if (e < 2) sa += p;
+                    else sb += p;
+                }
+            }
+            sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+            sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+            sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+            sb += __shfl_xor_sync(0xffffffffu, sb, 2);
+            la[m] = la[m] * ra + sa;
+            lb[m] = lb[m] * rb + sb;
+            ma[m] = na;
+            mb[m] = nb;
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                o[m][dt][0] *= ra;
+                o[m][dt][1] *= ra;
+                o[m][dt][2] *= rb;
+                o[m][dt][3] *= rb;
+            }
+        }
+        // O += P V for both groups from each V fragment.
+        #pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            u32 pa[2][4];
+            #pragma unroll
+            for (int m = 0; m < 2; m++) {
+                pa[m][0] = pack2(s[m][2 * kk][0], s[m][2 * kk][1]);
+                pa[m][1] = pack2(s[m][2 * kk][2], s[m][2 * kk][3]);
+                pa[m][2] = pack2(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+                pa[m][3] = pack2(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+            }
+            #pragma unroll
+            for (int dt = 0; dt < DT; dt += 2) {
+                u32 b[4];
+                ldsm_b_kn(b, vs, KST, kk * 16, dt * 8, lane);
+                #pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma16816(o[m][dt], pa[m], b);
+                    mma16816(o[m][dt + 1], pa[m], b + 2);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before it is refilled
+    }
+
+    #pragma unroll
+    for (int m = 0; m < 2; m++) {
+        float ia = la[m] > 0.0f ? 1.0f / la[m] : 0.0f, ib = lb[m] > 0.0f ? 1.0f / lb[m] : 0.0f;
+        #pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            int c = hc + dt * 8 + 2 * t;
+            if (qa[m] < row.q_len) {
+                *(float2*)(out + (long)(row.q_start + qa[m]) * da + c) =
+                    make_float2(o[m][dt][0] * ia, o[m][dt][1] * ia);
+            }
+            if (qb[m] < row.q_len) {
+                *(float2*)(out + (long)(row.q_start + qb[m]) * da + c) =
+                    make_float2(o[m][dt][2] * ib, o[m][dt][3] * ib);
+            }
+        }
+        if (t == 0) {
+            float* l = lse + ((long)r * heads + h) * max_q;
+            if (qa[m] < row.q_len) l[qa[m]] = la[m] > 0.0f ? ma[m] + log2f(la[m]) : POS_INF;
+            if (qb[m] < row.q_len) l[qb[m]] = lb[m] > 0.0f ? mb[m] + log2f(lb[m]) : POS_INF;
+        }
+    }
+}
+
+#define FLASH_FORWARD_WIDE(D, WARPS, BK, NAME)                                                         \
+    extern "C" __global__ void NAME(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,   \
+                                    const int* rows_desc, const u32* q_doc, const u32* k_doc,     \
+                                    float* out, float* lse, int heads, int max_q,                 \
+                                    float scale_log2) {                                           \
+        flash_forward_wide<D, WARPS, BK>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,   \
+                                     scale_log2);                                                 \
+    }
+
+// Keys per tile: 64 as `flash_forward` (the same bits), but 32 at head dim 128, where 64 would
+// spill about 30 values per tile (ptxas, sm_90): the online softmax then steps 32 keys at a time,
+// which rounds differently from the other builds (within the same tolerances).
+FLASH_FORWARD_WIDE(32, 4, 64, flash_forward_d32_wide)
+FLASH_FORWARD_WIDE(64, 4, 64, flash_forward_d64_wide)
+FLASH_FORWARD_WIDE(128, 4, 32, flash_forward_d128_wide)
+
+// ---------------------------------------------------------------------------------------------
 // delta[r, h, i] = Σ_d dO[i, d] · O[i, d] over the bf16 copies, summed in f32; one warp per
 // (row, head, query); 0 past q_len.
 
