@@ -505,7 +505,9 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 // shared memory (the block's BQ rows, staged once with the first key tile) and its fragments are
 // read at each k-step, since Q fragments for 32 rows would not fit in registers beside the
 // accumulators. With BK = FA_BK every score and output is summed in the same order as in
-// `flash_forward`: the same bits.
+// `flash_forward`: the same bits. The softmax step and the output writes repeat
+// `flash_forward`'s: shared as inline functions, they changed ptxas's register allocation of the
+// default build (16 bytes spilled at head dim 128, where it spills nothing now).
 
 template <int D, int WARPS, int BK>
 __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
