@@ -212,12 +212,14 @@ run() {
     # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
     # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (two
     # blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's default.
+    # The attention builds on DecLLM alone (its causal rows are where attention weighs most),
+    # forward and backward only, to keep them short.
     wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-w4 150 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
-        BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-wide 150 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
-        BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-w4 90 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
+        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-wide 90 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
+        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
     local ncu=""
