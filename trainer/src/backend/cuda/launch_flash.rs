@@ -125,14 +125,26 @@ impl FlashVariant {
         FlashVariant::Wide,
     ];
 
-    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4|wide`, else the default.
+    /// The build called `name` (`FlashVariant::name`).
+    pub fn from_name(name: &str) -> Option<FlashVariant> {
+        FlashVariant::ALL.into_iter().find(|v| v.name() == name)
+    }
+
+    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4|wide`, else the default; an unknown
+    /// name is said on stderr (once) rather than silently measured as the default.
     pub fn from_env() -> FlashVariant {
         static CHOICE: std::sync::OnceLock<FlashVariant> = std::sync::OnceLock::new();
-        *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH").as_deref() {
-            Ok(name) => FlashVariant::ALL
-                .into_iter()
-                .find(|v| v.name() == name)
-                .unwrap_or_default(),
+        *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH") {
+            Ok(name) => FlashVariant::from_name(&name).unwrap_or_else(|| {
+                let known: Vec<_> = FlashVariant::ALL.iter().map(|v| v.name()).collect();
+                let default = FlashVariant::default();
+                eprintln!(
+                    "REDPACK_CUDA_FLASH={name:?} is not one of {}: using {}",
+                    known.join(", "),
+                    default.name()
+                );
+                default
+            }),
             Err(_) => FlashVariant::default(),
         })
     }
@@ -372,4 +384,30 @@ fn flash_entry(
         .flat_map(|source| source.entries.iter().copied())
         .find(|entry| *entry == want)
         .ok_or_else(|| LaunchError::Unsupported(format!("no fused attention kernel {want}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_build_has_a_name_and_all_its_entry_points() {
+        for variant in FlashVariant::ALL {
+            assert_eq!(FlashVariant::from_name(variant.name()), Some(variant));
+            for kernel in ["flash_forward", "flash_backward_kv", "flash_backward_q"] {
+                for head_dim in FLASH_HEAD_DIMS {
+                    flash_entry(kernel, head_dim, variant).unwrap();
+                }
+            }
+        }
+        assert_eq!(FlashVariant::from_name("wid"), None);
+        assert_eq!(
+            flash_entry("flash_forward", 128, FlashVariant::Wide).unwrap(),
+            "flash_forward_d128_wide"
+        );
+        assert_eq!(
+            flash_entry("flash_backward_q", 128, FlashVariant::Wide).unwrap(),
+            "flash_backward_q_d128_pipelined_w4"
+        );
+    }
 }
