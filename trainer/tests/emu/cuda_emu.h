@@ -14,7 +14,8 @@
 //   REDPACK_CPU_EMULATION): `mma.sync.m16n8k16` with the fragment layouts of the PTX ISA
 //   (products of bf16 values are exact in f32; the sum over k is taken in f64 and added to the
 //   accumulator in f32, so bits can differ from a GPU's in the last place); `ldmatrix .x4` with
-//   and without `.trans`; `cp.async` as an immediate copy with its zero fill.
+//   and without `.trans`; `cp.async` with its zero fill, landing only at the
+//   `cp.async.wait_group` that covers it.
 #pragma once
 
 #include <math.h>
@@ -114,12 +115,22 @@ namespace emu {
 
 // A thread's stack and where it stopped. `makecontext` starts it on its stack once; after that
 // `_setjmp`/`_longjmp` switch (no signal-mask system call per switch, unlike `swapcontext`).
+// One 16-byte `cp.async` whose write to shared memory has not landed yet.
+struct PendingCopy {
+    void* dst;
+    unsigned char data[16];
+};
+
 struct Fiber {
     ucontext_t context;
     jmp_buf resume;
     std::vector<char> stack;
     bool started = false;
     bool done = false;
+    // This thread's `cp.async` copies: issued since the last commit, and committed groups, oldest
+    // first. They land only when `cp.async.wait_group` says so.
+    std::vector<PendingCopy> open;
+    std::vector<std::vector<PendingCopy>> groups;
 };
 
 struct Barrier {
@@ -203,6 +214,8 @@ struct Start {
             (*s->kernel)();
             Block* b = block();
             Fiber& f = b->fibers[b->current];
+            f.open.clear();
+            f.groups.clear();
             f.done = true;
             b->live--;
             b->live_in_warp[threadIdx.x >> 5]--;
@@ -376,10 +389,30 @@ inline void ldsm_x4_trans(uint32_t* r, const unsigned short* p) {
 }
 
 // cp.async.cg.shared.global of 16 bytes, `src_bytes` of them read and the rest zero-filled.
+// The source is read when the copy is issued (nothing writes it meanwhile); the write to shared
+// memory lands only at the `cp_wait` that covers its group, so a read of a tile before its wait
+// sees the tile's old contents, as it may on a GPU.
 inline void cp_async16(void* dst, const void* src, int src_bytes) {
-    memset(dst, 0, 16);
-    memcpy(dst, src, src_bytes);
+    emu::PendingCopy copy;
+    copy.dst = dst;
+    memset(copy.data, 0, 16);
+    memcpy(copy.data, src, src_bytes);
+    emu::Block* b = emu::block();
+    b->fibers[b->current].open.push_back(copy);
 }
-inline void cp_commit() {}
+inline void cp_commit() {
+    emu::Block* b = emu::block();
+    emu::Fiber& f = b->fibers[b->current];
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+// cp.async.wait_group N: every committed group but the N most recent lands.
 template <int N>
-inline void cp_wait() {}
+inline void cp_wait() {
+    emu::Block* b = emu::block();
+    emu::Fiber& f = b->fibers[b->current];
+    while (f.groups.size() > (size_t)N) {
+        for (const emu::PendingCopy& c : f.groups.front()) memcpy(c.dst, c.data, 16);
+        f.groups.erase(f.groups.begin());
+    }
+}
