@@ -10,20 +10,31 @@ use redpack_trainer::backend::cpu::attention::AttnRow;
 use redpack_trainer::backend::cuda::launch_tokens::ScoresShape;
 use redpack_trainer::rng::SplitMix64;
 
-#[test]
-fn masked_softmax_matches_cpu_for_every_mask() {
-    let Some(g) = gpu("masked_softmax_matches_cpu_for_every_mask") else {
-        return;
-    };
-    let (heads, max_q, max_k, scale) = (2, 12, 12, 0.25);
-    let row = |q_start, q_len, k_start, k_len, causal, prefix| AttnRow {
+/// One batch row: its query and key ranges, whether it is causal, and its bidirectional prefix.
+fn row(
+    q_start: usize,
+    q_len: usize,
+    k_start: usize,
+    k_len: usize,
+    causal: bool,
+    prefix: usize,
+) -> AttnRow {
+    AttnRow {
         q_start,
         q_len,
         k_start,
         k_len,
         causal,
         bidirectional_prefix: prefix,
+    }
+}
+
+#[test]
+fn masked_softmax_matches_cpu_for_every_mask() {
+    let Some(g) = gpu("masked_softmax_matches_cpu_for_every_mask") else {
+        return;
     };
+    let (heads, max_q, max_k, scale) = (2, 12, 12, 0.25);
     // Causal; bidirectional (encoder, cross); prefix-bidirectional; shorter rows (per-row
     // lengths), each with and without document resets.
     let rows = [
@@ -167,14 +178,6 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
     use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
     let Some(g) = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim") else {
         return;
-    };
-    let row = |q_start, q_len, k_start, k_len, causal, prefix| AttnRow {
-        q_start,
-        q_len,
-        k_start,
-        k_len,
-        causal,
-        bidirectional_prefix: prefix,
     };
     let self_rows = vec![
         row(0, 150, 0, 150, true, 0),

@@ -167,6 +167,32 @@ impl Kept {
         Ok(h)
     }
 
+    /// The cross-entropy (with z-loss) gradient w.r.t. a chunk's raw logits (`targets.len() x
+    /// vocab`), times `grad_scale`; `log_z` from the forward pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy_grad(
+        dev: &Dev,
+        logits: &Buf,
+        targets: &CudaSlice<u32>,
+        log_z: &Buf,
+        vocab: usize,
+        z_loss: f32,
+        grad_scale: f32,
+    ) -> Result<Kept, BackendError> {
+        // SAFETY: cross_entropy_backward writes all `tokens x vocab` values.
+        let mut g = unsafe { Kept::output(dev, targets.len() * vocab) }?;
+        let k = dev.kernels;
+        match &mut g {
+            Kept::F32(g) => {
+                k.cross_entropy_backward(logits, g, targets, log_z, vocab, z_loss, grad_scale)?
+            }
+            Kept::Bf16(g) => {
+                k.cross_entropy_backward(logits, g, targets, log_z, vocab, z_loss, grad_scale)?
+            }
+        }
+        Ok(g)
+    }
+
     /// SwiGLU's gradients w.r.t. gate and up, given `dh`.
     pub fn swiglu_grads(
         dev: &Dev,

@@ -297,28 +297,8 @@ fn score(
         };
         // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
         // bf16 mode: the products are its only readers).
-        // SAFETY: cross_entropy_backward writes all `c x vocab` values.
-        let mut g = unsafe { Kept::output(dev, c * vocab) }?;
-        match &mut g {
-            Kept::F32(g) => dev.kernels.cross_entropy_backward(
-                &logits,
-                g,
-                &chunk.targets,
-                &log_z,
-                vocab,
-                z_loss,
-                scale,
-            )?,
-            Kept::Bf16(g) => dev.kernels.cross_entropy_backward(
-                &logits,
-                g,
-                &chunk.targets,
-                &log_z,
-                vocab,
-                z_loss,
-                scale,
-            )?,
-        }
+        let g =
+            Kept::cross_entropy_grad(dev, &logits, &chunk.targets, &log_z, vocab, z_loss, scale)?;
         drop(logits);
         let g_op = g.operand();
         // dh (c x d) = G · E
