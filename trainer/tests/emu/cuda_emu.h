@@ -355,6 +355,26 @@ inline void mma16816(float* c, const uint32_t* a, const uint32_t* b) {
     }
 }
 
+// cvt.rn.bf16x2.f32 d, hi, lo: each value rounded to the nearest bf16 (ties to even), `lo` in
+// the low half; a NaN becomes the canonical 0x7fff.
+inline uint32_t pack2(float lo, float hi) {
+    auto round = [](float x) -> uint32_t {
+        uint32_t bits = __float_as_uint(x);
+        if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+        return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    };
+    return round(lo) | round(hi) << 16;
+}
+
+// ex2.approx.ftz.f32: 2^x with a subnormal input taken as 0 and a subnormal result flushed to
+// 0. The hardware's approximation differs from exp2f by an ulp or two, well within what the
+// checks allow.
+inline float ex2(float x) {
+    if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
+    float y = exp2f(x);
+    return std::fpclassify(y) == FP_SUBNORMAL ? 0.0f : y;
+}
+
 // ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lane l gives the address of row l % 8 of
 // matrix l / 8; register j receives matrix j's elements (row l / 4, cols 2 (l % 4) + {0, 1}), or
 // with `.trans` (rows 2 (l % 4) + {0, 1}, col l / 4).
@@ -388,13 +408,19 @@ inline void ldsm_x4_trans(uint32_t* r, const unsigned short* p) {
     ldmatrix_x4(r, p, true);
 }
 
+// Shared addresses are offsets into the launch's dynamic shared memory, the only memory the
+// copies write.
+inline uint32_t shared_address(const void* p) {
+    return (uint32_t)((const unsigned char*)p - flash_smem);
+}
+
 // cp.async.cg.shared.global of 16 bytes, `src_bytes` of them read and the rest zero-filled.
 // The source is read when the copy is issued (nothing writes it meanwhile); the write to shared
 // memory lands only at the `cp_wait` that covers its group, so a read of a tile before its wait
 // sees the tile's old contents, as it may on a GPU.
-inline void cp_async16(void* dst, const void* src, int src_bytes) {
+inline void cp_async16(uint32_t dst, const void* src, int src_bytes) {
     emu::PendingCopy copy;
-    copy.dst = dst;
+    copy.dst = flash_smem + dst;
     memset(copy.data, 0, 16);
     memcpy(copy.data, src, src_bytes);
     emu::Block* b = emu::block();

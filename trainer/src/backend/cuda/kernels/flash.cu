@@ -119,10 +119,6 @@ __device__ __forceinline__ bool visible(F, const RowDesc& row, int i, int j, con
     return F::value || (i < row.q_len && j < row.k_len && sees(row, i, j, q_doc, k_doc));
 }
 
-__device__ __forceinline__ u32 pack2(float lo, float hi) {
-    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
-}
-
 __device__ __forceinline__ u32 pack2_bits(bf16_bits lo, bf16_bits hi) {
     return (u32)lo | ((u32)hi << 16);
 }
@@ -130,6 +126,24 @@ __device__ __forceinline__ u32 pack2_bits(bf16_bits lo, bf16_bits hi) {
 // The inline-PTX primitives, in one place: tests/emu/cuda_emu.h gives its own versions (same
 // names and contracts) so that the kernels' numerics can be checked on a CPU.
 #ifndef REDPACK_CPU_EMULATION
+// Two f32 values rounded to bf16 (nearest even) and packed, `lo` in the low half: one
+// instruction for what `f32_to_bf16` does in about six per value (the same bits but for NaN
+// payloads).
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+    u32 out;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
+    return out;
+}
+
+// 2^x on the special-function unit, flushing subnormal results to zero: `exp2f` adds a range
+// test and two multiplies per value to keep those results, which no probability here needs.
+// 2^-inf is 0.
+__device__ __forceinline__ float ex2(float x) {
+    float out;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(out) : "f"(x));
+    return out;
+}
+
 // c += a · b on the tensor cores.
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
     asm volatile(
@@ -145,11 +159,11 @@ __device__ __forceinline__ u32 shared_address(const void* p) {
     return out;
 }
 
-// Starts copying 16 bytes from global to shared memory, of which `src_bytes` are read and the
-// rest zero-filled.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
-                 "l"(src), "r"(src_bytes)
+// Starts copying 16 bytes from global memory to shared address `dst` (`shared_address`), of
+// which `src_bytes` are read and the rest zero-filled.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes)
                  : "memory");
 }
 
@@ -199,15 +213,18 @@ __device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf1
                                            int start, int i0, int len, long da, int head_col) {
     constexpr int CHUNKS = D / 8;  // 16-byte pieces per row
     constexpr int ITERS = (N * CHUNKS + THREADS - 1) / THREADS;
+    // The tile's shared address once: converting each copy's generic pointer costs ptxas about
+    // ten instructions a copy.
+    const u32 base = shared_address(dst);
 #pragma unroll
     for (int it = 0; it < ITERS; it++) {
         int idx = it * THREADS + threadIdx.x;
-        if (idx < N * CHUNKS) {
+        if (N * CHUNKS % THREADS == 0 || idx < N * CHUNKS) {
             int ii = idx / CHUNKS, c = (idx % CHUNKS) * 8;
             int i = i0 + ii;
             bool in = i < len;
             const bf16_bits* src = x + (long)(start + (in ? i : 0)) * da + head_col + c;
-            cp_async16(dst + ii * stride + c, src, in ? 16 : 0);
+            cp_async16(base + (u32)(ii * stride + c) * 2u, src, in ? 16 : 0);
         }
     }
 }
@@ -297,9 +314,9 @@ __device__ __forceinline__ void key_probabilities(F full, float (&p)[NT][4], con
             int j = e < 2 ? ka : kb;
             int ii = nt * 8 + 2 * t + (e & 1);
             int i = i0 + ii;
+            // A query that sees no key has an lse of +inf: 2^-inf = 0.
             bool on = visible(full, row, i, j, q_doc, k_doc);
-            float l = lse_s[ii];
-            p[nt][e] = on && l != POS_INF ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+            p[nt][e] = on ? ex2(p[nt][e] * scale_log2 - lse_s[ii]) : 0.0f;
         }
     }
 }
@@ -318,9 +335,8 @@ __device__ __forceinline__ void score_grads(F full, float (&p)[NT][4], const flo
         for (int e = 0; e < 4; e++) {
             int i = e < 2 ? qa : qb;
             int j = j0 + nt * 8 + 2 * t + (e & 1);
-            float l = ls[e >> 1];
-            bool on = l != POS_INF && visible(full, row, i, j, q_doc, k_doc);
-            float pr = on ? exp2f(p[nt][e] * scale_log2 - l) : 0.0f;
+            bool on = visible(full, row, i, j, q_doc, k_doc);
+            float pr = on ? ex2(p[nt][e] * scale_log2 - ls[e >> 1]) : 0.0f;  // 0 at lse +inf
             p[nt][e] = pr * (dp[nt][e] - dls[e >> 1]) * scale;
         }
     }
@@ -422,15 +438,17 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
         xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
         float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
         // Rescaling of what was summed so far; nothing was (all zeros) while the max is -inf.
-        float ra = na == NEG_INF ? 1.0f : exp2f(ma - na);
-        float rb = nb == NEG_INF ? 1.0f : exp2f(mb - nb);
+        float ra = na == NEG_INF ? 1.0f : ex2(ma - na);
+        float rb = nb == NEG_INF ? 1.0f : ex2(mb - nb);
+        // A masked score is -inf and 2^(-inf - base) = 0, given a finite base: a row with no
+        // visible score yet takes 0.
+        float ba = na == NEG_INF ? 0.0f : na, bb = nb == NEG_INF ? 0.0f : nb;
         float sa = 0.0f, sb = 0.0f;
         #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float base = e < 2 ? na : nb;
-                float p = s[nt][e] == NEG_INF ? 0.0f : exp2f(s[nt][e] - base);
+                float p = ex2(s[nt][e] - (e < 2 ? ba : bb));
                 s[nt][e] = p;
                 if (e < 2) sa += p;
                 else sb += p;
@@ -604,15 +622,15 @@ __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const
             xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
             xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
             float na = fmaxf(ma[m], xa), nb = fmaxf(mb[m], xb);
-            float ra = na == NEG_INF ? 1.0f : exp2f(ma[m] - na);
-            float rb = nb == NEG_INF ? 1.0f : exp2f(mb[m] - nb);
+            float ra = na == NEG_INF ? 1.0f : ex2(ma[m] - na);
+            float rb = nb == NEG_INF ? 1.0f : ex2(mb[m] - nb);
+            float ba = na == NEG_INF ? 0.0f : na, bb = nb == NEG_INF ? 0.0f : nb;
             float sa = 0.0f, sb = 0.0f;
             #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    float base = e < 2 ? na : nb;
-                    float p = s[m][nt][e] == NEG_INF ? 0.0f : exp2f(s[m][nt][e] - base);
+                    float p = ex2(s[m][nt][e] - (e < 2 ? ba : bb));
                     s[m][nt][e] = p;
                     if (e < 2) sa += p;
                     else sb += p;
