@@ -210,16 +210,17 @@ run() {
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
     # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
-    # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (two
-    # blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's default.
-    # The attention builds on DecLLM alone (its causal rows are where attention weighs most),
-    # forward and backward only, to keep them short.
+    # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (three
+    # forward blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's
+    # default. The attention builds on DecLLM alone (its causal rows are where attention weighs
+    # most), forward and backward only, to keep them short; each with its kernel profile, so
+    # that the forward, dK/dV and dQ kernels of every build can be compared one by one.
     wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-w4 90 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
-        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
+        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-wide 90 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
-        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
+        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
     local ncu=""
