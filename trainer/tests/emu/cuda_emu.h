@@ -118,6 +118,7 @@ namespace emu {
 // One 16-byte `cp.async` whose write to shared memory has not landed yet.
 struct PendingCopy {
     void* dst;
+    int bytes;
     unsigned char data[16];
 };
 
@@ -414,17 +415,26 @@ inline uint32_t shared_address(const void* p) {
     return (uint32_t)((const unsigned char*)p - flash_smem);
 }
 
-// cp.async.cg.shared.global of 16 bytes, `src_bytes` of them read and the rest zero-filled.
+// cp.async of `bytes` (16: .cg, 4: .ca), `src_bytes` of them read and the rest zero-filled.
 // The source is read when the copy is issued (nothing writes it meanwhile); the write to shared
 // memory lands only at the `cp_wait` that covers its group, so a read of a tile before its wait
 // sees the tile's old contents, as it may on a GPU.
-inline void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+inline void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
+    if (src_bytes < 0 || src_bytes > bytes) emu::fail("cp.async reads more than it copies");
+    if (dst % bytes != 0 || (uintptr_t)src % bytes != 0) emu::fail("misaligned cp.async");
     emu::PendingCopy copy;
     copy.dst = flash_smem + dst;
-    memset(copy.data, 0, 16);
+    copy.bytes = bytes;
+    memset(copy.data, 0, sizeof copy.data);
     memcpy(copy.data, src, src_bytes);
     emu::Block* b = emu::block();
     b->fibers[b->current].open.push_back(copy);
+}
+inline void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+    cp_async(dst, src, 16, src_bytes);
+}
+inline void cp_async4(uint32_t dst, const void* src, int src_bytes) {
+    cp_async(dst, src, 4, src_bytes);
 }
 inline void cp_commit() {
     emu::Block* b = emu::block();
@@ -438,7 +448,7 @@ inline void cp_wait() {
     emu::Block* b = emu::block();
     emu::Fiber& f = b->fibers[b->current];
     while (f.groups.size() > (size_t)N) {
-        for (const emu::PendingCopy& c : f.groups.front()) memcpy(c.dst, c.data, 16);
+        for (const emu::PendingCopy& c : f.groups.front()) memcpy(c.dst, c.data, c.bytes);
         f.groups.erase(f.groups.begin());
     }
 }

@@ -146,8 +146,8 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
     });
     dim3 kv_threads;
     kv_threads.x = 128;
-    emu::launch(grid(c.max_k, FB_BK), kv_threads, FB_BK * tile_row + STAGES * 2 * FB_BQ * tile_row,
-                [&] {
+    emu::launch(grid(c.max_k, FB_BK), kv_threads,
+                FB_BK * tile_row + STAGES * 2 * FB_BQ * (tile_row + 4), [&] {
                     flash_backward_kv<D, STAGES, LDM>(q.data(), k.data(), v.data(), d_out.data(),
                                                       res.lse.data(), delta.data(), desc.data(),
                                                       q_doc, k_doc, res.dk.data(), res.dv.data(),

@@ -344,7 +344,9 @@ impl CudaKernels {
 
         let variant = shape.variant;
         let name = flash_entry("flash_backward_kv", shape.head_dim, variant)?;
-        let smem = shape.tile_bytes(FB_BK) + variant.stages() * 2 * shape.tile_bytes(FB_BQ);
+        // The V tile, then per stage the Q and dO tiles and the tile's lse and delta lines.
+        let smem = shape.tile_bytes(FB_BK)
+            + variant.stages() * 2 * (shape.tile_bytes(FB_BQ) + FB_BQ * size_of::<f32>());
         self.allow_shared_memory(name, smem)?;
         let mut b = self.builder(name)?;
         push_inputs(&mut b, inputs);

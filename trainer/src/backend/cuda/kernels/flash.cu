@@ -167,6 +167,13 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_byt
                  : "memory");
 }
 
+// The same for 4 bytes (cache at all levels: .cg takes only 16).
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+
 __device__ __forceinline__ void cp_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -757,11 +764,11 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
     constexpr int NT = FB_BQ / 8;  // n-tiles over a query tile
     constexpr int ST = D + 8;
     constexpr int THREADS = FA_THREADS, TILE = FB_BQ * ST;
-    // The block's V tile, then STAGES x (Q tile, dO tile).
+    // The block's V tile, then STAGES x (Q tile, dO tile), then STAGES x (the tile's
+    // log-sum-exps, its deltas): each tile's lines come with its rows, by the same pipeline.
     bf16_bits* vsh = (bf16_bits*)flash_smem;
     bf16_bits* stages = vsh + FB_BK * ST;
-    __shared__ float lse_s[FB_BQ];
-    __shared__ float delta_s[FB_BQ];
+    float* lines = (float*)(stages + STAGES * 2 * TILE);
 
     // Key tiles in index order: in a causal row the first ones, seen by the most queries, are
     // the heaviest, so each (row, head) already starts with them.
@@ -802,20 +809,26 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         int i = q_begin + tile * FB_BQ;
         stage_rows<D, FB_BQ, THREADS>(dst, ST, q, row.q_start, i, row.q_len, da, hc);
         stage_rows<D, FB_BQ, THREADS>(dst + TILE, ST, d_out, row.q_start, i, row.q_len, da, hc);
+        // Lines past q_len read as 0: such a query is never visible, so its lse is never used,
+        // and its delta and dO rows are 0.
+        if (threadIdx.x < 2 * FB_BQ) {
+            int ii = threadIdx.x % FB_BQ;
+            bool in = i + ii < row.q_len;
+            const float* src = threadIdx.x < FB_BQ ? lse_r : delta_r;
+            float* to = lines + ((tile % STAGES) * 2 + threadIdx.x / FB_BQ) * FB_BQ + ii;
+            cp_async4(shared_address(to), src + (in ? i + ii : 0), in ? 4 : 0);
+        }
         cp_commit();
     };
     if (STAGES > 1 && tiles > 0) load(0);  // the pipeline's first tile
     for (int tile = 0; tile < tiles; tile++) {
         const int i0 = q_begin + tile * FB_BQ;
         await_tile<STAGES>(tile, tiles, load);
-        for (int ii = threadIdx.x; ii < FB_BQ; ii += FA_THREADS) {
-            bool in = i0 + ii < row.q_len;
-            lse_s[ii] = in ? lse_r[i0 + ii] : POS_INF;
-            delta_s[ii] = in ? delta_r[i0 + ii] : 0.0f;
-        }
         __syncthreads();
         const bf16_bits* qs = stages + (tile % STAGES) * 2 * TILE;
         const bf16_bits* dos = qs + TILE;
+        const float* lse_s = lines + (tile % STAGES) * 2 * FB_BQ;
+        const float* delta_s = lse_s + FB_BQ;
 
         // Sᵀ (16 keys x FB_BQ queries) and from it Pᵀ.
         float p[NT][4];
@@ -934,7 +947,7 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
                 }
             }
         }
-        __syncthreads();  // every warp is done with this buffer (and lse_s) before a refill
+        __syncthreads();  // every warp is done with this buffer (and its lines) before a refill
     }
 
     cp_wait<0>();  // the V tile's copies, when no query tile needed them
