@@ -24,6 +24,12 @@ user would write it. Prints one JSON object per line: tokens/s, MFU (FLOPs count
 trainer/src/flops.rs counts them, against --peak-tflops) and peak memory.
 
     python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
+
+`--device cpu` runs the same code on the CPU, small enough to smoke-test this script where no GPU
+is (its timings mean nothing):
+
+    python3 trainer/benches/torch_ref.py --device cpu --size tiny --rows 2 --seq 64 --vocab 512 \
+        --steps 1 --warmup 1
 """
 
 import argparse
@@ -200,9 +206,14 @@ def training_flops(arch, model, rows, seq, vocab, d, da):
             + 12 * da * (l_enc * rows * k * k + l_dec * rows * (m * m + m * k)))
 
 
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench(arch, mode, args):
     d, f, heads, hd, dec_layers, red_layers = SIZES[args.size]
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     torch.manual_seed(0)
     if arch == "dec":
         model = DecLLM(args.vocab, d, f, heads, hd, dec_layers, args.seq).to(dev)
@@ -213,7 +224,7 @@ def bench(arch, mode, args):
     k = args.seq // 2
 
     def run(tok):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             if arch == "dec":
                 return model(tok, rope, args.z_loss)
             return model(tok, rope, args.z_loss, k)
@@ -233,17 +244,18 @@ def bench(arch, mode, args):
         loss = step()
         if first is None:
             first = float(loss)
-    torch.cuda.synchronize()
+    sync(dev)
     warm_s = time.time() - t0
-    torch.cuda.reset_peak_memory_stats()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.time()
     for _ in range(args.steps):
         loss = step()
-    torch.cuda.synchronize()
+    sync(dev)
     elapsed = time.time() - start
     step_s = elapsed / args.steps
-    peak_bytes = torch.cuda.max_memory_allocated()
-    train_step_s = whole_train_step(model, step, args)
+    peak_bytes = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+    train_step_s = whole_train_step(model, step, dev, args)
     flops = training_flops(arch, model, args.rows, args.seq, args.vocab, d, heads * hd)
     scored = args.rows * (args.seq - 1 if arch == "dec" else args.seq - k)
     extra = {}
@@ -271,10 +283,11 @@ def bench(arch, mode, args):
         "first_loss": first,
         "warmup_s": warm_s,
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
     }
 
 
-def whole_train_step(model, step, args):
+def whole_train_step(model, step, dev, args):
     """Seconds per training step with the gradient norm and an Adafactor update, or None where
     this torch has no torch.optim.Adafactor (before 2.5)."""
     adafactor = getattr(torch.optim, "Adafactor", None)
@@ -291,11 +304,11 @@ def whole_train_step(model, step, args):
 
     for _ in range(args.warmup):
         train_step()
-    torch.cuda.synchronize()
+    sync(dev)
     start = time.time()
     for _ in range(args.steps):
         train_step()
-    torch.cuda.synchronize()
+    sync(dev)
     return (time.time() - start) / args.steps
 
 
@@ -311,8 +324,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--z-loss", type=float, default=1e-4)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("SKIPPED: no CUDA device")
         return 0
     status = 0
@@ -324,7 +338,8 @@ def main():
                 print(json.dumps({"impl": "torch", "mode": mode, "arch": arch,
                                   "error": f"{type(e).__name__}: {e}"}), flush=True)
                 status = 1
-            torch.cuda.empty_cache()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
     return status
 
 

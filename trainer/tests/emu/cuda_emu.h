@@ -376,6 +376,16 @@ inline float ex2(float x) {
     return std::fpclassify(y) == FP_SUBNORMAL ? 0.0f : y;
 }
 
+// Shared addresses are offsets into the launch's dynamic shared memory, the only shared memory
+// that `cp.async` writes and `ldmatrix` reads.
+inline uint32_t shared_address(const void* p) {
+    return (uint32_t)((const unsigned char*)p - flash_smem);
+}
+inline const unsigned short* shared_pointer(uint32_t addr) {
+    if (addr % 16 != 0) emu::fail("ldmatrix row address not 16-byte aligned");
+    return (const unsigned short*)(flash_smem + addr);
+}
+
 // ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lane l gives the address of row l % 8 of
 // matrix l / 8; register j receives matrix j's elements (row l / 4, cols 2 (l % 4) + {0, 1}), or
 // with `.trans` (rows 2 (l % 4) + {0, 1}, col l / 4).
@@ -402,17 +412,11 @@ inline void ldmatrix_x4(uint32_t* r, const unsigned short* p, bool trans) {
         r[j] = (uint32_t)lo | (uint32_t)hi << 16;
     }
 }
-inline void ldsm_x4(uint32_t* r, const unsigned short* p) {
-    ldmatrix_x4(r, p, false);
+inline void ldsm_x4(uint32_t* r, uint32_t addr) {
+    ldmatrix_x4(r, shared_pointer(addr), false);
 }
-inline void ldsm_x4_trans(uint32_t* r, const unsigned short* p) {
-    ldmatrix_x4(r, p, true);
-}
-
-// Shared addresses are offsets into the launch's dynamic shared memory, the only memory the
-// copies write.
-inline uint32_t shared_address(const void* p) {
-    return (uint32_t)((const unsigned char*)p - flash_smem);
+inline void ldsm_x4_trans(uint32_t* r, uint32_t addr) {
+    ldmatrix_x4(r, shared_pointer(addr), true);
 }
 
 // cp.async of `bytes` (16: .cg, 4: .ca), `src_bytes` of them read and the rest zero-filled.

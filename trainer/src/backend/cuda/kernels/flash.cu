@@ -187,19 +187,19 @@ __device__ __forceinline__ void cp_wait() {
 // tile's copies run while the current one is computed on.
 extern __shared__ __align__(16) unsigned char flash_smem[];
 
-// Four 8x8 matrices of b16 from shared memory (one row address per lane), as they are or
-// transposed.
-__device__ __forceinline__ void ldsm_x4(u32* r, const bf16_bits* p) {
+// Four 8x8 matrices of b16 from shared address `addr` (one row address per lane), as they are
+// or transposed.
+__device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p))
+                 : "r"(addr)
                  : "memory");
 }
 
-__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16_bits* p) {
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p))
+                 : "r"(addr)
                  : "memory");
 }
 #endif
@@ -219,19 +219,22 @@ template <int D, int N, int THREADS>
 __device__ __forceinline__ void stage_rows(bf16_bits* dst, int stride, const bf16_bits* x,
                                            int start, int i0, int len, long da, int head_col) {
     constexpr int CHUNKS = D / 8;  // 16-byte pieces per row
-    constexpr int ITERS = (N * CHUNKS + THREADS - 1) / THREADS;
-    // The tile's shared address once: converting each copy's generic pointer costs ptxas about
-    // ten instructions a copy.
-    const u32 base = shared_address(dst);
+    static_assert(THREADS % CHUNKS == 0, "a pass copies whole rows");
+    constexpr int ROWS = THREADS / CHUNKS;  // rows per pass: thread t copies chunk t % CHUNKS
+    constexpr int PASSES = (N + ROWS - 1) / ROWS;
+    const int r = threadIdx.x / CHUNKS, c = (threadIdx.x % CHUNKS) * 8;
+    // One source pointer and one shared address per thread, stepped by constants: computing
+    // each copy's addresses from scratch took ptxas about ten instructions and two registers a
+    // copy. Rows past `len` copy nothing, from the stream row's first token.
+    const bf16_bits* first = x + (long)start * da + head_col + c;
+    const bf16_bits* src = first + (long)(i0 + r) * da;
+    const u32 to = shared_address(dst) + 2u * (u32)(r * stride + c);
 #pragma unroll
-    for (int it = 0; it < ITERS; it++) {
-        int idx = it * THREADS + threadIdx.x;
-        if (N * CHUNKS % THREADS == 0 || idx < N * CHUNKS) {
-            int ii = idx / CHUNKS, c = (idx % CHUNKS) * 8;
-            int i = i0 + ii;
-            bool in = i < len;
-            const bf16_bits* src = x + (long)(start + (in ? i : 0)) * da + head_col + c;
-            cp_async16(base + (u32)(ii * stride + c) * 2u, src, in ? 16 : 0);
+    for (int pass = 0; pass < PASSES; pass++) {
+        if (N % ROWS == 0 || pass * ROWS + r < N) {
+            bool in = i0 + pass * ROWS + r < len;
+            cp_async16(to + 2u * (u32)(pass * ROWS * stride), in ? src + pass * ROWS * da : first,
+                       in ? 16 : 0);
         }
     }
 }
@@ -259,20 +262,33 @@ __device__ __forceinline__ void await_tile(int tile, int tiles, Load& load) {
 //   (b[0..1] and b[2..3]);
 // - `ldsm_b_kn`: the same from a [k][n] tile, transposed on the way (`.trans`);
 // - `ldsm_a`: the A fragment of rows m0..m0+16 at k-step k0 from a [m][k] tile.
+//
+// Each address is the tile's shared address plus the lane's row and column, plus the fragment's
+// place (n0, k0, m0: constants once the loops are unrolled), added in 32 bits: ptxas folds the
+// constant into the instruction's offset. Offsets into a generic pointer cost three
+// instructions per `ldmatrix` (64-bit add, then the move to a 32-bit address).
+__device__ __forceinline__ u32 tile_address(const bf16_bits* tile, int stride, int lane_row,
+                                            int lane_col, int row, int col) {
+    return shared_address(tile) + 2u * (u32)(lane_row * stride + lane_col) +
+           2u * (u32)(row * stride + col);
+}
+
 __device__ __forceinline__ void ldsm_b_nk(u32* b, const bf16_bits* tile, int stride, int n0, int k0,
                                           int lane) {
-    ldsm_x4(b, tile + (n0 + (lane >> 4) * 8 + (lane & 7)) * stride + k0 + ((lane >> 3) & 1) * 8);
+    ldsm_x4(b, tile_address(tile, stride, (lane >> 4) * 8 + (lane & 7), ((lane >> 3) & 1) * 8, n0,
+                            k0));
 }
 
 __device__ __forceinline__ void ldsm_b_kn(u32* b, const bf16_bits* tile, int stride, int k0, int n0,
                                           int lane) {
-    ldsm_x4_trans(b, tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * stride + n0 +
-                         (lane >> 4) * 8);
+    ldsm_x4_trans(b, tile_address(tile, stride, ((lane >> 3) & 1) * 8 + (lane & 7),
+                                  (lane >> 4) * 8, k0, n0));
 }
 
 __device__ __forceinline__ void ldsm_a(u32* a, const bf16_bits* tile, int stride, int m0, int k0,
                                        int lane) {
-    ldsm_x4(a, tile + (m0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * stride + k0 + (lane >> 4) * 8);
+    ldsm_x4(a, tile_address(tile, stride, ((lane >> 3) & 1) * 8 + (lane & 7), (lane >> 4) * 8, m0,
+                            k0));
 }
 
 // Two bf16 values of rows (k, k+1) in one column of a row-major shared tile, as a B pair.
