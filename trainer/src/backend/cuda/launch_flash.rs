@@ -44,10 +44,9 @@ pub enum FlashVariant {
     /// the default (on an H200, DecLLM-150M steps 5% faster with it than with `Basic`).
     #[default]
     Pipelined,
-    /// `Pipelined` with 4 warps and 64 queries per forward / dQ block, so that several blocks
-    /// share an SM at head dim 128 and pass their barriers out of step: three in the forward
-    /// pass (held to 168 registers), two in the dQ pass. An experiment for
-    /// `scripts/gpu-check.sh` to measure beside `Pipelined`; not yet run on a GPU.
+    /// `Pipelined` with 4 warps and 64 queries per forward / dQ block, so that two blocks share
+    /// an SM at head dim 128 and pass their barriers out of step (an experiment for
+    /// `scripts/gpu-check.sh` to measure beside `Pipelined`; not yet run on a GPU).
     PipelinedW4,
     /// `PipelinedW4`'s backward pass, and a forward pass in which each warp owns 32 queries (128
     /// per block) with Q in shared memory, so each K/V fragment feeds two products

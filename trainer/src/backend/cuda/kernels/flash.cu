@@ -1147,11 +1147,11 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
 
 // One build's three entry points; the names are spelled out at each use so that a search finds
 // them (and the compile test checks each one is in the PTX).
-#define FLASH_ENTRIES(D, WARPS, STAGES, LDM, FORWARD_BOUNDS, FORWARD, BACKWARD_KV, BACKWARD_Q)    \
-    extern "C" __global__ void FORWARD_BOUNDS FORWARD(                                              \
-        const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const int* rows_desc,          \
-        const u32* q_doc, const u32* k_doc, float* out, float* lse, int heads, int max_q,          \
-        float scale_log2) {                                                                         \
+#define FLASH_ENTRIES(D, WARPS, STAGES, LDM, FORWARD, BACKWARD_KV, BACKWARD_Q)                    \
+    extern "C" __global__ void FORWARD(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, \
+                                       const int* rows_desc, const u32* q_doc, const u32* k_doc,   \
+                                       float* out, float* lse, int heads, int max_q,               \
+                                       float scale_log2) {                                          \
         flash_forward<D, WARPS, STAGES, LDM>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads,   \
                                              max_q, scale_log2);                                    \
     }                                                                                               \
@@ -1171,28 +1171,21 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
                                                 k_doc, dq, heads, max_q, scale, scale_log2);        \
     }
 
-// The forward pass of the 4-warp pipelined build is held to 168 registers, so that three
-// blocks (12 warps) share an SM instead of two; at head dim 128 it needs about 220 left free,
-// and ptxas then spills 4 bytes outside the key loop (sm_90). Its backward kernels would spill
-// inside their loops, so they keep the default.
-#define NO_BOUNDS
-#define FORWARD_3_PER_SM __launch_bounds__(128, 3)
-
-FLASH_ENTRIES(32, 4, 1, false, NO_BOUNDS, flash_forward_d32,
-              flash_backward_kv_d32, flash_backward_q_d32)
-FLASH_ENTRIES(32, 8, 2, true, NO_BOUNDS, flash_forward_d32_pipelined,
-              flash_backward_kv_d32_pipelined, flash_backward_q_d32_pipelined)
-FLASH_ENTRIES(32, 4, 2, true, FORWARD_3_PER_SM, flash_forward_d32_pipelined_w4,
-              flash_backward_kv_d32_pipelined_w4, flash_backward_q_d32_pipelined_w4)
-FLASH_ENTRIES(64, 4, 1, false, NO_BOUNDS, flash_forward_d64,
-              flash_backward_kv_d64, flash_backward_q_d64)
-FLASH_ENTRIES(64, 8, 2, true, NO_BOUNDS, flash_forward_d64_pipelined,
-              flash_backward_kv_d64_pipelined, flash_backward_q_d64_pipelined)
-FLASH_ENTRIES(64, 4, 2, true, FORWARD_3_PER_SM, flash_forward_d64_pipelined_w4,
-              flash_backward_kv_d64_pipelined_w4, flash_backward_q_d64_pipelined_w4)
-FLASH_ENTRIES(128, 4, 1, false, NO_BOUNDS, flash_forward_d128,
-              flash_backward_kv_d128, flash_backward_q_d128)
-FLASH_ENTRIES(128, 8, 2, true, NO_BOUNDS, flash_forward_d128_pipelined,
-              flash_backward_kv_d128_pipelined, flash_backward_q_d128_pipelined)
-FLASH_ENTRIES(128, 4, 2, true, FORWARD_3_PER_SM, flash_forward_d128_pipelined_w4,
+FLASH_ENTRIES(32, 4, 1, false, flash_forward_d32, flash_backward_kv_d32,
+              flash_backward_q_d32)
+FLASH_ENTRIES(32, 8, 2, true, flash_forward_d32_pipelined, flash_backward_kv_d32_pipelined,
+              flash_backward_q_d32_pipelined)
+FLASH_ENTRIES(32, 4, 2, true, flash_forward_d32_pipelined_w4, flash_backward_kv_d32_pipelined_w4,
+              flash_backward_q_d32_pipelined_w4)
+FLASH_ENTRIES(64, 4, 1, false, flash_forward_d64, flash_backward_kv_d64,
+              flash_backward_q_d64)
+FLASH_ENTRIES(64, 8, 2, true, flash_forward_d64_pipelined, flash_backward_kv_d64_pipelined,
+              flash_backward_q_d64_pipelined)
+FLASH_ENTRIES(64, 4, 2, true, flash_forward_d64_pipelined_w4, flash_backward_kv_d64_pipelined_w4,
+              flash_backward_q_d64_pipelined_w4)
+FLASH_ENTRIES(128, 4, 1, false, flash_forward_d128, flash_backward_kv_d128,
+              flash_backward_q_d128)
+FLASH_ENTRIES(128, 8, 2, true, flash_forward_d128_pipelined, flash_backward_kv_d128_pipelined,
+              flash_backward_q_d128_pipelined)
+FLASH_ENTRIES(128, 4, 2, true, flash_forward_d128_pipelined_w4,
               flash_backward_kv_d128_pipelined_w4, flash_backward_q_d128_pipelined_w4)
