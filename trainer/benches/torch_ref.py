@@ -243,7 +243,7 @@ def bench(arch, mode, args):
     for _ in range(args.warmup):
         loss = step()
         if first is None:
-            first = float(loss)
+            first = float(loss.detach())
     sync(dev)
     warm_s = time.time() - t0
     if dev.type == "cuda":
@@ -279,7 +279,7 @@ def bench(arch, mode, args):
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / (args.peak_tflops * 1e12),
         "peak_bytes": peak_bytes,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "first_loss": first,
         "warmup_s": warm_s,
         "torch": torch.__version__,
