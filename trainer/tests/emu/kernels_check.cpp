@@ -252,6 +252,11 @@ void check_cross_entropy() {
     const float z_loss = 1e-4f, grad_scale = 0.03125f;
     Rng rng{9};
     auto logits = random_values(rng, (size_t)tokens * vocab, 4.0f);
+    // Rows whose maximum comes last, first, or is shared by every logit, for the one-pass
+    // log-sum-exp's rescaling.
+    logits[(size_t)1 * vocab - 1] = 60.0f;
+    logits[(size_t)1 * vocab] = 60.0f;
+    for (int v = 0; v < vocab; v++) logits[(size_t)2 * vocab + v] = -3.5f;
     std::vector<u32> targets(tokens);
     for (auto& t : targets) t = (u32)(rng.next() % vocab);
     std::vector<double> lz_ref(tokens), ce_ref(tokens), z_ref(tokens), grad_ref(logits.size());

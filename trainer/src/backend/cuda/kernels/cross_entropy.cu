@@ -5,21 +5,52 @@
 // where grad_scale is the logit scale (d_model^-0.5) that the matmul applied. The backward grid
 // puts tokens on y, so a chunk holds at most 65535 tokens.
 
+// (m, s) summarizes values x as their maximum m and s = Σ exp(x - m); `lse_merge` folds
+// (m2, s2) into (m, s). An empty summary is (-inf, 0).
+__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
+    float mx = fmaxf(m, m2);
+    if (mx == NEG_INF) return;
+    s = s * expf(m - mx) + s2 * expf(m2 - mx);
+    m = mx;
+}
+
+// One pass over the token's logits (the two-pass max-then-sum read each chunk from memory twice,
+// since a chunk is far larger than L2): each thread keeps a running (m, s), rescaling its sum when
+// its maximum rises; then the warps' and the block's summaries merge in a fixed order.
 extern "C" __global__ void cross_entropy_forward(const float* logits, const u32* targets,
                                                  float* log_z, float* ce, float* z, int tokens,
                                                  int vocab, float z_loss) {
-    __shared__ float scratch[32];
+    __shared__ float scratch_m[32], scratch_s[32];
     int t = blockIdx.x;
     if (t >= tokens) return;
     const float* l = logits + (long)t * vocab;
-    float max = NEG_INF;
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x) max = fmaxf(max, l[v]);
-    max = block_max(max, scratch);
-    float sum = 0.0f;
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x) sum += expf(l[v] - max);
-    sum = block_sum(sum, scratch);
+    float m = NEG_INF, s = 0.0f;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float x = l[v];
+        if (x > m) {
+            s = s * expf(m - x) + 1.0f;
+            m = x;
+        } else if (x != NEG_INF) {
+            s += expf(x - m);
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+        float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+        lse_merge(m, s, m2, s2);
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        scratch_m[warp] = m;
+        scratch_s[warp] = s;
+    }
+    __syncthreads();
     if (threadIdx.x == 0) {
-        float lz = max + logf(sum);
+        m = scratch_m[0];
+        s = scratch_s[0];
+        int warps = blockDim.x >> 5;
+        for (int w = 1; w < warps; w++) lse_merge(m, s, scratch_m[w], scratch_s[w]);
+        float lz = m + logf(s);
         log_z[t] = lz;
         ce[t] = lz - l[targets[t]];
         z[t] = z_loss * lz * lz;
