@@ -33,8 +33,7 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 const DEFAULT_SMEM: usize = 48 * 1024;
 
 /// The builds of the fused kernels (flash.cu's entry points): they differ in block shape and
-/// whether tile copies overlap the math. They sum in the same order and give the same bits, but
-/// for `Wide`'s forward pass at head dim 128 (see there).
+/// whether tile copies overlap the math. They sum in the same order and give the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FlashVariant {
     /// 4 warps, 64 queries per forward / dQ block, one tile buffer, fragments by plain shared
@@ -50,9 +49,7 @@ pub enum FlashVariant {
     PipelinedW4,
     /// `PipelinedW4`'s backward pass, and a forward pass in which each warp owns 32 queries (128
     /// per block) with Q in shared memory, so each K/V fragment feeds two products
-    /// (`flash_forward_wide`). At head dim 128 its key tiles are 32 (64 would spill), so its
-    /// online softmax rounds differently from the other builds there. An experiment, as
-    /// `PipelinedW4`.
+    /// (`flash_forward_wide`). An experiment, as `PipelinedW4`.
     Wide,
 }
 
@@ -90,22 +87,13 @@ impl FlashVariant {
     }
 
     /// Dynamic shared memory of the forward kernel: the K and V tiles of each stage, and in
-    /// `Wide` the block's Q rows (its key tiles are 32 at head dim 128, as flash.cu instantiates
-    /// `flash_forward_wide`).
+    /// `Wide` the block's Q rows before them.
     fn forward_smem(self, shape: &FlashShape) -> usize {
+        let tiles = self.stages() * 2 * shape.tile_bytes(FA_BK);
         match self {
-            FlashVariant::Wide => {
-                let keys = if shape.head_dim == 128 { 32 } else { FA_BK };
-                shape.tile_bytes(self.forward_queries())
-                    + self.stages() * 2 * shape.tile_bytes(keys)
-            }
-            _ => self.stages() * 2 * shape.tile_bytes(FA_BK),
+            FlashVariant::Wide => shape.tile_bytes(self.forward_queries()) + tiles,
+            _ => tiles,
         }
-    }
-
-    /// Whether this build's results are bit for bit those of `Basic` at `head_dim`.
-    pub fn same_bits_as_basic(self, head_dim: usize) -> bool {
-        !(self == FlashVariant::Wide && head_dim == 128)
     }
 
     /// Its name in `REDPACK_CUDA_FLASH` and in the benchmark's output.

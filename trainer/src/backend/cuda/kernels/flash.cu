@@ -545,17 +545,17 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 // products instead of one, and a warp has twice the independent products in flight. Q stays in
 // shared memory (the block's BQ rows, staged once with the first key tile) and its fragments are
 // read at each k-step, since Q fragments for 32 rows would not fit in registers beside the
-// accumulators. With BK = FA_BK every score and output is summed in the same order as in
-// `flash_forward`: the same bits. The softmax step and the output writes repeat
+// accumulators. Its key tiles are `flash_forward`'s (FA_BK), so every score and output is summed
+// in the same order: the same bits. The softmax step and the output writes repeat
 // `flash_forward`'s: shared as inline functions, they changed ptxas's register allocation of the
 // default build (16 bytes spilled at head dim 128, where it spills nothing now).
 
-template <int D, int WARPS, int BK>
+template <int D, int WARPS>
 __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                    const int* rows_desc, const u32* q_doc, const u32* k_doc,
                                    float* out, float* lse, int heads, int max_q,
                                    float scale_log2) {
-    constexpr int STAGES = 2;
+    constexpr int STAGES = 2, BK = FA_BK;
     constexpr int KS = D / 16, DT = D / 8, NT = BK / 8, KST = D + 8;
     constexpr int THREADS = WARPS * 32, BQ = WARPS * 32, TILE = BK * KST;
     bf16_bits* qs = (bf16_bits*)flash_smem;  // BQ query rows, then STAGES x (K tile, V tile)
@@ -723,21 +723,20 @@ __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const
     }
 }
 
-#define FLASH_FORWARD_WIDE(D, WARPS, BK, NAME)                                                         \
+#define FLASH_FORWARD_WIDE(D, WARPS, NAME)                                                             \
     extern "C" __global__ void NAME(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,   \
                                     const int* rows_desc, const u32* q_doc, const u32* k_doc,     \
                                     float* out, float* lse, int heads, int max_q,                 \
                                     float scale_log2) {                                           \
-        flash_forward_wide<D, WARPS, BK>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,   \
+        flash_forward_wide<D, WARPS>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,       \
                                      scale_log2);                                                 \
     }
 
-// Keys per tile: 64 as `flash_forward` (the same bits), but 32 at head dim 128, where 64 would
-// spill about 30 values per tile (ptxas, sm_90): the online softmax then steps 32 keys at a time,
-// which rounds differently from the other builds (within the same tolerances).
-FLASH_FORWARD_WIDE(32, 4, 64, flash_forward_d32_wide)
-FLASH_FORWARD_WIDE(64, 4, 64, flash_forward_d64_wide)
-FLASH_FORWARD_WIDE(128, 4, 32, flash_forward_d128_wide)
+// At head dim 128 it uses all 255 registers and ptxas (sm_90) spills 56 bytes: the softmax's
+// running sums, about a dozen local loads and stores per tile beside some 1,100 instructions.
+FLASH_FORWARD_WIDE(32, 4, flash_forward_d32_wide)
+FLASH_FORWARD_WIDE(64, 4, flash_forward_d64_wide)
+FLASH_FORWARD_WIDE(128, 4, flash_forward_d128_wide)
 
 // ---------------------------------------------------------------------------------------------
 // delta[r, h, i] = Σ_d dO[i, d] · O[i, d] over the bf16 copies, summed in f32; one warp per
