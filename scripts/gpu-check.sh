@@ -221,6 +221,10 @@ run() {
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-wide 90 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
+    # Every kernel in the build that timed fastest (REDPACK_CUDA_FLASH=auto), both
+    # architectures: its JSON lists each pick with the times it was made on.
+    wanted bench-bf16 && step bench-auto 120 env REDPACK_CUDA_FLASH=auto BENCH_PRECISION=bf16 \
+        BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
     local ncu=""
@@ -240,7 +244,7 @@ run() {
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
-        "$RESULTS"/bench-wide.log \
+        "$RESULTS"/bench-wide.log "$RESULTS"/bench-auto.log \
         "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"

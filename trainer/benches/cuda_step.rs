@@ -192,8 +192,10 @@ fn main() {
             "mode": precision.name(),
             "attention": match launch_flash::fused_attention(precision, config.head_dim) {
                 false => "batched".to_string(),
+                true if launch_flash::tuning_from_env() => "flash-auto".to_string(),
                 true => format!("flash-{}", launch_flash::FlashVariant::from_env().name()),
             },
+            "flash_tuning": backend.flash_tuning(),
             "blas": backend.blas_engine().name(),
             "blas_plans": backend.blas_plans(),
             "arch": arch.name(),

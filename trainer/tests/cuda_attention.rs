@@ -223,13 +223,21 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 max_q: rows.iter().map(|r| r.q_len).max().unwrap(),
                 max_k: rows.iter().map(|r| r.k_len).max().unwrap(),
                 variant: FlashVariant::Basic,
+                tune: false,
             };
             let mut basic_bits = None;
             for (docs, fshape) in
                 [None, Some((&q_doc[..], &k_doc[..]))]
                     .into_iter()
                     .flat_map(|docs| {
-                        FlashVariant::ALL.map(|variant| (docs, FlashShape { variant, ..basic }))
+                        // Every build, then the builds picked by timing (`auto`).
+                        let builds =
+                            FlashVariant::ALL.map(|variant| FlashShape { variant, ..basic });
+                        let tuned = FlashShape {
+                            tune: true,
+                            ..basic
+                        };
+                        builds.into_iter().chain([tuned]).map(move |s| (docs, s))
                     })
             {
                 let mut out = vec![0.0f32; q_tokens * da];
@@ -280,8 +288,12 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 };
                 let (gdq, gdk, gdv) = backward();
                 let name = format!(
-                    "flash {:?} {label} head_dim {hd}{}",
-                    fshape.variant,
+                    "flash {} {label} head_dim {hd}{}",
+                    if fshape.tune {
+                        "auto"
+                    } else {
+                        fshape.variant.name()
+                    },
                     if docs.is_some() {
                         " with documents"
                     } else {
@@ -299,8 +311,8 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                     "{name}: the backward pass is not deterministic"
                 );
                 // The variants sum in the same order: the same bits.
-                match fshape.variant {
-                    FlashVariant::Basic => basic_bits = Some(got),
+                match (fshape.variant, fshape.tune) {
+                    (FlashVariant::Basic, false) => basic_bits = Some(got),
                     _ => assert!(
                         basic_bits.as_ref() == Some(&got),
                         "{name}: differs from the basic variant"

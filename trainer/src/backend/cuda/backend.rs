@@ -125,6 +125,12 @@ impl CudaBackend {
         self.blas.engine()
     }
 
+    /// The fused-attention builds `REDPACK_CUDA_FLASH=auto` picked, with their times, one line
+    /// per kernel and shape (empty without it).
+    pub fn flash_tuning(&self) -> Vec<String> {
+        self.kernels.flash_tuning()
+    }
+
     /// Product shapes cuBLASLt has built plans for (0 with `cublasGemmEx`).
     pub fn blas_plans(&self) -> usize {
         self.blas.cached_plans()

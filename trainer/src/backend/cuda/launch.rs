@@ -13,6 +13,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernels::KERNELS;
+use super::launch_flash::FlashTuner;
 use super::nvrtc::{KernelCache, KernelError};
 
 /// Threads per block for element-wise kernels, and warps per block for one-warp-per-row kernels
@@ -82,6 +83,8 @@ pub(super) static NULL: u64 = 0;
 pub struct CudaKernels {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// The fused-attention builds picked by timing (`REDPACK_CUDA_FLASH=auto`).
+    pub(super) flash_tuner: FlashTuner,
 }
 
 impl CudaKernels {
@@ -106,7 +109,11 @@ impl CudaKernels {
                 functions.insert(entry, function);
             }
         }
-        Ok(CudaKernels { stream, functions })
+        Ok(CudaKernels {
+            stream,
+            functions,
+            flash_tuner: FlashTuner::default(),
+        })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

@@ -3,6 +3,9 @@
 //! bf16 copies (`u16`) of the model's token streams (`tokens x heads·head_dim`), the outputs f32
 //! streams; `lse` and `delta` are `rows x heads x max_q` values.
 
+use std::sync::Mutex;
+
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::blas::Precision;
@@ -118,13 +121,16 @@ impl FlashVariant {
         FlashVariant::ALL.into_iter().find(|v| v.name() == name)
     }
 
-    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4|wide`, else the default; an unknown
-    /// name is said on stderr (once) rather than silently measured as the default.
+    /// `REDPACK_CUDA_FLASH=basic|pipelined|pipelined-w4|wide`, else the default (also with
+    /// `auto`, see `tuning_from_env`); an unknown name is said on stderr (once) rather than
+    /// silently measured as the default.
     pub fn from_env() -> FlashVariant {
         static CHOICE: std::sync::OnceLock<FlashVariant> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_FLASH") {
+            Ok(name) if name == AUTO => FlashVariant::default(),
             Ok(name) => FlashVariant::from_name(&name).unwrap_or_else(|| {
-                let known: Vec<_> = FlashVariant::ALL.iter().map(|v| v.name()).collect();
+                let mut known: Vec<_> = FlashVariant::ALL.iter().map(|v| v.name()).collect();
+                known.push(AUTO);
                 let default = FlashVariant::default();
                 eprintln!(
                     "REDPACK_CUDA_FLASH={name:?} is not one of {}: using {}",
@@ -138,6 +144,16 @@ impl FlashVariant {
     }
 }
 
+/// `REDPACK_CUDA_FLASH=auto`: each kernel runs in the build that timed fastest on this device.
+const AUTO: &str = "auto";
+
+/// Whether `REDPACK_CUDA_FLASH=auto` asks for the builds to be timed and chosen per kernel and
+/// shape (`FlashShape::tune`).
+pub fn tuning_from_env() -> bool {
+    static AUTO_SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AUTO_SET.get_or_init(|| std::env::var("REDPACK_CUDA_FLASH").is_ok_and(|v| v == AUTO))
+}
+
 /// One fused attention call's shapes: the batch rows (described by `rows_desc`, six `i32` each
 /// as `AttnRow`), heads, head dimension, and the longest query and key ranges of any row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +163,11 @@ pub struct FlashShape {
     pub head_dim: usize,
     pub max_q: usize,
     pub max_k: usize,
+    /// The build every kernel runs in, unless `tune`.
     pub variant: FlashVariant,
+    /// Run each kernel in the build that timed fastest for this shape (`FlashTuner`). Every
+    /// build gives the same bits, so this changes the speed, never the results.
+    pub tune: bool,
 }
 
 impl FlashShape {
@@ -258,19 +278,24 @@ impl CudaKernels {
         if shape.max_q == 0 || shape.max_k == 0 {
             return Ok(());
         }
-        let variant = shape.variant;
-        let name = flash_entry("flash_forward", shape.head_dim, variant)?;
-        let smem = variant.forward_smem(&shape);
-        self.allow_shared_memory(name, smem)?;
         let (heads, max_q) = (shape.heads as i32, shape.max_q as i32);
         let scale_log2 = LOG2_E / (shape.head_dim as f32).sqrt();
-        let mut b = self.builder(name)?;
-        b.arg(q).arg(k).arg(v).arg(rows_desc);
-        push_docs(&mut b, docs);
-        b.arg(out).arg(lse).arg(&heads).arg(&max_q).arg(&scale_log2);
-        let threads = variant.warps() as u32 * 32;
-        let cfg = shape.grid(shape.max_q, variant.forward_queries(), threads, smem);
-        self.run(name, &mut b, cfg)
+        self.in_build("flash_forward", &shape, docs.is_some(), |variant| {
+            let name = flash_entry("flash_forward", shape.head_dim, variant)?;
+            let smem = variant.forward_smem(&shape);
+            self.allow_shared_memory(name, smem)?;
+            let mut b = self.builder(name)?;
+            b.arg(q).arg(k).arg(v).arg(rows_desc);
+            push_docs(&mut b, docs);
+            b.arg(&mut *out)
+                .arg(&mut *lse)
+                .arg(&heads)
+                .arg(&max_q)
+                .arg(&scale_log2);
+            let threads = variant.warps() as u32 * 32;
+            let cfg = shape.grid(shape.max_q, variant.forward_queries(), threads, smem);
+            self.run(name, &mut b, cfg)
+        })
     }
 
     /// `delta[line] = Σ dO ⊙ O` over the head dimension (bf16 copies, f32 sum), per query line (0
@@ -329,36 +354,199 @@ impl CudaKernels {
             docs,
         };
 
-        let variant = shape.variant;
-        let name = flash_entry("flash_backward_kv", shape.head_dim, variant)?;
-        // The V tile, then per stage the Q and dO tiles and the tile's lse and delta lines.
-        let smem = shape.tile_bytes(FB_BK)
-            + variant.stages() * 2 * (shape.tile_bytes(FB_BQ) + FB_BQ * size_of::<f32>());
-        self.allow_shared_memory(name, smem)?;
-        let mut b = self.builder(name)?;
-        push_inputs(&mut b, inputs);
-        b.arg(dk)
-            .arg(dv)
-            .arg(&heads)
-            .arg(&max_q)
-            .arg(&scale)
-            .arg(&scale_log2);
-        let cfg = shape.grid(shape.max_k, FB_BK, KV_THREADS, smem);
-        self.run(name, &mut b, cfg)?;
+        self.in_build("flash_backward_kv", &shape, docs.is_some(), |variant| {
+            let name = flash_entry("flash_backward_kv", shape.head_dim, variant)?;
+            // The V tile, then per stage the Q and dO tiles and the tile's lse and delta lines.
+            let smem = shape.tile_bytes(FB_BK)
+                + variant.stages() * 2 * (shape.tile_bytes(FB_BQ) + FB_BQ * size_of::<f32>());
+            self.allow_shared_memory(name, smem)?;
+            let mut b = self.builder(name)?;
+            push_inputs(&mut b, inputs);
+            b.arg(&mut *dk)
+                .arg(&mut *dv)
+                .arg(&heads)
+                .arg(&max_q)
+                .arg(&scale)
+                .arg(&scale_log2);
+            let cfg = shape.grid(shape.max_k, FB_BK, KV_THREADS, smem);
+            self.run(name, &mut b, cfg)
+        })?;
 
-        let name = flash_entry("flash_backward_q", shape.head_dim, variant)?;
-        let smem = variant.stages() * 2 * shape.tile_bytes(FQ_BK);
-        self.allow_shared_memory(name, smem)?;
-        let mut b = self.builder(name)?;
-        push_inputs(&mut b, inputs);
-        b.arg(dq)
-            .arg(&heads)
-            .arg(&max_q)
-            .arg(&scale)
-            .arg(&scale_log2);
-        let threads = variant.warps() as u32 * 32;
-        let cfg = shape.grid(shape.max_q, variant.warps() * 16, threads, smem);
-        self.run(name, &mut b, cfg)
+        self.in_build("flash_backward_q", &shape, docs.is_some(), |variant| {
+            let name = flash_entry("flash_backward_q", shape.head_dim, variant)?;
+            let smem = variant.stages() * 2 * shape.tile_bytes(FQ_BK);
+            self.allow_shared_memory(name, smem)?;
+            let mut b = self.builder(name)?;
+            push_inputs(&mut b, inputs);
+            b.arg(&mut *dq)
+                .arg(&heads)
+                .arg(&max_q)
+                .arg(&scale)
+                .arg(&scale_log2);
+            let threads = variant.warps() as u32 * 32;
+            let cfg = shape.grid(shape.max_q, variant.warps() * 16, threads, smem);
+            self.run(name, &mut b, cfg)
+        })
+    }
+
+    /// Runs `launch` in `shape.variant`, or with `shape.tune` in the build `flash_tuner` picked
+    /// for this kernel and shape, timing every distinct build of the kernel first if it has not
+    /// yet. Each kernel writes its outputs (never adds to them), and every build writes the same
+    /// values, so the timing runs leave nothing behind but the time.
+    fn in_build(
+        &self,
+        kernel: &'static str,
+        shape: &FlashShape,
+        docs: bool,
+        mut launch: impl FnMut(FlashVariant) -> Result<(), LaunchError>,
+    ) -> Result<(), LaunchError> {
+        if !shape.tune {
+            return launch(shape.variant);
+        }
+        let key = TuneKey::new(kernel, shape, docs);
+        if let Some(variant) = self.flash_tuner.pick(&key) {
+            return launch(variant);
+        }
+        let mut times = Vec::new();
+        for variant in FlashTuner::candidates(kernel) {
+            launch(variant)?; // a first run, untimed (module and cache warm-up)
+            let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            let event = |what| driver(format!("recording the {what} of timing {kernel}"));
+            let start = self.stream().record_event(timing).map_err(event("start"))?;
+            for _ in 0..TUNING_RUNS {
+                launch(variant)?;
+            }
+            let end = self.stream().record_event(timing).map_err(event("end"))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(driver(format!("timing {kernel}")))?;
+            times.push((variant, ms / TUNING_RUNS as f32));
+        }
+        let best = FlashTuner::fastest(&times);
+        self.flash_tuner.record(key, best, times);
+        launch(best)
+    }
+
+    /// What `REDPACK_CUDA_FLASH=auto` chose so far, one line per kernel and shape.
+    pub fn flash_tuning(&self) -> Vec<String> {
+        self.flash_tuner.report()
+    }
+}
+
+/// Timed runs of each build when tuning (after one untimed run).
+const TUNING_RUNS: usize = 3;
+
+/// A kernel and the shape it is tuned for. Lengths are rounded up to a power of two, so that
+/// batches of varying length (finetuning) share a few choices instead of timing every new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TuneKey {
+    kernel: &'static str,
+    head_dim: usize,
+    heads: usize,
+    rows: usize,
+    max_q: usize,
+    max_k: usize,
+    docs: bool,
+}
+
+impl TuneKey {
+    fn new(kernel: &'static str, shape: &FlashShape, docs: bool) -> TuneKey {
+        TuneKey {
+            kernel,
+            head_dim: shape.head_dim,
+            heads: shape.heads,
+            rows: shape.rows,
+            max_q: shape.max_q.next_power_of_two(),
+            max_k: shape.max_k.next_power_of_two(),
+            docs,
+        }
+    }
+}
+
+/// The builds `REDPACK_CUDA_FLASH=auto` picked per kernel and shape.
+#[derive(Default)]
+pub(super) struct FlashTuner {
+    picks: Mutex<Vec<Pick>>,
+}
+
+/// One kernel and shape's pick, with the times it was picked on (milliseconds per launch).
+struct Pick {
+    key: TuneKey,
+    build: FlashVariant,
+    times: Vec<(FlashVariant, f32)>,
+}
+
+impl FlashTuner {
+    /// One build per distinct kernel: the dK/dV kernel is one instantiation in `pipelined`,
+    /// `pipelined-w4` and `wide` (4 warps, two stages), and `wide`'s dQ kernel is
+    /// `pipelined-w4`'s.
+    fn candidates(kernel: &str) -> Vec<FlashVariant> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for variant in FlashVariant::ALL {
+            let code = match kernel {
+                "flash_backward_kv" => (4, variant.stages(), false),
+                "flash_forward" => (
+                    variant.warps(),
+                    variant.stages(),
+                    variant == FlashVariant::Wide,
+                ),
+                _ => (variant.warps(), variant.stages(), false),
+            };
+            if !seen.contains(&code) {
+                seen.push(code);
+                out.push(variant);
+            }
+        }
+        out
+    }
+
+    /// The build with the least time; on a tie the one listed first.
+    fn fastest(times: &[(FlashVariant, f32)]) -> FlashVariant {
+        let mut best = (FlashVariant::default(), f32::INFINITY);
+        for &(variant, ms) in times {
+            if ms < best.1 {
+                best = (variant, ms);
+            }
+        }
+        best.0
+    }
+
+    fn picks(&self) -> std::sync::MutexGuard<'_, Vec<Pick>> {
+        // Each pick is pushed whole, so a panic elsewhere cannot leave the list half-written.
+        self.picks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pick(&self, key: &TuneKey) -> Option<FlashVariant> {
+        self.picks().iter().find(|p| p.key == *key).map(|p| p.build)
+    }
+
+    fn record(&self, key: TuneKey, build: FlashVariant, times: Vec<(FlashVariant, f32)>) {
+        self.picks().push(Pick { key, build, times });
+    }
+
+    fn report(&self) -> Vec<String> {
+        self.picks()
+            .iter()
+            .map(|Pick { key, build, times }| {
+                let times: Vec<String> = times
+                    .iter()
+                    .map(|(v, ms)| format!("{} {ms:.3} ms", v.name()))
+                    .collect();
+                format!(
+                    "{} d{} x{} heads x{} rows, q<={} k<={}{}: {} ({})",
+                    key.kernel,
+                    key.head_dim,
+                    key.heads,
+                    key.rows,
+                    key.max_q,
+                    key.max_k,
+                    if key.docs { ", documents" } else { "" },
+                    build.name(),
+                    times.join(", ")
+                )
+            })
+            .collect()
     }
 }
 
@@ -398,6 +586,115 @@ mod tests {
         assert_eq!(
             flash_entry("flash_backward_q", 128, FlashVariant::Wide).unwrap(),
             "flash_backward_q_d128_pipelined_w4"
+        );
+    }
+
+    #[test]
+    fn tuning_times_each_distinct_kernel_once() {
+        use FlashVariant::*;
+        assert_eq!(
+            FlashTuner::candidates("flash_forward"),
+            [Basic, Pipelined, PipelinedW4, Wide]
+        );
+        // The same dK/dV code in every two-stage build, the same dQ code in w4 and wide.
+        assert_eq!(
+            FlashTuner::candidates("flash_backward_kv"),
+            [Basic, Pipelined]
+        );
+        assert_eq!(
+            FlashTuner::candidates("flash_backward_q"),
+            [Basic, Pipelined, PipelinedW4]
+        );
+        // Checked against flash.cu: each entry point's code is its template's arguments (the
+        // dK/dV kernel takes no warp count); the candidates cover every distinct code once.
+        let source = include_str!("kernels/flash.cu");
+        let mut code = std::collections::HashMap::new();
+        for call in source.split("\nFLASH_ENTRIES(").skip(1) {
+            let args: Vec<&str> = call[..call.find(')').unwrap()]
+                .split(',')
+                .map(str::trim)
+                .collect();
+            let [d, warps, stages, ldm, fwd, kv, q] = args[..] else {
+                panic!("FLASH_ENTRIES with {} arguments", args.len())
+            };
+            code.insert(fwd, format!("forward {d} {warps} {stages} {ldm}"));
+            code.insert(kv, format!("kv {d} {stages} {ldm}"));
+            code.insert(q, format!("q {d} {warps} {stages} {ldm}"));
+        }
+        for call in source.split("\nFLASH_FORWARD_WIDE(").skip(1) {
+            let args: Vec<&str> = call[..call.find(')').unwrap()]
+                .split(',')
+                .map(str::trim)
+                .collect();
+            code.insert(args[2], format!("wide {} {}", args[0], args[1]));
+        }
+        for kernel in ["flash_forward", "flash_backward_kv", "flash_backward_q"] {
+            for head_dim in FLASH_HEAD_DIMS {
+                let code_of = |v| &code[flash_entry(kernel, head_dim, v).unwrap()];
+                let tried: Vec<_> = FlashTuner::candidates(kernel)
+                    .into_iter()
+                    .map(code_of)
+                    .collect();
+                let distinct: std::collections::HashSet<_> = tried.iter().collect();
+                assert_eq!(
+                    distinct.len(),
+                    tried.len(),
+                    "{kernel} d{head_dim}: a code twice"
+                );
+                for variant in FlashVariant::ALL {
+                    assert!(
+                        tried.contains(&code_of(variant)),
+                        "{kernel} d{head_dim}: {} is never timed",
+                        variant.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tuning_picks_the_fastest_and_the_first_on_a_tie() {
+        use FlashVariant::*;
+        let pick = FlashTuner::fastest;
+        assert_eq!(
+            pick(&[(Basic, 2.0), (Pipelined, 1.0), (Wide, 1.5)]),
+            Pipelined
+        );
+        assert_eq!(pick(&[(Basic, 1.0), (Pipelined, 1.0)]), Basic);
+        assert_eq!(pick(&[(Wide, 0.5)]), Wide);
+        assert_eq!(pick(&[]), FlashVariant::default());
+        // A NaN time (a failed event) never wins.
+        assert_eq!(pick(&[(Basic, f32::NAN), (PipelinedW4, 3.0)]), PipelinedW4);
+    }
+
+    #[test]
+    fn tuning_keys_round_lengths_up_to_powers_of_two() {
+        let shape = FlashShape {
+            rows: 8,
+            heads: 8,
+            head_dim: 128,
+            max_q: 1500,
+            max_k: 2048,
+            variant: FlashVariant::default(),
+            tune: true,
+        };
+        let key = TuneKey::new("flash_forward", &shape, false);
+        assert_eq!((key.max_q, key.max_k), (2048, 2048));
+        let longer = FlashShape {
+            max_q: 2000,
+            ..shape
+        };
+        assert_eq!(TuneKey::new("flash_forward", &longer, false), key);
+        assert_ne!(TuneKey::new("flash_forward", &shape, true), key);
+        assert_ne!(TuneKey::new("flash_backward_q", &shape, false), key);
+
+        let tuner = FlashTuner::default();
+        assert_eq!(tuner.pick(&key), None);
+        tuner.record(key, FlashVariant::Wide, vec![(FlashVariant::Wide, 0.25)]);
+        assert_eq!(tuner.pick(&key), Some(FlashVariant::Wide));
+        assert_eq!(
+            tuner.report(),
+            ["flash_forward d128 x8 heads x8 rows, q<=2048 k<=2048: wide (wide 0.250 ms)"]
         );
     }
 }

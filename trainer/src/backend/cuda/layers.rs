@@ -406,6 +406,7 @@ fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
         max_q: rows.max_q,
         max_k: rows.max_k,
         variant: FlashVariant::from_env(),
+        tune: super::launch_flash::tuning_from_env(),
     }
 }
 
