@@ -407,22 +407,16 @@ impl CudaKernels {
         if let Some(variant) = self.flash_tuner.pick(&key) {
             return launch(variant);
         }
-        let mut times = Vec::new();
-        for variant in FlashTuner::candidates(kernel) {
-            launch(variant)?; // a first run, untimed (module and cache warm-up)
+        let (best, times) = FlashTuner::time_builds(kernel, &mut launch, |runs| {
             let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
             let event = |what| driver(format!("recording the {what} of timing {kernel}"));
             let start = self.stream().record_event(timing).map_err(event("start"))?;
-            for _ in 0..TUNING_RUNS {
-                launch(variant)?;
-            }
+            runs()?;
             let end = self.stream().record_event(timing).map_err(event("end"))?;
-            let ms = start
+            start
                 .elapsed_ms(&end)
-                .map_err(driver(format!("timing {kernel}")))?;
-            times.push((variant, ms / TUNING_RUNS as f32));
-        }
-        let best = FlashTuner::fastest(&times);
+                .map_err(driver(format!("timing {kernel}")))
+        })?;
         self.flash_tuner.record(key, best, times);
         launch(best)
     }
@@ -463,6 +457,9 @@ impl TuneKey {
     }
 }
 
+/// The launches a tuning timer measures.
+type Runs<'a> = dyn FnMut() -> Result<(), LaunchError> + 'a;
+
 /// The builds `REDPACK_CUDA_FLASH=auto` picked per kernel and shape.
 #[derive(Default)]
 pub(super) struct FlashTuner {
@@ -499,6 +496,23 @@ impl FlashTuner {
             }
         }
         out
+    }
+
+    /// Times every candidate build of `kernel`: one untimed `launch` (warm-up), then `timed`
+    /// around `TUNING_RUNS` launches (it returns their milliseconds). Returns the fastest build
+    /// and each build's milliseconds per launch.
+    fn time_builds(
+        kernel: &str,
+        launch: &mut impl FnMut(FlashVariant) -> Result<(), LaunchError>,
+        mut timed: impl FnMut(&mut Runs<'_>) -> Result<f32, LaunchError>,
+    ) -> Result<(FlashVariant, Vec<(FlashVariant, f32)>), LaunchError> {
+        let mut times = Vec::new();
+        for variant in FlashTuner::candidates(kernel) {
+            launch(variant)?;
+            let ms = timed(&mut || (0..TUNING_RUNS).try_for_each(|_| launch(variant)))?;
+            times.push((variant, ms / TUNING_RUNS as f32));
+        }
+        Ok((FlashTuner::fastest(&times), times))
     }
 
     /// The build with the least time; on a tie the one listed first.
@@ -665,6 +679,74 @@ mod tests {
         assert_eq!(pick(&[]), FlashVariant::default());
         // A NaN time (a failed event) never wins.
         assert_eq!(pick(&[(Basic, f32::NAN), (PipelinedW4, 3.0)]), PipelinedW4);
+    }
+
+    #[test]
+    fn tuning_warms_up_times_every_candidate_and_keeps_the_fastest() {
+        use FlashVariant::*;
+        // A fake device: each launch is logged, and a timed span costs what its build costs.
+        let cost = |v: FlashVariant| match v {
+            Basic => 4.0,
+            Pipelined => 3.0,
+            PipelinedW4 => 1.5,
+            Wide => 2.0,
+        };
+        let mut log = Vec::new();
+        let mut launch = |v: FlashVariant| {
+            log.push(v);
+            Ok(())
+        };
+        let mut spans = 0;
+        let (best, times) = FlashTuner::time_builds("flash_backward_q", &mut launch, |runs| {
+            spans += 1;
+            runs()?;
+            Ok(0.0)
+        })
+        .unwrap();
+        // Each candidate: one warm-up, then TUNING_RUNS inside its timed span.
+        let expected: Vec<_> = [Basic, Pipelined, PipelinedW4]
+            .into_iter()
+            .flat_map(|v| std::iter::repeat_n(v, 1 + TUNING_RUNS))
+            .collect();
+        assert_eq!(log, expected);
+        assert_eq!(spans, 3);
+        assert_eq!(times.len(), 3);
+
+        // Equal times: the first candidate.
+        assert_eq!(best, Basic);
+
+        // The pick follows the timed spans (per-launch milliseconds).
+        let last = std::cell::Cell::new(Basic);
+        let (best, times) = FlashTuner::time_builds(
+            "flash_forward",
+            &mut |v| {
+                last.set(v);
+                Ok(())
+            },
+            |runs| {
+                runs()?;
+                Ok(cost(last.get()) * TUNING_RUNS as f32)
+            },
+        )
+        .unwrap();
+        assert_eq!(best, PipelinedW4);
+        assert_eq!(
+            times,
+            [
+                (Basic, 4.0),
+                (Pipelined, 3.0),
+                (PipelinedW4, 1.5),
+                (Wide, 2.0)
+            ]
+        );
+
+        // A failing launch or timer stops the tuning with its error.
+        let failed = FlashTuner::time_builds(
+            "flash_forward",
+            &mut |_| Err(LaunchError::Missing("flash_forward_d128")),
+            |runs| runs().map(|_| 1.0),
+        );
+        assert!(failed.is_err());
     }
 
     #[test]
