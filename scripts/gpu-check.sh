@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh build   on the development machine (cargo): builds the release test and
 #                                benchmark binaries and copies them, stripped, to
 #                                target/gpu-bundle/{cuda_kernels,cuda_attention,cuda_adafactor,
-#                                cuda_model,cuda_step,redpack}
+#                                cuda_model,cuda_step,flash_attention,redpack}
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
@@ -23,7 +23,8 @@
 #      attention, resident training vs the host loop), the bf16 step with the basic fused
 #      attention build, and the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
-#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16),
+#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), and
+#      the fused attention kernels alone, every build side by side (flash_attention),
 #   5. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
 #   6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
 #   7. experiments: the throughput again with cuBLASLt's cached plans, and with the fused
@@ -45,9 +46,12 @@ build() {
     cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_attention \
         --test cuda_adafactor --test cuda_model \
         --message-format=json >"$json"
-    cargo bench -p redpack-trainer --bench cuda_step --no-run --message-format=json >>"$json"
+    cargo bench -p redpack-trainer --bench cuda_step --bench flash_attention --no-run \
+        --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys
+WANTED = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step",
+          "flash_attention"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -56,9 +60,9 @@ for line in open(sys.argv[1]):
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
         name = msg["target"]["name"]
-        if name in ("cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step"):
+        if name in WANTED:
             found[name] = msg["executable"]
-missing = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step"} - set(found)
+missing = WANTED - set(found)
 if missing:
     sys.exit(f"not built: {sorted(missing)}")
 for name, path in found.items():
@@ -69,7 +73,7 @@ PY
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
     strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_adafactor \
-        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/redpack
+        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -158,7 +162,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_step redpack; do
+    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_step flash_attention redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -187,6 +191,7 @@ run() {
         resident_training_matches_the_host_loop --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    wanted bench-bf16 && step bench-attention 90 "$BUNDLE/flash_attention"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
@@ -265,6 +270,16 @@ for arch in ("dec", "red"):
               f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f} "
               f"{r['update_s'] if 'update_s' in r else float('nan'):9.4f}")
 PY
+    grep -h '^{' "$RESULTS"/bench-attention.log >"$RESULTS/attention.jsonl" 2>/dev/null
+    python3 - "$RESULTS/attention.jsonl" <<'PY' | tee "$RESULTS/attention-table.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'case':18} {'build':13} {'fwd ms':>8} {'fwd TFLOP/s':>12} {'bwd ms':>8} {'bwd TFLOP/s':>12}")
+for r in rows:
+    print(f"{r['case']:18} {r['build']:13} {r['forward_ms']:8.3f} {r['forward_tflops']:12.1f} "
+          f"{r['backward_ms']:8.3f} {r['backward_tflops']:12.1f}")
+PY
+    grep -h '^auto picked' "$RESULTS"/bench-attention.log 2>/dev/null
     echo "=== summary"
     cat "$RESULTS/summary.txt"
     pack
