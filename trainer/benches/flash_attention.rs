@@ -145,8 +145,8 @@ fn main() {
     let context = CudaContext::new(info.ordinal).unwrap_or_else(|e| fail("context", e));
     let stream = context.default_stream();
     // The kernel cache `redpack train` uses, so that a machine compiles the kernels once.
-    let dir = KernelCache::default_dir()
-        .unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
+    let dir =
+        KernelCache::default_dir().unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
     let cache = KernelCache::new(dir);
     let kernels = CudaKernels::load(stream.clone(), &cache, &info.arch())
         .unwrap_or_else(|e| fail("loading kernels", e));
