@@ -22,10 +22,13 @@ use redpack_trainer::backend::cuda::nvrtc::KernelCache;
 use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
 use redpack_trainer::rng::SplitMix64;
 
-/// One attention call of a model: its rows, heads and head dimension.
+/// One attention call of a model: its rows (each `len` queries over `keys` keys), heads and
+/// head dimension.
 struct Case {
     name: &'static str,
     rows: Vec<AttnRow>,
+    len: usize,
+    keys: usize,
     heads: usize,
     head_dim: usize,
 }
@@ -53,6 +56,8 @@ impl Case {
         Case {
             name,
             rows,
+            len,
+            keys,
             heads,
             head_dim: 128,
         }
@@ -71,20 +76,9 @@ impl Case {
         (per_head * self.heads) as f64
     }
 
+    /// Query and key tokens over all rows.
     fn tokens(&self) -> (usize, usize) {
-        let q = self
-            .rows
-            .iter()
-            .map(|r| r.q_start + r.q_len)
-            .max()
-            .unwrap_or(0);
-        let k = self
-            .rows
-            .iter()
-            .map(|r| r.k_start + r.k_len)
-            .max()
-            .unwrap_or(0);
-        (q, k)
+        (self.rows.len() * self.len, self.rows.len() * self.keys)
     }
 }
 
@@ -93,7 +87,18 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
-/// Random values rounded to bf16 on the device.
+/// `x` rounded to bf16 on the device, as the model's bf16 copies are.
+fn bf16(stream: &Arc<CudaStream>, kernels: &CudaKernels, x: &CudaSlice<f32>) -> CudaSlice<u16> {
+    let mut y = stream
+        .alloc_zeros::<u16>(x.len())
+        .unwrap_or_else(|e| fail("alloc", e));
+    kernels
+        .f32_to_bf16(x, &mut y)
+        .unwrap_or_else(|e| fail("f32 to bf16", e));
+    y
+}
+
+/// `n` normal values, rounded to bf16 on the device.
 fn random_bf16(
     stream: &Arc<CudaStream>,
     kernels: &CudaKernels,
@@ -104,13 +109,7 @@ fn random_bf16(
     let x = stream
         .clone_htod(&host)
         .unwrap_or_else(|e| fail("upload", e));
-    let mut y = stream
-        .alloc_zeros::<u16>(n)
-        .unwrap_or_else(|e| fail("alloc", e));
-    kernels
-        .f32_to_bf16(&x, &mut y)
-        .unwrap_or_else(|e| fail("f32 to bf16", e));
-    y
+    bf16(stream, kernels, &x)
 }
 
 /// Milliseconds per call of `work`, over `runs` calls between two events, after one untimed.
@@ -182,8 +181,8 @@ fn main() {
             rows: case.rows.len(),
             heads: case.heads,
             head_dim: case.head_dim,
-            max_q: case.rows.iter().map(|r| r.q_len).max().unwrap_or(0),
-            max_k: case.rows.iter().map(|r| r.k_len).max().unwrap_or(0),
+            max_q: case.len,
+            max_k: case.keys,
             variant: FlashVariant::default(),
             tune: false,
         };
@@ -216,12 +215,7 @@ fn main() {
                     .unwrap_or_else(|e| fail("forward", e))
             });
             // The backward's inputs: the output's bf16 copy and delta, as the model makes them.
-            let mut out_bf16 = stream
-                .alloc_zeros::<u16>(out.len())
-                .unwrap_or_else(|e| fail("alloc", e));
-            kernels
-                .f32_to_bf16(&out, &mut out_bf16)
-                .unwrap_or_else(|e| fail("f32 to bf16", e));
+            let out_bf16 = bf16(&stream, &kernels, &out);
             kernels
                 .flash_delta(&d_out, &out_bf16, &desc, build, &mut delta)
                 .unwrap_or_else(|e| fail("delta", e));
