@@ -10,7 +10,7 @@ mod cuda_support;
 use cuda_support::{assert_close, require_nvrtc, say};
 use redpack_trainer::backend::cpu::CpuBackend;
 use redpack_trainer::backend::cuda::nvrtc::KernelCache;
-use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::probe::CudaAvailability;
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::batch::{Batch, LossStats, StepOptions};
@@ -23,7 +23,7 @@ const VOCAB: usize = 211;
 
 /// The CUDA backend in `precision`, or `None` after printing a visible SKIPPED line.
 fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
-    let info = match probe::detect() {
+    let info = match cuda_support::detect() {
         CudaAvailability::Device(info) => info,
         other => {
             say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));

@@ -2,6 +2,8 @@
 //! uploads and downloads, and a parity check that prints the worst mismatch.
 #![allow(dead_code)]
 
+pub mod emulation;
+
 use std::io::Write;
 use std::sync::Arc;
 
@@ -19,6 +21,17 @@ pub fn require_nvrtc() {
         probe::nvrtc_present(),
         "NVRTC (libnvrtc.so.13) cannot be loaded. Run `.ci/run`, or {NVRTC_HINT}"
     );
+}
+
+/// What the CUDA tests run on: the GPU where a driver is installed, else the CPU emulation of
+/// one (`emulation`), else nothing (the tests then print SKIPPED).
+pub fn detect() -> CudaAvailability {
+    if let Err(reason) = emulation::install() {
+        return CudaAvailability::NoDevice {
+            reason: reason.clone(),
+        };
+    }
+    probe::detect()
 }
 
 /// Writes straight to stderr, past the test harness's capture, so a skip is seen in the log.
@@ -44,7 +57,7 @@ pub struct Gpu {
 
 /// The first GPU with the kernels loaded, or `None` after printing a visible SKIPPED line.
 pub fn gpu(test: &str) -> Option<Gpu> {
-    let info = match probe::detect() {
+    let info = match detect() {
         CudaAvailability::Device(info) => info,
         other => {
             say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));

@@ -125,7 +125,7 @@ struct PendingCopy {
 struct Fiber {
     ucontext_t context;
     jmp_buf resume;
-    std::vector<char> stack;
+    char* stack = nullptr;
     bool started = false;
     bool done = false;
     // This thread's `cp.async` copies: issued since the last commit, and committed groups, oldest
@@ -231,12 +231,22 @@ struct Start {
     }
 };
 
+// Each thread's stack. Kept for the process's life and handed to every launch (a launch's
+// threads are set up afresh), so that a program of many small launches does not allocate and
+// clear a stack per thread each time.
+constexpr size_t kStackBytes = 256 * 1024;
+inline char* thread_stack(unsigned t) {
+    static std::vector<char*> stacks;
+    while (stacks.size() <= t) stacks.push_back(new char[kStackBytes]);
+    return stacks[t];
+}
+
 // Sets thread `f` up to start `entry(ptr)` on its own stack (out of line, as `resume`).
 __attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(), uintptr_t ptr) {
     f.started = false;
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.data();
-    f.context.uc_stack.ss_size = f.stack.size();
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &b.scheduler;
     makecontext(&f.context, entry, 2, (unsigned)ptr, (unsigned)(ptr >> 32));
 }
@@ -262,11 +272,10 @@ inline void launch(dim3 grid, dim3 threads, size_t shared_bytes, F kernel) {
     blockDim = threads;
     std::vector<unsigned char> dynamic_shared(shared_bytes);
     flash_smem = dynamic_shared.data();
-    const size_t stack_bytes = 256 * 1024;
     Block b;
     block() = &b;
     b.fibers.resize(threads.x);
-    for (auto& f : b.fibers) f.stack.resize(stack_bytes);
+    for (unsigned t = 0; t < threads.x; t++) b.fibers[t].stack = thread_stack(t);
     Start<F> start{&kernel};
     uintptr_t ptr = (uintptr_t)&start;
     for (auto& f : b.fibers) prepare(b, f, (void (*)())Start<F>::run, ptr);

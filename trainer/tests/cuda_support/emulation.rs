@@ -1,0 +1,170 @@
+//! The CPU emulation of a CUDA device for the GPU tests, on machines without a driver (CI, and
+//! this project's development machine).
+//!
+//! `tests/emu/fake_cuda.cpp` is a `libcuda.so` that runs the real kernel sources on the CPU
+//! emulator (`tests/emu/cuda_emu.h`), with host memory as device memory, and
+//! `tests/emu/fake_cublas.cpp` a `libcublas.so` with the two products the backend calls. They are
+//! built here with the host's C++ compiler and loaded before cudarc looks for the driver: cudarc
+//! opens `libcuda.so` and `libcublas.so` by name, and the dynamic loader hands back an already
+//! loaded library of that SONAME. So the backend's Rust code runs unchanged (cudarc, its
+//! allocations, copies, launch arguments, grid sizes, cuBLAS leading dimensions) and only the
+//! device underneath is a model. NVRTC is the real one: the PTX it compiles must declare every
+//! entry the backend asks for.
+//!
+//! On a machine with a driver nothing is loaded and the tests run on the GPU. Set
+//! `REDPACK_CUDA_EMULATION=0` to skip the GPU tests instead of emulating.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
+use redpack_trainer::backend::cuda::probe;
+use sha2::{Digest, Sha256};
+
+/// Whether the tests in this process run on the emulation: `Ok(true)` once the fake libraries
+/// are loaded, `Ok(false)` where a real driver is (or emulation is turned off), `Err` with why
+/// they could not be built.
+pub fn install() -> &'static Result<bool, String> {
+    static INSTALLED: OnceLock<Result<bool, String>> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        if std::env::var("REDPACK_CUDA_EMULATION").is_ok_and(|v| v == "0") {
+            return Ok(false);
+        }
+        if probe::driver_present() {
+            return Ok(false);
+        }
+        let Some(cxx) = compiler() else {
+            return Err("no C++ compiler (CXX, c++, g++, clang++) to build the emulation".into());
+        };
+        // A build that fails is a broken test, not a reason to skip.
+        let dir = build(&cxx).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
+        for lib in ["libcuda.so", "libcublas.so"] {
+            let path = dir.join(lib);
+            // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
+            // loaded for the process's life (forgotten below), as cudarc expects of a driver.
+            let library = unsafe { libloading::Library::new(&path) }
+                .map_err(|e| format!("loading {}: {e}", path.display()))?;
+            std::mem::forget(library);
+        }
+        if !probe::driver_present() {
+            return Err("the fake libcuda.so is loaded but cudarc does not find it".into());
+        }
+        super::say("CUDA tests run on the CPU emulation of a GPU (tests/emu/fake_cuda.cpp)");
+        Ok(true)
+    })
+}
+
+/// Whether this process's CUDA tests run on the emulation (slow: tests may pick smaller cases).
+pub fn active() -> bool {
+    matches!(install(), Ok(true))
+}
+
+fn emu_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
+}
+
+fn compiler() -> Option<String> {
+    let candidates = std::env::var("CXX")
+        .ok()
+        .into_iter()
+        .chain(["c++", "g++", "clang++"].map(String::from));
+    candidates.into_iter().find(|cxx| {
+        Command::new(cxx)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The generated part of the fake driver: the emulator, the kernel sources exactly as the
+/// backend embeds them, and the list of entry points.
+fn kernels_include() -> String {
+    let mut out = String::from("#pragma once\n#include \"cuda_emu.h\"\n");
+    out.push_str(&format!("#line 1 \"common.cuh\"\n{COMMON}\n"));
+    for kernel in KERNELS {
+        out.push_str(&format!(
+            "#line 1 \"{}.cu\"\n{}\n",
+            kernel.name, kernel.source
+        ));
+    }
+    out.push_str("#define REDPACK_FAKE_ENTRIES(E)");
+    for kernel in KERNELS {
+        for entry in kernel.entries {
+            out.push_str(&format!(" E({entry})"));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Builds the two libraries (once per content: a folder named by the hash of everything that
+/// goes into them) and returns their folder.
+fn build(cxx: &str) -> Result<PathBuf, String> {
+    let include = kernels_include();
+    let read = |name: &str| {
+        std::fs::read(emu_dir().join(name)).map_err(|e| format!("reading tests/emu/{name}: {e}"))
+    };
+    let mut hash = Sha256::new();
+    hash.update(cxx.as_bytes());
+    hash.update(include.as_bytes());
+    for name in ["cuda_emu.h", "fake_cuda.cpp", "fake_cublas.cpp"] {
+        hash.update(read(name)?);
+    }
+    let key: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-cuda-{key}"));
+    if dir.join("libcublas.so").exists() {
+        return Ok(dir);
+    }
+    // Built in a folder of this process, then renamed into place, so that test processes
+    // running at once never load a half-written library.
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fake-cuda-{key}.{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    std::fs::write(work.join("fake_kernels.inc"), include)
+        .map_err(|e| format!("writing the kernel list: {e}"))?;
+    let compile = |source: &str, lib: &str, extra: &[&Path]| -> Result<(), String> {
+        let mut command = Command::new(cxx);
+        command
+            .args(["-std=c++17", "-O2", "-fPIC", "-shared", "-w"])
+            // `_FORTIFY_SOURCE` would refuse the emulator's jumps between thread stacks.
+            .arg("-U_FORTIFY_SOURCE")
+            .arg("-I")
+            .arg(&work)
+            .arg("-I")
+            .arg(emu_dir())
+            .arg(format!("-Wl,-soname,{lib}"))
+            .arg("-o")
+            .arg(work.join(lib))
+            .arg(emu_dir().join(source))
+            .args(extra);
+        let out = command
+            .output()
+            .map_err(|e| format!("running {cxx}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cxx} could not build {lib} from tests/emu/{source}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    };
+    compile("fake_cuda.cpp", "libcuda.so", &[])?;
+    compile(
+        "fake_cublas.cpp",
+        "libcublas.so",
+        &[work.join("libcuda.so").as_path()],
+    )?;
+    match std::fs::rename(&work, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process got there first: use its build.
+        Err(_) if dir.join("libcublas.so").exists() => {
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(dir)
+        }
+        Err(e) => Err(format!("moving the build into {}: {e}", dir.display())),
+    }
+}
