@@ -190,6 +190,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
         ("self", self_rows, 325, 325, 23),
         ("cross", cross_rows, 123, 137, 41),
     ];
+    let emulated = cuda_support::emulation::active();
     let mut rng = SplitMix64::new(12);
     for hd in FLASH_HEAD_DIMS {
         let heads = 2;
@@ -240,6 +241,20 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                         builds.into_iter().chain([tuned]).map(move |s| (docs, s))
                     })
             {
+                // On the CPU emulation of a GPU (slow), each build runs once per head dimension:
+                // on the self-attention case with documents, the cross case with the basic build,
+                // and `auto` at head dim 32. The kernels' numerics are checked in full by the
+                // emulator's own program (tests/cuda_emulated.rs); here it is the launches.
+                if emulated {
+                    let wanted = docs.is_some()
+                        && match *label {
+                            "self" => !fshape.tune || hd == 32,
+                            _ => fshape.variant == FlashVariant::Basic && !fshape.tune,
+                        };
+                    if !wanted {
+                        continue;
+                    }
+                }
                 let mut out = vec![0.0f32; q_tokens * da];
                 attention_forward(&q, &k, &v, shape, rows, docs, &mut out);
                 let (mut dq, mut dk, mut dv) = (

@@ -9,7 +9,6 @@ mod cuda_support;
 
 use cuda_support::{assert_close, require_nvrtc, say};
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::nvrtc::KernelCache;
 use redpack_trainer::backend::cuda::probe::CudaAvailability;
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
 use redpack_trainer::backend::Backend;
@@ -31,7 +30,7 @@ fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
         }
     };
     require_nvrtc();
-    let cache = KernelCache::new(cuda_support::test_kernel_cache());
+    let cache = cuda_support::kernel_cache(&info.arch());
     match CudaBackend::new(&info, precision, &cache) {
         Ok(b) => Some(b),
         Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),

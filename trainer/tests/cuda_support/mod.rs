@@ -39,14 +39,30 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Where the tests keep compiled kernels: `REDPACK_TEST_KERNEL_CACHE` when set (so that several
-/// test processes on a GPU machine compile each kernel once), else a folder of this process.
+/// Where the tests keep compiled kernels: `REDPACK_TEST_KERNEL_CACHE` when set, else a folder
+/// under the target directory that every test process shares (entries are keyed by source,
+/// architecture and NVRTC version, and written atomically).
 pub fn test_kernel_cache() -> std::path::PathBuf {
     std::env::var_os("REDPACK_TEST_KERNEL_CACHE")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("redpack-kernels-test-{}", std::process::id()))
-        })
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-cache"))
+}
+
+/// The tests' kernel cache with every kernel compiled for `arch`, once per process: without
+/// this, tests that start at once would each compile the same sources.
+pub fn kernel_cache(arch: &str) -> KernelCache {
+    static WARM: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let cache = KernelCache::new(test_kernel_cache());
+    let mut warm = WARM.lock().unwrap_or_else(|e| e.into_inner());
+    if !warm.iter().any(|a| a == arch) {
+        for kernel in redpack_trainer::backend::cuda::kernels::KERNELS {
+            cache
+                .ptx(kernel.name, &kernel.full_source(), arch)
+                .unwrap_or_else(|e| panic!("compiling {}.cu for {arch}: {e}", kernel.name));
+        }
+        warm.push(arch.to_string());
+    }
+    cache
 }
 
 /// A device with every kernel loaded.
@@ -67,8 +83,7 @@ pub fn gpu(test: &str) -> Option<Gpu> {
     require_nvrtc();
     let context = CudaContext::new(info.ordinal).expect("CUDA context");
     let stream = context.default_stream();
-    let cache_dir = test_kernel_cache();
-    let kernels = CudaKernels::load(stream.clone(), &KernelCache::new(cache_dir), &info.arch())
+    let kernels = CudaKernels::load(stream.clone(), &kernel_cache(&info.arch()), &info.arch())
         .unwrap_or_else(|e| panic!("loading kernels on {}: {e}", info.name));
     Some(Gpu { stream, kernels })
 }

@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -113,8 +114,6 @@ namespace emu {
     exit(3);
 }
 
-// A thread's stack and where it stopped. `makecontext` starts it on its stack once; after that
-// `_setjmp`/`_longjmp` switch (no signal-mask system call per switch, unlike `swapcontext`).
 // One 16-byte `cp.async` whose write to shared memory has not landed yet.
 struct PendingCopy {
     void* dst;
@@ -122,25 +121,36 @@ struct PendingCopy {
     unsigned char data[16];
 };
 
+struct Barrier {
+    int arrived = 0;
+    unsigned generation = 0;
+};
+
+// A thread's stack and where it stopped. On x86-64 (without AddressSanitizer, which must see
+// every stack switch) a switch is `switch_stack` below: the callee-saved registers pushed on one
+// stack and popped from the other. Elsewhere `makecontext` starts a thread on its stack once,
+// and after that `_setjmp`/`_longjmp` switch (no signal-mask system call per switch, unlike
+// `swapcontext`).
 struct Fiber {
+    void* sp = nullptr;
     ucontext_t context;
     jmp_buf resume;
     char* stack = nullptr;
     bool started = false;
     bool done = false;
+    // The barrier this thread waits at and its generation then: the scheduler does not resume
+    // it until the generation moves on.
+    const Barrier* waiting_on = nullptr;
+    unsigned waiting_generation = 0;
     // This thread's `cp.async` copies: issued since the last commit, and committed groups, oldest
     // first. They land only when `cp.async.wait_group` says so.
     std::vector<PendingCopy> open;
     std::vector<std::vector<PendingCopy>> groups;
 };
 
-struct Barrier {
-    int arrived = 0;
-    unsigned generation = 0;
-};
-
 struct Block {
     std::vector<Fiber> fibers;
+    void* scheduler_sp = nullptr;
     ucontext_t scheduler;
     jmp_buf scheduler_resume;
     unsigned current = 0;
@@ -157,9 +167,52 @@ inline Block*& block() {
     return b;
 }
 
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EMU_SWITCH_STACK 1
+// switch_stack(save, load): pushes the callee-saved registers, stores the stack pointer in
+// *save, takes `load` as the stack pointer and pops the registers saved there; `ret` then
+// continues wherever that stack last called switch_stack. A new thread's stack is prepared so
+// that this `ret` lands in fiber_start, which calls r12(r13) (see `prepare`). Local symbols: each
+// program includes this header in one translation unit.
+extern "C" void emu_switch_stack(void** save, void* load);
+extern "C" void emu_fiber_start();
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    "emu_switch_stack:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    "emu_fiber_start:\n"
+    "    movq %r13, %rdi\n"
+    "    callq *%r12\n"
+    "    ud2\n");
+#endif
+
+// Hands control from the current thread back to the scheduler.
+inline void to_scheduler(Block* b, Fiber& f) {
+#ifdef EMU_SWITCH_STACK
+    emu_switch_stack(&f.sp, b->scheduler_sp);
+#else
+    if (!_setjmp(f.resume)) _longjmp(b->scheduler_resume, 1);
+#endif
+}
+
 inline void yield_waiting() {
     Block* b = block();
-    if (!_setjmp(b->fibers[b->current].resume)) _longjmp(b->scheduler_resume, 1);
+    to_scheduler(b, b->fibers[b->current]);
 }
 
 // Waits until `expected` threads have arrived (counting arrivals since the last release).
@@ -173,7 +226,11 @@ inline void wait(Barrier& barrier, unsigned expected) {
         b->progress++;
         return;
     }
+    Fiber& f = b->fibers[b->current];
+    f.waiting_on = &barrier;
+    f.waiting_generation = generation;
     while (barrier.generation == generation) yield_waiting();
+    f.waiting_on = nullptr;
 }
 
 inline void syncthreads() {
@@ -193,14 +250,23 @@ struct Exchange {
     uint64_t lanes[32][N];
 };
 
+// One warp barrier per exchange: the slots alternate between two buffers by the barrier's
+// generation (the same for every lane of one exchange), and a lane can write a buffer again only
+// after the barrier that follows everyone's read of it.
+// `publish` returns the warp's slots, valid until this lane's next warp barrier.
+template <int N>
+inline const uint64_t (*publish(const uint64_t (&mine)[N]))[N] {
+    static uint64_t slots[2][32][32][N];
+    unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    unsigned parity = block()->warp_barrier[warp].generation & 1;
+    memcpy(slots[parity][warp][lane], mine, sizeof(mine));
+    warp_sync();
+    return slots[parity][warp];
+}
+
 template <int N>
 inline void exchange(const uint64_t (&mine)[N], Exchange<N>& all) {
-    static uint64_t slots[32][32][N];
-    unsigned warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    memcpy(slots[warp][lane], mine, sizeof(mine));
-    warp_sync();
-    memcpy(all.lanes, slots[warp], sizeof(all.lanes));
-    warp_sync();
+    memcpy(all.lanes, publish(mine), sizeof(all.lanes));
 }
 
 // A thread's life: run the kernel for the current block, count itself out of the block (which
@@ -226,8 +292,11 @@ struct Start {
                 bb.generation++;
             }
             b->progress++;
-            if (!_setjmp(f.resume)) _longjmp(b->scheduler_resume, 1);
+            to_scheduler(b, f);
         }
+    }
+    static void run_at(uintptr_t ptr) {
+        run((unsigned)ptr, (unsigned)(ptr >> 32));
     }
 };
 
@@ -236,13 +305,32 @@ struct Start {
 // clear a stack per thread each time.
 constexpr size_t kStackBytes = 256 * 1024;
 inline char* thread_stack(unsigned t) {
-    static std::vector<char*> stacks;
-    while (stacks.size() <= t) stacks.push_back(new char[kStackBytes]);
-    return stacks[t];
+    static std::vector<std::unique_ptr<char[]>> stacks;
+    while (stacks.size() <= t) stacks.emplace_back(new char[kStackBytes]);
+    return stacks[t].get();
 }
 
 // Sets thread `f` up to start `entry(ptr)` on its own stack (out of line, as `resume`).
-__attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(), uintptr_t ptr) {
+__attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(),
+                                              void (*entry_at)(uintptr_t), uintptr_t ptr) {
+#ifdef EMU_SWITCH_STACK
+    // What switch_stack pops (r15, r14, r13 = ptr, r12 = entry_at, rbx, rbp), then its return
+    // address; fiber_start's call then finds the stack 16-byte aligned, as the ABI requires.
+    (void)b, (void)entry;
+    // Each thread's stack starts at a different offset into its allocation: the allocations
+    // are a power of two apart, and the threads' live frames would otherwise share cache sets.
+    size_t t = (size_t)(&f - b.fibers.data());
+    uintptr_t top = ((uintptr_t)f.stack + kStackBytes - (t * 1088) % (64 * 1024)) & ~(uintptr_t)15;
+    uintptr_t* sp = (uintptr_t*)(top - 72);
+    sp[0] = sp[1] = 0;
+    sp[2] = ptr;
+    sp[3] = (uintptr_t)entry_at;
+    sp[4] = sp[5] = 0;
+    sp[6] = (uintptr_t)&emu_fiber_start;
+    f.sp = sp;
+    return;
+#endif
+    (void)entry_at;
     f.started = false;
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;
@@ -254,6 +342,10 @@ __attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(
 // Runs thread `f` until it waits at a barrier or returns. Kept out of line so that no local of
 // the scheduler's loops lives in the frame that `_setjmp` saves.
 __attribute__((noinline)) inline void resume(Block& b, Fiber& f) {
+#ifdef EMU_SWITCH_STACK
+    emu_switch_stack(&b.scheduler_sp, f.sp);
+    return;
+#endif
     if (!_setjmp(b.scheduler_resume)) {
         if (f.started) _longjmp(f.resume, 1);
         f.started = true;
@@ -278,7 +370,7 @@ inline void launch(dim3 grid, dim3 threads, size_t shared_bytes, F kernel) {
     for (unsigned t = 0; t < threads.x; t++) b.fibers[t].stack = thread_stack(t);
     Start<F> start{&kernel};
     uintptr_t ptr = (uintptr_t)&start;
-    for (auto& f : b.fibers) prepare(b, f, (void (*)())Start<F>::run, ptr);
+    for (auto& f : b.fibers) prepare(b, f, (void (*)())Start<F>::run, Start<F>::run_at, ptr);
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -298,6 +390,8 @@ inline void launch(dim3 grid, dim3 threads, size_t shared_bytes, F kernel) {
                     for (unsigned t = 0; t < threads.x; t++) {
                         Fiber& f = b.fibers[t];
                         if (f.done) continue;
+                        if (f.waiting_on && f.waiting_on->generation == f.waiting_generation)
+                            continue;
                         b.current = t;
                         threadIdx.x = t;
                         resume(b, f);
@@ -326,10 +420,9 @@ inline T __shfl_xor_sync(unsigned, T v, int offset) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
     uint64_t mine[1] = {0};
     memcpy(mine, &v, sizeof(T));
-    emu::Exchange<1> all;
-    emu::exchange(mine, all);
+    const uint64_t(*lanes)[1] = emu::publish(mine);
     T out;
-    memcpy(&out, &all.lanes[(threadIdx.x & 31) ^ offset][0], sizeof(T));
+    memcpy(&out, &lanes[(threadIdx.x & 31) ^ offset][0], sizeof(T));
     return out;
 }
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <string>
+#include <vector>
 
 extern "C" int redpack_fake_inside(uintptr_t p, size_t bytes);
 
@@ -93,16 +94,25 @@ cublasStatus_t gemm(int transa, int transb, int m, int n, int k, const void* alp
         (k > 0 && !operand_fits("B", b, btype, tb ? n : k, tb ? k : n, ldb, stride_b, batch)) ||
         !operand_fits("C", c, ctype, m, n, ldc, stride_c, batch))
         return CUBLAS_STATUS_INVALID_VALUE;
+    // op(A) as m rows of k and op(B) as n columns of k, contiguous, so each dot product runs
+    // over two contiguous arrays.
+    std::vector<float> rows_a((size_t)m * k), cols_b((size_t)n * k);
     for (int e = 0; e < batch; e++) {
         long long oa = e * stride_a, ob = e * stride_b, oc = e * stride_c;
+        for (int i = 0; i < m; i++)
+            for (int l = 0; l < k; l++)
+                rows_a[(size_t)i * k + l] =
+                    load(a, atype, oa + (ta ? l + (long long)i * lda : i + (long long)l * lda));
+        for (int j = 0; j < n; j++)
+            for (int l = 0; l < k; l++)
+                cols_b[(size_t)j * k + l] =
+                    load(b, btype, ob + (tb ? j + (long long)l * ldb : l + (long long)j * ldb));
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {
+                const float* x = &rows_a[(size_t)i * k];
+                const float* y = &cols_b[(size_t)j * k];
                 double acc = 0.0;
-                for (int l = 0; l < k; l++) {
-                    long long ia = ta ? l + (long long)i * lda : i + (long long)l * lda;
-                    long long ib = tb ? j + (long long)l * ldb : l + (long long)j * ldb;
-                    acc += (double)load(a, atype, oa + ia) * (double)load(b, btype, ob + ib);
-                }
+                for (int l = 0; l < k; l++) acc += (double)x[l] * (double)y[l];
                 long long ic = oc + i + (long long)j * ldc;
                 // beta = 0 never reads C (it may hold anything, NaN included), as cuBLAS.
                 double out = (double)alpha * acc;
