@@ -563,3 +563,63 @@ fn resident_training_matches_the_host_loop() {
         }
     }
 }
+
+/// compute-sanitizer's memcheck, on the CPU emulation of a GPU: one step of each architecture
+/// (f32, and bf16 with the fused attention) in a child process that preloads AddressSanitizer
+/// and loads the emulation built with it, so that any kernel's read or write past a device
+/// allocation fails the run with the kernel's source line. On a GPU, `scripts/gpu-check.sh`
+/// runs compute-sanitizer itself.
+#[test]
+fn steps_stay_inside_their_buffers_under_addresssanitizer() {
+    use cuda_support::emulation;
+    let test = "steps_stay_inside_their_buffers_under_addresssanitizer";
+    if std::env::var("REDPACK_CUDA_EMULATION").is_ok_and(|v| v == emulation::ASAN) {
+        return; // the child itself
+    }
+    if cuda(
+        "steps_stay_inside_their_buffers_under_addresssanitizer",
+        Precision::F32,
+    )
+    .is_none()
+    {
+        return;
+    }
+    if !emulation::active() {
+        say(&format!(
+            "SKIPPED: on a GPU, memcheck is compute-sanitizer's ({test})"
+        ));
+        return;
+    }
+    let Some(runtime) = emulation::asan_runtime() else {
+        say(&format!(
+            "SKIPPED: no AddressSanitizer runtime for the C++ compiler ({test})"
+        ));
+        return;
+    };
+    let steps = [
+        "decllm_tiny_step_matches_cpu",
+        "redllm_tiny_step_matches_cpu",
+        "bf16_step_is_close_to_cpu",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(steps)
+        .args(["--exact", "--test-threads", "1"])
+        .env("REDPACK_CUDA_EMULATION", emulation::ASAN)
+        .env("LD_PRELOAD", &runtime)
+        // Rust keeps some allocations for the process's life on purpose.
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .expect("running the steps under AddressSanitizer");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && log.contains("test result: ok. 3 passed"),
+        "the steps under AddressSanitizer ({}):\n{log}",
+        out.status
+    );
+    assert!(!log.contains("ERROR: AddressSanitizer"), "{log}");
+    say(&format!("{test}: 3 steps ran clean under AddressSanitizer"));
+}

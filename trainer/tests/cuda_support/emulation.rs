@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 pub fn install() -> &'static Result<bool, String> {
     static INSTALLED: OnceLock<Result<bool, String>> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        if std::env::var("REDPACK_CUDA_EMULATION").is_ok_and(|v| v == "0") {
+        let mode = std::env::var("REDPACK_CUDA_EMULATION").unwrap_or_default();
+        if mode == "0" {
             return Ok(false);
         }
         if probe::driver_present() {
@@ -38,7 +39,13 @@ pub fn install() -> &'static Result<bool, String> {
             return Err("no C++ compiler (CXX, c++, g++, clang++) to build the emulation".into());
         };
         // A build that fails is a broken test, not a reason to skip.
-        let dir = build(&cxx).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
+        let build_kind = if mode == ASAN {
+            Build::AddressSanitizer
+        } else {
+            Build::Plain
+        };
+        let dir =
+            build(&cxx, build_kind).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
         for lib in ["libcuda.so", "libcublas.so"] {
             let path = dir.join(lib);
             // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
@@ -50,9 +57,39 @@ pub fn install() -> &'static Result<bool, String> {
         if !probe::driver_present() {
             return Err("the fake libcuda.so is loaded but cudarc does not find it".into());
         }
-        super::say("CUDA tests run on the CPU emulation of a GPU (tests/emu/fake_cuda.cpp)");
+        super::say(&format!(
+            "CUDA tests run on the CPU emulation of a GPU (tests/emu/fake_cuda.cpp{})",
+            if build_kind == Build::AddressSanitizer {
+                ", under AddressSanitizer"
+            } else {
+                ""
+            }
+        ));
         Ok(true)
     })
+}
+
+/// `REDPACK_CUDA_EMULATION=asan`: the emulation built with AddressSanitizer, for a process
+/// started with the sanitizer's runtime preloaded (`asan_runtime`).
+pub const ASAN: &str = "asan";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    Plain,
+    AddressSanitizer,
+}
+
+/// The AddressSanitizer runtime of the C++ compiler, to preload into a test process that loads
+/// the sanitized emulation; `None` without a compiler or a runtime.
+pub fn asan_runtime() -> Option<PathBuf> {
+    let cxx = compiler()?;
+    let out = Command::new(cxx)
+        .arg("-print-file-name=libasan.so")
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // Without the library the compiler prints the bare name back.
+    (path.is_absolute() && path.exists()).then_some(path)
 }
 
 /// Whether this process's CUDA tests run on the emulation (slow: tests may pick smaller cases).
@@ -100,13 +137,14 @@ fn kernels_include() -> String {
 
 /// Builds the two libraries (once per content: a folder named by the hash of everything that
 /// goes into them) and returns their folder.
-fn build(cxx: &str) -> Result<PathBuf, String> {
+fn build(cxx: &str, kind: Build) -> Result<PathBuf, String> {
     let include = kernels_include();
     let read = |name: &str| {
         std::fs::read(emu_dir().join(name)).map_err(|e| format!("reading tests/emu/{name}: {e}"))
     };
     let mut hash = Sha256::new();
     hash.update(cxx.as_bytes());
+    hash.update(format!("{kind:?}").as_bytes());
     hash.update(include.as_bytes());
     for name in ["cuda_emu.h", "fake_cuda.cpp", "fake_cublas.cpp"] {
         hash.update(read(name)?);
@@ -128,8 +166,12 @@ fn build(cxx: &str) -> Result<PathBuf, String> {
         .map_err(|e| format!("writing the kernel list: {e}"))?;
     let compile = |source: &str, lib: &str, extra: &[&Path]| -> Result<(), String> {
         let mut command = Command::new(cxx);
+        command.args(["-std=c++17", "-fPIC", "-shared", "-w"]);
+        match kind {
+            Build::Plain => command.arg("-O2"),
+            Build::AddressSanitizer => command.args(["-O1", "-g", "-fsanitize=address"]),
+        };
         command
-            .args(["-std=c++17", "-O2", "-fPIC", "-shared", "-w"])
             // `_FORTIFY_SOURCE` would refuse the emulator's jumps between thread stacks.
             .arg("-U_FORTIFY_SOURCE")
             .arg("-I")

@@ -126,9 +126,9 @@ struct Barrier {
     unsigned generation = 0;
 };
 
-// A thread's stack and where it stopped. On x86-64 (without AddressSanitizer, which must see
-// every stack switch) a switch is `switch_stack` below: the callee-saved registers pushed on one
-// stack and popped from the other. Elsewhere `makecontext` starts a thread on its stack once,
+// A thread's stack and where it stopped. On x86-64 a switch is `switch_stack` below: the
+// callee-saved registers pushed on one stack and popped from the other (told to
+// AddressSanitizer when it is on). Elsewhere `makecontext` starts a thread on its stack once,
 // and after that `_setjmp`/`_longjmp` switch (no signal-mask system call per switch, unlike
 // `swapcontext`).
 struct Fiber {
@@ -151,6 +151,9 @@ struct Fiber {
 struct Block {
     std::vector<Fiber> fibers;
     void* scheduler_sp = nullptr;
+    // The scheduler's stack, as AddressSanitizer's fiber interface reports it.
+    const void* scheduler_stack = nullptr;
+    size_t scheduler_stack_bytes = 0;
     ucontext_t scheduler;
     jmp_buf scheduler_resume;
     unsigned current = 0;
@@ -167,7 +170,18 @@ inline Block*& block() {
     return b;
 }
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer must be told of every switch between stacks (its fiber interface), and a
+// thread stack set up afresh must lose the poisoned red zones of its last life's frames.
+#define EMU_ASAN 1
+extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom,
+                                               size_t size);
+extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old,
+                                                size_t* size_old);
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#endif
+
+#if defined(__x86_64__)
 #define EMU_SWITCH_STACK 1
 // switch_stack(save, load): pushes the callee-saved registers, stores the stack pointer in
 // *save, takes `load` as the stack pointer and pops the registers saved there; `ret` then
@@ -204,7 +218,14 @@ __asm__(
 // Hands control from the current thread back to the scheduler.
 inline void to_scheduler(Block* b, Fiber& f) {
 #ifdef EMU_SWITCH_STACK
+#ifdef EMU_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, b->scheduler_stack, b->scheduler_stack_bytes);
+#endif
     emu_switch_stack(&f.sp, b->scheduler_sp);
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake_stack, &b->scheduler_stack, &b->scheduler_stack_bytes);
+#endif
 #else
     if (!_setjmp(f.resume)) _longjmp(b->scheduler_resume, 1);
 #endif
@@ -296,6 +317,10 @@ struct Start {
         }
     }
     static void run_at(uintptr_t ptr) {
+#ifdef EMU_ASAN
+        Block* b = block();
+        __sanitizer_finish_switch_fiber(nullptr, &b->scheduler_stack, &b->scheduler_stack_bytes);
+#endif
         run((unsigned)ptr, (unsigned)(ptr >> 32));
     }
 };
@@ -319,6 +344,9 @@ __attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(
     (void)b, (void)entry;
     // Each thread's stack starts at a different offset into its allocation: the allocations
     // are a power of two apart, and the threads' live frames would otherwise share cache sets.
+#ifdef EMU_ASAN
+    __asan_unpoison_memory_region(f.stack, kStackBytes);
+#endif
     size_t t = (size_t)(&f - b.fibers.data());
     uintptr_t top = ((uintptr_t)f.stack + kStackBytes - (t * 1088) % (64 * 1024)) & ~(uintptr_t)15;
     uintptr_t* sp = (uintptr_t*)(top - 72);
@@ -343,7 +371,14 @@ __attribute__((noinline)) inline void prepare(Block& b, Fiber& f, void (*entry)(
 // the scheduler's loops lives in the frame that `_setjmp` saves.
 __attribute__((noinline)) inline void resume(Block& b, Fiber& f) {
 #ifdef EMU_SWITCH_STACK
+#ifdef EMU_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(&fake_stack, f.stack, kStackBytes);
+#endif
     emu_switch_stack(&b.scheduler_sp, f.sp);
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
     return;
 #endif
     if (!_setjmp(b.scheduler_resume)) {

@@ -17,6 +17,9 @@
 // Memory the device hands out uninitialized (`cuMemAllocAsync`) is filled with 0xff bytes, which
 // are NaN as f32 or bf16, so a kernel or product that reads a value nothing wrote shows it. A
 // pointer a call is given must lie inside a live allocation, else the call fails and names it.
+// Built with AddressSanitizer (tests/cuda_model.rs runs whole steps so), a kernel's read or write
+// past a device allocation is reported with its source line, as compute-sanitizer's memcheck
+// reports it on a GPU.
 #include "cuda_emu.h"
 #include "fake_kernels.inc"
 
@@ -93,11 +96,11 @@ CUresult check(const char* call, uintptr_t p, size_t bytes) {
 CUresult allocate(CUdeviceptr* out, size_t bytes, bool poison) {
     if (!out) return CUDA_ERROR_INVALID_VALUE;
     if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-    // 256-byte alignment, as cudaMalloc's.
-    size_t rounded = (bytes + 255) / 256 * 256;
-    void* p = aligned_alloc(256, rounded);
-    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
-    memset(p, poison ? 0xff : 0, rounded);
+    // 256-byte alignment, as cudaMalloc's, and exactly `bytes`: under AddressSanitizer an
+    // access past the end is reported even where a GPU's rounding would hide it.
+    void* p = nullptr;
+    if (posix_memalign(&p, 256, bytes) != 0 || !p) return CUDA_ERROR_OUT_OF_MEMORY;
+    memset(p, poison ? 0xff : 0, bytes);
     Memory& m = memory();
     std::lock_guard<std::mutex> g(m.lock);
     m.live[(uintptr_t)p] = bytes;
