@@ -3,9 +3,9 @@
 //!
 //! `tests/emu/fake_cuda.cpp` is a `libcuda.so` that runs the real kernel sources on the CPU
 //! emulator (`tests/emu/cuda_emu.h`), with host memory as device memory, and
-//! `tests/emu/fake_cublas.cpp` a `libcublas.so` with the two products the backend calls. They are
-//! built here with the host's C++ compiler and loaded before cudarc looks for the driver: cudarc
-//! opens `libcuda.so` and `libcublas.so` by name, and the dynamic loader hands back an already
+//! `tests/emu/fake_cublas.cpp` and `fake_cublaslt.cpp` a `libcublas.so` and a `libcublasLt.so`
+//! with what the backend calls of them. They are built here with the host's C++ compiler and
+//! loaded before cudarc looks for the driver: cudarc opens each library by name, and the dynamic loader hands back an already
 //! loaded library of that SONAME. So the backend's Rust code runs unchanged (cudarc, its
 //! allocations, copies, launch arguments, grid sizes, cuBLAS leading dimensions) and only the
 //! device underneath is a model. NVRTC is the real one: the PTX it compiles must declare every
@@ -46,7 +46,7 @@ pub fn install() -> &'static Result<bool, String> {
         };
         let dir =
             build(&cxx, build_kind).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
-        for lib in ["libcuda.so", "libcublas.so"] {
+        for lib in ["libcuda.so", "libcublas.so", "libcublasLt.so"] {
             let path = dir.join(lib);
             // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
             // loaded for the process's life (forgotten below), as cudarc expects of a driver.
@@ -146,7 +146,13 @@ fn build(cxx: &str, kind: Build) -> Result<PathBuf, String> {
     hash.update(cxx.as_bytes());
     hash.update(format!("{kind:?}").as_bytes());
     hash.update(include.as_bytes());
-    for name in ["cuda_emu.h", "fake_cuda.cpp", "fake_cublas.cpp"] {
+    for name in [
+        "cuda_emu.h",
+        "fake_cuda.cpp",
+        "fake_gemm.h",
+        "fake_cublas.cpp",
+        "fake_cublaslt.cpp",
+    ] {
         hash.update(read(name)?);
     }
     let key: String = hash.finalize()[..8]
@@ -154,7 +160,7 @@ fn build(cxx: &str, kind: Build) -> Result<PathBuf, String> {
         .map(|b| format!("{b:02x}"))
         .collect();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-cuda-{key}"));
-    if dir.join("libcublas.so").exists() {
+    if dir.join("libcublasLt.so").exists() {
         return Ok(dir);
     }
     // Built in a folder of this process, then renamed into place, so that test processes
@@ -195,15 +201,13 @@ fn build(cxx: &str, kind: Build) -> Result<PathBuf, String> {
         Ok(())
     };
     compile("fake_cuda.cpp", "libcuda.so", &[])?;
-    compile(
-        "fake_cublas.cpp",
-        "libcublas.so",
-        &[work.join("libcuda.so").as_path()],
-    )?;
+    let driver = work.join("libcuda.so");
+    compile("fake_cublas.cpp", "libcublas.so", &[driver.as_path()])?;
+    compile("fake_cublaslt.cpp", "libcublasLt.so", &[driver.as_path()])?;
     match std::fs::rename(&work, &dir) {
         Ok(()) => Ok(dir),
         // Another process got there first: use its build.
-        Err(_) if dir.join("libcublas.so").exists() => {
+        Err(_) if dir.join("libcublasLt.so").exists() => {
             let _ = std::fs::remove_dir_all(&work);
             Ok(dir)
         }
