@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh build   on the development machine (cargo): builds the release test and
 #                                benchmark binaries and copies them, stripped, to
 #                                target/gpu-bundle/{cuda_kernels,cuda_attention,cuda_adafactor,
-#                                cuda_model,cuda_step,flash_attention,redpack}
+#                                cuda_model,cuda_train,cuda_step,flash_attention,redpack}
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
@@ -21,7 +21,8 @@
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
 #      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
 #      attention, resident training vs the host loop), the bf16 step with the basic fused
-#      attention build, and the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt),
+#      attention build, the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt), and
+#      the training loop on the GPU against the CPU (cuda_train: checkpoints and a resume),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), and
 #      the fused attention kernels alone, every build side by side (flash_attention),
@@ -44,14 +45,14 @@ build() {
     local json
     json=$(mktemp)
     cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_attention \
-        --test cuda_adafactor --test cuda_model \
+        --test cuda_adafactor --test cuda_model --test cuda_train \
         --message-format=json >"$json"
     cargo bench -p redpack-trainer --bench cuda_step --bench flash_attention --no-run \
         --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys
-WANTED = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_step",
-          "flash_attention"}
+WANTED = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_train",
+          "cuda_step", "flash_attention"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -73,7 +74,7 @@ PY
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
     strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_adafactor \
-        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
+        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_train "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -162,7 +163,8 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_step flash_attention redpack; do
+    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_train cuda_step \
+        flash_attention redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -189,6 +191,7 @@ run() {
     wanted model && step model-lt 90 env REDPACK_CUDA_BLAS=lt "$BUNDLE/cuda_model" --exact \
         decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
+    wanted model && step train 90 "$BUNDLE/cuda_train" --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-attention 90 "$BUNDLE/flash_attention"
