@@ -8,24 +8,15 @@
 //!
 //! Skips, visibly, where no C++ compiler is found (`CXX`, else `c++`, `g++`, `clang++`).
 
+mod cuda_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cuda_support::emulation::compiler;
+
 fn emu_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
-}
-
-fn compiler() -> Option<String> {
-    let candidates = std::env::var("CXX")
-        .ok()
-        .into_iter()
-        .chain(["c++", "g++", "clang++"].map(String::from));
-    candidates.into_iter().find(|cxx| {
-        Command::new(cxx)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 /// How a check program is built: plain, or under AddressSanitizer.

@@ -101,7 +101,8 @@ fn emu_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
 }
 
-fn compiler() -> Option<String> {
+/// The host's C++ compiler: `CXX`, else the first of `c++`, `g++` and `clang++` that runs.
+pub fn compiler() -> Option<String> {
     let candidates = std::env::var("CXX")
         .ok()
         .into_iter()
