@@ -623,3 +623,128 @@ fn steps_stay_inside_their_buffers_under_addresssanitizer() {
     assert!(!log.contains("ERROR: AddressSanitizer"), "{log}");
     say(&format!("{test}: 3 steps ran clean under AddressSanitizer"));
 }
+
+/// Random batches and options against the CPU: row counts and lengths down to empty, prefixes
+/// from none to the whole row (nothing to score), document starts, every mask option, dropout
+/// and z-loss, in f32 (tight) and bf16 (with the fused attention, loose). A batch the CPU
+/// refuses must be refused on the device too.
+#[test]
+fn random_batches_and_options_match_cpu() {
+    let test = "random_batches_and_options_match_cpu";
+    let Some(mut f32_gpu) = cuda(test, Precision::F32) else {
+        return;
+    };
+    let Some(mut bf16_gpu) = cuda(test, Precision::Bf16) else {
+        return;
+    };
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    let mut rng = SplitMix64::new(2024);
+    for case in 0..24u64 {
+        let arch = if case % 2 == 0 { Arch::Dec } else { Arch::Red };
+        let config = tiny(arch);
+        let params = ParamStore::init(&config, 100 + case);
+        let rows = 1 + rng.below(5) as usize;
+        let seq = 1 + rng.below(40) as usize;
+        let mut batch = Batch {
+            rows,
+            seq,
+            tokens: vec![0; rows * seq],
+            prefix_len: Vec::new(),
+            length: Vec::new(),
+            doc_starts: Vec::new(),
+            source: vec![String::new(); rows],
+        };
+        for r in 0..rows {
+            let n = rng.below(seq as u64 + 1) as usize;
+            for t in &mut batch.tokens[r * seq..r * seq + n] {
+                *t = rng.below(VOCAB as u64) as u32;
+            }
+            batch.length.push(n);
+            // RedLLM needs an encoder input (a prefix of at least 1) in every non-empty row;
+            // one case in eight breaks that on purpose.
+            let least = usize::from(arch == Arch::Red && n > 0 && case % 8 != 7);
+            batch
+                .prefix_len
+                .push(least + rng.below((n + 1 - least) as u64) as usize);
+            let mut starts: Vec<u32> = (0..rng.below(4))
+                .map(|_| rng.below(n.max(1) as u64) as u32)
+                .filter(|&s| s > 0)
+                .collect();
+            starts.sort_unstable();
+            starts.dedup();
+            batch.doc_starts.push(starts);
+        }
+        let options = StepOptions {
+            z_loss: if rng.below(2) == 0 { 0.0 } else { 1e-3 },
+            dropout: if rng.below(3) == 0 { 0.1 } else { 0.0 },
+            dropout_seed: rng.below(1000),
+            bidirectional_prefix: false,
+            reset_at_doc_boundaries: rng.below(2) == 0,
+            loss_on_prefix: false,
+        };
+        // DecLLM: causal LM, prefix LM, or BiAttn (which cannot score the prefix it sees; one
+        // case in eight asks for both, to be refused).
+        let options = match (arch, rng.below(3)) {
+            (Arch::Dec, 0) => StepOptions {
+                loss_on_prefix: true,
+                bidirectional_prefix: case % 8 == 6,
+                ..options
+            },
+            (Arch::Dec, 1) => StepOptions {
+                bidirectional_prefix: true,
+                ..options
+            },
+            _ => options,
+        };
+        let bf16 = case % 4 >= 2;
+        let (gpu, tol, grad_tol) = if bf16 {
+            (&mut bf16_gpu, 2e-2, 0.25)
+        } else {
+            (&mut f32_gpu, 1e-5, 1e-4)
+        };
+        let name = format!(
+            "{test} case {case} ({}, {}, rows {:?} of {seq}, prefixes {:?}, {options:?})",
+            arch.name(),
+            if bf16 { "bf16" } else { "f32" },
+            batch.length,
+            batch.prefix_len
+        );
+        let mut cpu_grads = params.zeros_like();
+        let cpu_stats = cpu.forward_backward(&config, &params, &batch, &options, &mut cpu_grads);
+        let mut gpu_grads = params.zeros_like();
+        let gpu_stats = gpu.forward_backward(&config, &params, &batch, &options, &mut gpu_grads);
+        let (cpu_stats, gpu_stats) = match (cpu_stats, gpu_stats) {
+            (Ok(c), Ok(g)) => (c, g),
+            (Err(c), Err(g)) => {
+                say(&format!("{name}: refused by both ({c} / {g})"));
+                continue;
+            }
+            (c, g) => panic!("{name}: cpu {:?}, gpu {:?}", c.err(), g.err()),
+        };
+        check_stats(&name, &gpu_stats, &cpu_stats, tol);
+        // Each gradient against its tensor's largest value, but never a scale below 1e-3 of the
+        // largest gradient of the model: a gradient that is exactly zero on the CPU (a query
+        // that sees a single key has none) is rounding noise on the device.
+        let largest = cpu_grads
+            .tensors
+            .iter()
+            .flat_map(|t| &t.data)
+            .fold(0f64, |m, &v| m.max(v.abs() as f64));
+        for ((param, g), c) in gpu_grads.iter().zip(&cpu_grads.tensors) {
+            let own = c.data.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+            let scale = own.max(1e-3 * largest).max(1e-30);
+            let worst = g.data.iter().zip(&c.data).fold(0f64, |m, (&a, &b)| {
+                let err = (a as f64 - b as f64).abs() / scale;
+                if err.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(err)
+                }
+            });
+            assert!(
+                !worst.is_nan() && worst <= grad_tol,
+                "{name}: d {param} differs by {worst:.2e} of {scale:.3e}"
+            );
+        }
+    }
+}
