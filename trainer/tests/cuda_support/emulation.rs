@@ -22,30 +22,17 @@ use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
 use redpack_trainer::backend::cuda::probe;
 use sha2::{Digest, Sha256};
 
+use super::say;
+
 /// Whether the tests in this process run on the emulation: `Ok(true)` once the fake libraries
 /// are loaded, `Ok(false)` where a real driver is (or emulation is turned off), `Err` with why
 /// they could not be built.
 pub fn install() -> &'static Result<bool, String> {
     static INSTALLED: OnceLock<Result<bool, String>> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let mode = std::env::var("REDPACK_CUDA_EMULATION").unwrap_or_default();
-        if mode == "0" {
+        let Some((dir, kind)) = library_dir()? else {
             return Ok(false);
-        }
-        if probe::driver_present() {
-            return Ok(false);
-        }
-        let Some(cxx) = compiler() else {
-            return Err("no C++ compiler (CXX, c++, g++, clang++) to build the emulation".into());
         };
-        // A build that fails is a broken test, not a reason to skip.
-        let build_kind = if mode == ASAN {
-            Build::AddressSanitizer
-        } else {
-            Build::Plain
-        };
-        let dir =
-            build(&cxx, build_kind).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
         for lib in ["libcuda.so", "libcublas.so", "libcublasLt.so"] {
             let path = dir.join(lib);
             // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
@@ -57,9 +44,9 @@ pub fn install() -> &'static Result<bool, String> {
         if !probe::driver_present() {
             return Err("the fake libcuda.so is loaded but cudarc does not find it".into());
         }
-        super::say(&format!(
+        say(&format!(
             "CUDA tests run on the CPU emulation of a GPU (tests/emu/fake_cuda.cpp{})",
-            if build_kind == Build::AddressSanitizer {
+            if kind == Build::AddressSanitizer {
                 ", under AddressSanitizer"
             } else {
                 ""
@@ -69,12 +56,33 @@ pub fn install() -> &'static Result<bool, String> {
     })
 }
 
+/// The folder of the emulation's libraries, built if need be, for this process to load or for
+/// a child process's `LD_LIBRARY_PATH`: `None` where a real driver is (or emulation is turned
+/// off), `Err` without a C++ compiler. A build that fails panics: that is a broken test, not a
+/// reason to skip.
+pub fn library_dir() -> Result<Option<(PathBuf, Build)>, String> {
+    let mode = std::env::var("REDPACK_CUDA_EMULATION").unwrap_or_default();
+    if mode == "0" || probe::driver_present() {
+        return Ok(None);
+    }
+    let Some(cxx) = compiler() else {
+        return Err("no C++ compiler (CXX, c++, g++, clang++) to build the emulation".into());
+    };
+    let kind = if mode == ASAN {
+        Build::AddressSanitizer
+    } else {
+        Build::Plain
+    };
+    let dir = build(&cxx, kind).unwrap_or_else(|e| panic!("building the CUDA emulation: {e}"));
+    Ok(Some((dir, kind)))
+}
+
 /// `REDPACK_CUDA_EMULATION=asan`: the emulation built with AddressSanitizer, for a process
 /// started with the sanitizer's runtime preloaded (`asan_runtime`).
 pub const ASAN: &str = "asan";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Build {
+pub enum Build {
     Plain,
     AddressSanitizer,
 }
@@ -97,8 +105,16 @@ pub fn active() -> bool {
     matches!(install(), Ok(true))
 }
 
+/// `trainer/tests/emu`, from the trainer's tests or the workspace root's (which include this
+/// file by path).
 fn emu_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let own = manifest.join("tests/emu");
+    if own.join("fake_cuda.cpp").exists() {
+        own
+    } else {
+        manifest.join("trainer/tests/emu")
+    }
 }
 
 /// The host's C++ compiler: `CXX`, else the first of `c++`, `g++` and `clang++` that runs.

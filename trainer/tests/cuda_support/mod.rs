@@ -41,11 +41,14 @@ pub fn say(line: &str) {
 
 /// Where the tests keep compiled kernels: `REDPACK_TEST_KERNEL_CACHE` when set, else a folder
 /// under the target directory that every test process shares (entries are keyed by source,
-/// architecture and NVRTC version, and written atomically).
+/// architecture and NVRTC version, and written atomically). It is where `redpack train` keeps
+/// them with `XDG_CACHE_HOME=<target>/tmp/xdg-cache`, as the CLI test runs it.
 pub fn test_kernel_cache() -> std::path::PathBuf {
     std::env::var_os("REDPACK_TEST_KERNEL_CACHE")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-cache"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache/redpack/kernels")
+        })
 }
 
 /// The tests' kernel cache with every kernel compiled for `arch`, once per process: without

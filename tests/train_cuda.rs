@@ -1,0 +1,109 @@
+//! `redpack train` on the CUDA backend, end to end through the CLI: `--device auto` must take
+//! the GPU, and a few steps of a tiny recipe must give the CPU run's losses (bf16 against f32,
+//! so to bf16's precision) and leave a checkpoint. On a machine without a driver the GPU is the
+//! trainer tests' CPU emulation of one (`trainer/tests/cuda_support/emulation.rs`), which the
+//! child process finds on its `LD_LIBRARY_PATH`; without a C++ compiler the test says SKIPPED.
+
+#[path = "../trainer/tests/cuda_support/emulation.rs"]
+#[allow(dead_code)]
+mod emulation;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_redpack");
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Runs `redpack` with `args`, the emulation's folder (if any) first on `LD_LIBRARY_PATH`, and
+/// the kernel cache the trainer tests share; returns stdout and stderr, failing on a non-zero
+/// exit.
+fn redpack(args: &[&str], libraries: Option<&Path>) -> (String, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
+    if let Some(dir) = libraries {
+        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
+    }
+    let out = command.output().expect("running redpack");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "redpack {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn train_on_the_gpu_through_the_cli_matches_the_cpu() {
+    let libraries = match emulation::library_dir() {
+        Ok(found) => found.map(|(dir, _)| dir),
+        Err(reason) => {
+            say(&format!(
+                "SKIPPED: {reason} (train_on_the_gpu_through_the_cli_matches_the_cpu)"
+            ));
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    redpack(&["build-corpus", "--out", corpus.to_str().unwrap()], None);
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer/configs/decllm-tiny-pretrain.toml");
+    let run = |device: &str| {
+        let out = root.join(format!("run-{device}"));
+        let (json, log) = redpack(
+            &[
+                "train",
+                "--config",
+                config.to_str().unwrap(),
+                "--data",
+                corpus.join("packed").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--steps",
+                "3",
+                "--batch",
+                "2",
+                "--device",
+                device,
+                "--json",
+            ],
+            libraries.as_deref(),
+        );
+        let result: serde_json::Value = serde_json::from_str(&json).expect("the --json result");
+        (result, log)
+    };
+    let (gpu, gpu_log) = run("auto");
+    assert!(
+        gpu_log.contains("device: cuda:0"),
+        "--device auto did not take the GPU:\n{gpu_log}"
+    );
+    let (cpu, _) = run("cpu");
+    for key in ["first_loss", "last_loss"] {
+        let (g, c) = (gpu[key].as_f64().unwrap(), cpu[key].as_f64().unwrap());
+        say(&format!("{key}: gpu {g} cpu {c}"));
+        assert!(
+            (g - c).abs() <= 1e-2 * c.abs(),
+            "{key}: gpu {g} against cpu {c}"
+        );
+    }
+    assert_eq!(gpu["step"], 3);
+    let checkpoint = Path::new(gpu["checkpoint"].as_str().expect("a checkpoint"));
+    assert!(
+        checkpoint.join("model.safetensors").exists(),
+        "{}",
+        checkpoint.display()
+    );
+}
