@@ -2,14 +2,15 @@
 //! this project's development machine).
 //!
 //! `tests/emu/fake_cuda.cpp` is a `libcuda.so` that runs the real kernel sources on the CPU
-//! emulator (`tests/emu/cuda_emu.h`), with host memory as device memory, and
-//! `tests/emu/fake_cublas.cpp` and `fake_cublaslt.cpp` a `libcublas.so` and a `libcublasLt.so`
-//! with what the backend calls of them. They are built here with the host's C++ compiler and
-//! loaded before cudarc looks for the driver: cudarc opens each library by name, and the dynamic loader hands back an already
-//! loaded library of that SONAME. So the backend's Rust code runs unchanged (cudarc, its
-//! allocations, copies, launch arguments, grid sizes, cuBLAS leading dimensions) and only the
-//! device underneath is a model. NVRTC is the real one: the PTX it compiles must declare every
-//! entry the backend asks for.
+//! emulator (`tests/emu/cuda_emu.h`), with host memory as device memory;
+//! `tests/emu/fake_cublas.cpp` and `fake_cublaslt.cpp` are a `libcublas.so` and a
+//! `libcublasLt.so` with what the backend calls of them. They are built here with the host's
+//! C++ compiler and loaded before cudarc looks for the driver: cudarc opens each library by
+//! name, and the dynamic loader hands back an already loaded library of that SONAME. So the
+//! backend's Rust code runs unchanged (cudarc, its allocations, copies, launch arguments, grid
+//! sizes, cuBLAS leading dimensions) and only the device underneath is a model. NVRTC is the
+//! real one: the PTX it compiles must declare every entry the backend asks for. A child process
+//! (the CLI) finds the same libraries through `LD_LIBRARY_PATH` (`library_dir`).
 //!
 //! On a machine with a driver nothing is loaded and the tests run on the GPU. Set
 //! `REDPACK_CUDA_EMULATION=0` to skip the GPU tests instead of emulating.

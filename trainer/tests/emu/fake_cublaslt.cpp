@@ -37,7 +37,8 @@ bool mismatch(const Desc& d, const Layout& a, const Layout& b, const Layout& c, 
     uint64_t am = ta ? a.cols : a.rows, ak = ta ? a.rows : a.cols;
     uint64_t bk = tb ? b.cols : b.rows, bn = tb ? b.rows : b.cols;
     if (ak != bk) return layouts_fail("op(A)'s columns are not op(B)'s rows");
-    if (am != c.rows || bn != c.cols) return layouts_fail("C is not op(A)'s rows x op(B)'s columns");
+    if (am != c.rows || bn != c.cols)
+        return layouts_fail("C is not op(A)'s rows x op(B)'s columns");
     if (c.rows != dd.rows || c.cols != dd.cols || c.ld != dd.ld || c.type != dd.type)
         return layouts_fail("D's layout is not C's");
     if (a.batch != c.batch || b.batch != c.batch || dd.batch != c.batch)
