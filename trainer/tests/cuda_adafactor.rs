@@ -1,7 +1,8 @@
 //! The Adafactor update on the GPU (`launch_adafactor`, all tensors in each launch) against the
 //! CPU's `optim::adafactor`: one tensor of each kind over three steps, and a whole model's worth
-//! of tensors with the resident step's gradient scaling, global norm and clipping. Skips, visibly,
-//! without a GPU; `cuda_emulated.rs` runs the same kernels on the CPU model of CUDA.
+//! of tensors with the resident step's gradient scaling, global norm and clipping. Without a GPU it runs on
+//! the CPU emulation of one (`cuda_support::emulation`); `cuda_emulated.rs` checks the same
+//! kernels alone on the CPU model of CUDA.
 
 mod cuda_support;
 

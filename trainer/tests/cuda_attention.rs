@@ -1,7 +1,8 @@
 //! The attention kernels on the GPU: the f32 mode's masked softmax and its packing into the
 //! padded batched layout, and the bf16 mode's fused ("flash") attention in both of its builds,
-//! each against the CPU reference for every mask. Without a GPU every test prints `SKIPPED: no
-//! CUDA device` and returns; the kernels' compilation is checked in `cuda_kernels.rs`.
+//! each against the CPU reference for every mask. Without a GPU they run on the CPU
+//! emulation of one (`cuda_support::emulation`; the fused attention once per build and head
+//! dim there); the kernels' compilation is checked in `cuda_kernels.rs`.
 
 mod cuda_support;
 

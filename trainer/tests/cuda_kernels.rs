@@ -1,7 +1,7 @@
 //! The CUDA kernels: every source compiles with NVRTC (here and on CI, no GPU needed), the PTX
 //! cache works, and each kernel matches the CPU reference's math on random inputs (forward and
-//! backward, f32, within about 1e-5 of the tensor's largest value). The parity tests need a GPU:
-//! without one they print `SKIPPED: no CUDA device` and return. The attention kernels' tests are
+//! backward, f32, within about 1e-5 of the tensor's largest value). Without a GPU the parity
+//! tests run on the CPU emulation of one (`cuda_support::emulation`). The attention kernels' tests are
 //! in `cuda_attention.rs`.
 
 mod cuda_support;

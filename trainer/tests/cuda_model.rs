@@ -2,8 +2,10 @@
 //! `tiny` model of each architecture (the loss and every parameter's gradient, f32), the masks
 //! (DecLLM + BiAttn, document resets, cross-attention), dropout (the same masks on both
 //! devices), forward-only evaluation, 20 optimizer steps whose losses must track the CPU's, and
-//! one bf16 step within mixed-precision tolerances. Without a GPU every test prints
-//! `SKIPPED: no CUDA device` and returns.
+//! one bf16 step within mixed-precision tolerances; random batches and options; one layer at the
+//! paper's 150M shapes; and, on the CPU emulation of a GPU, whole steps under AddressSanitizer.
+//! Without a GPU the tests run on that emulation (`cuda_support::emulation`), and without a C++
+//! compiler to build it they print `SKIPPED: no CUDA device` and return.
 
 mod cuda_support;
 
