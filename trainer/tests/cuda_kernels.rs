@@ -7,6 +7,7 @@
 mod cuda_support;
 
 use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, say, Gpu};
+use cudarc::driver::CudaSlice;
 use redpack_trainer::backend::cpu::ops;
 use redpack_trainer::backend::cuda::kernels::KERNELS;
 use redpack_trainer::backend::cuda::launch_tokens::TokenChains;
@@ -306,12 +307,29 @@ fn swiglu_matches_cpu() {
     assert_close("swiglu h", &g.download(&hd), &h, 1e-5);
     assert_close("swiglu dgate", &g.download(&dgd), &dgate, 1e-5);
     assert_close("swiglu dup", &g.download(&dud), &dup, 1e-5);
-    // The bf16 builds write the f32 builds' values rounded, bit for bit.
+    // The bf16 builds read bf16 (as the products write it) and write bf16: the f32 builds'
+    // results on the rounded inputs, rounded, bit for bit.
+    let (gb, ub, dhb) = (g.bf16(&gd), g.bf16(&ud), g.bf16(&dhd));
+    let widen = |x: &CudaSlice<u16>| -> Vec<f32> {
+        let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
+        bits.iter()
+            .map(|&b| f32::from_bits(u32::from(b) << 16))
+            .collect()
+    };
+    let (gr, ur, dhr) = (
+        g.upload(&widen(&gb)),
+        g.upload(&widen(&ub)),
+        g.upload(&widen(&dhb)),
+    );
+    g.kernels.swiglu_forward(&gr, &ur, &mut hd).unwrap();
+    g.kernels
+        .swiglu_backward(&dhr, &gr, &ur, &mut dgd, &mut dud)
+        .unwrap();
     let bf16_zeros = || g.stream.alloc_zeros::<u16>(n).unwrap();
     let (mut hb, mut dgb, mut dub) = (bf16_zeros(), bf16_zeros(), bf16_zeros());
-    g.kernels.swiglu_forward(&gd, &ud, &mut hb).unwrap();
+    g.kernels.swiglu_forward(&gb, &ub, &mut hb).unwrap();
     g.kernels
-        .swiglu_backward(&dhd, &gd, &ud, &mut dgb, &mut dub)
+        .swiglu_backward(&dhb, &gb, &ub, &mut dgb, &mut dub)
         .unwrap();
     for (name, got, f32_out) in [("h", &hb, &hd), ("dgate", &dgb, &dgd), ("dup", &dub, &dud)] {
         let want = g.download(&g.bf16(f32_out));
@@ -563,11 +581,39 @@ fn check_products(g: &Gpu, blas: &redpack_trainer::backend::cuda::blas::Blas) {
             let (ad, bd) = (g.upload(a), g.upload(b));
             let product = |a: Operand<'_>, b: Operand<'_>| {
                 let mut c = g.upload(c0);
-                blas.gemm(&g.kernels, precision, spec, a, la, b, lb, &mut c)
+                blas.gemm(&g.kernels, precision, spec, a, la, b, lb, (&mut c).into())
                     .unwrap();
                 g.download(&c)
             };
             let got = product((&ad).into(), (&bd).into());
+            // A bf16 result (what the FFN's products write): the f32 one rounded, give or take
+            // an ulp of it or of the bf16 `C` it adds to. The f32 mode refuses one.
+            let mut c16 = g.bf16(&g.upload(c0));
+            let bf16_out = blas.gemm(
+                &g.kernels,
+                precision,
+                spec,
+                (&ad).into(),
+                la,
+                (&bd).into(),
+                lb,
+                (&mut c16).into(),
+            );
+            match precision {
+                Precision::F32 => assert!(bf16_out.is_err(), "the f32 mode wrote a bf16 result"),
+                Precision::Bf16 => {
+                    bf16_out.unwrap();
+                    let bits: Vec<u16> = g.stream.clone_dtoh(&c16).unwrap();
+                    for (i, (&b, &want)) in bits.iter().zip(&got).enumerate() {
+                        let v = f32::from_bits(u32::from(b) << 16);
+                        let ulp = want.abs().max(c0[i].abs() * spec.beta.abs()) / 128.0;
+                        assert!(
+                            (v - want).abs() <= ulp + 1e-6,
+                            "{engine} bf16 result {i}: {v} against {want}"
+                        );
+                    }
+                }
+            }
             if precision == Precision::Bf16 {
                 let (ab, bb) = (g.bf16(&ad), g.bf16(&bd));
                 let again = product((&ab).into(), (&bb).into());
@@ -706,7 +752,7 @@ fn cublaslt_plans_are_built_once_and_give_the_same_bits_every_run() {
             la,
             (&wb).into(),
             lb,
-            &mut c,
+            (&mut c).into(),
         )
         .unwrap();
         g.download(&c)

@@ -240,6 +240,40 @@ impl<'a> From<&'a CudaSlice<u16>> for Operand<'a> {
     }
 }
 
+/// A product's result: f32, or (the bf16 mode only) rounded to bf16 as cuBLAS writes it, for an
+/// activation that only bf16-reading kernels and products consume (half the bytes written and
+/// read back, and no separate rounding pass).
+#[derive(Debug)]
+pub enum Output<'a> {
+    F32(&'a mut CudaSlice<f32>),
+    Bf16(&'a mut CudaSlice<u16>),
+}
+
+impl Output<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Output::F32(x) => x.len(),
+            Output::Bf16(x) => x.len(),
+        }
+    }
+
+    fn is_bf16(&self) -> bool {
+        matches!(self, Output::Bf16(_))
+    }
+}
+
+impl<'a> From<&'a mut CudaSlice<f32>> for Output<'a> {
+    fn from(x: &'a mut CudaSlice<f32>) -> Self {
+        Output::F32(x)
+    }
+}
+
+impl<'a> From<&'a mut CudaSlice<u16>> for Output<'a> {
+    fn from(x: &'a mut CudaSlice<u16>) -> Self {
+        Output::Bf16(x)
+    }
+}
+
 /// Which library call runs the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlasEngine {
@@ -350,13 +384,19 @@ impl Blas {
         la: Layout,
         b: Operand<'_>,
         lb: Layout,
-        c: &mut CudaSlice<f32>,
+        mut c: Output<'_>,
     ) -> Result<(), BlasError> {
         let GemmSpec { m, n, k, .. } = spec;
         if m == 0 || n == 0 || spec.batch == 0 {
             return Ok(());
         }
         check_bounds(&spec, la, a.len(), lb, b.len(), c.len())?;
+        if precision == Precision::F32 && c.is_bf16() {
+            return Err(BlasError::Shape {
+                what: "output type",
+                detail: "a bf16 result in the f32 mode".into(),
+            });
+        }
         if k == 0 {
             return Err(BlasError::Shape {
                 what: "empty inner dimension",
@@ -393,7 +433,15 @@ impl Blas {
             (None, Operand::F32(x)) => x.device_ptr(stream),
             (None, Operand::Bf16(x)) => x.device_ptr(stream),
         };
-        let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
+        let c_bf16 = c.is_bf16();
+        let (c_ptr, _c_guard) = match &mut c {
+            Output::F32(x) => x.device_ptr_mut(stream),
+            Output::Bf16(x) => x.device_ptr_mut(stream),
+        };
+        let c_type = match c_bf16 {
+            true => cudaDataType_t::CUDA_R_16BF,
+            false => cudaDataType_t::CUDA_R_32F,
+        };
         let in_type = match precision {
             Precision::F32 => cudaDataType_t::CUDA_R_32F,
             Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
@@ -415,8 +463,9 @@ impl Blas {
         // data types match the buffers (f32, or the bf16 copies).
         let name = || {
             format!(
-                "gemm {} {m}x{n}x{k}{}{}{}",
+                "gemm {}{} {m}x{n}x{k}{}{}{}",
                 precision.name(),
+                if c_bf16 { "->bf16" } else { "" },
                 if spec.batch > 1 {
                     format!(" batch {}", spec.batch)
                 } else {
@@ -433,11 +482,12 @@ impl Blas {
             };
             let key = PlanKey {
                 bf16: precision == Precision::Bf16,
+                c_bf16,
                 cm,
                 batch: spec.batch,
                 align_first: lt::alignment(b_ptr, elem, cm.ld_first, cm.stride_first),
                 align_second: lt::alignment(a_ptr, elem, cm.ld_second, cm.stride_second),
-                align_c: lt::alignment(c_ptr, 4, cm.ldc, cm.stride_c),
+                align_c: lt::alignment(c_ptr, if c_bf16 { 2 } else { 4 }, cm.ldc, cm.stride_c),
             };
             // SAFETY: as for cublasGemmEx below; the key's alignments are those of these
             // pointers, leading dimensions and strides.
@@ -467,7 +517,7 @@ impl Blas {
                     ld_second,
                     (&beta) as *const f32 as *const c_void,
                     c_ptr as *mut c_void,
-                    cudaDataType_t::CUDA_R_32F,
+                    c_type,
                     ldc,
                     compute,
                     algo,
@@ -491,7 +541,7 @@ impl Blas {
                     cm.stride_second as i64,
                     (&beta) as *const f32 as *const c_void,
                     c_ptr as *mut c_void,
-                    cudaDataType_t::CUDA_R_32F,
+                    c_type,
                     ldc,
                     cm.stride_c as i64,
                     batch,

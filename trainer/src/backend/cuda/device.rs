@@ -9,7 +9,7 @@ use cudarc::driver::{
     CudaSlice, CudaStream, DeviceRepr, DriverError, PinnedHostSlice, ValidAsZeroBits,
 };
 
-use super::blas::{Blas, BlasError, Operand, Precision};
+use super::blas::{Blas, BlasError, Operand, Output, Precision};
 use super::inputs::{BatchInputs, ModelParts, Part, RowsParts, StreamParts};
 use super::launch::{CudaKernels, LaunchError};
 use super::products::{self, Product};
@@ -116,7 +116,7 @@ impl Dev<'_> {
         (spec, la, lb): Product,
         a: impl Into<Operand<'a>>,
         b: impl Into<Operand<'a>>,
-        c: &mut Buf,
+        c: impl Into<Output<'a>>,
     ) -> Result<(), BackendError> {
         Ok(self.blas.gemm(
             self.kernels,
@@ -126,7 +126,7 @@ impl Dev<'_> {
             la,
             b.into(),
             lb,
-            c,
+            c.into(),
         )?)
     }
 
@@ -143,7 +143,7 @@ impl Dev<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn linear_forward<'a>(
         &self,
-        out: &mut Buf,
+        out: impl Into<Output<'a>>,
         x: impl Into<Operand<'a>>,
         w: impl Into<Operand<'a>>,
         m: usize,
@@ -158,7 +158,7 @@ impl Dev<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn linear_backward_input<'a>(
         &self,
-        dx: &mut Buf,
+        dx: impl Into<Output<'a>>,
         dy: impl Into<Operand<'a>>,
         w: impl Into<Operand<'a>>,
         m: usize,
@@ -178,7 +178,7 @@ impl Dev<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn linear_backward_weight<'a>(
         &self,
-        dw: &mut Buf,
+        dw: impl Into<Output<'a>>,
         dy: impl Into<Operand<'a>>,
         x: impl Into<Operand<'a>>,
         m: usize,

@@ -336,10 +336,11 @@ impl CudaKernels {
         self.run("rope_apply", &mut b, grid_1d(pairs))
     }
 
+    /// `h = silu(gate) · up`, inputs and output of one type.
     pub fn swiglu_forward<T: Stored>(
         &self,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        gate: &CudaSlice<T>,
+        up: &CudaSlice<T>,
         h: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {
         let name = T::entry("swiglu_forward", "swiglu_forward_bf16");
@@ -349,11 +350,12 @@ impl CudaKernels {
         self.run(name, &mut b, grid_1d(n as usize))
     }
 
+    /// SwiGLU's gradients w.r.t. gate and up, inputs and outputs of one type.
     pub fn swiglu_backward<T: Stored>(
         &self,
-        dh: &CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        dh: &CudaSlice<T>,
+        gate: &CudaSlice<T>,
+        up: &CudaSlice<T>,
         dgate: &mut CudaSlice<T>,
         dup: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {

@@ -7,7 +7,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::blas::{Operand, Precision};
+use super::blas::{Operand, Output, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
 use super::launch_flash::{FlashShape, FlashVariant};
 use super::launch_model::{PackShape, PackSide};
@@ -78,8 +78,8 @@ pub(super) struct FfnCache {
     x_in: Buf,
     inv: Buf,
     normed: Kept,
-    gate: Buf,
-    up: Buf,
+    gate: Kept,
+    up: Kept,
     hidden: Kept,
 }
 
@@ -99,9 +99,10 @@ pub(super) enum AttnKept {
     },
 }
 
-/// An activation that the backward pass reads only through matrix products: in the bf16 mode
-/// only its bf16 copy is kept (made once, read by every product that needs it, half the
-/// memory), in the f32 mode the values themselves.
+/// An activation in the mode's product type: in the f32 mode the values themselves, in the bf16
+/// mode only a bf16 copy (made once, read by every product and kernel that needs it, half the
+/// memory). Used where nothing needs more than bf16 precision: values only products read, and
+/// the FFN's gate, up and hidden gradient, which products write and SwiGLU reads.
 pub(super) enum Kept {
     F32(Buf),
     Bf16(Bf16Buf),
@@ -120,6 +121,19 @@ impl Kept {
             Kept::F32(x) => Operand::F32(x),
             Kept::Bf16(x) => Operand::Bf16(x),
         }
+    }
+
+    /// This buffer as a product's result (cuBLAS writes the bf16 one rounded).
+    pub fn as_output(&mut self) -> Output<'_> {
+        match self {
+            Kept::F32(x) => Output::F32(x),
+            Kept::Bf16(x) => Output::Bf16(x),
+        }
+    }
+
+    /// The internal error for kernel operands of mixed types (the mode fixes one type).
+    fn mixed(what: &str) -> BackendError {
+        BackendError::Device(format!("internal: {what} of two types"))
     }
 
     /// An output of `n` values in the mode's product type, for a kernel built in both (its
@@ -157,14 +171,23 @@ impl Kept {
     }
 
     /// `silu(gate) · up`.
-    pub fn swiglu(dev: &Dev, gate: &Buf, up: &Buf) -> Result<Kept, BackendError> {
+    pub fn swiglu(dev: &Dev, gate: &Kept, up: &Kept) -> Result<Kept, BackendError> {
         // SAFETY: swiglu_forward writes every value.
         let mut h = unsafe { Kept::output(dev, gate.len()) }?;
-        match &mut h {
-            Kept::F32(h) => dev.kernels.swiglu_forward(gate, up, h)?,
-            Kept::Bf16(h) => dev.kernels.swiglu_forward(gate, up, h)?,
+        let k = dev.kernels;
+        match (gate, up, &mut h) {
+            (Kept::F32(g), Kept::F32(u), Kept::F32(h)) => k.swiglu_forward(g, u, h)?,
+            (Kept::Bf16(g), Kept::Bf16(u), Kept::Bf16(h)) => k.swiglu_forward(g, u, h)?,
+            _ => return Err(Kept::mixed("SwiGLU inputs")),
         }
         Ok(h)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Kept::F32(x) => x.len(),
+            Kept::Bf16(x) => x.len(),
+        }
     }
 
     /// The cross-entropy (with z-loss) gradient w.r.t. a chunk's raw logits (`targets.len() x
@@ -196,22 +219,22 @@ impl Kept {
     /// SwiGLU's gradients w.r.t. gate and up, given `dh`.
     pub fn swiglu_grads(
         dev: &Dev,
-        dh: &Buf,
-        gate: &Buf,
-        up: &Buf,
+        dh: &Kept,
+        gate: &Kept,
+        up: &Kept,
     ) -> Result<(Kept, Kept), BackendError> {
         let n = dh.len();
         // SAFETY: swiglu_backward writes every value of both.
         let (mut dgate, mut dup) = unsafe { (Kept::output(dev, n)?, Kept::output(dev, n)?) };
         let k = dev.kernels;
-        match (&mut dgate, &mut dup) {
-            (Kept::F32(dg), Kept::F32(du)) => k.swiglu_backward(dh, gate, up, dg, du)?,
-            (Kept::Bf16(dg), Kept::Bf16(du)) => k.swiglu_backward(dh, gate, up, dg, du)?,
-            _ => {
-                return Err(BackendError::Device(
-                    "internal: SwiGLU gradients of two types".into(),
-                ))
+        match (dh, gate, up, &mut dgate, &mut dup) {
+            (Kept::F32(d), Kept::F32(g), Kept::F32(u), Kept::F32(dg), Kept::F32(du)) => {
+                k.swiglu_backward(d, g, u, dg, du)?
             }
+            (Kept::Bf16(d), Kept::Bf16(g), Kept::Bf16(u), Kept::Bf16(dg), Kept::Bf16(du)) => {
+                k.swiglu_backward(d, g, u, dg, du)?
+            }
+            _ => return Err(Kept::mixed("SwiGLU backward operands")),
         }
         Ok((dgate, dup))
     }
@@ -781,7 +804,7 @@ pub(super) fn attention_block_backward(
             let src_op = operand(src, &src_copy);
             dev.linear_backward_weight(g_k, dk_op, src_op, nk, d, da)?;
             dev.linear_backward_weight(g_v, dv_op, src_op, nk, d, da)?;
-            dev.linear_backward_input(d_src, dk_op, &w[2], nk, d, da, true)?;
+            dev.linear_backward_input(&mut *d_src, dk_op, &w[2], nk, d, da, true)?;
             dev.linear_backward_input(d_src, dv_op, &w[3], nk, d, da, true)?;
         }
     }
@@ -806,10 +829,10 @@ pub(super) fn ffn_block_forward(
     let x_in = dev.copy(x)?;
     let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
     let normed = Kept::rmsnorm(dev, &x_in, Some(&w[0]), &mut inv, n, d, dims.eps)?;
-    let mut gate = dev.scratch(n * f)?; // the products (beta 0) write them all
-    let mut up = dev.scratch(n * f)?;
-    dev.linear_forward(&mut gate, normed.operand(), &w[1], n, d, f, false)?;
-    dev.linear_forward(&mut up, normed.operand(), &w[2], n, d, f, false)?;
+    // SAFETY: the products (beta 0) write them all.
+    let (mut gate, mut up) = unsafe { (Kept::output(dev, n * f)?, Kept::output(dev, n * f)?) };
+    dev.linear_forward(gate.as_output(), normed.operand(), &w[1], n, d, f, false)?;
+    dev.linear_forward(up.as_output(), normed.operand(), &w[2], n, d, f, false)?;
     let hidden = Kept::swiglu(dev, &gate, &up)?;
     if dropout.is_some() {
         let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
@@ -852,8 +875,9 @@ pub(super) fn ffn_block_backward(
     let dy_copy = dev.product_copy(dy)?;
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_down, dy_op, cache.hidden.operand(), n, f, d)?;
-    let mut dh = dev.scratch(n * f)?; // the product (beta 0) writes it all
-    dev.linear_backward_input(&mut dh, dy_op, &w[3], n, f, d, false)?;
+    // SAFETY: the product (beta 0) writes it all.
+    let mut dh = unsafe { Kept::output(dev, n * f) }?;
+    dev.linear_backward_input(dh.as_output(), dy_op, &w[3], n, f, d, false)?;
     drop(dy_copy);
     drop(dropped);
     let (dgate, dup) = Kept::swiglu_grads(dev, &dh, &cache.gate, &cache.up)?;

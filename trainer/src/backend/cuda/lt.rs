@@ -26,12 +26,14 @@ use super::blas::{BlasError, ColumnMajor};
 /// The largest alignment cuBLASLt's heuristic asks about (its default assumption).
 const MAX_ALIGNMENT: u32 = 256;
 
-/// What a plan depends on: the element type of the operands, the column-major product (shapes,
+/// What a plan depends on: the element type of the operands and of `C`, the column-major product (shapes,
 /// transposes, leading dimensions and batch strides), the batch count, and the alignment in
 /// bytes of each operand's start, leading dimension and batch stride.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PlanKey {
     pub bf16: bool,
+    /// `C` (and `D`) in bf16 rather than f32.
+    pub c_bf16: bool,
     pub cm: ColumnMajor,
     pub batch: usize,
     pub align_first: u32,
@@ -308,7 +310,11 @@ impl LtBlas {
         let [first, second, c] = key.stored();
         let first = MatrixLayout::new(data_type, first, key.batch)?;
         let second = MatrixLayout::new(data_type, second, key.batch)?;
-        let c = MatrixLayout::new(sys::cudaDataType::CUDA_R_32F, c, key.batch)?;
+        let c_type = match key.c_bf16 {
+            true => sys::cudaDataType::CUDA_R_16BF,
+            false => sys::cudaDataType::CUDA_R_32F,
+        };
+        let c = MatrixLayout::new(c_type, c, key.batch)?;
         let pref = Preference(
             lt::create_matmul_pref().map_err(cublas_error("creating a cuBLASLt preference"))?,
         );
@@ -374,7 +380,8 @@ impl LtBlas {
     ///
     /// # Safety
     /// The pointers are live device buffers of this stream's context whose extents hold the
-    /// product `key` describes (`blas::check_bounds`), of the element types `key.bf16` names,
+    /// product `key` describes (`blas::check_bounds`), of the element types `key.bf16` and
+    /// `key.c_bf16` name,
     /// and at least as aligned as `key` says.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn matmul(
@@ -452,6 +459,7 @@ mod tests {
         );
         let key = PlanKey {
             bf16: true,
+            c_bf16: false,
             cm: column_major(&spec, a, b),
             batch: 1,
             align_first: 256,

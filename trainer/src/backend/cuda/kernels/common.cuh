@@ -29,6 +29,10 @@ __device__ __forceinline__ float bf16_to_f32(bf16_bits x) {
 __device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_value(bf16_bits* p, float v) { *p = f32_to_bf16(v); }
 
+// Reads a value of either storage type as f32.
+__device__ __forceinline__ float load_value(const float* p) { return *p; }
+__device__ __forceinline__ float load_value(const bf16_bits* p) { return bf16_to_f32(*p); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(0xffffffffu, v, offset);
