@@ -180,7 +180,10 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
         let positions: Vec<u32> = (0..tokens).map(|_| rng.below(64) as u32).collect();
         let (cos, sin) = rope.tables();
         let (cosd, sind, posd) = (g.upload(cos), g.upload(sin), g.upload(&positions));
-        let xd = g.upload(&x);
+        // The fused kernels read the projection in bf16 (as the product writes it); the
+        // separate kernels get the same values widened to f32.
+        let xb = g.bf16(&g.upload(&x));
+        let xd = g.upload(&widen(&g, &xb));
         let k = &g.kernels;
         let groups = tokens * heads;
         for rotate in [true, false] {
@@ -195,7 +198,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
             let mut out = g.stream.alloc_zeros::<u16>(n).unwrap();
             let mut inv_fused = g.zeros(groups);
             let tables = rotate.then_some((&posd, &cosd, &sind));
-            k.head_norm_rope_bf16(&xd, &mut out, &mut inv_fused, tables, heads, head_dim, 1e-6)
+            k.head_norm_rope_bf16(&xb, &mut out, &mut inv_fused, tables, heads, head_dim, 1e-6)
                 .unwrap();
             let name = format!("head_norm_rope_bf16 ({tokens}x{heads}x{head_dim}, rope {rotate})");
             assert_eq!(g.download(&inv_fused), g.download(&inv), "{name}: inv");
@@ -234,7 +237,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
                 .unwrap();
             let want = g.download(&g.bf16(&dx));
             let mut dxb = g.stream.alloc_zeros::<u16>(n).unwrap();
-            k.head_norm_rope_backward_bf16(&dyd, &xd, &inv, tables, &mut dxb, heads, head_dim)
+            k.head_norm_rope_backward_bf16(&dyd, &xb, &inv, tables, &mut dxb, heads, head_dim)
                 .unwrap();
             let got = g.download(&dxb);
             let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
@@ -284,6 +287,14 @@ fn rope_matches_cpu_forward_and_inverse() {
     }
 }
 
+/// bf16 values on the device, widened to f32 on the host.
+fn widen(g: &Gpu, x: &CudaSlice<u16>) -> Vec<f32> {
+    let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
+    bits.iter()
+        .map(|&b| f32::from_bits(u32::from(b) << 16))
+        .collect()
+}
+
 #[test]
 fn swiglu_matches_cpu() {
     let Some(g) = gpu("swiglu_matches_cpu") else {
@@ -310,16 +321,10 @@ fn swiglu_matches_cpu() {
     // The bf16 builds read bf16 (as the products write it) and write bf16: the f32 builds'
     // results on the rounded inputs, rounded, bit for bit.
     let (gb, ub, dhb) = (g.bf16(&gd), g.bf16(&ud), g.bf16(&dhd));
-    let widen = |x: &CudaSlice<u16>| -> Vec<f32> {
-        let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
-        bits.iter()
-            .map(|&b| f32::from_bits(u32::from(b) << 16))
-            .collect()
-    };
     let (gr, ur, dhr) = (
-        g.upload(&widen(&gb)),
-        g.upload(&widen(&ub)),
-        g.upload(&widen(&dhb)),
+        g.upload(&widen(&g, &gb)),
+        g.upload(&widen(&g, &ub)),
+        g.upload(&widen(&g, &dhb)),
     );
     g.kernels.swiglu_forward(&gr, &ur, &mut hd).unwrap();
     g.kernels

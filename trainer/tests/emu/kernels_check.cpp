@@ -71,8 +71,11 @@ void check(int head_dim, bool rope) {
     const float eps = 1e-6f;
     Rng rng{(uint64_t)head_dim * 2 + rope};
     std::vector<float> x(n), dy(n);
-    for (auto& v : x) v = 3.0f * rng.uniform();
+    // The fused kernels read the projection in bf16 (as the product writes it): the separate
+    // kernels get the same values widened to f32.
+    for (auto& v : x) v = bf16_to_f32(f32_to_bf16(3.0f * rng.uniform()));
     for (auto& v : dy) v = rng.uniform();
+    const std::vector<bf16_bits> x16 = to_bf16(x);
     // RoPE tables as the host builds them: f64 angles, rounded to f32.
     std::vector<float> cos_t(positions_in_table * half), sin_t(positions_in_table * half);
     for (int p = 0; p < positions_in_table; p++) {
@@ -93,7 +96,7 @@ void check(int head_dim, bool rope) {
     std::vector<bf16_bits> fused(n);
     std::vector<float> inv_fused(groups), inv(groups), y(n);
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        head_norm_rope_bf16(x.data(), fused.data(), inv_fused.data(), pos, ct, st, groups, heads,
+        head_norm_rope_bf16(x16.data(), fused.data(), inv_fused.data(), pos, ct, st, groups, heads,
                             head_dim, eps);
     });
     emu::launch(group_grid(groups), threads256(), 0, [&] {
@@ -116,7 +119,7 @@ void check(int head_dim, bool rope) {
     // Backward: fused against inverse rope -> rmsnorm backward into zeros -> bf16.
     std::vector<bf16_bits> dx_fused(n);
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        head_norm_rope_backward_bf16(dy.data(), x.data(), inv.data(), pos, ct, st, dx_fused.data(),
+        head_norm_rope_backward_bf16(dy.data(), x16.data(), inv.data(), pos, ct, st, dx_fused.data(),
                                      groups, heads, head_dim);
     });
     std::vector<float> d = dy, dx(n, 0.0f);

@@ -176,13 +176,13 @@ impl CudaKernels {
         self.run(name, &mut b, grid(blocks, 1, THREADS))
     }
 
-    /// The per-head norm (no gain) of `x` (`tokens x heads·head_dim`), rotated by RoPE at
-    /// `positions` when given (`rope` = the cos and sin tables), into the bf16 stream `y`; `inv`
-    /// (`tokens·heads`) as `rmsnorm_forward` keeps it.
+    /// The per-head norm (no gain) of the bf16 projection `x` (`tokens x heads·head_dim`),
+    /// rotated by RoPE at `positions` when given (`rope` = the cos and sin tables), into the
+    /// bf16 stream `y`; `inv` (`tokens·heads`) as `rmsnorm_forward` keeps it.
     #[allow(clippy::too_many_arguments)]
     pub fn head_norm_rope_bf16(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
         y: &mut CudaSlice<u16>,
         inv: &mut CudaSlice<f32>,
         rope: Option<(&CudaSlice<u32>, &CudaSlice<f32>, &CudaSlice<f32>)>,
@@ -218,7 +218,7 @@ impl CudaKernels {
     pub fn head_norm_rope_backward_bf16(
         &self,
         dy: &CudaSlice<f32>,
-        x: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
         inv: &CudaSlice<f32>,
         rope: Option<(&CudaSlice<u32>, &CudaSlice<f32>, &CudaSlice<f32>)>,
         dx: &mut CudaSlice<u16>,

@@ -61,11 +61,13 @@ pub(super) struct AttnCache {
     x_in: Buf,
     inv: Buf,
     normed: Kept,
-    q_raw: Buf,
+    /// The Q, K and V projections before their per-head norms (bf16 for the fused attention,
+    /// whose kernels read them so), and their `1/rms`.
+    q_raw: Kept,
     q_inv: Buf,
-    k_raw: Buf,
+    k_raw: Kept,
     k_inv: Buf,
-    v_raw: Buf,
+    v_raw: Kept,
     v_inv: Buf,
     /// What the attention's backward pass needs of Q, K and V.
     attn: AttnKept,
@@ -134,6 +136,26 @@ impl Kept {
     /// The internal error for kernel operands of mixed types (the mode fixes one type).
     fn mixed(what: &str) -> BackendError {
         BackendError::Device(format!("internal: {what} of two types"))
+    }
+
+    /// The f32 values, for a path that keeps them so.
+    fn f32(&self) -> Result<&Buf, BackendError> {
+        match self {
+            Kept::F32(x) => Ok(x),
+            Kept::Bf16(_) => Err(BackendError::Device(
+                "internal: a bf16 activation where f32 was kept".into(),
+            )),
+        }
+    }
+
+    /// The bf16 values, for a path that keeps them so.
+    fn bf16(&self) -> Result<&Bf16Buf, BackendError> {
+        match self {
+            Kept::Bf16(x) => Ok(x),
+            Kept::F32(_) => Err(BackendError::Device(
+                "internal: an f32 activation where bf16 was kept".into(),
+            )),
+        }
     }
 
     /// An output of `n` values in the mode's product type, for a kernel built in both (its
@@ -261,7 +283,7 @@ fn project(
     input: Operand<'_>,
     w: &Buf,
     tokens: usize,
-) -> Result<(Buf, Buf, Buf), BackendError> {
+) -> Result<(Kept, Buf, Buf), BackendError> {
     let raw = projection(dev, dims, input, w, tokens)?;
     let mut hat = dev.scratch(tokens * dims.da())?; // rmsnorm_forward writes every group
     let mut inv = dev.scratch(tokens * dims.heads)?;
@@ -274,12 +296,13 @@ fn project(
         dims.hd,
         dims.eps,
     )?;
-    Ok((raw, hat, inv))
+    Ok((Kept::F32(raw), hat, inv))
 }
 
-/// `project` for the fused attention: the per-head norm and, with `rope` (positions and
-/// tables), the rotation run in one kernel that writes the bf16 copy the attention kernels read;
-/// the f32 normed values are never stored. Returns the projection, `1/rms` per head and the copy.
+/// `project` for the fused attention: the product writes the projection in bf16, then the
+/// per-head norm and, with `rope` (positions and tables), the rotation run in one kernel that
+/// writes the bf16 copy the attention kernels read; no f32 values are stored. Returns the
+/// projection, `1/rms` per head and the copy.
 fn project_bf16(
     dev: &Dev,
     dims: &Dims,
@@ -287,8 +310,11 @@ fn project_bf16(
     w: &Buf,
     tokens: usize,
     rope: Option<(&CudaSlice<u32>, &DevRope)>,
-) -> Result<(Buf, Buf, Bf16Buf), BackendError> {
-    let raw = projection(dev, dims, input, w, tokens)?;
+) -> Result<(Kept, Buf, Bf16Buf), BackendError> {
+    let (d, da) = (dims.d, dims.da());
+    // SAFETY: the product (beta 0) writes it all.
+    let mut raw = unsafe { dev.stream.alloc::<u16>(tokens * da) }?;
+    dev.linear_forward(&mut raw, input, w, tokens, d, da, false)?;
     // The kernel writes every group's `inv` and every value of `out`.
     let mut inv = dev.scratch(tokens * dims.heads)?;
     // SAFETY: head_norm_rope_bf16 writes every value.
@@ -297,7 +323,7 @@ fn project_bf16(
     dev.kernels.head_norm_rope_bf16(
         &raw, &mut out, &mut inv, tables, dims.heads, dims.hd, dims.eps,
     )?;
-    Ok((raw, inv, out))
+    Ok((Kept::Bf16(raw), inv, out))
 }
 
 /// Adds a branch's output `y` (`tokens x d`) into the stream `x`, through dropout if any.
@@ -464,7 +490,7 @@ fn zero_qkv_grads(dev: &Dev, dims: &Dims, spec: &DevAttn) -> Result<(Buf, Buf, B
 }
 
 /// The fused backward: gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
-/// log-sum-exp and (bf16) output, and the output gradient.
+/// log-sum-exp and (bf16) output, and the (bf16) output gradient.
 fn flash_backward(
     dev: &Dev,
     dims: &Dims,
@@ -472,7 +498,7 @@ fn flash_backward(
     (q, k, v): (&Bf16Buf, &Bf16Buf, &Bf16Buf),
     lse: &Buf,
     o: &Bf16Buf,
-    d_o: &Buf,
+    dob: &Bf16Buf,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
     let (mut dq, mut dk, mut dv) = zero_qkv_grads(dev, dims, spec)?;
     let rows = spec.rows;
@@ -480,16 +506,15 @@ fn flash_backward(
         return Ok((dq, dk, dv));
     }
     let shape = flash_shape(dims, rows);
-    let dob = dev.bf16(d_o)?;
     let mut delta = dev.scratch(shape.lines())?; // every line written
     dev.kernels
-        .flash_delta(&dob, o, &rows.desc, shape, &mut delta)?;
+        .flash_delta(dob, o, &rows.desc, shape, &mut delta)?;
     let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
     dev.kernels.flash_backward(
         q,
         k,
         v,
-        &dob,
+        dob,
         lse,
         &delta,
         &rows.desc,
@@ -671,10 +696,11 @@ fn head_grad_bf16(
     dev: &Dev,
     dims: &Dims,
     grad: &Buf,
-    raw: &Buf,
+    raw: &Kept,
     inv: &Buf,
     rope: Option<(&CudaSlice<u32>, &DevRope)>,
 ) -> Result<Kept, BackendError> {
+    let raw = raw.bf16()?;
     // SAFETY: head_norm_rope_backward_bf16 writes every value.
     let mut out = unsafe { dev.stream.alloc::<u16>(raw.len()) }?;
     let tables = rope.map(|(positions, r)| (positions, &r.cos, &r.sin));
@@ -726,12 +752,19 @@ pub(super) fn attention_block_backward(
     let dy_copy = dev.product_copy(dy)?;
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_o, dy_op, cache.o_in.operand(), n, da, d)?;
-    let mut d_o = dev.scratch(n * da)?; // the product (beta 0) writes it all
-    dev.linear_backward_input(&mut d_o, dy_op, &w[4], n, da, d, false)?;
+    // The gradient w.r.t. the attention output: straight from the product in bf16 when the
+    // fused kernels are its only readers, else f32 (RedLLM's output norm reads it first).
+    let fused = matches!(cache.attn, AttnKept::Fused { .. });
+    // SAFETY (both): the product (beta 0) writes it all.
+    let mut d_o = match (fused, &cache.o_raw) {
+        (true, None) => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n * da) }?),
+        _ => Kept::F32(dev.scratch(n * da)?),
+    };
+    dev.linear_backward_input(d_o.as_output(), dy_op, &w[4], n, da, d, false)?;
     drop(dy_copy);
     drop(dropped);
     if let Some((o_raw, o_inv)) = &cache.o_raw {
-        d_o = head_norm_backward(dev, dims, &d_o, o_raw, o_inv, n)?;
+        d_o = Kept::F32(head_norm_backward(dev, dims, d_o.f32()?, o_raw, o_inv, n)?);
     }
     let rope = spec.rope;
     let (queries, keys) = (&spec.queries.positions, &spec.keys.positions);
@@ -748,8 +781,12 @@ pub(super) fn attention_block_backward(
                 }
                 (None, Kept::Bf16(o)) => o,
             };
-            let (dq, dk, dv) = flash_backward(dev, dims, spec, (q, k, v), lse, o, &d_o)?;
-            drop(d_o);
+            let dob = match d_o {
+                Kept::Bf16(dob) => dob,
+                Kept::F32(d_o) => dev.bf16(&d_o)?,
+            };
+            let (dq, dk, dv) = flash_backward(dev, dims, spec, (q, k, v), lse, o, &dob)?;
+            drop(dob);
             // RoPE and the per-head norms backwards, straight into the bf16 copies.
             (
                 head_grad_bf16(
@@ -772,14 +809,16 @@ pub(super) fn attention_block_backward(
             )
         }
         AttnKept::Batched { q, k, v } => {
-            let (mut dq, mut dk, dv) = attention_backward(dev, dims, spec, q, k, v, &d_o)?;
+            let (mut dq, mut dk, dv) = attention_backward(dev, dims, spec, q, k, v, d_o.f32()?)?;
             drop(d_o);
             let kernels = dev.kernels;
             kernels.rope_apply(&mut dq, queries, &rope.cos, &rope.sin, heads, hd, true)?;
             kernels.rope_apply(&mut dk, keys, &rope.cos, &rope.sin, heads, hd, true)?;
-            let dq = head_norm_backward(dev, dims, &dq, &cache.q_raw, &cache.q_inv, n)?;
-            let dk = head_norm_backward(dev, dims, &dk, &cache.k_raw, &cache.k_inv, nk)?;
-            let dv = head_norm_backward(dev, dims, &dv, &cache.v_raw, &cache.v_inv, nk)?;
+            let (q_raw, k_raw, v_raw) =
+                (cache.q_raw.f32()?, cache.k_raw.f32()?, cache.v_raw.f32()?);
+            let dq = head_norm_backward(dev, dims, &dq, q_raw, &cache.q_inv, n)?;
+            let dk = head_norm_backward(dev, dims, &dk, k_raw, &cache.k_inv, nk)?;
+            let dv = head_norm_backward(dev, dims, &dv, v_raw, &cache.v_inv, nk)?;
             (
                 Kept::new(dev, dq)?,
                 Kept::new(dev, dk)?,

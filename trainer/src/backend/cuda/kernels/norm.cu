@@ -9,10 +9,14 @@
 
 // `1 / sqrt(mean(x^2) + eps)` of one group `xs` of `width` values, summed by one warp in a fixed
 // order (lane i takes i, i + 32, ...), kept in `inv` by lane 0.
-__device__ __forceinline__ float group_inv_rms(const float* xs, int width, float eps, int lane,
+template <typename T>
+__device__ __forceinline__ float group_inv_rms(const T* xs, int width, float eps, int lane,
                                                float* inv) {
     float sq = 0.0f;
-    for (int i = lane; i < width; i += 32) sq += xs[i] * xs[i];
+    for (int i = lane; i < width; i += 32) {
+        float v = load_value(xs + i);
+        sq += v * v;
+    }
     float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
     if (lane == 0) *inv = r;
     return r;
@@ -46,22 +50,23 @@ extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gai
 }
 
 // The per-head norm of the fused attention's inputs in one pass: each group (one head of one
-// token) normalized without a gain, then, with `positions`, rotated as `rope_apply` rotates it
-// (rope.cu: element i pairs with i + head_dim/2, at the token's position), and written as bf16,
-// the copy the attention kernels read; `inv` as in `rmsnorm_forward`. The f32 values before
-// rounding are those of `rmsnorm_forward` then `rope_apply`.
-extern "C" __global__ void head_norm_rope_bf16(const float* x, bf16_bits* y, float* inv,
+// token) of the bf16 projection `x` normalized without a gain, then, with `positions`, rotated
+// as `rope_apply` rotates it (rope.cu: element i pairs with i + head_dim/2, at the token's
+// position), and written as bf16, the copy the attention kernels read; `inv` as in
+// `rmsnorm_forward`. The f32 values before rounding are those of `rmsnorm_forward` then
+// `rope_apply` on `x` widened to f32.
+extern "C" __global__ void head_norm_rope_bf16(const bf16_bits* x, bf16_bits* y, float* inv,
                                                const u32* positions, const float* cos_table,
                                                const float* sin_table, int groups, int heads,
                                                int head_dim, float eps) {
     int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
-    const float* xs = x + (long)g * head_dim;
+    const bf16_bits* xs = x + (long)g * head_dim;
     float r = group_inv_rms(xs, head_dim, eps, lane, inv + g);
     bf16_bits* ys = y + (long)g * head_dim;
     if (!positions) {
-        for (int i = lane; i < head_dim; i += 32) ys[i] = f32_to_bf16(xs[i] * r);
+        for (int i = lane; i < head_dim; i += 32) ys[i] = f32_to_bf16(bf16_to_f32(xs[i]) * r);
         return;
     }
     int half = head_dim / 2;
@@ -69,7 +74,7 @@ extern "C" __global__ void head_norm_rope_bf16(const float* x, bf16_bits* y, flo
     for (int i = lane; i < half; i += 32) {
         float c = cos_table[pos * half + i];
         float s = sin_table[pos * half + i];
-        float x1 = xs[i] * r, x2 = xs[i + half] * r;
+        float x1 = bf16_to_f32(xs[i]) * r, x2 = bf16_to_f32(xs[i + half]) * r;
         ys[i] = f32_to_bf16(x1 * c - x2 * s);
         ys[i + half] = f32_to_bf16(x2 * c + x1 * s);
     }
@@ -88,10 +93,10 @@ __device__ __forceinline__ float unrotated(const float* d, int i, int half, cons
 }
 
 // The backward of `head_norm_rope_bf16`: from the gradient `dy` w.r.t. its (rotated) outputs,
-// the gradient w.r.t. its input `x`, written as bf16 for the projection's products, its only
-// readers. Per element the same arithmetic, in the same order, as `rope_apply` (inverse) then
-// `rmsnorm_backward` (no gain) into zeros.
-extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const float* x,
+// the gradient w.r.t. its (bf16) input `x`, written as bf16 for the projection's products, its
+// only readers. Per element the same arithmetic, in the same order, as `rope_apply` (inverse)
+// then `rmsnorm_backward` (no gain) into zeros, on `x` widened to f32.
+extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const bf16_bits* x,
                                                         const float* inv, const u32* positions,
                                                         const float* cos_table,
                                                         const float* sin_table, bf16_bits* dx,
@@ -108,12 +113,12 @@ extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const f
     float dot = 0.0f;
     for (int i = lane; i < head_dim; i += 32) {
         float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
-        dot += dxhat * x[base + i] * r;
+        dot += dxhat * bf16_to_f32(x[base + i]) * r;
     }
     dot = warp_sum(dot) / (float)head_dim;
     for (int i = lane; i < head_dim; i += 32) {
         float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
-        dx[base + i] = f32_to_bf16(r * (dxhat - x[base + i] * r * dot));
+        dx[base + i] = f32_to_bf16(r * (dxhat - bf16_to_f32(x[base + i]) * r * dot));
     }
 }
 
