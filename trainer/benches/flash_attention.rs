@@ -192,10 +192,15 @@ fn main() {
                 .unwrap_or_else(|e| fail("alloc", e))
         };
         let (mut out, mut lse) = (alloc(q_tokens * da), alloc(shape.lines()));
+        let alloc_bf16 = |n: usize| {
+            stream
+                .alloc_zeros::<u16>(n)
+                .unwrap_or_else(|e| fail("alloc", e))
+        };
         let (mut dq, mut dk, mut dv) = (
-            alloc(q_tokens * da),
-            alloc(k_tokens * da),
-            alloc(k_tokens * da),
+            alloc_bf16(q_tokens * da),
+            alloc_bf16(k_tokens * da),
+            alloc_bf16(k_tokens * da),
         );
         let mut delta = alloc(shape.lines());
         let pairs = case.visible_pairs();

@@ -7,6 +7,7 @@
 mod cuda_support;
 
 use cuda_support::{assert_close, gpu, randn, reference_probs};
+use cudarc::driver::CudaSlice;
 use redpack_trainer::backend::cpu::attention::AttnRow;
 use redpack_trainer::backend::cuda::launch_tokens::ScoresShape;
 use redpack_trainer::rng::SplitMix64;
@@ -282,10 +283,12 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 k_.flash_delta(&dod, &g.bf16(&od), &descd, fshape, &mut delta)
                     .unwrap();
                 let backward = || {
+                    // The gradients come back in bf16.
+                    let bf16_zeros = |n| g.stream.alloc_zeros::<u16>(n).unwrap();
                     let (mut dqd, mut dkd, mut dvd) = (
-                        g.zeros(q_tokens * da),
-                        g.zeros(k_tokens * da),
-                        g.zeros(k_tokens * da),
+                        bf16_zeros(q_tokens * da),
+                        bf16_zeros(k_tokens * da),
+                        bf16_zeros(k_tokens * da),
                     );
                     k_.flash_backward(
                         &qd,
@@ -300,7 +303,13 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                         (&mut dqd, &mut dkd, &mut dvd),
                     )
                     .unwrap();
-                    (g.download(&dqd), g.download(&dkd), g.download(&dvd))
+                    let widen = |x: &CudaSlice<u16>| -> Vec<f32> {
+                        let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
+                        bits.iter()
+                            .map(|&b| f32::from_bits(u32::from(b) << 16))
+                            .collect()
+                    };
+                    (widen(&dqd), widen(&dkd), widen(&dvd))
                 };
                 let (gdq, gdk, gdv) = backward();
                 let name = format!(

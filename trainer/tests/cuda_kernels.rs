@@ -225,9 +225,9 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
             }
 
             // The backward: RoPE inverse then the norm's backward (into zeros), rounded.
-            let dy = randn(&mut rng, n, 1.0);
-            let dyd = g.upload(&dy);
-            let mut rotated = g.upload(&dy);
+            // `dy` arrives in bf16, as the attention's backward writes it.
+            let dyb = g.bf16(&g.upload(&randn(&mut rng, n, 1.0)));
+            let mut rotated = g.upload(&widen(&g, &dyb));
             if rotate {
                 k.rope_apply(&mut rotated, &posd, &cosd, &sind, heads, head_dim, true)
                     .unwrap();
@@ -237,7 +237,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
                 .unwrap();
             let want = g.download(&g.bf16(&dx));
             let mut dxb = g.stream.alloc_zeros::<u16>(n).unwrap();
-            k.head_norm_rope_backward_bf16(&dyd, &xb, &inv, tables, &mut dxb, heads, head_dim)
+            k.head_norm_rope_backward_bf16(&dyb, &xb, &inv, tables, &mut dxb, heads, head_dim)
                 .unwrap();
             let got = g.download(&dxb);
             let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();

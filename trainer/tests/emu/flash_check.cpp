@@ -104,9 +104,10 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
     const float nan = std::nanf("");
     res.out.assign((size_t)c.q_tokens * heads * D, nan);
     res.lse.assign((size_t)n_rows * heads * c.max_q, nan);
-    res.dq.assign(res.out.size(), nan);
-    res.dk.assign((size_t)c.k_tokens * heads * D, nan);
-    res.dv.assign(res.dk.size(), nan);
+    // The gradients are written in bf16 (NaN until written), then widened for the checks.
+    std::vector<bf16_bits> dq16(res.out.size(), f32_to_bf16(nan));
+    std::vector<bf16_bits> dk16((size_t)c.k_tokens * heads * D, f32_to_bf16(nan));
+    std::vector<bf16_bits> dv16(dk16.size(), f32_to_bf16(nan));
     const size_t tile_row = (size_t)(D + 8) * 2;
     auto grid = [&](int len, int per_block) {
         dim3 g;
@@ -149,14 +150,22 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
                 FB_BK * tile_row + STAGES * 2 * FB_BQ * (tile_row + 4), [&] {
                     flash_backward_kv<D, STAGES, LDM>(q.data(), k.data(), v.data(), d_out.data(),
                                                       res.lse.data(), delta.data(), desc.data(),
-                                                      q_doc, k_doc, res.dk.data(), res.dv.data(),
+                                                      q_doc, k_doc, dk16.data(), dv16.data(),
                                                       heads, c.max_q, scale, scale_log2_bwd);
                 });
     emu::launch(grid(c.max_q, WARPS * 16), threads, STAGES * 2 * FQ_BK * tile_row, [&] {
         flash_backward_q<D, WARPS, STAGES, LDM>(
             q.data(), k.data(), v.data(), d_out.data(), res.lse.data(), delta.data(), desc.data(),
-            q_doc, k_doc, res.dq.data(), heads, c.max_q, scale, scale_log2_bwd);
+            q_doc, k_doc, dq16.data(), heads, c.max_q, scale, scale_log2_bwd);
     });
+    auto widen = [](const std::vector<bf16_bits>& x) {
+        std::vector<float> y(x.size());
+        for (size_t i = 0; i < x.size(); i++) y[i] = bf16_to_f32(x[i]);
+        return y;
+    };
+    res.dq = widen(dq16);
+    res.dk = widen(dk16);
+    res.dv = widen(dv16);
     return res;
 }
 

@@ -71,11 +71,11 @@ void check(int head_dim, bool rope) {
     const float eps = 1e-6f;
     Rng rng{(uint64_t)head_dim * 2 + rope};
     std::vector<float> x(n), dy(n);
-    // The fused kernels read the projection in bf16 (as the product writes it): the separate
-    // kernels get the same values widened to f32.
+    // The fused kernels read the projection and the gradient in bf16 (as the product and the
+    // attention's backward write them): the separate kernels get the same values widened to f32.
     for (auto& v : x) v = bf16_to_f32(f32_to_bf16(3.0f * rng.uniform()));
-    for (auto& v : dy) v = rng.uniform();
-    const std::vector<bf16_bits> x16 = to_bf16(x);
+    for (auto& v : dy) v = bf16_to_f32(f32_to_bf16(rng.uniform()));
+    const std::vector<bf16_bits> x16 = to_bf16(x), dy16 = to_bf16(dy);
     // RoPE tables as the host builds them: f64 angles, rounded to f32.
     std::vector<float> cos_t(positions_in_table * half), sin_t(positions_in_table * half);
     for (int p = 0; p < positions_in_table; p++) {
@@ -119,7 +119,7 @@ void check(int head_dim, bool rope) {
     // Backward: fused against inverse rope -> rmsnorm backward into zeros -> bf16.
     std::vector<bf16_bits> dx_fused(n);
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        head_norm_rope_backward_bf16(dy.data(), x16.data(), inv.data(), pos, ct, st, dx_fused.data(),
+        head_norm_rope_backward_bf16(dy16.data(), x16.data(), inv.data(), pos, ct, st, dx_fused.data(),
                                      groups, heads, head_dim);
     });
     std::vector<float> d = dy, dx(n, 0.0f);

@@ -213,11 +213,11 @@ impl CudaKernels {
     }
 
     /// The backward of `head_norm_rope_bf16` (the same `rope`): the gradient w.r.t. `x` from
-    /// `dy`, the gradient w.r.t. its outputs, written (not added) as bf16 into `dx`.
+    /// `dy`, the (bf16) gradient w.r.t. its outputs, written (not added) as bf16 into `dx`.
     #[allow(clippy::too_many_arguments)]
     pub fn head_norm_rope_backward_bf16(
         &self,
-        dy: &CudaSlice<f32>,
+        dy: &CudaSlice<u16>,
         x: &CudaSlice<u16>,
         inv: &CudaSlice<f32>,
         rope: Option<(&CudaSlice<u32>, &CudaSlice<f32>, &CudaSlice<f32>)>,

@@ -316,7 +316,8 @@ impl CudaKernels {
         self.run("flash_delta", &mut b, grid(blocks, 1, 128))
     }
 
-    /// The gradients w.r.t. Q, K and V, written (not added) for every token inside a row.
+    /// The gradients w.r.t. Q, K and V, written (not added, rounded to bf16) for every token
+    /// inside a row.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_backward(
         &self,
@@ -330,9 +331,9 @@ impl CudaKernels {
         docs: DocStreams<'_>,
         shape: FlashShape,
         (dq, dk, dv): (
-            &mut CudaSlice<f32>,
-            &mut CudaSlice<f32>,
-            &mut CudaSlice<f32>,
+            &mut CudaSlice<u16>,
+            &mut CudaSlice<u16>,
+            &mut CudaSlice<u16>,
         ),
     ) -> Result<(), LaunchError> {
         shape.check()?;

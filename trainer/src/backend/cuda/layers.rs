@@ -5,7 +5,7 @@
 //! (the kernels recompute `x̂`); attention runs fused (`flash.cu`) in the bf16 mode, as padded
 //! batched products over (row, head) in the f32 mode.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use super::blas::{Operand, Output, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
@@ -480,16 +480,20 @@ fn flash_forward(
 
 /// Zeroed gradients for Q (query stream) and K, V (key stream): tokens outside every row keep
 /// a zero gradient.
-fn zero_qkv_grads(dev: &Dev, dims: &Dims, spec: &DevAttn) -> Result<(Buf, Buf, Buf), BackendError> {
+fn zero_qkv_grads<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &Dev,
+    dims: &Dims,
+    spec: &DevAttn,
+) -> Result<(CudaSlice<T>, CudaSlice<T>, CudaSlice<T>), BackendError> {
     let da = dims.da();
     Ok((
-        dev.zeros(spec.queries.len * da)?,
-        dev.zeros(spec.keys.len * da)?,
-        dev.zeros(spec.keys.len * da)?,
+        dev.zeros_of(spec.queries.len * da)?,
+        dev.zeros_of(spec.keys.len * da)?,
+        dev.zeros_of(spec.keys.len * da)?,
     ))
 }
 
-/// The fused backward: gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
+/// The fused backward: the bf16 gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
 /// log-sum-exp and (bf16) output, and the (bf16) output gradient.
 fn flash_backward(
     dev: &Dev,
@@ -499,8 +503,8 @@ fn flash_backward(
     lse: &Buf,
     o: &Bf16Buf,
     dob: &Bf16Buf,
-) -> Result<(Buf, Buf, Buf), BackendError> {
-    let (mut dq, mut dk, mut dv) = zero_qkv_grads(dev, dims, spec)?;
+) -> Result<(Bf16Buf, Bf16Buf, Bf16Buf), BackendError> {
+    let (mut dq, mut dk, mut dv) = zero_qkv_grads::<u16>(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
@@ -559,7 +563,7 @@ fn attention_backward(
     v: &Buf,
     d_o: &Buf,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
-    let (mut dq, mut dk, mut dv) = zero_qkv_grads(dev, dims, spec)?;
+    let (mut dq, mut dk, mut dv) = zero_qkv_grads::<f32>(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
@@ -695,7 +699,7 @@ pub(super) fn attention_block_forward(
 fn head_grad_bf16(
     dev: &Dev,
     dims: &Dims,
-    grad: &Buf,
+    grad: &Bf16Buf,
     raw: &Kept,
     inv: &Buf,
     rope: Option<(&CudaSlice<u32>, &DevRope)>,

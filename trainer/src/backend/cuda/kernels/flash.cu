@@ -3,7 +3,8 @@
 // `mma.sync.m16n8k16` (bf16 operands, f32 accumulation).
 //
 // Q, K, V and dO arrive as bf16 copies of the model's token streams (`tokens x heads·D`, rows
-// packed one after another); the outputs (O, dQ, dK, dV) are f32 streams. `rows_desc` holds six
+// packed one after another); the output O is an f32 stream, the gradients dQ, dK and dV bf16
+// streams (read only by the head norms' backward and products, which read bf16). `rows_desc` holds six
 // ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len, causal, bidirectional
 // prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to the keys of its own
 // document. Scores, the softmax and every accumulator stay f32. A query that sees no key outputs
@@ -772,8 +773,8 @@ template <int D, int STAGES, bool LDM>
 __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                   const bf16_bits* d_out, const float* lse, const float* delta,
                                   const int* rows_desc, const u32* q_doc, const u32* k_doc,
-                                  float* dk, float* dv, int heads, int max_q, float scale,
-                                  float scale_log2) {
+                                  bf16_bits* dk, bf16_bits* dv, int heads, int max_q,
+                                  float scale, float scale_log2) {
     constexpr int KS = D / 16;
     constexpr int DT = D / 8;
     constexpr int NT = FB_BQ / 8;  // n-tiles over a query tile
@@ -972,13 +973,13 @@ __device__ void flash_backward_kv(const bf16_bits* q, const bf16_bits* k, const 
         int c = hc + dt * 8 + 2 * t;
         if (ka < row.k_len) {
             long at = (long)(row.k_start + ka) * da + c;
-            *(float2*)(dk + at) = make_float2(dkacc[dt][0], dkacc[dt][1]);
-            *(float2*)(dv + at) = make_float2(dvacc[dt][0], dvacc[dt][1]);
+            *(u32*)(dk + at) = pack2(dkacc[dt][0], dkacc[dt][1]);
+            *(u32*)(dv + at) = pack2(dvacc[dt][0], dvacc[dt][1]);
         }
         if (kb < row.k_len) {
             long at = (long)(row.k_start + kb) * da + c;
-            *(float2*)(dk + at) = make_float2(dkacc[dt][2], dkacc[dt][3]);
-            *(float2*)(dv + at) = make_float2(dvacc[dt][2], dvacc[dt][3]);
+            *(u32*)(dk + at) = pack2(dkacc[dt][2], dkacc[dt][3]);
+            *(u32*)(dv + at) = pack2(dvacc[dt][2], dvacc[dt][3]);
         }
     }
 }
@@ -991,7 +992,8 @@ template <int D, int WARPS, int STAGES, bool LDM>
 __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                  const bf16_bits* d_out, const float* lse, const float* delta,
                                  const int* rows_desc, const u32* q_doc, const u32* k_doc,
-                                 float* dq, int heads, int max_q, float scale, float scale_log2) {
+                                 bf16_bits* dq, int heads, int max_q, float scale,
+                                 float scale_log2) {
     constexpr int KS = D / 16;
     constexpr int DT = D / 8;
     constexpr int NT = FQ_BK / 8;
@@ -1123,12 +1125,10 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     for (int dt = 0; dt < DT; dt++) {
         int c = hc + dt * 8 + 2 * t;
         if (qa < row.q_len) {
-            *(float2*)(dq + (long)(row.q_start + qa) * da + c) =
-                make_float2(dqacc[dt][0], dqacc[dt][1]);
+            *(u32*)(dq + (long)(row.q_start + qa) * da + c) = pack2(dqacc[dt][0], dqacc[dt][1]);
         }
         if (qb < row.q_len) {
-            *(float2*)(dq + (long)(row.q_start + qb) * da + c) =
-                make_float2(dqacc[dt][2], dqacc[dt][3]);
+            *(u32*)(dq + (long)(row.q_start + qb) * da + c) = pack2(dqacc[dt][2], dqacc[dt][3]);
         }
     }
 }
@@ -1157,7 +1157,7 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     extern "C" __global__ void BACKWARD_KV(                                                         \
         const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const bf16_bits* d_out,        \
         const float* lse, const float* delta, const int* rows_desc, const u32* q_doc,              \
-        const u32* k_doc, float* dk, float* dv, int heads, int max_q, float scale,                 \
+        const u32* k_doc, bf16_bits* dk, bf16_bits* dv, int heads, int max_q, float scale,         \
         float scale_log2) {                                                                         \
         flash_backward_kv<D, STAGES, LDM>(q, k, v, d_out, lse, delta, rows_desc, q_doc, k_doc, dk, \
                                           dv, heads, max_q, scale, scale_log2);                     \
@@ -1165,7 +1165,7 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
     extern "C" __global__ void BACKWARD_Q(                                                          \
         const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const bf16_bits* d_out,        \
         const float* lse, const float* delta, const int* rows_desc, const u32* q_doc,              \
-        const u32* k_doc, float* dq, int heads, int max_q, float scale, float scale_log2) {        \
+        const u32* k_doc, bf16_bits* dq, int heads, int max_q, float scale, float scale_log2) {    \
         flash_backward_q<D, WARPS, STAGES, LDM>(q, k, v, d_out, lse, delta, rows_desc, q_doc,     \
                                                 k_doc, dq, heads, max_q, scale, scale_log2);        \
     }

@@ -82,21 +82,23 @@ extern "C" __global__ void head_norm_rope_bf16(const bf16_bits* x, bf16_bits* y,
 
 // Element i of a head of `d`, rotated backwards as `rope_apply` with `inverse` rotates it (the
 // same products in the same order), at position `pos`; `d` itself without a rotation.
-__device__ __forceinline__ float unrotated(const float* d, int i, int half, const float* cos_table,
+template <typename T>
+__device__ __forceinline__ float unrotated(const T* d, int i, int half, const float* cos_table,
                                            const float* sin_table, long pos, bool rotate) {
-    if (!rotate) return d[i];
+    if (!rotate) return load_value(d + i);
     int k = i < half ? i : i - half;
     float c = cos_table[pos * half + k];
     float s = -sin_table[pos * half + k];
-    float x1 = d[k], x2 = d[k + half];
+    float x1 = load_value(d + k), x2 = load_value(d + k + half);
     return i < half ? x1 * c - x2 * s : x2 * c + x1 * s;
 }
 
-// The backward of `head_norm_rope_bf16`: from the gradient `dy` w.r.t. its (rotated) outputs,
-// the gradient w.r.t. its (bf16) input `x`, written as bf16 for the projection's products, its
-// only readers. Per element the same arithmetic, in the same order, as `rope_apply` (inverse)
-// then `rmsnorm_backward` (no gain) into zeros, on `x` widened to f32.
-extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const bf16_bits* x,
+// The backward of `head_norm_rope_bf16`: from the gradient `dy` w.r.t. its (rotated) outputs
+// (bf16, as the attention's backward writes it), the gradient w.r.t. its (bf16) input `x`,
+// written as bf16 for the projection's products, its only readers. Per element the same
+// arithmetic, in the same order, as `rope_apply` (inverse) then `rmsnorm_backward` (no gain)
+// into zeros, on `dy` and `x` widened to f32.
+extern "C" __global__ void head_norm_rope_backward_bf16(const bf16_bits* dy, const bf16_bits* x,
                                                         const float* inv, const u32* positions,
                                                         const float* cos_table,
                                                         const float* sin_table, bf16_bits* dx,
@@ -105,7 +107,7 @@ extern "C" __global__ void head_norm_rope_backward_bf16(const float* dy, const b
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
     long base = (long)g * head_dim;
-    const float* d = dy + base;
+    const bf16_bits* d = dy + base;
     float r = inv[g];
     int half = head_dim / 2;
     bool rotate = positions != 0;
