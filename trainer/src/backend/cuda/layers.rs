@@ -484,13 +484,13 @@ fn zero_qkv_grads<T: DeviceRepr + ValidAsZeroBits>(
     dev: &Dev,
     dims: &Dims,
     spec: &DevAttn,
-) -> Result<(CudaSlice<T>, CudaSlice<T>, CudaSlice<T>), BackendError> {
+) -> Result<[CudaSlice<T>; 3], BackendError> {
     let da = dims.da();
-    Ok((
+    Ok([
         dev.zeros_of(spec.queries.len * da)?,
         dev.zeros_of(spec.keys.len * da)?,
         dev.zeros_of(spec.keys.len * da)?,
-    ))
+    ])
 }
 
 /// The fused backward: the bf16 gradients w.r.t. Q, K and V from the forward's bf16 inputs, its
@@ -504,7 +504,7 @@ fn flash_backward(
     o: &Bf16Buf,
     dob: &Bf16Buf,
 ) -> Result<(Bf16Buf, Bf16Buf, Bf16Buf), BackendError> {
-    let (mut dq, mut dk, mut dv) = zero_qkv_grads::<u16>(dev, dims, spec)?;
+    let [mut dq, mut dk, mut dv] = zero_qkv_grads::<u16>(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
@@ -563,7 +563,7 @@ fn attention_backward(
     v: &Buf,
     d_o: &Buf,
 ) -> Result<(Buf, Buf, Buf), BackendError> {
-    let (mut dq, mut dk, mut dv) = zero_qkv_grads::<f32>(dev, dims, spec)?;
+    let [mut dq, mut dk, mut dv] = zero_qkv_grads::<f32>(dev, dims, spec)?;
     let rows = spec.rows;
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
