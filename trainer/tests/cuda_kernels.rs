@@ -437,6 +437,61 @@ fn cross_entropy_matches_cpu_logits_loss() {
         "cross-entropy bf16 gradient"
     );
     assert_eq!(g.download(&ld), logits, "the logits are left as they are");
+    // The fused kernel of a training step: the same bits from one read of the logits.
+    let (mut lzf, mut cef, mut zf) = (g.zeros(tokens), g.zeros(tokens), g.zeros(tokens));
+    let mut gf = g.zeros(tokens * vocab);
+    k.cross_entropy_fused(
+        &ld,
+        &td,
+        (&mut lzf, &mut cef, &mut zf),
+        &mut gf,
+        vocab,
+        z_loss,
+        scale,
+    )
+    .unwrap();
+    for (name, got, want) in [
+        ("log Z", &lzf, &lzd),
+        ("loss", &cef, &ced),
+        ("z-loss", &zf, &zd),
+        ("gradient", &gf, &gd),
+    ] {
+        assert_eq!(
+            g.download(got),
+            g.download(want),
+            "fused cross-entropy {name}"
+        );
+    }
+    let mut gfb = g.stream.alloc_zeros::<u16>(tokens * vocab).unwrap();
+    k.cross_entropy_fused(
+        &ld,
+        &td,
+        (&mut lzf, &mut cef, &mut zf),
+        &mut gfb,
+        vocab,
+        z_loss,
+        scale,
+    )
+    .unwrap();
+    assert_eq!(
+        g.download(&gfb),
+        g.download(&gb),
+        "fused cross-entropy bf16 gradient"
+    );
+    let too_big = redpack_trainer::backend::cuda::launch_tokens::CE_FUSED_VOCAB + 1;
+    assert!(
+        k.cross_entropy_fused(
+            &ld,
+            &td,
+            (&mut lzf, &mut cef, &mut zf),
+            &mut gf,
+            too_big,
+            z_loss,
+            scale
+        )
+        .is_err(),
+        "a vocabulary past the registers is refused"
+    );
     let want_ce: Vec<f32> = token_ce.iter().map(|&v| v as f32).collect();
     assert_close("cross-entropy per token", &g.download(&ced), &want_ce, 1e-5);
     let z_sum: f64 = g.download(&zd).iter().map(|&v| v as f64).sum();

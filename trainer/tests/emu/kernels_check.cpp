@@ -54,11 +54,11 @@ std::vector<bf16_bits> to_bf16(const std::vector<float>& x) {
     return y;
 }
 
-void same_bits(const std::string& name, const std::vector<bf16_bits>& got,
-               const std::vector<bf16_bits>& want) {
+template <typename T>
+void same_bits(const std::string& name, const std::vector<T>& got, const std::vector<T>& want) {
     size_t differ = 0, first = 0;
     for (size_t i = 0; i < got.size(); i++) {
-        if (got[i] != want[i] && differ++ == 0) first = i;
+        if (memcmp(&got[i], &want[i], sizeof(T)) != 0 && differ++ == 0) first = i;
     }
     printf("%s %s: %zu of %zu values differ%s\n", differ ? "FAIL" : "ok  ", name.c_str(), differ,
            got.size(), differ ? (" (first at " + std::to_string(first) + ")").c_str() : "");
@@ -316,6 +316,26 @@ void check_cross_entropy() {
     close("cross-entropy z-loss", z, z_ref, 1e-5);
     close("cross-entropy gradient", grad, grad_ref, 1e-5);
     same_bits("cross-entropy gradient bf16", grad16, to_bf16(grad));
+
+    // The fused kernel (a training step's chunk): both kernels' results, bit for bit, from one
+    // read of the logits, f32 and bf16, the same 512 threads per token.
+    std::vector<float> lz_f(tokens), ce_f(tokens), z_f(tokens), grad_f(logits.size());
+    emu::launch(forward_grid, forward_threads, 0, [&] {
+        cross_entropy_fused(logits.data(), targets.data(), lz_f.data(), ce_f.data(), z_f.data(),
+                            grad_f.data(), tokens, vocab, z_loss, grad_scale);
+    });
+    std::vector<bf16_bits> grad16_f(logits.size());
+    std::vector<float> lz_b(tokens), ce_b(tokens), z_b(tokens);
+    emu::launch(forward_grid, forward_threads, 0, [&] {
+        cross_entropy_fused_bf16(logits.data(), targets.data(), lz_b.data(), ce_b.data(),
+                                 z_b.data(), grad16_f.data(), tokens, vocab, z_loss, grad_scale);
+    });
+    same_bits("cross-entropy fused log Z", lz_f, lz);
+    same_bits("cross-entropy fused loss", ce_f, ce);
+    same_bits("cross-entropy fused z-loss", z_f, z);
+    same_bits("cross-entropy fused gradient", grad_f, grad);
+    same_bits("cross-entropy fused log Z (bf16 build)", lz_b, lz);
+    same_bits("cross-entropy fused gradient bf16", grad16_f, grad16);
 }
 
 }  // namespace

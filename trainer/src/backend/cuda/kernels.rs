@@ -70,7 +70,9 @@ pub const KERNELS: &[KernelSource] = &[
         [
             "cross_entropy_forward",
             "cross_entropy_backward",
-            "cross_entropy_backward_bf16"
+            "cross_entropy_backward_bf16",
+            "cross_entropy_fused",
+            "cross_entropy_fused_bf16"
         ]
     ),
     kernel_source!("embedding", ["embedding_forward", "embedding_backward"]),

@@ -12,6 +12,10 @@ use super::launch::{
 /// Threads per block for the per-token cross-entropy reduction.
 const CE_THREADS: u32 = 512;
 
+/// The largest vocabulary `cross_entropy_fused` takes: `CE_PER_THREAD` (cross_entropy.cu) logits
+/// in each of `CE_THREADS` threads' registers.
+pub const CE_FUSED_VOCAB: usize = 64 * CE_THREADS as usize;
+
 /// The padded layout of a batch of attention scores: `rows x heads x max_q x max_k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScoresShape {
@@ -157,6 +161,41 @@ impl CudaKernels {
         b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
         let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
         self.run(name, &mut b, cfg)
+    }
+
+    /// `cross_entropy_forward` and `cross_entropy_backward` in one launch that reads the logits
+    /// once (the same bits): for a training step's chunk, with `vocab <= CE_FUSED_VOCAB`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy_fused<T: Stored>(
+        &self,
+        logits: &CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        (log_z, ce, z): (
+            &mut CudaSlice<f32>,
+            &mut CudaSlice<f32>,
+            &mut CudaSlice<f32>,
+        ),
+        grad: &mut CudaSlice<T>,
+        vocab: usize,
+        z_loss: f32,
+        grad_scale: f32,
+    ) -> Result<(), LaunchError> {
+        if vocab > CE_FUSED_VOCAB {
+            return Err(LaunchError::Unsupported(format!(
+                "cross_entropy_fused: a vocabulary of {vocab} (at most {CE_FUSED_VOCAB})"
+            )));
+        }
+        let name = T::entry("cross_entropy_fused", "cross_entropy_fused_bf16");
+        let (tokens, vocab) = (targets.len() as i32, vocab as i32);
+        let mut b = self.builder(name)?;
+        b.arg(logits)
+            .arg(targets)
+            .arg(log_z)
+            .arg(ce)
+            .arg(z)
+            .arg(grad);
+        b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
+        self.run(name, &mut b, grid(tokens as u32, 1, CE_THREADS))
     }
 
     /// `out[t] = embed[tokens[t]]`, rows of `d`.

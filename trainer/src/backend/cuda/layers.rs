@@ -238,6 +238,32 @@ impl Kept {
         Ok(g)
     }
 
+    /// `cross_entropy_grad` with the forward pass's `(log_z, ce, z)` in the same launch, which
+    /// reads the logits once (`vocab` at most `launch_tokens::CE_FUSED_VOCAB`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_entropy_fused(
+        dev: &Dev,
+        logits: &Buf,
+        targets: &CudaSlice<u32>,
+        sums: (&mut Buf, &mut Buf, &mut Buf),
+        vocab: usize,
+        z_loss: f32,
+        grad_scale: f32,
+    ) -> Result<Kept, BackendError> {
+        // SAFETY: cross_entropy_fused writes all `tokens x vocab` values.
+        let mut g = unsafe { Kept::output(dev, targets.len() * vocab) }?;
+        let k = dev.kernels;
+        match &mut g {
+            Kept::F32(g) => {
+                k.cross_entropy_fused(logits, targets, sums, g, vocab, z_loss, grad_scale)?
+            }
+            Kept::Bf16(g) => {
+                k.cross_entropy_fused(logits, targets, sums, g, vocab, z_loss, grad_scale)?
+            }
+        }
+        Ok(g)
+    }
+
     /// SwiGLU's gradients w.r.t. gate and up, given `dh`.
     pub fn swiglu_grads(
         dev: &Dev,

@@ -6,6 +6,7 @@
 
 use super::device::{operand, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
 use super::inputs::{chunk_len, BatchInputs};
+use super::launch_tokens::CE_FUSED_VOCAB;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
     AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept,
@@ -282,24 +283,45 @@ fn score(
         let mut log_z = dev.zeros(c)?;
         let mut ce = dev.zeros(c)?;
         let mut z = dev.zeros(c)?;
-        dev.kernels.cross_entropy_forward(
-            &logits,
-            &chunk.targets,
-            &mut log_z,
-            &mut ce,
-            &mut z,
-            vocab,
-            z_loss,
-        )?;
+        let backward = d_embed.is_some() && d_hidden.is_some();
+        // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
+        // bf16 mode: the products are its only readers). In a training step whose vocabulary
+        // fits, the losses and G come from one pass over the logits.
+        let g = if backward && vocab <= CE_FUSED_VOCAB {
+            let sums = (&mut log_z, &mut ce, &mut z);
+            let targets = &chunk.targets;
+            Some(Kept::cross_entropy_fused(
+                dev, &logits, targets, sums, vocab, z_loss, scale,
+            )?)
+        } else {
+            dev.kernels.cross_entropy_forward(
+                &logits,
+                &chunk.targets,
+                &mut log_z,
+                &mut ce,
+                &mut z,
+                vocab,
+                z_loss,
+            )?;
+            match backward {
+                true => Some(Kept::cross_entropy_grad(
+                    dev,
+                    &logits,
+                    &chunk.targets,
+                    &log_z,
+                    vocab,
+                    z_loss,
+                    scale,
+                )?),
+                false => None,
+            }
+        };
         losses.push((ce, z));
-        let (Some(de), Some(dh_all)) = (d_embed.as_deref_mut(), d_hidden.as_mut()) else {
+        drop(logits);
+        let (Some(g), Some(de), Some(dh_all)) = (g, d_embed.as_deref_mut(), d_hidden.as_mut())
+        else {
             continue;
         };
-        // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
-        // bf16 mode: the products are its only readers).
-        let g =
-            Kept::cross_entropy_grad(dev, &logits, &chunk.targets, &log_z, vocab, z_loss, scale)?;
-        drop(logits);
         let g_op = g.operand();
         // dh (c x d) = G · E
         let mut dh = dev.scratch(c * d)?; // the product (beta 0) writes it all

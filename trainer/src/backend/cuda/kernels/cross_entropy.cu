@@ -14,26 +14,23 @@ __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2
     m = mx;
 }
 
-// One pass over the token's logits (the two-pass max-then-sum read each chunk from memory twice,
-// since a chunk is far larger than L2): each thread keeps a running (m, s), rescaling its sum when
-// its maximum rises; then the warps' and the block's summaries merge in a fixed order.
-extern "C" __global__ void cross_entropy_forward(const float* logits, const u32* targets,
-                                                 float* log_z, float* ce, float* z, int tokens,
-                                                 int vocab, float z_loss) {
-    __shared__ float scratch_m[32], scratch_s[32];
-    int t = blockIdx.x;
-    if (t >= tokens) return;
-    const float* l = logits + (long)t * vocab;
-    float m = NEG_INF, s = 0.0f;
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
-        float x = l[v];
-        if (x > m) {
-            s = s * expf(m - x) + 1.0f;
-            m = x;
-        } else if (x != NEG_INF) {
-            s += expf(x - m);
-        }
+// Folds one logit into a thread's running (m, s), rescaling the sum when the maximum rises.
+__device__ __forceinline__ void lse_push(float& m, float& s, float x) {
+    if (x > m) {
+        s = s * expf(m - x) + 1.0f;
+        m = x;
+    } else if (x != NEG_INF) {
+        s += expf(x - m);
     }
+}
+
+// Merges the threads' summaries, the warps' by a fixed shuffle tree and the block's in warp
+// order, and returns logZ to thread 0 (the other threads' results are partial). Thread 0 also
+// writes the token's log Z, cross-entropy and z-loss.
+__device__ __forceinline__ float lse_finish(float m, float s, const float* l, const u32* targets,
+                                            float* log_z, float* ce, float* z, int t,
+                                            float z_loss) {
+    __shared__ float scratch_m[32], scratch_s[32];
     for (int offset = 16; offset > 0; offset >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
         float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
@@ -54,7 +51,23 @@ extern "C" __global__ void cross_entropy_forward(const float* logits, const u32*
         log_z[t] = lz;
         ce[t] = lz - l[targets[t]];
         z[t] = z_loss * lz * lz;
+        return lz;
     }
+    return 0.0f;
+}
+
+// One pass over the token's logits (the two-pass max-then-sum read each chunk from memory twice,
+// since a chunk is far larger than L2): each thread keeps a running (m, s) over the logits
+// threadIdx.x, + blockDim.x, ... in that order; then the summaries merge in a fixed order.
+extern "C" __global__ void cross_entropy_forward(const float* logits, const u32* targets,
+                                                 float* log_z, float* ce, float* z, int tokens,
+                                                 int vocab, float z_loss) {
+    int t = blockIdx.x;
+    if (t >= tokens) return;
+    const float* l = logits + (long)t * vocab;
+    float m = NEG_INF, s = 0.0f;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) lse_push(m, s, l[v]);
+    lse_finish(m, s, l, targets, log_z, ce, z, t, z_loss);
 }
 
 // The gradient goes into its own buffer, f32 or (`_bf16`) bf16 for the mixed-precision products
@@ -86,4 +99,58 @@ extern "C" __global__ void cross_entropy_backward_bf16(const float* logits, bf16
                                                        int tokens, int vocab, float z_loss,
                                                        float grad_scale) {
     cross_entropy_backward_at(logits, grad, targets, log_z, tokens, vocab, z_loss, grad_scale);
+}
+
+// Forward and backward of a training step's chunk with one read of the logits instead of two:
+// each thread holds its CE_PER_THREAD logits in registers (so `vocab <= blockDim.x ·
+// CE_PER_THREAD`), folds them in `cross_entropy_forward`'s order, and once the block has log Z
+// writes their gradients as `cross_entropy_backward` does. The same bits as those two kernels.
+#define CE_PER_THREAD 64
+
+template <typename Out>
+__device__ __forceinline__ void cross_entropy_fused_at(const float* logits, const u32* targets,
+                                                       float* log_z, float* ce, float* z,
+                                                       Out* grad, int tokens, int vocab,
+                                                       float z_loss, float grad_scale) {
+    __shared__ float block_lz;
+    int t = blockIdx.x;
+    if (t >= tokens) return;
+    const float* l = logits + (long)t * vocab;
+    float x[CE_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < CE_PER_THREAD; i++) {
+        int v = threadIdx.x + i * blockDim.x;
+        x[i] = v < vocab ? l[v] : NEG_INF;  // -inf folds as nothing
+    }
+    float m = NEG_INF, s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CE_PER_THREAD; i++) lse_push(m, s, x[i]);
+    float lz = lse_finish(m, s, l, targets, log_z, ce, z, t, z_loss);
+    if (threadIdx.x == 0) block_lz = lz;
+    __syncthreads();
+    lz = block_lz;
+    Out* gt = grad + (long)t * vocab;
+    int target = (int)targets[t];
+#pragma unroll
+    for (int i = 0; i < CE_PER_THREAD; i++) {
+        int v = threadIdx.x + i * blockDim.x;
+        if (v < vocab) {
+            float g = expf(x[i] - lz) * (1.0f + 2.0f * z_loss * lz) - (v == target ? 1.0f : 0.0f);
+            store_value(gt + v, g * grad_scale);
+        }
+    }
+}
+
+extern "C" __global__ void cross_entropy_fused(const float* logits, const u32* targets,
+                                               float* log_z, float* ce, float* z, float* grad,
+                                               int tokens, int vocab, float z_loss,
+                                               float grad_scale) {
+    cross_entropy_fused_at(logits, targets, log_z, ce, z, grad, tokens, vocab, z_loss, grad_scale);
+}
+
+extern "C" __global__ void cross_entropy_fused_bf16(const float* logits, const u32* targets,
+                                                    float* log_z, float* ce, float* z,
+                                                    bf16_bits* grad, int tokens, int vocab,
+                                                    float z_loss, float grad_scale) {
+    cross_entropy_fused_at(logits, targets, log_z, ce, z, grad, tokens, vocab, z_loss, grad_scale);
 }
