@@ -121,11 +121,36 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
         .unwrap();
     assert_close("rmsnorm y", &g.download(&yd), &y, 1e-5);
     assert_close("rmsnorm inv", &g.download(&invd), &inv, 1e-5);
-    // The bf16 build writes the f32 build's values rounded, bit for bit.
+    // The bf16 build writes the f32 build's values rounded, bit for bit; here it also keeps a
+    // copy of its input, as a residual block's norm does (and refuses a copy too short).
     let mut yb = g.stream.alloc_zeros::<u16>(rows * width).unwrap();
     let mut invb = g.zeros(rows);
-    k.rmsnorm_forward(&xd, Some(&gd), &mut yb, &mut invb, rows, width, eps)
-        .unwrap();
+    let mut kept = g.zeros(rows * width);
+    k.rmsnorm_forward_keeping(
+        &xd,
+        Some(&gd),
+        &mut yb,
+        &mut invb,
+        rows,
+        width,
+        eps,
+        Some(&mut kept),
+    )
+    .unwrap();
+    assert_eq!(g.download(&kept), x, "rmsnorm's kept input");
+    let mut short = g.zeros(rows * width - 1);
+    assert!(k
+        .rmsnorm_forward_keeping(
+            &xd,
+            None,
+            &mut yb,
+            &mut invb,
+            rows,
+            width,
+            eps,
+            Some(&mut short)
+        )
+        .is_err());
     assert_eq!(
         g.download(&yb),
         g.download(&g.bf16(&yd)),

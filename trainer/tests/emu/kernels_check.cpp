@@ -100,7 +100,7 @@ void check(int head_dim, bool rope) {
                             head_dim, eps);
     });
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        rmsnorm_forward(x.data(), nullptr, y.data(), inv.data(), groups, head_dim, eps);
+        rmsnorm_forward(x.data(), nullptr, y.data(), inv.data(), groups, head_dim, eps, nullptr);
     });
     if (rope) {
         long pairs = (long)groups * half;
@@ -190,16 +190,19 @@ void check_rmsnorm() {
                 dx0[r * width + c] + inv * (dy[r * width + c] * gain[c] - xhat * dot);
         }
     }
-    std::vector<float> y(x.size()), inv(rows), inv2(rows);
+    std::vector<float> y(x.size()), inv(rows), inv2(rows), kept(x.size(), std::nanf(""));
     std::vector<bf16_bits> y16(x.size());
     emu::launch(group_grid(rows), threads256(), 0, [&] {
-        rmsnorm_forward(x.data(), gain.data(), y.data(), inv.data(), rows, width, eps);
+        rmsnorm_forward(x.data(), gain.data(), y.data(), inv.data(), rows, width, eps, nullptr);
     });
+    // The bf16 build, keeping a copy of its input (as a residual block's forward does).
     emu::launch(group_grid(rows), threads256(), 0, [&] {
-        rmsnorm_forward_bf16(x.data(), gain.data(), y16.data(), inv2.data(), rows, width, eps);
+        rmsnorm_forward_bf16(x.data(), gain.data(), y16.data(), inv2.data(), rows, width, eps,
+                             kept.data());
     });
     close("rmsnorm forward", y, y_ref, 1e-5);
     same_bits("rmsnorm forward bf16", y16, to_bf16(y));
+    same_bits("rmsnorm forward's kept input", kept, x);
     std::vector<float> dx = dx0, dgain = dgain0;
     emu::launch(group_grid(rows), threads256(), 0, [&] {
         rmsnorm_backward(dy.data(), x.data(), inv.data(), gain.data(), dx.data(), rows, width);

@@ -163,7 +163,29 @@ impl CudaKernels {
         width: usize,
         eps: f32,
     ) -> Result<(), LaunchError> {
+        self.rmsnorm_forward_keeping(x, gain, y, inv, groups, width, eps, None)
+    }
+
+    /// `rmsnorm_forward` that also copies `x` into `keep` (the same length) as it reads it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_forward_keeping<T: Stored>(
+        &self,
+        x: &CudaSlice<f32>,
+        gain: Option<&CudaSlice<f32>>,
+        y: &mut CudaSlice<T>,
+        inv: &mut CudaSlice<f32>,
+        groups: usize,
+        width: usize,
+        eps: f32,
+        keep: Option<&mut CudaSlice<f32>>,
+    ) -> Result<(), LaunchError> {
         let name = T::entry("rmsnorm_forward", "rmsnorm_forward_bf16");
+        if keep.as_ref().is_some_and(|k| k.len() < groups * width) {
+            return Err(LaunchError::Unsupported(format!(
+                "{name}: a copy of {} values for {groups} x {width}",
+                keep.map_or(0, |k| k.len())
+            )));
+        }
         let (groups, width) = (groups as i32, width as i32);
         let mut b = self.builder(name)?;
         b.arg(x);
@@ -172,6 +194,10 @@ impl CudaKernels {
             None => b.arg(&NULL),
         };
         b.arg(y).arg(inv).arg(&groups).arg(&width).arg(&eps);
+        match keep {
+            Some(k) => b.arg(k),
+            None => b.arg(&NULL),
+        };
         let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
         self.run(name, &mut b, grid(blocks, 1, THREADS))
     }

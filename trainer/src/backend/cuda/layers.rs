@@ -182,14 +182,46 @@ impl Kept {
         width: usize,
         eps: f32,
     ) -> Result<Kept, BackendError> {
+        Kept::rmsnorm_keeping(dev, x, gain, inv, rows, width, eps, None)
+    }
+
+    /// `rmsnorm` that also copies `x` into `keep` as it reads it.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_keeping(
+        dev: &Dev,
+        x: &Buf,
+        gain: Option<&Buf>,
+        inv: &mut Buf,
+        rows: usize,
+        width: usize,
+        eps: f32,
+        keep: Option<&mut Buf>,
+    ) -> Result<Kept, BackendError> {
         // SAFETY: rmsnorm_forward writes every row.
         let mut y = unsafe { Kept::output(dev, rows * width) }?;
         let k = dev.kernels;
         match &mut y {
-            Kept::F32(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps)?,
-            Kept::Bf16(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps)?,
+            Kept::F32(y) => k.rmsnorm_forward_keeping(x, gain, y, inv, rows, width, eps, keep)?,
+            Kept::Bf16(y) => k.rmsnorm_forward_keeping(x, gain, y, inv, rows, width, eps, keep)?,
         }
         Ok(y)
+    }
+
+    /// A residual block's input norm: `(x_in, normed)`, where `x_in` is the copy of the stream
+    /// `x` that the backward pass reads (the norm's kernel writes it as it reads `x`).
+    fn block_norm(
+        dev: &Dev,
+        x: &Buf,
+        gain: &Buf,
+        inv: &mut Buf,
+        rows: usize,
+        width: usize,
+        eps: f32,
+    ) -> Result<(Buf, Kept), BackendError> {
+        let mut x_in = dev.scratch(x.len())?; // the norm's kernel copies every row
+        let normed =
+            Kept::rmsnorm_keeping(dev, x, Some(gain), inv, rows, width, eps, Some(&mut x_in))?;
+        Ok((x_in, normed))
     }
 
     /// `silu(gate) · up`.
@@ -646,9 +678,8 @@ pub(super) fn attention_block_forward(
     let (d, da, hd, heads) = (dims.d, dims.da(), dims.hd, dims.heads);
     let n = spec.queries.len;
     let nk = spec.keys.len;
-    let x_in = dev.copy(x)?;
     let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
-    let normed = Kept::rmsnorm(dev, &x_in, Some(&w[0]), &mut inv, n, d, dims.eps)?;
+    let (x_in, normed) = Kept::block_norm(dev, x, &w[0], &mut inv, n, d, dims.eps)?;
     let kv_copy = match kv {
         Some(src) => dev.product_copy(src)?,
         None => None,
@@ -895,9 +926,8 @@ pub(super) fn ffn_block_forward(
 ) -> Result<FfnCache, BackendError> {
     let (d, f) = (dims.d, dims.f);
     let n = stream.len;
-    let x_in = dev.copy(x)?;
     let mut inv = dev.scratch(n)?; // rmsnorm_forward writes every row
-    let normed = Kept::rmsnorm(dev, &x_in, Some(&w[0]), &mut inv, n, d, dims.eps)?;
+    let (x_in, normed) = Kept::block_norm(dev, x, &w[0], &mut inv, n, d, dims.eps)?;
     // SAFETY: the products (beta 0) write them all.
     let (mut gate, mut up) = unsafe { (Kept::output(dev, n * f)?, Kept::output(dev, n * f)?) };
     dev.linear_forward(gate.as_output(), normed.operand(), &w[1], n, d, f, false)?;

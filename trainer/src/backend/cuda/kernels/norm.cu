@@ -23,30 +23,37 @@ __device__ __forceinline__ float group_inv_rms(const T* xs, int width, float eps
 }
 
 // Built twice: f32 outputs, and (`_bf16`) outputs rounded to bf16 for a mixed-precision step,
-// where products are their only readers; the f32 values before rounding are the same.
+// where products are their only readers; the f32 values before rounding are the same. `keep`
+// (may be null) receives a copy of `x`: a residual block keeps its input for the backward pass,
+// and copying it here spares a separate pass that reads the stream again.
 template <typename Out>
 __device__ __forceinline__ void rmsnorm_forward_at(const float* x, const float* gain, Out* y,
-                                                   float* inv, int groups, int width, float eps) {
+                                                   float* inv, int groups, int width, float eps,
+                                                   float* keep) {
     int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
     const float* xs = x + (long)g * width;
     float r = group_inv_rms(xs, width, eps, lane, inv + g);
     Out* ys = y + (long)g * width;
+    float* ks = keep ? keep + (long)g * width : nullptr;
     for (int i = lane; i < width; i += 32) {
-        float xhat = xs[i] * r;
+        float v = xs[i];
+        if (ks) ks[i] = v;
+        float xhat = v * r;
         store_value(ys + i, gain ? xhat * gain[i] : xhat);
     }
 }
 
 extern "C" __global__ void rmsnorm_forward(const float* x, const float* gain, float* y, float* inv,
-                                           int groups, int width, float eps) {
-    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps);
+                                           int groups, int width, float eps, float* keep) {
+    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps, keep);
 }
 
 extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gain, bf16_bits* y,
-                                                float* inv, int groups, int width, float eps) {
-    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps);
+                                                float* inv, int groups, int width, float eps,
+                                                float* keep) {
+    rmsnorm_forward_at(x, gain, y, inv, groups, width, eps, keep);
 }
 
 // The per-head norm of the fused attention's inputs in one pass: each group (one head of one
