@@ -191,12 +191,12 @@ fn main() {
                 .alloc_zeros::<f32>(n)
                 .unwrap_or_else(|e| fail("alloc", e))
         };
-        let (mut out, mut lse) = (alloc(q_tokens * da), alloc(shape.lines()));
         let alloc_bf16 = |n: usize| {
             stream
                 .alloc_zeros::<u16>(n)
                 .unwrap_or_else(|e| fail("alloc", e))
         };
+        let (mut out, mut lse) = (alloc_bf16(q_tokens * da), alloc(shape.lines()));
         let (mut dq, mut dk, mut dv) = (
             alloc_bf16(q_tokens * da),
             alloc_bf16(k_tokens * da),
@@ -219,10 +219,9 @@ fn main() {
                     .flash_forward(&q, &k, &v, &desc, None, build, &mut out, &mut lse)
                     .unwrap_or_else(|e| fail("forward", e))
             });
-            // The backward's inputs: the output's bf16 copy and delta, as the model makes them.
-            let out_bf16 = bf16(&stream, &kernels, &out);
+            // The backward's inputs: the (bf16) output and delta, as the model makes them.
             kernels
-                .flash_delta(&d_out, &out_bf16, &desc, build, &mut delta)
+                .flash_delta(&d_out, &out, &desc, build, &mut delta)
                 .unwrap_or_else(|e| fail("delta", e));
             let backward_ms = time_ms(&stream, runs, || {
                 kernels

@@ -272,15 +272,22 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                 let bf16 = |x: &[f32]| g.bf16(&g.upload(x));
                 let (qd, kd, vd, dod) = (bf16(&q), bf16(&k), bf16(&v), bf16(&d_out));
                 let descd = g.upload(&desc);
+                // The kernels' outputs are bf16: widened to f32 on the host.
+                let widen = |x: &CudaSlice<u16>| -> Vec<f32> {
+                    let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
+                    bits.iter()
+                        .map(|&b| f32::from_bits(u32::from(b) << 16))
+                        .collect()
+                };
                 let doc_d = docs.map(|(a, b)| (g.upload(a), g.upload(b)));
                 let docs_arg = doc_d.as_ref().map(|(a, b)| (a, b));
-                let mut od = g.zeros(q_tokens * da);
+                let mut od = g.stream.alloc_zeros::<u16>(q_tokens * da).unwrap();
                 let mut lse = g.zeros(fshape.lines());
                 let k_ = &g.kernels;
                 k_.flash_forward(&qd, &kd, &vd, &descd, docs_arg, fshape, &mut od, &mut lse)
                     .unwrap();
                 let mut delta = g.zeros(fshape.lines());
-                k_.flash_delta(&dod, &g.bf16(&od), &descd, fshape, &mut delta)
+                k_.flash_delta(&dod, &od, &descd, fshape, &mut delta)
                     .unwrap();
                 let backward = || {
                     // The gradients come back in bf16.
@@ -303,12 +310,6 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                         (&mut dqd, &mut dkd, &mut dvd),
                     )
                     .unwrap();
-                    let widen = |x: &CudaSlice<u16>| -> Vec<f32> {
-                        let bits: Vec<u16> = g.stream.clone_dtoh(x).unwrap();
-                        bits.iter()
-                            .map(|&b| f32::from_bits(u32::from(b) << 16))
-                            .collect()
-                    };
                     (widen(&dqd), widen(&dkd), widen(&dvd))
                 };
                 let (gdq, gdk, gdv) = backward();
@@ -325,12 +326,12 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
                         ""
                     }
                 );
-                assert_close(&format!("{name} out"), &g.download(&od), &out, 1e-2);
+                assert_close(&format!("{name} out"), &widen(&od), &out, 1e-2);
                 assert_close(&format!("{name} dq"), &gdq, &dq, 2e-2);
                 assert_close(&format!("{name} dk"), &gdk, &dk, 2e-2);
                 assert_close(&format!("{name} dv"), &gdv, &dv, 1e-2);
                 let again = backward();
-                let got = (g.download(&od), gdq, gdk, gdv);
+                let got = (widen(&od), gdq, gdk, gdv);
                 assert!(
                     (&again.0, &again.1, &again.2) == (&got.1, &got.2, &got.3),
                     "{name}: the backward pass is not deterministic"

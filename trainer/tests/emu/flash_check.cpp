@@ -102,10 +102,10 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
     // Outputs start as NaN, so a value the kernels should write but do not cannot pass: the
     // model hands them buffers that are not zeroed first.
     const float nan = std::nanf("");
-    res.out.assign((size_t)c.q_tokens * heads * D, nan);
     res.lse.assign((size_t)n_rows * heads * c.max_q, nan);
-    // The gradients are written in bf16 (NaN until written), then widened for the checks.
-    std::vector<bf16_bits> dq16(res.out.size(), f32_to_bf16(nan));
+    // O and the gradients are written in bf16 (NaN until written), then widened for the checks.
+    std::vector<bf16_bits> out16((size_t)c.q_tokens * heads * D, f32_to_bf16(nan));
+    std::vector<bf16_bits> dq16(out16.size(), f32_to_bf16(nan));
     std::vector<bf16_bits> dk16((size_t)c.k_tokens * heads * D, f32_to_bf16(nan));
     std::vector<bf16_bits> dv16(dk16.size(), f32_to_bf16(nan));
     const size_t tile_row = (size_t)(D + 8) * 2;
@@ -123,25 +123,22 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
         emu::launch(grid(c.max_q, WARPS * 32), threads,
                     WARPS * 32 * tile_row + 2 * 2 * FA_BK * tile_row, [&] {
                         flash_forward_wide<D, WARPS>(q.data(), k.data(), v.data(), desc.data(),
-                                                     q_doc, k_doc, res.out.data(), res.lse.data(),
+                                                     q_doc, k_doc, out16.data(), res.lse.data(),
                                                      heads, c.max_q, scale_log2);
                     });
     } else {
         emu::launch(grid(c.max_q, WARPS * 16), threads, STAGES * 2 * FA_BK * tile_row, [&] {
             flash_forward<D, WARPS, STAGES, LDM>(q.data(), k.data(), v.data(), desc.data(), q_doc,
-                                                 k_doc, res.out.data(), res.lse.data(), heads,
+                                                 k_doc, out16.data(), res.lse.data(), heads,
                                                  c.max_q, scale_log2);
         });
     }
-    // The backward pass reads bf16 copies of O, as the model keeps them.
-    std::vector<bf16_bits> out_bf16(res.out.size());
-    for (size_t i = 0; i < out_bf16.size(); i++) out_bf16[i] = f32_to_bf16(res.out[i]);
     std::vector<float> delta((size_t)n_rows * heads * c.max_q, nan);
     dim3 delta_grid, delta_threads;
     delta_grid.x = (unsigned)((n_rows * heads * c.max_q + 3) / 4);
     delta_threads.x = 128;
     emu::launch(delta_grid, delta_threads, 0, [&] {
-        flash_delta(d_out.data(), out_bf16.data(), desc.data(), delta.data(), n_rows, heads, D,
+        flash_delta(d_out.data(), out16.data(), desc.data(), delta.data(), n_rows, heads, D,
                     c.max_q);
     });
     dim3 kv_threads;
@@ -163,6 +160,7 @@ Result run_kernels(const Case& c, int heads, const std::vector<bf16_bits>& q,
         for (size_t i = 0; i < x.size(); i++) y[i] = bf16_to_f32(x[i]);
         return y;
     };
+    res.out = widen(out16);
     res.dq = widen(dq16);
     res.dk = widen(dk16);
     res.dv = widen(dv16);

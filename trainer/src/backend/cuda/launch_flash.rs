@@ -260,8 +260,8 @@ impl CudaKernels {
             )))
     }
 
-    /// `out` (query stream) = attention output for every query inside a row (others are left as
-    /// they are), and `lse` the base-2 log-sum-exp per query line for the backward pass.
+    /// `out` (query stream, bf16) = attention output for every query inside a row (others are
+    /// left as they are), and `lse` the base-2 log-sum-exp per query line for the backward pass.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_forward(
         &self,
@@ -271,7 +271,7 @@ impl CudaKernels {
         rows_desc: &CudaSlice<i32>,
         docs: DocStreams<'_>,
         shape: FlashShape,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<u16>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<(), LaunchError> {
         shape.check()?;

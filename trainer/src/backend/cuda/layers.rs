@@ -71,8 +71,9 @@ pub(super) struct AttnCache {
     v_inv: Buf,
     /// What the attention's backward pass needs of Q, K and V.
     attn: AttnKept,
-    /// The attention output before the per-head norm (RedLLM only) and its `1/rms`.
-    o_raw: Option<(Buf, Buf)>,
+    /// The attention output before the per-head norm (RedLLM only; bf16 from the fused
+    /// attention) and its `1/rms`.
+    o_raw: Option<(Kept, Buf)>,
     o_in: Kept,
 }
 
@@ -517,17 +518,17 @@ fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
     }
 }
 
-/// The fused forward over bf16 copies of Q, K, V: the output stream and the per-query
+/// The fused forward over bf16 copies of Q, K, V: the (bf16) output stream and the per-query
 /// log-sum-exp.
 fn flash_forward(
     dev: &Dev,
     dims: &Dims,
     spec: &DevAttn,
     (q, k, v): (&Bf16Buf, &Bf16Buf, &Bf16Buf),
-) -> Result<(Buf, Buf), BackendError> {
+) -> Result<(Bf16Buf, Buf), BackendError> {
     let rows = spec.rows;
     let shape = flash_shape(dims, rows);
-    let mut o = dev.zeros(spec.queries.len * dims.da())?;
+    let mut o = dev.zeros_of::<u16>(spec.queries.len * dims.da())?;
     // Read back only for queries inside a row, which the kernel writes.
     let mut lse = dev.scratch(shape.lines().max(1))?;
     let docs = spec.docs.then_some((&spec.queries.docs, &spec.keys.docs));
@@ -698,8 +699,8 @@ pub(super) fn attention_block_forward(
         (k_raw, k_inv, k) = project_bf16(dev, dims, src, &w[2], nk, Some((keys, rope)))?;
         (v_raw, v_inv, v) = project_bf16(dev, dims, src, &w[3], nk, None)?;
         drop(kv_copy);
-        let lse;
-        (o, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
+        let (out, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
+        o = Kept::Bf16(out);
         attn = AttnKept::Fused { q, k, v, lse };
     } else {
         let (mut q_rot, mut k_rot, v_hat);
@@ -714,19 +715,33 @@ pub(super) fn attention_block_forward(
             dev.kernels
                 .rope_apply(x, positions, &rope.cos, &rope.sin, heads, hd, false)?;
         }
-        o = attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?;
+        o = Kept::F32(attention_forward(dev, dims, spec, &q_rot, &k_rot, &v_hat)?);
         attn = AttnKept::Batched {
             q: q_rot,
             k: k_rot,
             v: v_hat,
         };
     }
-    let (o_raw, o_in) = if spec.out_norm {
-        let mut o_inv = dev.scratch(n * heads)?; // rmsnorm_forward writes every group
-        let o_hat = Kept::rmsnorm(dev, &o, None, &mut o_inv, n * heads, hd, dims.eps)?;
-        (Some((o, o_inv)), o_hat)
-    } else {
-        (None, Kept::new(dev, o)?)
+    let (o_raw, o_in) = match (spec.out_norm, o) {
+        (true, o) => {
+            let mut o_inv = dev.scratch(n * heads)?; // the norm's kernel writes every group
+            let o_hat = match &o {
+                // SAFETY: head_norm_rope_bf16 writes every value.
+                Kept::Bf16(raw) => Kept::Bf16({
+                    let mut hat = unsafe { dev.stream.alloc::<u16>(raw.len()) }?;
+                    dev.kernels.head_norm_rope_bf16(
+                        raw, &mut hat, &mut o_inv, None, heads, hd, dims.eps,
+                    )?;
+                    hat
+                }),
+                Kept::F32(raw) => {
+                    Kept::rmsnorm(dev, raw, None, &mut o_inv, n * heads, hd, dims.eps)?
+                }
+            };
+            (Some((o, o_inv)), o_hat)
+        }
+        (false, Kept::F32(o)) => (None, Kept::new(dev, o)?),
+        (false, o) => (None, o),
     };
     if dropout.is_some() {
         let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
@@ -813,19 +828,24 @@ pub(super) fn attention_block_backward(
     let dy_copy = dev.product_copy(dy)?;
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_o, dy_op, cache.o_in.operand(), n, da, d)?;
-    // The gradient w.r.t. the attention output: straight from the product in bf16 when the
-    // fused kernels are its only readers, else f32 (RedLLM's output norm reads it first).
+    // The gradient w.r.t. the attention output: straight from the product in bf16 for the
+    // fused attention (whose kernels, and RedLLM's output norm before them, read bf16), else f32.
     let fused = matches!(cache.attn, AttnKept::Fused { .. });
     // SAFETY (both): the product (beta 0) writes it all.
-    let mut d_o = match (fused, &cache.o_raw) {
-        (true, None) => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n * da) }?),
-        _ => Kept::F32(dev.scratch(n * da)?),
+    let mut d_o = match fused {
+        true => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n * da) }?),
+        false => Kept::F32(dev.scratch(n * da)?),
     };
     dev.linear_backward_input(d_o.as_output(), dy_op, &w[4], n, da, d, false)?;
     drop(dy_copy);
     drop(dropped);
     if let Some((o_raw, o_inv)) = &cache.o_raw {
-        d_o = Kept::F32(head_norm_backward(dev, dims, d_o.f32()?, o_raw, o_inv, n)?);
+        d_o = match &d_o {
+            Kept::Bf16(grad) => head_grad_bf16(dev, dims, grad, o_raw, o_inv, None)?,
+            Kept::F32(grad) => {
+                Kept::F32(head_norm_backward(dev, dims, grad, o_raw.f32()?, o_inv, n)?)
+            }
+        };
     }
     let rope = spec.rope;
     let (queries, keys) = (&spec.queries.positions, &spec.keys.positions);
@@ -834,13 +854,9 @@ pub(super) fn attention_block_backward(
         AttnKept::Fused { q, k, v, lse } => {
             // delta = rowsum(dO ⊙ O) wants the attention output: RedLLM keeps it (before its
             // per-head norm), DecLLM's is the output projection's input.
-            let o_copy;
-            let o: &Bf16Buf = match (&cache.o_raw, &cache.o_in) {
-                (Some((raw, _)), _) | (None, Kept::F32(raw)) => {
-                    o_copy = dev.bf16(raw)?;
-                    &o_copy
-                }
-                (None, Kept::Bf16(o)) => o,
+            let o = match &cache.o_raw {
+                Some((raw, _)) => raw.bf16()?,
+                None => cache.o_in.bf16()?,
             };
             let dob = match d_o {
                 Kept::Bf16(dob) => dob,

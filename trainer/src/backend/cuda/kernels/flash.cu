@@ -3,8 +3,8 @@
 // `mma.sync.m16n8k16` (bf16 operands, f32 accumulation).
 //
 // Q, K, V and dO arrive as bf16 copies of the model's token streams (`tokens x heads·D`, rows
-// packed one after another); the output O is an f32 stream, the gradients dQ, dK and dV bf16
-// streams (read only by the head norms' backward and products, which read bf16). `rows_desc` holds six
+// packed one after another), and the outputs O, dQ, dK and dV are bf16 streams too (their
+// readers, the products, the head norms and `flash_delta`, read bf16). `rows_desc` holds six
 // ints per batch row as in softmax.cu (q_start, q_len, k_start, k_len, causal, bidirectional
 // prefix), and `q_doc`/`k_doc` (both null, or both set) restrict a query to the keys of its own
 // document. Scores, the softmax and every accumulator stay f32. A query that sees no key outputs
@@ -373,7 +373,8 @@ __device__ __forceinline__ void score_grads(F full, float (&p)[NT][4], const flo
 template <int D, int WARPS, int STAGES, bool LDM>
 __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                               const int* rows_desc, const u32* q_doc, const u32* k_doc,
-                              float* out, float* lse, int heads, int max_q, float scale_log2) {
+                              bf16_bits* out, float* lse, int heads, int max_q,
+                              float scale_log2) {
     constexpr int KS = D / 16;     // k-steps over the head dimension
     constexpr int DT = D / 8;      // n-tiles over the head dimension
     constexpr int NT = FA_BK / 8;  // n-tiles over a key tile
@@ -525,12 +526,10 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
     for (int dt = 0; dt < DT; dt++) {
         int c = hc + dt * 8 + 2 * t;
         if (qa < row.q_len) {
-            *(float2*)(out + (long)(row.q_start + qa) * da + c) =
-                make_float2(o[dt][0] * ia, o[dt][1] * ia);
+            *(u32*)(out + (long)(row.q_start + qa) * da + c) = pack2(o[dt][0] * ia, o[dt][1] * ia);
         }
         if (qb < row.q_len) {
-            *(float2*)(out + (long)(row.q_start + qb) * da + c) =
-                make_float2(o[dt][2] * ib, o[dt][3] * ib);
+            *(u32*)(out + (long)(row.q_start + qb) * da + c) = pack2(o[dt][2] * ib, o[dt][3] * ib);
         }
     }
     if (t == 0) {
@@ -554,7 +553,7 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 template <int D, int WARPS>
 __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,
                                    const int* rows_desc, const u32* q_doc, const u32* k_doc,
-                                   float* out, float* lse, int heads, int max_q,
+                                   bf16_bits* out, float* lse, int heads, int max_q,
                                    float scale_log2) {
     constexpr int STAGES = 2, BK = FA_BK;
     constexpr int KS = D / 16, DT = D / 8, NT = BK / 8, KST = D + 8;
@@ -708,12 +707,12 @@ __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const
         for (int dt = 0; dt < DT; dt++) {
             int c = hc + dt * 8 + 2 * t;
             if (qa[m] < row.q_len) {
-                *(float2*)(out + (long)(row.q_start + qa[m]) * da + c) =
-                    make_float2(o[m][dt][0] * ia, o[m][dt][1] * ia);
+                *(u32*)(out + (long)(row.q_start + qa[m]) * da + c) =
+                    pack2(o[m][dt][0] * ia, o[m][dt][1] * ia);
             }
             if (qb[m] < row.q_len) {
-                *(float2*)(out + (long)(row.q_start + qb[m]) * da + c) =
-                    make_float2(o[m][dt][2] * ib, o[m][dt][3] * ib);
+                *(u32*)(out + (long)(row.q_start + qb[m]) * da + c) =
+                    pack2(o[m][dt][2] * ib, o[m][dt][3] * ib);
             }
         }
         if (t == 0) {
@@ -727,7 +726,7 @@ __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const
 #define FLASH_FORWARD_WIDE(D, WARPS, NAME)                                                             \
     extern "C" __global__ void NAME(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,   \
                                     const int* rows_desc, const u32* q_doc, const u32* k_doc,     \
-                                    float* out, float* lse, int heads, int max_q,                 \
+                                    bf16_bits* out, float* lse, int heads, int max_q,             \
                                     float scale_log2) {                                           \
         flash_forward_wide<D, WARPS>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads, max_q,       \
                                      scale_log2);                                                 \
@@ -1149,7 +1148,7 @@ __device__ void flash_backward_q(const bf16_bits* q, const bf16_bits* k, const b
 #define FLASH_ENTRIES(D, WARPS, STAGES, LDM, FORWARD, BACKWARD_KV, BACKWARD_Q)                    \
     extern "C" __global__ void FORWARD(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, \
                                        const int* rows_desc, const u32* q_doc, const u32* k_doc,   \
-                                       float* out, float* lse, int heads, int max_q,               \
+                                       bf16_bits* out, float* lse, int heads, int max_q,           \
                                        float scale_log2) {                                          \
         flash_forward<D, WARPS, STAGES, LDM>(q, k, v, rows_desc, q_doc, k_doc, out, lse, heads,   \
                                              max_q, scale_log2);                                    \
