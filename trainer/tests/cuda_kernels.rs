@@ -115,8 +115,24 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
     k.rmsnorm_forward(&xd, Some(&gd), &mut yd, &mut invd, rows, width, eps)
         .unwrap();
     let (mut dgd, mut dxd) = (g.upload(&dgain0), g.upload(&dx0));
-    k.rmsnorm_backward(&dyd, &xd, &invd, Some(&gd), &mut dxd, rows, width)
-        .unwrap();
+    // The backward also leaves the updated dx rounded to bf16 (what the next block reads).
+    let mut dx_copy = g.stream.alloc_zeros::<u16>(rows * width).unwrap();
+    k.rmsnorm_backward_copying(
+        &dyd,
+        &xd,
+        &invd,
+        Some(&gd),
+        &mut dxd,
+        rows,
+        width,
+        Some(&mut dx_copy),
+    )
+    .unwrap();
+    assert_eq!(
+        g.download(&dx_copy),
+        g.download(&g.bf16(&dxd)),
+        "rmsnorm backward's bf16 copy of dx"
+    );
     k.rmsnorm_gain_backward(&dyd, &xd, &invd, &mut dgd, rows)
         .unwrap();
     assert_close("rmsnorm y", &g.download(&yd), &y, 1e-5);

@@ -131,7 +131,8 @@ void check(int head_dim, bool rope) {
         });
     }
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        rmsnorm_backward(d.data(), x.data(), inv.data(), nullptr, dx.data(), groups, head_dim);
+        rmsnorm_backward(d.data(), x.data(), inv.data(), nullptr, dx.data(), groups, head_dim,
+                         nullptr);
     });
     same_bits(tag + " backward", dx_fused, to_bf16(dx));
 }
@@ -204,10 +205,13 @@ void check_rmsnorm() {
     same_bits("rmsnorm forward bf16", y16, to_bf16(y));
     same_bits("rmsnorm forward's kept input", kept, x);
     std::vector<float> dx = dx0, dgain = dgain0;
+    std::vector<bf16_bits> dx16(dx.size());
     emu::launch(group_grid(rows), threads256(), 0, [&] {
-        rmsnorm_backward(dy.data(), x.data(), inv.data(), gain.data(), dx.data(), rows, width);
+        rmsnorm_backward(dy.data(), x.data(), inv.data(), gain.data(), dx.data(), rows, width,
+                         dx16.data());
     });
     close("rmsnorm backward (added into dx)", dx, dx_ref, 1e-5);
+    same_bits("rmsnorm backward's bf16 copy of dx", dx16, to_bf16(dx));
     const int chunks = (rows + GAIN_CHUNK - 1) / GAIN_CHUNK;
     std::vector<float> partial((size_t)chunks * width);
     dim3 partial_grid = blocks_of((width + 255) / 256);

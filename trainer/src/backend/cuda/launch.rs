@@ -291,6 +291,28 @@ impl CudaKernels {
         groups: usize,
         width: usize,
     ) -> Result<(), LaunchError> {
+        self.rmsnorm_backward_copying(dy, x, inv, gain, dx, groups, width, None)
+    }
+
+    /// `rmsnorm_backward` that also writes the updated `dx` rounded to bf16 into `copy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_backward_copying(
+        &self,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        inv: &CudaSlice<f32>,
+        gain: Option<&CudaSlice<f32>>,
+        dx: &mut CudaSlice<f32>,
+        groups: usize,
+        width: usize,
+        copy: Option<&mut CudaSlice<u16>>,
+    ) -> Result<(), LaunchError> {
+        if copy.as_ref().is_some_and(|c| c.len() < groups * width) {
+            return Err(LaunchError::Unsupported(format!(
+                "rmsnorm_backward: a bf16 copy of {} values for {groups} x {width}",
+                copy.map_or(0, |c| c.len())
+            )));
+        }
         let (groups, width) = (groups as i32, width as i32);
         let mut b = self.builder("rmsnorm_backward")?;
         b.arg(dy).arg(x).arg(inv);
@@ -299,6 +321,10 @@ impl CudaKernels {
             None => b.arg(&NULL),
         };
         b.arg(dx).arg(&groups).arg(&width);
+        match copy {
+            Some(c) => b.arg(c),
+            None => b.arg(&NULL),
+        };
         let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
         self.run("rmsnorm_backward", &mut b, grid(blocks, 1, THREADS))
     }

@@ -56,6 +56,63 @@ pub(super) struct DropSite {
     pub site: u64,
 }
 
+/// The gradient w.r.t. a residual stream between blocks (`dx`) and, in the bf16 mode, its bf16
+/// copy, written by the norm backward that last updated `dx` for the next block's products
+/// (`None` once taken, or in the f32 mode).
+pub(super) struct StreamGrad {
+    pub dx: Buf,
+    pub copy: Option<Bf16Buf>,
+}
+
+impl StreamGrad {
+    /// What the products read of the gradient w.r.t. a block's branch: the bf16 copy of `dy`,
+    /// the branch's dropped-out gradient if there is one, else `dx`, whose copy is taken if the
+    /// norm backward left one. `None` in the f32 mode.
+    fn take_product_copy(
+        &mut self,
+        dev: &Dev,
+        dropped: Option<&Buf>,
+    ) -> Result<Option<Bf16Buf>, BackendError> {
+        match (dropped, self.copy.take()) {
+            (Some(dy), _) => dev.product_copy(dy),
+            (None, Some(copy)) => Ok(Some(copy)),
+            (None, None) => dev.product_copy(&self.dx),
+        }
+    }
+
+    /// Adds the backward of a norm (`dy` w.r.t. its output; `x` its input, `inv` its `1/rms`)
+    /// into `dx`, leaving the bf16 copy of the result in the bf16 mode.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_norm_backward(
+        &mut self,
+        dev: &Dev,
+        dy: &Buf,
+        x: &Buf,
+        inv: &Buf,
+        gain: &Buf,
+        rows: usize,
+        width: usize,
+    ) -> Result<(), BackendError> {
+        let mut copy = match dev.precision {
+            // SAFETY: rmsnorm_backward writes every value of the copy.
+            Precision::Bf16 => Some(unsafe { dev.stream.alloc::<u16>(self.dx.len()) }?),
+            Precision::F32 => None,
+        };
+        dev.kernels.rmsnorm_backward_copying(
+            dy,
+            x,
+            inv,
+            Some(gain),
+            &mut self.dx,
+            rows,
+            width,
+            copy.as_mut(),
+        )?;
+        self.copy = copy;
+        Ok(())
+    }
+}
+
 /// An attention block's five tensors (norm, q, k, v, o) or their gradients.
 pub(super) struct AttnCache {
     x_in: Buf,
@@ -801,7 +858,7 @@ fn head_norm_backward(
 }
 
 /// Backward of `attention_block_forward`: `dx` holds the gradient w.r.t. the block output and
-/// becomes the gradient w.r.t. its input; `g` are the block's five gradient buffers; for
+/// becomes the gradient w.r.t. its input (with its bf16 copy, in the bf16 mode); `g` are the block's five gradient buffers; for
 /// cross-attention `kv` is the encoder output and its gradient, added into.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_block_backward(
@@ -810,7 +867,7 @@ pub(super) fn attention_block_backward(
     w: &[Buf],
     g: &mut [Buf],
     cache: &AttnCache,
-    dx: &mut Buf,
+    dx: &mut StreamGrad,
     kv: Option<(&Buf, &mut Buf)>,
     spec: &DevAttn,
     dropout: Option<DropSite>,
@@ -823,9 +880,9 @@ pub(super) fn attention_block_backward(
             "an attention block owns exactly 5 tensors".into(),
         ));
     };
-    let dropped = branch_grad(dev, dx, spec.queries, d, dropout)?;
-    let dy: &Buf = dropped.as_ref().unwrap_or(dx);
-    let dy_copy = dev.product_copy(dy)?;
+    let dropped = branch_grad(dev, &dx.dx, spec.queries, d, dropout)?;
+    let dy_copy = dx.take_product_copy(dev, dropped.as_ref())?;
+    let dy: &Buf = dropped.as_ref().unwrap_or(&dx.dx);
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_o, dy_op, cache.o_in.operand(), n, da, d)?;
     // The gradient w.r.t. the attention output: straight from the product in bf16 for the
@@ -924,8 +981,7 @@ pub(super) fn attention_block_backward(
             dev.linear_backward_input(d_src, dv_op, &w[3], nk, d, da, true)?;
         }
     }
-    dev.kernels
-        .rmsnorm_backward(&d_normed, &cache.x_in, &cache.inv, Some(&w[0]), dx, n, d)?;
+    dx.add_norm_backward(dev, &d_normed, &cache.x_in, &cache.inv, &w[0], n, d)?;
     dev.kernels
         .rmsnorm_gain_backward(&d_normed, &cache.x_in, &cache.inv, g_norm, n)?;
     Ok(())
@@ -974,7 +1030,7 @@ pub(super) fn ffn_block_backward(
     w: &[Buf],
     g: &mut [Buf],
     cache: &FfnCache,
-    dx: &mut Buf,
+    dx: &mut StreamGrad,
     stream: &DevStream,
     dropout: Option<DropSite>,
 ) -> Result<(), BackendError> {
@@ -985,9 +1041,9 @@ pub(super) fn ffn_block_backward(
             "an FFN block owns exactly 4 tensors".into(),
         ));
     };
-    let dropped = branch_grad(dev, dx, stream, d, dropout)?;
-    let dy: &Buf = dropped.as_ref().unwrap_or(dx);
-    let dy_copy = dev.product_copy(dy)?;
+    let dropped = branch_grad(dev, &dx.dx, stream, d, dropout)?;
+    let dy_copy = dx.take_product_copy(dev, dropped.as_ref())?;
+    let dy: &Buf = dropped.as_ref().unwrap_or(&dx.dx);
     let dy_op = operand(dy, &dy_copy);
     dev.linear_backward_weight(g_down, dy_op, cache.hidden.operand(), n, f, d)?;
     // SAFETY: the product (beta 0) writes it all.
@@ -1003,8 +1059,7 @@ pub(super) fn ffn_block_backward(
     let mut d_normed = dev.scratch(n * d)?; // the dgate product (beta 0) writes it all
     dev.linear_backward_input(&mut d_normed, dgate_op, &w[1], n, d, f, false)?;
     dev.linear_backward_input(&mut d_normed, dup_op, &w[2], n, d, f, true)?;
-    dev.kernels
-        .rmsnorm_backward(&d_normed, &cache.x_in, &cache.inv, Some(&w[0]), dx, n, d)?;
+    dx.add_norm_backward(dev, &d_normed, &cache.x_in, &cache.inv, &w[0], n, d)?;
     dev.kernels
         .rmsnorm_gain_backward(&d_normed, &cache.x_in, &cache.inv, g_norm, n)?;
     Ok(())

@@ -9,7 +9,7 @@ use super::inputs::{chunk_len, BatchInputs};
 use super::launch_tokens::CE_FUSED_VOCAB;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, StreamGrad,
 };
 use super::products;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
@@ -135,14 +135,17 @@ fn stack_backward(
 ) -> Result<(), BackendError> {
     let d = env.dims.d;
     let n = env.stream.len;
-    let mut dx = dev.zeros(n * d)?;
+    let mut dx = StreamGrad {
+        dx: dev.zeros(n * d)?,
+        copy: None,
+    };
     let fnorm = plan.final_norm;
-    dev.kernels.rmsnorm_backward(
+    dx.add_norm_backward(
+        dev,
         d_out,
         &run.x_final,
         &run.inv_final,
-        Some(&env.params[fnorm]),
-        &mut dx,
+        &env.params[fnorm],
         n,
         d,
     )?;
@@ -196,7 +199,7 @@ fn stack_backward(
     }
     // The embedding lookup's backward, in token order per vocabulary row.
     dev.kernels.embedding_backward(
-        &dx,
+        &dx.dx,
         &env.stream.tokens,
         &env.stream.chain_first,
         &env.stream.chain_next,

@@ -132,8 +132,12 @@ extern "C" __global__ void head_norm_rope_backward_bf16(const bf16_bits* dy, con
 }
 
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
+// `copy` (may be null) receives the updated dx rounded to bf16: a residual block's input norm
+// writes the stream gradient that the next block's products read in bf16, so the rounding pass
+// that would read it again is not needed.
 extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, const float* inv,
-                                            const float* gain, float* dx, int groups, int width) {
+                                            const float* gain, float* dx, int groups, int width,
+                                            bf16_bits* copy) {
     int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (g >= groups) return;
@@ -147,7 +151,9 @@ extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, con
     dot = warp_sum(dot) / (float)width;
     for (int i = lane; i < width; i += 32) {
         float dxhat = gain ? dy[base + i] * gain[i] : dy[base + i];
-        dx[base + i] += r * (dxhat - x[base + i] * r * dot);
+        float v = dx[base + i] + r * (dxhat - x[base + i] * r * dot);
+        dx[base + i] = v;
+        if (copy) copy[base + i] = f32_to_bf16(v);
     }
 }
 
