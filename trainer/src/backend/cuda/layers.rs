@@ -113,6 +113,14 @@ impl StreamGrad {
     }
 }
 
+/// Where the cross-entropy gradient gets each token's log Z: from `cross_entropy_forward`, run
+/// before, or computed in the same launch, which also writes the forward pass's `(log_z, ce,
+/// z)` (a vocabulary of at most `launch_tokens::CE_FUSED_VOCAB`).
+pub(super) enum LogZ<'a> {
+    Known(&'a Buf),
+    Fused((&'a mut Buf, &'a mut Buf, &'a mut Buf)),
+}
+
 /// An attention block's five tensors (norm, q, k, v, o) or their gradients.
 pub(super) struct AttnCache {
     x_in: Buf,
@@ -303,52 +311,34 @@ impl Kept {
     }
 
     /// The cross-entropy (with z-loss) gradient w.r.t. a chunk's raw logits (`targets.len() x
-    /// vocab`), times `grad_scale`; `log_z` from the forward pass.
+    /// vocab`), times `grad_scale`, given `log_z` from the forward pass, or computing the forward
+    /// pass's values in the same launch, which reads the logits once (`LogZ::Fused`).
     #[allow(clippy::too_many_arguments)]
     pub fn cross_entropy_grad(
         dev: &Dev,
         logits: &Buf,
         targets: &CudaSlice<u32>,
-        log_z: &Buf,
+        log_z: LogZ<'_>,
         vocab: usize,
         z_loss: f32,
         grad_scale: f32,
     ) -> Result<Kept, BackendError> {
-        // SAFETY: cross_entropy_backward writes all `tokens x vocab` values.
+        // SAFETY: both kernels write all `tokens x vocab` values.
         let mut g = unsafe { Kept::output(dev, targets.len() * vocab) }?;
         let k = dev.kernels;
-        match &mut g {
-            Kept::F32(g) => {
-                k.cross_entropy_backward(logits, g, targets, log_z, vocab, z_loss, grad_scale)?
+        let (lg, t, scale) = (logits, targets, grad_scale);
+        match (&mut g, log_z) {
+            (Kept::F32(g), LogZ::Known(lz)) => {
+                k.cross_entropy_backward(lg, g, t, lz, vocab, z_loss, scale)?
             }
-            Kept::Bf16(g) => {
-                k.cross_entropy_backward(logits, g, targets, log_z, vocab, z_loss, grad_scale)?
+            (Kept::Bf16(g), LogZ::Known(lz)) => {
+                k.cross_entropy_backward(lg, g, t, lz, vocab, z_loss, scale)?
             }
-        }
-        Ok(g)
-    }
-
-    /// `cross_entropy_grad` with the forward pass's `(log_z, ce, z)` in the same launch, which
-    /// reads the logits once (`vocab` at most `launch_tokens::CE_FUSED_VOCAB`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn cross_entropy_fused(
-        dev: &Dev,
-        logits: &Buf,
-        targets: &CudaSlice<u32>,
-        sums: (&mut Buf, &mut Buf, &mut Buf),
-        vocab: usize,
-        z_loss: f32,
-        grad_scale: f32,
-    ) -> Result<Kept, BackendError> {
-        // SAFETY: cross_entropy_fused writes all `tokens x vocab` values.
-        let mut g = unsafe { Kept::output(dev, targets.len() * vocab) }?;
-        let k = dev.kernels;
-        match &mut g {
-            Kept::F32(g) => {
-                k.cross_entropy_fused(logits, targets, sums, g, vocab, z_loss, grad_scale)?
+            (Kept::F32(g), LogZ::Fused(sums)) => {
+                k.cross_entropy_fused(lg, t, sums, g, vocab, z_loss, scale)?
             }
-            Kept::Bf16(g) => {
-                k.cross_entropy_fused(logits, targets, sums, g, vocab, z_loss, grad_scale)?
+            (Kept::Bf16(g), LogZ::Fused(sums)) => {
+                k.cross_entropy_fused(lg, t, sums, g, vocab, z_loss, scale)?
             }
         }
         Ok(g)

@@ -9,7 +9,7 @@ use super::inputs::{chunk_len, BatchInputs};
 use super::launch_tokens::CE_FUSED_VOCAB;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, StreamGrad,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, LogZ, StreamGrad,
 };
 use super::products;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
@@ -291,9 +291,9 @@ fn score(
         // bf16 mode: the products are its only readers). In a training step whose vocabulary
         // fits, the losses and G come from one pass over the logits.
         let g = if backward && vocab <= CE_FUSED_VOCAB {
-            let sums = (&mut log_z, &mut ce, &mut z);
+            let sums = LogZ::Fused((&mut log_z, &mut ce, &mut z));
             let targets = &chunk.targets;
-            Some(Kept::cross_entropy_fused(
+            Some(Kept::cross_entropy_grad(
                 dev, &logits, targets, sums, vocab, z_loss, scale,
             )?)
         } else {
@@ -311,7 +311,7 @@ fn score(
                     dev,
                     &logits,
                     &chunk.targets,
-                    &log_z,
+                    LogZ::Known(&log_z),
                     vocab,
                     z_loss,
                     scale,
