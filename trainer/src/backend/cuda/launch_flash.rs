@@ -1,7 +1,7 @@
 //! Launchers for the fused attention of the bf16 mode (flash.cu): forward, `delta = rowsum(dO ⊙
 //! O)`, and the two backward kernels (dK/dV per key tile, dQ per query tile). Q, K, V and dO are
-//! bf16 copies (`u16`) of the model's token streams (`tokens x heads·head_dim`), the outputs f32
-//! streams; `lse` and `delta` are `rows x heads x max_q` values.
+//! bf16 copies (`u16`) of the model's token streams (`tokens x heads·head_dim`), and so are the
+//! outputs O, dQ, dK and dV; `lse` and `delta` are `rows x heads x max_q` f32 values.
 
 use std::sync::Mutex;
 

@@ -3,7 +3,9 @@
 //! rounding-level: the residual add is fused into the output projection (`beta = 1`) when there
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention runs fused (`flash.cu`) in the bf16 mode, as padded
-//! batched products over (row, head) in the f32 mode.
+//! batched products over (row, head) in the f32 mode. In the bf16 mode, values whose readers all
+//! read bf16 are stored so (`Kept`): product inputs, the FFN's gate, up and hidden gradient, and
+//! the attention's projections, output and gradients.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
@@ -14,6 +16,38 @@ use super::launch_model::{PackShape, PackSide};
 use super::launch_tokens::ScoresShape;
 use super::products::AttnSizes;
 use crate::backend::BackendError;
+
+/// A block's parameters (in checkpoint order: the norm's gain, then the weight matrices) and,
+/// in the bf16 mode, the bf16 copies of the matrices that the products read, made once per
+/// micro-batch for the forward and backward passes (`None` in the f32 mode).
+#[derive(Clone, Copy)]
+pub(super) struct Weights<'a> {
+    pub f32: &'a [Buf],
+    pub bf16: &'a [Option<Bf16Buf>],
+}
+
+impl<'a> Weights<'a> {
+    /// Parameters `start..start + len`.
+    pub fn slice(&self, start: usize, len: usize) -> Weights<'a> {
+        Weights {
+            f32: &self.f32[start..start + len],
+            bf16: &self.bf16[start..start + len],
+        }
+    }
+
+    /// What a product reads of parameter `i`: its bf16 copy if it has one.
+    pub fn op(&self, i: usize) -> Operand<'a> {
+        operand(&self.f32[i], &self.bf16[i])
+    }
+}
+
+impl std::ops::Index<usize> for Weights<'_> {
+    type Output = Buf;
+
+    fn index(&self, i: usize) -> &Buf {
+        &self.f32[i]
+    }
+}
 
 /// Shapes and constants shared by all blocks.
 #[derive(Debug, Clone, Copy)]
@@ -373,7 +407,7 @@ fn projection(
     dev: &Dev,
     dims: &Dims,
     input: Operand<'_>,
-    w: &Buf,
+    w: Operand<'_>,
     tokens: usize,
 ) -> Result<Buf, BackendError> {
     let (d, da) = (dims.d, dims.da());
@@ -387,7 +421,7 @@ fn project(
     dev: &Dev,
     dims: &Dims,
     input: Operand<'_>,
-    w: &Buf,
+    w: Operand<'_>,
     tokens: usize,
 ) -> Result<(Kept, Buf, Buf), BackendError> {
     let raw = projection(dev, dims, input, w, tokens)?;
@@ -413,7 +447,7 @@ fn project_bf16(
     dev: &Dev,
     dims: &Dims,
     input: Operand<'_>,
-    w: &Buf,
+    w: Operand<'_>,
     tokens: usize,
     rope: Option<(&CudaSlice<u32>, &DevRope)>,
 ) -> Result<(Kept, Buf, Bf16Buf), BackendError> {
@@ -717,7 +751,7 @@ fn attention_backward(
 pub(super) fn attention_block_forward(
     dev: &Dev,
     dims: &Dims,
-    w: &[Buf],
+    w: Weights<'_>,
     x: &mut Buf,
     kv: Option<&Buf>,
     spec: &DevAttn,
@@ -741,19 +775,25 @@ pub(super) fn attention_block_forward(
     if fused_attention(dev, dims) {
         let (queries, keys) = (&spec.queries.positions, &spec.keys.positions);
         let (q, k, v);
-        (q_raw, q_inv, q) =
-            project_bf16(dev, dims, normed.operand(), &w[1], n, Some((queries, rope)))?;
-        (k_raw, k_inv, k) = project_bf16(dev, dims, src, &w[2], nk, Some((keys, rope)))?;
-        (v_raw, v_inv, v) = project_bf16(dev, dims, src, &w[3], nk, None)?;
+        (q_raw, q_inv, q) = project_bf16(
+            dev,
+            dims,
+            normed.operand(),
+            w.op(1),
+            n,
+            Some((queries, rope)),
+        )?;
+        (k_raw, k_inv, k) = project_bf16(dev, dims, src, w.op(2), nk, Some((keys, rope)))?;
+        (v_raw, v_inv, v) = project_bf16(dev, dims, src, w.op(3), nk, None)?;
         drop(kv_copy);
         let (out, lse) = flash_forward(dev, dims, spec, (&q, &k, &v))?;
         o = Kept::Bf16(out);
         attn = AttnKept::Fused { q, k, v, lse };
     } else {
         let (mut q_rot, mut k_rot, v_hat);
-        (q_raw, q_rot, q_inv) = project(dev, dims, normed.operand(), &w[1], n)?;
-        (k_raw, k_rot, k_inv) = project(dev, dims, src, &w[2], nk)?;
-        (v_raw, v_hat, v_inv) = project(dev, dims, src, &w[3], nk)?;
+        (q_raw, q_rot, q_inv) = project(dev, dims, normed.operand(), w.op(1), n)?;
+        (k_raw, k_rot, k_inv) = project(dev, dims, src, w.op(2), nk)?;
+        (v_raw, v_hat, v_inv) = project(dev, dims, src, w.op(3), nk)?;
         drop(kv_copy);
         for (x, positions) in [
             (&mut q_rot, &spec.queries.positions),
@@ -792,10 +832,10 @@ pub(super) fn attention_block_forward(
     };
     if dropout.is_some() {
         let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
-        dev.linear_forward(&mut y, o_in.operand(), &w[4], n, da, d, false)?;
+        dev.linear_forward(&mut y, o_in.operand(), w.op(4), n, da, d, false)?;
         add_branch(dev, x, y, spec.queries, d, dropout)?;
     } else {
-        dev.linear_forward(x, o_in.operand(), &w[4], n, da, d, true)?;
+        dev.linear_forward(x, o_in.operand(), w.op(4), n, da, d, true)?;
     }
     Ok(AttnCache {
         x_in,
@@ -854,7 +894,7 @@ fn head_norm_backward(
 pub(super) fn attention_block_backward(
     dev: &Dev,
     dims: &Dims,
-    w: &[Buf],
+    w: Weights<'_>,
     g: &mut [Buf],
     cache: &AttnCache,
     dx: &mut StreamGrad,
@@ -883,7 +923,7 @@ pub(super) fn attention_block_backward(
         true => Kept::Bf16(unsafe { dev.stream.alloc::<u16>(n * da) }?),
         false => Kept::F32(dev.scratch(n * da)?),
     };
-    dev.linear_backward_input(d_o.as_output(), dy_op, &w[4], n, da, d, false)?;
+    dev.linear_backward_input(d_o.as_output(), dy_op, w.op(4), n, da, d, false)?;
     drop(dy_copy);
     drop(dropped);
     if let Some((o_raw, o_inv)) = &cache.o_raw {
@@ -954,21 +994,21 @@ pub(super) fn attention_block_backward(
     let mut d_normed = dev.scratch(n * d)?; // the dq product (beta 0) writes it all
     let normed = cache.normed.operand();
     dev.linear_backward_weight(g_q, dq_op, normed, n, d, da)?;
-    dev.linear_backward_input(&mut d_normed, dq_op, &w[1], n, d, da, false)?;
+    dev.linear_backward_input(&mut d_normed, dq_op, w.op(1), n, d, da, false)?;
     match kv {
         None => {
             dev.linear_backward_weight(g_k, dk_op, normed, n, d, da)?;
             dev.linear_backward_weight(g_v, dv_op, normed, n, d, da)?;
-            dev.linear_backward_input(&mut d_normed, dk_op, &w[2], n, d, da, true)?;
-            dev.linear_backward_input(&mut d_normed, dv_op, &w[3], n, d, da, true)?;
+            dev.linear_backward_input(&mut d_normed, dk_op, w.op(2), n, d, da, true)?;
+            dev.linear_backward_input(&mut d_normed, dv_op, w.op(3), n, d, da, true)?;
         }
         Some((src, d_src)) => {
             let src_copy = dev.product_copy(src)?;
             let src_op = operand(src, &src_copy);
             dev.linear_backward_weight(g_k, dk_op, src_op, nk, d, da)?;
             dev.linear_backward_weight(g_v, dv_op, src_op, nk, d, da)?;
-            dev.linear_backward_input(&mut *d_src, dk_op, &w[2], nk, d, da, true)?;
-            dev.linear_backward_input(d_src, dv_op, &w[3], nk, d, da, true)?;
+            dev.linear_backward_input(&mut *d_src, dk_op, w.op(2), nk, d, da, true)?;
+            dev.linear_backward_input(d_src, dv_op, w.op(3), nk, d, da, true)?;
         }
     }
     dx.add_norm_backward(dev, &d_normed, &cache.x_in, &cache.inv, &w[0], n, d)?;
@@ -981,7 +1021,7 @@ pub(super) fn attention_block_backward(
 pub(super) fn ffn_block_forward(
     dev: &Dev,
     dims: &Dims,
-    w: &[Buf],
+    w: Weights<'_>,
     x: &mut Buf,
     stream: &DevStream,
     dropout: Option<DropSite>,
@@ -992,15 +1032,15 @@ pub(super) fn ffn_block_forward(
     let (x_in, normed) = Kept::block_norm(dev, x, &w[0], &mut inv, n, d, dims.eps)?;
     // SAFETY: the products (beta 0) write them all.
     let (mut gate, mut up) = unsafe { (Kept::output(dev, n * f)?, Kept::output(dev, n * f)?) };
-    dev.linear_forward(gate.as_output(), normed.operand(), &w[1], n, d, f, false)?;
-    dev.linear_forward(up.as_output(), normed.operand(), &w[2], n, d, f, false)?;
+    dev.linear_forward(gate.as_output(), normed.operand(), w.op(1), n, d, f, false)?;
+    dev.linear_forward(up.as_output(), normed.operand(), w.op(2), n, d, f, false)?;
     let hidden = Kept::swiglu(dev, &gate, &up)?;
     if dropout.is_some() {
         let mut y = dev.scratch(n * d)?; // the product (beta 0) writes it all
-        dev.linear_forward(&mut y, hidden.operand(), &w[3], n, f, d, false)?;
+        dev.linear_forward(&mut y, hidden.operand(), w.op(3), n, f, d, false)?;
         add_branch(dev, x, y, stream, d, dropout)?;
     } else {
-        dev.linear_forward(x, hidden.operand(), &w[3], n, f, d, true)?;
+        dev.linear_forward(x, hidden.operand(), w.op(3), n, f, d, true)?;
     }
     Ok(FfnCache {
         x_in,
@@ -1017,7 +1057,7 @@ pub(super) fn ffn_block_forward(
 pub(super) fn ffn_block_backward(
     dev: &Dev,
     dims: &Dims,
-    w: &[Buf],
+    w: Weights<'_>,
     g: &mut [Buf],
     cache: &FfnCache,
     dx: &mut StreamGrad,
@@ -1038,7 +1078,7 @@ pub(super) fn ffn_block_backward(
     dev.linear_backward_weight(g_down, dy_op, cache.hidden.operand(), n, f, d)?;
     // SAFETY: the product (beta 0) writes it all.
     let mut dh = unsafe { Kept::output(dev, n * f) }?;
-    dev.linear_backward_input(dh.as_output(), dy_op, &w[3], n, f, d, false)?;
+    dev.linear_backward_input(dh.as_output(), dy_op, w.op(3), n, f, d, false)?;
     drop(dy_copy);
     drop(dropped);
     let (dgate, dup) = Kept::swiglu_grads(dev, &dh, &cache.gate, &cache.up)?;
@@ -1047,8 +1087,8 @@ pub(super) fn ffn_block_backward(
     dev.linear_backward_weight(g_gate, dgate_op, cache.normed.operand(), n, d, f)?;
     dev.linear_backward_weight(g_up, dup_op, cache.normed.operand(), n, d, f)?;
     let mut d_normed = dev.scratch(n * d)?; // the dgate product (beta 0) writes it all
-    dev.linear_backward_input(&mut d_normed, dgate_op, &w[1], n, d, f, false)?;
-    dev.linear_backward_input(&mut d_normed, dup_op, &w[2], n, d, f, true)?;
+    dev.linear_backward_input(&mut d_normed, dgate_op, w.op(1), n, d, f, false)?;
+    dev.linear_backward_input(&mut d_normed, dup_op, w.op(2), n, d, f, true)?;
     dx.add_norm_backward(dev, &d_normed, &cache.x_in, &cache.inv, &w[0], n, d)?;
     dev.kernels
         .rmsnorm_gain_backward(&d_normed, &cache.x_in, &cache.inv, g_norm, n)?;

@@ -4,12 +4,13 @@
 //! copy before the step). Nothing in a step waits for the device until the losses are read back
 //! after the last backward launch.
 
-use super::device::{operand, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
+use super::blas::{Operand, Precision};
+use super::device::{operand, Bf16Buf, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
 use super::inputs::{chunk_len, BatchInputs};
 use super::launch_tokens::CE_FUSED_VOCAB;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, LogZ, StreamGrad,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, LogZ, StreamGrad, Weights,
 };
 use super::products;
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
@@ -35,6 +36,8 @@ struct StackRun {
 struct StackEnv<'a> {
     dims: Dims,
     params: &'a [Buf],
+    /// The bf16 copies of the weight matrices (`weight_copies`), by parameter index.
+    copies: &'a [Option<Bf16Buf>],
     stream: &'a DevStream,
     self_spec: DevAttn<'a>,
     cross: Option<(DevAttn<'a>, &'a Buf)>,
@@ -42,6 +45,15 @@ struct StackEnv<'a> {
 }
 
 impl StackEnv<'_> {
+    /// Parameters `i..i + len` with their bf16 copies: one block's.
+    fn weights(&self, i: usize, len: usize) -> Weights<'_> {
+        Weights {
+            f32: self.params,
+            bf16: self.copies,
+        }
+        .slice(i, len)
+    }
+
     fn dropout(&self, plan: &Plan, block: usize) -> Option<DropSite> {
         self.dropout.map(|(p, seed)| DropSite {
             p,
@@ -73,7 +85,7 @@ fn stack_forward(
             Block::SelfAttn(i) => Cache::Attn(Box::new(attention_block_forward(
                 dev,
                 &env.dims,
-                &env.params[i..i + 5],
+                env.weights(i, 5),
                 &mut x,
                 None,
                 &env.self_spec,
@@ -84,7 +96,7 @@ fn stack_forward(
                 Cache::Attn(Box::new(attention_block_forward(
                     dev,
                     &env.dims,
-                    &env.params[i..i + 5],
+                    env.weights(i, 5),
                     &mut x,
                     Some(kv),
                     spec,
@@ -94,7 +106,7 @@ fn stack_forward(
             Block::Ffn(i) => Cache::Ffn(Box::new(ffn_block_forward(
                 dev,
                 &env.dims,
-                &env.params[i..i + 4],
+                env.weights(i, 4),
                 &mut x,
                 env.stream,
                 dropout,
@@ -157,7 +169,7 @@ fn stack_backward(
             (Block::SelfAttn(i), Cache::Attn(cache)) => attention_block_backward(
                 dev,
                 &env.dims,
-                &env.params[i..i + 5],
+                env.weights(i, 5),
                 &mut grads[i..i + 5],
                 cache,
                 &mut dx,
@@ -171,7 +183,7 @@ fn stack_backward(
                 attention_block_backward(
                     dev,
                     &env.dims,
-                    &env.params[i..i + 5],
+                    env.weights(i, 5),
                     &mut grads[i..i + 5],
                     cache,
                     &mut dx,
@@ -183,7 +195,7 @@ fn stack_backward(
             (Block::Ffn(i), Cache::Ffn(cache)) => ffn_block_backward(
                 dev,
                 &env.dims,
-                &env.params[i..i + 4],
+                env.weights(i, 4),
                 &mut grads[i..i + 4],
                 cache,
                 &mut dx,
@@ -250,7 +262,7 @@ impl Losses {
 fn score(
     dev: &Dev,
     config: &ModelConfig,
-    embed: &Buf,
+    embed_op: Operand<'_>,
     mut d_embed: Option<&mut Buf>,
     hidden: &Buf,
     hidden_tokens: usize,
@@ -263,9 +275,6 @@ fn score(
         Some(_) => Some(dev.zeros(hidden_tokens * d)?),
         None => None,
     };
-    // Every chunk's products read the embedding: round it to bf16 once (in the bf16 mode).
-    let embed_copy = dev.product_copy(embed)?;
-    let embed_op = operand(embed, &embed_copy);
     let mut losses = Vec::new();
     for chunk in chunks {
         let c = chunk.len;
@@ -343,6 +352,31 @@ fn score(
     Ok((Losses(losses), d_hidden))
 }
 
+/// The bf16 copies of the weight matrices (every 2-D parameter, by index; `None` for the
+/// norms' gains and in the f32 mode).
+fn weight_copies(
+    dev: &Dev,
+    config: &ModelConfig,
+    params: &[Buf],
+) -> Result<Vec<Option<Bf16Buf>>, BackendError> {
+    let shapes = crate::params::param_shapes(config);
+    if shapes.len() != params.len() {
+        return Err(BackendError::BadModel(format!(
+            "{} parameter tensors for a model of {}",
+            params.len(),
+            shapes.len()
+        )));
+    }
+    params
+        .iter()
+        .zip(&shapes)
+        .map(|(p, (_, shape))| match (dev.precision, shape.len()) {
+            (Precision::Bf16, 2) => Ok(Some(dev.bf16(p)?)),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
 fn no_hidden_gradient() -> BackendError {
     BackendError::Device("internal: no hidden-state gradient".into())
 }
@@ -387,11 +421,14 @@ pub(super) fn run_model(
         });
     };
     // The scored tokens' losses (and, training, the gradient w.r.t. the top stack's output).
+    // Every product reads the weight matrices (the embedding's in the logits) in bf16: rounded
+    // once here for the forward and backward passes, not once per product.
+    let copies = weight_copies(dev, config, params)?;
     let score = |output: &Buf, stream: &DevStream, d_embed: Option<&mut Buf>| {
         score(
             dev,
             config,
-            &params[0],
+            operand(&params[0], &copies[0]),
             d_embed,
             output,
             stream.len,
@@ -404,6 +441,7 @@ pub(super) fn run_model(
             let env = StackEnv {
                 dims,
                 params,
+                copies: &copies,
                 stream,
                 self_spec: DevAttn {
                     queries: stream,
@@ -438,6 +476,7 @@ pub(super) fn run_model(
             let enc_env = StackEnv {
                 dims,
                 params,
+                copies: &copies,
                 stream: enc,
                 self_spec: DevAttn {
                     queries: enc,
@@ -455,6 +494,7 @@ pub(super) fn run_model(
             let dec_env = StackEnv {
                 dims,
                 params,
+                copies: &copies,
                 stream: dec,
                 self_spec: DevAttn {
                     queries: dec,
