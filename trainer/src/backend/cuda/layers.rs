@@ -92,10 +92,12 @@ pub(super) struct DropSite {
 
 /// The gradient w.r.t. a residual stream between blocks (`dx`) and, in the bf16 mode, its bf16
 /// copy, written by the norm backward that last updated `dx` for the next block's products
-/// (`None` once taken, or in the f32 mode).
+/// (`None` once taken, or in the f32 mode). `copy_next` says whether another block follows to
+/// read one (the stack's first block hands `dx` to the embedding, which reads f32).
 pub(super) struct StreamGrad {
     pub dx: Buf,
     pub copy: Option<Bf16Buf>,
+    pub copy_next: bool,
 }
 
 impl StreamGrad {
@@ -115,7 +117,7 @@ impl StreamGrad {
     }
 
     /// Adds the backward of a norm (`dy` w.r.t. its output; `x` its input, `inv` its `1/rms`)
-    /// into `dx`, leaving the bf16 copy of the result in the bf16 mode.
+    /// into `dx`, leaving the bf16 copy of the result in the bf16 mode if `copy_next`.
     #[allow(clippy::too_many_arguments)]
     pub fn add_norm_backward(
         &mut self,
@@ -127,10 +129,10 @@ impl StreamGrad {
         rows: usize,
         width: usize,
     ) -> Result<(), BackendError> {
-        let mut copy = match dev.precision {
+        let mut copy = match (dev.precision, self.copy_next) {
             // SAFETY: rmsnorm_backward writes every value of the copy.
-            Precision::Bf16 => Some(unsafe { dev.stream.alloc::<u16>(self.dx.len()) }?),
-            Precision::F32 => None,
+            (Precision::Bf16, true) => Some(unsafe { dev.stream.alloc::<u16>(self.dx.len()) }?),
+            _ => None,
         };
         dev.kernels.rmsnorm_backward_copying(
             dy,

@@ -150,6 +150,7 @@ fn stack_backward(
     let mut dx = StreamGrad {
         dx: dev.zeros(n * d)?,
         copy: None,
+        copy_next: !plan.blocks.is_empty(),
     };
     let fnorm = plan.final_norm;
     dx.add_norm_backward(
@@ -165,6 +166,8 @@ fn stack_backward(
         .rmsnorm_gain_backward(d_out, &run.x_final, &run.inv_final, &mut grads[fnorm], n)?;
     for (b, (block, cache)) in plan.blocks.iter().zip(&run.caches).enumerate().rev() {
         let dropout = env.dropout(plan, b);
+        // The first block's input gradient goes to the embedding: no bf16 copy of it.
+        dx.copy_next = b > 0;
         match (*block, cache) {
             (Block::SelfAttn(i), Cache::Attn(cache)) => attention_block_backward(
                 dev,
