@@ -273,23 +273,10 @@ impl Kept {
         })
     }
 
-    /// RMSNorm of `rows` rows of `x` (with `gain`, if any), keeping `inv` for the backward
-    /// pass.
-    pub fn rmsnorm(
-        dev: &Dev,
-        x: &Buf,
-        gain: Option<&Buf>,
-        inv: &mut Buf,
-        rows: usize,
-        width: usize,
-        eps: f32,
-    ) -> Result<Kept, BackendError> {
-        Kept::rmsnorm_keeping(dev, x, gain, inv, rows, width, eps, None)
-    }
-
-    /// `rmsnorm` that also copies `x` into `keep` as it reads it.
+    /// RMSNorm of `rows` rows of `x` (with `gain`, if any), keeping `inv` for the backward pass,
+    /// and copying `x` into `keep` (if given) as it reads it.
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_keeping(
+    fn rmsnorm(
         dev: &Dev,
         x: &Buf,
         gain: Option<&Buf>,
@@ -321,8 +308,7 @@ impl Kept {
         eps: f32,
     ) -> Result<(Buf, Kept), BackendError> {
         let mut x_in = dev.scratch(x.len())?; // the norm's kernel copies every row
-        let normed =
-            Kept::rmsnorm_keeping(dev, x, Some(gain), inv, rows, width, eps, Some(&mut x_in))?;
+        let normed = Kept::rmsnorm(dev, x, Some(gain), inv, rows, width, eps, Some(&mut x_in))?;
         Ok((x_in, normed))
     }
 
@@ -824,7 +810,7 @@ pub(super) fn attention_block_forward(
                     hat
                 }),
                 Kept::F32(raw) => {
-                    Kept::rmsnorm(dev, raw, None, &mut o_inv, n * heads, hd, dims.eps)?
+                    Kept::rmsnorm(dev, raw, None, &mut o_inv, n * heads, hd, dims.eps, None)?
                 }
             };
             (Some((o, o_inv)), o_hat)
