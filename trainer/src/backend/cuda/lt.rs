@@ -26,9 +26,9 @@ use super::blas::{BlasError, ColumnMajor};
 /// The largest alignment cuBLASLt's heuristic asks about (its default assumption).
 const MAX_ALIGNMENT: u32 = 256;
 
-/// What a plan depends on: the element type of the operands and of `C`, the column-major product (shapes,
-/// transposes, leading dimensions and batch strides), the batch count, and the alignment in
-/// bytes of each operand's start, leading dimension and batch stride.
+/// What a plan depends on: the element types of the operands and of `C`, the column-major
+/// product (shapes, transposes, leading dimensions and batch strides), the batch count, and the
+/// alignment in bytes of each operand's start, leading dimension and batch stride.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PlanKey {
     pub bf16: bool,

@@ -37,6 +37,7 @@
 //! `trainer/benches/cuda_step.rs` (`scripts/gpu-check.sh` runs them on a GPU machine, with the
 //! PyTorch reference `trainer/benches/torch_ref.py`).
 
+mod attention;
 mod backend;
 pub mod blas;
 mod device;
@@ -56,6 +57,7 @@ pub mod products;
 pub mod profile;
 mod resident;
 mod staging;
+mod stored;
 
 pub use backend::CudaBackend;
 pub use blas::Precision;

@@ -10,9 +10,10 @@ use super::inputs::{chunk_len, BatchInputs};
 use super::launch_tokens::CE_FUSED_VOCAB;
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache, Kept, LogZ, StreamGrad, Weights,
+    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
 };
 use super::products;
+use super::stored::{Kept, LogZ, StreamGrad, Weights};
 use crate::backend::cpu::stack::{Block, StackPlan as Plan};
 use crate::backend::cpu::stream::Scored;
 use crate::backend::BackendError;
