@@ -414,12 +414,10 @@ pub(super) fn attention_block_backward(
                 Some((raw, _)) => raw.bf16()?,
                 None => cache.o_in.bf16()?,
             };
-            let dob = match d_o {
-                Kept::Bf16(dob) => dob,
-                Kept::F32(d_o) => dev.bf16(&d_o)?,
-            };
-            let (dq, dk, dv) = flash_backward(dev, dims, spec, (q, k, v), lse, o, &dob)?;
-            drop(dob);
+            // The fused path's output gradient is bf16 from its product (and output norm).
+            let dob = d_o.bf16()?;
+            let (dq, dk, dv) = flash_backward(dev, dims, spec, (q, k, v), lse, o, dob)?;
+            drop(d_o);
             // RoPE and the per-head norms backwards, straight into the bf16 copies.
             (
                 head_grad_bf16(
