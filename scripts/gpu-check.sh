@@ -12,7 +12,7 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
-# torch, memcheck, ncu, bench-1b, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# torch, bench-1b, memcheck, experiments, ncu, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
@@ -27,11 +27,11 @@
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), and
 #      the fused attention kernels alone, every build side by side (flash_attention),
 #   5. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
-#   6. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
-#   7. experiments: the throughput again with cuBLASLt's cached plans, and with the fused
-#      attention's 4-warp pipelined and wide builds; Nsight Compute on the fused attention
-#      kernels, where `ncu` is installed,
-#   8. the 1B models and the f32 mode's throughput,
+#   6. the 1B models' throughput,
+#   7. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
+#   8. experiments (step name `experiments`): the throughput again with cuBLASLt's cached plans,
+#      and with the fused attention's 4-warp pipelined and wide builds; Nsight Compute on the
+#      fused attention kernels, where `ncu` is installed; the f32 mode's throughput,
 #   9. a side-by-side table.
 # About 4 minutes on an H200 in session 3; the whole run stops at GPU_CHECK_BUDGET seconds (540),
 # each step within its own timeout.
@@ -196,6 +196,8 @@ run() {
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-attention 90 "$BUNDLE/flash_attention"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
+    wanted bench-1b && step bench-1b 150 env REDPACK_CUDA_FLASH=pipelined BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
+        BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
     [ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
@@ -223,15 +225,15 @@ run() {
     # default. The attention builds on DecLLM alone (its causal rows are where attention weighs
     # most), forward and backward only, to keep them short; each with its kernel profile, so
     # that the forward, dK/dV and dQ kernels of every build can be compared one by one.
-    wanted bench-bf16 && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
+    wanted experiments && step bench-lt 150 env REDPACK_CUDA_BLAS=lt BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-w4 90 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
+    wanted experiments && step bench-w4 90 env REDPACK_CUDA_FLASH=pipelined-w4 BENCH_PRECISION=bf16 \
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-wide 90 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
+    wanted experiments && step bench-wide 90 env REDPACK_CUDA_FLASH=wide BENCH_PRECISION=bf16 \
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     # Every kernel in the build that timed fastest (REDPACK_CUDA_FLASH=auto), both
     # architectures: its JSON lists each pick with the times it was made on.
-    wanted bench-bf16 && step bench-auto 120 env REDPACK_CUDA_FLASH=auto BENCH_PRECISION=bf16 \
+    wanted experiments && step bench-auto 120 env REDPACK_CUDA_FLASH=auto BENCH_PRECISION=bf16 \
         BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     # Nsight Compute on the fused attention (one forward, dK/dV and dQ launch of DecLLM-150M's
     # shape): where the kernels' time goes (issue stalls, pipe use, occupancy), for tuning them.
@@ -240,15 +242,13 @@ run() {
         command -v "$c" >/dev/null 2>&1 && { ncu=$(command -v "$c"); break; }
     done
     if [ -n "$ncu" ]; then
-        wanted ncu && step ncu-attention 150 "$ncu" --kernel-name regex:flash_ --launch-count 3 \
+        wanted ncu && step ncu-attention 150 "$ncu" --clock-control none --kernel-name regex:flash_ --launch-count 3 \
             --section SpeedOfLight --section Occupancy --section WarpStateStats \
             --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
             env BENCH_ARCHS=dec BENCH_STEPS=1 BENCH_WARMUP=0 BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     else
         echo "ncu not found: the attention profile is skipped" | tee -a "$RESULTS/summary.txt"
     fi
-    wanted bench-1b && step bench-1b 150 env REDPACK_CUDA_FLASH=pipelined BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
-        BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
