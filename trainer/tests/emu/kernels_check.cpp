@@ -225,7 +225,8 @@ void check_rmsnorm() {
 }
 
 void check_swiglu() {
-    const long n = 5000;
+    // Not a multiple of a 16-byte vector, so the last values take the one-at-a-time path.
+    const long n = 5003;
     Rng rng{8};
     auto gate = random_values(rng, n, 3.0f), up = random_values(rng, n, 1.0f);
     auto dh = random_values(rng, n, 1.0f);
@@ -260,16 +261,26 @@ void check_swiglu() {
     emu::launch(elementwise(n), threads256(), 0, [&] {
         swiglu_backward(dh_r.data(), gate_r.data(), up_r.data(), dgater.data(), dupr.data(), n);
     });
-    std::vector<bf16_bits> h16(n), dgate16(n), dup16(n);
-    emu::launch(elementwise(n), threads256(), 0,
-                [&] { swiglu_forward_bf16(gate16.data(), up16.data(), h16.data(), n); });
-    emu::launch(elementwise(n), threads256(), 0, [&] {
-        swiglu_backward_bf16(dh16.data(), gate16.data(), up16.data(), dgate16.data(),
-                             dup16.data(), n);
-    });
-    same_bits("swiglu forward bf16", h16, to_bf16(hr));
-    same_bits("swiglu backward dgate bf16", dgate16, to_bf16(dgater));
-    same_bits("swiglu backward dup bf16", dup16, to_bf16(dupr));
+    // Aligned arrays (16-byte accesses, and the tail one at a time), then arrays that start one
+    // value past a 16-byte boundary (every value one at a time): the same bits.
+    for (long shift : {0L, 1L}) {
+        const long m = n - shift;
+        std::vector<bf16_bits> h16(n), dgate16(n), dup16(n);
+        emu::launch(elementwise(m), threads256(), 0, [&] {
+            swiglu_forward_bf16(gate16.data() + shift, up16.data() + shift, h16.data() + shift, m);
+        });
+        emu::launch(elementwise(m), threads256(), 0, [&] {
+            swiglu_backward_bf16(dh16.data() + shift, gate16.data() + shift, up16.data() + shift,
+                                 dgate16.data() + shift, dup16.data() + shift, m);
+        });
+        auto tail = [&](std::vector<bf16_bits> v) {
+            return std::vector<bf16_bits>(v.begin() + shift, v.end());
+        };
+        auto want = [&](const std::vector<float>& v) { return tail(to_bf16(v)); };
+        same_bits("swiglu forward bf16", tail(h16), want(hr));
+        same_bits("swiglu backward dgate bf16", tail(dgate16), want(dgater));
+        same_bits("swiglu backward dup bf16", tail(dup16), want(dupr));
+    }
 }
 
 void check_cross_entropy() {

@@ -68,6 +68,12 @@ pub(super) fn grid_1d(n: usize) -> LaunchConfig {
     }
 }
 
+/// Threads of an element-wise kernel over `n` values that takes 16 bytes of each array per
+/// thread (`Lanes` in common.cuh: 4 f32 or 8 bf16).
+pub(super) fn vector_threads<T>(n: usize) -> usize {
+    n.div_ceil(16 / std::mem::size_of::<T>())
+}
+
 pub(super) fn grid(x: u32, y: u32, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x.max(1), y.max(1), 1),
@@ -396,10 +402,18 @@ impl CudaKernels {
         h: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {
         let name = T::entry("swiglu_forward", "swiglu_forward_bf16");
-        let n = gate.len() as i64;
+        let n = gate.len();
+        if up.len() < n || h.len() < n {
+            return Err(LaunchError::Unsupported(format!(
+                "{name}: {n} gate values, {} up, {} outputs",
+                up.len(),
+                h.len()
+            )));
+        }
+        let n = n as i64;
         let mut b = self.builder(name)?;
         b.arg(gate).arg(up).arg(h).arg(&n);
-        self.run(name, &mut b, grid_1d(n as usize))
+        self.run(name, &mut b, grid_1d(vector_threads::<T>(n as usize)))
     }
 
     /// SwiGLU's gradients w.r.t. gate and up, inputs and outputs of one type.
@@ -412,9 +426,19 @@ impl CudaKernels {
         dup: &mut CudaSlice<T>,
     ) -> Result<(), LaunchError> {
         let name = T::entry("swiglu_backward", "swiglu_backward_bf16");
-        let n = dh.len() as i64;
+        let n = dh.len();
+        if [gate.len(), up.len(), dgate.len(), dup.len()].iter().any(|&len| len < n) {
+            return Err(LaunchError::Unsupported(format!(
+                "{name}: {n} gradients, {} gate, {} up, {} and {} outputs",
+                gate.len(),
+                up.len(),
+                dgate.len(),
+                dup.len()
+            )));
+        }
+        let n = n as i64;
         let mut b = self.builder(name)?;
         b.arg(dh).arg(gate).arg(up).arg(dgate).arg(dup).arg(&n);
-        self.run(name, &mut b, grid_1d(n as usize))
+        self.run(name, &mut b, grid_1d(vector_threads::<T>(n as usize)))
     }
 }

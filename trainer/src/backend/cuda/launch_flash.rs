@@ -42,17 +42,19 @@ pub enum FlashVariant {
     /// 4 warps, 64 queries per forward / dQ block, one tile buffer, fragments by plain shared
     /// loads.
     Basic,
-    /// 8 warps, 128 queries per forward / dQ block, two tile buffers, fragments by `ldmatrix`:
-    /// the default (on an H200, DecLLM-150M steps 5% faster with it than with `Basic`).
-    #[default]
+    /// 8 warps, 128 queries per forward / dQ block, two tile buffers, fragments by `ldmatrix`
+    /// (on an H200, DecLLM-150M steps 5% faster with it than with `Basic`).
     Pipelined,
     /// `Pipelined` with 4 warps and 64 queries per forward / dQ block, so that two blocks share
-    /// an SM at head dim 128 and pass their barriers out of step (an experiment for
-    /// `scripts/gpu-check.sh` to measure beside `Pipelined`; not yet run on a GPU).
+    /// an SM at head dim 128 and pass their barriers out of step. Its dQ kernel is the fastest
+    /// (H200, DecLLM-150M's shape: 0.397 ms against `Pipelined`'s 0.476).
     PipelinedW4,
     /// `PipelinedW4`'s backward pass, and a forward pass in which each warp owns 32 queries (128
     /// per block) with Q in shared memory, so each K/V fragment feeds two products
-    /// (`flash_forward_wide`). An experiment, as `PipelinedW4`.
+    /// (`flash_forward_wide`): the default. On an H200 each of its kernels is the fastest build
+    /// (`REDPACK_CUDA_FLASH=auto` picks it for every kernel of the 150M and 1B shapes): DecLLM-150M's
+    /// forward 0.288 ms against `Pipelined`'s 0.347, forward and backward 1.27 against 1.41 ms.
+    #[default]
     Wide,
 }
 

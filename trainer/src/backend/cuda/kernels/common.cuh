@@ -33,6 +33,55 @@ __device__ __forceinline__ void store_value(bf16_bits* p, float v) { *p = f32_to
 __device__ __forceinline__ float load_value(const float* p) { return *p; }
 __device__ __forceinline__ float load_value(const bf16_bits* p) { return bf16_to_f32(*p); }
 
+// 16-byte accesses of either storage type, for the element-wise kernels: `Lanes<T>::n` values
+// (4 f32 or 8 bf16) per access, each widened to or rounded from f32 exactly as `load_value` and
+// `store_value` do one value. The address must be 16-byte aligned (`aligned16`).
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    static const int n = 4;
+};
+template <>
+struct Lanes<bf16_bits> {
+    static const int n = 8;
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return ((unsigned long long)p & 15ull) == 0;
+}
+
+__device__ __forceinline__ void load16(const float* p, float* v) {
+    float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+}
+
+__device__ __forceinline__ void load16(const bf16_bits* p, float* v) {
+    uint4 q = *reinterpret_cast<const uint4*>(p);
+    u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = bf16_to_f32((bf16_bits)(w[k] & 0xffffu));
+        v[2 * k + 1] = bf16_to_f32((bf16_bits)(w[k] >> 16));
+    }
+}
+
+__device__ __forceinline__ void store16(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+
+__device__ __forceinline__ void store16(bf16_bits* p, const float* v) {
+    u32 w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        w[k] = (u32)f32_to_bf16(v[2 * k]) | ((u32)f32_to_bf16(v[2 * k + 1]) << 16);
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(0xffffffffu, v, offset);
