@@ -267,7 +267,7 @@ for arch in ("dec", "red"):
     ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
     for r in (r for r in ok if r["arch"] == arch):
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "")
+        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "") + ("/ce-split" if r.get("ce") == "split" else "")
         print(f"{arch:5} {r['impl']:8} {mode:29} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
               f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
               f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f} "

@@ -22,7 +22,7 @@
 use std::time::Instant;
 
 use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
-use redpack_trainer::backend::cuda::{launch_flash, profile};
+use redpack_trainer::backend::cuda::{launch_flash, launch_tokens, profile};
 use redpack_trainer::backend::cuda::{CudaBackend, Precision};
 use redpack_trainer::backend::{Backend, MicroBatch, ResidentTraining};
 use redpack_trainer::batch::{Batch, StepOptions};
@@ -197,6 +197,7 @@ fn main() {
             },
             "flash_tuning": backend.flash_tuning(),
             "blas": backend.blas_engine().name(),
+            "ce": if launch_tokens::ce_fused_from_env() { "fused" } else { "split" },
             "blas_plans": backend.blas_plans(),
             "arch": arch.name(),
             "size": size,

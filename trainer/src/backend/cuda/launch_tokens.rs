@@ -16,6 +16,21 @@ const CE_THREADS: u32 = 512;
 /// in each of `CE_THREADS` threads' registers.
 pub const CE_FUSED_VOCAB: usize = 64 * CE_THREADS as usize;
 
+/// Whether a training step's cross-entropy runs as one kernel per chunk (`cross_entropy_fused`,
+/// the default) or as the forward and gradient kernels (`REDPACK_CUDA_CE=split`), for measuring
+/// one beside the other: they give the same bits. Any other value is said on stderr (once).
+pub fn ce_fused_from_env() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_CE").as_deref() {
+        Ok("split") => false,
+        Ok("fused") | Err(_) => true,
+        Ok(other) => {
+            eprintln!("REDPACK_CUDA_CE={other:?} is not one of fused, split: using fused");
+            true
+        }
+    })
+}
+
 /// The padded layout of a batch of attention scores: `rows x heads x max_q x max_k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScoresShape {

@@ -7,7 +7,7 @@
 use super::blas::{Operand, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
 use super::inputs::{chunk_len, BatchInputs};
-use super::launch_tokens::CE_FUSED_VOCAB;
+use super::launch_tokens::{ce_fused_from_env, CE_FUSED_VOCAB};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
     AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
@@ -303,7 +303,7 @@ fn score(
         // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
         // bf16 mode: the products are its only readers). In a training step whose vocabulary
         // fits, the losses and G come from one pass over the logits.
-        let g = if backward && vocab <= CE_FUSED_VOCAB {
+        let g = if backward && vocab <= CE_FUSED_VOCAB && ce_fused_from_env() {
             let sums = LogZ::Fused((&mut log_z, &mut ce, &mut z));
             let targets = &chunk.targets;
             Some(Kept::cross_entropy_grad(
