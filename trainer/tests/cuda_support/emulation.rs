@@ -198,6 +198,8 @@ fn build(cxx: &str, kind: Build) -> Result<PathBuf, String> {
         command
             // `_FORTIFY_SOURCE` would refuse the emulator's jumps between thread stacks.
             .arg("-U_FORTIFY_SOURCE")
+            // The kernels read bf16 arrays through wider types, as CUDA code does.
+            .arg("-fno-strict-aliasing")
             .arg("-I")
             .arg(&work)
             .arg("-I")

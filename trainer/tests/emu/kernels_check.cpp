@@ -161,10 +161,10 @@ dim3 elementwise(size_t n) {
     return blocks_of((n + 255) / 256);
 }
 
-void check_rmsnorm() {
-    // Rows of a width that is not a multiple of 32; 150 rows, so the gain gradient has three
-    // chunks of GAIN_CHUNK.
-    const int rows = 150, width = 200;
+void check_rmsnorm(int width) {
+    // Rows of a width that is not a multiple of 32 (and an odd one, whose last value a lane
+    // takes alone); 150 rows, so the gain gradient has three chunks of GAIN_CHUNK.
+    const int rows = 150;
     const float eps = 1e-6f;
     Rng rng{7};
     auto x = random_values(rng, (size_t)rows * width, 2.0f);
@@ -359,10 +359,11 @@ void check_cross_entropy() {
 }  // namespace
 
 int main() {
-    for (int head_dim : {64, 128}) {
+    for (int head_dim : {32, 64, 128}) {
         for (bool rope : {false, true}) check(head_dim, rope);
     }
-    check_rmsnorm();
+    check_rmsnorm(200);
+    check_rmsnorm(201);
     check_swiglu();
     check_cross_entropy();
     if (failures) {

@@ -223,7 +223,7 @@ impl CudaKernels {
         eps: f32,
     ) -> Result<(), LaunchError> {
         let groups = x.len() / head_dim.max(1);
-        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(2);
+        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(4);
         if y.len() < x.len() || inv.len() < groups || !whole {
             return Err(LaunchError::Unsupported(format!(
                 "head_norm_rope_bf16: {} values, {} outputs, {} inv, head_dim {head_dim}",
@@ -258,7 +258,7 @@ impl CudaKernels {
         head_dim: usize,
     ) -> Result<(), LaunchError> {
         let groups = x.len() / head_dim.max(1);
-        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(2);
+        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(4);
         if dy.len() < x.len() || dx.len() < x.len() || inv.len() < groups || !whole {
             return Err(LaunchError::Unsupported(format!(
                 "head_norm_rope_backward_bf16: {} values, {} gradients, {} outputs, {} inv, \
@@ -427,7 +427,10 @@ impl CudaKernels {
     ) -> Result<(), LaunchError> {
         let name = T::entry("swiglu_backward", "swiglu_backward_bf16");
         let n = dh.len();
-        if [gate.len(), up.len(), dgate.len(), dup.len()].iter().any(|&len| len < n) {
+        if [gate.len(), up.len(), dgate.len(), dup.len()]
+            .iter()
+            .any(|&len| len < n)
+        {
             return Err(LaunchError::Unsupported(format!(
                 "{name}: {n} gradients, {} gate, {} up, {} and {} outputs",
                 gate.len(),

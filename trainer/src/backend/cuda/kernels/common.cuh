@@ -82,6 +82,48 @@ __device__ __forceinline__ void store16(bf16_bits* p, const float* v) {
     *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// Two consecutive values as f32, or stored from f32 (as `load_value` and `store_value` do each):
+// one 8-byte (f32) or 4-byte (bf16) access where the address is aligned for it, else two.
+__device__ __forceinline__ void load_pair(const float* p, float& a, float& b) {
+    if (((unsigned long long)p & 7ull) == 0) {
+        float2 q = *reinterpret_cast<const float2*>(p);
+        a = q.x;
+        b = q.y;
+    } else {
+        a = p[0];
+        b = p[1];
+    }
+}
+
+__device__ __forceinline__ void load_pair(const bf16_bits* p, float& a, float& b) {
+    if (((unsigned long long)p & 3ull) == 0) {
+        u32 w = *reinterpret_cast<const u32*>(p);
+        a = bf16_to_f32((bf16_bits)(w & 0xffffu));
+        b = bf16_to_f32((bf16_bits)(w >> 16));
+    } else {
+        a = bf16_to_f32(p[0]);
+        b = bf16_to_f32(p[1]);
+    }
+}
+
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+    if (((unsigned long long)p & 7ull) == 0) {
+        *reinterpret_cast<float2*>(p) = make_float2(a, b);
+    } else {
+        p[0] = a;
+        p[1] = b;
+    }
+}
+
+__device__ __forceinline__ void store_pair(bf16_bits* p, float a, float b) {
+    if (((unsigned long long)p & 3ull) == 0) {
+        *reinterpret_cast<u32*>(p) = (u32)f32_to_bf16(a) | ((u32)f32_to_bf16(b) << 16);
+    } else {
+        p[0] = f32_to_bf16(a);
+        p[1] = f32_to_bf16(b);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(0xffffffffu, v, offset);

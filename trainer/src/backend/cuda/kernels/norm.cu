@@ -7,14 +7,29 @@
 
 #define NORM_WARPS 8
 
-// `1 / sqrt(mean(x^2) + eps)` of one group `xs` of `width` values, summed by one warp in a fixed
-// order (lane i takes i, i + 32, ...), kept in `inv` by lane 0.
+// Every kernel here visits a group's values in one fixed order, so that kernels that must agree
+// bit for bit (the fused attention-input kernels and the separate norm and RoPE kernels they
+// replace) sum in the same order: lane l takes the pairs l, l + 32, ... (values 2p and 2p + 1,
+// read and written through `load_pair` / `store_pair`), then, for an odd width, lane
+// (width / 2) % 32 takes the last value alone (`odd_lane`).
+__device__ __forceinline__ bool odd_lane(int width, int lane) {
+    return (width & 1) && lane == ((width >> 1) & 31);
+}
+
+// `1 / sqrt(mean(x^2) + eps)` of one group `xs` of `width` values, summed by one warp in the
+// order above, kept in `inv` by lane 0.
 template <typename T>
 __device__ __forceinline__ float group_inv_rms(const T* xs, int width, float eps, int lane,
                                                float* inv) {
     float sq = 0.0f;
-    for (int i = lane; i < width; i += 32) {
-        float v = load_value(xs + i);
+    for (int p = lane; p < width >> 1; p += 32) {
+        float a, b;
+        load_pair(xs + 2 * p, a, b);
+        sq += a * a;
+        sq += b * b;
+    }
+    if (odd_lane(width, lane)) {
+        float v = load_value(xs + width - 1);
         sq += v * v;
     }
     float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
@@ -37,7 +52,22 @@ __device__ __forceinline__ void rmsnorm_forward_at(const float* x, const float* 
     float r = group_inv_rms(xs, width, eps, lane, inv + g);
     Out* ys = y + (long)g * width;
     float* ks = keep ? keep + (long)g * width : nullptr;
-    for (int i = lane; i < width; i += 32) {
+    for (int p = lane; p < width >> 1; p += 32) {
+        int i = 2 * p;
+        float a, b;
+        load_pair(xs + i, a, b);
+        if (ks) store_pair(ks + i, a, b);
+        float ya = a * r, yb = b * r;
+        if (gain) {
+            float ga, gb;
+            load_pair(gain + i, ga, gb);
+            ya = ya * ga;
+            yb = yb * gb;
+        }
+        store_pair(ys + i, ya, yb);
+    }
+    if (odd_lane(width, lane)) {
+        int i = width - 1;
         float v = xs[i];
         if (ks) ks[i] = v;
         float xhat = v * r;
@@ -61,7 +91,8 @@ extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gai
 // as `rope_apply` rotates it (rope.cu: element i pairs with i + head_dim/2, at the token's
 // position), and written as bf16, the copy the attention kernels read; `inv` as in
 // `rmsnorm_forward`. The f32 values before rounding are those of `rmsnorm_forward` then
-// `rope_apply` on `x` widened to f32.
+// `rope_apply` on `x` widened to f32. `head_dim` is a multiple of 4 (the launcher checks), so
+// both halves of a head split into pairs.
 extern "C" __global__ void head_norm_rope_bf16(const bf16_bits* x, bf16_bits* y, float* inv,
                                                const u32* positions, const float* cos_table,
                                                const float* sin_table, int groups, int heads,
@@ -73,31 +104,59 @@ extern "C" __global__ void head_norm_rope_bf16(const bf16_bits* x, bf16_bits* y,
     float r = group_inv_rms(xs, head_dim, eps, lane, inv + g);
     bf16_bits* ys = y + (long)g * head_dim;
     if (!positions) {
-        for (int i = lane; i < head_dim; i += 32) ys[i] = f32_to_bf16(bf16_to_f32(xs[i]) * r);
+        for (int p = lane; p < head_dim >> 1; p += 32) {
+            float a, b;
+            load_pair(xs + 2 * p, a, b);
+            store_pair(ys + 2 * p, a * r, b * r);
+        }
         return;
     }
     int half = head_dim / 2;
     long pos = positions[g / heads];
-    for (int i = lane; i < half; i += 32) {
-        float c = cos_table[pos * half + i];
-        float s = sin_table[pos * half + i];
-        float x1 = bf16_to_f32(xs[i]) * r, x2 = bf16_to_f32(xs[i + half]) * r;
-        ys[i] = f32_to_bf16(x1 * c - x2 * s);
-        ys[i + half] = f32_to_bf16(x2 * c + x1 * s);
+    const float* cs = cos_table + pos * half;
+    const float* sn = sin_table + pos * half;
+    for (int q = lane; q < half >> 1; q += 32) {
+        int i = 2 * q;
+        float c0, c1, s0, s1, a0, a1, b0, b1;
+        load_pair(cs + i, c0, c1);
+        load_pair(sn + i, s0, s1);
+        load_pair(xs + i, a0, a1);
+        load_pair(xs + i + half, b0, b1);
+        a0 = a0 * r;
+        a1 = a1 * r;
+        b0 = b0 * r;
+        b1 = b1 * r;
+        store_pair(ys + i, a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
+        store_pair(ys + i + half, b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
     }
 }
 
-// Element i of a head of `d`, rotated backwards as `rope_apply` with `inverse` rotates it (the
-// same products in the same order), at position `pos`; `d` itself without a rotation.
+// Elements i and i + 1 (i even, both in the same half) of a head of `d`, rotated backwards as
+// `rope_apply` with `inverse` rotates them (the same products in the same order), at position
+// `pos`; `d` itself without a rotation.
 template <typename T>
-__device__ __forceinline__ float unrotated(const T* d, int i, int half, const float* cos_table,
-                                           const float* sin_table, long pos, bool rotate) {
-    if (!rotate) return load_value(d + i);
+__device__ __forceinline__ void unrotated_pair(const T* d, int i, int half,
+                                               const float* cos_table, const float* sin_table,
+                                               long pos, bool rotate, float& u0, float& u1) {
+    if (!rotate) {
+        load_pair(d + i, u0, u1);
+        return;
+    }
     int k = i < half ? i : i - half;
-    float c = cos_table[pos * half + k];
-    float s = -sin_table[pos * half + k];
-    float x1 = load_value(d + k), x2 = load_value(d + k + half);
-    return i < half ? x1 * c - x2 * s : x2 * c + x1 * s;
+    float c0, c1, s0, s1, a0, a1, b0, b1;
+    load_pair(cos_table + pos * half + k, c0, c1);
+    load_pair(sin_table + pos * half + k, s0, s1);
+    s0 = -s0;
+    s1 = -s1;
+    load_pair(d + k, a0, a1);
+    load_pair(d + k + half, b0, b1);
+    if (i < half) {
+        u0 = a0 * c0 - b0 * s0;
+        u1 = a1 * c1 - b1 * s1;
+    } else {
+        u0 = b0 * c0 + a0 * s0;
+        u1 = b1 * c1 + a1 * s1;
+    }
 }
 
 // The backward of `head_norm_rope_bf16`: from the gradient `dy` w.r.t. its (rotated) outputs
@@ -120,14 +179,21 @@ extern "C" __global__ void head_norm_rope_backward_bf16(const bf16_bits* dy, con
     bool rotate = positions != 0;
     long pos = rotate ? (long)positions[g / heads] : 0;
     float dot = 0.0f;
-    for (int i = lane; i < head_dim; i += 32) {
-        float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
-        dot += dxhat * bf16_to_f32(x[base + i]) * r;
+    for (int p = lane; p < half; p += 32) {
+        int i = 2 * p;
+        float u0, u1, x0, x1;
+        unrotated_pair(d, i, half, cos_table, sin_table, pos, rotate, u0, u1);
+        load_pair(x + base + i, x0, x1);
+        dot += u0 * x0 * r;
+        dot += u1 * x1 * r;
     }
     dot = warp_sum(dot) / (float)head_dim;
-    for (int i = lane; i < head_dim; i += 32) {
-        float dxhat = unrotated(d, i, half, cos_table, sin_table, pos, rotate);
-        dx[base + i] = f32_to_bf16(r * (dxhat - bf16_to_f32(x[base + i]) * r * dot));
+    for (int p = lane; p < half; p += 32) {
+        int i = 2 * p;
+        float u0, u1, x0, x1;
+        unrotated_pair(d, i, half, cos_table, sin_table, pos, rotate, u0, u1);
+        load_pair(x + base + i, x0, x1);
+        store_pair(dx + base + i, r * (u0 - x0 * r * dot), r * (u1 - x1 * r * dot));
     }
 }
 
@@ -135,6 +201,17 @@ extern "C" __global__ void head_norm_rope_backward_bf16(const bf16_bits* dy, con
 // `copy` (may be null) receives the updated dx rounded to bf16: a residual block's input norm
 // writes the stream gradient that the next block's products read in bf16, so the rounding pass
 // that would read it again is not needed.
+__device__ __forceinline__ void dxhat_pair(const float* dy, const float* gain, long base, int i,
+                                           float& a, float& b) {
+    load_pair(dy + base + i, a, b);
+    if (gain) {
+        float ga, gb;
+        load_pair(gain + i, ga, gb);
+        a = a * ga;
+        b = b * gb;
+    }
+}
+
 extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, const float* inv,
                                             const float* gain, float* dx, int groups, int width,
                                             bf16_bits* copy) {
@@ -144,16 +221,36 @@ extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, con
     long base = (long)g * width;
     float r = inv[g];
     float dot = 0.0f;
-    for (int i = lane; i < width; i += 32) {
-        float dxhat = gain ? dy[base + i] * gain[i] : dy[base + i];
-        dot += dxhat * x[base + i] * r;
+    for (int p = lane; p < width >> 1; p += 32) {
+        int i = 2 * p;
+        float da, db, xa, xb;
+        dxhat_pair(dy, gain, base, i, da, db);
+        load_pair(x + base + i, xa, xb);
+        dot += da * xa * r;
+        dot += db * xb * r;
+    }
+    int last = width - 1;
+    if (odd_lane(width, lane)) {
+        float dxhat = gain ? dy[base + last] * gain[last] : dy[base + last];
+        dot += dxhat * x[base + last] * r;
     }
     dot = warp_sum(dot) / (float)width;
-    for (int i = lane; i < width; i += 32) {
-        float dxhat = gain ? dy[base + i] * gain[i] : dy[base + i];
-        float v = dx[base + i] + r * (dxhat - x[base + i] * r * dot);
-        dx[base + i] = v;
-        if (copy) copy[base + i] = f32_to_bf16(v);
+    for (int p = lane; p < width >> 1; p += 32) {
+        int i = 2 * p;
+        float da, db, xa, xb, va, vb;
+        dxhat_pair(dy, gain, base, i, da, db);
+        load_pair(x + base + i, xa, xb);
+        load_pair(dx + base + i, va, vb);
+        va = va + r * (da - xa * r * dot);
+        vb = vb + r * (db - xb * r * dot);
+        store_pair(dx + base + i, va, vb);
+        if (copy) store_pair(copy + base + i, va, vb);
+    }
+    if (odd_lane(width, lane)) {
+        float dxhat = gain ? dy[base + last] * gain[last] : dy[base + last];
+        float v = dx[base + last] + r * (dxhat - x[base + last] * r * dot);
+        dx[base + last] = v;
+        if (copy) copy[base + last] = f32_to_bf16(v);
     }
 }
 
