@@ -12,7 +12,7 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
-# torch, bench-1b, memcheck, experiments, ncu, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# ce, torch, bench-1b, memcheck, experiments, ncu, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
@@ -195,8 +195,12 @@ run() {
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-bf16 && step bench-attention 90 "$BUNDLE/flash_attention"
+    # The fused cross-entropy beside its two kernels (REDPACK_CUDA_CE=split), DecLLM alone, with
+    # the kernel profile.
+    wanted ce && step bench-ce-split 60 env REDPACK_CUDA_CE=split BENCH_PRECISION=bf16 \
+        BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
-    wanted bench-1b && step bench-1b 150 env REDPACK_CUDA_FLASH=pipelined BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
+    wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
@@ -212,9 +216,10 @@ run() {
         redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
     # initcheck: no kernel or product reads device memory nothing wrote (the step's outputs that
-    # a kernel or a beta-0 product fills are allocated without zeroing).
-    [ -n "$sanitizer" ] && wanted memcheck && step initcheck-model 120 "$sanitizer" --tool initcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
+    # a kernel or a beta-0 product fills are allocated without zeroing). With bulk copies
+    # tracked: without that, the values cuBLAS writes through the copy engine look unwritten.
+    [ -n "$sanitizer" ] && wanted memcheck && step initcheck-model 90 "$sanitizer" --tool initcheck \
+        --check-bulk-copy yes --print-limit 20 --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
         redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu --test-threads=1
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
@@ -252,7 +257,7 @@ run() {
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
-        "$RESULTS"/bench-wide.log "$RESULTS"/bench-auto.log \
+        "$RESULTS"/bench-wide.log "$RESULTS"/bench-auto.log "$RESULTS"/bench-ce-split.log \
         "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
