@@ -96,8 +96,19 @@ void check(int head_dim, bool rope) {
     std::vector<bf16_bits> fused(n);
     std::vector<float> inv_fused(groups), inv(groups), y(n);
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        head_norm_rope_bf16(x16.data(), fused.data(), inv_fused.data(), pos, ct, st, groups, heads,
-                            head_dim, eps);
+        switch (head_dim) {
+            case 32:
+                head_norm_rope_bf16_d32(x16.data(), fused.data(), inv_fused.data(), pos, ct, st,
+                                        groups, heads, eps);
+                break;
+            case 64:
+                head_norm_rope_bf16_d64(x16.data(), fused.data(), inv_fused.data(), pos, ct, st,
+                                        groups, heads, eps);
+                break;
+            default:
+                head_norm_rope_bf16_d128(x16.data(), fused.data(), inv_fused.data(), pos, ct, st,
+                                         groups, heads, eps);
+        }
     });
     emu::launch(group_grid(groups), threads256(), 0, [&] {
         rmsnorm_forward(x.data(), nullptr, y.data(), inv.data(), groups, head_dim, eps, nullptr);
@@ -119,8 +130,19 @@ void check(int head_dim, bool rope) {
     // Backward: fused against inverse rope -> rmsnorm backward into zeros -> bf16.
     std::vector<bf16_bits> dx_fused(n);
     emu::launch(group_grid(groups), threads256(), 0, [&] {
-        head_norm_rope_backward_bf16(dy16.data(), x16.data(), inv.data(), pos, ct, st, dx_fused.data(),
-                                     groups, heads, head_dim);
+        switch (head_dim) {
+            case 32:
+                head_norm_rope_backward_bf16_d32(dy16.data(), x16.data(), inv.data(), pos, ct, st,
+                                                 dx_fused.data(), groups, heads);
+                break;
+            case 64:
+                head_norm_rope_backward_bf16_d64(dy16.data(), x16.data(), inv.data(), pos, ct, st,
+                                                 dx_fused.data(), groups, heads);
+                break;
+            default:
+                head_norm_rope_backward_bf16_d128(dy16.data(), x16.data(), inv.data(), pos, ct, st,
+                                                  dx_fused.data(), groups, heads);
+        }
     });
     std::vector<float> d = dy, dx(n, 0.0f);
     if (rope) {

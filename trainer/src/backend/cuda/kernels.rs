@@ -44,8 +44,12 @@ pub const KERNELS: &[KernelSource] = &[
         [
             "rmsnorm_forward",
             "rmsnorm_forward_bf16",
-            "head_norm_rope_bf16",
-            "head_norm_rope_backward_bf16",
+            "head_norm_rope_bf16_d32",
+            "head_norm_rope_bf16_d64",
+            "head_norm_rope_bf16_d128",
+            "head_norm_rope_backward_bf16_d32",
+            "head_norm_rope_backward_bf16_d64",
+            "head_norm_rope_backward_bf16_d128",
             "rmsnorm_backward",
             "rmsnorm_gain_partial",
             "rmsnorm_gain_final"

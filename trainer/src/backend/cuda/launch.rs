@@ -74,6 +74,29 @@ pub(super) fn vector_threads<T>(n: usize) -> usize {
     n.div_ceil(16 / std::mem::size_of::<T>())
 }
 
+/// Heads per warp of the fused attention's input kernels (`HEADS_PER_WARP` in norm.cu).
+const HEADS_PER_WARP: u32 = 4;
+
+/// The build of `kernel` (`head_norm_rope_bf16`, or its backward) for `head_dim`, if there is
+/// one: the fused attention's head dims.
+fn head_norm_entry(kernel: &str, head_dim: usize) -> Option<&'static str> {
+    Some(match (kernel, head_dim) {
+        ("head_norm_rope_bf16", 32) => "head_norm_rope_bf16_d32",
+        ("head_norm_rope_bf16", 64) => "head_norm_rope_bf16_d64",
+        ("head_norm_rope_bf16", 128) => "head_norm_rope_bf16_d128",
+        ("head_norm_rope_backward_bf16", 32) => "head_norm_rope_backward_bf16_d32",
+        ("head_norm_rope_backward_bf16", 64) => "head_norm_rope_backward_bf16_d64",
+        ("head_norm_rope_backward_bf16", 128) => "head_norm_rope_backward_bf16_d128",
+        _ => return None,
+    })
+}
+
+/// `HEADS_PER_WARP` heads per warp, `WARPS_PER_BLOCK` warps per block.
+fn head_norm_grid(groups: usize) -> LaunchConfig {
+    let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK * HEADS_PER_WARP);
+    grid(blocks, 1, THREADS)
+}
+
 pub(super) fn grid(x: u32, y: u32, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x.max(1), y.max(1), 1),
@@ -210,7 +233,8 @@ impl CudaKernels {
 
     /// The per-head norm (no gain) of the bf16 projection `x` (`tokens x heads·head_dim`),
     /// rotated by RoPE at `positions` when given (`rope` = the cos and sin tables), into the
-    /// bf16 stream `y`; `inv` (`tokens·heads`) as `rmsnorm_forward` keeps it.
+    /// bf16 stream `y`; `inv` (`tokens·heads`) as `rmsnorm_forward` keeps it. For the fused
+    /// attention's head dims (32, 64, 128).
     #[allow(clippy::too_many_arguments)]
     pub fn head_norm_rope_bf16(
         &self,
@@ -223,25 +247,27 @@ impl CudaKernels {
         eps: f32,
     ) -> Result<(), LaunchError> {
         let groups = x.len() / head_dim.max(1);
-        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(4);
-        if y.len() < x.len() || inv.len() < groups || !whole {
+        let entry = head_norm_entry("head_norm_rope_bf16", head_dim);
+        let whole = x.len().is_multiple_of(head_dim.max(1));
+        let (Some(name), true, true, true) =
+            (entry, whole, y.len() >= x.len(), inv.len() >= groups)
+        else {
             return Err(LaunchError::Unsupported(format!(
                 "head_norm_rope_bf16: {} values, {} outputs, {} inv, head_dim {head_dim}",
                 x.len(),
                 y.len(),
                 inv.len()
             )));
-        }
-        let (g32, heads, head_dim) = (groups as i32, heads as i32, head_dim as i32);
-        let mut b = self.builder("head_norm_rope_bf16")?;
+        };
+        let (g32, heads) = (groups as i32, heads as i32);
+        let mut b = self.builder(name)?;
         b.arg(x).arg(y).arg(inv);
         match rope {
             Some((positions, cos, sin)) => b.arg(positions).arg(cos).arg(sin),
             None => b.arg(&NULL).arg(&NULL).arg(&NULL),
         };
-        b.arg(&g32).arg(&heads).arg(&head_dim).arg(&eps);
-        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
-        self.run("head_norm_rope_bf16", &mut b, grid(blocks, 1, THREADS))
+        b.arg(&g32).arg(&heads).arg(&eps);
+        self.run(name, &mut b, head_norm_grid(groups))
     }
 
     /// The backward of `head_norm_rope_bf16` (the same `rope`): the gradient w.r.t. `x` from
@@ -258,8 +284,10 @@ impl CudaKernels {
         head_dim: usize,
     ) -> Result<(), LaunchError> {
         let groups = x.len() / head_dim.max(1);
-        let whole = x.len().is_multiple_of(head_dim.max(1)) && head_dim.is_multiple_of(4);
-        if dy.len() < x.len() || dx.len() < x.len() || inv.len() < groups || !whole {
+        let entry = head_norm_entry("head_norm_rope_backward_bf16", head_dim);
+        let whole = x.len().is_multiple_of(head_dim.max(1));
+        let fits = dy.len() >= x.len() && dx.len() >= x.len() && inv.len() >= groups;
+        let (Some(name), true, true) = (entry, whole, fits) else {
             return Err(LaunchError::Unsupported(format!(
                 "head_norm_rope_backward_bf16: {} values, {} gradients, {} outputs, {} inv, \
                  head_dim {head_dim}",
@@ -268,21 +296,16 @@ impl CudaKernels {
                 dx.len(),
                 inv.len()
             )));
-        }
-        let (g32, heads, head_dim) = (groups as i32, heads as i32, head_dim as i32);
-        let mut b = self.builder("head_norm_rope_backward_bf16")?;
+        };
+        let (g32, heads) = (groups as i32, heads as i32);
+        let mut b = self.builder(name)?;
         b.arg(dy).arg(x).arg(inv);
         match rope {
             Some((positions, cos, sin)) => b.arg(positions).arg(cos).arg(sin),
             None => b.arg(&NULL).arg(&NULL).arg(&NULL),
         };
-        b.arg(dx).arg(&g32).arg(&heads).arg(&head_dim);
-        let blocks = (groups as u32).div_ceil(WARPS_PER_BLOCK);
-        self.run(
-            "head_norm_rope_backward_bf16",
-            &mut b,
-            grid(blocks, 1, THREADS),
-        )
+        b.arg(dx).arg(&g32).arg(&heads);
+        self.run(name, &mut b, head_norm_grid(groups))
     }
 
     /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
@@ -443,5 +466,30 @@ impl CudaKernels {
         let mut b = self.builder(name)?;
         b.arg(dh).arg(gate).arg(up).arg(dgate).arg(dup).arg(&n);
         self.run(name, &mut b, grid_1d(vector_threads::<T>(n as usize)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_norm_builds_match_norm_cu() {
+        let source = include_str!("kernels/norm.cu");
+        assert!(
+            source.contains(&format!("#define HEADS_PER_WARP {HEADS_PER_WARP}\n")),
+            "HEADS_PER_WARP differs from norm.cu's"
+        );
+        for kernel in ["head_norm_rope_bf16", "head_norm_rope_backward_bf16"] {
+            for head_dim in [32, 64, 128] {
+                let entry = head_norm_entry(kernel, head_dim).unwrap();
+                let listed = super::super::kernels::KERNELS
+                    .iter()
+                    .any(|k| k.entries.contains(&entry));
+                assert!(listed, "{entry} is not in the kernel list");
+                assert!(source.contains(&format!("HEAD_NORM_ENTRIES({head_dim})")));
+            }
+            assert_eq!(head_norm_entry(kernel, 96), None);
+        }
     }
 }

@@ -22,6 +22,7 @@ template <typename T>
 __device__ __forceinline__ float group_inv_rms(const T* xs, int width, float eps, int lane,
                                                float* inv) {
     float sq = 0.0f;
+#pragma unroll 4
     for (int p = lane; p < width >> 1; p += 32) {
         float a, b;
         load_pair(xs + 2 * p, a, b);
@@ -52,6 +53,7 @@ __device__ __forceinline__ void rmsnorm_forward_at(const float* x, const float* 
     float r = group_inv_rms(xs, width, eps, lane, inv + g);
     Out* ys = y + (long)g * width;
     float* ks = keep ? keep + (long)g * width : nullptr;
+#pragma unroll 4
     for (int p = lane; p < width >> 1; p += 32) {
         int i = 2 * p;
         float a, b;
@@ -86,76 +88,113 @@ extern "C" __global__ void rmsnorm_forward_bf16(const float* x, const float* gai
     rmsnorm_forward_at(x, gain, y, inv, groups, width, eps, keep);
 }
 
+// The fused attention's input kernels below take HEADS_PER_WARP heads per warp and issue every
+// load of all of them before the first reduction: a head is only 64 to 256 bytes, and a warp
+// with one keeps too few bytes in flight to come near memory bandwidth. They are built per head
+// dim (the fused attention's: 32, 64, 128), so each lane's pairs are known at compile time, and
+// they visit a head's values in the order above: pair p = lane + 32k sits in slot k.
+#define HEADS_PER_WARP 4
+
+// Two consecutive bf16 values, as stored (one 4-byte load where aligned, else two).
+__device__ __forceinline__ u32 load_bits_pair(const bf16_bits* p) {
+    if (((unsigned long long)p & 3ull) == 0) return *reinterpret_cast<const u32*>(p);
+    return (u32)p[0] | ((u32)p[1] << 16);
+}
+
+__device__ __forceinline__ void unpack_pair(u32 w, float& a, float& b) {
+    a = bf16_to_f32((bf16_bits)(w & 0xffffu));
+    b = bf16_to_f32((bf16_bits)(w >> 16));
+}
+
+// The pair that RoPE rotates with slot k's pair (element i pairs with i + HD/2, so pair p with
+// p ± HD/4): another slot of the same lane when HD/4 >= 32, else the same slot of lane
+// `lane ^ HD/4`. Every lane of the warp calls it (it may shuffle).
+template <int HD, int SLOTS>
+__device__ __forceinline__ u32 rope_partner(const u32 (&w)[SLOTS], int k) {
+    const int Q = HD / 4;
+    if (Q >= 32) return w[(k + Q / 32) % SLOTS];
+    return __shfl_xor_sync(0xffffffffu, w[k], Q);
+}
+
 // The per-head norm of the fused attention's inputs in one pass: each group (one head of one
 // token) of the bf16 projection `x` normalized without a gain, then, with `positions`, rotated
 // as `rope_apply` rotates it (rope.cu: element i pairs with i + head_dim/2, at the token's
 // position), and written as bf16, the copy the attention kernels read; `inv` as in
 // `rmsnorm_forward`. The f32 values before rounding are those of `rmsnorm_forward` then
-// `rope_apply` on `x` widened to f32. `head_dim` is a multiple of 4 (the launcher checks), so
-// both halves of a head split into pairs.
-extern "C" __global__ void head_norm_rope_bf16(const bf16_bits* x, bf16_bits* y, float* inv,
-                                               const u32* positions, const float* cos_table,
-                                               const float* sin_table, int groups, int heads,
-                                               int head_dim, float eps) {
-    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+// `rope_apply` on `x` widened to f32: the same sums in the same order, the same products.
+template <int HD>
+__device__ __forceinline__ void head_norm_rope_at(const bf16_bits* x, bf16_bits* y, float* inv,
+                                                  const u32* positions, const float* cos_table,
+                                                  const float* sin_table, int groups, int heads,
+                                                  float eps) {
+    const int P = HD / 2, SLOTS = (P + 31) / 32, Q = HD / 4, HALF = HD / 2;
     int lane = threadIdx.x & 31;
-    if (g >= groups) return;
-    const bf16_bits* xs = x + (long)g * head_dim;
-    float r = group_inv_rms(xs, head_dim, eps, lane, inv + g);
-    bf16_bits* ys = y + (long)g * head_dim;
-    if (!positions) {
-        for (int p = lane; p < head_dim >> 1; p += 32) {
-            float a, b;
-            load_pair(xs + 2 * p, a, b);
-            store_pair(ys + 2 * p, a * r, b * r);
+    long g0 = ((long)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5)) * HEADS_PER_WARP;
+    if (g0 >= groups) return;
+    u32 w[HEADS_PER_WARP][SLOTS];
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            bool here = p < P && g0 + j < groups;
+            w[j][k] = here ? load_bits_pair(x + (g0 + j) * HD + 2 * p) : 0u;
         }
-        return;
     }
-    int half = head_dim / 2;
-    long pos = positions[g / heads];
-    const float* cs = cos_table + pos * half;
-    const float* sn = sin_table + pos * half;
-    for (int q = lane; q < half >> 1; q += 32) {
-        int i = 2 * q;
-        float c0, c1, s0, s1, a0, a1, b0, b1;
-        load_pair(cs + i, c0, c1);
-        load_pair(sn + i, s0, s1);
-        load_pair(xs + i, a0, a1);
-        load_pair(xs + i + half, b0, b1);
-        a0 = a0 * r;
-        a1 = a1 * r;
-        b0 = b0 * r;
-        b1 = b1 * r;
-        store_pair(ys + i, a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
-        store_pair(ys + i + half, b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
+    float r[HEADS_PER_WARP];
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        float sq = 0.0f;
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            if (lane + 32 * k < P) {
+                float a, b;
+                unpack_pair(w[j][k], a, b);
+                sq += a * a;
+                sq += b * b;
+            }
+        }
+        r[j] = sq;
     }
-}
-
-// Elements i and i + 1 (i even, both in the same half) of a head of `d`, rotated backwards as
-// `rope_apply` with `inverse` rotates them (the same products in the same order), at position
-// `pos`; `d` itself without a rotation.
-template <typename T>
-__device__ __forceinline__ void unrotated_pair(const T* d, int i, int half,
-                                               const float* cos_table, const float* sin_table,
-                                               long pos, bool rotate, float& u0, float& u1) {
-    if (!rotate) {
-        load_pair(d + i, u0, u1);
-        return;
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        r[j] = 1.0f / sqrtf(warp_sum(r[j]) / (float)HD + eps);
+        if (lane == 0 && g0 + j < groups) inv[g0 + j] = r[j];
     }
-    int k = i < half ? i : i - half;
-    float c0, c1, s0, s1, a0, a1, b0, b1;
-    load_pair(cos_table + pos * half + k, c0, c1);
-    load_pair(sin_table + pos * half + k, s0, s1);
-    s0 = -s0;
-    s1 = -s1;
-    load_pair(d + k, a0, a1);
-    load_pair(d + k + half, b0, b1);
-    if (i < half) {
-        u0 = a0 * c0 - b0 * s0;
-        u1 = a1 * c1 - b1 * s1;
-    } else {
-        u0 = b0 * c0 + a0 * s0;
-        u1 = b1 * c1 + a1 * s1;
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        long g = g0 + j;
+        if (g >= groups) break;  // the same for the whole warp
+        bf16_bits* ys = y + g * HD;
+        long pos = positions ? (long)positions[g / heads] : 0;
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            u32 other = positions ? rope_partner<HD, SLOTS>(w[j], k) : 0u;
+            if (p >= P) continue;
+            float a, b;
+            unpack_pair(w[j][k], a, b);
+            a = a * r[j];
+            b = b * r[j];
+            if (!positions) {
+                store_pair(ys + 2 * p, a, b);
+                continue;
+            }
+            float pa, pb, c0, c1, s0, s1;
+            unpack_pair(other, pa, pb);
+            pa = pa * r[j];
+            pb = pb * r[j];
+            int m = p < Q ? 2 * p : 2 * p - HALF;  // the index into the tables
+            load_pair(cos_table + pos * HALF + m, c0, c1);
+            load_pair(sin_table + pos * HALF + m, s0, s1);
+            if (p < Q) {
+                // x1 = own, x2 = partner: x1 * c - x2 * s
+                store_pair(ys + 2 * p, a * c0 - pa * s0, b * c1 - pb * s1);
+            } else {
+                // x2 = own, x1 = partner: x2 * c + x1 * s
+                store_pair(ys + 2 * p, a * c0 + pa * s0, b * c1 + pb * s1);
+            }
+        }
     }
 }
 
@@ -164,38 +203,106 @@ __device__ __forceinline__ void unrotated_pair(const T* d, int i, int half,
 // written as bf16 for the projection's products, its only readers. Per element the same
 // arithmetic, in the same order, as `rope_apply` (inverse) then `rmsnorm_backward` (no gain)
 // into zeros, on `dy` and `x` widened to f32.
-extern "C" __global__ void head_norm_rope_backward_bf16(const bf16_bits* dy, const bf16_bits* x,
-                                                        const float* inv, const u32* positions,
-                                                        const float* cos_table,
-                                                        const float* sin_table, bf16_bits* dx,
-                                                        int groups, int heads, int head_dim) {
-    int g = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+template <int HD>
+__device__ __forceinline__ void head_norm_rope_backward_at(const bf16_bits* dy,
+                                                           const bf16_bits* x, const float* inv,
+                                                           const u32* positions,
+                                                           const float* cos_table,
+                                                           const float* sin_table, bf16_bits* dx,
+                                                           int groups, int heads) {
+    const int P = HD / 2, SLOTS = (P + 31) / 32, Q = HD / 4, HALF = HD / 2;
     int lane = threadIdx.x & 31;
-    if (g >= groups) return;
-    long base = (long)g * head_dim;
-    const bf16_bits* d = dy + base;
-    float r = inv[g];
-    int half = head_dim / 2;
-    bool rotate = positions != 0;
-    long pos = rotate ? (long)positions[g / heads] : 0;
-    float dot = 0.0f;
-    for (int p = lane; p < half; p += 32) {
-        int i = 2 * p;
-        float u0, u1, x0, x1;
-        unrotated_pair(d, i, half, cos_table, sin_table, pos, rotate, u0, u1);
-        load_pair(x + base + i, x0, x1);
-        dot += u0 * x0 * r;
-        dot += u1 * x1 * r;
+    long g0 = ((long)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5)) * HEADS_PER_WARP;
+    if (g0 >= groups) return;
+    u32 dw[HEADS_PER_WARP][SLOTS], xw[HEADS_PER_WARP][SLOTS];
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            bool here = p < P && g0 + j < groups;
+            long at = (g0 + j) * HD + 2 * p;
+            dw[j][k] = here ? load_bits_pair(dy + at) : 0u;
+            xw[j][k] = here ? load_bits_pair(x + at) : 0u;
+        }
     }
-    dot = warp_sum(dot) / (float)head_dim;
-    for (int p = lane; p < half; p += 32) {
-        int i = 2 * p;
-        float u0, u1, x0, x1;
-        unrotated_pair(d, i, half, cos_table, sin_table, pos, rotate, u0, u1);
-        load_pair(x + base + i, x0, x1);
-        store_pair(dx + base + i, r * (u0 - x0 * r * dot), r * (u1 - x1 * r * dot));
+    // dxhat: dy rotated backwards (as `rope_apply` with `inverse`), or dy itself.
+    float u[HEADS_PER_WARP][SLOTS][2], r[HEADS_PER_WARP], dot[HEADS_PER_WARP];
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        long g = g0 + j;
+        bool live = g < groups;  // the same for the whole warp
+        r[j] = live ? inv[g] : 0.0f;
+        long pos = positions && live ? (long)positions[g / heads] : 0;
+        dot[j] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            u32 other = positions ? rope_partner<HD, SLOTS>(dw[j], k) : 0u;
+            float a, b;
+            unpack_pair(dw[j][k], a, b);
+            if (positions && live && p < P) {
+                float pa, pb, c0, c1, s0, s1;
+                unpack_pair(other, pa, pb);
+                int m = p < Q ? 2 * p : 2 * p - HALF;
+                load_pair(cos_table + pos * HALF + m, c0, c1);
+                load_pair(sin_table + pos * HALF + m, s0, s1);
+                s0 = -s0;
+                s1 = -s1;
+                if (p < Q) {
+                    // x1 = own, x2 = partner: x1 * c - x2 * s
+                    a = a * c0 - pa * s0;
+                    b = b * c1 - pb * s1;
+                } else {
+                    // x2 = own, x1 = partner: x2 * c + x1 * s
+                    a = a * c0 + pa * s0;
+                    b = b * c1 + pb * s1;
+                }
+            }
+            u[j][k][0] = a;
+            u[j][k][1] = b;
+            if (p < P) {
+                float x0, x1;
+                unpack_pair(xw[j][k], x0, x1);
+                dot[j] += a * x0 * r[j];
+                dot[j] += b * x1 * r[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) dot[j] = warp_sum(dot[j]) / (float)HD;
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        long g = g0 + j;
+        if (g >= groups) break;
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            if (p >= P) continue;
+            float x0, x1;
+            unpack_pair(xw[j][k], x0, x1);
+            store_pair(dx + g * HD + 2 * p, r[j] * (u[j][k][0] - x0 * r[j] * dot[j]),
+                       r[j] * (u[j][k][1] - x1 * r[j] * dot[j]));
+        }
     }
 }
+
+#define HEAD_NORM_ENTRIES(HD)                                                                     \
+    extern "C" __global__ void head_norm_rope_bf16_d##HD(                                         \
+        const bf16_bits* x, bf16_bits* y, float* inv, const u32* positions,                       \
+        const float* cos_table, const float* sin_table, int groups, int heads, float eps) {       \
+        head_norm_rope_at<HD>(x, y, inv, positions, cos_table, sin_table, groups, heads, eps);    \
+    }                                                                                             \
+    extern "C" __global__ void head_norm_rope_backward_bf16_d##HD(                                \
+        const bf16_bits* dy, const bf16_bits* x, const float* inv, const u32* positions,          \
+        const float* cos_table, const float* sin_table, bf16_bits* dx, int groups, int heads) {   \
+        head_norm_rope_backward_at<HD>(dy, x, inv, positions, cos_table, sin_table, dx, groups,   \
+                                       heads);                                                    \
+    }
+
+HEAD_NORM_ENTRIES(32)
+HEAD_NORM_ENTRIES(64)
+HEAD_NORM_ENTRIES(128)
 
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
 // `copy` (may be null) receives the updated dx rounded to bf16: a residual block's input norm
@@ -221,6 +328,7 @@ extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, con
     long base = (long)g * width;
     float r = inv[g];
     float dot = 0.0f;
+#pragma unroll 4
     for (int p = lane; p < width >> 1; p += 32) {
         int i = 2 * p;
         float da, db, xa, xb;
@@ -235,6 +343,7 @@ extern "C" __global__ void rmsnorm_backward(const float* dy, const float* x, con
         dot += dxhat * x[base + last] * r;
     }
     dot = warp_sum(dot) / (float)width;
+#pragma unroll 4
     for (int p = lane; p < width >> 1; p += 32) {
         int i = 2 * p;
         float da, db, xa, xb, va, vb;
