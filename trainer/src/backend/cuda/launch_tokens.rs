@@ -174,7 +174,8 @@ impl CudaKernels {
         let mut b = self.builder(name)?;
         b.arg(logits).arg(grad).arg(targets).arg(log_z);
         b.arg(&tokens).arg(&vocab).arg(&z_loss).arg(&grad_scale);
-        let cfg = grid((vocab as u32).div_ceil(THREADS), tokens as u32, THREADS);
+        // 4 logits per thread (cross_entropy.cu)
+        let cfg = grid((vocab as u32).div_ceil(4 * THREADS), tokens as u32, THREADS);
         self.run(name, &mut b, cfg)
     }
 

@@ -66,25 +66,45 @@ extern "C" __global__ void cross_entropy_forward(const float* logits, const u32*
     if (t >= tokens) return;
     const float* l = logits + (long)t * vocab;
     float m = NEG_INF, s = 0.0f;
+    // Unrolled so that several loads are in flight while the running sum waits on each.
+#pragma unroll 8
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) lse_push(m, s, l[v]);
     lse_finish(m, s, l, targets, log_z, ce, z, t, z_loss);
 }
 
 // The gradient goes into its own buffer, f32 or (`_bf16`) bf16 for the mixed-precision products
-// that are its only readers: the same values, rounded. The logits are left as they are.
+// that are its only readers: the same values, rounded. The logits are left as they are. Each
+// thread takes 4 consecutive logits (one 16-byte load where aligned, else one at a time).
+__device__ __forceinline__ float ce_grad(float logit, float lz, float z_loss, bool target) {
+    return expf(logit - lz) * (1.0f + 2.0f * z_loss * lz) - (target ? 1.0f : 0.0f);
+}
+
 template <typename Out>
 __device__ __forceinline__ void cross_entropy_backward_at(const float* logits, Out* grad,
                                                           const u32* targets, const float* log_z,
                                                           int tokens, int vocab, float z_loss,
                                                           float grad_scale) {
     int t = blockIdx.y;
-    int v = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= tokens || v >= vocab) return;
+    int v0 = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (t >= tokens || v0 >= vocab) return;
     float lz = log_z[t];
-    long at = (long)t * vocab + v;
-    float g = expf(logits[at] - lz) * (1.0f + 2.0f * z_loss * lz) -
-              (v == (int)targets[t] ? 1.0f : 0.0f);
-    store_value(grad + at, g * grad_scale);
+    int target = (int)targets[t];
+    long at = (long)t * vocab + v0;
+    if (v0 + 4 <= vocab && aligned16(logits + at) &&
+        ((unsigned long long)(grad + at) & (4 * sizeof(Out) - 1)) == 0) {
+        float4 q = *reinterpret_cast<const float4*>(logits + at);
+        float g[4] = {ce_grad(q.x, lz, z_loss, v0 == target) * grad_scale,
+                      ce_grad(q.y, lz, z_loss, v0 + 1 == target) * grad_scale,
+                      ce_grad(q.z, lz, z_loss, v0 + 2 == target) * grad_scale,
+                      ce_grad(q.w, lz, z_loss, v0 + 3 == target) * grad_scale};
+        store_pair(grad + at, g[0], g[1]);
+        store_pair(grad + at + 2, g[2], g[3]);
+        return;
+    }
+    for (int v = v0; v < vocab && v < v0 + 4; v++) {
+        long a = (long)t * vocab + v;
+        store_value(grad + a, ce_grad(logits[a], lz, z_loss, v == target) * grad_scale);
+    }
 }
 
 extern "C" __global__ void cross_entropy_backward(const float* logits, float* grad,
