@@ -12,7 +12,8 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
-# ce, torch, bench-1b, memcheck, experiments, ncu, bench-f32); GPU_CHECK_BUDGET caps the whole run in seconds.
+# bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
+# GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure:
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
@@ -24,11 +25,12 @@
 #      attention build, the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt), and
 #      the training loop on the GPU against the CPU (cuda_train: checkpoints and a resume),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
-#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), and
-#      the fused attention kernels alone, every build side by side (flash_attention),
-#   5. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
-#   6. the 1B models' throughput,
-#   7. compute-sanitizer memcheck on the kernels and tiny steps (and initcheck on the steps),
+#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), the
+#      fused attention kernels alone, every build side by side (flash_attention), and the
+#      fused cross-entropy beside its two kernels,
+#   5. compute-sanitizer memcheck on the fused attention and on tiny steps,
+#   6. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
+#   7. the 1B models' throughput, then compute-sanitizer initcheck on tiny steps,
 #   8. experiments (step name `experiments`): the throughput again with cuBLASLt's cached plans,
 #      and with the fused attention's 4-warp pipelined and wide builds; Nsight Compute on the
 #      fused attention kernels, where `ncu` is installed; the f32 mode's throughput,
@@ -194,14 +196,11 @@ run() {
     wanted model && step train 90 "$BUNDLE/cuda_train" --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
-    wanted bench-bf16 && step bench-attention 90 "$BUNDLE/flash_attention"
+    wanted bench-attention && step bench-attention 90 "$BUNDLE/flash_attention"
     # The fused cross-entropy beside its two kernels (REDPACK_CUDA_CE=split), DecLLM alone, with
     # the kernel profile.
     wanted ce && step bench-ce-split 60 env REDPACK_CUDA_CE=split BENCH_PRECISION=bf16 \
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
-    wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
-    wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
-        BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
     [ -z "$sanitizer" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] &&
@@ -215,15 +214,19 @@ run() {
         --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
         redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
-    # initcheck: no kernel or product reads device memory nothing wrote (the step's outputs that
-    # a kernel or a beta-0 product fills are allocated without zeroing). With bulk copies
-    # tracked: without that, the values cuBLAS writes through the copy engine look unwritten.
-    [ -n "$sanitizer" ] && wanted memcheck && step initcheck-model 90 "$sanitizer" --tool initcheck \
-        --check-bulk-copy yes --print-limit 20 --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
-        redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu --test-threads=1
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
         --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
         flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
+    wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
+    wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
+        BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
+    # initcheck: no kernel or product reads device memory nothing wrote (the step's outputs that
+    # a kernel or a beta-0 product fills are allocated without zeroing). With bulk copies
+    # tracked: without that, the values cuBLAS writes through the copy engine look unwritten.
+    [ -n "$sanitizer" ] && wanted initcheck && step initcheck-model 90 "$sanitizer" --tool initcheck \
+        --check-bulk-copy yes --print-limit 20 --error-exitcode 99 "$BUNDLE/cuda_model" --exact \
+        decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
+        --test-threads=1
     # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
     # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (three
     # forward blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's
