@@ -27,7 +27,7 @@
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), the
 #      fused attention kernels alone, every build side by side (flash_attention), and the
-#      fused cross-entropy beside its two kernels,
+#      fused cross-entropy beside the two kernels of the default,
 #   5. compute-sanitizer memcheck on the fused attention and on tiny steps,
 #   6. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
 #   7. the 1B models' throughput, then compute-sanitizer initcheck on tiny steps,
@@ -193,13 +193,16 @@ run() {
     wanted model && step model-lt 90 env REDPACK_CUDA_BLAS=lt "$BUNDLE/cuda_model" --exact \
         decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
         resident_training_matches_the_host_loop --test-threads=1
+    # The bf16 step with the fused cross-entropy (the kernel test checks its bits).
+    wanted model && step model-ce-fused 60 env REDPACK_CUDA_CE=fused "$BUNDLE/cuda_model" \
+        --exact bf16_step_is_close_to_cpu --test-threads=1
     wanted model && step train 90 "$BUNDLE/cuda_train" --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-attention && step bench-attention 90 "$BUNDLE/flash_attention"
-    # The fused cross-entropy beside its two kernels (REDPACK_CUDA_CE=split), DecLLM alone, with
-    # the kernel profile.
-    wanted ce && step bench-ce-split 60 env REDPACK_CUDA_CE=split BENCH_PRECISION=bf16 \
+    # The fused cross-entropy (REDPACK_CUDA_CE=fused) beside the default two kernels, DecLLM
+    # alone, with the kernel profile.
+    wanted ce && step bench-ce-fused 60 env REDPACK_CUDA_CE=fused BENCH_PRECISION=bf16 \
         BENCH_ARCHS=dec BENCH_STEPS=10 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=1 "$BUNDLE/cuda_step"
     local sanitizer=""
     command -v compute-sanitizer >/dev/null && sanitizer=compute-sanitizer
@@ -260,7 +263,7 @@ run() {
     wanted bench-f32 && step bench-f32 90 env BENCH_PRECISION=f32 BENCH_STEPS=3 BENCH_WARMUP=1 \
         BENCH_TRAIN_STEPS=0 "$BUNDLE/cuda_step"
     grep -h '^{' "$RESULTS"/bench-bf16.log "$RESULTS"/bench-lt.log "$RESULTS"/bench-w4.log \
-        "$RESULTS"/bench-wide.log "$RESULTS"/bench-auto.log "$RESULTS"/bench-ce-split.log \
+        "$RESULTS"/bench-wide.log "$RESULTS"/bench-auto.log "$RESULTS"/bench-ce-fused.log \
         "$RESULTS"/bench-1b.log "$RESULTS"/bench-f32.log "$RESULTS"/torch.log \
         >"$RESULTS/throughput.jsonl" 2>/dev/null
     python3 - "$RESULTS/throughput.jsonl" <<'PY' | tee "$RESULTS/table.txt"
@@ -275,7 +278,7 @@ for arch in ("dec", "red"):
     ref = next((r for r in ok if r["arch"] == arch and r["impl"] == "torch" and r["mode"].startswith("compile")), None)
     for r in (r for r in ok if r["arch"] == arch):
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
-        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "") + ("/ce-split" if r.get("ce") == "split" else "")
+        mode = r["mode"] + ("/" + r["attention"] if "attention" in r else "") + ("/" + r["blas"] if "blas" in r else "") + ("/ce-fused" if r.get("ce") == "fused" else "")
         print(f"{arch:5} {r['impl']:8} {mode:29} {r['tokens_per_s']:10.0f} {r['step_s']:8.3f} "
               f"{r['tflops']:8.1f} {100 * r['mfu']:5.1f}% {r['peak_bytes'] / 2**30:9.2f} {ratio:>17} "
               f"{r['train_step_s'] if 'train_step_s' in r else float('nan'):13.3f} "

@@ -627,6 +627,9 @@ fn steps_stay_inside_their_buffers_under_addresssanitizer() {
         .args(steps)
         .args(["--exact", "--test-threads", "1"])
         .env("REDPACK_CUDA_EMULATION", emulation::ASAN)
+        // The child's steps take the fused cross-entropy kernel, so that whole steps run both
+        // ways in this binary (the other tests take the default two kernels).
+        .env("REDPACK_CUDA_CE", "fused")
         .env("LD_PRELOAD", &runtime)
         // Rust keeps some allocations for the process's life on purpose.
         .env("ASAN_OPTIONS", "detect_leaks=0")

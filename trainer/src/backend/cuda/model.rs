@@ -301,8 +301,8 @@ fn score(
         let mut z = dev.zeros(c)?;
         let backward = d_embed.is_some() && d_hidden.is_some();
         // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
-        // bf16 mode: the products are its only readers). In a training step whose vocabulary
-        // fits, the losses and G come from one pass over the logits.
+        // bf16 mode: the products are its only readers). With `REDPACK_CUDA_CE=fused`, in a
+        // training step whose vocabulary fits, the losses and G come from one kernel.
         let g = if backward && vocab <= CE_FUSED_VOCAB && ce_fused_from_env() {
             let sums = LogZ::Fused((&mut log_z, &mut ce, &mut z));
             let targets = &chunk.targets;
