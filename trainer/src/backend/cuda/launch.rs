@@ -487,7 +487,12 @@ mod tests {
                     .iter()
                     .any(|k| k.entries.contains(&entry));
                 assert!(listed, "{entry} is not in the kernel list");
-                assert!(source.contains(&format!("HEAD_NORM_ENTRIES({head_dim})")));
+                let defined = format!("HEAD_NORM_ENTRIES({head_dim}, ");
+                let line = source.lines().find(|l| l.starts_with(&defined));
+                assert!(
+                    line.is_some_and(|l| l.contains(entry)),
+                    "{entry} is not defined"
+                );
             }
             assert_eq!(head_norm_entry(kernel, 96), None);
         }

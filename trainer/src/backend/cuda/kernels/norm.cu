@@ -287,22 +287,24 @@ __device__ __forceinline__ void head_norm_rope_backward_at(const bf16_bits* dy,
     }
 }
 
-#define HEAD_NORM_ENTRIES(HD)                                                                     \
-    extern "C" __global__ void head_norm_rope_bf16_d##HD(                                         \
-        const bf16_bits* x, bf16_bits* y, float* inv, const u32* positions,                       \
-        const float* cos_table, const float* sin_table, int groups, int heads, float eps) {       \
+// The entry points of head dim HD, named in full where they are defined.
+#define HEAD_NORM_ENTRIES(HD, FORWARD, BACKWARD)                                                  \
+    extern "C" __global__ void FORWARD(const bf16_bits* x, bf16_bits* y, float* inv,               \
+                                       const u32* positions, const float* cos_table,              \
+                                       const float* sin_table, int groups, int heads, float eps) { \
         head_norm_rope_at<HD>(x, y, inv, positions, cos_table, sin_table, groups, heads, eps);    \
     }                                                                                             \
-    extern "C" __global__ void head_norm_rope_backward_bf16_d##HD(                                \
-        const bf16_bits* dy, const bf16_bits* x, const float* inv, const u32* positions,          \
-        const float* cos_table, const float* sin_table, bf16_bits* dx, int groups, int heads) {   \
+    extern "C" __global__ void BACKWARD(const bf16_bits* dy, const bf16_bits* x, const float* inv, \
+                                        const u32* positions, const float* cos_table,             \
+                                        const float* sin_table, bf16_bits* dx, int groups,        \
+                                        int heads) {                                              \
         head_norm_rope_backward_at<HD>(dy, x, inv, positions, cos_table, sin_table, dx, groups,   \
                                        heads);                                                    \
     }
 
-HEAD_NORM_ENTRIES(32)
-HEAD_NORM_ENTRIES(64)
-HEAD_NORM_ENTRIES(128)
+HEAD_NORM_ENTRIES(32, head_norm_rope_bf16_d32, head_norm_rope_backward_bf16_d32)
+HEAD_NORM_ENTRIES(64, head_norm_rope_bf16_d64, head_norm_rope_backward_bf16_d64)
+HEAD_NORM_ENTRIES(128, head_norm_rope_bf16_d128, head_norm_rope_backward_bf16_d128)
 
 // dx += r * (dxhat - xhat * mean(dxhat * xhat)), with dxhat = dy * gain (or dy without a gain).
 // `copy` (may be null) receives the updated dx rounded to bf16: a residual block's input norm
