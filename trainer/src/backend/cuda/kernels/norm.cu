@@ -116,6 +116,22 @@ __device__ __forceinline__ u32 rope_partner(const u32 (&w)[SLOTS], int k) {
     return __shfl_xor_sync(0xffffffffu, w[k], Q);
 }
 
+// Loads the raw pairs of heads g0 .. g0 + HEADS_PER_WARP - 1 of `src` (zeros past `groups` and
+// in the slots past a head's pairs), every load issued before any is used.
+template <int HD, int SLOTS>
+__device__ __forceinline__ void load_heads(const bf16_bits* src, long g0, int groups, int lane,
+                                           u32 (&w)[HEADS_PER_WARP][SLOTS]) {
+#pragma unroll
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+#pragma unroll
+        for (int k = 0; k < SLOTS; k++) {
+            int p = lane + 32 * k;
+            bool here = p < HD / 2 && g0 + j < groups;
+            w[j][k] = here ? load_bits_pair(src + (g0 + j) * HD + 2 * p) : 0u;
+        }
+    }
+}
+
 // The per-head norm of the fused attention's inputs in one pass: each group (one head of one
 // token) of the bf16 projection `x` normalized without a gain, then, with `positions`, rotated
 // as `rope_apply` rotates it (rope.cu: element i pairs with i + head_dim/2, at the token's
@@ -132,15 +148,7 @@ __device__ __forceinline__ void head_norm_rope_at(const bf16_bits* x, bf16_bits*
     long g0 = ((long)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5)) * HEADS_PER_WARP;
     if (g0 >= groups) return;
     u32 w[HEADS_PER_WARP][SLOTS];
-#pragma unroll
-    for (int j = 0; j < HEADS_PER_WARP; j++) {
-#pragma unroll
-        for (int k = 0; k < SLOTS; k++) {
-            int p = lane + 32 * k;
-            bool here = p < P && g0 + j < groups;
-            w[j][k] = here ? load_bits_pair(x + (g0 + j) * HD + 2 * p) : 0u;
-        }
-    }
+    load_heads<HD, SLOTS>(x, g0, groups, lane, w);
     float r[HEADS_PER_WARP];
 #pragma unroll
     for (int j = 0; j < HEADS_PER_WARP; j++) {
@@ -215,17 +223,8 @@ __device__ __forceinline__ void head_norm_rope_backward_at(const bf16_bits* dy,
     long g0 = ((long)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5)) * HEADS_PER_WARP;
     if (g0 >= groups) return;
     u32 dw[HEADS_PER_WARP][SLOTS], xw[HEADS_PER_WARP][SLOTS];
-#pragma unroll
-    for (int j = 0; j < HEADS_PER_WARP; j++) {
-#pragma unroll
-        for (int k = 0; k < SLOTS; k++) {
-            int p = lane + 32 * k;
-            bool here = p < P && g0 + j < groups;
-            long at = (g0 + j) * HD + 2 * p;
-            dw[j][k] = here ? load_bits_pair(dy + at) : 0u;
-            xw[j][k] = here ? load_bits_pair(x + at) : 0u;
-        }
-    }
+    load_heads<HD, SLOTS>(dy, g0, groups, lane, dw);
+    load_heads<HD, SLOTS>(x, g0, groups, lane, xw);
     // dxhat: dy rotated backwards (as `rope_apply` with `inverse`), or dy itself.
     float u[HEADS_PER_WARP][SLOTS][2], r[HEADS_PER_WARP], dot[HEADS_PER_WARP];
 #pragma unroll
