@@ -112,12 +112,12 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
     let (xd, gd, dyd) = (g.upload(&x), g.upload(&gain), g.upload(&dy));
     let (mut yd, mut invd) = (g.zeros(rows * width), g.zeros(rows));
     let k = &g.kernels;
-    k.rmsnorm_forward(&xd, Some(&gd), &mut yd, &mut invd, rows, width, eps)
+    k.rmsnorm_forward(&xd, Some(&gd), &mut yd, &mut invd, rows, width, eps, None)
         .unwrap();
     let (mut dgd, mut dxd) = (g.upload(&dgain0), g.upload(&dx0));
     // The backward also leaves the updated dx rounded to bf16 (what the next block reads).
     let mut dx_copy = g.stream.alloc_zeros::<u16>(rows * width).unwrap();
-    k.rmsnorm_backward_copying(
+    k.rmsnorm_backward(
         &dyd,
         &xd,
         &invd,
@@ -142,7 +142,7 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
     let mut yb = g.stream.alloc_zeros::<u16>(rows * width).unwrap();
     let mut invb = g.zeros(rows);
     let mut kept = g.zeros(rows * width);
-    k.rmsnorm_forward_keeping(
+    k.rmsnorm_forward(
         &xd,
         Some(&gd),
         &mut yb,
@@ -156,7 +156,7 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
     assert_eq!(g.download(&kept), x, "rmsnorm's kept input");
     let mut short = g.zeros(rows * width - 1);
     assert!(k
-        .rmsnorm_forward_keeping(
+        .rmsnorm_forward(
             &xd,
             None,
             &mut yb,
@@ -197,9 +197,9 @@ fn per_head_rmsnorm_matches_cpu() {
     let (xd, dyd) = (g.upload(&x), g.upload(&dy));
     let (mut yd, mut invd, mut dxd) = (g.zeros(x.len()), g.zeros(groups), g.zeros(x.len()));
     let k = &g.kernels;
-    k.rmsnorm_forward(&xd, None, &mut yd, &mut invd, groups, width, eps)
+    k.rmsnorm_forward(&xd, None, &mut yd, &mut invd, groups, width, eps, None)
         .unwrap();
-    k.rmsnorm_backward(&dyd, &xd, &invd, None, &mut dxd, groups, width)
+    k.rmsnorm_backward(&dyd, &xd, &invd, None, &mut dxd, groups, width, None)
         .unwrap();
     assert_close("head norm y", &g.download(&yd), &xhat, 1e-5);
     assert_close("head norm dx", &g.download(&dxd), &dx, 1e-5);
@@ -229,7 +229,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
         let groups = tokens * heads;
         for rotate in [true, false] {
             let (mut hat, mut inv) = (g.zeros(n), g.zeros(groups));
-            k.rmsnorm_forward(&xd, None, &mut hat, &mut inv, groups, head_dim, 1e-6)
+            k.rmsnorm_forward(&xd, None, &mut hat, &mut inv, groups, head_dim, 1e-6, None)
                 .unwrap();
             if rotate {
                 k.rope_apply(&mut hat, &posd, &cosd, &sind, heads, head_dim, false)
@@ -274,7 +274,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
                     .unwrap();
             }
             let mut dx = g.zeros(n);
-            k.rmsnorm_backward(&rotated, &xd, &inv, None, &mut dx, groups, head_dim)
+            k.rmsnorm_backward(&rotated, &xd, &inv, None, &mut dx, groups, head_dim, None)
                 .unwrap();
             let want = g.download(&g.bf16(&dx));
             let mut dxb = g.stream.alloc_zeros::<u16>(n).unwrap();

@@ -180,24 +180,10 @@ impl CudaKernels {
     }
 
     /// `groups` groups of `width` values: `y = x̂ (· gain)`, `inv = 1/rms` per group. Without a
-    /// gain this is the per-head norm.
+    /// gain this is the per-head norm. `keep` (the same length as `x`), if given, receives a
+    /// copy of `x` as the kernel reads it.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_forward<T: Stored>(
-        &self,
-        x: &CudaSlice<f32>,
-        gain: Option<&CudaSlice<f32>>,
-        y: &mut CudaSlice<T>,
-        inv: &mut CudaSlice<f32>,
-        groups: usize,
-        width: usize,
-        eps: f32,
-    ) -> Result<(), LaunchError> {
-        self.rmsnorm_forward_keeping(x, gain, y, inv, groups, width, eps, None)
-    }
-
-    /// `rmsnorm_forward` that also copies `x` into `keep` (the same length) as it reads it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm_forward_keeping<T: Stored>(
         &self,
         x: &CudaSlice<f32>,
         gain: Option<&CudaSlice<f32>>,
@@ -308,24 +294,10 @@ impl CudaKernels {
         self.run(name, &mut b, head_norm_grid(groups))
     }
 
-    /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass.
+    /// Adds the input gradient into `dx`; `x` and `inv` as in the forward pass. `copy`, if
+    /// given, receives the updated `dx` rounded to bf16.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_backward(
-        &self,
-        dy: &CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        inv: &CudaSlice<f32>,
-        gain: Option<&CudaSlice<f32>>,
-        dx: &mut CudaSlice<f32>,
-        groups: usize,
-        width: usize,
-    ) -> Result<(), LaunchError> {
-        self.rmsnorm_backward_copying(dy, x, inv, gain, dx, groups, width, None)
-    }
-
-    /// `rmsnorm_backward` that also writes the updated `dx` rounded to bf16 into `copy`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm_backward_copying(
         &self,
         dy: &CudaSlice<f32>,
         x: &CudaSlice<f32>,

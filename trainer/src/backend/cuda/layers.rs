@@ -137,6 +137,7 @@ fn project(
         tokens * dims.heads,
         dims.hd,
         dims.eps,
+        None,
     )?;
     Ok((Kept::F32(raw), hat, inv))
 }
@@ -350,8 +351,16 @@ fn head_norm_backward(
     tokens: usize,
 ) -> Result<Buf, BackendError> {
     let mut out = dev.zeros(tokens * dims.da())?;
-    dev.kernels
-        .rmsnorm_backward(grad, raw, inv, None, &mut out, tokens * dims.heads, dims.hd)?;
+    dev.kernels.rmsnorm_backward(
+        grad,
+        raw,
+        inv,
+        None,
+        &mut out,
+        tokens * dims.heads,
+        dims.hd,
+        None,
+    )?;
     Ok(out)
 }
 

@@ -127,6 +127,7 @@ fn stack_forward(
         n,
         d,
         env.dims.eps,
+        None,
     )?;
     Ok(StackRun {
         output,

@@ -85,7 +85,7 @@ impl StreamGrad {
             (Precision::Bf16, true) => Some(unsafe { dev.stream.alloc::<u16>(self.dx.len()) }?),
             _ => None,
         };
-        dev.kernels.rmsnorm_backward_copying(
+        dev.kernels.rmsnorm_backward(
             dy,
             x,
             inv,
@@ -195,8 +195,8 @@ impl Kept {
         let mut y = unsafe { Kept::output(dev, rows * width) }?;
         let k = dev.kernels;
         match &mut y {
-            Kept::F32(y) => k.rmsnorm_forward_keeping(x, gain, y, inv, rows, width, eps, keep)?,
-            Kept::Bf16(y) => k.rmsnorm_forward_keeping(x, gain, y, inv, rows, width, eps, keep)?,
+            Kept::F32(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps, keep)?,
+            Kept::Bf16(y) => k.rmsnorm_forward(x, gain, y, inv, rows, width, eps, keep)?,
         }
         Ok(y)
     }
