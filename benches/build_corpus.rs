@@ -7,7 +7,7 @@
 //! - MinHash signature throughput, and the dedup keys spilled per million documents;
 //! - the process's peak resident memory.
 //!
-//! The input is the real arXiv and Common Crawl samples of `../shared/data` plus generated
+//! The input is the real arXiv and Common Crawl samples of `tests/fixtures` plus generated
 //! documents (words drawn from the arXiv text, so every document is distinct) up to about
 //! `REDPACK_BENCH_MB` (default 8) MB. Tokenizer: GPT-2.
 
@@ -23,7 +23,7 @@ use redpack::dedup::normalize::NormalizeConfig;
 use redpack::pipeline::{build, BuildOptions, BuildSettings, Overrides, PipelineConfig};
 use redpack::record::Content;
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -159,7 +159,7 @@ def main():
     parser.add_argument("--work", type=Path, default=ROOT / "target" / "scale",
                         help="where corpora and builds go (default: target/scale); generated "
                              "corpora are kept there and reused")
-    parser.add_argument("--tokenizer", default=str(ROOT / ".." / "shared" / "data" /
+    parser.add_argument("--tokenizer", default=str(ROOT / "tests" / "fixtures" /
                                                    "tokenizers" / "gpt2.json"))
     parser.add_argument("--memory-limit", help="passed to build-corpus (e.g. 256MiB)")
     parser.add_argument("--threads", type=int, help="passed to build-corpus")

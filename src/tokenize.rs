@@ -288,7 +288,7 @@ mod tests {
 
     fn shared(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/tokenizers")
+            .join("tests/fixtures/tokenizers")
             .join(name)
     }
 
@@ -317,7 +317,7 @@ mod tests {
     fn chunked_encoding_equals_whole_encoding() {
         let arxiv = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/data/redpajama/arxiv/arxiv_sample.jsonl"),
+                .join("tests/fixtures/redpajama/arxiv/arxiv_sample.jsonl"),
         )
         .unwrap();
         let line = arxiv.lines().next().unwrap();

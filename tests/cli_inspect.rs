@@ -15,7 +15,7 @@ use redpack_schemas::{
 const BIN: &str = env!("CARGO_BIN_EXE_redpack");
 const GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/tokenizers/gpt2.json"
+    "/tests/fixtures/tokenizers/gpt2.json"
 );
 const EOD: u32 = 50256;
 const SEQ_LEN: u32 = 32;
@@ -44,7 +44,7 @@ fn text(bytes: &[u8]) -> String {
 
 fn tokenizer_info(dir: &Path) -> TokenizerInfo {
     let copy = dir.join("tokenizer.json");
-    fs::copy(GPT2, &copy).expect("copy gpt2.json (../shared/data/tokenizers)");
+    fs::copy(GPT2, &copy).expect("copy gpt2.json (tests/fixtures/tokenizers)");
     let (_, sha256) = hash_file(&copy).unwrap();
     TokenizerInfo {
         file: "tokenizer.json".into(),

@@ -1,4 +1,4 @@
-//! Input readers on real-format data: the shared samples in `../shared/data` and the generated
+//! Input readers on real-format data: the shared samples in `tests/fixtures` and the generated
 //! sample corpus, including every malformed-input kind.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use redpack::record::{Content, FileFault, Item, RejectReason};
 use redpack::sample::{jaccard_5grams, write_sample, PlantKind, SamplePlace};
 
 fn shared(relative: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")).join(relative)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(relative)
 }
 
 const ARXIV: &str = "redpajama/arxiv/arxiv_sample.jsonl";

@@ -14,7 +14,7 @@ use clap::Args;
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  \
     redpack synth-corpus --out synth-1m --docs 1000000\n  \
-    redpack build-corpus --input synth-1m --out out-1m --tokenizer ../shared/data/tokenizers/gpt2.json")]
+    redpack build-corpus --input synth-1m --out out-1m --tokenizer tests/fixtures/tokenizers/gpt2.json")]
 pub struct SynthCorpusArgs {
     /// Directory to write (new, empty, or holding an earlier synthetic corpus, which is replaced).
     #[arg(long, value_name = "DIR")]

@@ -1,7 +1,8 @@
 //! The built-in sample corpus behind `redpack build-corpus` with no arguments.
 //!
 //! [`write_sample`] writes, into a directory, a small corpus in every real layout redpack reads
-//! (see `../shared/PAPER.md`, "The data as distributed"): all RedPajama V1 subsets as plain JSONL,
+//! (RedPajama V1 as distributed by Together, FLAN as exported by its
+//! collection scripts): all RedPajama V1 subsets as plain JSONL,
 //! common_crawl as zstd JSONL with flat records, FLAN as Parquet and as gzipped JSONL. It plants
 //! what the pipeline must handle (`meta` in its four forms, exact duplicates with whitespace and
 //! case variations, near duplicates, one malformed record of each kind, a zstd file cut short)
