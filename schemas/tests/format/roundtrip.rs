@@ -190,7 +190,8 @@ fn random_corpora_round_trip() {
     );
 }
 
-/// The lead's first smoke test, kept: five packed examples over three shards.
+/// Five packed examples of 8 tokens with a 20-token shard limit: they roll over into three
+/// shards, and each reads back with its tokens, prefix, document starts and source.
 #[test]
 fn packed_round_trip_with_rollover() {
     let dir = tempfile::tempdir().unwrap();
