@@ -1,4 +1,4 @@
-//! Host-side cost of a micro-batch's GPU inputs (`backend::cuda::inputs::BatchInputs::build`:
+//! Host-side cost of a micro-batch's GPU inputs (`backend::cuda::model::inputs::BatchInputs::build`:
 //! token streams, embedding-backward chains, attention rows, scored tokens and their chunks),
 //! which `redpack train` runs on the data loader's thread while the previous step computes. Beside
 //! it, the RoPE tables of the same length (`cpu::ops::Rope::new`), which the GPU backend builds
@@ -9,10 +9,10 @@
 
 use std::time::Instant;
 
-use redpack_trainer::backend::cpu::ops::Rope;
-use redpack_trainer::backend::cuda::inputs::{BatchInputs, InputOptions};
+use redpack_trainer::backend::cuda::model::inputs::{BatchInputs, InputOptions};
 use redpack_trainer::batch::Batch;
 use redpack_trainer::config::{Arch, ModelConfig};
+use redpack_trainer::model::rope::Rope;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

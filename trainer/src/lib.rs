@@ -13,6 +13,7 @@ pub mod data;
 pub mod eval;
 pub mod flops;
 pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod params;
 pub mod rng;

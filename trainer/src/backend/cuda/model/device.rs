@@ -9,11 +9,12 @@ use cudarc::driver::{
     CudaSlice, CudaStream, DeviceRepr, DriverError, PinnedHostSlice, ValidAsZeroBits,
 };
 
-use super::blas::{Blas, BlasError, Operand, Output, Precision};
 use super::inputs::{BatchInputs, ModelParts, Part, RowsParts, StreamParts};
-use super::launch::{CudaKernels, LaunchError};
-use super::products::{self, Product};
-use crate::backend::BackendError;
+use crate::backend::cuda::blas::products::{self, Product};
+use crate::backend::cuda::blas::{Blas, BlasError, Operand, Output};
+use crate::backend::cuda::kernels::{CudaKernels, LaunchError};
+use crate::backend::cuda::options::CudaOptions;
+use crate::backend::{BackendError, Precision};
 
 pub(super) type Buf = CudaSlice<f32>;
 /// bf16 values stored as `u16` (the top half of an f32).
@@ -51,6 +52,7 @@ pub(super) struct Dev<'a> {
     pub kernels: &'a CudaKernels,
     pub blas: &'a Blas,
     pub precision: Precision,
+    pub options: &'a CudaOptions,
 }
 
 impl Dev<'_> {

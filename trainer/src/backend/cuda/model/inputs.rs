@@ -12,12 +12,12 @@
 //! Words hold `u32` values as they are and `i32` as their two's-complement bits (each part's
 //! doc says which), so the device side reinterprets a part in place.
 
-use super::launch_tokens::TokenChains;
-use crate::backend::cpu::attention::AttnRow;
-use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
+use crate::backend::cuda::kernels::TokenChains;
 use crate::backend::BackendError;
 use crate::batch::{Batch, StepOptions};
 use crate::config::{Arch, ModelConfig};
+use crate::model::attention::AttnRow;
+use crate::model::stream::{scored_tokens, Scored, Stream};
 
 /// Logits held at once: `chunk x vocab` f32 values (64 Mi, 256 MiB).
 pub(super) const LOGITS_BUDGET: usize = 1 << 26;

@@ -4,21 +4,22 @@
 //! copy before the step). Nothing in a step waits for the device until the losses are read back
 //! after the last backward launch.
 
-use super::blas::{Operand, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
+use super::dims::{DevAttn, DevRope, Dims, DropSite};
 use super::inputs::{chunk_len, BatchInputs};
-use super::launch_tokens::{ce_fused_from_env, CE_FUSED_VOCAB};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
+    AttnCache, FfnCache,
 };
-use super::products;
 use super::stored::{Kept, LogZ, StreamGrad, Weights};
-use crate::backend::cpu::stack::{Block, StackPlan as Plan};
-use crate::backend::cpu::stream::Scored;
-use crate::backend::BackendError;
+use crate::backend::cuda::blas::{products, Operand};
+use crate::backend::cuda::kernels::CE_FUSED_VOCAB;
+use crate::backend::cuda::options::CrossEntropyKernels;
+use crate::backend::{BackendError, Precision};
 use crate::batch::{LossStats, StepOptions};
 use crate::config::ModelConfig;
+use crate::model::stack::{Block, StackPlan as Plan};
+use crate::model::stream::Scored;
 
 enum Cache {
     Attn(Box<AttnCache>),
@@ -59,7 +60,7 @@ impl StackEnv<'_> {
         self.dropout.map(|(p, seed)| DropSite {
             p,
             seed,
-            site: (plan.id << 32) | block as u64,
+            site: plan.dropout_site(block),
         })
     }
 }
@@ -304,7 +305,10 @@ fn score(
         // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
         // bf16 mode: the products are its only readers). With `REDPACK_CUDA_CE=fused`, in a
         // training step whose vocabulary fits, the losses and G come from one kernel.
-        let g = if backward && vocab <= CE_FUSED_VOCAB && ce_fused_from_env() {
+        let g = if backward
+            && vocab <= CE_FUSED_VOCAB
+            && dev.options.cross_entropy == CrossEntropyKernels::Fused
+        {
             let sums = LogZ::Fused((&mut log_z, &mut ce, &mut z));
             let targets = &chunk.targets;
             Some(Kept::cross_entropy_grad(
