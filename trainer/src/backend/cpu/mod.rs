@@ -1,7 +1,8 @@
 //! The f32 CPU reference backend.
 //!
 //! Written llm.c style: every layer is an explicit forward/backward pair (`ops`, `attention`,
-//! `layers`, `loss`), composed per architecture in `model`. Matrix products go through
+//! `layers`, `loss`), run per stack in `stack` and composed per architecture in `model`, both
+//! walking the device-independent plan of `crate::model`. Matrix products go through
 //! `matrixmultiply::sgemm` (`matmul`). Parallelism is rayon on a pool owned by the backend, and
 //! every split is by fixed-size chunks of *outputs*, so results are bitwise identical whatever
 //! the thread count (see `matmul` and `ops`). Every other backend is checked against this one.

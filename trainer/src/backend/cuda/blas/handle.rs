@@ -1,5 +1,5 @@
 //! Matrix products through cuBLAS (`cublasGemmEx` / `cublasGemmStridedBatchedEx`), in the
-//! row-major terms the CPU reference uses (`cpu::matmul`), for both precisions:
+//! row-major terms the CPU reference's `matmul` uses, for both precisions:
 //! - `Precision::F32`: f32 operands, f32 compute (`CUBLAS_COMPUTE_32F`, so no TF32): the mode
 //!   the parity tests check against the CPU;
 //! - `Precision::Bf16`: both operands rounded to bf16 (round to nearest even) just before the

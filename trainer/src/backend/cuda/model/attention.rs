@@ -1,7 +1,7 @@
 //! Attention itself on the GPU, between the projections and the output product: fused
 //! (`flash.cu`, the bf16 mode, for the head dimensions it is built for), or as padded batched
 //! products over (row, head) with the masked softmax kernel (the f32 mode), forward and backward
-//! as `cpu::attention`.
+//! as the CPU reference's `attention`.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
@@ -168,7 +168,7 @@ pub(super) fn flash_backward(
     Ok((dq, dk, dv))
 }
 
-/// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (`cpu::attention::attention_forward`).
+/// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (the CPU reference's `attention_forward`).
 pub(super) fn attention_forward(
     dev: &Dev,
     dims: &Dims,
@@ -191,7 +191,7 @@ pub(super) fn attention_forward(
     Ok(o)
 }
 
-/// Gradients w.r.t. Q, K, V given `d_o` (`cpu::attention::attention_backward`); the
+/// Gradients w.r.t. Q, K, V given `d_o` (the CPU reference's `attention_backward`); the
 /// probabilities are recomputed, as on the CPU.
 pub(super) fn attention_backward(
     dev: &Dev,

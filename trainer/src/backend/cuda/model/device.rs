@@ -1,6 +1,6 @@
 //! What the model code on the GPU works with: the stream, the kernels and cuBLAS in one handle
 //! (`Dev`), allocation and copy helpers, the linear-layer products in the CPU reference's terms
-//! (`cpu::matmul`), and a micro-batch's inputs (`inputs::BatchInputs`) copied up in one
+//! (its `matmul`), and a micro-batch's inputs (`inputs::BatchInputs`) copied up in one
 //! transfer.
 
 use std::sync::Arc;
@@ -199,7 +199,8 @@ pub(super) enum Words<'a> {
     Host(&'a [u32]),
 }
 
-/// A token stream (`cpu::stream::Stream`) on the device, with the embedding backward's chains.
+/// A token stream (`crate::model::stream::Stream`) on the device, with the embedding backward's
+/// chains.
 pub(super) struct DevStream {
     pub len: usize,
     pub tokens: CudaSlice<u32>,
@@ -210,8 +211,8 @@ pub(super) struct DevStream {
     pub chain_next: CudaSlice<i32>,
 }
 
-/// Attention rows (`cpu::attention::AttnRow`) on the device: six `i32` per row, and the longest
-/// query and key spans (the padded batched layout's sizes).
+/// Attention rows (`crate::model::attention::AttnRow`) on the device: six `i32` per row, and the
+/// longest query and key spans (the padded batched layout's sizes).
 pub(super) struct DevRows {
     pub desc: CudaSlice<i32>,
     pub rows: usize,

@@ -19,13 +19,13 @@ impl Dims {
     }
 }
 
-/// RoPE tables on the device (`cpu::ops::Rope::tables`).
+/// RoPE tables on the device (`crate::model::rope::Rope::tables`).
 pub(super) struct DevRope {
     pub cos: Buf,
     pub sin: Buf,
 }
 
-/// How an attention block attends (`cpu::layers::AttnSpec`).
+/// How an attention block attends (the CPU reference's `AttnSpec`).
 pub(super) struct DevAttn<'a> {
     pub queries: &'a DevStream,
     pub keys: &'a DevStream,
@@ -36,7 +36,7 @@ pub(super) struct DevAttn<'a> {
     pub out_norm: bool,
 }
 
-/// Dropout on one residual branch: probability, seed and site (`cpu::ops::Dropout`).
+/// Dropout on one residual branch: probability, seed and site (the CPU reference's `Dropout`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DropSite {
     pub p: f32,

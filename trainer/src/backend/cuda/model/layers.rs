@@ -1,5 +1,5 @@
-//! The residual blocks on the GPU, forward and backward, step for step as `cpu::layers` and
-//! `cpu::attention` (same order of operations, same parameter layout). Differences, all
+//! The residual blocks on the GPU, forward and backward, step for step as the CPU reference's
+//! `layers` and `attention` (same order of operations, same parameter layout). Differences, all
 //! rounding-level: the residual add is fused into the output projection (`beta = 1`) when there
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention itself (`attention.rs`) runs fused in the bf16 mode,
@@ -175,7 +175,7 @@ fn branch_grad(
     Ok(Some(dy))
 }
 
-/// Forward of an attention block (`cpu::layers::attention_block_forward`); `w` holds the
+/// Forward of an attention block (the CPU reference's `attention_block_forward`); `w` holds the
 /// block's five tensors, `kv` the encoder output for cross-attention.
 pub(super) fn attention_block_forward(
     dev: &Dev,
@@ -453,7 +453,8 @@ pub(super) fn attention_block_backward(
     Ok(())
 }
 
-/// Forward of a SwiGLU FFN block (`cpu::layers::ffn_block_forward`); `w` = norm, gate, up, down.
+/// Forward of a SwiGLU FFN block (the CPU reference's `ffn_block_forward`); `w` = norm, gate, up,
+/// down.
 pub(super) fn ffn_block_forward(
     dev: &Dev,
     dims: &Dims,

@@ -1,10 +1,10 @@
-//! `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state stay on the
-//! GPU for the whole run. A step is the host loop's step on the device: the summed-loss
-//! gradients of every micro-batch, scaled by 1 / scored tokens, the global norm (per-tensor f64
-//! sums, added on the host in tensor order, as `optim::global_norm`), optional clipping, and the
-//! Adafactor update of every tensor (`kernels::MultiTensorAdafactor`, T5X's rule, all tensors in each launch)
-//! with the update norm summed likewise. Only the norms come back each step; the parameters and
-//! state cross to the host for checkpoints alone.
+//! `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state stay on the GPU
+//! for the whole run. A step is the host loop's step on the device: the summed-loss gradients of
+//! every micro-batch, scaled by 1 / scored tokens, the global norm (per-tensor f64 sums, added on
+//! the host in tensor order, as `optim::global_norm`), optional clipping, and the Adafactor update
+//! of every tensor (`kernels::MultiTensorAdafactor`, T5X's rule, all tensors in each launch) with
+//! the update norm summed likewise. Only the norms come back each step; the parameters and state
+//! cross to the host for checkpoints alone.
 
 use std::sync::Arc;
 

@@ -1,8 +1,8 @@
-//! Both architectures on the GPU, composed as `cpu::model` and `cpu::stack` compose them: the
-//! same streams, attention rows, scored tokens, block order, parameter indices and dropout sites
-//! (the host builds the streams with the CPU code, `inputs.rs`, and they reach the device in one
-//! copy before the step). Nothing in a step waits for the device until the losses are read back
-//! after the last backward launch.
+//! Both architectures on the GPU, composed as the CPU reference's `model` and `stack` compose
+//! them: the same streams, attention rows, scored tokens, block order, parameter indices and
+//! dropout sites, all from the plan in `crate::model` (the host builds the streams, `inputs.rs`,
+//! and they reach the device in one copy before the step). Nothing in a step waits for the
+//! device until the losses are read back after the last backward launch.
 
 use super::device::{operand, Bf16Buf, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
 use super::dims::{DevAttn, DevRope, Dims, DropSite};
@@ -138,7 +138,8 @@ fn stack_forward(
     })
 }
 
-/// Backward through a stack given the gradient w.r.t. its output (`cpu::stack::stack_backward`).
+/// Backward through a stack given the gradient w.r.t. its output (the CPU reference's
+/// `stack_backward`).
 fn stack_backward(
     dev: &Dev,
     env: &StackEnv,
@@ -232,7 +233,7 @@ struct Losses(Vec<(Buf, Buf)>);
 
 impl Losses {
     /// Reads the values back (this waits for the device) and sums them per row as
-    /// `cpu::loss::logits_loss` does.
+    /// the CPU reference's `logits_loss` does.
     fn read(
         &self,
         dev: &Dev,
@@ -260,10 +261,10 @@ impl Losses {
     }
 }
 
-/// Logits, cross-entropy and z-loss of the scored tokens (`cpu::loss::logits_loss`), in chunks
-/// (`inputs::chunk_len`) so that `chunk x vocab` logits are the most ever held. With `d_embed`,
-/// adds the embedding's output-side gradient and returns the gradient w.r.t. `hidden`. The
-/// losses stay on the device (`Losses`), so the backward launches follow without a wait.
+/// Logits, cross-entropy and z-loss of the scored tokens (the CPU reference's `logits_loss`), in
+/// chunks (`inputs::chunk_len`) so that `chunk x vocab` logits are the most ever held. With
+/// `d_embed`, adds the embedding's output-side gradient and returns the gradient w.r.t. `hidden`.
+/// The losses stay on the device (`Losses`), so the backward launches follow without a wait.
 #[allow(clippy::too_many_arguments)]
 fn score(
     dev: &Dev,
