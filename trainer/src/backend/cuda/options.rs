@@ -62,11 +62,17 @@ impl AttentionKernels {
 ///   (`profile`, off by default; each launch then synchronizes the stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaOptions {
+    /// The fused attention's build, unless `flash_auto`.
     pub flash: FlashVariant,
+    /// Time the builds per kernel and shape and run the fastest.
     pub flash_auto: bool,
+    /// Fused or batched attention in the bf16 mode.
     pub attention: AttentionKernels,
+    /// Split or fused cross-entropy kernels in a training step.
     pub cross_entropy: CrossEntropyKernels,
+    /// The library call that runs the products.
     pub blas: BlasEngine,
+    /// Time every launch and product (`CudaBackend::profiler`).
     pub profile: bool,
 }
 
