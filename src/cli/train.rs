@@ -50,6 +50,7 @@ pub enum PrecisionArg {
 /// Settings come from the mode's defaults (the paper's recipe), then --config, then these flags.
 /// The run directory gets metrics.jsonl (one JSON object per step) and checkpoints/step-N/.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = redpack_trainer::backend::CUDA_ENVIRONMENT)]
 pub struct TrainArgs {
     /// Recipe file (see trainer/configs/*.toml); flags below override it.
     #[arg(long, value_name = "FILE")]

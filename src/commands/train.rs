@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use redpack_trainer::backend::cuda::probe::DeviceChoice;
-use redpack_trainer::backend::cuda::Precision;
-use redpack_trainer::backend::{open_backend, Backend};
+use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{StepMetrics, StepObserver};
 use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
@@ -336,8 +334,8 @@ mod tests {
 
     #[test]
     fn cuda_without_a_device_is_refused_with_a_hint() {
-        use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
-        if let CudaAvailability::Device(_) = probe::detect() {
+        use redpack_trainer::backend::{probe_cuda, CudaAvailability};
+        if let CudaAvailability::Device(_) = probe_cuda() {
             return; // a GPU machine: --device cuda opens the CUDA backend
         }
         let err = backend_for(DeviceArg::Cuda, None, None)

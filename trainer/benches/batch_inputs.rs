@@ -1,7 +1,7 @@
-//! Host-side cost of a micro-batch's GPU inputs (`backend::cuda::inputs::BatchInputs::build`:
+//! Host-side cost of a micro-batch's GPU inputs (`backend::cuda::model::inputs::BatchInputs::build`:
 //! token streams, embedding-backward chains, attention rows, scored tokens and their chunks),
 //! which `redpack train` runs on the data loader's thread while the previous step computes. Beside
-//! it, the RoPE tables of the same length (`cpu::ops::Rope::new`), which the GPU backend builds
+//! it, the RoPE tables of the same length (`model::rope::Rope::new`), which the GPU backend builds
 //! once per run and keeps on the device instead of per batch. No GPU needed.
 //!
 //! `cargo bench -p redpack-trainer --bench batch_inputs`. Environment: `BENCH_SIZE` (150m),
@@ -9,10 +9,10 @@
 
 use std::time::Instant;
 
-use redpack_trainer::backend::cpu::ops::Rope;
-use redpack_trainer::backend::cuda::inputs::{BatchInputs, InputOptions};
+use redpack_trainer::backend::cuda::model::inputs::{BatchInputs, InputOptions};
 use redpack_trainer::batch::Batch;
 use redpack_trainer::config::{Arch, ModelConfig};
+use redpack_trainer::model::rope::Rope;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

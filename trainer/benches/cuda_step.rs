@@ -15,16 +15,15 @@
 //! (2048), `BENCH_VOCAB` (32768), `BENCH_STEPS` (10), `BENCH_WARMUP` (2), `BENCH_PRECISION`
 //! (bf16 or f32), `BENCH_PEAK_TFLOPS` (989), `BENCH_TRAIN_STEPS` (3 whole training steps timed;
 //! 0 skips them), `BENCH_PROFILE` (0; 1 prints, after the timed
-//! steps, a time table by kernel and product shape of two more steps run with
-//! `backend::cuda::profile` on, and one of an optimizer update with its launch count). Without
+//! steps, a time table by kernel and product shape of two more steps run with the backend's
+//! profiler on, and one of an optimizer update with its launch count). Without
 //! a GPU it prints `SKIPPED: no CUDA device`.
 
 use std::time::Instant;
 
-use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
-use redpack_trainer::backend::cuda::{launch_flash, launch_tokens, profile};
-use redpack_trainer::backend::cuda::{CudaBackend, Precision};
-use redpack_trainer::backend::{Backend, MicroBatch, ResidentTraining};
+use redpack_trainer::backend::cuda::runtime::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
+use redpack_trainer::backend::{Backend, MicroBatch, Precision, ResidentTraining};
 use redpack_trainer::batch::{Batch, StepOptions};
 use redpack_trainer::config::{Arch, ModelConfig};
 use redpack_trainer::flops::{training_flops, StackTokens};
@@ -64,7 +63,10 @@ fn main() {
         "f32" => Precision::F32,
         _ => Precision::Bf16,
     };
-    let mut backend = CudaBackend::open(precision).unwrap_or_else(|e| fail("opening", e));
+    let cuda_options = CudaOptions::from_env().unwrap_or_else(|e| fail("environment", e));
+    let mut backend =
+        CudaBackend::open(precision, cuda_options).unwrap_or_else(|e| fail("opening", e));
+    let profile = backend.profiler().clone();
     eprintln!("cuda_step on {}", backend.name());
     for arch_name in env_or("BENCH_ARCHS", "dec,red").split(',') {
         let arch = match arch_name.trim() {
@@ -156,32 +158,32 @@ fn main() {
         }
         if train_steps > 0 && env_usize("BENCH_PROFILE", 0) > 0 {
             // The optimizer step alone: how many launches, and how long its kernels take.
-            profile::set_enabled(true);
-            profile::reset();
+            profile.set_enabled(true);
+            profile.reset();
             backend
                 .apply_update(1e-6, None, 1e-3)
                 .unwrap_or_else(|e| fail("optimizer update", e));
-            profile::set_enabled(false);
-            let rows = profile::entries();
+            profile.set_enabled(false);
+            let rows = profile.entries();
             let launches: u64 = rows.iter().map(|r| r.1).sum();
             eprintln!(
                 "profile of one optimizer update, {} {size}: {launches} launches\n{}",
                 arch.name(),
-                profile::report()
+                profile.report()
             );
         }
         if env_usize("BENCH_PROFILE", 0) > 0 {
-            profile::set_enabled(true);
-            profile::reset();
+            profile.set_enabled(true);
+            profile.reset();
             for _ in 0..2 {
                 step(&mut backend);
             }
-            profile::set_enabled(false);
+            profile.set_enabled(false);
             eprintln!(
                 "profile of 2 steps, {} {size} ({}):\n{}",
                 arch.name(),
                 precision.name(),
-                profile::report()
+                profile.report()
             );
         }
         let flops = training_flops(&config, &StackTokens::from_batch(&config, &batch, &options));
@@ -190,14 +192,13 @@ fn main() {
         let json = serde_json::json!({
             "impl": "redpack",
             "mode": precision.name(),
-            "attention": match launch_flash::fused_attention(precision, config.head_dim) {
+            "attention": match cuda_options.fused_attention(precision, config.head_dim) {
                 false => "batched".to_string(),
-                true if launch_flash::tuning_from_env() => "flash-auto".to_string(),
-                true => format!("flash-{}", launch_flash::FlashVariant::from_env().name()),
+                true => format!("flash-{}", cuda_options.flash_name()),
             },
             "flash_tuning": backend.flash_tuning(),
             "blas": backend.blas_engine().name(),
-            "ce": if launch_tokens::ce_fused_from_env() { "fused" } else { "split" },
+            "ce": cuda_options.cross_entropy.name(),
             "blas_plans": backend.blas_plans(),
             "arch": arch.name(),
             "size": size,

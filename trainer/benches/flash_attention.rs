@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use redpack_trainer::backend::cpu::attention::AttnRow;
-use redpack_trainer::backend::cuda::launch::CudaKernels;
-use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FlashVariant};
-use redpack_trainer::backend::cuda::nvrtc::KernelCache;
-use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::kernels::CudaKernels;
+use redpack_trainer::backend::cuda::kernels::{FlashShape, FlashVariant};
+use redpack_trainer::backend::cuda::runtime::nvrtc::KernelCache;
+use redpack_trainer::backend::cuda::runtime::probe::{self, CudaAvailability};
+use redpack_trainer::model::attention::AttnRow;
 use redpack_trainer::rng::SplitMix64;
 
 /// One attention call of a model: its rows (each `len` queries over `keys` keys), heads and

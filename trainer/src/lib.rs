@@ -1,9 +1,24 @@
 //! redpack-trainer: RedLLM (encoder-decoder, prefix LM) and DecLLM (decoder-only, causal LM)
 //! trained directly from redpack corpora.
 //!
-//! Layout: `config` (model shapes and presets), `params` (named f32 tensors in checkpoint order),
-//! `batch` (what a training step consumes), `backend` (the seam between the model math and the
-//! device: a trait for implementers, one implementation per device).
+//! Modules:
+//! - `config`: model configuration, the two architectures and their sizes;
+//! - `params`: the parameters, named f32 tensors in checkpoint order, and their initialization;
+//! - `batch`: a batch as the backends consume it, with the step's options and loss sums;
+//! - `model`: the device-independent model plan (token streams, attention rows, stack plans,
+//!   RoPE tables, batch validation) that every backend runs;
+//! - `backend`: the seam between the model math and a device (the `Backend` trait,
+//!   `DeviceChoice`, `Precision`, `open_backend`) with the CPU reference and the CUDA backend;
+//! - `optim`: Adafactor and global gradient-norm clipping;
+//! - `schedule`: learning-rate schedules;
+//! - `data`: examples from a corpus in a seeded order, assembled into batches on a background
+//!   thread;
+//! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
+//! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
+//! - `eval`: loss and perplexity of a checkpoint on a corpus;
+//! - `metrics`: the per-step metrics record and its observers;
+//! - `flops`: training FLOPs per step, counted per stack;
+//! - `rng`: the deterministic random numbers (initialization, dropout masks).
 
 pub mod backend;
 pub mod batch;
@@ -13,6 +28,7 @@ pub mod data;
 pub mod eval;
 pub mod flops;
 pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod params;
 pub mod rng;

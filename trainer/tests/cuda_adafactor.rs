@@ -29,7 +29,7 @@ fn assert_update_close(label: &str, gpu_update: &[f32], cpu_update: &[f32], para
 
 #[test]
 fn adafactor_matches_cpu_full_factored_and_with_momentum() {
-    use redpack_trainer::backend::cuda::launch_adafactor::{
+    use redpack_trainer::backend::cuda::kernels::{
         AdafactorStep, AdafactorTensor, DeviceMoment, MomentShape, MultiTensorAdafactor,
     };
     use redpack_trainer::optim::adafactor::{beta2, Adafactor, AdafactorConfig};
@@ -118,7 +118,7 @@ fn adafactor_updates_many_tensors_at_once_as_the_cpu() {
     // The resident step's optimizer: gradients scaled to the mean, the global norm, clipping by a
     // factor, and one multi-tensor update of tensors of every kind (factored over several row
     // segments, full matrices below the factoring size, vectors, a chunk and a bit).
-    use redpack_trainer::backend::cuda::launch_adafactor::{
+    use redpack_trainer::backend::cuda::kernels::{
         AdafactorStep, AdafactorTensor, DeviceMoment, MomentShape, MultiTensorAdafactor,
     };
     use redpack_trainer::optim::adafactor::{beta2, Adafactor, AdafactorConfig};

@@ -8,8 +8,8 @@ mod cuda_support;
 
 use cuda_support::{assert_close, gpu, randn, reference_probs};
 use cudarc::driver::CudaSlice;
-use redpack_trainer::backend::cpu::attention::AttnRow;
-use redpack_trainer::backend::cuda::launch_tokens::ScoresShape;
+use redpack_trainer::backend::cuda::kernels::ScoresShape;
+use redpack_trainer::model::attention::AttnRow;
 use redpack_trainer::rng::SplitMix64;
 
 /// One batch row: its query and key ranges, whether it is causal, and its bidirectional prefix.
@@ -109,7 +109,7 @@ fn masked_softmax_matches_cpu_for_every_mask() {
 
 #[test]
 fn attention_packing_round_trips() {
-    use redpack_trainer::backend::cuda::launch_model::{PackShape, PackSide};
+    use redpack_trainer::backend::cuda::kernels::{PackShape, PackSide};
     let Some(g) = gpu("attention_packing_round_trips") else {
         return;
     };
@@ -177,7 +177,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
     use redpack_trainer::backend::cpu::attention::{
         attention_backward, attention_forward, AttnShape,
     };
-    use redpack_trainer::backend::cuda::launch_flash::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
+    use redpack_trainer::backend::cuda::kernels::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
     let Some(g) = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim") else {
         return;
     };

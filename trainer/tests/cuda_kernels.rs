@@ -9,9 +9,10 @@ mod cuda_support;
 use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, say, Gpu};
 use cudarc::driver::CudaSlice;
 use redpack_trainer::backend::cpu::ops;
+use redpack_trainer::backend::cuda::kernels::TokenChains;
 use redpack_trainer::backend::cuda::kernels::KERNELS;
-use redpack_trainer::backend::cuda::launch_tokens::TokenChains;
-use redpack_trainer::backend::cuda::nvrtc::{self, KernelCache};
+use redpack_trainer::backend::cuda::runtime::nvrtc::{self, KernelCache};
+use redpack_trainer::model::rope::Rope;
 use redpack_trainer::rng::SplitMix64;
 
 #[test]
@@ -214,7 +215,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
         return;
     };
     for (tokens, heads, head_dim) in [(41, 3, 64), (17, 2, 128), (9, 4, 32)] {
-        let rope = ops::Rope::new(head_dim, 10_000.0, 64);
+        let rope = Rope::new(head_dim, 10_000.0, 64);
         let mut rng = SplitMix64::new(12);
         let n = tokens * heads * head_dim;
         let x = randn(&mut rng, n, 2.0);
@@ -306,7 +307,7 @@ fn rope_matches_cpu_forward_and_inverse() {
         return;
     };
     let (tokens, heads, head_dim) = (41, 3, 16);
-    let rope = ops::Rope::new(head_dim, 10_000.0, 64);
+    let rope = Rope::new(head_dim, 10_000.0, 64);
     let mut rng = SplitMix64::new(3);
     let x = randn(&mut rng, tokens * heads * head_dim, 1.0);
     let positions: Vec<u32> = (0..tokens).map(|_| rng.below(64) as u32).collect();
@@ -423,7 +424,7 @@ fn embedding_matches_cpu_bit_for_bit() {
 #[test]
 fn cross_entropy_matches_cpu_logits_loss() {
     use redpack_trainer::backend::cpu::loss::{logits_loss, LossGrads};
-    use redpack_trainer::backend::cpu::stream::Scored;
+    use redpack_trainer::model::stream::Scored;
     let Some(g) = gpu("cross_entropy_matches_cpu_logits_loss") else {
         return;
     };
@@ -519,7 +520,7 @@ fn cross_entropy_matches_cpu_logits_loss() {
         g.download(&gb),
         "fused cross-entropy bf16 gradient"
     );
-    let too_big = redpack_trainer::backend::cuda::launch_tokens::CE_FUSED_VOCAB + 1;
+    let too_big = redpack_trainer::backend::cuda::kernels::CE_FUSED_VOCAB + 1;
     assert!(
         k.cross_entropy_fused(
             &ld,
@@ -666,8 +667,9 @@ fn cublas_products_match_the_cpu_reference() {
 /// aligned to only 4 bytes), against host products, in both precisions.
 fn check_products(g: &Gpu, blas: &redpack_trainer::backend::cuda::blas::Blas) {
     use redpack_trainer::backend::cpu::matmul;
-    use redpack_trainer::backend::cuda::blas::{Operand, Precision};
-    use redpack_trainer::backend::cuda::products::{self, AttnSizes};
+    use redpack_trainer::backend::cuda::blas::products::{self, AttnSizes};
+    use redpack_trainer::backend::cuda::blas::Operand;
+    use redpack_trainer::backend::Precision;
     let engine = blas.engine().name();
     let mut rng = SplitMix64::new(10);
     for precision in [Precision::F32, Precision::Bf16] {
@@ -824,8 +826,9 @@ fn check_products(g: &Gpu, blas: &redpack_trainer::backend::cuda::blas::Blas) {
 /// `cublasGemmEx` up to summation order.
 #[test]
 fn cublaslt_plans_are_built_once_and_give_the_same_bits_every_run() {
-    use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine, Precision};
-    use redpack_trainer::backend::cuda::products;
+    use redpack_trainer::backend::cuda::blas::products;
+    use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine};
+    use redpack_trainer::backend::Precision;
     let Some(g) = gpu("cublaslt_plans_are_built_once_and_give_the_same_bits_every_run") else {
         return;
     };

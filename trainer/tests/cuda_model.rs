@@ -11,9 +11,10 @@ mod cuda_support;
 
 use cuda_support::{assert_close, require_nvrtc, say};
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::probe::CudaAvailability;
-use redpack_trainer::backend::cuda::{CudaBackend, Precision};
+use redpack_trainer::backend::cuda::runtime::probe::CudaAvailability;
+use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
 use redpack_trainer::backend::Backend;
+use redpack_trainer::backend::Precision;
 use redpack_trainer::batch::{Batch, LossStats, StepOptions};
 use redpack_trainer::config::{Arch, ModelConfig};
 use redpack_trainer::optim::{self, Adafactor, AdafactorConfig};
@@ -33,7 +34,12 @@ fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
     };
     require_nvrtc();
     let cache = cuda_support::kernel_cache(&info.arch());
-    match CudaBackend::new(&info, precision, &cache) {
+    match CudaBackend::new(
+        &info,
+        precision,
+        &cache,
+        CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
+    ) {
         Ok(b) => Some(b),
         Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),
     }

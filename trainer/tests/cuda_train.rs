@@ -11,9 +11,10 @@ use std::path::Path;
 
 use cuda_support::say;
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::probe::CudaAvailability;
-use redpack_trainer::backend::cuda::{CudaBackend, Precision};
+use redpack_trainer::backend::cuda::runtime::probe::CudaAvailability;
+use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
 use redpack_trainer::backend::Backend;
+use redpack_trainer::backend::Precision;
 use redpack_trainer::checkpoint;
 use redpack_trainer::config::Arch;
 use redpack_trainer::metrics::{Quiet, StepMetrics};
@@ -32,8 +33,13 @@ fn cuda(test: &str) -> Option<CudaBackend> {
     cuda_support::require_nvrtc();
     let cache = cuda_support::kernel_cache(&info.arch());
     Some(
-        CudaBackend::new(&info, Precision::F32, &cache)
-            .unwrap_or_else(|e| panic!("cannot start the CUDA backend on {}: {e}", info.name)),
+        CudaBackend::new(
+            &info,
+            Precision::F32,
+            &cache,
+            CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
+        )
+        .unwrap_or_else(|e| panic!("cannot start the CUDA backend on {}: {e}", info.name)),
     )
 }
 

@@ -4,9 +4,7 @@
 mod model_support;
 
 use model_support::{check_gradient, probe_indices, randn, weighted_sum};
-use redpack_trainer::backend::cpu::attention::{
-    attention_backward, attention_forward, AttnRow, AttnShape,
-};
+use redpack_trainer::backend::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use redpack_trainer::backend::cpu::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
     AttnGrads, AttnSpec, AttnWeights, BlockDims, FfnGrads, FfnWeights,
@@ -14,9 +12,11 @@ use redpack_trainer::backend::cpu::layers::{
 use redpack_trainer::backend::cpu::loss::{fast_exp, logits_loss, LossGrads};
 use redpack_trainer::backend::cpu::ops::{
     group_rmsnorm_backward, group_rmsnorm_forward, rmsnorm_backward, rmsnorm_forward,
-    swiglu_backward, swiglu_forward, Dropout, Rope,
+    swiglu_backward, swiglu_forward, Dropout,
 };
-use redpack_trainer::backend::cpu::stream::{Scored, Stream};
+use redpack_trainer::model::attention::AttnRow;
+use redpack_trainer::model::rope::Rope;
+use redpack_trainer::model::stream::{Scored, Stream};
 use redpack_trainer::rng::SplitMix64;
 
 const H: f32 = 1e-2;

@@ -5,11 +5,12 @@
 mod model_support;
 
 use model_support::{make_batch, micro_config};
-use redpack_trainer::backend::cpu::attention::{attention_forward, AttnRow, AttnShape};
+use redpack_trainer::backend::cpu::attention::{attention_forward, AttnShape};
 use redpack_trainer::backend::cpu::CpuBackend;
 use redpack_trainer::backend::Backend;
 use redpack_trainer::batch::{Batch, StepOptions};
 use redpack_trainer::config::{Arch, ModelConfig};
+use redpack_trainer::model::attention::AttnRow;
 use redpack_trainer::params::ParamStore;
 use redpack_trainer::rng::SplitMix64;
 

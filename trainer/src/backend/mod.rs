@@ -3,20 +3,33 @@
 //! A backend computes, for one batch, the loss and (for training) the gradient of the summed loss
 //! with respect to every parameter. The optimizer, data loading and checkpoints sit above it and
 //! never see the device. `cpu` is the f32 reference every other backend is checked against.
+//!
+//! - `options`: what a run asks for (`DeviceChoice`, `Precision`);
+//! - `select`: `open_backend`, which resolves those into a backend;
+//! - `cpu`: the f32 reference backend;
+//! - `cuda`: the CUDA backend (its switches are `cuda::CudaOptions`).
+//!
+//! Both backends build their work from the device-independent plan in `crate::model`.
 
 use std::any::Any;
 use std::sync::Arc;
 
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
+use crate::model::validate::BatchError;
 use crate::optim::adafactor::{Adafactor, UpdateStats};
 use crate::params::ParamStore;
 
 pub mod cpu;
 pub mod cuda;
+pub mod options;
+#[cfg(test)]
+mod parity;
 pub mod select;
 
-pub use select::{open_backend, OpenError, Opened};
+pub use cuda::runtime::probe::CudaAvailability;
+pub use options::{DeviceChoice, Precision};
+pub use select::{open_backend, probe_cuda, OpenError, Opened, CUDA_ENVIRONMENT};
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +41,12 @@ pub enum BackendError {
     BadModel(String),
     #[error("device error: {0}")]
     Device(String),
+}
+
+impl From<BatchError> for BackendError {
+    fn from(e: BatchError) -> Self {
+        BackendError::BadBatch(e.0)
+    }
 }
 
 /// What a device implements.

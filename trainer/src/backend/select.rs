@@ -1,16 +1,31 @@
 //! Opening the backend `--device` (and `--precision`) ask for: a `Box<dyn Backend>` for the
 //! training loop and evaluation, plus a line for the log that says what was chosen and why.
+//! The CUDA backend's switches are read from the environment here, once
+//! (`CudaOptions::from_env`).
 
 use super::cpu::CpuBackend;
-use super::cuda::probe::{self, CudaAvailability, DeviceChoice, ProbeError};
-use super::cuda::{CudaBackend, Precision};
+use super::cuda::runtime::nvrtc::KernelCache;
+use super::cuda::runtime::probe::{self, CudaAvailability, ProbeError};
+use super::cuda::{CudaBackend, CudaOptions, CudaOptionsError};
+use super::options::{DeviceChoice, Precision};
 use super::{Backend, BackendError};
+
+/// The environment variables the CUDA backend reads, as `redpack train --help` lists them.
+pub const CUDA_ENVIRONMENT: &str = super::cuda::options::ENVIRONMENT;
+
+/// What the CUDA probe finds on this machine: no driver, no usable device, or the device a CUDA
+/// run would use.
+pub fn probe_cuda() -> CudaAvailability {
+    probe::detect()
+}
 
 /// Why no backend could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    CudaOptions(#[from] CudaOptionsError),
     #[error("--precision bf16 needs a CUDA device; the CPU backend computes in f32 only")]
     CpuPrecision,
     #[error("cannot start the {device} backend: {source}")]
@@ -42,13 +57,16 @@ pub fn open_backend(
     match probe::resolve(choice, &found)? {
         probe::ResolvedDevice::Cuda(info) => {
             let precision = precision.unwrap_or_default();
-            let dir = super::cuda::nvrtc::KernelCache::default_dir()
+            let options = CudaOptions::from_env()?;
+            let dir = KernelCache::default_dir()
                 .unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
-            let cache = super::cuda::nvrtc::KernelCache::new(dir);
+            let cache = KernelCache::new(dir);
             let backend =
-                CudaBackend::new(&info, precision, &cache).map_err(|source| OpenError::Start {
-                    device: "CUDA",
-                    source,
+                CudaBackend::new(&info, precision, &cache, options).map_err(|source| {
+                    OpenError::Start {
+                        device: "CUDA",
+                        source,
+                    }
                 })?;
             let note = format!("device: {}", backend.name());
             Ok(Opened {

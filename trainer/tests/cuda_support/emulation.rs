@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
-use redpack_trainer::backend::cuda::probe;
+use redpack_trainer::backend::cuda::runtime::probe;
 use sha2::{Digest, Sha256};
 
 use super::say;

@@ -8,10 +8,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
-use redpack_trainer::backend::cpu::attention::AttnRow;
-use redpack_trainer::backend::cuda::launch::CudaKernels;
-use redpack_trainer::backend::cuda::nvrtc::{KernelCache, NVRTC_HINT};
-use redpack_trainer::backend::cuda::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::kernels::CudaKernels;
+use redpack_trainer::backend::cuda::runtime::nvrtc::{KernelCache, NVRTC_HINT};
+use redpack_trainer::backend::cuda::runtime::probe::{self, CudaAvailability};
+use redpack_trainer::model::attention::AttnRow;
 use redpack_trainer::rng::SplitMix64;
 
 /// Fails (like the Python tests when numpy is missing) when NVRTC cannot be loaded: CI installs

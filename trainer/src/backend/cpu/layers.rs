@@ -11,13 +11,15 @@
 //! gradient w.r.t. the block's output into the gradient w.r.t. its input, in place, and add the
 //! parameter gradients.
 
-use super::attention::{attention_backward, attention_forward, AttnRow, AttnShape, DocIds};
+use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::matmul::{linear_backward_input, linear_backward_weight, linear_forward};
 use super::ops::{
     group_rmsnorm_backward, group_rmsnorm_forward, rmsnorm_backward, rmsnorm_forward,
-    swiglu_backward, swiglu_forward, Dropout, Rope,
+    swiglu_backward, swiglu_forward, Dropout,
 };
-use super::stream::Stream;
+use crate::model::attention::{AttnRow, DocIds};
+use crate::model::rope::Rope;
+use crate::model::stream::Stream;
 
 /// Shapes and constants shared by all blocks of a model.
 #[derive(Debug, Clone, Copy)]

@@ -16,8 +16,8 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm, MatRef};
-use super::stream::Scored;
 use crate::batch::LossStats;
+use crate::model::stream::Scored;
 
 /// Scored tokens per sequential chunk.
 const CHUNK: usize = 256;

@@ -8,14 +8,16 @@
 //! shifted target; the gradient w.r.t. the encoder output is summed over all decoder layers
 //! before the encoder's backward pass runs.
 
-use super::attention::{AttnShape, DocIds};
+use super::attention::AttnShape;
 use super::layers::{AttnSpec, BlockDims};
 use super::loss::{logits_loss, LossGrads};
-use super::ops::Rope;
-use super::stack::{stack_backward, stack_forward, StackEnv, StackPlan};
-use super::stream::{scored_tokens, Scored, Stream};
+use super::stack::{stack_backward, stack_forward, StackEnv};
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::{Arch, ModelConfig};
+use crate::model::attention::DocIds;
+use crate::model::rope::Rope;
+use crate::model::stack::StackPlan;
+use crate::model::stream::{scored_tokens, Scored, Stream};
 use crate::params::ParamStore;
 
 /// Document ids of a query and a key stream when attention resets at document boundaries.

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use crate::model::rope::Rope;
 use crate::rng::{counter_hash, unit_f32};
 
 /// Tokens per parallel task for per-token ops.
@@ -106,45 +107,8 @@ pub fn rmsnorm_backward(
         });
 }
 
-/// Rotary position embedding tables with the half-split ("rotate_half") pairing: element `i` of
-/// a head pairs with element `i + head_dim/2`, rotated by `pos · base^(-2i/head_dim)`.
-#[derive(Debug, Clone)]
-pub struct Rope {
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
+/// RoPE on the CPU: rotation by the shared tables of `crate::model::rope::Rope`.
 impl Rope {
-    /// Tables for positions `0..max_positions`; angles are computed in f64.
-    pub fn new(head_dim: usize, base: f32, max_positions: usize) -> Rope {
-        let half = head_dim / 2;
-        let mut cos = vec![0.0; max_positions * half];
-        let mut sin = vec![0.0; max_positions * half];
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| (base as f64).powf(-(i as f64) / half as f64))
-            .collect();
-        for pos in 0..max_positions {
-            for (i, f) in inv_freq.iter().enumerate() {
-                let angle = pos as f64 * f;
-                cos[pos * half + i] = angle.cos() as f32;
-                sin[pos * half + i] = angle.sin() as f32;
-            }
-        }
-        Rope { half, cos, sin }
-    }
-
-    /// Number of positions the tables cover.
-    pub fn max_positions(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
-    /// The `positions x head_dim/2` cosine and sine tables (the CUDA kernel takes them as they
-    /// are, so both backends rotate by the same f32 values).
-    pub fn tables(&self) -> (&[f32], &[f32]) {
-        (&self.cos, &self.sin)
-    }
-
     /// Rotates every head of every token in place; `x` is `tokens x (heads · head_dim)` and
     /// `positions[t]` is token t's position. `inverse` rotates backwards, which is the backward
     /// pass (the rotation is orthogonal).
@@ -152,15 +116,16 @@ impl Rope {
         if x.is_empty() || positions.is_empty() {
             return;
         }
-        let half = self.half;
+        let half = self.half();
+        let (cos_table, sin_table) = self.tables();
         let width = x.len() / positions.len();
         x.par_chunks_mut(CHUNK * width)
             .enumerate()
             .for_each(|(chunk, x)| {
                 for (t, row) in x.chunks_mut(width).enumerate() {
                     let pos = positions[chunk * CHUNK + t] as usize;
-                    let cos = &self.cos[pos * half..(pos + 1) * half];
-                    let sin = &self.sin[pos * half..(pos + 1) * half];
+                    let cos = &cos_table[pos * half..(pos + 1) * half];
+                    let sin = &sin_table[pos * half..(pos + 1) * half];
                     for head in row.chunks_mut(head_dim) {
                         let (a, b) = head.split_at_mut(half);
                         for i in 0..half {

@@ -1,71 +1,17 @@
 //! One stack (DecLLM's, RedLLM's encoder or decoder): embedding lookup, residual blocks, final
 //! RMSNorm, forward and backward.
 //!
-//! The parameter order of `crate::params` is walked by index: each attention block owns 5
-//! consecutive tensors (norm, q, k, v, o), each FFN block 4 (norm, gate, up, down). Dropout
-//! sites are `(stack id << 32) | block index`, unique within a model.
+//! The blocks, their parameter indices and dropout sites come from the stack's plan
+//! (`crate::model::stack::StackPlan`).
 
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
     AttnCache, AttnGrads, AttnSpec, AttnWeights, BlockDims, FfnCache, FfnGrads, FfnWeights,
 };
 use super::ops::{rmsnorm_backward, rmsnorm_forward, Dropout};
-use super::stream::Stream;
+use crate::model::stack::{Block, StackPlan};
+use crate::model::stream::Stream;
 use crate::params::Tensor;
-
-/// One residual block of a stack and the index of its first tensor.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Block {
-    SelfAttn(usize),
-    CrossAttn(usize),
-    Ffn(usize),
-}
-
-/// The blocks of one stack in order, where its final norm lives and its dropout site prefix.
-/// Shared with the CUDA backend, which walks the parameters in the same order.
-pub(crate) struct StackPlan {
-    pub blocks: Vec<Block>,
-    pub final_norm: usize,
-    pub id: u64,
-}
-
-impl StackPlan {
-    /// DecLLM's layers, or RedLLM's encoder (`first` = index of the first layer tensor).
-    pub fn plain(first: usize, layers: usize, id: u64) -> StackPlan {
-        let blocks = (0..layers)
-            .flat_map(|i| {
-                [
-                    Block::SelfAttn(first + 9 * i),
-                    Block::Ffn(first + 9 * i + 5),
-                ]
-            })
-            .collect();
-        StackPlan {
-            blocks,
-            final_norm: first + 9 * layers,
-            id,
-        }
-    }
-
-    /// RedLLM's decoder.
-    pub fn red_decoder(first: usize, layers: usize, id: u64) -> StackPlan {
-        let blocks = (0..layers)
-            .flat_map(|i| {
-                let base = first + 14 * i;
-                [
-                    Block::SelfAttn(base),
-                    Block::CrossAttn(base + 5),
-                    Block::Ffn(base + 10),
-                ]
-            })
-            .collect();
-        StackPlan {
-            blocks,
-            final_norm: first + 14 * layers,
-            id,
-        }
-    }
-}
 
 fn attn_weights(t: &[Tensor]) -> AttnWeights<'_> {
     AttnWeights {
@@ -141,7 +87,7 @@ impl StackEnv<'_> {
         self.dropout.map(|(p, seed)| Dropout {
             p,
             seed,
-            site: (plan.id << 32) | block as u64,
+            site: plan.dropout_site(block),
         })
     }
 }

@@ -75,8 +75,8 @@ __device__ __forceinline__ int query_begin(const RowDesc& row, int j0) {
 // index, and in a causal row the tiles differ in work: a later query tile sees more keys. So
 // the heaviest tile of every (row, head) is handed
 // out first, then the next heaviest, and so on: long blocks start early and the last wave holds
-// short ones. The grid still covers every (tile, head, row) once, each computed as before; only
-// the order in which they run changes. For the query-tile kernels (forward, dQ), where the last
+// short ones. The grid still covers every (tile, head, row) once, each computed the same way
+// whatever its place in the order; only the order in which they run changes. For the query-tile kernels (forward, dQ), where the last
 // tile is the heaviest.
 struct BlockWork {
     int tile, h, r;
@@ -547,8 +547,8 @@ __device__ void flash_forward(const bf16_bits* q, const bf16_bits* k, const bf16
 // read at each k-step, since Q fragments for 32 rows would not fit in registers beside the
 // accumulators. Its key tiles are `flash_forward`'s (FA_BK), so every score and output is summed
 // in the same order: the same bits. The softmax step and the output writes repeat
-// `flash_forward`'s: shared as inline functions, they changed ptxas's register allocation of the
-// default build (16 bytes spilled at head dim 128, where it spills nothing now).
+// `flash_forward`'s instead of sharing inline functions with it: shared, they change ptxas's
+// register allocation of the default build, which then spills 16 bytes at head dim 128.
 
 template <int D, int WARPS>
 __device__ void flash_forward_wide(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v,

@@ -6,14 +6,7 @@
 
 use cudarc::driver::result as driver;
 
-/// What `--device` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Cpu,
-    Cuda,
-    /// CUDA when a driver and a device are present, the CPU otherwise.
-    Auto,
-}
+use crate::backend::options::DeviceChoice;
 
 /// Where a run will execute.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,14 @@
 //! Attention itself on the GPU, between the projections and the output product: fused
 //! (`flash.cu`, the bf16 mode, for the head dimensions it is built for), or as padded batched
 //! products over (row, head) with the masked softmax kernel (the f32 mode), forward and backward
-//! as `cpu::attention`.
+//! as the CPU reference's `attention`.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use super::device::{Bf16Buf, Buf, Dev, DevRows};
-use super::launch_flash::{FlashShape, FlashVariant};
-use super::launch_model::{PackShape, PackSide};
-use super::launch_tokens::ScoresShape;
-use super::layers::{DevAttn, Dims};
-use super::products::AttnSizes;
+use super::dims::{DevAttn, Dims};
+use crate::backend::cuda::blas::products::AttnSizes;
+use crate::backend::cuda::kernels::{FlashShape, PackShape, PackSide, ScoresShape};
 use crate::backend::BackendError;
 
 /// The padded shapes of the query and key sides.
@@ -85,18 +83,18 @@ fn probabilities(
 }
 
 pub(super) fn fused_attention(dev: &Dev, dims: &Dims) -> bool {
-    super::launch_flash::fused_attention(dev.precision, dims.hd)
+    dev.options.fused_attention(dev.precision, dims.hd)
 }
 
-fn flash_shape(dims: &Dims, rows: &DevRows) -> FlashShape {
+fn flash_shape(dev: &Dev, dims: &Dims, rows: &DevRows) -> FlashShape {
     FlashShape {
         rows: rows.rows,
         heads: dims.heads,
         head_dim: dims.hd,
         max_q: rows.max_q,
         max_k: rows.max_k,
-        variant: FlashVariant::from_env(),
-        tune: super::launch_flash::tuning_from_env(),
+        variant: dev.options.flash,
+        tune: dev.options.flash_auto,
     }
 }
 
@@ -109,7 +107,7 @@ pub(super) fn flash_forward(
     (q, k, v): (&Bf16Buf, &Bf16Buf, &Bf16Buf),
 ) -> Result<(Bf16Buf, Buf), BackendError> {
     let rows = spec.rows;
-    let shape = flash_shape(dims, rows);
+    let shape = flash_shape(dev, dims, rows);
     let mut o = dev.zeros_of::<u16>(spec.queries.len * dims.da())?;
     // Read back only for queries inside a row, which the kernel writes.
     let mut lse = dev.scratch(shape.lines().max(1))?;
@@ -150,7 +148,7 @@ pub(super) fn flash_backward(
     if rows.max_q == 0 || rows.max_k == 0 {
         return Ok((dq, dk, dv));
     }
-    let shape = flash_shape(dims, rows);
+    let shape = flash_shape(dev, dims, rows);
     let mut delta = dev.scratch(shape.lines())?; // every line written
     dev.kernels
         .flash_delta(dob, o, &rows.desc, shape, &mut delta)?;
@@ -170,7 +168,7 @@ pub(super) fn flash_backward(
     Ok((dq, dk, dv))
 }
 
-/// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (`cpu::attention::attention_forward`).
+/// `softmax(Q Kᵀ / sqrt(head_dim) + mask) V` (the CPU reference's `attention_forward`).
 pub(super) fn attention_forward(
     dev: &Dev,
     dims: &Dims,
@@ -193,7 +191,7 @@ pub(super) fn attention_forward(
     Ok(o)
 }
 
-/// Gradients w.r.t. Q, K, V given `d_o` (`cpu::attention::attention_backward`); the
+/// Gradients w.r.t. Q, K, V given `d_o` (the CPU reference's `attention_backward`); the
 /// probabilities are recomputed, as on the CPU.
 pub(super) fn attention_backward(
     dev: &Dev,

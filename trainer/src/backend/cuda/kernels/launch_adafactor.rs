@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, PushKernelArg};
 
-use super::launch::{driver, grid, CudaKernels, LaunchError, THREADS};
+use super::grid::{driver, grid, LaunchError, NULL, THREADS};
+use super::launch::CudaKernels;
 use crate::optim::adafactor::AdafactorConfig;
 
 /// Values per chunk of the element-wise passes (`MT_CHUNK` in adafactor.cu).
@@ -377,7 +378,7 @@ impl MultiTensorAdafactor {
         };
         match which {
             Sums::YAndParam => b.arg(&self.partial_b).arg(&mut self.p_sq),
-            _ => b.arg(&super::launch::NULL).arg(&super::launch::NULL),
+            _ => b.arg(&NULL).arg(&NULL),
         };
         kernels.run("mt_sum_chunks", &mut b, grid(tensors, 1, THREADS))
     }

@@ -1,5 +1,5 @@
-//! The residual blocks on the GPU, forward and backward, step for step as `cpu::layers` and
-//! `cpu::attention` (same order of operations, same parameter layout). Differences, all
+//! The residual blocks on the GPU, forward and backward, step for step as the CPU reference's
+//! `layers` and `attention` (same order of operations, same parameter layout). Differences, all
 //! rounding-level: the residual add is fused into the output projection (`beta = 1`) when there
 //! is no dropout; per-head norms keep their input and `1/rms` instead of the normalized values
 //! (the kernels recompute `x̂`); attention itself (`attention.rs`) runs fused in the bf16 mode,
@@ -12,51 +12,11 @@ use cudarc::driver::CudaSlice;
 use super::attention::{
     attention_backward, attention_forward, flash_backward, flash_forward, fused_attention,
 };
-use super::blas::Operand;
-use super::device::{operand, Bf16Buf, Buf, Dev, DevRows, DevStream};
+use super::device::{operand, Bf16Buf, Buf, Dev, DevStream};
+use super::dims::{DevAttn, DevRope, Dims, DropSite};
 use super::stored::{Kept, StreamGrad, Weights};
+use crate::backend::cuda::blas::Operand;
 use crate::backend::BackendError;
-
-/// Shapes and constants shared by all blocks.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Dims {
-    pub d: usize,
-    pub f: usize,
-    pub heads: usize,
-    pub hd: usize,
-    pub eps: f32,
-}
-
-impl Dims {
-    pub fn da(&self) -> usize {
-        self.heads * self.hd
-    }
-}
-
-/// RoPE tables on the device (`cpu::ops::Rope::tables`).
-pub(super) struct DevRope {
-    pub cos: Buf,
-    pub sin: Buf,
-}
-
-/// How an attention block attends (`cpu::layers::AttnSpec`).
-pub(super) struct DevAttn<'a> {
-    pub queries: &'a DevStream,
-    pub keys: &'a DevStream,
-    pub rows: &'a DevRows,
-    /// Reset at document boundaries (uses the streams' document ids).
-    pub docs: bool,
-    pub rope: &'a DevRope,
-    pub out_norm: bool,
-}
-
-/// Dropout on one residual branch: probability, seed and site (`cpu::ops::Dropout`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct DropSite {
-    pub p: f32,
-    pub seed: u64,
-    pub site: u64,
-}
 
 /// An attention block's five tensors (norm, q, k, v, o) or their gradients.
 pub(super) struct AttnCache {
@@ -215,7 +175,7 @@ fn branch_grad(
     Ok(Some(dy))
 }
 
-/// Forward of an attention block (`cpu::layers::attention_block_forward`); `w` holds the
+/// Forward of an attention block (the CPU reference's `attention_block_forward`); `w` holds the
 /// block's five tensors, `kv` the encoder output for cross-attention.
 pub(super) fn attention_block_forward(
     dev: &Dev,
@@ -493,7 +453,8 @@ pub(super) fn attention_block_backward(
     Ok(())
 }
 
-/// Forward of a SwiGLU FFN block (`cpu::layers::ffn_block_forward`); `w` = norm, gate, up, down.
+/// Forward of a SwiGLU FFN block (the CPU reference's `ffn_block_forward`); `w` = norm, gate, up,
+/// down.
 pub(super) fn ffn_block_forward(
     dev: &Dev,
     dims: &Dims,

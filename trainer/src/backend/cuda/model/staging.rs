@@ -19,10 +19,10 @@ use cudarc::driver::{CudaContext, PinnedHostSlice};
 
 use super::device::Words;
 use super::inputs::{BatchInputs, InputOptions};
-use crate::backend::cpu::validate_batch;
 use crate::backend::{BackendError, Staged, Stager};
 use crate::batch::{Batch, StepOptions};
 use crate::config::ModelConfig;
+use crate::model::validate::validate_batch;
 
 /// Free pinned buffers of one context.
 struct Pool {
@@ -140,6 +140,7 @@ impl CudaStager {
 impl Stager for CudaStager {
     fn stage(&self, batch: &Batch) -> Staged {
         let inputs = validate_batch(&self.config, batch)
+            .map_err(BackendError::from)
             .and_then(|()| BatchInputs::build(&self.config, batch, self.options));
         let pinned = match &inputs {
             Ok(i) if !i.words.is_empty() => self.pool.fill(&i.words),

@@ -5,7 +5,7 @@
 //! compiler messages pointing at the right file and line.
 
 /// Helpers shared by every kernel source.
-pub const COMMON: &str = include_str!("kernels/common.cuh");
+pub const COMMON: &str = include_str!("common.cuh");
 
 /// One `.cu` file and the `extern "C"` kernels it defines.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +30,7 @@ macro_rules! kernel_source {
     ($name:literal, [$($entry:literal),* $(,)?]) => {
         KernelSource {
             name: $name,
-            source: include_str!(concat!("kernels/", $name, ".cu")),
+            source: include_str!(concat!($name, ".cu")),
             entries: &[$($entry),*],
         }
     };

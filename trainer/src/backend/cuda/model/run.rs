@@ -1,24 +1,25 @@
-//! Both architectures on the GPU, composed as `cpu::model` and `cpu::stack` compose them: the
-//! same streams, attention rows, scored tokens, block order, parameter indices and dropout sites
-//! (the host builds the streams with the CPU code, `inputs.rs`, and they reach the device in one
-//! copy before the step). Nothing in a step waits for the device until the losses are read back
-//! after the last backward launch.
+//! Both architectures on the GPU, composed as the CPU reference's `model` and `stack` compose
+//! them: the same streams, attention rows, scored tokens, block order, parameter indices and
+//! dropout sites, all from the plan in `crate::model` (the host builds the streams, `inputs.rs`,
+//! and they reach the device in one copy before the step). Nothing in a step waits for the
+//! device until the losses are read back after the last backward launch.
 
-use super::blas::{Operand, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev, DevChunk, DevInputs, DevModel, DevStream, Words};
+use super::dims::{DevAttn, DevRope, Dims, DropSite};
 use super::inputs::{chunk_len, BatchInputs};
-use super::launch_tokens::{ce_fused_from_env, CE_FUSED_VOCAB};
 use super::layers::{
     attention_block_backward, attention_block_forward, ffn_block_backward, ffn_block_forward,
-    AttnCache, DevAttn, DevRope, Dims, DropSite, FfnCache,
+    AttnCache, FfnCache,
 };
-use super::products;
 use super::stored::{Kept, LogZ, StreamGrad, Weights};
-use crate::backend::cpu::stack::{Block, StackPlan as Plan};
-use crate::backend::cpu::stream::Scored;
-use crate::backend::BackendError;
+use crate::backend::cuda::blas::{products, Operand};
+use crate::backend::cuda::kernels::CE_FUSED_VOCAB;
+use crate::backend::cuda::options::CrossEntropyKernels;
+use crate::backend::{BackendError, Precision};
 use crate::batch::{LossStats, StepOptions};
 use crate::config::ModelConfig;
+use crate::model::stack::{Block, StackPlan as Plan};
+use crate::model::stream::Scored;
 
 enum Cache {
     Attn(Box<AttnCache>),
@@ -59,7 +60,7 @@ impl StackEnv<'_> {
         self.dropout.map(|(p, seed)| DropSite {
             p,
             seed,
-            site: (plan.id << 32) | block as u64,
+            site: plan.dropout_site(block),
         })
     }
 }
@@ -137,7 +138,8 @@ fn stack_forward(
     })
 }
 
-/// Backward through a stack given the gradient w.r.t. its output (`cpu::stack::stack_backward`).
+/// Backward through a stack given the gradient w.r.t. its output (the CPU reference's
+/// `stack_backward`).
 fn stack_backward(
     dev: &Dev,
     env: &StackEnv,
@@ -231,7 +233,7 @@ struct Losses(Vec<(Buf, Buf)>);
 
 impl Losses {
     /// Reads the values back (this waits for the device) and sums them per row as
-    /// `cpu::loss::logits_loss` does.
+    /// the CPU reference's `logits_loss` does.
     fn read(
         &self,
         dev: &Dev,
@@ -259,10 +261,10 @@ impl Losses {
     }
 }
 
-/// Logits, cross-entropy and z-loss of the scored tokens (`cpu::loss::logits_loss`), in chunks
-/// (`inputs::chunk_len`) so that `chunk x vocab` logits are the most ever held. With `d_embed`,
-/// adds the embedding's output-side gradient and returns the gradient w.r.t. `hidden`. The
-/// losses stay on the device (`Losses`), so the backward launches follow without a wait.
+/// Logits, cross-entropy and z-loss of the scored tokens (the CPU reference's `logits_loss`), in
+/// chunks (`inputs::chunk_len`) so that `chunk x vocab` logits are the most ever held. With
+/// `d_embed`, adds the embedding's output-side gradient and returns the gradient w.r.t. `hidden`.
+/// The losses stay on the device (`Losses`), so the backward launches follow without a wait.
 #[allow(clippy::too_many_arguments)]
 fn score(
     dev: &Dev,
@@ -304,7 +306,10 @@ fn score(
         // G = d(ce + z)/d(h · Eᵀ), in the products' type (written as bf16 straight away in the
         // bf16 mode: the products are its only readers). With `REDPACK_CUDA_CE=fused`, in a
         // training step whose vocabulary fits, the losses and G come from one kernel.
-        let g = if backward && vocab <= CE_FUSED_VOCAB && ce_fused_from_env() {
+        let g = if backward
+            && vocab <= CE_FUSED_VOCAB
+            && dev.options.cross_entropy == CrossEntropyKernels::Fused
+        {
             let sums = LogZ::Fused((&mut log_z, &mut ce, &mut z));
             let targets = &chunk.targets;
             Some(Kept::cross_entropy_grad(

@@ -1,6 +1,6 @@
 //! What the model code on the GPU works with: the stream, the kernels and cuBLAS in one handle
 //! (`Dev`), allocation and copy helpers, the linear-layer products in the CPU reference's terms
-//! (`cpu::matmul`), and a micro-batch's inputs (`inputs::BatchInputs`) copied up in one
+//! (its `matmul`), and a micro-batch's inputs (`inputs::BatchInputs`) copied up in one
 //! transfer.
 
 use std::sync::Arc;
@@ -9,11 +9,12 @@ use cudarc::driver::{
     CudaSlice, CudaStream, DeviceRepr, DriverError, PinnedHostSlice, ValidAsZeroBits,
 };
 
-use super::blas::{Blas, BlasError, Operand, Output, Precision};
 use super::inputs::{BatchInputs, ModelParts, Part, RowsParts, StreamParts};
-use super::launch::{CudaKernels, LaunchError};
-use super::products::{self, Product};
-use crate::backend::BackendError;
+use crate::backend::cuda::blas::products::{self, Product};
+use crate::backend::cuda::blas::{Blas, BlasError, Operand, Output};
+use crate::backend::cuda::kernels::{CudaKernels, LaunchError};
+use crate::backend::cuda::options::CudaOptions;
+use crate::backend::{BackendError, Precision};
 
 pub(super) type Buf = CudaSlice<f32>;
 /// bf16 values stored as `u16` (the top half of an f32).
@@ -51,6 +52,7 @@ pub(super) struct Dev<'a> {
     pub kernels: &'a CudaKernels,
     pub blas: &'a Blas,
     pub precision: Precision,
+    pub options: &'a CudaOptions,
 }
 
 impl Dev<'_> {
@@ -197,7 +199,8 @@ pub(super) enum Words<'a> {
     Host(&'a [u32]),
 }
 
-/// A token stream (`cpu::stream::Stream`) on the device, with the embedding backward's chains.
+/// A token stream (`crate::model::stream::Stream`) on the device, with the embedding backward's
+/// chains.
 pub(super) struct DevStream {
     pub len: usize,
     pub tokens: CudaSlice<u32>,
@@ -208,8 +211,8 @@ pub(super) struct DevStream {
     pub chain_next: CudaSlice<i32>,
 }
 
-/// Attention rows (`cpu::attention::AttnRow`) on the device: six `i32` per row, and the longest
-/// query and key spans (the padded batched layout's sizes).
+/// Attention rows (`crate::model::attention::AttnRow`) on the device: six `i32` per row, and the
+/// longest query and key spans (the padded batched layout's sizes).
 pub(super) struct DevRows {
     pub desc: CudaSlice<i32>,
     pub rows: usize,

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::launch::{
-    grid, grid_1d, CudaKernels, LaunchError, Stored, NULL, THREADS, WARPS_PER_BLOCK,
-};
+use super::grid::{grid, grid_1d, LaunchError, Stored, NULL, THREADS, WARPS_PER_BLOCK};
+use super::launch::CudaKernels;
 
 /// Threads per block for the per-token cross-entropy reduction.
 const CE_THREADS: u32 = 512;
@@ -15,24 +14,6 @@ const CE_THREADS: u32 = 512;
 /// The largest vocabulary `cross_entropy_fused` takes: `CE_PER_THREAD` (cross_entropy.cu) logits
 /// in each of `CE_THREADS` threads' registers.
 pub const CE_FUSED_VOCAB: usize = 64 * CE_THREADS as usize;
-
-/// Whether a training step's cross-entropy runs as one kernel per chunk (`cross_entropy_fused`,
-/// `REDPACK_CUDA_CE=fused`) or as the forward and gradient kernels (the default, `split`). They
-/// give the same bits. The fused kernel reads the logits once instead of twice, but holds a
-/// token's logits in one block's registers, one block per SM; on an H200 the two kernels were
-/// the faster (DecLLM-150M: 4.66 against 5.36 ms per two steps, steps 0.049 against 0.050 s).
-/// Any other value is said on stderr (once).
-pub fn ce_fused_from_env() -> bool {
-    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| match std::env::var("REDPACK_CUDA_CE").as_deref() {
-        Ok("fused") => true,
-        Ok("split") | Err(_) => false,
-        Ok(other) => {
-            eprintln!("REDPACK_CUDA_CE={other:?} is not one of fused, split: using split");
-            false
-        }
-    })
-}
 
 /// The padded layout of a batch of attention scores: `rows x heads x max_q x max_k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,20 +11,23 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
 
-use super::blas::{Blas, BlasEngine, Precision};
 use super::device::{Buf, Dev, Words};
+use super::dims::DevRope;
 use super::inputs::BatchInputs;
-use super::launch::CudaKernels;
-use super::layers::DevRope;
-use super::model::run_model;
-use super::nvrtc::KernelCache;
-use super::probe::{self, CudaAvailability, CudaDeviceInfo};
+use super::optimizer::DeviceOptimizer;
+use super::run::run_model;
 use super::staging::{CudaStager, StagedInputs};
-use crate::backend::cpu::ops::Rope;
-use crate::backend::cpu::{validate_batch, validate_options};
-use crate::backend::{Backend, BackendError, Staged};
+use crate::backend::cuda::blas::{Blas, BlasEngine};
+use crate::backend::cuda::kernels::CudaKernels;
+use crate::backend::cuda::options::CudaOptions;
+use crate::backend::cuda::runtime::nvrtc::KernelCache;
+use crate::backend::cuda::runtime::probe::{self, CudaAvailability, CudaDeviceInfo};
+use crate::backend::cuda::runtime::profile::Profiler;
+use crate::backend::{Backend, BackendError, Precision, Staged};
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
+use crate::model::rope::Rope;
+use crate::model::validate::{validate_batch, validate_options};
 use crate::params::ParamStore;
 
 /// A GPU with every kernel loaded, a cuBLAS handle, and the resident parameter and gradient
@@ -41,7 +44,9 @@ pub struct CudaBackend {
     /// The RoPE tables on the device, built once per model and grown with the sequence length.
     rope: Option<(RopeKey, DevRope)>,
     /// Adafactor's state, once resident training is loaded (`resident.rs`).
-    pub(super) optimizer: Option<super::resident::DeviceOptimizer>,
+    pub(super) optimizer: Option<DeviceOptimizer>,
+    options: CudaOptions,
+    profiler: Profiler,
 }
 
 /// What RoPE tables depend on: the head dimension, the base (its bits) and how many positions
@@ -64,7 +69,7 @@ fn device_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Backe
 impl CudaBackend {
     /// The first GPU, with kernels from the default PTX cache (or a temporary folder when no
     /// cache folder can be named).
-    pub fn open(precision: Precision) -> Result<CudaBackend, BackendError> {
+    pub fn open(precision: Precision, options: CudaOptions) -> Result<CudaBackend, BackendError> {
         let info = match probe::detect() {
             CudaAvailability::Device(info) => info,
             CudaAvailability::NoDriver => {
@@ -80,14 +85,16 @@ impl CudaBackend {
         };
         let dir = KernelCache::default_dir()
             .unwrap_or_else(|| std::env::temp_dir().join("redpack-kernels"));
-        CudaBackend::new(&info, precision, &KernelCache::new(dir))
+        CudaBackend::new(&info, precision, &KernelCache::new(dir), options)
     }
 
-    /// A backend on the device `info` describes (from `probe::detect`).
+    /// A backend on the device `info` describes (from `probe::detect`), with the switches
+    /// `options` (the profiler is on when `options.profile` says so).
     pub fn new(
         info: &CudaDeviceInfo,
         precision: Precision,
         cache: &KernelCache,
+        options: CudaOptions,
     ) -> Result<CudaBackend, BackendError> {
         let context = CudaContext::new(info.ordinal)
             .map_err(device_error("cannot open a CUDA context on device 0"))?;
@@ -96,8 +103,10 @@ impl CudaBackend {
         // would otherwise create two).
         unsafe { context.disable_event_tracking() };
         let stream = context.default_stream();
-        let kernels = CudaKernels::load(stream.clone(), cache, &info.arch())?;
-        let blas = Blas::new(stream.clone())?;
+        let profiler = Profiler::new(options.profile);
+        let kernels =
+            CudaKernels::load(stream.clone(), cache, &info.arch())?.with_profiler(profiler.clone());
+        let blas = Blas::with_engine(stream.clone(), options.blas)?.with_profiler(profiler.clone());
         Ok(CudaBackend {
             info: info.clone(),
             context,
@@ -109,7 +118,20 @@ impl CudaBackend {
             grads: Vec::new(),
             rope: None,
             optimizer: None,
+            options,
+            profiler,
         })
+    }
+
+    /// The switches this backend runs with.
+    pub fn options(&self) -> &CudaOptions {
+        &self.options
+    }
+
+    /// The time table of this backend's launches and products (on when `options.profile`
+    /// says so; `set_enabled` turns it on and off).
+    pub fn profiler(&self) -> &Profiler {
+        &self.profiler
     }
 
     pub fn precision(&self) -> Precision {
@@ -142,6 +164,7 @@ impl CudaBackend {
             kernels: &self.kernels,
             blas: &self.blas,
             precision: self.precision,
+            options: &self.options,
         }
     }
 
@@ -213,7 +236,7 @@ impl CudaBackend {
             ));
         }
         validate_batch(config, batch)?;
-        validate_options(config, options)
+        Ok(validate_options(config, options)?)
     }
 
     /// Forward and backward with the resident parameters, adding into the resident gradients.

@@ -2,22 +2,22 @@
 //! one array of 32-bit words, so that they reach the device in one copy (from pinned memory,
 //! `staging.rs`) instead of a dozen small ones spread through the step.
 //!
-//! The inputs are what `cpu::model` derives from a batch: the token streams (tokens, rows,
-//! positions, documents) with the embedding backward's chains, the attention rows, the scored
+//! The inputs are what the plan in `crate::model` derives from a batch: the token streams (tokens,
+//! rows, positions, documents) with the embedding backward's chains, the attention rows, the scored
 //! predictions and, per logits chunk, their stream indices, targets and chains. (The RoPE tables
 //! depend only on the model and the sequence length; the backend keeps them on the device.)
-//! Everything here is host code: `BatchInputs::build` runs on the data loader's thread
-//! (through the stager) or, without one, on the training thread just before the step.
+//! Everything here is host code: `BatchInputs::build` runs on the data loader's thread (through the
+//! stager) or, without one, on the training thread just before the step.
 //!
 //! Words hold `u32` values as they are and `i32` as their two's-complement bits (each part's
 //! doc says which), so the device side reinterprets a part in place.
 
-use super::launch_tokens::TokenChains;
-use crate::backend::cpu::attention::AttnRow;
-use crate::backend::cpu::stream::{scored_tokens, Scored, Stream};
+use crate::backend::cuda::kernels::TokenChains;
 use crate::backend::BackendError;
 use crate::batch::{Batch, StepOptions};
 use crate::config::{Arch, ModelConfig};
+use crate::model::attention::AttnRow;
+use crate::model::stream::{scored_tokens, Scored, Stream};
 
 /// Logits held at once: `chunk x vocab` f32 values (64 Mi, 256 MiB).
 pub(super) const LOGITS_BUDGET: usize = 1 << 26;
@@ -34,7 +34,7 @@ pub struct Part {
     pub len: usize,
 }
 
-/// A token stream's parts (`cpu::stream::Stream` and its `TokenChains`).
+/// A token stream's parts (`crate::model::stream::Stream` and its `TokenChains`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamParts {
     pub len: usize,
@@ -174,8 +174,8 @@ impl Packer {
 }
 
 impl BatchInputs {
-    /// The inputs of `batch` (validated by the caller against `config`) as `cpu::model` derives
-    /// them.
+    /// The inputs of `batch` (validated by the caller against `config`), derived as the CPU
+    /// backend derives them (`crate::model`).
     pub fn build(
         config: &ModelConfig,
         batch: &Batch,

@@ -4,7 +4,7 @@
 //! later product of that shape only launches (`cublasLtMatmul`). A training step runs the same
 //! few dozen shapes on every layer and every step, so the plans are built once per run.
 //!
-//! `blas::Blas::gemm` calls this in the column-major terms it derives (`blas::ColumnMajor`);
+//! `Blas::gemm` calls this in the column-major terms it derives (`ColumnMajor`);
 //! the arithmetic is that of `cublasGemmEx` with `CUBLAS_COMPUTE_32F`: f32 or bf16 operands, f32
 //! accumulation, f32 scaling and an f32 result updated in place (`C` and `D` are one buffer).
 //! The algorithm is fixed per shape for the run, so the results are the same on every run on
@@ -21,7 +21,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
-use super::blas::{BlasError, ColumnMajor};
+use super::spec::{BlasError, ColumnMajor};
 
 /// The largest alignment cuBLASLt's heuristic asks about (its default assumption).
 const MAX_ALIGNMENT: u32 = 256;
@@ -435,8 +435,8 @@ impl Drop for LtBlas {
 
 #[cfg(test)]
 mod tests {
+    use super::super::spec::{column_major, GemmSpec, Layout};
     use super::*;
-    use crate::backend::cuda::blas::{column_major, GemmSpec, Layout};
 
     #[test]
     fn alignment_is_the_largest_power_of_two_dividing_address_and_distances() {

@@ -4,7 +4,8 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::launch::{grid_1d, CudaKernels, LaunchError};
+use super::grid::{grid_1d, LaunchError};
+use super::launch::CudaKernels;
 
 /// Which fields of a row descriptor a pack or unpack uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

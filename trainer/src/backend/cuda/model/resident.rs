@@ -1,45 +1,27 @@
-//! `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state stay on the
-//! GPU for the whole run. A step is the host loop's step on the device: the summed-loss
-//! gradients of every micro-batch, scaled by 1 / scored tokens, the global norm (per-tensor f64
-//! sums, added on the host in tensor order, as `optim::global_norm`), optional clipping, and the
-//! Adafactor update of every tensor (`launch_adafactor`, T5X's rule, all tensors in each launch)
-//! with the update norm summed likewise. Only the norms come back each step; the parameters and
-//! state cross to the host for checkpoints alone.
+//! `ResidentTraining` for `CudaBackend`: parameters, gradients and Adafactor state stay on the GPU
+//! for the whole run. A step is the host loop's step on the device: the summed-loss gradients of
+//! every micro-batch, scaled by 1 / scored tokens, the global norm (per-tensor f64 sums, added on
+//! the host in tensor order, as `optim::global_norm`), optional clipping, and the Adafactor update
+//! of every tensor (`kernels::MultiTensorAdafactor`, T5X's rule, all tensors in each launch) with
+//! the update norm summed likewise. Only the norms come back each step; the parameters and state
+//! cross to the host for checkpoints alone.
+
+use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
 use super::backend::CudaBackend;
 use super::device::Buf;
-use super::launch_adafactor::{
+use super::optimizer::{DeviceOptimizer, Moment};
+use super::staging::StagedInputs;
+use crate::backend::cuda::kernels::{
     AdafactorStep, AdafactorTensor, DeviceMoment, MomentShape, MultiTensorAdafactor,
 };
-use std::sync::Arc;
-
-use super::staging::StagedInputs;
 use crate::backend::{BackendError, MicroBatch, ResidentTraining, Stager};
 use crate::batch::{Batch, LossStats, StepOptions};
 use crate::config::ModelConfig;
-use crate::optim::adafactor::{beta2, state_name, Adafactor, AdafactorConfig, UpdateStats};
+use crate::optim::adafactor::{beta2, state_name, Adafactor, UpdateStats};
 use crate::params::{ParamStore, Tensor};
-
-/// The second moment of one parameter on the device.
-enum Moment {
-    Full(Buf),
-    Factored { v_row: Buf, v_col: Buf },
-}
-
-/// Adafactor's state on the device, in the parameters' order.
-pub(super) struct DeviceOptimizer {
-    config: AdafactorConfig,
-    /// Updates applied so far.
-    step: u64,
-    names: Vec<String>,
-    shapes: Vec<Vec<usize>>,
-    moments: Vec<Moment>,
-    momentum: Vec<Option<Buf>>,
-    /// The update's work table and sums.
-    update: MultiTensorAdafactor,
-}
 
 fn missing(name: &str) -> BackendError {
     BackendError::BadModel(format!("optimizer state {name} is missing"))

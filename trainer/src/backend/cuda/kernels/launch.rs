@@ -8,71 +8,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-use super::kernels::KERNELS;
-use super::launch_flash::FlashTuner;
-use super::nvrtc::{KernelCache, KernelError};
+use super::flash_builds::FlashTuner;
+use super::grid::{
+    driver, grid, grid_1d, vector_threads, LaunchError, Stored, NULL, THREADS, WARPS_PER_BLOCK,
+};
+use super::sources::KERNELS;
+use crate::backend::cuda::runtime::nvrtc::KernelCache;
+use crate::backend::cuda::runtime::profile::Profiler;
 
-/// Threads per block for element-wise kernels, and warps per block for one-warp-per-row kernels
-/// (`NORM_WARPS` in norm.cu).
-pub(super) const THREADS: u32 = 256;
-pub(super) const WARPS_PER_BLOCK: u32 = THREADS / 32;
 /// Rows per partial sum of the RMSNorm gain's gradient (`GAIN_CHUNK` in norm.cu).
 const GAIN_CHUNK: usize = 64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error("CUDA driver error while {what}: {source}")]
-    Driver { what: String, source: DriverError },
-    #[error("kernel {0} is not loaded")]
-    Missing(&'static str),
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-pub(super) fn driver(what: impl Into<String>) -> impl FnOnce(DriverError) -> LaunchError {
-    let what = what.into();
-    move |source| LaunchError::Driver { what, source }
-}
-
-/// An element type kernels built in two output types write: f32, or bf16 stored as `u16` (the
-/// `_bf16` entry points, whose values are those of the f32 ones rounded as `f32_to_bf16`).
-pub trait Stored: cudarc::driver::DeviceRepr {
-    /// This type's entry point of a kernel, given the f32 and the bf16 one.
-    fn entry(f32_entry: &'static str, bf16_entry: &'static str) -> &'static str;
-}
-
-impl Stored for f32 {
-    fn entry(f32_entry: &'static str, _: &'static str) -> &'static str {
-        f32_entry
-    }
-}
-
-impl Stored for u16 {
-    fn entry(_: &'static str, bf16_entry: &'static str) -> &'static str {
-        bf16_entry
-    }
-}
-
-/// A 1-D launch over `n` items, `THREADS` per block.
-pub(super) fn grid_1d(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(THREADS).max(1), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Threads of an element-wise kernel over `n` values that takes 16 bytes of each array per
-/// thread (`Lanes` in common.cuh: 4 f32 or 8 bf16).
-pub(super) fn vector_threads<T>(n: usize) -> usize {
-    n.div_ceil(16 / std::mem::size_of::<T>())
-}
 
 /// Heads per warp of the fused attention's input kernels (`HEADS_PER_WARP` in norm.cu).
 const HEADS_PER_WARP: u32 = 4;
@@ -97,28 +46,19 @@ fn head_norm_grid(groups: usize) -> LaunchConfig {
     grid(blocks, 1, THREADS)
 }
 
-pub(super) fn grid(x: u32, y: u32, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (x.max(1), y.max(1), 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Passed for a kernel's nullable pointer argument.
-pub(super) static NULL: u64 = 0;
-
 /// Every kernel of `KERNELS`, loaded on one stream's device.
 pub struct CudaKernels {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     /// The fused-attention builds picked by timing (`REDPACK_CUDA_FLASH=auto`).
     pub(super) flash_tuner: FlashTuner,
+    /// Times every launch when on.
+    profiler: Profiler,
 }
 
 impl CudaKernels {
     /// Compiles (or takes from `cache`) every source for `arch` and loads it on `stream`'s
-    /// device.
+    /// device. Launches are not profiled (`with_profiler`).
     pub fn load(
         stream: Arc<CudaStream>,
         cache: &KernelCache,
@@ -142,7 +82,13 @@ impl CudaKernels {
             stream,
             functions,
             flash_tuner: FlashTuner::default(),
+            profiler: Profiler::default(),
         })
+    }
+
+    /// These kernels with their launches timed by `profiler` (when it is on).
+    pub fn with_profiler(self, profiler: Profiler) -> Self {
+        CudaKernels { profiler, ..self }
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -164,7 +110,7 @@ impl CudaKernels {
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), LaunchError> {
-        super::profile::timed(
+        self.profiler.timed(
             &self.stream,
             || name.to_string(),
             || {
@@ -447,7 +393,7 @@ mod tests {
 
     #[test]
     fn head_norm_builds_match_norm_cu() {
-        let source = include_str!("kernels/norm.cu");
+        let source = include_str!("norm.cu");
         assert!(
             source.contains(&format!("#define HEADS_PER_WARP {HEADS_PER_WARP}\n")),
             "HEADS_PER_WARP differs from norm.cu's"
@@ -455,9 +401,7 @@ mod tests {
         for kernel in ["head_norm_rope_bf16", "head_norm_rope_backward_bf16"] {
             for head_dim in [32, 64, 128] {
                 let entry = head_norm_entry(kernel, head_dim).unwrap();
-                let listed = super::super::kernels::KERNELS
-                    .iter()
-                    .any(|k| k.entries.contains(&entry));
+                let listed = KERNELS.iter().any(|k| k.entries.contains(&entry));
                 assert!(listed, "{entry} is not in the kernel list");
                 let defined = format!("HEAD_NORM_ENTRIES({head_dim}, ");
                 let line = source.lines().find(|l| l.starts_with(&defined));

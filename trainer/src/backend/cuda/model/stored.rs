@@ -5,9 +5,9 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::blas::{Operand, Output, Precision};
 use super::device::{operand, Bf16Buf, Buf, Dev};
-use crate::backend::BackendError;
+use crate::backend::cuda::blas::{Operand, Output};
+use crate::backend::{BackendError, Precision};
 
 /// A block's parameters (in checkpoint order: the norm's gain, then the weight matrices) and,
 /// in the bf16 mode, the bf16 copies of the matrices that the products read, made once per
