@@ -243,7 +243,7 @@ fn main() {
     );
 
     // What the out-of-core dedup writes per document instead of holding it: one fingerprint
-    // record and one record per band, sorted on disk (see `benches/scale.py` for memory and
+    // record and one record per band, sorted on disk (see `cli/benches/scale.py` for memory and
     // time at millions of documents).
     let config = MinHashConfig::default();
     let per_doc = 24 + 18 * config.bands;

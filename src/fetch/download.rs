@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use redpack_schemas::{atomic, SchemaError};
 use sha2::{Digest, Sha256};
 
 use super::plan::FetchItem;
@@ -385,27 +386,13 @@ fn verify(item: &FetchItem, partial: &Path, digest: Option<String>) -> Result<Ve
 
 /// Moves a verified partial file to its final name, durably.
 fn publish(partial: &Path, target: &Path) -> Result<(), Problem> {
-    fs::rename(partial, target).map_err(|source| Problem::Io {
-        path: target.to_owned(),
-        source,
-    })?;
-    if let Some(parent) = target.parent() {
-        sync_dir(parent).map_err(|source| Problem::Io {
-            path: parent.to_owned(),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    atomic::commit(partial, target).map_err(|err| match err {
+        SchemaError::Io { path, source } => Problem::Io { path, source },
+        other => Problem::Io {
+            path: target.to_owned(),
+            source: io::Error::other(other),
+        },
+    })
 }
 
 /// `NAME.part` next to `target`.

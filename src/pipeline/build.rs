@@ -12,137 +12,29 @@
 //! everything else (chunks in flight, the tokenizer, read buffers). The sorters spill to the
 //! work directory, so resident memory stays flat whatever the corpus size.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use redpack_schemas::{CorpusWriter, ExampleMeta, Layout, SchemaError, MANIFEST_FILE};
+use redpack_schemas::MANIFEST_FILE;
 use serde::Serialize;
-use thiserror::Error;
 
-use super::config::{BuildSettings, PackConfig};
+use super::config::{BuildSettings, PackSettings};
 use super::dedup_stage::dedup_partition;
 use super::finish::finish;
-use super::progress::Progress;
+use super::progress;
 use super::report::BuildReport;
 use super::scan::{scan_file, UnitContext};
 use super::tokenize_stage::tokenize_file;
+use super::types::{BuildError, BuildOptions};
 use super::work::{
     stage_units, worker_units, write_json, Locks, Plan, PlannedFile, Stage, WorkDir, MAX_FILES,
 };
-use crate::extsort::SpillError;
-use crate::input::datamanifest::{DataManifest, ManifestError};
-use crate::input::{self, InputError, InputFile};
-use crate::pack::{ExamplePacker, ExampleSink, Packer, SequencePacker};
-use crate::tokenize::{DocTokenizer, TokenizeError};
-use crate::train_tokenizer::{self, TrainError};
-
-/// The tokenizer copy's name inside a corpus.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-
-#[derive(Debug, Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    DataManifest(#[from] ManifestError),
-    #[error(transparent)]
-    Tokenize(#[from] TokenizeError),
-    #[error(transparent)]
-    Train(#[from] TrainError),
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    #[error(transparent)]
-    Spill(SpillError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Work { path: PathBuf, message: String },
-    #[error(
-        "{path}: {format} has documents, not input/target pairs, but the pipeline builds an \
-         \"examples\" corpus; use --format flan or a pipeline with [pack] type = \"packed\""
-    )]
-    LayoutMismatch { path: PathBuf, format: String },
-    #[error("cannot start {threads} worker threads: {message}")]
-    Threads { threads: usize, message: String },
-    #[error(
-        "{rejected} of {read} records were rejected ({percent:.2}%), more than \
-         --max-rejected-fraction {limit} allows; the first of each reason are in {rejects}; no \
-         corpus was written"
-    )]
-    TooManyRejects {
-        rejected: u64,
-        read: u64,
-        percent: f64,
-        limit: f64,
-        rejects: PathBuf,
-    },
-    #[error("{path}: the input changed during the build ({detail}); its earlier results cannot be used: rebuild without --resume")]
-    InputChanged { path: PathBuf, detail: String },
-    #[error(
-        "cannot resume the build in {dir}: {why}; rebuild without --resume (or use another --out)"
-    )]
-    ResumeMismatch { dir: PathBuf, why: String },
-    #[error("stage {stage} cannot start: stage {previous} is incomplete: {detail}")]
-    StageIncomplete {
-        stage: &'static str,
-        previous: &'static str,
-        detail: String,
-    },
-    #[error("stage {stage} cannot start: {why}")]
-    StageMismatch { stage: &'static str, why: String },
-    #[error("{dir} is in use by another build or worker (lock {lock} is held); wait for it or use another --out")]
-    Busy { dir: PathBuf, lock: PathBuf },
-    #[error("internal error: record counts do not add up: {0}")]
-    Invariant(String),
-}
-
-impl BuildError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        BuildError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-/// How to run a build (nothing here changes the output).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BuildOptions {
-    /// Draw progress bars on stderr (only when it is a terminal).
-    pub progress: bool,
-    /// Continue an interrupted build in the same output directory, skipping finished units.
-    pub resume: bool,
-    /// Keep the work directory after the manifest is written (for inspection).
-    pub keep_work: bool,
-    /// Bytes the external sorters may hold in all (default: a quarter of the memory limit).
-    pub sort_budget: Option<usize>,
-}
-
-impl BuildOptions {
-    pub(crate) fn sort_budget(&self, settings: &BuildSettings) -> usize {
-        self.sort_budget
-            .unwrap_or((settings.output.memory_limit / 4) as usize)
-    }
-}
-
-/// Counts the examples that reach the writer.
-pub struct CountingSink<'a> {
-    pub writer: &'a mut CorpusWriter,
-    pub examples: u64,
-}
-
-impl ExampleSink for CountingSink<'_> {
-    fn push_example(&mut self, tokens: &[u32], meta: ExampleMeta<'_>) -> Result<(), SchemaError> {
-        self.examples += 1;
-        self.writer.push(tokens, meta)
-    }
-}
+use crate::input::datamanifest::DataManifest;
+use crate::input::{self, InputFile};
+use crate::tokenize::DocTokenizer;
+use crate::train_tokenizer;
 
 /// Finds the input files: a data manifest resolved against its root, or paths/globs/dirs.
 pub fn discover_inputs(settings: &BuildSettings) -> Result<Vec<InputFile>, BuildError> {
@@ -194,50 +86,6 @@ pub fn prepare_tokenizer(
         }
     };
     Ok((tokenizer.with_chunk_bytes(config.chunk_bytes), trained))
-}
-
-pub(crate) fn layout_of(pack: &PackConfig) -> Layout {
-    match *pack {
-        PackConfig::Packed {
-            seq_len,
-            prefix_len,
-            ..
-        } => Layout::Packed {
-            seq_len,
-            prefix_len: prefix_len.unwrap_or(seq_len / 2),
-        },
-        PackConfig::Examples {
-            max_input_len,
-            max_target_len,
-        } => Layout::Examples {
-            max_input_len,
-            max_target_len,
-        },
-    }
-}
-
-pub(crate) fn packer_for(pack: &PackConfig, tokenizer: &DocTokenizer) -> Packer {
-    match *pack {
-        PackConfig::Packed {
-            seq_len,
-            prefix_len,
-            final_partial,
-        } => Packer::Sequences(SequencePacker::new(
-            seq_len,
-            prefix_len.unwrap_or(seq_len / 2),
-            tokenizer.eod_id(),
-            tokenizer.pad_id(),
-            final_partial,
-        )),
-        PackConfig::Examples {
-            max_input_len,
-            max_target_len,
-        } => Packer::Examples(ExamplePacker::new(
-            max_input_len,
-            max_target_len,
-            tokenizer.eod_id(),
-        )),
-    }
 }
 
 fn thread_pool(settings: &BuildSettings) -> Result<rayon::ThreadPool, BuildError> {
@@ -313,7 +161,7 @@ fn plan_stage(
     pool: &rayon::ThreadPool,
 ) -> Result<(Plan, DocTokenizer), BuildError> {
     let files = discover_inputs(settings)?;
-    if let PackConfig::Examples { .. } = settings.pack {
+    if let PackSettings::Examples { .. } = settings.pack {
         if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
             return Err(BuildError::LayoutMismatch {
                 path: file.path.clone(),
@@ -433,7 +281,7 @@ fn run_units(
     match stage {
         Stage::Scan | Stage::Tokenize => {
             let total: u64 = todo.iter().map(|&u| plan.files[u].size).sum();
-            let progress = Progress::new(total, options.progress, stage.name(), "bytes");
+            let progress = progress::open(options.progress.as_ref(), stage.name(), total, "bytes");
             // Files in flight at once: one reader thread each parses ahead, and all of them
             // share the rayon pool, so a single reader never starves many cores.
             let in_flight = (threads / 4).clamp(1, todo.len().max(1));
@@ -495,8 +343,12 @@ fn run_units(
             result?;
         }
         Stage::Dedup => {
-            let progress =
-                Progress::new(todo.len() as u64, options.progress, "dedup", "partitions");
+            let progress = progress::open(
+                options.progress.as_ref(),
+                "dedup",
+                todo.len() as u64,
+                "partitions",
+            );
             let budget = budget / threads;
             let minhash = &settings.dedup.minhash;
             let verify = minhash

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use redpack_schemas::Layout;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -184,6 +185,45 @@ impl Default for PackConfig {
     }
 }
 
+/// `[pack]` resolved for a build: the packed layout's prefix length is decided. Serializes as
+/// [`PackConfig`] with `prefix_len` given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PackSettings {
+    Packed {
+        seq_len: u32,
+        prefix_len: u32,
+        final_partial: FinalPartial,
+    },
+    Examples {
+        max_input_len: u32,
+        max_target_len: u32,
+    },
+}
+
+impl PackSettings {
+    /// The corpus layout these settings write.
+    pub fn layout(&self) -> Layout {
+        match *self {
+            PackSettings::Packed {
+                seq_len,
+                prefix_len,
+                ..
+            } => Layout::Packed {
+                seq_len,
+                prefix_len,
+            },
+            PackSettings::Examples {
+                max_input_len,
+                max_target_len,
+            } => Layout::Examples {
+                max_input_len,
+                max_target_len,
+            },
+        }
+    }
+}
+
 /// `[output]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -317,7 +357,7 @@ pub struct BuildSettings {
     pub filter: FilterConfig,
     pub dedup: DedupConfig,
     pub tokenizer: TokenizerConfig,
-    pub pack: PackConfig,
+    pub pack: PackSettings,
     pub output: OutputConfig,
     #[serde(skip)]
     pub out: PathBuf,
@@ -367,43 +407,52 @@ impl BuildSettings {
         if let Some(fraction) = overrides.max_rejected_fraction {
             config.output.max_rejected_fraction = fraction;
         }
-        match &mut config.pack {
+        let pack = match config.pack {
             PackConfig::Packed {
                 seq_len,
                 prefix_len,
-                ..
+                final_partial,
             } => {
-                if let Some(n) = overrides.seq_len {
-                    *seq_len = n;
-                    // A prefix from the file belongs to its sequence length; re-derive it.
-                    if overrides.prefix_len.is_none() {
-                        *prefix_len = None;
-                    }
-                }
-                if overrides.prefix_len.is_some() {
-                    *prefix_len = overrides.prefix_len;
-                }
-                let prefix = prefix_len.unwrap_or(*seq_len / 2);
-                *prefix_len = Some(prefix);
-                if *seq_len == 0 || prefix > *seq_len {
+                let seq_len = overrides.seq_len.unwrap_or(seq_len);
+                // A prefix from the file belongs to the file's sequence length: a new sequence
+                // length without a new prefix takes the default prefix, half the sequence.
+                let prefix_len = match overrides.prefix_len {
+                    Some(prefix) => prefix,
+                    None => prefix_len
+                        .filter(|_| overrides.seq_len.is_none())
+                        .unwrap_or(seq_len / 2),
+                };
+                if seq_len == 0 || prefix_len > seq_len {
                     return Err(ConfigError::Invalid(format!(
-                        "packed layout needs seq_len > 0 and prefix_len <= seq_len (got seq_len {seq_len}, prefix_len {prefix})"
+                        "packed layout needs seq_len > 0 and prefix_len <= seq_len (got seq_len {seq_len}, prefix_len {prefix_len})"
                     )));
                 }
+                PackSettings::Packed {
+                    seq_len,
+                    prefix_len,
+                    final_partial,
+                }
             }
-            PackConfig::Examples { max_target_len, .. } => {
+            PackConfig::Examples {
+                max_input_len,
+                max_target_len,
+            } => {
                 if overrides.seq_len.is_some() || overrides.prefix_len.is_some() {
                     return Err(ConfigError::Invalid(
                         "--seq-len / --prefix-len apply to packed corpora, but the pipeline's [pack] type is \"examples\"".into(),
                     ));
                 }
-                if *max_target_len == 0 {
+                if max_target_len == 0 {
                     return Err(ConfigError::Invalid(
                         "max_target_len must be at least 1".into(),
                     ));
                 }
+                PackSettings::Examples {
+                    max_input_len,
+                    max_target_len,
+                }
             }
-        }
+        };
         let fraction = config.output.max_rejected_fraction;
         if !(0.0..=1.0).contains(&fraction) {
             return Err(ConfigError::Invalid(format!(
@@ -432,7 +481,7 @@ impl BuildSettings {
             filter: config.filter,
             dedup: config.dedup,
             tokenizer: config.tokenizer,
-            pack: config.pack,
+            pack,
             output: config.output,
             out,
         })
@@ -478,9 +527,9 @@ mod tests {
         let settings = BuildSettings::resolve(file, overrides, "out".into()).unwrap();
         assert_eq!(
             settings.pack,
-            PackConfig::Packed {
+            PackSettings::Packed {
                 seq_len: 64,
-                prefix_len: Some(32),
+                prefix_len: 32,
                 final_partial: FinalPartial::Drop
             }
         );

@@ -16,8 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::build::BuildError;
 use super::keys::{partition_range, write_partitioned, BandRec, FpRecord};
+use super::types::BuildError;
 use super::work::{doc_file, write_json, Plan, Stage, WorkDir};
 use crate::dedup::minhash::estimated_jaccard;
 use crate::extsort::{merge_ranges, Range, SortRecord, SortedStream, Sorter};

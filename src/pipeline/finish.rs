@@ -13,20 +13,65 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use redpack_schemas::{atomic, CorpusInfo, CorpusWriter, Counts, TokenizerInfo, WriterOptions};
+use redpack_schemas::{
+    atomic, CorpusInfo, CorpusWriter, Counts, ExampleMeta, SchemaError, TokenizerInfo,
+    WriterOptions,
+};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::build::{layout_of, packer_for, BuildError, BuildOptions, CountingSink, TOKENIZER_FILE};
-use super::config::BuildSettings;
-use super::progress::Progress;
+use super::config::{BuildSettings, PackSettings};
+use super::progress;
 use super::rejects::{RejectSampler, REJECTS_FILE};
 use super::report::{BuildReport, Throughput};
 use super::scan::ScanMeta;
 use super::tally::Tally;
 use super::tokenize_stage::{decode_doc, TokensMeta, DOC_HEADER};
+use super::types::{BuildError, BuildOptions};
 use super::work::{read_json, Plan, Stage, WorkDir};
 use crate::extsort::{read_u32, read_u64, SortRecord, Sorter};
+use crate::pack::{ExamplePacker, ExampleSink, Packer, SequencePacker};
 use crate::tokenize::DocTokenizer;
+
+/// The tokenizer copy's name inside a corpus.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Counts the examples that reach the writer.
+pub struct CountingSink<'a> {
+    pub writer: &'a mut CorpusWriter,
+    pub examples: u64,
+}
+
+impl ExampleSink for CountingSink<'_> {
+    fn push_example(&mut self, tokens: &[u32], meta: ExampleMeta<'_>) -> Result<(), SchemaError> {
+        self.examples += 1;
+        self.writer.push(tokens, meta)
+    }
+}
+
+/// The packer that writes `pack`'s layout.
+fn packer_for(pack: &PackSettings, tokenizer: &DocTokenizer) -> Packer {
+    match *pack {
+        PackSettings::Packed {
+            seq_len,
+            prefix_len,
+            final_partial,
+        } => Packer::Sequences(SequencePacker::new(
+            seq_len,
+            prefix_len,
+            tokenizer.eod_id(),
+            tokenizer.pad_id(),
+            final_partial,
+        )),
+        PackSettings::Examples {
+            max_input_len,
+            max_target_len,
+        } => Packer::Examples(ExamplePacker::new(
+            max_input_len,
+            max_target_len,
+            tokenizer.eod_id(),
+        )),
+    }
+}
 
 /// One document's place in the shuffle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,7 +179,7 @@ pub fn finish(
         });
     }
 
-    let layout = layout_of(&settings.pack);
+    let layout = settings.pack.layout();
     let mut writer = CorpusWriter::create(
         out,
         WriterOptions {
@@ -151,7 +196,7 @@ pub fn finish(
     };
     let width = plan.token_width as usize;
     let total_tokens: u64 = gathered.tokens.iter().map(|t| t.tokens).sum();
-    let progress = Progress::new(total_tokens, options.progress, "finish", "tokens");
+    let progress = progress::open(options.progress.as_ref(), "finish", total_tokens, "tokens");
     let names: Vec<Vec<Arc<str>>> = gathered
         .tokens
         .iter()

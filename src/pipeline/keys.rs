@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use redpack_schemas::atomic;
 
-use super::build::BuildError;
+use super::types::BuildError;
 use super::work::MAX_PARTITIONS;
 use crate::extsort::{read_u64, RunReader, RunWriter, SortRecord, SortedStream, SpillError};
 

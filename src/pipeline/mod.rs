@@ -1,22 +1,28 @@
 //! The corpus pipeline: configuration ([`config`]), the staged build ([`build`] over the work
-//! directory of [`work`]: [`scan`], [`dedup_stage`], [`tokenize_stage`], [`finish`]), and what
-//! it reports ([`report`]).
+//! directory of [`work`]: [`scan`] with its [`reader`] thread, [`dedup_stage`] over the
+//! partitioned keys of [`keys`], [`tokenize_stage`], [`finish`]), the types every stage shares
+//! ([`types`]: the build's error and options), the counts ([`tally`]), the rejected records'
+//! samples ([`rejects`]), what it reports ([`report`]) and how it reports progress
+//! ([`progress`]).
 
 pub mod build;
 pub mod config;
 pub mod dedup_stage;
 pub mod finish;
 pub mod keys;
-mod progress;
+pub mod progress;
 pub mod reader;
 pub mod rejects;
 pub mod report;
 pub mod scan;
 pub mod tally;
 pub mod tokenize_stage;
+pub mod types;
 pub mod work;
 
-pub use build::{build, run_stage, BuildError, BuildOptions, StageOutcome, StageReport};
-pub use config::{BuildSettings, ConfigError, Overrides, PipelineConfig};
+pub use build::{build, run_stage, StageOutcome, StageReport};
+pub use config::{BuildSettings, ConfigError, Overrides, PackSettings, PipelineConfig};
+pub use progress::{ProgressSink, StageProgress};
 pub use report::BuildReport;
+pub use types::{BuildError, BuildOptions};
 pub use work::Stage;

@@ -1,48 +1,41 @@
-//! Progress bars for the build's stages: position, rate and a short message. Hidden when
-//! stderr is not a terminal or with `--json`.
+//! How the build reports its progress: each stage opens a [`StageProgress`] through the
+//! caller's [`ProgressSink`] and moves it as units are done. The library draws nothing; the
+//! caller decides what a position means on screen (the CLI draws terminal bars).
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-/// A thin wrapper so the build does not depend on indicatif's API.
-#[derive(Debug)]
-pub struct Progress {
-    bar: ProgressBar,
+/// Receives the build's progress. Called from the build's worker threads.
+pub trait ProgressSink: Send + Sync {
+    /// Stage `stage` starts over `total` units of `unit` (`"bytes"`, `"tokens"`,
+    /// `"partitions"`).
+    fn stage(&self, stage: &str, total: u64, unit: &str) -> Box<dyn StageProgress>;
 }
 
-impl Progress {
-    /// A bar for `stage` over `total` units of `unit` (`bytes` draws byte sizes).
-    pub fn new(total: u64, visible: bool, stage: &str, unit: &str) -> Self {
-        let target = if visible {
-            ProgressDrawTarget::stderr_with_hz(4)
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = ProgressBar::with_draw_target(Some(total), target);
-        let template = if unit == "bytes" {
-            format!("{{spinner}} {stage:>8} [{{elapsed_precise}}] {{bar:30}} {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, eta {{eta}}) {{msg}}")
-        } else {
-            format!("{{spinner}} {stage:>8} [{{elapsed_precise}}] {{bar:30}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}}) {{msg}}")
-        };
-        if let Ok(style) = ProgressStyle::with_template(&template) {
-            bar.set_style(style);
-        }
-        if visible {
-            bar.enable_steady_tick(Duration::from_millis(250));
-        }
-        Progress { bar }
-    }
+/// The progress of one stage.
+pub trait StageProgress: Send + Sync {
+    /// `position` units are done; a non-empty `message` says more (e.g. records read).
+    fn set(&self, position: u64, message: &str);
+    /// The stage is over.
+    fn finish(&self);
+}
 
-    /// Moves the bar; an empty message keeps the last one.
-    pub fn set(&self, position: u64, message: &str) {
-        self.bar.set_position(position);
-        if !message.is_empty() {
-            self.bar.set_message(message.to_string());
-        }
-    }
+/// Reports nothing.
+struct Silent;
 
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
+impl StageProgress for Silent {
+    fn set(&self, _position: u64, _message: &str) {}
+    fn finish(&self) {}
+}
+
+/// Opens stage `stage`'s progress on `sink`, or a silent one without a sink.
+pub(crate) fn open(
+    sink: Option<&Arc<dyn ProgressSink>>,
+    stage: &str,
+    total: u64,
+    unit: &str,
+) -> Box<dyn StageProgress> {
+    match sink {
+        Some(sink) => sink.stage(stage, total, unit),
+        None => Box::new(Silent),
     }
 }

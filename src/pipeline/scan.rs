@@ -15,12 +15,12 @@ use redpack_schemas::InputEntry;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::build::BuildError;
 use super::config::{BuildSettings, FilterConfig};
 use super::keys::{write_partitioned, BandRec, FpRecord};
 use super::reader::{self, RawHash, ReadProgress, ReaderMessage};
 use super::rejects::{RejectSample, RejectSampler};
 use super::tally::{Outcome, Tally};
+use super::types::BuildError;
 use super::work::{doc_id, write_json, Plan, PlannedFile, SourceCounts, Stage, WorkDir, ITEM_BITS};
 use crate::dedup::lsh::band_keys;
 use crate::dedup::Deduper;

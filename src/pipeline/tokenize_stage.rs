@@ -13,10 +13,10 @@ use std::io::{BufWriter, Write};
 use redpack_schemas::atomic;
 use serde::{Deserialize, Serialize};
 
-use super::build::BuildError;
 use super::dedup_stage::file_verdicts;
 use super::scan::{for_each_chunk, is_filtered, ScanMeta, UnitContext};
 use super::tally::{Outcome, Tally};
+use super::types::BuildError;
 use super::work::{read_json, write_json, SourceCounts};
 use crate::extsort::read_u32;
 use crate::pack::TokenizedContent;

@@ -31,7 +31,7 @@ use std::time::UNIX_EPOCH;
 use redpack_schemas::atomic;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::build::BuildError;
+use super::types::BuildError;
 use crate::input::{InputFile, InputFormat};
 
 /// The work directory's name inside the output directory.

@@ -26,6 +26,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use redpack_schemas::{atomic, SchemaError};
 use serde::{Deserialize, Serialize};
 
 use super::text::Rng;
@@ -365,16 +366,13 @@ fn prepare_dir(dir: &Path) -> Result<(), SynthError> {
     Ok(())
 }
 
-/// Writes `path` through a hidden temporary file in the same folder, then renames it.
+/// Writes `path` through a hidden temporary file in the same folder, then renames it
+/// ([`atomic`]).
 fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<(), SynthError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.tmp"));
+    let temp = atomic::temp_path(path);
     let file = std::fs::File::create(&temp).map_err(io_error(&temp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     body(&mut out).map_err(io_error(&temp))?;
@@ -382,7 +380,11 @@ fn write_atomic(
         .into_inner()
         .map_err(|err| io_error(&temp)(err.into_error()))?;
     file.sync_all().map_err(io_error(&temp))?;
-    std::fs::rename(&temp, path).map_err(io_error(path))
+    drop(file);
+    atomic::commit(&temp, path).map_err(|err| match err {
+        SchemaError::Io { path, source } => SynthError::Io { path, source },
+        other => io_error(path)(std::io::Error::other(other)),
+    })
 }
 
 /// Writes one file; returns it and its text bytes.

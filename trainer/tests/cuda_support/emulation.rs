@@ -106,15 +106,15 @@ pub fn active() -> bool {
     matches!(install(), Ok(true))
 }
 
-/// `trainer/tests/emu`, from the trainer's tests or the workspace root's (which include this
-/// file by path).
+/// `trainer/tests/emu`, from the trainer's tests or the CLI's (which include this file by
+/// path).
 fn emu_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let own = manifest.join("tests/emu");
     if own.join("fake_cuda.cpp").exists() {
         own
     } else {
-        manifest.join("trainer/tests/emu")
+        manifest.join("../trainer/tests/emu")
     }
 }
 

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_schemas::{hash_file, Corpus, MANIFEST_FILE};
 
 use crate::cli::inspect::InspectArgs;
-use crate::inspect::{write_example, ExampleRange, ShowError, Summary, TokenView};
+use redpack::inspect::{write_example, ExampleRange, ShowError, Summary, TokenView};
 
 /// What one invocation does, resolved from the flags before any work.
 enum Mode {

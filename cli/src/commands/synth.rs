@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::synth::SynthCorpusArgs;
-use crate::sample::synthetic::{write_synthetic, SynthConfig, SynthSummary};
+use redpack::sample::synthetic::{write_synthetic, SynthConfig, SynthSummary};
 
 /// The JSON printed with `--json`: the ground truth plus how long it took.
 #[derive(Serialize)]

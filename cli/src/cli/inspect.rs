@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::inspect::ExampleRange;
+use redpack::inspect::ExampleRange;
 
 /// Summarize, decode or verify a corpus directory.
 #[derive(Debug, Args)]

@@ -12,8 +12,8 @@ use anyhow::{anyhow, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::fetch::FetchArgs;
-use crate::fetch::{self, Backoff, FetchItem, FetchOptions, FetchReport, FileReport, Status};
-use crate::input::datamanifest::DataManifest;
+use redpack::fetch::{self, Backoff, FetchItem, FetchOptions, FetchReport, FileReport, Status};
+use redpack::input::datamanifest::DataManifest;
 
 pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
     if args.jobs == 0 {

@@ -11,7 +11,7 @@ memory as an RSS ratio near 1.
 Uses the release binary and builds nothing itself; first run, from the repository root:
 
     cargo build --release
-    python3 benches/scale.py --docs 1000000 10000000
+    python3 cli/benches/scale.py --docs 1000000 10000000
 
 `--stages-only scan,dedup` runs the build stage by stage with `--stage` (plan, then each stage up
 to the last one named) and reports each stage on its own row, so the dedup memory can be shown at
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "redpack"
 STAGES = ["plan", "scan", "dedup", "tokenize", "finish"]
 MIB = 1024 * 1024

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const REDPACK: &str = env!("CARGO_BIN_EXE_redpack");
 const GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tokenizers/gpt2.json"
+    "/../tests/fixtures/tokenizers/gpt2.json"
 );
 
 /// The generated sample's RedPajama part: 10 files in every real layout, with exact and near

@@ -12,7 +12,7 @@ use redpack_schemas::Counts;
 
 const GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tokenizers/gpt2.json"
+    "/../tests/fixtures/tokenizers/gpt2.json"
 );
 const BIN: &str = env!("CARGO_BIN_EXE_redpack");
 

@@ -4,7 +4,7 @@
 //! trainer tests' CPU emulation of one (`trainer/tests/cuda_support/emulation.rs`), which the
 //! child process finds on its `LD_LIBRARY_PATH`; without a C++ compiler the test says SKIPPED.
 
-#[path = "../trainer/tests/cuda_support/emulation.rs"]
+#[path = "../../../trainer/tests/cuda_support/emulation.rs"]
 #[allow(dead_code)]
 mod emulation;
 
@@ -60,7 +60,7 @@ fn train_on_the_gpu_through_the_cli_matches_the_cpu() {
     let corpus = root.join("corpus");
     redpack(&["build-corpus", "--out", corpus.to_str().unwrap()], None);
     let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer/configs/decllm-tiny-pretrain.toml");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/decllm-tiny-pretrain.toml");
     let run = |device: &str| {
         let out = root.join(format!("run-{device}"));
         let (json, log) = redpack(

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use crate::cli::train_tokenizer::TrainTokenizerArgs;
 use crate::commands::build_corpus::format_choice;
-use crate::pipeline::config::FormatChoice;
-use crate::train_tokenizer::{self, TrainConfig};
+use redpack::pipeline::config::FormatChoice;
+use redpack::train_tokenizer::{self, TrainConfig};
 
 pub fn run(args: TrainTokenizerArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -15,7 +15,7 @@ pub fn run(args: TrainTokenizerArgs) -> anyhow::Result<ExitCode> {
         .map(format_choice)
         .unwrap_or(FormatChoice::Auto)
         .hint();
-    let files = crate::input::discover(&args.inputs, hint)?;
+    let files = redpack::input::discover(&args.inputs, hint)?;
     let config = TrainConfig {
         vocab_size: args.vocab_size,
         min_frequency: args.min_frequency,
@@ -25,7 +25,7 @@ pub fn run(args: TrainTokenizerArgs) -> anyhow::Result<ExitCode> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.unwrap_or(0))
         .build()?;
-    let fields = crate::input::FieldMap::default();
+    let fields = redpack::input::FieldMap::default();
     let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
     train_tokenizer::save(&tokenizer, &args.out)?;
     println!(

@@ -20,27 +20,27 @@ use redpack_schemas::{Corpus, Manifest};
 
 const ARXIV: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/redpajama/arxiv/arxiv_sample.jsonl"
+    "/../tests/fixtures/redpajama/arxiv/arxiv_sample.jsonl"
 );
 const CC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/redpajama/common_crawl/2020-16/en_head_0091.json.gz.dedup.classifier.jsonl.zst"
+    "/../tests/fixtures/redpajama/common_crawl/2020-16/en_head_0091.json.gz.dedup.classifier.jsonl.zst"
 );
 const FLAN_JSONL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/flan/cot_zs_opt_train.jsonl.gz"
+    "/../tests/fixtures/flan/cot_zs_opt_train.jsonl.gz"
 );
 const FLAN_PARQUET: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/flan/cot_zsopt_data/part.0.parquet"
+    "/../tests/fixtures/flan/cot_zsopt_data/part.0.parquet"
 );
 const GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tokenizers/gpt2.json"
+    "/../tests/fixtures/tokenizers/gpt2.json"
 );
 const NEOX: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tokenizers/gpt-neox-20b.json"
+    "/../tests/fixtures/tokenizers/gpt-neox-20b.json"
 );
 
 fn tempdir() -> tempfile::TempDir {
@@ -435,7 +435,10 @@ fn python_tokenizers_agree_with_the_corpus() {
         },
     );
     run(&settings);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_tokens.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/check_tokens.py"
+    );
     let output = Command::new("python3")
         .args([
             script,
@@ -678,8 +681,8 @@ fn cli_train_tokenizer_writes_a_usable_tokenizer() {
 
 #[test]
 fn data_manifest_inputs_are_verified_and_read() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let manifest_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data-manifests/sample.toml");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let manifest_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data-manifests/sample.toml");
     let out = tempdir();
     let good = settings(&[], out.path(), GPT2, |config, overrides| {
         overrides.data_manifest = Some(PathBuf::from(manifest_path));

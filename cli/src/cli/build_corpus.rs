@@ -101,5 +101,5 @@ pub struct BuildCorpusArgs {
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    crate::pipeline::config::parse_byte_size(text)
+    redpack::pipeline::config::parse_byte_size(text)
 }

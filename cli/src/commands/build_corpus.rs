@@ -4,16 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use redpack::pipeline::config::{FormatChoice, PackConfig};
+use redpack::pipeline::{
+    build, run_stage, BuildOptions, BuildReport, BuildSettings, Overrides, PipelineConfig,
+    ProgressSink, Stage, StageOutcome,
+};
+use redpack::train_tokenizer::{self, TrainConfig};
 
 use crate::cli::build_corpus::{BuildCorpusArgs, FormatArg};
-use crate::pipeline::config::{FormatChoice, PackConfig};
-use crate::pipeline::{
-    build, run_stage, BuildOptions, BuildReport, BuildSettings, Overrides, PipelineConfig, Stage,
-    StageOutcome,
-};
-use crate::train_tokenizer::{self, TrainConfig};
+use crate::progress::Bars;
 
 /// Where the default build writes when `--out` is not given.
 pub const DEFAULT_OUT: &str = "redpack-default";
@@ -52,7 +54,11 @@ fn overrides(args: &BuildCorpusArgs) -> Overrides {
 
 fn options(args: &BuildCorpusArgs) -> BuildOptions {
     BuildOptions {
-        progress: !args.json,
+        progress: if args.json {
+            None
+        } else {
+            Some(Arc::new(Bars) as Arc<dyn ProgressSink>)
+        },
         resume: args.resume,
         keep_work: args.keep_work,
         sort_budget: args.sort_budget.map(|b| b as usize),
@@ -131,7 +137,7 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let (true, Some(out)) = (args.status, &args.out) {
-        let status = crate::pipeline::work::BuildStatus::of(out)?;
+        let status = redpack::pipeline::work::BuildStatus::of(out)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&status)?);
         } else {
@@ -171,7 +177,7 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
     let raw = root.join("raw");
-    let sample = crate::sample::write_sample(&raw, SAMPLE_SEED)
+    let sample = redpack::sample::write_sample(&raw, SAMPLE_SEED)
         .with_context(|| format!("writing the sample corpus to {}", raw.display()))?;
     if !args.json {
         println!(
@@ -186,8 +192,8 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         Some(path) => path.clone(),
         None => train_default_tokenizer(&root, &raw, args.threads)?,
     };
-    let redpajama = raw.join(crate::sample::REDPAJAMA_ROOT);
-    let flan = raw.join(crate::sample::FLAN_ROOT);
+    let redpajama = raw.join(redpack::sample::REDPAJAMA_ROOT);
+    let flan = raw.join(redpack::sample::FLAN_ROOT);
     let packed = default_build(args, &tokenizer, &redpajama, &root.join("packed"), false)?;
     let examples = default_build(args, &tokenizer, &flan, &root.join("examples"), true)?;
     if args.json {
@@ -207,7 +213,7 @@ fn train_default_tokenizer(
     raw: &Path,
     threads: Option<usize>,
 ) -> anyhow::Result<PathBuf> {
-    let files = crate::input::discover(&[raw.to_path_buf()], crate::input::FormatHint::Auto)?;
+    let files = redpack::input::discover(&[raw.to_path_buf()], redpack::input::FormatHint::Auto)?;
     let config = TrainConfig {
         vocab_size: DEFAULT_VOCAB,
         ..TrainConfig::default()
@@ -215,7 +221,7 @@ fn train_default_tokenizer(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or(0))
         .build()?;
-    let fields = crate::input::FieldMap::default();
+    let fields = redpack::input::FieldMap::default();
     let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
     let path = root.join("tokenizer.json");
     train_tokenizer::save(&tokenizer, &path)?;

@@ -15,7 +15,7 @@ use redpack_schemas::{
 const BIN: &str = env!("CARGO_BIN_EXE_redpack");
 const GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tokenizers/gpt2.json"
+    "/../tests/fixtures/tokenizers/gpt2.json"
 );
 const EOD: u32 = 50256;
 const SEQ_LEN: u32 = 32;

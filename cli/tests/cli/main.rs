@@ -1,0 +1,11 @@
+//! The CLI's integration tests, one binary: each module runs the built `redpack`
+//! (`CARGO_BIN_EXE_redpack`) on fixtures from the repository's `tests/fixtures` and on
+//! generated inputs. Every test works in its own temporary directory and passes paths and
+//! environment to the child process explicitly, so the tests run side by side in one process.
+
+mod build_corpus;
+mod cli_inspect;
+mod fetch;
+mod stages;
+mod synth;
+mod train_cuda;
