@@ -5,7 +5,7 @@
 //! one bf16 step within mixed-precision tolerances; random batches and options; one layer at the
 //! paper's 150M shapes; and, on the CPU emulation of a GPU, whole steps under AddressSanitizer.
 //! Without a GPU the tests run on that emulation (`cuda_support::emulation`), and without a C++
-//! compiler to build it they print `SKIPPED: no CUDA device` and return.
+//! compiler to build it they fail, naming what to install.
 
 use super::cuda_support;
 
