@@ -322,3 +322,49 @@ fn build(code: &DeviceCode, build_root: &Path, cxx: &str, kind: Build) -> Result
         Err(e) => Err(format!("moving the build into {}: {e}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_include_has_every_source_and_entry() {
+        let code = DeviceCode {
+            common: "// common",
+            kernels: vec![
+                Kernel {
+                    name: "a",
+                    source: "// a",
+                    entries: &["a_one", "a_two"],
+                },
+                Kernel {
+                    name: "b",
+                    source: "// b",
+                    entries: &["b_one"],
+                },
+            ],
+        };
+        let include = kernels_include(&code);
+        let common = include.find("#line 1 \"common.cuh\"\n// common").unwrap();
+        let a = include.find("#line 1 \"a.cu\"\n// a").unwrap();
+        let b = include.find("#line 1 \"b.cu\"\n// b").unwrap();
+        assert!(common < a && a < b, "{include}");
+        assert!(
+            include.ends_with("#define REDPACK_FAKE_ENTRIES(E) E(a_one) E(a_two) E(b_one)\n"),
+            "{include}"
+        );
+    }
+
+    #[test]
+    fn the_emulator_sources_are_where_the_build_reads_them() {
+        for name in [
+            "cuda_emu.h",
+            "fake_cuda.cpp",
+            "fake_gemm.h",
+            "fake_cublas.cpp",
+            "fake_cublaslt.cpp",
+        ] {
+            assert!(source_dir().join(name).is_file(), "{name}");
+        }
+    }
+}
