@@ -6,6 +6,7 @@ use std::path::Path;
 
 use redpack_cuda_emu::{DeviceCode, Kernel};
 use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
+use redpack_trainer::backend::cuda::probe;
 
 pub use redpack_cuda_emu::{active, asan_runtime, compile_program, Build, ASAN, MODE_VARIABLE};
 
@@ -32,5 +33,13 @@ pub fn build_root() -> &'static Path {
 /// Loads the emulation into this process where no driver is (once): `Ok(true)` when the CUDA
 /// tests run on it, `Ok(false)` on a real GPU, `Err` with why it could not be built.
 pub fn install() -> &'static Result<bool, String> {
+    static WARMING: std::sync::Once = std::sync::Once::new();
+    WARMING.call_once(|| {
+        // The emulation is an H100 (sm_90): NVRTC compiles the kernels for it on another thread
+        // while the C++ compiler builds the emulation, instead of after it.
+        if !redpack_cuda_emu::driver_present() && probe::nvrtc_present() {
+            std::thread::spawn(|| super::kernel_cache("sm_90"));
+        }
+    });
     redpack_cuda_emu::install(&device_code(), build_root())
 }
