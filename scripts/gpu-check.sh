@@ -2,10 +2,10 @@
 # The CUDA backend's checks and benchmark, in one call on a GPU machine that has no Rust
 # toolchain: prebuilt test and benchmark binaries do the work.
 #
-#   scripts/gpu-check.sh build   on the development machine (cargo): builds the release test and
-#                                benchmark binaries and copies them, stripped, to
-#                                target/gpu-bundle/{cuda_kernels,cuda_attention,cuda_adafactor,
-#                                cuda_model,cuda_train,cuda_step,flash_attention,redpack}
+#   scripts/gpu-check.sh build   on a machine with the Rust toolchain (cargo): builds the release
+#                                test and benchmark binaries and copies them, stripped, to
+#                                target/gpu-bundle/{trainer_suite,cuda_step,flash_attention,redpack}
+#                                (trainer_suite: the trainer's integration tests, one binary)
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
@@ -15,7 +15,8 @@
 # bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
 # GPU_CHECK_BUDGET caps the whole run in seconds.
 #
-# `run` goes through, each step with its own timeout and going on after a failure:
+# `run` goes through, each step with its own timeout and going on after a failure (the test
+# steps run trainer_suite's modules by name filter, `cuda_kernels::` and so on):
 #   1. the kernel parity tests (cuda_kernels: every kernel against the CPU, cuBLAS products,
 #      dropout; cuda_attention: the masked softmax, packing and the fused attention in both
 #      builds; cuda_adafactor: the multi-tensor Adafactor update),
@@ -35,8 +36,7 @@
 #      and with the fused attention's 4-warp pipelined and wide builds; Nsight Compute on the
 #      fused attention kernels, where `ncu` is installed; the f32 mode's throughput,
 #   9. a side-by-side table.
-# About 4 minutes on an H200 in session 3; the whole run stops at GPU_CHECK_BUDGET seconds (540),
-# each step within its own timeout.
+# The whole run stops at GPU_CHECK_BUDGET seconds (540), each step within its own timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=target/gpu-bundle
@@ -46,15 +46,14 @@ build() {
     mkdir -p "$BUNDLE"
     local json
     json=$(mktemp)
-    cargo test -p redpack-trainer --release --no-run --test cuda_kernels --test cuda_attention \
-        --test cuda_adafactor --test cuda_model --test cuda_train \
-        --message-format=json >"$json"
+    cargo test -p redpack-trainer --release --no-run --test suite --message-format=json >"$json"
     cargo bench -p redpack-trainer --bench cuda_step --bench flash_attention --no-run \
         --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys
-WANTED = {"cuda_kernels", "cuda_attention", "cuda_adafactor", "cuda_model", "cuda_train",
-          "cuda_step", "flash_attention"}
+# target name -> name in the bundle
+WANTED = {"suite": "trainer_suite", "cuda_step": "cuda_step",
+          "flash_attention": "flash_attention"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -69,14 +68,13 @@ missing = WANTED - set(found)
 if missing:
     sys.exit(f"not built: {sorted(missing)}")
 for name, path in found.items():
-    shutil.copy(path, f"{sys.argv[2]}/{name}")
-    print(f"{sys.argv[2]}/{name} <- {path}")
+    shutil.copy(path, f"{sys.argv[2]}/{WANTED[name]}")
+    print(f"{sys.argv[2]}/{WANTED[name]} <- {path}")
 PY
     rm -f "$json"
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
-    strip "$BUNDLE"/cuda_kernels "$BUNDLE"/cuda_attention "$BUNDLE"/cuda_adafactor \
-        "$BUNDLE"/cuda_model "$BUNDLE"/cuda_train "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
+    strip "$BUNDLE"/trainer_suite "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -165,8 +163,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in cuda_kernels cuda_attention cuda_adafactor cuda_model cuda_train cuda_step \
-        flash_attention redpack; do
+    for bin in trainer_suite cuda_step flash_attention redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -181,22 +178,27 @@ run() {
     # Most important first; the budget cuts the tail if the machine is slow.
     export RUST_BACKTRACE=1
     # (Compiling every kernel for sm_90 and sm_80 needs no GPU: CI does it, so it is skipped here.)
-    wanted kernels && step kernels 120 "$BUNDLE/cuda_kernels" --test-threads=1 \
+    local suite=$BUNDLE/trainer_suite
+    wanted kernels && step kernels 120 "$suite" cuda_kernels:: --test-threads=1 \
         --skip every_kernel_compiles_for_sm90_and_sm80
-    wanted kernels && step attention 120 "$BUNDLE/cuda_attention" --test-threads=1
-    wanted kernels && step adafactor 60 "$BUNDLE/cuda_adafactor" --test-threads=1
-    wanted model && step model 240 "$BUNDLE/cuda_model" --test-threads=1
+    wanted kernels && step attention 120 "$suite" cuda_attention:: --test-threads=1
+    wanted kernels && step adafactor 60 "$suite" cuda_adafactor:: --test-threads=1
+    # (The steps under AddressSanitizer run on the CPU emulation, built with a C++ compiler: CI
+    # runs them; on the GPU, compute-sanitizer's memcheck below covers the same steps.)
+    wanted model && step model 240 "$suite" cuda_model:: --test-threads=1 \
+        --skip steps_stay_inside_their_buffers_under_addresssanitizer
     # The bf16 model step with the pipelined fused-attention kernels (the kernel test covers both).
-    wanted model && step model-basic 60 env REDPACK_CUDA_FLASH=basic "$BUNDLE/cuda_model" \
-        --exact bf16_step_is_close_to_cpu --test-threads=1
+    wanted model && step model-basic 60 env REDPACK_CUDA_FLASH=basic "$suite" \
+        --exact cuda_model::bf16_step_is_close_to_cpu --test-threads=1
     # Whole steps with the products through cuBLASLt (the kernel test checks each product).
-    wanted model && step model-lt 90 env REDPACK_CUDA_BLAS=lt "$BUNDLE/cuda_model" --exact \
-        decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
-        resident_training_matches_the_host_loop --test-threads=1
+    wanted model && step model-lt 90 env REDPACK_CUDA_BLAS=lt "$suite" --exact \
+        cuda_model::decllm_tiny_step_matches_cpu cuda_model::redllm_tiny_step_matches_cpu \
+        cuda_model::bf16_step_is_close_to_cpu cuda_model::resident_training_matches_the_host_loop \
+        --test-threads=1
     # The bf16 step with the fused cross-entropy (the kernel test checks its bits).
-    wanted model && step model-ce-fused 60 env REDPACK_CUDA_CE=fused "$BUNDLE/cuda_model" \
-        --exact bf16_step_is_close_to_cpu --test-threads=1
-    wanted model && step train 90 "$BUNDLE/cuda_train" --test-threads=1
+    wanted model && step model-ce-fused 60 env REDPACK_CUDA_CE=fused "$suite" \
+        --exact cuda_model::bf16_step_is_close_to_cpu --test-threads=1
+    wanted model && step train 90 "$suite" cuda_train:: --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     wanted bench-attention && step bench-attention 90 "$BUNDLE/flash_attention"
@@ -214,12 +216,12 @@ run() {
     # memcheck: the fused attention (both variants, every mask and head dim), then whole tiny
     # steps (f32 both architectures, bf16 with fused attention) and resident training (Adafactor).
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-model 120 "$sanitizer" --tool memcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_model" --exact decllm_tiny_step_matches_cpu \
-        redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
-        resident_training_matches_the_host_loop --test-threads=1
+        --error-exitcode 99 "$suite" --exact cuda_model::decllm_tiny_step_matches_cpu \
+        cuda_model::redllm_tiny_step_matches_cpu cuda_model::bf16_step_is_close_to_cpu \
+        cuda_model::resident_training_matches_the_host_loop --test-threads=1
     [ -n "$sanitizer" ] && wanted memcheck && step memcheck-kernels 120 "$sanitizer" --tool memcheck \
-        --error-exitcode 99 "$BUNDLE/cuda_attention" --exact \
-        flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
+        --error-exitcode 99 "$suite" --exact \
+        cuda_attention::flash_attention_matches_cpu_for_every_mask_and_head_dim --test-threads=1
     wanted torch && step torch 240 python3 trainer/benches/torch_ref.py --arch dec,red --modes eager,compile
     wanted bench-1b && step bench-1b 150 env BENCH_SIZE=1b BENCH_PRECISION=bf16 BENCH_STEPS=3 \
         BENCH_WARMUP=1 BENCH_TRAIN_STEPS=0 BENCH_PROFILE=0 "$BUNDLE/cuda_step"
@@ -227,9 +229,9 @@ run() {
     # a kernel or a beta-0 product fills are allocated without zeroing). With bulk copies
     # tracked: without that, the values cuBLAS writes through the copy engine look unwritten.
     [ -n "$sanitizer" ] && wanted initcheck && step initcheck-model 90 "$sanitizer" --tool initcheck \
-        --check-bulk-copy yes --print-limit 20 --error-exitcode 99 "$BUNDLE/cuda_model" --exact \
-        decllm_tiny_step_matches_cpu redllm_tiny_step_matches_cpu bf16_step_is_close_to_cpu \
-        --test-threads=1
+        --check-bulk-copy yes --print-limit 20 --error-exitcode 99 "$suite" --exact \
+        cuda_model::decllm_tiny_step_matches_cpu cuda_model::redllm_tiny_step_matches_cpu \
+        cuda_model::bf16_step_is_close_to_cpu --test-threads=1
     # Experiments, after the checks: the products through cuBLASLt's cached plans in place of
     # cublasGemmEx (REDPACK_CUDA_BLAS=lt), and the fused attention's 4-warp pipelined build (three
     # forward blocks per SM) and wide forward (32 queries per warp), each beside bench-bf16's

@@ -1,7 +1,7 @@
 //! The fused attention kernels alone, every build side by side at the paper's shapes: the
 //! forward pass and the backward pass (dK/dV then dQ, as one), in milliseconds and TFLOP/s, then
 //! the builds `REDPACK_CUDA_FLASH=auto` would pick. One JSON object per line; without a GPU it
-//! prints SKIPPED.
+//! fails, saying so.
 //!
 //! FLOPs count the visible (query, key) pairs: 4·head_dim each forward and 10·head_dim each
 //! backward (FlashAttention's convention, 2.5x the forward), not the work the kernels do again
@@ -132,10 +132,7 @@ fn time_ms(stream: &Arc<CudaStream>, runs: usize, mut work: impl FnMut()) -> f64
 fn main() {
     let info = match probe::detect() {
         CudaAvailability::Device(info) => info,
-        other => {
-            println!("SKIPPED: no CUDA device ({other:?})");
-            return;
-        }
+        other => fail("this benchmark needs a CUDA device", format!("{other:?}")),
     };
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()

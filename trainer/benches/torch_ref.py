@@ -327,8 +327,8 @@ def main():
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("SKIPPED: no CUDA device")
-        return 0
+        print("no CUDA device: run with --device cpu, or on a GPU", file=sys.stderr)
+        return 1
     status = 0
     for arch in args.arch.split(","):
         for mode in args.modes.split(","):

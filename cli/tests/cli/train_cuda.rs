@@ -1,16 +1,16 @@
 //! `redpack train` on the CUDA backend, end to end through the CLI: `--device auto` must take
 //! the GPU, and a few steps of a tiny recipe must give the CPU run's losses (bf16 against f32,
 //! so to bf16's precision) and leave a checkpoint. On a machine without a driver the GPU is the
-//! trainer tests' CPU emulation of one (`trainer/tests/cuda_support/emulation.rs`), which the
-//! child process finds on its `LD_LIBRARY_PATH`; without a C++ compiler the test says SKIPPED.
-
-#[path = "../../../trainer/tests/cuda_support/emulation.rs"]
-#[allow(dead_code)]
-mod emulation;
+//! CPU emulation of one (the `redpack-cuda-emu` crate, with the trainer's kernels), which the
+//! child process finds on its `LD_LIBRARY_PATH`; without a C++ compiler to build it the test
+//! fails, naming what to install.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+
+use redpack_cuda_emu::{DeviceCode, Kernel};
+use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redpack");
 
@@ -46,15 +46,22 @@ fn redpack(args: &[&str], libraries: Option<&Path>) -> (String, String) {
 
 #[test]
 fn train_on_the_gpu_through_the_cli_matches_the_cpu() {
-    let libraries = match emulation::library_dir() {
-        Ok(found) => found.map(|(dir, _)| dir),
-        Err(reason) => {
-            say(&format!(
-                "SKIPPED: {reason} (train_on_the_gpu_through_the_cli_matches_the_cpu)"
-            ));
-            return;
-        }
+    let code = DeviceCode {
+        common: COMMON,
+        kernels: KERNELS
+            .iter()
+            .map(|k| Kernel {
+                name: k.name,
+                source: k.source,
+                entries: k.entries,
+            })
+            .collect(),
     };
+    // Built where the trainer's tests build it (the same target directory), so one build
+    // serves both.
+    let libraries = redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
+        .map(|(dir, _)| dir);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let corpus = root.join("corpus");

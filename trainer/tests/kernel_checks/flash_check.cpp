@@ -3,8 +3,8 @@
 // (causal over several tiles, bidirectional, a bidirectional prefix, a row shorter than a
 // fragment, cross-attention with unequal lengths), with and without document resets, head
 // dimensions 32, 64 and 128, every build. Launches are set up as launch_flash.rs sets them up.
-// Besides the tolerances of tests/cuda_attention.rs, the builds must give identical bits, as
-// they do on a GPU. Prints one line per check; exits non-zero if any failed.
+// Besides the tolerances of tests/suite/cuda_attention.rs, the builds must give identical bits,
+// as they do on a GPU. Prints one line per check; exits non-zero if any failed.
 #include "cuda_emu.h"
 #include "check_rng.h"
 
@@ -239,7 +239,7 @@ Result reference(const Case& c, int heads, int D, const std::vector<bf16_bits>& 
 
 int failures = 0;
 
-// max |got - want| / max |want| over the values, as tests/cuda_support's assert_close.
+// max |got - want| / max |want| over the values, as tests/suite/cuda_support's assert_close.
 void check(const std::string& name, const std::vector<float>& got, const std::vector<float>& want,
            double tol) {
     double scale = 1e-30, worst = 0;

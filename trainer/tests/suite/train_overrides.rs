@@ -2,7 +2,7 @@
 //! top of it build the expected model, bad values fail before any work naming the value, and an
 //! override that disagrees with a `--resume` / `--init` checkpoint is refused.
 
-mod train_common;
+use super::train_common;
 
 use std::path::Path;
 

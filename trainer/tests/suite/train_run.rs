@@ -3,7 +3,7 @@
 //! round-trip, wrong inputs fail before any work, and the loop's resident-training path (the
 //! one a GPU takes) gives the host loop's bits.
 
-mod train_common;
+use super::train_common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -4,14 +4,13 @@
 //! resume from one. f32, so the runs agree to rounding. Runs on the GPU where there is one, and
 //! on the CPU emulation of one elsewhere (`cuda_support::emulation`).
 
-mod cuda_support;
-mod train_common;
+use super::cuda_support;
+use super::train_common;
 
 use std::path::Path;
 
 use cuda_support::say;
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::runtime::probe::CudaAvailability;
 use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::backend::Precision;
@@ -22,25 +21,17 @@ use redpack_trainer::params::ParamStore;
 use redpack_trainer::run::{Mode, TrainRun, TrainSettings};
 use train_common::{examples_corpus, packed_corpus, tiny_settings};
 
-fn cuda(test: &str) -> Option<CudaBackend> {
-    let info = match cuda_support::detect() {
-        CudaAvailability::Device(info) => info,
-        other => {
-            say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));
-            return None;
-        }
-    };
+fn cuda(test: &str) -> CudaBackend {
+    let info = cuda_support::device(test);
     cuda_support::require_nvrtc();
     let cache = cuda_support::kernel_cache(&info.arch());
-    Some(
-        CudaBackend::new(
-            &info,
-            Precision::F32,
-            &cache,
-            CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
-        )
-        .unwrap_or_else(|e| panic!("cannot start the CUDA backend on {}: {e}", info.name)),
+    CudaBackend::new(
+        &info,
+        Precision::F32,
+        &cache,
+        CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
     )
+    .unwrap_or_else(|e| panic!("cannot start the CUDA backend on {}: {e}", info.name))
 }
 
 fn train(settings: &TrainSettings, backend: &mut dyn Backend) -> Vec<StepMetrics> {
@@ -84,9 +75,7 @@ fn assert_runs_agree(
 }
 
 fn run_both(test: &str, arch: Arch, mode: Mode) {
-    let Some(mut gpu) = cuda(test) else {
-        return;
-    };
+    let mut gpu = cuda(test);
     let root = tempfile::tempdir().unwrap();
     let data = match mode {
         Mode::Pretrain => packed_corpus(&root.path().join("data"), 12, 24),

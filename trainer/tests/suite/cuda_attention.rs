@@ -4,7 +4,7 @@
 //! emulation of one (`cuda_support::emulation`; the fused attention once per build and head
 //! dim there); the kernels' compilation is checked in `cuda_kernels.rs`.
 
-mod cuda_support;
+use super::cuda_support;
 
 use cuda_support::{assert_close, gpu, randn, reference_probs};
 use cudarc::driver::CudaSlice;
@@ -33,9 +33,7 @@ fn row(
 
 #[test]
 fn masked_softmax_matches_cpu_for_every_mask() {
-    let Some(g) = gpu("masked_softmax_matches_cpu_for_every_mask") else {
-        return;
-    };
+    let g = gpu("masked_softmax_matches_cpu_for_every_mask");
     let (heads, max_q, max_k, scale) = (2, 12, 12, 0.25);
     // Causal; bidirectional (encoder, cross); prefix-bidirectional; shorter rows (per-row
     // lengths), each with and without document resets.
@@ -110,9 +108,7 @@ fn masked_softmax_matches_cpu_for_every_mask() {
 #[test]
 fn attention_packing_round_trips() {
     use redpack_trainer::backend::cuda::kernels::{PackShape, PackSide};
-    let Some(g) = gpu("attention_packing_round_trips") else {
-        return;
-    };
+    let g = gpu("attention_packing_round_trips");
     let (heads, head_dim) = (3, 8);
     // Rows with queries and keys at different offsets; one empty.
     let rows = [(0, 5, 0, 2), (5, 0, 2, 4), (5, 7, 6, 3)];
@@ -178,9 +174,7 @@ fn flash_attention_matches_cpu_for_every_mask_and_head_dim() {
         attention_backward, attention_forward, AttnShape,
     };
     use redpack_trainer::backend::cuda::kernels::{FlashShape, FlashVariant, FLASH_HEAD_DIMS};
-    let Some(g) = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim") else {
-        return;
-    };
+    let g = gpu("flash_attention_matches_cpu_for_every_mask_and_head_dim");
     let self_rows = vec![
         row(0, 150, 0, 150, true, 0),
         row(150, 70, 150, 70, false, 0),

@@ -4,7 +4,7 @@
 //! tests run on the CPU emulation of one (`cuda_support::emulation`). The attention kernels' tests are
 //! in `cuda_attention.rs`.
 
-mod cuda_support;
+use super::cuda_support;
 
 use cuda_support::{assert_close, gpu, product, randn, require_nvrtc, say, Gpu};
 use cudarc::driver::CudaSlice;
@@ -88,9 +88,7 @@ fn the_kernel_cache_compiles_once_then_reads_the_file() {
 
 #[test]
 fn rmsnorm_with_gain_matches_cpu() {
-    let Some(g) = gpu("rmsnorm_with_gain_matches_cpu") else {
-        return;
-    };
+    let g = gpu("rmsnorm_with_gain_matches_cpu");
     // 37 rows fit one partial sum of the gain's gradient; 1000 take 16, the last one short.
     for (rows, width, eps) in [(37, 96, 1e-6), (1000, 96, 1e-6)] {
         rmsnorm_with_gain_case(&g, rows, width, eps);
@@ -184,9 +182,7 @@ fn rmsnorm_with_gain_case(g: &Gpu, rows: usize, width: usize, eps: f32) {
 
 #[test]
 fn per_head_rmsnorm_matches_cpu() {
-    let Some(g) = gpu("per_head_rmsnorm_matches_cpu") else {
-        return;
-    };
+    let g = gpu("per_head_rmsnorm_matches_cpu");
     let (groups, width, eps) = (53 * 4, 32, 1e-6);
     let mut rng = SplitMix64::new(2);
     let x = randn(&mut rng, groups * width, 2.0);
@@ -211,9 +207,7 @@ fn per_head_rmsnorm_matches_cpu() {
 /// step (a fused rotation may round its two products differently), most of them identical.
 #[test]
 fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
-    let Some(g) = gpu("head_norm_rope_bf16_and_its_backward_match_the_separate_kernels") else {
-        return;
-    };
+    let g = gpu("head_norm_rope_bf16_and_its_backward_match_the_separate_kernels");
     for (tokens, heads, head_dim) in [(41, 3, 64), (17, 2, 128), (9, 4, 32)] {
         let rope = Rope::new(head_dim, 10_000.0, 64);
         let mut rng = SplitMix64::new(12);
@@ -303,9 +297,7 @@ fn head_norm_rope_bf16_and_its_backward_match_the_separate_kernels() {
 
 #[test]
 fn rope_matches_cpu_forward_and_inverse() {
-    let Some(g) = gpu("rope_matches_cpu_forward_and_inverse") else {
-        return;
-    };
+    let g = gpu("rope_matches_cpu_forward_and_inverse");
     let (tokens, heads, head_dim) = (41, 3, 16);
     let rope = Rope::new(head_dim, 10_000.0, 64);
     let mut rng = SplitMix64::new(3);
@@ -339,9 +331,7 @@ fn widen(g: &Gpu, x: &CudaSlice<u16>) -> Vec<f32> {
 
 #[test]
 fn swiglu_matches_cpu() {
-    let Some(g) = gpu("swiglu_matches_cpu") else {
-        return;
-    };
+    let g = gpu("swiglu_matches_cpu");
     let n = 3001;
     let mut rng = SplitMix64::new(4);
     let (gate, up, dh) = (
@@ -386,9 +376,7 @@ fn swiglu_matches_cpu() {
 
 #[test]
 fn embedding_matches_cpu_bit_for_bit() {
-    let Some(g) = gpu("embedding_matches_cpu_bit_for_bit") else {
-        return;
-    };
+    let g = gpu("embedding_matches_cpu_bit_for_bit");
     let (vocab, d, n) = (50, 24, 300);
     let mut rng = SplitMix64::new(5);
     let embed = randn(&mut rng, vocab * d, 1.0);
@@ -425,9 +413,7 @@ fn embedding_matches_cpu_bit_for_bit() {
 fn cross_entropy_matches_cpu_logits_loss() {
     use redpack_trainer::backend::cpu::loss::{logits_loss, LossGrads};
     use redpack_trainer::model::stream::Scored;
-    let Some(g) = gpu("cross_entropy_matches_cpu_logits_loss") else {
-        return;
-    };
+    let g = gpu("cross_entropy_matches_cpu_logits_loss");
     let (tokens, vocab, d, z_loss) = (19, 700, 32, 1e-4f32);
     let scale = 1.0 / (d as f32).sqrt();
     let mut rng = SplitMix64::new(7);
@@ -576,9 +562,7 @@ fn a_warning_shows_in_the_log() {
 
 #[test]
 fn dropout_matches_cpu_bit_for_bit() {
-    let Some(g) = gpu("dropout_matches_cpu_bit_for_bit") else {
-        return;
-    };
+    let g = gpu("dropout_matches_cpu_bit_for_bit");
     let (tokens, width) = (67, 40);
     let mut rng = SplitMix64::new(8);
     let x = randn(&mut rng, tokens * width, 1.0);
@@ -619,9 +603,7 @@ fn dropout_matches_cpu_bit_for_bit() {
 
 #[test]
 fn residual_add_and_bf16_conversion_match_the_host() {
-    let Some(g) = gpu("residual_add_and_bf16_conversion_match_the_host") else {
-        return;
-    };
+    let g = gpu("residual_add_and_bf16_conversion_match_the_host");
     let mut rng = SplitMix64::new(9);
     let mut x = randn(&mut rng, 1001, 3.0);
     x[0] = f32::NAN;
@@ -653,9 +635,7 @@ fn residual_add_and_bf16_conversion_match_the_host() {
 #[test]
 fn cublas_products_match_the_cpu_reference() {
     use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine};
-    let Some(g) = gpu("cublas_products_match_the_cpu_reference") else {
-        return;
-    };
+    let g = gpu("cublas_products_match_the_cpu_reference");
     for engine in [BlasEngine::GemmEx, BlasEngine::Lt] {
         let blas = Blas::with_engine(g.stream.clone(), engine).expect("cuBLAS");
         assert_eq!(blas.engine(), engine);
@@ -829,9 +809,7 @@ fn cublaslt_plans_are_built_once_and_give_the_same_bits_every_run() {
     use redpack_trainer::backend::cuda::blas::products;
     use redpack_trainer::backend::cuda::blas::{Blas, BlasEngine};
     use redpack_trainer::backend::Precision;
-    let Some(g) = gpu("cublaslt_plans_are_built_once_and_give_the_same_bits_every_run") else {
-        return;
-    };
+    let g = gpu("cublaslt_plans_are_built_once_and_give_the_same_bits_every_run");
     let lt = Blas::with_engine(g.stream.clone(), BlasEngine::Lt).expect("cuBLASLt");
     let ex = Blas::with_engine(g.stream.clone(), BlasEngine::GemmEx).expect("cuBLAS");
     let mut rng = SplitMix64::new(11);

@@ -1,7 +1,7 @@
 //! The data order and batch assembly: the seeded permutation, resuming from a cursor, padding of
 //! examples corpora, and errors on bad examples.
 
-mod train_common;
+use super::train_common;
 
 use redpack_trainer::data::{
     open_corpus, Cursor, Loader, LoaderOptions, MemorySource, Order, OwnedExample, Permutation,

@@ -1,6 +1,7 @@
 // A CPU stand-in for the parts of CUDA the trainer's kernels use, so that their numerics can be
-// checked on a machine without a GPU (tests/cuda_emulated.rs builds the checks with the host's
-// C++ compiler). It is a model of the execution rules, not of the hardware's speed:
+// checked on a machine without a GPU (the fake libcuda.so, fake_cuda.cpp, is built on it, and
+// so are the trainer's kernel check programs). It is a model of the execution rules, not of the
+// hardware's speed:
 //
 // - Blocks run one after another. The threads of a block are fibers (ucontext) on one OS thread,
 //   switched only at barriers, so a block's shared memory (`__shared__` becomes `static`) is

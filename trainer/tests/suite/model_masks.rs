@@ -2,7 +2,7 @@
 //! padding, other rows and document resets. Checked on per-token losses of small models: a token
 //! a prediction must not see leaves that prediction's loss bitwise unchanged.
 
-mod model_support;
+use super::model_support;
 
 use model_support::{make_batch, micro_config};
 use redpack_trainer::backend::cpu::attention::{attention_forward, AttnShape};

@@ -1,7 +1,7 @@
 //! Finite-difference checks of every layer's backward pass in the CPU reference backend, plus the
 //! RoPE pairing convention. Each check differentiates `Σ w ⊙ layer(x)` for random `w`.
 
-mod model_support;
+use super::model_support;
 
 use model_support::{check_gradient, probe_indices, randn, weighted_sum};
 use redpack_trainer::backend::cpu::attention::{attention_backward, attention_forward, AttnShape};

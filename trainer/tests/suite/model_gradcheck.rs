@@ -1,7 +1,7 @@
 //! Whole-model finite-difference checks: every parameter tensor of a small DecLLM and RedLLM,
 //! under each objective and mask option, probed on its largest and on random gradient entries.
 
-mod model_support;
+use super::model_support;
 
 use model_support::{check_gradient, make_batch, micro_config, probe_indices};
 use redpack_trainer::backend::cpu::CpuBackend;

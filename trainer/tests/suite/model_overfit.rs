@@ -1,7 +1,7 @@
 //! A tiny model of each architecture memorizes one fixed batch: the forward and backward passes
 //! are consistent enough for plain Adam to drive the loss to near zero.
 
-mod model_support;
+use super::model_support;
 
 use model_support::make_batch;
 use redpack_trainer::backend::cpu::CpuBackend;

@@ -1,5 +1,6 @@
-//! Shared helpers for the CUDA kernel tests: the NVRTC requirement, the GPU (or a visible skip),
-//! uploads and downloads, and a parity check that prints the worst mismatch.
+//! Shared helpers for the CUDA tests: the NVRTC requirement, the device (the GPU, else the CPU
+//! emulation of one; a test fails where neither is found), uploads and downloads, and a parity
+//! check that prints the worst mismatch.
 #![allow(dead_code)]
 
 pub mod emulation;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use redpack_trainer::backend::cuda::kernels::CudaKernels;
 use redpack_trainer::backend::cuda::runtime::nvrtc::{KernelCache, NVRTC_HINT};
-use redpack_trainer::backend::cuda::runtime::probe::{self, CudaAvailability};
+use redpack_trainer::backend::cuda::runtime::probe::{self, CudaAvailability, CudaDeviceInfo};
 use redpack_trainer::model::attention::AttnRow;
 use redpack_trainer::rng::SplitMix64;
 
@@ -19,22 +20,28 @@ use redpack_trainer::rng::SplitMix64;
 pub fn require_nvrtc() {
     assert!(
         probe::nvrtc_present(),
-        "NVRTC (libnvrtc.so.13) cannot be loaded. Run `.ci/run`, or {NVRTC_HINT}"
+        "NVRTC (libnvrtc.so.13) cannot be loaded. Run `scripts/test`, or {NVRTC_HINT}"
     );
 }
 
 /// What the CUDA tests run on: the GPU where a driver is installed, else the CPU emulation of
-/// one (`emulation`), else nothing (the tests then print SKIPPED).
+/// one (`emulation`). Fails the test, with what to install, where the emulation cannot be built.
 pub fn detect() -> CudaAvailability {
     if let Err(reason) = emulation::install() {
-        return CudaAvailability::NoDevice {
-            reason: reason.clone(),
-        };
+        panic!("no CUDA device, and the CPU emulation of one cannot be used: {reason}");
     }
     probe::detect()
 }
 
-/// Writes straight to stderr, past the test harness's capture, so a skip is seen in the log.
+/// The device the CUDA tests run on; fails the test where there is none.
+pub fn device(test: &str) -> CudaDeviceInfo {
+    match detect() {
+        CudaAvailability::Device(info) => info,
+        other => panic!("{test}: no CUDA device ({other:?})"),
+    }
+}
+
+/// Writes straight to stderr, past the test harness's capture, so the line is seen in the log.
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
@@ -74,21 +81,15 @@ pub struct Gpu {
     pub kernels: CudaKernels,
 }
 
-/// The first GPU with the kernels loaded, or `None` after printing a visible SKIPPED line.
-pub fn gpu(test: &str) -> Option<Gpu> {
-    let info = match detect() {
-        CudaAvailability::Device(info) => info,
-        other => {
-            say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));
-            return None;
-        }
-    };
+/// The first GPU (or its emulation) with the kernels loaded.
+pub fn gpu(test: &str) -> Gpu {
+    let info = device(test);
     require_nvrtc();
     let context = CudaContext::new(info.ordinal).expect("CUDA context");
     let stream = context.default_stream();
     let kernels = CudaKernels::load(stream.clone(), &kernel_cache(&info.arch()), &info.arch())
         .unwrap_or_else(|e| panic!("loading kernels on {}: {e}", info.name));
-    Some(Gpu { stream, kernels })
+    Gpu { stream, kernels }
 }
 
 impl Gpu {

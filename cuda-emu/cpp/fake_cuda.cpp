@@ -2,8 +2,8 @@
 // (cuda_emu.h), so that the CUDA backend's own Rust code (cudarc, allocation, copies, launches
 // and their arguments, the order of a whole training step) runs, unchanged, where no GPU is.
 //
-// tests/cuda_support builds it with the host's C++ compiler and loads it before cudarc looks for
-// the driver: cudarc opens `libcuda.so` by name, and the dynamic loader hands back an already
+// The crate (src/lib.rs) builds it with the host's C++ compiler and loads it before cudarc looks
+// for the driver: cudarc opens `libcuda.so` by name, and the dynamic loader hands back an already
 // loaded library whose SONAME is that name. Only what cudarc and the backend call is here; a call
 // to anything else fails in cudarc as a missing symbol, naming it.
 //
@@ -17,7 +17,7 @@
 // Memory the device hands out uninitialized (`cuMemAllocAsync`) is filled with 0xff bytes, which
 // are NaN as f32 or bf16, so a kernel or product that reads a value nothing wrote shows it. A
 // pointer a call is given must lie inside a live allocation, else the call fails and names it.
-// Built with AddressSanitizer (tests/cuda_model.rs runs whole steps so), a kernel's read or write
+// Built with AddressSanitizer (the trainer's tests run whole steps so), a kernel's read or write
 // past a device allocation is reported with its source line, as compute-sanitizer's memcheck
 // reports it on a GPU.
 #include "cuda_emu.h"

@@ -5,13 +5,12 @@
 //! one bf16 step within mixed-precision tolerances; random batches and options; one layer at the
 //! paper's 150M shapes; and, on the CPU emulation of a GPU, whole steps under AddressSanitizer.
 //! Without a GPU the tests run on that emulation (`cuda_support::emulation`), and without a C++
-//! compiler to build it they print `SKIPPED: no CUDA device` and return.
+//! compiler to build it they fail, naming what to install.
 
-mod cuda_support;
+use super::cuda_support;
 
 use cuda_support::{assert_close, require_nvrtc, say};
 use redpack_trainer::backend::cpu::CpuBackend;
-use redpack_trainer::backend::cuda::runtime::probe::CudaAvailability;
 use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
 use redpack_trainer::backend::Backend;
 use redpack_trainer::backend::Precision;
@@ -23,15 +22,9 @@ use redpack_trainer::rng::SplitMix64;
 
 const VOCAB: usize = 211;
 
-/// The CUDA backend in `precision`, or `None` after printing a visible SKIPPED line.
-fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
-    let info = match cuda_support::detect() {
-        CudaAvailability::Device(info) => info,
-        other => {
-            say(&format!("SKIPPED: no CUDA device ({test}: {other:?})"));
-            return None;
-        }
-    };
+/// The CUDA backend in `precision` (on the GPU, or the CPU emulation of one).
+fn cuda(test: &str, precision: Precision) -> CudaBackend {
+    let info = cuda_support::device(test);
     require_nvrtc();
     let cache = cuda_support::kernel_cache(&info.arch());
     match CudaBackend::new(
@@ -40,7 +33,7 @@ fn cuda(test: &str, precision: Precision) -> Option<CudaBackend> {
         &cache,
         CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
     ) {
-        Ok(b) => Some(b),
+        Ok(b) => b,
         Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),
     }
 }
@@ -144,9 +137,7 @@ fn step_parity_with(
     tol: f64,
     grad_tol: f64,
 ) {
-    let Some(mut gpu) = cuda(test, precision) else {
-        return;
-    };
+    let mut gpu = cuda(test, precision);
     let (config, batch) = (config.clone(), batch.clone());
     let params = ParamStore::init(&config, 7);
     let mut cpu = CpuBackend::new(Some(2)).unwrap();
@@ -293,9 +284,7 @@ fn dropout_masks_match_cpu() {
 #[test]
 fn micro_batches_accumulate_like_the_cpu() {
     let test = "micro_batches_accumulate_like_the_cpu";
-    let Some(mut gpu) = cuda(test, Precision::F32) else {
-        return;
-    };
+    let mut gpu = cuda(test, Precision::F32);
     let mut cpu = CpuBackend::new(Some(2)).unwrap();
     for arch in [Arch::Dec, Arch::Red] {
         let config = tiny(arch);
@@ -322,9 +311,7 @@ fn micro_batches_accumulate_like_the_cpu() {
 
 #[test]
 fn forward_loss_matches_cpu() {
-    let Some(mut gpu) = cuda("forward_loss_matches_cpu", Precision::F32) else {
-        return;
-    };
+    let mut gpu = cuda("forward_loss_matches_cpu", Precision::F32);
     let mut cpu = CpuBackend::new(Some(2)).unwrap();
     for arch in [Arch::Dec, Arch::Red] {
         let config = tiny(arch);
@@ -341,7 +328,7 @@ fn forward_loss_matches_cpu() {
         // Evaluation's path: the parameters loaded once, then two batches.
         use redpack_trainer::backend::ResidentTraining;
         gpu.load_params(&config, &params).unwrap();
-        let other = crate::batch(arch, 6);
+        let other = self::batch(arch, 6);
         let c2 = cpu
             .forward_loss(&config, &params, &other, &options)
             .unwrap();
@@ -359,9 +346,7 @@ fn forward_loss_matches_cpu() {
 
 #[test]
 fn a_batch_with_nothing_scored_gives_zero_loss_and_gradients() {
-    let Some(mut gpu) = cuda("a_batch_with_nothing_scored", Precision::F32) else {
-        return;
-    };
+    let mut gpu = cuda("a_batch_with_nothing_scored", Precision::F32);
     let config = tiny(Arch::Dec);
     let params = ParamStore::init(&config, 3);
     let mut b = batch(Arch::Dec, 5);
@@ -380,9 +365,7 @@ fn a_batch_with_nothing_scored_gives_zero_loss_and_gradients() {
 
 #[test]
 fn a_bad_batch_is_an_error_not_a_crash() {
-    let Some(mut gpu) = cuda("a_bad_batch_is_an_error_not_a_crash", Precision::F32) else {
-        return;
-    };
+    let mut gpu = cuda("a_bad_batch_is_an_error_not_a_crash", Precision::F32);
     let config = tiny(Arch::Red);
     let params = ParamStore::init(&config, 3);
     let mut b = batch(Arch::Red, 5);
@@ -403,9 +386,7 @@ fn a_bad_batch_is_an_error_not_a_crash() {
 /// 20 Adafactor steps on each device from the same start, the optimizer on the host for both:
 /// the per-step losses must agree closely (f32 differences compound slowly over the steps).
 fn twenty_steps(test: &str, arch: Arch) {
-    let Some(mut gpu) = cuda(test, Precision::F32) else {
-        return;
-    };
+    let mut gpu = cuda(test, Precision::F32);
     let mut cpu = CpuBackend::new(Some(2)).unwrap();
     let config = tiny(arch);
     let options = pretrain_options(arch);
@@ -483,9 +464,7 @@ fn resident_training_matches_the_host_loop() {
     use redpack_trainer::backend::{MicroBatch, ResidentTraining};
     for arch in [Arch::Dec, Arch::Red] {
         let test = format!("resident_training_matches_the_host_loop ({})", arch.name());
-        let Some(mut gpu) = cuda(&test, Precision::F32) else {
-            return;
-        };
+        let mut gpu = cuda(&test, Precision::F32);
         let mut cpu = CpuBackend::new(Some(2)).unwrap();
         let config = tiny(arch);
         let options = pretrain_options(arch);
@@ -595,44 +574,31 @@ fn resident_training_matches_the_host_loop() {
 /// compute-sanitizer's memcheck, on the CPU emulation of a GPU: one step of each architecture
 /// (f32, and bf16 with the fused attention) in a child process that preloads AddressSanitizer
 /// and loads the emulation built with it, so that any kernel's read or write past a device
-/// allocation fails the run with the kernel's source line. On a GPU, `scripts/gpu-check.sh`
-/// runs compute-sanitizer itself.
+/// allocation fails the run with the kernel's source line. The child takes the sanitized
+/// emulation even where a driver is installed; on a GPU, `scripts/gpu-check.sh` runs
+/// compute-sanitizer on the same steps.
 #[test]
 fn steps_stay_inside_their_buffers_under_addresssanitizer() {
     use cuda_support::emulation;
     let test = "steps_stay_inside_their_buffers_under_addresssanitizer";
-    if std::env::var("REDPACK_CUDA_EMULATION").is_ok_and(|v| v == emulation::ASAN) {
+    if std::env::var(emulation::MODE_VARIABLE).is_ok_and(|v| v == emulation::ASAN) {
         return; // the child itself
     }
-    // Only the emulation is checked here; a backend is not needed to know whether it is on.
-    match emulation::install() {
-        Ok(true) => {}
-        Ok(false) => {
-            say(&format!(
-                "SKIPPED: on a GPU, memcheck is compute-sanitizer's ({test})"
-            ));
-            return;
-        }
-        Err(reason) => {
-            say(&format!("SKIPPED: {reason} ({test})"));
-            return;
-        }
-    }
-    let Some(runtime) = emulation::asan_runtime() else {
-        say(&format!(
-            "SKIPPED: no AddressSanitizer runtime for the C++ compiler ({test})"
-        ));
-        return;
-    };
+    let runtime = emulation::asan_runtime().unwrap_or_else(|e| panic!("{test}: {e}"));
+    // The steps' names in this binary: `cuda_model::...` (the module path without the crate).
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, path)| path);
     let steps = [
         "decllm_tiny_step_matches_cpu",
         "redllm_tiny_step_matches_cpu",
         "bf16_step_is_close_to_cpu",
-    ];
+    ]
+    .map(|name| format!("{module}::{name}"));
     let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
         .args(steps)
         .args(["--exact", "--test-threads", "1"])
-        .env("REDPACK_CUDA_EMULATION", emulation::ASAN)
+        .env(emulation::MODE_VARIABLE, emulation::ASAN)
         // The child's steps take the fused cross-entropy kernel, so that whole steps run both
         // ways in this binary (the other tests take the default two kernels).
         .env("REDPACK_CUDA_CE", "fused")
@@ -662,12 +628,8 @@ fn steps_stay_inside_their_buffers_under_addresssanitizer() {
 #[test]
 fn random_batches_and_options_match_cpu() {
     let test = "random_batches_and_options_match_cpu";
-    let Some(mut f32_gpu) = cuda(test, Precision::F32) else {
-        return;
-    };
-    let Some(mut bf16_gpu) = cuda(test, Precision::Bf16) else {
-        return;
-    };
+    let mut f32_gpu = cuda(test, Precision::F32);
+    let mut bf16_gpu = cuda(test, Precision::Bf16);
     let mut cpu = CpuBackend::new(Some(2)).unwrap();
     let mut rng = SplitMix64::new(2024);
     for case in 0..24u64 {

@@ -1,7 +1,7 @@
 //! Presets, parameter counts and names, initialization, the FLOPs formula, and bitwise
 //! determinism of the CPU backend across thread counts.
 
-mod model_support;
+use super::model_support;
 
 use model_support::make_batch;
 use redpack_trainer::backend::cpu::CpuBackend;

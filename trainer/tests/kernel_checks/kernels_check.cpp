@@ -1,11 +1,11 @@
 // The element-wise and per-row kernels, run on the CPU emulator (cuda_emu.h), launched as
 // launch.rs and launch_tokens.rs launch them:
-// - norm.cu's fused attention-input kernels (session 4: per-head norm, RoPE and bf16 in one pass,
-//   and its backward) against the separate kernels they replace (rmsnorm_forward, rope_apply,
+// - norm.cu's fused attention-input kernels (per-head norm, RoPE and bf16 in one pass, and its
+//   backward) against the separate kernels they replace (rmsnorm_forward, rope_apply,
 //   f32_to_bf16_kernel; rope_apply inverse, rmsnorm_backward). Both compute the same products in
 //   the same order and the emulator contracts nothing into an FMA, so the bits must be equal (on
-//   a GPU the two may contract differently: tests/cuda_kernels.rs allows one bf16 step there).
-//   Head dims 64 and 128, with and without RoPE.
+//   a GPU the two may contract differently: tests/suite/cuda_kernels.rs allows one bf16 step
+//   there). Head dims 64 and 128, with and without RoPE.
 // - RMSNorm with a gain (forward, backward added into a gradient, the gain's two-pass gradient),
 //   SwiGLU (forward, backward) and the cross-entropy with z-loss (forward, backward) against the
 //   formulas in f64, to 1e-5 of each tensor's largest value; each `_bf16` build must equal its
