@@ -32,9 +32,9 @@ use redpack_trainer::schedule::Schedule;
 
 /// d_model 4, d_ffn 6, one head of 2 (d_attn 2), vocabulary 10.
 ///
-/// From the parameter shapes: an attention block is its norm gain (4) + Q, K, V `[2, 4]` (24)
-/// + O `[4, 2]` (8) = 36; an FFN block its norm gain (4) + gate, up `[6, 4]` and down `[4, 6]`
-/// (72) = 76; a final norm 4; the embedding `[10, 4]` = 40.
+/// From the parameter shapes: an attention block is its norm gain (4), Q, K, V `[2, 4]` (24)
+/// and O `[4, 2]` (8), 36 in all; an FFN block its norm gain (4), gate, up `[6, 4]` and down
+/// `[4, 6]` (72), 76 in all; a final norm 4; the embedding `[10, 4]` 40.
 fn small(arch: Arch) -> ModelConfig {
     ModelConfig {
         arch,
