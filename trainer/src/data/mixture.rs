@@ -85,8 +85,9 @@ pub struct MixtureGroup {
     pub share: f64,
     /// Source names in the group, sorted.
     pub sources: Vec<String>,
-    /// Corpus indices of the group's examples, ascending.
-    indices: Vec<u64>,
+    /// Corpus indices of the group's examples, ascending (32 bits: half the memory of a
+    /// corpus-sized list, and no examples corpus comes near 2³² rows).
+    indices: Vec<u32>,
 }
 
 impl MixtureGroup {
@@ -134,7 +135,14 @@ impl MixturePlan {
             problem,
         };
         mixture.validate().map_err(bad)?;
-        let mut members: BTreeMap<&str, (Vec<String>, Vec<u64>)> = BTreeMap::new();
+        if source.len() > u64::from(u32::MAX) {
+            return Err(bad(format!(
+                "mixture sampling reads at most {} examples, the corpus holds {}",
+                u32::MAX,
+                source.len()
+            )));
+        }
+        let mut members: BTreeMap<&str, (Vec<String>, Vec<u32>)> = BTreeMap::new();
         let mut uncovered: BTreeMap<String, u64> = BTreeMap::new();
         let mut last: Option<(String, Option<&str>)> = None;
         for index in 0..source.len() {
@@ -154,7 +162,7 @@ impl MixturePlan {
                     if !sources.contains(&name) {
                         sources.push(name);
                     }
-                    indices.push(index);
+                    indices.push(index as u32);
                 }
                 None => *uncovered.entry(name).or_default() += 1,
             }
@@ -232,7 +240,7 @@ impl MixturePlan {
             n,
             counter_hash(seed, &[GROUP_ORDER, group as u64, count / n]),
         );
-        indices[permutation.get(count % n) as usize]
+        u64::from(indices[permutation.get(count % n) as usize])
     }
 
     /// Examples in the corpus the plan was built over.
