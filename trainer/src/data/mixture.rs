@@ -8,7 +8,7 @@
 //!
 //! The sources a key covers form one group, and the key's weight is the group's: the weights
 //! are normalized over the groups present, and inside a group examples are drawn uniformly,
-//! so its sources weigh by their size (FLAN's collections mix their templates that way).
+//! so its sources weigh by their size within it.
 //!
 //! Draw `j` of the run picks a group from `counter_hash(seed, [CHOICE, j])` against the
 //! cumulative normalized weights. The `c`-th draw from group `g` takes position `c mod n_g` of
@@ -16,8 +16,8 @@
 //! `(seed, g, epoch)`. The whole sampler state is therefore the number of draws: the data
 //! cursor's `epoch · n + position`, with `n` the corpus's examples (an epoch of a mixture run
 //! is `n` draws, not a pass over every row). A loader started from a cursor replays the group
-//! choices of the draws before it (a hash per draw, about a second per hundred million) to
-//! find each group's count, and continues exactly where the uninterrupted run would be.
+//! choices of the draws before it (one hash each; no example is read) to find each group's
+//! count, and continues exactly where the uninterrupted run would be.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
