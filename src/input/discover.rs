@@ -274,6 +274,30 @@ mod tests {
         assert_eq!(source("/home/me/github/proj/data/mine.jsonl"), "mine");
     }
 
+    /// Every FLAN 2022 export, Parquet folder or JSONL file, names its source
+    /// `<collection>_<zs|fs><opt|noopt>`: the part before the first `_` is the collection a
+    /// finetuning mixture weighs (`flan`, `t0`, `niv2`, `cot`, `dialog`).
+    #[test]
+    fn published_flan_exports_name_their_collection_first() {
+        for collection in ["flan", "t0", "niv2", "cot", "dialog"] {
+            for (shots, options) in [
+                ("zs", "opt"),
+                ("zs", "noopt"),
+                ("fs", "opt"),
+                ("fs", "noopt"),
+            ] {
+                let want = format!("{collection}_{shots}{options}");
+                let parquet = format!("FLAN/{want}_data/part.3.parquet");
+                let jsonl = format!("flan_v2/{collection}_{shots}_{options}_train.jsonl.gz");
+                for path in [parquet, jsonl] {
+                    let found = source(&path);
+                    assert_eq!(found, want, "{path}");
+                    assert_eq!(found.split('_').next(), Some(collection), "{path}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn symlink_loops_are_walked_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,9 @@ pub struct CheckpointMeta {
     /// Total scored tokens and training FLOPs so far, so metrics continue across a resume.
     pub tokens_seen: u64,
     pub flops_seen: f64,
+    /// Training FLOPs so far in the paper's convention (`flops::paper_training_flops`).
+    #[serde(default)]
+    pub paper_flops_seen: f64,
     /// The run's resolved settings, for the record and for checks on resume.
     pub settings: serde_json::Value,
 }

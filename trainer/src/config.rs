@@ -419,6 +419,16 @@ impl ModelConfig {
         }
     }
 
+    /// Parameters of a RedLLM decoder's cross-attention K and V projections, all layers
+    /// (`decoder_layers · 2 · d_model · d_attn`; part of `StackParamCounts::decoder`). They read
+    /// the encoder's output, so they run once per encoder token. 0 for DecLLM.
+    pub fn cross_kv_params(&self) -> u64 {
+        match self.arch {
+            Arch::Dec => 0,
+            Arch::Red => (self.decoder_layers * 2 * self.d_model * self.d_attn()) as u64,
+        }
+    }
+
     /// Total number of parameters (the tied embedding counted once).
     pub fn param_count(&self) -> u64 {
         let counts = self.stack_param_counts();

@@ -21,6 +21,7 @@ use crate::batch::StepOptions;
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{Arch, ModelConfig};
 use crate::data::{open_corpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order};
+use crate::flops::{forward_flops, inference_flops, StackTokens};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;
 
@@ -83,6 +84,12 @@ pub struct EvalReport {
     /// The fixed prefix length scoring started at, when one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_len: Option<usize>,
+    /// Mean inference FLOPs per example in the paper's convention: `2 · N` per token per stack,
+    /// the cross-attention K, V once per encoder token (`flops::inference_flops`).
+    pub inference_flops_per_example: f64,
+    /// Mean forward FLOPs per example as the backends compute them (`flops::forward_flops`:
+    /// logits and attention included).
+    pub forward_flops_per_example: f64,
 }
 
 /// A checked evaluation, ready to run.
@@ -158,6 +165,7 @@ impl EvalJob {
         let mut sums: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
         let mut examples = 0u64;
         let mut batch_no = 0u64;
+        let mut tokens = StackTokens::default();
         // A device that keeps parameters resident gets them once for the whole evaluation.
         let resident = match backend.resident() {
             Some(device) => {
@@ -193,6 +201,11 @@ impl EvalJob {
                 entry.1 += stats.row_tokens.get(r).copied().unwrap_or(0) as u64;
                 entry.2 += 1;
             }
+            tokens.add(&StackTokens::from_batch(
+                &self.model,
+                &batch,
+                &self.step_options,
+            ));
             examples += batch.rows as u64;
             batch_no += 1;
             progress(examples);
@@ -223,6 +236,8 @@ impl EvalJob {
                 .map(|(name, (l, t, e))| (name, score(l, t, e)))
                 .collect(),
             prefix_len: self.options.prefix_len,
+            inference_flops_per_example: inference_flops(&self.model, &tokens) / examples as f64,
+            forward_flops_per_example: forward_flops(&self.model, &tokens) / examples as f64,
         })
     }
 }

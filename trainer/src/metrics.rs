@@ -5,6 +5,7 @@
 //! the run's settings and data, so two runs (or a run and its resumed twin) can be compared
 //! line by line.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -31,15 +32,25 @@ pub struct StepMetrics {
     pub tokens: u64,
     /// Scored tokens since the start of the run.
     pub tokens_seen: u64,
-    /// Training FLOPs this step and since the start (see `flops::training_flops`).
+    /// Training FLOPs this step and since the start, detailed (see `flops::training_flops`).
     pub flops: f64,
     pub flops_seen: f64,
+    /// The same in the paper's convention, `6 · N · D` per stack (see
+    /// `flops::paper_training_flops`).
+    #[serde(default)]
+    pub paper_flops: f64,
+    #[serde(default)]
+    pub paper_flops_seen: f64,
     /// Data position after this step.
     pub epoch: u64,
     pub position: u64,
     /// Wall-clock seconds of this step, and real (non-padding) tokens read per second.
     pub elapsed_s: f64,
     pub tokens_per_s: f64,
+    /// With a source mixture: the share of draws each mixture key has had since the run's
+    /// start (compare with the normalized weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture: Option<BTreeMap<String, f64>>,
 }
 
 /// Errors writing or reading the metrics file.

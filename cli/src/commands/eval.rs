@@ -58,5 +58,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         "{:<24} {:>10.4} {:>12.3} {:>12}",
         "all", report.overall.loss, report.overall.ppl, report.overall.tokens
     );
+    println!(
+        "FLOPs per example: {:.4e} inference (paper: 2 N per token per stack), {:.4e} forward (detailed)",
+        report.inference_flops_per_example, report.forward_flops_per_example
+    );
     Ok(ExitCode::SUCCESS)
 }

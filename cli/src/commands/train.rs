@@ -75,6 +75,7 @@ fn flags_recipe(args: &TrainArgs) -> Recipe {
         },
         optimizer: None,
         schedule: None,
+        data: Default::default(),
     }
 }
 
@@ -125,6 +126,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "last_loss": last.map(|m| m.loss),
             "tokens_seen": last.map(|m| m.tokens_seen),
             "flops_seen": last.map(|m| m.flops_seen),
+            "paper_flops_seen": last.map(|m| m.paper_flops_seen),
+            "mixture": last.and_then(|m| m.mixture.clone()),
             "model": model,
             "parameters": model.param_count(),
             "checkpoint": outcome.final_checkpoint,
@@ -134,15 +137,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         match (first, last) {
             (Some(first), Some(last)) => println!(
-                "steps {}..{}: loss {:.4} -> {:.4}, {} tokens, {:.3e} training FLOPs",
+                "steps {}..{}: loss {:.4} -> {:.4}, {} tokens, {:.3e} training FLOPs ({:.3e} as the paper counts, 6 N D)",
                 first.step,
                 last.step,
                 first.loss,
                 last.loss,
                 human_count(last.tokens_seen),
-                last.flops_seen
+                last.flops_seen,
+                last.paper_flops_seen
             ),
             _ => println!("nothing to do: the run is already at step {}", outcome.step),
+        }
+        if let Some(mixture) = last.and_then(|m| m.mixture.as_ref()) {
+            let shares: Vec<String> = mixture.iter().map(|(k, p)| format!("{k} {p:.4}")).collect();
+            println!("mixture realized: {}", shares.join(", "));
         }
         println!("checkpoint: {}", outcome.final_checkpoint.display());
     }
@@ -184,6 +192,12 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
         s.steps,
         backend.name()
     );
+    if let Some(plan) = &run.mixture {
+        eprintln!("mixture:");
+        for line in plan.describe() {
+            eprintln!("  {line}");
+        }
+    }
     if let Some(dir) = &run.resumed_from {
         eprintln!("resuming from {}", dir.display());
     }

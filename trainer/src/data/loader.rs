@@ -12,7 +12,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::{Cursor, DataError, ExampleSource, OwnedExample, Permutation};
+use super::{
+    Cursor, DataError, ExampleSource, MixturePlan, MixtureState, OwnedExample, Permutation,
+};
 use crate::backend::{Staged, Stager};
 use crate::batch::Batch;
 use crate::rng::counter_hash;
@@ -46,6 +48,9 @@ pub struct LoaderOptions {
     pub trim_trailing_padding: bool,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
+    /// Draw examples by source weight (see `MixturePlan`) instead of walking `order`; the seed
+    /// is `order`'s (0 when sequential). `None` keeps the plain order.
+    pub mixture: Option<Arc<MixturePlan>>,
 }
 
 impl LoaderOptions {
@@ -59,6 +64,7 @@ impl LoaderOptions {
             require_split: false,
             trim_trailing_padding: false,
             prefetch: 2,
+            mixture: None,
         }
     }
 }
@@ -110,6 +116,18 @@ impl Loader {
                 problem: "batches must have at least one row".to_string(),
             });
         }
+        if let Some(plan) = &options.mixture {
+            if plan.examples() != source.len() {
+                return Err(DataError::Mixture {
+                    place: source.place(),
+                    problem: format!(
+                        "the mixture was planned over {} examples, the source holds {}",
+                        plan.examples(),
+                        source.len()
+                    ),
+                });
+            }
+        }
         let (sender, receiver) = sync_channel(options.prefetch.max(1));
         let handle = std::thread::Builder::new()
             .name("redpack-batches".to_string())
@@ -160,7 +178,7 @@ fn produce(
     stager: Option<Arc<dyn Stager>>,
     sender: &SyncSender<Produced>,
 ) {
-    let mut walker = Walker::new(source.len(), options.order, start);
+    let mut walker = Walker::new(source.len(), options.order, start, options.mixture.clone());
     loop {
         match next_batch(source, options, &mut walker) {
             Ok(Some(batch)) => {
@@ -178,21 +196,28 @@ fn produce(
     }
 }
 
-/// Walks the example order epoch by epoch.
+/// Walks the example order epoch by epoch, or the mixture stream (whose draws the cursor
+/// counts the same way: `n` per epoch).
 struct Walker {
     n: u64,
     order: Order,
     cursor: Cursor,
     permutation: Permutation,
+    mixture: Option<MixtureState>,
 }
 
 impl Walker {
-    fn new(n: u64, order: Order, cursor: Cursor) -> Walker {
+    fn new(n: u64, order: Order, cursor: Cursor, mixture: Option<Arc<MixturePlan>>) -> Walker {
+        let mixture = mixture.map(|plan| {
+            let draws = plan.draws_at(cursor);
+            MixtureState::at(plan, order_seed(order), draws)
+        });
         Walker {
             n,
             order,
             cursor,
             permutation: epoch_permutation(n, order, cursor.epoch),
+            mixture,
         }
     }
 
@@ -206,10 +231,15 @@ impl Walker {
                 epoch: self.cursor.epoch + 1,
                 position: 0,
             };
-            self.permutation = epoch_permutation(self.n, self.order, self.cursor.epoch);
+            if self.mixture.is_none() {
+                self.permutation = epoch_permutation(self.n, self.order, self.cursor.epoch);
+            }
         }
         let position = self.cursor.position;
         self.cursor.position += 1;
+        if let Some(mixture) = &mut self.mixture {
+            return Some(mixture.next_index());
+        }
         Some(match self.order {
             Order::Sequential => position,
             Order::Shuffled { .. } => self.permutation.get(position),
@@ -217,13 +247,16 @@ impl Walker {
     }
 }
 
-/// The order of one epoch: keyed by the seed and the epoch number, nothing else.
-fn epoch_permutation(n: u64, order: Order, epoch: u64) -> Permutation {
-    let seed = match order {
+fn order_seed(order: Order) -> u64 {
+    match order {
         Order::Sequential => 0,
         Order::Shuffled { seed } => seed,
-    };
-    Permutation::new(n, counter_hash(seed, &[0x5348_5546, epoch]))
+    }
+}
+
+/// The order of one epoch: keyed by the seed and the epoch number, nothing else.
+fn epoch_permutation(n: u64, order: Order, epoch: u64) -> Permutation {
+    Permutation::new(n, counter_hash(order_seed(order), &[0x5348_5546, epoch]))
 }
 
 fn next_batch(

@@ -5,9 +5,11 @@
 //! (`redpack_schemas::Corpus`) and an in-memory list (for tests and small experiments) are
 //! interchangeable. The position in the data is a [`Cursor`], saved in every checkpoint: the
 //! order is a pure function of the seed, the epoch and the position, so a resumed run continues
-//! with exactly the batches an uninterrupted run would have seen.
+//! with exactly the batches an uninterrupted run would have seen. With a mixture
+//! ([`MixturePlan`]) the same cursor counts draws from the mixture's seeded stream instead.
 
 mod loader;
+mod mixture;
 mod permutation;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use redpack_schemas::{Corpus, Kind, Layout, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 
 pub use loader::{assemble, LoadedBatch, Loader, LoaderOptions, Order};
+pub use mixture::{Mixture, MixtureGroup, MixturePlan, MixtureState, DEFAULT_KEY};
 pub use permutation::Permutation;
 
 /// Errors reading training data.
@@ -31,6 +34,8 @@ pub enum DataError {
     },
     #[error("{place}: the corpus holds no examples")]
     Empty { place: String },
+    #[error("{place}: {problem}")]
+    Mixture { place: String, problem: String },
     #[error("the batch loader thread stopped unexpectedly")]
     LoaderGone,
 }
@@ -56,6 +61,10 @@ pub trait ExampleSource: Send {
     }
     /// Example `index` (`< len()`).
     fn example(&self, index: u64) -> Result<OwnedExample, DataError>;
+    /// The source name of example `index`, for mixture sampling.
+    fn source_name(&self, index: u64) -> Result<String, DataError> {
+        Ok(self.example(index)?.source)
+    }
 }
 
 impl ExampleSource for Corpus {
@@ -75,6 +84,10 @@ impl ExampleSource for Corpus {
             source: ex.source.to_string(),
             doc_starts: ex.doc_starts.to_vec(),
         })
+    }
+
+    fn source_name(&self, index: u64) -> Result<String, DataError> {
+        Ok(Corpus::example(self, index)?.source.to_string())
     }
 }
 

@@ -16,14 +16,14 @@ use std::time::Instant;
 
 pub use prepare::{check_tokenizer, TrainRun};
 pub use settings::{
-    BatchSize, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError, TrainSettings,
+    BatchSize, DataRecipe, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError, TrainSettings,
 };
 
 use crate::backend::{Backend, BackendError, MicroBatch};
 use crate::batch::StepOptions;
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta, RngState};
-use crate::data::{DataError, Loader};
-use crate::flops::{training_flops, StackTokens};
+use crate::data::{DataError, Loader, MixtureState};
+use crate::flops::{paper_training_flops, training_flops, StackTokens};
 use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
 use crate::optim::{self, OptimError};
 use crate::params::ParamStore;
@@ -84,6 +84,7 @@ struct Accumulated {
     /// Non-padding tokens read.
     real_tokens: u64,
     flops: f64,
+    paper_flops: f64,
 }
 
 /// How a finished run ended.
@@ -139,6 +140,11 @@ impl TrainRun {
             Some(device) => device.stager(&self.model, &base_options),
             None => None,
         };
+        // The realized mixture, replayed to the cursor so that it counts from the run's start.
+        let mut realized = self.mixture.clone().map(|plan| {
+            let draws = plan.draws_at(self.cursor);
+            MixtureState::at(plan, settings.seed, draws)
+        });
         let mut loader = Loader::spawn_staged(
             self.source.take().ok_or(DataError::LoaderGone)?,
             self.loader_options.clone(),
@@ -156,6 +162,7 @@ impl TrainRun {
                 scored,
                 real_tokens,
                 flops,
+                paper_flops,
             } = self.accumulate(
                 step,
                 &mut loader,
@@ -208,6 +215,11 @@ impl TrainRun {
             }
             self.tokens_seen += scored;
             self.flops_seen += flops;
+            self.paper_flops_seen += paper_flops;
+            let mixture = realized.as_mut().map(|state| {
+                state.advance_to(state.plan().draws_at(self.cursor));
+                state.proportions()
+            });
             let elapsed = started.elapsed().as_secs_f64();
             let record = StepMetrics {
                 step,
@@ -220,6 +232,8 @@ impl TrainRun {
                 tokens_seen: self.tokens_seen,
                 flops,
                 flops_seen: self.flops_seen,
+                paper_flops,
+                paper_flops_seen: self.paper_flops_seen,
                 epoch: self.cursor.epoch,
                 position: self.cursor.position,
                 elapsed_s: elapsed,
@@ -228,6 +242,7 @@ impl TrainRun {
                 } else {
                     0.0
                 },
+                mixture,
             };
             log.append(&record)?;
             observer.on_step(&record);
@@ -306,10 +321,9 @@ impl TrainRun {
             sums.z_sum += stats.z_loss_sum;
             sums.scored += stats.tokens as u64;
             sums.real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
-            sums.flops += training_flops(
-                &self.model,
-                &StackTokens::from_batch(&self.model, &loaded.batch, options),
-            );
+            let tokens = StackTokens::from_batch(&self.model, &loaded.batch, options);
+            sums.flops += training_flops(&self.model, &tokens);
+            sums.paper_flops += paper_training_flops(&self.model, &tokens);
             self.cursor = loaded.cursor;
         }
         Ok(sums)
@@ -329,6 +343,7 @@ impl TrainRun {
             tokenizer: self.tokenizer.clone(),
             tokens_seen: self.tokens_seen,
             flops_seen: self.flops_seen,
+            paper_flops_seen: self.paper_flops_seen,
             settings: serde_json::to_value(&self.settings).unwrap_or(serde_json::Value::Null),
         };
         Ok(checkpoint::save(

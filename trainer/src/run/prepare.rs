@@ -2,6 +2,7 @@
 //! the tokenizer and vocabulary against any checkpoint, the run directory against `--resume`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redpack_schemas::Kind;
 
@@ -9,7 +10,9 @@ use super::settings::{Mode, TrainSettings};
 use super::TrainError;
 use crate::checkpoint::{self, TokenizerStamp};
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, MixturePlan, Order,
+};
 use crate::optim::Adafactor;
 use crate::params::ParamStore;
 
@@ -25,6 +28,10 @@ pub struct TrainRun {
     pub cursor: Cursor,
     pub tokens_seen: u64,
     pub flops_seen: f64,
+    /// Training FLOPs so far in the paper's convention (`flops::paper_training_flops`).
+    pub paper_flops_seen: f64,
+    /// The source mixture resolved against the corpus, when the settings give one.
+    pub mixture: Option<Arc<MixturePlan>>,
     /// Sequences per optimizer step and per micro-batch.
     pub rows_per_step: u64,
     pub rows_per_micro_batch: usize,
@@ -140,6 +147,11 @@ impl TrainRun {
                 "already holds a run's checkpoints; pass --resume to continue it or choose another --out",
             ));
         }
+        // Every source must have a weight before the first step.
+        let mixture = match &settings.mixture {
+            Some(m) => Some(Arc::new(MixturePlan::build(&corpus, m)?)),
+            None => None,
+        };
         let mut run = TrainRun {
             model: settings.model_config(tokenizer.vocab_size as usize)?,
             params: empty_store(),
@@ -148,6 +160,8 @@ impl TrainRun {
             cursor: Cursor::default(),
             tokens_seen: 0,
             flops_seen: 0.0,
+            paper_flops_seen: 0.0,
+            mixture: mixture.clone(),
             rows_per_step,
             rows_per_micro_batch,
             resumed_from: None,
@@ -159,6 +173,7 @@ impl TrainRun {
                 // Padding is told apart from text only when it has its own id.
                 trim_trailing_padding: summary.kind == Kind::Packed
                     && summary.tokenizer.pad_id != summary.tokenizer.eod_id,
+                mixture,
                 ..LoaderOptions::new(
                     rows_per_micro_batch,
                     Order::Shuffled {
@@ -207,7 +222,7 @@ impl TrainRun {
         // The data order depends on these; a resume with other values would not continue the run.
         let was = &meta.settings;
         let now = serde_json::to_value(&self.settings).unwrap_or_default();
-        for key in ["mode", "seed", "batch", "accum"] {
+        for key in ["mode", "seed", "batch", "accum", "mixture"] {
             if was.get(key) != now.get(key) {
                 return Err(incompatible(
                     dir,
@@ -231,6 +246,7 @@ impl TrainRun {
         self.cursor = meta.cursor;
         self.tokens_seen = meta.tokens_seen;
         self.flops_seen = meta.flops_seen;
+        self.paper_flops_seen = meta.paper_flops_seen;
         self.params = ckpt.params;
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())

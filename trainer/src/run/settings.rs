@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Arch, ModelConfig, ModelOverrides};
+use crate::data::Mixture;
 use crate::optim::AdafactorConfig;
 use crate::schedule::Schedule;
 
@@ -35,6 +36,15 @@ pub struct ObjectiveRecipe {
     pub dropout: Option<f32>,
     pub bidirectional_prefix: Option<bool>,
     pub reset_at_doc_boundaries: Option<bool>,
+}
+
+/// Data switches (the recipe's `[data]` table).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecipe {
+    /// Source weights for finetuning (`[data.mixture]`, see `crate::data::Mixture`); rows are
+    /// drawn uniformly without it.
+    pub mixture: Option<Mixture>,
 }
 
 /// A recipe: what a config file or the command line says. Unset fields fall back to the next
@@ -67,6 +77,8 @@ pub struct Recipe {
     pub objective: ObjectiveRecipe,
     pub optimizer: Option<AdafactorConfig>,
     pub schedule: Option<Schedule>,
+    #[serde(default)]
+    pub data: DataRecipe,
 }
 
 impl Recipe {
@@ -113,6 +125,9 @@ impl Recipe {
             },
             optimizer: top.optimizer.or(self.optimizer),
             schedule: top.schedule.or(self.schedule),
+            data: DataRecipe {
+                mixture: top.data.mixture.or(self.data.mixture),
+            },
         }
     }
 }
@@ -161,6 +176,9 @@ pub struct TrainSettings {
     pub init: Option<PathBuf>,
     /// Continue the run in `out` from its latest checkpoint (a fresh start when it has none).
     pub resume: bool,
+    /// Source weights (finetuning); rows are drawn uniformly when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture: Option<Mixture>,
 }
 
 /// A recipe that cannot be resolved.
@@ -253,6 +271,7 @@ impl TrainSettings {
             schedule: r.schedule.ok_or_else(|| missing("schedule"))?,
             init,
             resume,
+            mixture: r.data.mixture,
         };
         settings.validate()?;
         Ok(settings)
@@ -308,6 +327,12 @@ impl TrainSettings {
             if clip.is_nan() || clip <= 0.0 {
                 return bad(format!("grad_clip_norm must be > 0, got {clip}"));
             }
+        }
+        if let Some(mixture) = &self.mixture {
+            if self.mode != Mode::Finetune {
+                return bad("[data.mixture] weighs the sources of a finetuning corpus; --mode pretrain reads packed rows uniformly".into());
+            }
+            mixture.validate().map_err(SettingsError)?;
         }
         if self.init.is_some() && self.resume {
             return bad("--init starts a new run from pretrained weights; --resume continues an existing run: pass one".into());
