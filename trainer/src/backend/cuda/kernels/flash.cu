@@ -124,7 +124,7 @@ __device__ __forceinline__ u32 pack2_bits(bf16_bits lo, bf16_bits hi) {
     return (u32)lo | ((u32)hi << 16);
 }
 
-// The inline-PTX primitives, in one place: tests/emu/cuda_emu.h gives its own versions (same
+// The inline-PTX primitives, in one place: cuda-emu/cpp/cuda_emu.h gives its own versions (same
 // names and contracts) so that the kernels' numerics can be checked on a CPU.
 #ifndef REDPACK_CPU_EMULATION
 // Two f32 values rounded to bf16 (nearest even) and packed, `lo` in the low half: one
