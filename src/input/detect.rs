@@ -3,7 +3,7 @@
 //!
 //! The layout is decided, in order, by the `--format` hint, by Parquet (always FLAN), by the path
 //! (a RedPajama subset folder or file name, a FLAN submix name; see
-//! [`classify_path`](super::discover::classify_path)), and last by the keys of the first records:
+//! [`classify_path`](super::names::classify_path)), and last by the keys of the first records:
 //! `text` means RedPajama, `inputs` or `source`+`target` means FLAN. Magic bytes win over the
 //! extension because mirrors rename files (`.jsonl` that is really zstd) more often than they
 //! corrupt the first four bytes.
@@ -12,9 +12,9 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::discover::{classify_path, Family};
 use super::fields::{self, FieldValue};
 use super::lines::{LineEvent, LineReader};
+use super::names::{classify_path, Family};
 use super::{Compression, FormatHint, InputError, InputFormat};
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];

@@ -4,7 +4,8 @@
 //! The folder follows the reading path:
 //! - [`discover`] turns paths, directories and globs into an ordered list of [`InputFile`]s, each
 //!   with a source name (`arxiv`, `common_crawl`, `cot_zsopt`, ...) and an [`InputFormat`]
-//!   (`detect` sniffs compression and RedPajama vs FLAN);
+//!   (`names` reads the source and corpus from the path, `detect` sniffs compression and
+//!   RedPajama vs FLAN);
 //! - [`datamanifest`] resolves a data manifest (file list with sizes and sha256) instead;
 //! - [`open`] streams one file: `lines` splits a plain/zstd/gzip stream into bounded lines,
 //!   `fields` pulls the configured string fields out of a JSON line, `redpajama` and `flan` turn
@@ -20,6 +21,7 @@ mod fields;
 mod flan;
 mod jsonl;
 mod lines;
+mod names;
 mod parquet;
 mod redpajama;
 
@@ -32,8 +34,9 @@ use serde::Deserialize;
 use crate::record::{FileFault, Item};
 
 pub use detect::detect_format;
-pub use discover::{classify_path, discover, source_from_path, Family, REDPAJAMA_SUBSETS};
+pub use discover::discover;
 pub use jsonl::JsonlStream;
+pub use names::{classify_path, source_from_path, Family, REDPAJAMA_SUBSETS};
 pub use parquet::ParquetStream;
 
 /// Longest JSONL line read into memory. Longer lines are skipped to their end and rejected, so a

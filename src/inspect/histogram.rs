@@ -101,7 +101,7 @@ impl Histogram {
                 "{pad}{range:>width$} │{bar:<bar_width$} {count} ({share:.1}%)",
                 width = 2 * label_width + 3,
                 bar_width = BAR_WIDTH as usize,
-                count = super::summary::thousands(b.count),
+                count = super::numbers::thousands(b.count),
             )?;
         }
         Ok(())

@@ -10,6 +10,7 @@ use redpack_schemas::{
 use serde::Serialize;
 
 use super::histogram::Histogram;
+use super::numbers::thousands;
 
 /// Buckets in the length histograms.
 const BINS: usize = 12;
@@ -303,20 +304,6 @@ pub fn counts_table(counts: &Counts, sources: &BTreeMap<String, Counts>) -> Stri
     out
 }
 
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    // A comma goes before every digit whose distance from the end is a multiple of three.
-    let phase = digits.len() % 3;
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && i % 3 == phase {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `1 shard`, `3 shards`.
 fn plural(n: u64, noun: &str) -> String {
     if n == 1 {
@@ -345,14 +332,6 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-    }
 
     #[test]
     fn binary_units() {
