@@ -381,8 +381,7 @@ impl LtBlas {
     /// # Safety
     /// The pointers are live device buffers of this stream's context whose extents hold the
     /// product `key` describes (`blas::check_bounds`), of the element types `key.bf16` and
-    /// `key.c_bf16` name,
-    /// and at least as aligned as `key` says.
+    /// `key.c_bf16` name, and at least as aligned as `key` says.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn matmul(
         &self,
@@ -397,24 +396,29 @@ impl LtBlas {
             return Ok(false);
         };
         let (workspace, _guard) = self.workspace.device_ptr(&self.stream);
-        lt::matmul(
-            self.handle,
-            plan.desc.0,
-            (&alpha) as *const f32 as *const c_void,
-            (&beta) as *const f32 as *const c_void,
-            first as *const c_void,
-            plan.first.0,
-            second as *const c_void,
-            plan.second.0,
-            c as *const c_void,
-            plan.c.0,
-            c as *mut c_void,
-            plan.c.0,
-            &plan.algo,
-            workspace as *mut c_void,
-            plan.workspace,
-            self.stream.cu_stream() as sys::cudaStream_t,
-        )
+        // SAFETY: the caller's contract covers the three operands; the workspace is this
+        // object's own buffer of `plan.workspace` bytes (or more) on the same stream, and the
+        // descriptors and algorithm were built for exactly this `key`.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc.0,
+                (&alpha) as *const f32 as *const c_void,
+                (&beta) as *const f32 as *const c_void,
+                first as *const c_void,
+                plan.first.0,
+                second as *const c_void,
+                plan.second.0,
+                c as *const c_void,
+                plan.c.0,
+                c as *mut c_void,
+                plan.c.0,
+                &plan.algo,
+                workspace as *mut c_void,
+                plan.workspace,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
         .map_err(cublas_error(format!(
             "a cuBLASLt {} x {} x {} product (batch {})",
             key.cm.m, key.cm.n, key.cm.k, key.batch

@@ -195,21 +195,20 @@ impl KernelCache {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
+/// Writes a cache entry atomically; other processes may be writing the same entry at once.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
-    use std::io::Write;
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| KernelError::Cache { path, source }
-    };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(err(&tmp))?;
-    file.write_all(bytes).map_err(err(&tmp))?;
-    file.sync_all().map_err(err(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(err(path))
+    std::fs::create_dir_all(dir).map_err(|source| KernelError::Cache {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    redpack_schemas::atomic::write_file_shared(path, bytes).map_err(|e| match e {
+        redpack_schemas::SchemaError::Io { path, source } => KernelError::Cache { path, source },
+        other => KernelError::Cache {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 #[cfg(test)]
