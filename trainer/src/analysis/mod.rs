@@ -136,6 +136,9 @@ pub struct LocalityReport {
     pub heatmaps: Vec<HeatmapInfo>,
 }
 
+/// The heat maps of one row, by attention kind and layer.
+pub type Heatmaps = BTreeMap<(AttnKind, usize), locality::Heatmap>;
+
 /// The name of an attention kind in reports and file names.
 pub fn kind_name(kind: AttnKind) -> &'static str {
     match kind {
@@ -262,13 +265,7 @@ impl LocalityJob {
         self,
         backend: &CpuBackend,
         mut progress: impl FnMut(u64),
-    ) -> Result<
-        (
-            LocalityReport,
-            BTreeMap<(AttnKind, usize), locality::Heatmap>,
-        ),
-        AnalysisError,
-    > {
+    ) -> Result<(LocalityReport, Heatmaps), AnalysisError> {
         let (l, k) = (self.options.length, self.options.prefix_len);
         let mut ranges = BTreeMap::new();
         let dec_first = match self.model.arch {
@@ -423,7 +420,7 @@ fn heatmap_axes(report: &LocalityReport, kind: AttnKind) -> (String, String) {
 /// with its heat maps listed.
 pub fn write_outputs(
     mut report: LocalityReport,
-    maps: &BTreeMap<(AttnKind, usize), locality::Heatmap>,
+    maps: &Heatmaps,
     out: &Path,
 ) -> Result<LocalityReport, AnalysisError> {
     let io = |path: &Path, message: String| AnalysisError::Write {

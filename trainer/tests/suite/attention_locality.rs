@@ -65,7 +65,9 @@ fn local_mass_of_known_patterns() {
     assert!(close(local_mass_tail(&row, 100), 1.0));
 }
 
-/// Feeds `reducer` a `q x k` matrix made by `p(i, j)` for every head, in blocks of `block` rows.
+/// Feeds `reducer` a `q x k` matrix made by `p(head, i, j)` for every head, in blocks of `block`
+/// rows.
+#[allow(clippy::too_many_arguments)]
 fn feed(
     reducer: &mut LocalityReducer,
     kind: AttnKind,
@@ -231,14 +233,14 @@ fn probe_forward_matches_the_training_forward() {
         let (d, embed) = (config.d_model, &params.tensors[0].data);
         let logit_scale = 1.0 / (d as f64).sqrt();
         let mut token = 0usize;
-        for r in 0..batch.rows {
+        for (r, row_losses) in want.iter().enumerate() {
             let (n, k) = (batch.length[r], batch.prefix_len[r]);
             let row = batch.row(r);
             let stream_len = match arch {
                 Arch::Dec => n - 1,
                 Arch::Red => n - k,
             };
-            for (t, &ce) in want[r].iter().enumerate() {
+            for (t, &ce) in row_losses.iter().enumerate() {
                 // The scored targets are [k, n); the stream's last tokens predict them.
                 let target = k + t;
                 let idx = token + stream_len - (n - target);
