@@ -16,10 +16,12 @@
 //! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
+//! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
 //! - `metrics`: the per-step metrics record and its observers;
 //! - `flops`: training FLOPs per step, counted per stack;
 //! - `rng`: the deterministic random numbers (initialization, dropout masks).
 
+pub mod analysis;
 pub mod backend;
 pub mod batch;
 pub mod checkpoint;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod analyze_attention;
 pub mod build_corpus;
 pub mod fetch;
 pub mod inspect;
@@ -38,6 +39,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Score a checkpoint on a corpus: loss and perplexity, overall and per source.
     Eval(EvalArgs),
+    /// Local attention probability and attention heat maps of a checkpoint on a corpus (CPU).
+    AnalyzeAttention(analyze_attention::AnalyzeAttentionArgs),
     /// Summarize, decode or verify a corpus directory.
     Inspect(InspectArgs),
     /// Download the files a data manifest lists: parallel, resumable, size- and

@@ -1,5 +1,6 @@
 //! Command implementations. `main` owns exit codes; each command returns `anyhow::Result`.
 
+pub mod analyze_attention;
 pub mod build_corpus;
 pub mod eval;
 pub mod fetch;
@@ -36,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TrainTokenizer(args) => train_tokenizer::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::AnalyzeAttention(args) => analyze_attention::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::SynthCorpus(args) => synth::run(args),

@@ -3,6 +3,7 @@
 //! generated inputs. Every test works in its own temporary directory and passes paths and
 //! environment to the child process explicitly, so the tests run side by side in one process.
 
+mod analyze_attention;
 mod build_corpus;
 mod cli_inspect;
 mod fetch;

@@ -11,6 +11,7 @@ mod cuda_support;
 mod model_support;
 mod train_common;
 
+mod attention_locality;
 mod cuda_adafactor;
 mod cuda_attention;
 mod cuda_emulated;

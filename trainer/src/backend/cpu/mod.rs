@@ -13,6 +13,7 @@ pub mod loss;
 pub mod matmul;
 mod model;
 pub mod ops;
+pub mod probe;
 pub(crate) mod stack;
 
 use crate::backend::{Backend, BackendError};
