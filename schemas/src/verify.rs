@@ -137,6 +137,19 @@ impl Corpus {
                 "per-source counts do not add up to the overall counts".to_string(),
             ));
         }
+        if let Some(split) = &manifest.split {
+            split
+                .check_invariant(counts, &manifest.sources)
+                .map_err(disagree)?;
+            if manifest.packing.documents != split.this_side() {
+                return Err(disagree(format!(
+                    "the {} split holds {} documents; packing.documents says {}",
+                    split.split.name(),
+                    split.this_side(),
+                    manifest.packing.documents
+                )));
+            }
+        }
         Ok(report)
     }
 }
