@@ -149,6 +149,24 @@ impl Corpus {
                     manifest.packing.documents
                 )));
             }
+            // The other side, when it is there (a corpus may be copied without it): it must
+            // be the other side of the same split.
+            let other_dir = self.dir().join(&split.counterpart);
+            if other_dir.join(MANIFEST_FILE).exists() {
+                let other = crate::manifest::Manifest::load(&other_dir)?;
+                let agrees = other.split.as_ref().is_some_and(|o| {
+                    o.split != split.split
+                        && o.documents == split.documents
+                        && o.sources == split.sources
+                        && o.key == split.key
+                });
+                if !agrees {
+                    return Err(disagree(format!(
+                        "the split's counterpart {} is not the other side of the same split",
+                        other_dir.display()
+                    )));
+                }
+            }
         }
         Ok(report)
     }

@@ -155,6 +155,14 @@ impl BuildReport {
                 .map(|(name, side)| format!("{name} {}/{}", side.eval, side.train + side.eval))
                 .collect();
             let _ = writeln!(out, "held out per source: {}", per_source.join(", "));
+            if eval.counts.examples == 0 {
+                let _ = writeln!(
+                    out,
+                    "warning: the evaluation corpus has no rows: its {} tokens do not fill one row{}",
+                    eval.packing.dropped_tokens,
+                    eval.seq_len.map(|l| format!(" of {l} (lower --eval-seq-len or raise --eval-docs)")).unwrap_or_default()
+                );
+            }
         }
         let t = &self.throughput;
         let _ = writeln!(
