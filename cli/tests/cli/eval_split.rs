@@ -397,7 +397,7 @@ fn the_split_is_disjoint_stratified_and_leaves_no_copy_in_training() {
 }
 
 #[test]
-fn the_split_does_not_depend_on_threads_or_workers() {
+fn the_split_does_not_depend_on_threads_workers_or_resume() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     write_inputs(&input);
@@ -408,8 +408,21 @@ fn the_split_does_not_depend_on_threads_or_workers() {
     build(&input, &pipeline, &two, &["--threads", "2"]);
     let workers = dir.path().join("workers");
     staged(&input, &pipeline, &workers, 2);
+    // Interrupted after dedup (two stages run by hand), then resumed in one process.
+    let resumed = dir.path().join("resumed");
+    for stage in ["plan", "scan", "dedup"] {
+        let args = build_args(&input, &pipeline, &resumed, &["--stage", stage]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check(redpack(&args).output().unwrap(), stage);
+    }
+    build(&input, &pipeline, &resumed, &["--resume", "--threads", "2"]);
     let (a, b, c) = (snapshot(&one), snapshot(&two), snapshot(&workers));
-    for (other, what) in [(&b, "--threads 2"), (&c, "2 staged workers")] {
+    let d = snapshot(&resumed);
+    for (other, what) in [
+        (&b, "--threads 2"),
+        (&c, "2 staged workers"),
+        (&d, "a build resumed after dedup"),
+    ] {
         assert_eq!(
             a.keys().collect::<Vec<_>>(),
             other.keys().collect::<Vec<_>>(),
