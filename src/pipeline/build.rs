@@ -527,7 +527,9 @@ pub fn run_stage(
             previous: "plan",
             detail: format!("no plan in {}", work.root().display()),
         })?;
-    if plan.recipe != settings.recipe() {
+    if super::config::recipe_before_finish(&plan.recipe)
+        != super::config::recipe_before_finish(&settings.recipe())
+    {
         return Err(BuildError::StageMismatch {
             stage: stage.name(),
             why: "this worker's settings differ from the plan's; run every stage with the same pipeline and flags".into(),

@@ -523,6 +523,18 @@ impl BuildSettings {
     }
 }
 
+/// `recipe` without the evaluation split's settings (`output.eval_docs`, `output.eval_seq_len`):
+/// what the stages before `finish` depend on. A resumed build, or a worker, may change the split
+/// since only `finish` makes it.
+pub fn recipe_before_finish(recipe: &serde_json::Value) -> serde_json::Value {
+    let mut value = recipe.clone();
+    if let Some(output) = value.get_mut("output").and_then(|o| o.as_object_mut()) {
+        output.remove("eval_docs");
+        output.remove("eval_seq_len");
+    }
+    value
+}
+
 /// Checks the evaluation split's settings; returns the evaluation rows' length (packed
 /// corpora with a split only).
 fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32>, ConfigError> {

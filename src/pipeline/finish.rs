@@ -275,7 +275,7 @@ fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildE
     let manifest = writer.finish_with_split(
         CorpusInfo {
             tokenizer: ctx.tokenizer_info.clone(),
-            build: ctx.plan.recipe.clone(),
+            build: ctx.settings.recipe(),
             inputs: ctx.inputs.to_vec(),
             counts: counts.clone(),
             sources: sources.clone(),
@@ -558,7 +558,7 @@ pub fn finish(
     let manifest = writer.finish_with_split(
         CorpusInfo {
             tokenizer: tokenizer_info.clone(),
-            build: plan.recipe.clone(),
+            build: settings.recipe(),
             inputs,
             counts: counts.clone(),
             sources: sources.clone(),

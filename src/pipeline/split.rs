@@ -47,7 +47,7 @@ pub fn selection_hash(origin: &str) -> u64 {
 pub enum SplitError {
     #[error(
         "--eval-docs {wanted} is more than the {kept} documents kept after dedup; ask for at \
-         most {kept}"
+         most {kept} (with --resume, only the finish stage runs again)"
     )]
     TooMany { wanted: u64, kept: u64 },
 }

@@ -557,6 +557,38 @@ fn misuse_is_an_error_that_names_the_numbers() {
         "{err}"
     );
     assert!(!out.join("manifest.json").exists());
+    // The earlier stages' work is kept: a smaller split resumes with only `finish` to run.
+    let args = [
+        "build-corpus",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        GPT2,
+        "--eval-docs",
+        "20",
+        "--eval-seq-len",
+        "256",
+        "--resume",
+        "--json",
+    ];
+    check(
+        redpack(&args).output().unwrap(),
+        "resume with a smaller split",
+    );
+    let manifest = Manifest::load(&out).unwrap();
+    assert_eq!(manifest.split.unwrap().documents.eval, 20);
+    assert_eq!(manifest.build["output"]["eval_docs"], 20);
+    // The same bytes as a fresh build with those settings.
+    let fresh = dir.path().join("fresh");
+    build(&input, &pipeline, &fresh, &[]);
+    assert!(
+        snapshot(&out) == snapshot(&fresh),
+        "the resumed split differs from a fresh one"
+    );
     let err = run(&["--eval-docs", "0"]);
     assert!(err.contains("at least 1"), "{err}");
     let err = run(&["--eval-docs", "5", "--eval-seq-len", "16"]);
