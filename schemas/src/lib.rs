@@ -18,8 +18,8 @@ mod writer;
 pub use error::{Result, SchemaError};
 pub use index::index_schema;
 pub use manifest::{
-    Counts, InputEntry, Kind, Layout, Manifest, PackingStats, ShardEntry, TokenizerInfo,
-    FORMAT_VERSION, MANIFEST_FILE,
+    Counts, InputEntry, Kind, Layout, Manifest, PackingStats, ShardEntry, Split, SplitCounts,
+    SplitName, TokenizerInfo, FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use mmap::Mmap;
 pub use reader::{Corpus, Example};

@@ -206,6 +206,105 @@ pub struct Manifest {
     pub counts: Counts,
     pub sources: BTreeMap<String, Counts>,
     pub packing: PackingStats,
+    /// Set when the build held documents out for evaluation: which split this corpus is and
+    /// how the kept documents were divided. Absent in corpora built without a split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// Which side of a train/evaluation split a corpus is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitName {
+    Train,
+    Eval,
+}
+
+impl SplitName {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Eval => "eval",
+        }
+    }
+}
+
+/// Kept documents on each side of the split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    pub train: u64,
+    pub eval: u64,
+}
+
+/// A build's train/evaluation split, recorded the same in both corpora's manifests (except
+/// `split` and `counterpart`). Invariant: per source and overall, `train + eval` equals the
+/// manifest's `kept`; this corpus packed its side's documents (`packing.documents`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// This corpus's side.
+    pub split: SplitName,
+    /// The other side's corpus directory, relative to this one (`eval` from the training
+    /// corpus, `..` from the evaluation corpus).
+    pub counterpart: String,
+    /// How documents were chosen for evaluation.
+    pub selection: String,
+    /// The key of the selection hash.
+    pub key: u64,
+    pub documents: SplitCounts,
+    pub sources: BTreeMap<String, SplitCounts>,
+}
+
+impl Split {
+    /// The documents on this corpus's side.
+    pub fn this_side(&self) -> u64 {
+        match self.split {
+            SplitName::Train => self.documents.train,
+            SplitName::Eval => self.documents.eval,
+        }
+    }
+
+    /// `Err` with a description when the split does not account for the kept documents.
+    pub fn check_invariant(
+        &self,
+        counts: &Counts,
+        sources: &BTreeMap<String, Counts>,
+    ) -> std::result::Result<(), String> {
+        let documents = self.documents;
+        if documents.train + documents.eval != counts.kept {
+            return Err(format!(
+                "split: train {} + eval {} != kept {}",
+                documents.train, documents.eval, counts.kept
+            ));
+        }
+        let mut sum = SplitCounts::default();
+        for (name, side) in &self.sources {
+            let kept = sources.get(name).map_or(0, |c| c.kept);
+            if side.train + side.eval != kept {
+                return Err(format!(
+                    "split: source {name}: train {} + eval {} != kept {kept}",
+                    side.train, side.eval
+                ));
+            }
+            sum.train += side.train;
+            sum.eval += side.eval;
+        }
+        if let Some((name, c)) = sources
+            .iter()
+            .find(|(name, c)| c.kept > 0 && !self.sources.contains_key(*name))
+        {
+            return Err(format!(
+                "split: source {name} has {} kept documents but no split entry",
+                c.kept
+            ));
+        }
+        if sum != documents {
+            return Err(format!(
+                "split: the sources' train {} / eval {} do not add up to train {} / eval {}",
+                sum.train, sum.eval, documents.train, documents.eval
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Manifest {

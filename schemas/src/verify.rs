@@ -137,6 +137,37 @@ impl Corpus {
                 "per-source counts do not add up to the overall counts".to_string(),
             ));
         }
+        if let Some(split) = &manifest.split {
+            split
+                .check_invariant(counts, &manifest.sources)
+                .map_err(disagree)?;
+            if manifest.packing.documents != split.this_side() {
+                return Err(disagree(format!(
+                    "the {} split holds {} documents; packing.documents says {}",
+                    split.split.name(),
+                    split.this_side(),
+                    manifest.packing.documents
+                )));
+            }
+            // The other side, when it is there (a corpus may be copied without it): it must
+            // be the other side of the same split.
+            let other_dir = self.dir().join(&split.counterpart);
+            if other_dir.join(MANIFEST_FILE).exists() {
+                let other = crate::manifest::Manifest::load(&other_dir)?;
+                let agrees = other.split.as_ref().is_some_and(|o| {
+                    o.split != split.split
+                        && o.documents == split.documents
+                        && o.sources == split.sources
+                        && o.key == split.key
+                });
+                if !agrees {
+                    return Err(disagree(format!(
+                        "the split's counterpart {} is not the other side of the same split",
+                        other_dir.display()
+                    )));
+                }
+            }
+        }
         Ok(report)
     }
 }

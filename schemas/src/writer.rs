@@ -16,8 +16,8 @@ use crate::atomic;
 use crate::error::{Result, SchemaError};
 use crate::index::IndexBuilder;
 use crate::manifest::{
-    Counts, InputEntry, Layout, Manifest, PackingStats, ShardEntry, TokenizerInfo, FORMAT_NAME,
-    FORMAT_VERSION, MANIFEST_FILE,
+    Counts, InputEntry, Layout, Manifest, PackingStats, ShardEntry, Split, TokenizerInfo,
+    FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE,
 };
 use crate::tokens::{TokenDtype, TokensHeader, HEADER_BYTES};
 
@@ -280,7 +280,12 @@ impl CorpusWriter {
     }
 
     /// Closes the last shard and writes the manifest (the commit point).
-    pub fn finish(mut self, info: CorpusInfo) -> Result<Manifest> {
+    pub fn finish(self, info: CorpusInfo) -> Result<Manifest> {
+        self.finish_with_split(info, None)
+    }
+
+    /// [`CorpusWriter::finish`] for one side of a train/evaluation split.
+    pub fn finish_with_split(mut self, info: CorpusInfo, split: Option<Split>) -> Result<Manifest> {
         self.close_shard()?;
         let manifest = Manifest {
             format: FORMAT_NAME.to_string(),
@@ -296,6 +301,7 @@ impl CorpusWriter {
             counts: info.counts,
             sources: info.sources,
             packing: info.packing,
+            split,
         };
         let path = self.dir.join(MANIFEST_FILE);
         let bytes = manifest

@@ -108,6 +108,18 @@ fn start_fresh(settings: &BuildSettings, work: &WorkDir) -> Result<(), BuildErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(BuildError::io(&manifest, e)),
     }
+    // An evaluation corpus an earlier build left: its manifest goes too (only one that says it
+    // is the evaluation side of a split, so nothing else under OUT/eval is touched).
+    let eval_dir = settings.out.join(super::split::EVAL_DIR);
+    let is_eval_side = redpack_schemas::Manifest::load(&eval_dir).is_ok_and(|m| {
+        m.split
+            .is_some_and(|s| s.split == redpack_schemas::SplitName::Eval)
+    });
+    if is_eval_side {
+        let eval_manifest = eval_dir.join(MANIFEST_FILE);
+        std::fs::remove_file(&eval_manifest).map_err(|e| BuildError::io(&eval_manifest, e))?;
+        redpack_schemas::atomic::sync_dir(&eval_manifest)?;
+    }
     if work.exists() {
         let entries = std::fs::read_dir(work.root()).map_err(|e| BuildError::io(work.root(), e))?;
         for entry in entries {
@@ -515,7 +527,9 @@ pub fn run_stage(
             previous: "plan",
             detail: format!("no plan in {}", work.root().display()),
         })?;
-    if plan.recipe != settings.recipe() {
+    if super::config::recipe_before_finish(&plan.recipe)
+        != super::config::recipe_before_finish(&settings.recipe())
+    {
         return Err(BuildError::StageMismatch {
             stage: stage.name(),
             why: "this worker's settings differ from the plan's; run every stage with the same pipeline and flags".into(),

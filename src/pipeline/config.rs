@@ -242,6 +242,16 @@ pub struct OutputConfig {
     /// "512MB"). The external sorters get a quarter of it. Does not change the output.
     #[serde(deserialize_with = "byte_size", serialize_with = "serialize_bytes")]
     pub memory_limit: u64,
+    /// Documents held out after dedup for an evaluation corpus in `OUT/eval/` (none when
+    /// absent): chosen by a keyed hash of each document's origin, stratified by source in
+    /// proportion to the kept documents (see [`super::split`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_docs: Option<u64>,
+    /// Tokens per row of a packed evaluation corpus (default 8 x `seq_len`, so one evaluation
+    /// corpus serves every context length up to it). Packed corpora only; resolved when
+    /// `eval_docs` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_seq_len: Option<u32>,
 }
 
 /// The default `memory_limit`: 4 GiB.
@@ -299,6 +309,8 @@ impl Default for OutputConfig {
             shuffle_seed: None,
             threads: 0,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            eval_docs: None,
+            eval_seq_len: None,
         }
     }
 }
@@ -348,7 +360,12 @@ pub struct Overrides {
     pub shuffle_seed: Option<u64>,
     pub max_rejected_fraction: Option<f64>,
     pub memory_limit: Option<u64>,
+    pub eval_docs: Option<u64>,
+    pub eval_seq_len: Option<u32>,
 }
+
+/// Rows of a packed evaluation corpus per training row when `eval_seq_len` is not given.
+pub const EVAL_SEQ_LEN_FACTOR: u32 = 8;
 
 /// Everything a build needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -453,6 +470,13 @@ impl BuildSettings {
                 }
             }
         };
+        if overrides.eval_docs.is_some() {
+            config.output.eval_docs = overrides.eval_docs;
+        }
+        if overrides.eval_seq_len.is_some() {
+            config.output.eval_seq_len = overrides.eval_seq_len;
+        }
+        config.output.eval_seq_len = resolve_eval(&config.output, &pack)?;
         let fraction = config.output.max_rejected_fraction;
         if !(0.0..=1.0).contains(&fraction) {
             return Err(ConfigError::Invalid(format!(
@@ -499,6 +523,72 @@ impl BuildSettings {
     }
 }
 
+/// `recipe` without the evaluation split's settings (`output.eval_docs`, `output.eval_seq_len`):
+/// what the stages before `finish` depend on. A resumed build, or a worker, may change the split
+/// since only `finish` makes it.
+pub fn recipe_before_finish(recipe: &serde_json::Value) -> serde_json::Value {
+    let mut value = recipe.clone();
+    if let Some(output) = value.get_mut("output").and_then(|o| o.as_object_mut()) {
+        output.remove("eval_docs");
+        output.remove("eval_seq_len");
+    }
+    value
+}
+
+/// Checks the evaluation split's settings; returns the evaluation rows' length (packed
+/// corpora with a split only).
+fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32>, ConfigError> {
+    let Some(docs) = output.eval_docs else {
+        if output.eval_seq_len.is_some() {
+            return Err(ConfigError::Invalid(
+                "eval_seq_len (--eval-seq-len) needs eval_docs (--eval-docs N)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if docs == 0 {
+        return Err(ConfigError::Invalid(
+            "eval_docs (--eval-docs) must be at least 1; leave it out for no evaluation split"
+                .into(),
+        ));
+    }
+    match *pack {
+        PackSettings::Packed {
+            seq_len,
+            prefix_len,
+            ..
+        } => {
+            let eval_seq_len = match output.eval_seq_len {
+                Some(len) => len,
+                None => seq_len.checked_mul(EVAL_SEQ_LEN_FACTOR).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "the default eval_seq_len, {EVAL_SEQ_LEN_FACTOR} x seq_len {seq_len}, \
+                         does not fit 32 bits; give --eval-seq-len"
+                    ))
+                })?,
+            };
+            if eval_seq_len < prefix_len.max(1) {
+                return Err(ConfigError::Invalid(format!(
+                    "eval_seq_len {eval_seq_len} is shorter than the prefix length {prefix_len} \
+                     the evaluation rows keep (and must be at least 1)"
+                )));
+            }
+            Ok(Some(eval_seq_len))
+        }
+        PackSettings::Examples { .. } => {
+            if output.eval_seq_len.is_some() {
+                return Err(ConfigError::Invalid(
+                    "eval_seq_len (--eval-seq-len) applies to packed corpora; an examples \
+                     corpus's evaluation split keeps the training limits (max_input_len, \
+                     max_target_len)"
+                        .into(),
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +626,71 @@ mod tests {
         assert!(!settings.dedup.exact && !settings.dedup.near);
         assert_eq!(settings.output.threads, 3);
         assert!(settings.recipe()["output"].get("threads").is_none());
+    }
+
+    #[test]
+    fn the_paper_pipeline_holds_out_79k_documents() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let config = PipelineConfig::load(&dir.join("redpajama-v1.toml")).unwrap();
+        let overrides = Overrides {
+            inputs: vec!["x".into()],
+            ..Overrides::default()
+        };
+        let settings = BuildSettings::resolve(config, overrides, "o".into()).unwrap();
+        assert_eq!(settings.output.eval_docs, Some(79_000));
+        assert_eq!(settings.output.eval_seq_len, Some(16_384));
+        assert_eq!(settings.recipe()["output"]["eval_seq_len"], 16_384);
+    }
+
+    #[test]
+    fn eval_split_settings() {
+        let packed = |eval_docs, eval_seq_len, seq_len| {
+            let overrides = Overrides {
+                inputs: vec!["x".into()],
+                seq_len,
+                eval_docs,
+                eval_seq_len,
+                ..Overrides::default()
+            };
+            BuildSettings::resolve(PipelineConfig::default(), overrides, "o".into())
+        };
+        // Without a split nothing is recorded, so the recipe (and the manifest) are unchanged.
+        let none = packed(None, None, Some(64)).unwrap();
+        assert!(none.recipe()["output"].get("eval_docs").is_none());
+        assert!(none.recipe()["output"].get("eval_seq_len").is_none());
+        let default_len = packed(Some(5), None, Some(64)).unwrap();
+        assert_eq!(default_len.output.eval_seq_len, Some(512));
+        let given = packed(Some(5), Some(100), Some(64)).unwrap();
+        assert_eq!(given.output.eval_seq_len, Some(100));
+        for (docs, len, wanted) in [
+            (Some(0), None, "at least 1"),
+            (None, Some(100), "needs eval_docs"),
+            (Some(5), Some(10), "shorter than the prefix length 32"),
+        ] {
+            let err = packed(docs, len, Some(64)).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{err}");
+        }
+        let examples =
+            PipelineConfig::parse(Path::new("f.toml"), "[pack]\ntype = \"examples\"\n").unwrap();
+        let overrides = Overrides {
+            inputs: vec!["x".into()],
+            eval_docs: Some(3),
+            ..Overrides::default()
+        };
+        let settings =
+            BuildSettings::resolve(examples.clone(), overrides.clone(), "o".into()).unwrap();
+        assert_eq!(settings.output.eval_seq_len, None);
+        let err = BuildSettings::resolve(
+            examples,
+            Overrides {
+                eval_seq_len: Some(9),
+                ..overrides
+            },
+            "o".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("packed corpora"), "{err}");
     }
 
     #[test]

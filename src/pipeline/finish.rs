@@ -5,6 +5,12 @@
 //! offset)` with `key = xxh3(index, seed)` over the documents' input-order index, so it needs
 //! no more memory than the budget whatever the corpus size; documents are then read back from
 //! the memory-mapped scratch files in key order.
+//!
+//! With `eval_docs`, a first pass over the documents' headers picks the held-out documents
+//! (see [`super::split`]); the training corpus skips them (the shuffle keys stay those of the
+//! kept documents' input-order index, so the training documents keep their relative order), and
+//! they are packed, in input order, into the evaluation corpus in `OUT/eval/`, whose manifest is
+//! written before the training manifest (still the build's commit point).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,22 +20,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use redpack_schemas::{
-    atomic, CorpusInfo, CorpusWriter, Counts, ExampleMeta, SchemaError, TokenizerInfo,
-    WriterOptions,
+    atomic, CorpusInfo, CorpusWriter, Counts, ExampleMeta, InputEntry, PackingStats, SchemaError,
+    Split, SplitCounts, SplitName, TokenizerInfo, WriterOptions,
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::config::{BuildSettings, PackSettings};
 use super::progress;
 use super::rejects::{RejectSampler, REJECTS_FILE};
-use super::report::{BuildReport, Throughput};
+use super::report::{BuildReport, EvalReport, Throughput};
 use super::scan::ScanMeta;
+use super::split::{self, EvalSet, Selector, EVAL_DIR, SELECTION};
 use super::tally::Tally;
 use super::tokenize_stage::{decode_doc, TokensMeta, DOC_HEADER};
 use super::types::{BuildError, BuildOptions};
 use super::work::{read_json, Plan, Stage, WorkDir};
 use crate::extsort::{read_u32, read_u64, SortRecord, Sorter};
-use crate::pack::{ExamplePacker, ExampleSink, Packer, SequencePacker};
+use crate::pack::{ExamplePacker, ExampleSink, Packer, SequencePacker, SourceTally};
 use crate::tokenize::DocTokenizer;
 
 /// The tokenizer copy's name inside a corpus.
@@ -71,6 +78,237 @@ fn packer_for(pack: &PackSettings, tokenizer: &DocTokenizer) -> Packer {
             tokenizer.eod_id(),
         )),
     }
+}
+
+/// The layout of the evaluation corpus: packed rows of `eval_seq_len` tokens with the
+/// training prefix length, or the training corpus's example limits.
+fn eval_pack(settings: &BuildSettings) -> PackSettings {
+    match settings.pack {
+        PackSettings::Packed {
+            seq_len,
+            prefix_len,
+            final_partial,
+        } => PackSettings::Packed {
+            seq_len: settings.output.eval_seq_len.unwrap_or(seq_len),
+            prefix_len,
+            final_partial,
+        },
+        examples @ PackSettings::Examples { .. } => examples,
+    }
+}
+
+/// Decodes one scratch document and packs it; returns its tokens.
+#[allow(clippy::too_many_arguments)]
+fn pack_doc(
+    packer: &mut Packer,
+    plan: &Plan,
+    work: &WorkDir,
+    names: &[Vec<Arc<str>>],
+    width: usize,
+    file: usize,
+    doc: &[u8],
+    sink: &mut CountingSink<'_>,
+) -> Result<u64, BuildError> {
+    let tokens = (doc.len().saturating_sub(DOC_HEADER) / width) as u64;
+    let bad = || BuildError::Work {
+        path: work.tokens(file),
+        message: "corrupt token scratch file".into(),
+    };
+    let (doc, _) = decode_doc(doc, 0, width).ok_or_else(bad)?;
+    let source = names
+        .get(file)
+        .and_then(|n| n.get(doc.source as usize))
+        .ok_or_else(bad)?;
+    let origin = format!("{}:{}", plan.files[file].display, doc.line);
+    packer.push(&doc.content, source, &origin, sink)?;
+    Ok(tokens)
+}
+
+/// The first pass of a split: every kept document's header, offered to the selector.
+fn select_eval(
+    plan: &Plan,
+    work: &WorkDir,
+    gathered: &Gathered,
+    names: &[Vec<Arc<str>>],
+    per_source: &BTreeMap<String, Counts>,
+    wanted: u64,
+) -> Result<EvalSet, BuildError> {
+    let kept: BTreeMap<String, u64> = per_source
+        .iter()
+        .map(|(name, c)| (name.clone(), c.kept))
+        .collect();
+    let quotas = split::allocate(&kept, wanted)?;
+    let mut selector = Selector::new(quotas.clone());
+    let width = plan.token_width as usize;
+    let mut origin = String::new();
+    for (file, meta) in gathered.tokens.iter().enumerate() {
+        let mut reader = ScratchReader::open(&work.tokens(file), meta.bytes, width)?;
+        let mut header = [0u8; DOC_HEADER];
+        while let Some(offset) = reader.skip_doc_with(&mut header)? {
+            let line = read_u64(&header, 0);
+            let source = names
+                .get(file)
+                .and_then(|n| n.get(read_u32(&header, 8) as usize))
+                .ok_or_else(|| reader.corrupt())?;
+            origin.clear();
+            use std::fmt::Write as _;
+            let _ = write!(origin, "{}:{line}", plan.files[file].display);
+            selector.offer(source, &origin, file as u32, offset);
+        }
+    }
+    let set = selector.finish();
+    let wanted_per_source: BTreeMap<String, u64> =
+        quotas.into_iter().filter(|&(_, n)| n > 0).collect();
+    if set.per_source != wanted_per_source {
+        return Err(BuildError::Invariant(format!(
+            "the evaluation split wanted {wanted_per_source:?} documents per source but found \
+             {:?} in the token scratch files",
+            set.per_source
+        )));
+    }
+    Ok(set)
+}
+
+/// The split as recorded in the manifest of side `side`.
+fn split_record(side: SplitName, per_source: &BTreeMap<String, Counts>, set: &EvalSet) -> Split {
+    let mut documents = SplitCounts::default();
+    let mut sources = BTreeMap::new();
+    for (name, counts) in per_source.iter().filter(|(_, c)| c.kept > 0) {
+        let eval = set.per_source.get(name).copied().unwrap_or(0);
+        let entry = SplitCounts {
+            train: counts.kept - eval,
+            eval,
+        };
+        documents.train += entry.train;
+        documents.eval += entry.eval;
+        sources.insert(name.clone(), entry);
+    }
+    Split {
+        split: side,
+        counterpart: match side {
+            SplitName::Train => EVAL_DIR.to_string(),
+            SplitName::Eval => "..".to_string(),
+        },
+        selection: SELECTION.to_string(),
+        key: split::EVAL_SPLIT_KEY,
+        documents,
+        sources,
+    }
+}
+
+/// Final counts of one side and their checks: the records' invariant overall and per source,
+/// and the split's.
+fn side_counts(
+    per_source: &BTreeMap<String, Counts>,
+    written: &BTreeMap<Arc<str>, SourceTally>,
+    examples: u64,
+    split: Option<&Split>,
+) -> Result<(Counts, BTreeMap<String, Counts>), BuildError> {
+    let (counts, sources) = Tally::from_counts(per_source.clone()).finish(written, examples);
+    counts.check_invariant().map_err(BuildError::Invariant)?;
+    for (name, source_counts) in &sources {
+        source_counts
+            .check_invariant()
+            .map_err(|e| BuildError::Invariant(format!("source {name}: {e}")))?;
+    }
+    if let Some(split) = split {
+        split
+            .check_invariant(&counts, &sources)
+            .map_err(BuildError::Invariant)?;
+    }
+    Ok((counts, sources))
+}
+
+/// What the evaluation corpus needs beyond the training corpus's inputs.
+struct EvalContext<'a> {
+    settings: &'a BuildSettings,
+    plan: &'a Plan,
+    work: &'a WorkDir,
+    tokenizer: &'a DocTokenizer,
+    tokenizer_info: &'a TokenizerInfo,
+    names: &'a [Vec<Arc<str>>],
+    per_source: &'a BTreeMap<String, Counts>,
+    inputs: &'a [InputEntry],
+}
+
+/// Packs the held-out documents, in input order, into `OUT/eval/` and writes its manifest.
+fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildError> {
+    let dir = ctx.settings.out.join(EVAL_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+    let pack = eval_pack(ctx.settings);
+    let layout = pack.layout();
+    let mut writer = CorpusWriter::create(
+        &dir,
+        WriterOptions {
+            layout,
+            vocab_size: ctx.tokenizer.vocab_size(),
+            max_shard_tokens: ctx.settings.output.max_shard_tokens,
+        },
+    )?;
+    atomic::write_file(&dir.join(TOKENIZER_FILE), ctx.tokenizer.json())?;
+    let mut packer = packer_for(&pack, ctx.tokenizer);
+    let mut sink = CountingSink {
+        writer: &mut writer,
+        examples: 0,
+    };
+    let width = ctx.plan.token_width as usize;
+    let mut files = OpenFiles::new(ctx.work, OPEN_SCRATCH_FILES);
+    let mut doc = Vec::new();
+    for &(file, offset) in &set.docs {
+        files.read_doc(file as usize, offset, width, &mut doc)?;
+        pack_doc(
+            &mut packer,
+            ctx.plan,
+            ctx.work,
+            ctx.names,
+            width,
+            file as usize,
+            &doc,
+            &mut sink,
+        )?;
+    }
+    let (packing, written) = packer.finish(&mut sink)?;
+    let examples = sink.examples;
+    let split = split_record(SplitName::Eval, ctx.per_source, set);
+    let (counts, sources) = side_counts(ctx.per_source, &written, examples, Some(&split))?;
+    check_side(&packing, &split)?;
+    let manifest = writer.finish_with_split(
+        CorpusInfo {
+            tokenizer: ctx.tokenizer_info.clone(),
+            build: ctx.settings.recipe(),
+            inputs: ctx.inputs.to_vec(),
+            counts: counts.clone(),
+            sources: sources.clone(),
+            packing: packing.clone(),
+        },
+        Some(split.clone()),
+    )?;
+    Ok(EvalReport {
+        out_dir: dir.display().to_string(),
+        kind: layout.kind().name().to_string(),
+        seq_len: match layout {
+            redpack_schemas::Layout::Packed { seq_len, .. } => Some(seq_len),
+            redpack_schemas::Layout::Examples { .. } => None,
+        },
+        counts,
+        sources,
+        packing,
+        shards: manifest.shards.len(),
+        split,
+    })
+}
+
+/// The packer saw exactly this side's documents.
+fn check_side(packing: &PackingStats, split: &Split) -> Result<(), BuildError> {
+    if packing.documents != split.this_side() {
+        return Err(BuildError::Invariant(format!(
+            "the {} split has {} documents but {} were packed",
+            split.split.name(),
+            split.this_side(),
+            packing.documents
+        )));
+    }
+    Ok(())
 }
 
 /// One document's place in the shuffle.
@@ -179,6 +417,30 @@ pub fn finish(
         });
     }
 
+    let names: Vec<Vec<Arc<str>>> = gathered
+        .tokens
+        .iter()
+        .map(|t| {
+            t.source_names
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect()
+        })
+        .collect();
+    let eval = match settings.output.eval_docs {
+        Some(wanted) => Some(select_eval(
+            plan,
+            work,
+            &gathered,
+            &names,
+            &per_source,
+            wanted,
+        )?),
+        None => None,
+    };
+    let held_out =
+        |file: usize, offset: u64| eval.as_ref().is_some_and(|e| e.contains(file, offset));
+
     let layout = settings.pack.layout();
     let mut writer = CorpusWriter::create(
         out,
@@ -197,28 +459,9 @@ pub fn finish(
     let width = plan.token_width as usize;
     let total_tokens: u64 = gathered.tokens.iter().map(|t| t.tokens).sum();
     let progress = progress::open(options.progress.as_ref(), "finish", total_tokens, "tokens");
-    let names: Vec<Vec<Arc<str>>> = gathered
-        .tokens
-        .iter()
-        .map(|t| {
-            t.source_names
-                .iter()
-                .map(|n| Arc::from(n.as_str()))
-                .collect()
-        })
-        .collect();
     let mut packed_tokens = 0u64;
     let mut push = |file: usize, doc: &[u8], sink: &mut CountingSink<'_>| {
-        let tokens = (doc.len().saturating_sub(DOC_HEADER) / width) as u64;
-        let bad = || BuildError::Work {
-            path: work.tokens(file),
-            message: "corrupt token scratch file".into(),
-        };
-        let (doc, _) = decode_doc(doc, 0, width).ok_or_else(bad)?;
-        let source = names[file].get(doc.source as usize).ok_or_else(bad)?;
-        let origin = format!("{}:{}", plan.files[file].display, doc.line);
-        packer.push(&doc.content, source, &origin, sink)?;
-        packed_tokens += tokens;
+        packed_tokens += pack_doc(&mut packer, plan, work, &names, width, file, doc, sink)?;
         progress.set(packed_tokens, "");
         Ok::<(), BuildError>(())
     };
@@ -228,8 +471,10 @@ pub fn finish(
         None => {
             for (file, meta) in gathered.tokens.iter().enumerate() {
                 let mut reader = ScratchReader::open(&work.tokens(file), meta.bytes, width)?;
-                while reader.next_doc(&mut doc)?.is_some() {
-                    push(file, &doc, &mut sink)?;
+                while let Some(offset) = reader.next_doc(&mut doc)? {
+                    if !held_out(file, offset) {
+                        push(file, &doc, &mut sink)?;
+                    }
                 }
             }
         }
@@ -241,12 +486,14 @@ pub fn finish(
             for (file, meta) in gathered.tokens.iter().enumerate() {
                 let mut reader = ScratchReader::open(&work.tokens(file), meta.bytes, width)?;
                 while let Some(offset) = reader.skip_doc()? {
-                    sorter.push(ShuffleRec {
-                        key: xxh3_64_with_seed(&index.to_le_bytes(), seed),
-                        index,
-                        file: file as u32,
-                        offset,
-                    })?;
+                    if !held_out(file, offset) {
+                        sorter.push(ShuffleRec {
+                            key: xxh3_64_with_seed(&index.to_le_bytes(), seed),
+                            index,
+                            file: file as u32,
+                            offset,
+                        })?;
+                    }
                     index += 1;
                 }
             }
@@ -264,12 +511,17 @@ pub fn finish(
 
     let (packing, written) = packer.finish(&mut sink)?;
     let examples_written = sink.examples;
-    let (counts, sources) = Tally::from_counts(per_source).finish(&written, examples_written);
-    counts.check_invariant().map_err(BuildError::Invariant)?;
-    for (name, source_counts) in &sources {
-        source_counts
-            .check_invariant()
-            .map_err(|e| BuildError::Invariant(format!("source {name}: {e}")))?;
+    let train_split = eval
+        .as_ref()
+        .map(|set| split_record(SplitName::Train, &per_source, set));
+    let (counts, sources) = side_counts(
+        &per_source,
+        &written,
+        examples_written,
+        train_split.as_ref(),
+    )?;
+    if let Some(split) = &train_split {
+        check_side(&packing, split)?;
     }
     let faults: Vec<String> = gathered
         .scans
@@ -287,14 +539,33 @@ pub fn finish(
     };
     let inputs: Vec<_> = gathered.scans.iter().map(|s| s.entry.clone()).collect();
     let input_files = inputs.len();
-    let manifest = writer.finish(CorpusInfo {
-        tokenizer: tokenizer_info.clone(),
-        build: plan.recipe.clone(),
-        inputs,
-        counts: counts.clone(),
-        sources: sources.clone(),
-        packing: packing.clone(),
-    })?;
+    let eval_report = match &eval {
+        Some(set) => Some(Box::new(write_eval(
+            &EvalContext {
+                settings,
+                plan,
+                work,
+                tokenizer,
+                tokenizer_info: &tokenizer_info,
+                names: &names,
+                per_source: &per_source,
+                inputs: &inputs,
+            },
+            set,
+        )?)),
+        None => None,
+    };
+    let manifest = writer.finish_with_split(
+        CorpusInfo {
+            tokenizer: tokenizer_info.clone(),
+            build: settings.recipe(),
+            inputs,
+            counts: counts.clone(),
+            sources: sources.clone(),
+            packing: packing.clone(),
+        },
+        train_split,
+    )?;
     let input_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
     let text_bytes: u64 = gathered.scans.iter().map(|s| s.text_bytes).sum();
     let throughput = Throughput::new(
@@ -319,6 +590,7 @@ pub fn finish(
         rejects_file: (!rejects.is_empty()).then(|| out.join(REJECTS_FILE).display().to_string()),
         throughput,
         dedup_work_bytes: gathered.scans.iter().map(|s| s.key_bytes).sum(),
+        eval: eval_report,
     })
 }
 
@@ -399,7 +671,13 @@ impl ScratchReader {
     /// Skips the next document; its offset, or `None` at the end.
     fn skip_doc(&mut self) -> Result<Option<u64>, BuildError> {
         let mut header = [0u8; DOC_HEADER];
-        let Some((at, body)) = self.header(&mut header)? else {
+        self.skip_doc_with(&mut header)
+    }
+
+    /// Skips the next document, leaving its header in `header`; its offset, or `None` at the
+    /// end.
+    fn skip_doc_with(&mut self, header: &mut [u8; DOC_HEADER]) -> Result<Option<u64>, BuildError> {
+        let Some((at, body)) = self.header(header)? else {
             return Ok(None);
         };
         let skip = i64::try_from(body).map_err(|_| self.corrupt())?;

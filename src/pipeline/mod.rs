@@ -1,6 +1,7 @@
 //! The corpus pipeline: configuration ([`config`]), the staged build ([`build`] over the work
 //! directory of [`work`]: [`scan`] with its [`reader`] thread, [`dedup_stage`] over the
-//! partitioned keys of [`keys`], [`tokenize_stage`], [`finish`]), the types every stage shares
+//! partitioned keys of [`keys`], [`tokenize_stage`], [`finish`] with the held-out evaluation
+//! [`split`]), the types every stage shares
 //! ([`types`]: the build's error and options), the counts ([`tally`]), the rejected records'
 //! samples ([`rejects`]), what it reports ([`report`]) and how it reports progress
 //! ([`progress`]).
@@ -15,6 +16,7 @@ pub mod reader;
 pub mod rejects;
 pub mod report;
 pub mod scan;
+pub mod split;
 pub mod tally;
 pub mod tokenize_stage;
 pub mod types;

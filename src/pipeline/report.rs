@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use redpack_schemas::{Counts, PackingStats, TokenizerInfo};
+use redpack_schemas::{Counts, PackingStats, Split, TokenizerInfo};
 use serde::Serialize;
 
 use crate::inspect::counts_table;
@@ -30,6 +30,26 @@ pub struct BuildReport {
     pub throughput: Throughput,
     /// Bytes of dedup keys (fingerprints and band keys) the scan wrote to the work directory.
     pub dedup_work_bytes: u64,
+    /// The held-out evaluation corpus, when the build made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Box<EvalReport>>,
+}
+
+/// The evaluation corpus of a build with `eval_docs` (`OUT/eval/`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub out_dir: String,
+    /// `packed` or `examples`.
+    pub kind: String,
+    /// Tokens per row of a packed evaluation corpus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<u32>,
+    pub counts: Counts,
+    pub sources: BTreeMap<String, Counts>,
+    pub packing: PackingStats,
+    pub shards: usize,
+    /// The split as both manifests record it (this one's side: `eval`).
+    pub split: Split,
 }
 
 /// Wall-clock throughput of a build (tokenizer training excluded).
@@ -114,6 +134,36 @@ impl BuildReport {
             "packing: {} documents, {} padding tokens, {} dropped tokens in {} sequence(s), {} inputs and {} targets truncated",
             p.documents, p.padding_tokens, p.dropped_tokens, p.dropped_sequences, p.truncated_inputs, p.truncated_targets
         );
+        if let Some(eval) = &self.eval {
+            let d = eval.split.documents;
+            let _ = writeln!(
+                out,
+                "evaluation split: {} of {} kept documents held out to {} ({} corpus{}: {} examples, {} tokens, {} shard(s))",
+                d.eval,
+                d.train + d.eval,
+                eval.out_dir,
+                eval.kind,
+                eval.seq_len.map(|l| format!(" of {l}-token rows")).unwrap_or_default(),
+                eval.counts.examples,
+                eval.counts.tokens,
+                eval.shards
+            );
+            let per_source: Vec<String> = eval
+                .split
+                .sources
+                .iter()
+                .map(|(name, side)| format!("{name} {}/{}", side.eval, side.train + side.eval))
+                .collect();
+            let _ = writeln!(out, "held out per source: {}", per_source.join(", "));
+            if eval.counts.examples == 0 {
+                let _ = writeln!(
+                    out,
+                    "warning: the evaluation corpus has no rows: its {} tokens do not fill one row{}",
+                    eval.packing.dropped_tokens,
+                    eval.seq_len.map(|l| format!(" of {l} (lower --eval-seq-len or raise --eval-docs)")).unwrap_or_default()
+                );
+            }
+        }
         let t = &self.throughput;
         let _ = writeln!(
             out,

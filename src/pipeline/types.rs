@@ -28,6 +28,8 @@ pub enum BuildError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Spill(SpillError),
+    #[error(transparent)]
+    Split(#[from] super::split::SplitError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -31,6 +31,7 @@ use std::time::UNIX_EPOCH;
 use redpack_schemas::atomic;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::config::recipe_before_finish;
 use super::types::BuildError;
 use crate::input::{InputFile, InputFormat};
 
@@ -229,7 +230,7 @@ impl Plan {
                 self.version, other.version
             ));
         }
-        if self.recipe != other.recipe {
+        if recipe_before_finish(&self.recipe) != recipe_before_finish(&other.recipe) {
             return Some("the build settings differ from the interrupted run's".into());
         }
         if self.files.len() != other.files.len() {

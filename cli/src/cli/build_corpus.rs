@@ -51,6 +51,13 @@ pub struct BuildCorpusArgs {
     /// Where the encoder input ends in a packed sequence (default: seq_len / 2).
     #[arg(long, value_name = "N")]
     pub prefix_len: Option<u32>,
+    /// Hold out N of the documents kept after dedup for an evaluation corpus in OUT/eval/
+    /// (stratified by source, chosen by a keyed hash of each document's PATH:LINE).
+    #[arg(long, value_name = "N")]
+    pub eval_docs: Option<u64>,
+    /// Tokens per row of the packed evaluation corpus (default: 8 x --seq-len).
+    #[arg(long, value_name = "N", requires = "eval_docs")]
+    pub eval_seq_len: Option<u32>,
     /// Worker threads (default: all cores). The output does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -49,6 +49,8 @@ fn overrides(args: &BuildCorpusArgs) -> Overrides {
         shuffle_seed: args.shuffle_seed,
         max_rejected_fraction: args.max_rejected_fraction,
         memory_limit: args.memory_limit,
+        eval_docs: args.eval_docs,
+        eval_seq_len: args.eval_seq_len,
     }
 }
 
@@ -255,6 +257,7 @@ fn default_build(
     if flan {
         overrides.seq_len = None;
         overrides.prefix_len = None;
+        overrides.eval_seq_len = None;
     } else if overrides.seq_len.is_none() {
         overrides.seq_len = Some(DEFAULT_SEQ_LEN);
     }

@@ -5,3 +5,4 @@ mod corruption;
 mod harness;
 mod python;
 mod roundtrip;
+mod split;
