@@ -424,6 +424,52 @@ mod tests {
     }
 
     #[test]
+    fn eval_flags_resolve_into_validation() {
+        let s = resolve_settings(&train_args(&[
+            "--arch",
+            "red",
+            "--mode",
+            "finetune",
+            "--checkpoint-every",
+            "40",
+            "--eval-data",
+            "held",
+            "--eval-rows",
+            "64",
+        ]))
+        .unwrap();
+        let v = s.eval.unwrap();
+        assert_eq!(
+            (v.data.as_path(), v.every, v.rows, v.keep_best),
+            (std::path::Path::new("held"), 40, Some(64), true)
+        );
+        let s = resolve_settings(&train_args(&[
+            "--arch",
+            "dec",
+            "--mode",
+            "pretrain",
+            "--eval-data",
+            "held",
+            "--eval-every",
+            "7",
+        ]))
+        .unwrap();
+        let v = s.eval.unwrap();
+        assert_eq!((v.every, v.rows, v.keep_best), (7, None, false));
+        let err = resolve_settings(&train_args(&[
+            "--arch",
+            "dec",
+            "--mode",
+            "pretrain",
+            "--eval-every",
+            "7",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--eval-data"), "{err}");
+    }
+
+    #[test]
     fn init_and_resume_together_are_refused() {
         let args = train_args(&[
             "--arch", "dec", "--mode", "finetune", "--init", "x", "--resume",

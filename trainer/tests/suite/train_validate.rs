@@ -486,3 +486,47 @@ fn validation_on_cuda_leaves_resident_training_alone() {
         assert!((ge.source_avg_loss - ce.source_avg_loss).abs() / ce.source_avg_loss < 1e-5);
     }
 }
+
+/// The `[eval]` table the finetuning recipes show (commented out) parses and resolves, and the
+/// command line's eval data replaces the recipe's.
+#[test]
+fn the_recipes_eval_table_resolves() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/redllm-tiny-finetune.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.contains("\n[eval]\n"), "{uncommented}");
+    let recipe = Recipe::from_toml(&uncommented, "recipe").unwrap();
+    let resolve = |recipe: Recipe| {
+        TrainSettings::resolve(recipe, "data".into(), "out".into(), None, false).unwrap()
+    };
+    let v = resolve(recipe.clone()).eval.unwrap();
+    assert_eq!(
+        v,
+        Validation {
+            data: "corpora/flan/eval".into(),
+            every: 50,
+            rows: Some(2000),
+            keep_best: true
+        }
+    );
+    let flags = Recipe {
+        eval: EvalRecipe {
+            data: Some("held".into()),
+            ..EvalRecipe::default()
+        },
+        ..Recipe::default()
+    };
+    let v = resolve(recipe.overlay(flags)).eval.unwrap();
+    assert_eq!((v.data, v.every), (PathBuf::from("held"), 50));
+    // Without the table, no validation.
+    assert!(resolve(Recipe::from_toml(&text, "recipe").unwrap())
+        .eval
+        .is_none());
+}
