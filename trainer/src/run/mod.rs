@@ -10,16 +10,18 @@
 
 mod prepare;
 pub mod settings;
+mod tokenizer;
 pub mod validate;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use prepare::{check_tokenizer, TrainRun};
+pub use prepare::TrainRun;
 pub use settings::{
     BatchSize, DataRecipe, EvalRecipe, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError,
     TrainSettings, Validation,
 };
+pub use tokenizer::check_tokenizer;
 
 use crate::backend::{Backend, BackendError, MicroBatch};
 use crate::batch::StepOptions;

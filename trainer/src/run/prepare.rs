@@ -7,6 +7,7 @@ use std::sync::Arc;
 use redpack_schemas::Kind;
 
 use super::settings::{Mode, TrainSettings};
+use super::tokenizer::{check_tokenizer, check_vocab};
 use super::validate::Validator;
 use super::TrainError;
 use crate::batch::StepOptions;
@@ -85,44 +86,6 @@ fn required_kind(mode: Mode) -> Kind {
         Mode::Pretrain => Kind::Packed,
         Mode::Finetune => Kind::Examples,
     }
-}
-
-/// Fails unless the checkpoint's tokenizer is the corpus's and its vocabulary covers the corpus.
-pub fn check_tokenizer(
-    checkpoint_dir: &Path,
-    model: &ModelConfig,
-    stamp: &TokenizerStamp,
-    corpus: &CorpusSummary,
-) -> Result<(), TrainError> {
-    if stamp.sha256 != corpus.tokenizer.sha256 {
-        return Err(incompatible(
-            checkpoint_dir,
-            format!(
-                "tokenizer mismatch: the checkpoint was trained with tokenizer sha256 {}, the corpus {} was encoded with {}",
-                stamp.sha256,
-                corpus.dir.display(),
-                corpus.tokenizer.sha256
-            ),
-        ));
-    }
-    check_vocab(checkpoint_dir, model, corpus)
-}
-
-fn check_vocab(
-    place: &Path,
-    model: &ModelConfig,
-    corpus: &CorpusSummary,
-) -> Result<(), TrainError> {
-    if corpus.tokenizer.vocab_size as usize > model.vocab_size {
-        return Err(incompatible(
-            place,
-            format!(
-                "the corpus vocabulary ({}) is larger than the model's ({})",
-                corpus.tokenizer.vocab_size, model.vocab_size
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl TrainRun {

@@ -191,7 +191,7 @@ pub struct Validation {
 impl Validation {
     /// Whether validation runs after `step` of a run of `steps`.
     pub fn due(&self, step: u64, steps: u64) -> bool {
-        step % self.every == 0 || step == steps
+        step.is_multiple_of(self.every) || step == steps
     }
 }
 

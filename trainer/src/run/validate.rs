@@ -14,7 +14,8 @@ use std::path::Path;
 use redpack_schemas::Kind;
 
 use super::settings::Validation;
-use super::{check_tokenizer, TrainError};
+use super::tokenizer::check_tokenizer;
+use super::TrainError;
 use crate::backend::Backend;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint::TokenizerStamp;
