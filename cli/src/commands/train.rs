@@ -290,7 +290,7 @@ impl StepObserver for Bar {
     }
 
     fn on_eval(&mut self, step: u64, eval: &EvalMetrics) {
-        self.bar.println(format!(
+        let line = format!(
             "step {step}: eval loss {:.4} (ppl {:.2}), source average {:.4}, {} tokens in {} rows{}",
             eval.loss,
             eval.ppl,
@@ -298,7 +298,14 @@ impl StepObserver for Bar {
             human_count(eval.tokens),
             eval.examples,
             if eval.best { ", best so far" } else { "" }
-        ));
+        );
+        // A hidden bar (stderr not a terminal: a log file) drops `println`; the line still goes
+        // to the log.
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     fn on_checkpoint(&mut self, step: u64, dir: &Path) {

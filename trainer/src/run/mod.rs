@@ -7,6 +7,13 @@
 //! gradient of the mean loss over the whole batch, whatever the split); optionally clip the
 //! global norm; apply Adafactor at the schedule's rate. A non-finite loss, gradient or update
 //! stops the run before anything is saved, so the last checkpoint stays good.
+//!
+//! With validation on (`settings.eval`, see `validate`), after the update of every `every`-th
+//! step and of the last, the eval corpus is scored with the new parameters; the result goes on
+//! that step's `metrics.jsonl` record (`eval`), and a new lowest pooled eval loss becomes
+//! `TrainRun::best` and, when the run keeps it, `RUN/checkpoints/best` (written before the step's
+//! regular checkpoint). The best so far is stored in every checkpoint's metadata, so a resumed
+//! run goes on choosing over the whole run.
 
 mod prepare;
 pub mod settings;
