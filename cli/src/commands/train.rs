@@ -238,6 +238,18 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
             }
         );
     }
+    if let Some(v) = run
+        .validator
+        .as_ref()
+        .filter(|v| v.corpus.max_row_len() > run.corpus.max_row_len())
+    {
+        eprintln!(
+            "note: eval rows are up to {} tokens, training rows up to {}: validation scores the rows whole, beyond the training length (build the eval split with --eval-seq-len {} to validate at it)",
+            v.corpus.max_row_len(),
+            run.corpus.max_row_len(),
+            run.corpus.max_row_len()
+        );
+    }
     if let Some(best) = &run.best {
         eprintln!(
             "best eval so far: step {}, loss {:.4}",
