@@ -6,6 +6,10 @@
 //! - `checkpoint.json`: the model config, step, data cursor, RNG seed, the corpus tokenizer's
 //!   sha256 and the resolved run settings.
 //!
+//! With validation on (`--eval-data`), `RUN/checkpoints/best/` holds the checkpoint with the lowest
+//! pooled eval loss so far, a checkpoint like the others plus `best.json` (`BestEval`: its step
+//! and eval losses); `latest`, `prune` and `--resume` never pick it.
+//!
 //! A checkpoint is written into a hidden temporary directory next to its final place, every file
 //! fsynced, then renamed into place and the parent fsynced: a crash leaves either the previous
 //! checkpoints or the complete new one, never a truncated one that looks valid.
@@ -28,6 +32,10 @@ pub const META_FILE: &str = "checkpoint.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const FORMAT_NAME: &str = "redpack-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
+/// The directory of the best checkpoint under `RUN/checkpoints/`.
+pub const BEST_DIR: &str = "best";
+/// The file in the best checkpoint that says which step it is and what it scored.
+pub const BEST_FILE: &str = "best.json";
 
 /// What can go wrong saving or loading a checkpoint. Every variant names its path.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,20 @@ pub struct RngState {
     pub seed: u64,
 }
 
+/// The best evaluation of a run so far (lowest pooled eval loss; the earliest step on a tie).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestEval {
+    pub step: u64,
+    /// Token-pooled mean cross-entropy over the eval corpus (the criterion).
+    pub loss: f64,
+    /// The mean over sources of each source's pooled loss.
+    pub source_avg_loss: f64,
+    /// The eval corpus and how many rows were scored (all when unset).
+    pub data: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
 /// `checkpoint.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -96,6 +118,10 @@ pub struct CheckpointMeta {
     pub paper_flops_seen: f64,
     /// The run's resolved settings, for the record and for checks on resume.
     pub settings: serde_json::Value,
+    /// The best evaluation up to `step` (with validation on), so a resumed run keeps choosing
+    /// the best checkpoint over the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestEval>,
 }
 
 /// A loaded checkpoint.
@@ -141,10 +167,47 @@ pub fn save(
     params: &ParamStore,
     optimizer_state: &[(String, Tensor)],
 ) -> Result<PathBuf, CheckpointError> {
+    write_dir(
+        run_dir,
+        &step_dir_name(meta.step),
+        meta,
+        params,
+        optimizer_state,
+        None,
+    )
+}
+
+/// Saves the run's best checkpoint as `run_dir/checkpoints/best/`, replacing the previous one,
+/// with `best.json` describing `best` (which should also be `meta.best`).
+pub fn save_best(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+    params: &ParamStore,
+    optimizer_state: &[(String, Tensor)],
+    best: &BestEval,
+) -> Result<PathBuf, CheckpointError> {
+    write_dir(run_dir, BEST_DIR, meta, params, optimizer_state, Some(best))
+}
+
+/// Reads `best.json` of a best checkpoint directory.
+pub fn load_best(dir: &Path) -> Result<BestEval, CheckpointError> {
+    let path = dir.join(BEST_FILE);
+    let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, format!("invalid JSON: {e}")))
+}
+
+/// Writes a checkpoint directory `run_dir/checkpoints/name` atomically.
+fn write_dir(
+    run_dir: &Path,
+    name: &str,
+    meta: &CheckpointMeta,
+    params: &ParamStore,
+    optimizer_state: &[(String, Tensor)],
+    best: Option<&BestEval>,
+) -> Result<PathBuf, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
-    let name = step_dir_name(meta.step);
-    let final_dir = parent.join(&name);
+    let final_dir = parent.join(name);
     let tmp_dir = parent.join(format!(".{name}.tmp"));
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
@@ -171,10 +234,18 @@ pub fn save(
     json.push(b'\n');
     std::fs::write(&meta_path, &json).map_err(io_error(&meta_path))?;
     sync_file(&meta_path)?;
+    if let Some(best) = best {
+        let best_path = tmp_dir.join(BEST_FILE);
+        let mut json = serde_json::to_vec_pretty(best)
+            .map_err(|e| corrupt(&best_path, format!("cannot encode: {e}")))?;
+        json.push(b'\n');
+        std::fs::write(&best_path, &json).map_err(io_error(&best_path))?;
+        sync_file(&best_path)?;
+    }
     sync_dir(&tmp_dir)?;
 
     if final_dir.exists() {
-        // Only when a run is re-saved at the same step (a resume that saves again at once).
+        // A run re-saved at the same step (a resume that saves again at once), or a new best.
         let old = parent.join(format!(".{name}.old"));
         std::fs::rename(&final_dir, &old).map_err(io_error(&final_dir))?;
         std::fs::remove_dir_all(&old).map_err(io_error(&old))?;

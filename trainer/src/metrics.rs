@@ -1,6 +1,10 @@
 //! Per-step metrics: one JSON object per optimizer step in `RUN/metrics.jsonl`, and the same
 //! record handed to an observer (the CLI's progress bar).
 //!
+//! With validation on (`--eval-data`), the record of a step after which the eval corpus was scored
+//! carries an `eval` object (`EvalMetrics`); other records have none, so a reader that ignores it
+//! reads every line as before.
+//!
 //! Everything in a record except `elapsed_s` and `tokens_per_s` is a deterministic function of
 //! the run's settings and data, so two runs (or a run and its resumed twin) can be compared
 //! line by line.
@@ -51,6 +55,30 @@ pub struct StepMetrics {
     /// start (compare with the normalized weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixture: Option<BTreeMap<String, f64>>,
+    /// The eval corpus scored with the parameters after this step, on the steps validation runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalMetrics>,
+}
+
+/// One evaluation on the eval corpus during training: the training objective's cross-entropy
+/// (z-loss and dropout off), over the scored tokens of the first `examples` rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Token-pooled mean cross-entropy (natural log) over every scored token.
+    pub loss: f64,
+    /// The mean over sources of each source's pooled loss (the paper's headline average).
+    pub source_avg_loss: f64,
+    /// `exp(loss)`.
+    pub ppl: f64,
+    /// Scored tokens and rows.
+    pub tokens: u64,
+    pub examples: u64,
+    /// Pooled loss of each source.
+    pub sources: BTreeMap<String, f64>,
+    /// Whether this is the lowest pooled loss of the run so far (saved as `checkpoints/best`
+    /// when the run keeps its best checkpoint).
+    #[serde(default)]
+    pub best: bool,
 }
 
 /// Errors writing or reading the metrics file.
@@ -160,6 +188,8 @@ pub trait StepObserver {
     fn on_step(&mut self, metrics: &StepMetrics);
     /// A checkpoint was written.
     fn on_checkpoint(&mut self, _step: u64, _dir: &Path) {}
+    /// The eval corpus was scored after `step` (called before `on_step` of that step).
+    fn on_eval(&mut self, _step: u64, _eval: &EvalMetrics) {}
 }
 
 /// An observer that does nothing.

@@ -138,6 +138,17 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Validate on this corpus while training (same kind and tokenizer as --data, e.g. the
+    /// `eval/` split of build-corpus --eval-docs): its loss goes into metrics.jsonl, and a
+    /// finetuning run keeps its best checkpoint as checkpoints/best. Recipe: [eval] data.
+    #[arg(long, value_name = "DIR")]
+    pub eval_data: Option<PathBuf>,
+    /// Validate after every N steps and after the last [default: --checkpoint-every].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Score only the first M rows of the eval corpus [default: all].
+    #[arg(long, value_name = "M")]
+    pub eval_rows: Option<u64>,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,

@@ -9,8 +9,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
-use redpack_trainer::metrics::{StepMetrics, StepObserver};
-use redpack_trainer::run::{Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
+use redpack_trainer::metrics::{EvalMetrics, StepMetrics, StepObserver};
+use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
 
@@ -76,6 +76,12 @@ fn flags_recipe(args: &TrainArgs) -> Recipe {
         optimizer: None,
         schedule: None,
         data: Default::default(),
+        eval: EvalRecipe {
+            data: args.eval_data.clone(),
+            every: args.eval_every,
+            rows: args.eval_rows,
+            keep_best: None,
+        },
     }
 }
 
@@ -128,6 +134,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "flops_seen": last.map(|m| m.flops_seen),
             "paper_flops_seen": last.map(|m| m.paper_flops_seen),
             "mixture": last.and_then(|m| m.mixture.clone()),
+            "eval": outcome.metrics.iter().rev().find_map(|m| m.eval.clone()),
+            "best": outcome.best,
+            "best_checkpoint": outcome.best_checkpoint,
             "model": model,
             "parameters": model.param_count(),
             "checkpoint": outcome.final_checkpoint,
@@ -151,6 +160,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         if let Some(mixture) = last.and_then(|m| m.mixture.as_ref()) {
             let shares: Vec<String> = mixture.iter().map(|(k, p)| format!("{k} {p:.4}")).collect();
             println!("mixture realized: {}", shares.join(", "));
+        }
+        if let Some(best) = &outcome.best {
+            println!(
+                "best eval: step {}, loss {:.4} (source average {:.4}){}",
+                best.step,
+                best.loss,
+                best.source_avg_loss,
+                outcome
+                    .best_checkpoint
+                    .as_ref()
+                    .map(|d| format!(", checkpoint {}", d.display()))
+                    .unwrap_or_default()
+            );
         }
         println!("checkpoint: {}", outcome.final_checkpoint.display());
     }
@@ -198,6 +220,42 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
             eprintln!("  {line}");
         }
     }
+    if let Some(v) = &run.validator {
+        eprintln!(
+            "validation on {} ({} rows of {}, max length {}) every {} steps{}",
+            v.settings.data.display(),
+            v.settings.rows.map_or_else(
+                || "all".to_string(),
+                |n| n.min(v.corpus.examples).to_string()
+            ),
+            v.corpus.examples,
+            v.corpus.max_row_len(),
+            v.settings.every,
+            if v.settings.keep_best {
+                ", keeping the best checkpoint"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(v) = run
+        .validator
+        .as_ref()
+        .filter(|v| v.corpus.max_row_len() > run.corpus.max_row_len())
+    {
+        eprintln!(
+            "note: eval rows are up to {} tokens, training rows up to {}: validation scores the rows whole, beyond the training length (build the eval split with --eval-seq-len {} to validate at it)",
+            v.corpus.max_row_len(),
+            run.corpus.max_row_len(),
+            run.corpus.max_row_len()
+        );
+    }
+    if let Some(best) = &run.best {
+        eprintln!(
+            "best eval so far: step {}, loss {:.4}",
+            best.step, best.loss
+        );
+    }
     if let Some(dir) = &run.resumed_from {
         eprintln!("resuming from {}", dir.display());
     }
@@ -241,6 +299,25 @@ impl StepObserver for Bar {
             m.update_norm,
             human_count(m.tokens_per_s as u64)
         ));
+    }
+
+    fn on_eval(&mut self, step: u64, eval: &EvalMetrics) {
+        let line = format!(
+            "step {step}: eval loss {:.4} (ppl {:.2}), source average {:.4}, {} tokens in {} rows{}",
+            eval.loss,
+            eval.ppl,
+            eval.source_avg_loss,
+            human_count(eval.tokens),
+            eval.examples,
+            if eval.best { ", best so far" } else { "" }
+        );
+        // A hidden bar (stderr not a terminal: a log file) drops `println`; the line still goes
+        // to the log.
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     fn on_checkpoint(&mut self, step: u64, dir: &Path) {
@@ -363,6 +440,52 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("f32 only"), "{err}");
+    }
+
+    #[test]
+    fn eval_flags_resolve_into_validation() {
+        let s = resolve_settings(&train_args(&[
+            "--arch",
+            "red",
+            "--mode",
+            "finetune",
+            "--checkpoint-every",
+            "40",
+            "--eval-data",
+            "held",
+            "--eval-rows",
+            "64",
+        ]))
+        .unwrap();
+        let v = s.eval.unwrap();
+        assert_eq!(
+            (v.data.as_path(), v.every, v.rows, v.keep_best),
+            (std::path::Path::new("held"), 40, Some(64), true)
+        );
+        let s = resolve_settings(&train_args(&[
+            "--arch",
+            "dec",
+            "--mode",
+            "pretrain",
+            "--eval-data",
+            "held",
+            "--eval-every",
+            "7",
+        ]))
+        .unwrap();
+        let v = s.eval.unwrap();
+        assert_eq!((v.every, v.rows, v.keep_best), (7, None, false));
+        let err = resolve_settings(&train_args(&[
+            "--arch",
+            "dec",
+            "--mode",
+            "pretrain",
+            "--eval-every",
+            "7",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--eval-data"), "{err}");
     }
 
     #[test]

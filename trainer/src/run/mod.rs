@@ -1,27 +1,38 @@
 //! The training loop: prepare (open the corpus, check it against the mode and any checkpoint,
 //! build or load the model) so that every mistake surfaces before the first step, then run
-//! optimizer steps with gradient accumulation, logging and checkpoints.
+//! optimizer steps with gradient accumulation, logging, validation and checkpoints.
 //!
 //! One optimizer step: zero the gradients; for each of `accum` micro-batches, add the gradient
 //! of the summed loss; divide by the scored tokens of all micro-batches (so the step sees the
 //! gradient of the mean loss over the whole batch, whatever the split); optionally clip the
 //! global norm; apply Adafactor at the schedule's rate. A non-finite loss, gradient or update
 //! stops the run before anything is saved, so the last checkpoint stays good.
+//!
+//! With validation on (`settings.eval`, see `validate`), after the update of every `every`-th
+//! step and of the last, the eval corpus is scored with the new parameters; the result goes on
+//! that step's `metrics.jsonl` record (`eval`), and a new lowest pooled eval loss becomes
+//! `TrainRun::best` and, when the run keeps it, `RUN/checkpoints/best` (written before the step's
+//! regular checkpoint). The best so far is stored in every checkpoint's metadata, so a resumed
+//! run goes on choosing over the whole run.
 
 mod prepare;
 pub mod settings;
+mod tokenizer;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use prepare::{check_tokenizer, TrainRun};
+pub use prepare::TrainRun;
 pub use settings::{
-    BatchSize, DataRecipe, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError, TrainSettings,
+    BatchSize, DataRecipe, EvalRecipe, Mode, Objective, ObjectiveRecipe, Recipe, SettingsError,
+    TrainSettings, Validation,
 };
+pub use tokenizer::check_tokenizer;
 
 use crate::backend::{Backend, BackendError, MicroBatch};
 use crate::batch::StepOptions;
-use crate::checkpoint::{self, CheckpointError, CheckpointMeta, RngState};
+use crate::checkpoint::{self, BestEval, CheckpointError, CheckpointMeta, RngState};
 use crate::data::{DataError, Loader, MixtureState};
 use crate::flops::{paper_training_flops, training_flops, StackTokens};
 use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
@@ -97,6 +108,10 @@ pub struct TrainOutcome {
     pub final_checkpoint: PathBuf,
     /// Metrics of the steps this invocation ran.
     pub metrics: Vec<StepMetrics>,
+    /// The best evaluation of the whole run (with validation on), and the best checkpoint's
+    /// directory when the run keeps it.
+    pub best: Option<BestEval>,
+    pub best_checkpoint: Option<PathBuf>,
 }
 
 impl TrainRun {
@@ -120,6 +135,18 @@ impl TrainRun {
         let mut metrics = Vec::new();
         let mut last_checkpoint = self.resumed_from.clone();
         let mut final_checkpoint = None;
+        let mut best_checkpoint = self
+            .settings
+            .eval
+            .as_ref()
+            .filter(|e| e.keep_best)
+            .map(|_| {
+                settings
+                    .out
+                    .join(checkpoint::CHECKPOINTS_DIR)
+                    .join(checkpoint::BEST_DIR)
+            })
+            .filter(|dir| dir.join(checkpoint::META_FILE).is_file());
         // A device that keeps the parameters and the optimizer state resident runs the whole
         // step; the host copies are refreshed for checkpoints only.
         let resident = match backend.resident() {
@@ -221,7 +248,7 @@ impl TrainRun {
                 state.proportions()
             });
             let elapsed = started.elapsed().as_secs_f64();
-            let record = StepMetrics {
+            let mut record = StepMetrics {
                 step,
                 loss,
                 z_loss,
@@ -243,16 +270,42 @@ impl TrainRun {
                     0.0
                 },
                 mixture,
+                eval: None,
             };
+            // Whether the host copies hold this step's parameters (a resident device keeps them).
+            let mut host_current = !resident;
+            if let Some(validator) = self
+                .validator
+                .as_ref()
+                .filter(|v| v.settings.due(step, settings.steps))
+            {
+                let mut eval =
+                    validator.evaluate(step, &self.model, &self.params, backend, resident)?;
+                if !eval.loss.is_finite() {
+                    return Err(non_finite("the eval loss", eval.loss));
+                }
+                eval.best = self.best.as_ref().is_none_or(|b| eval.loss < b.loss);
+                if eval.best {
+                    self.best = Some(BestEval {
+                        step,
+                        loss: eval.loss,
+                        source_avg_loss: eval.source_avg_loss,
+                        data: validator.settings.data.clone(),
+                        rows: validator.settings.rows,
+                    });
+                    if validator.settings.keep_best {
+                        self.refresh_host(backend, resident, &mut host_current, step)?;
+                        best_checkpoint = Some(self.save_best(step)?);
+                    }
+                }
+                observer.on_eval(step, &eval);
+                record.eval = Some(eval);
+            }
             log.append(&record)?;
             observer.on_step(&record);
             metrics.push(record);
             if step % settings.checkpoint_every == 0 || step == settings.steps {
-                if let Some(device) = backend.resident().filter(|_| resident) {
-                    device
-                        .store_training(&mut self.params, &mut self.optimizer)
-                        .map_err(|source| TrainError::Backend { step, source })?;
-                }
+                self.refresh_host(backend, resident, &mut host_current, step)?;
                 let dir = self.save(step)?;
                 checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
                 observer.on_checkpoint(step, &dir);
@@ -270,7 +323,30 @@ impl TrainRun {
             start_step: self.start_step,
             final_checkpoint,
             metrics,
+            best: self.best.clone(),
+            best_checkpoint,
         })
+    }
+
+    /// Copies a resident device's parameters and optimizer state into the host copies, once
+    /// per step.
+    fn refresh_host(
+        &mut self,
+        backend: &mut dyn Backend,
+        resident: bool,
+        host_current: &mut bool,
+        step: u64,
+    ) -> Result<(), TrainError> {
+        if *host_current {
+            return Ok(());
+        }
+        if let Some(device) = backend.resident().filter(|_| resident) {
+            device
+                .store_training(&mut self.params, &mut self.optimizer)
+                .map_err(|source| TrainError::Backend { step, source })?;
+        }
+        *host_current = true;
+        Ok(())
     }
 
     /// Runs the `accum` micro-batches of one step, adding their summed-loss gradients into
@@ -330,7 +406,32 @@ impl TrainRun {
     }
 
     fn save(&self, step: u64) -> Result<PathBuf, TrainError> {
-        let meta = CheckpointMeta {
+        Ok(checkpoint::save(
+            &self.settings.out,
+            &self.meta(step),
+            &self.params,
+            &self.optimizer.state_tensors(),
+        )?)
+    }
+
+    /// Saves the current state as `checkpoints/best` (`self.best` is its evaluation).
+    fn save_best(&self, step: u64) -> Result<PathBuf, TrainError> {
+        let meta = self.meta(step);
+        let best = meta.best.clone().ok_or_else(|| TrainError::Incompatible {
+            path: self.settings.out.clone(),
+            what: "internal: no best evaluation to save".into(),
+        })?;
+        Ok(checkpoint::save_best(
+            &self.settings.out,
+            &meta,
+            &self.params,
+            &self.optimizer.state_tensors(),
+            &best,
+        )?)
+    }
+
+    fn meta(&self, step: u64) -> CheckpointMeta {
+        CheckpointMeta {
             format: checkpoint::FORMAT_NAME.to_string(),
             format_version: checkpoint::FORMAT_VERSION,
             step,
@@ -345,12 +446,7 @@ impl TrainRun {
             flops_seen: self.flops_seen,
             paper_flops_seen: self.paper_flops_seen,
             settings: serde_json::to_value(&self.settings).unwrap_or(serde_json::Value::Null),
-        };
-        Ok(checkpoint::save(
-            &self.settings.out,
-            &meta,
-            &self.params,
-            &self.optimizer.state_tensors(),
-        )?)
+            best: self.best.clone(),
+        }
     }
 }

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use redpack_schemas::Kind;
 
 use super::settings::{Mode, TrainSettings};
+use super::tokenizer::{check_tokenizer, check_vocab};
+use super::validate::Validator;
 use super::TrainError;
-use crate::checkpoint::{self, TokenizerStamp};
+use crate::batch::StepOptions;
+use crate::checkpoint::{self, BestEval, TokenizerStamp};
 use crate::config::{Arch, ModelConfig};
 use crate::data::{
     open_corpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, MixturePlan, Order,
@@ -39,6 +42,10 @@ pub struct TrainRun {
     pub resumed_from: Option<PathBuf>,
     /// Set when the weights came from `--init`.
     pub initialized_from: Option<PathBuf>,
+    /// The checked eval corpus, with validation on.
+    pub validator: Option<Validator>,
+    /// The best evaluation so far (from the resumed checkpoint, then this run's).
+    pub best: Option<BestEval>,
     pub(super) tokenizer: TokenizerStamp,
     pub(super) loss_on_prefix: bool,
     pub(super) loader_options: LoaderOptions,
@@ -69,50 +76,16 @@ fn incompatible(path: &Path, what: impl Into<String>) -> TrainError {
     }
 }
 
+fn rows_text(rows: Option<u64>) -> String {
+    rows.map_or_else(|| "all".to_string(), |n| n.to_string())
+}
+
 /// Corpus kind each mode trains on.
 fn required_kind(mode: Mode) -> Kind {
     match mode {
         Mode::Pretrain => Kind::Packed,
         Mode::Finetune => Kind::Examples,
     }
-}
-
-/// Fails unless the checkpoint's tokenizer is the corpus's and its vocabulary covers the corpus.
-pub fn check_tokenizer(
-    checkpoint_dir: &Path,
-    model: &ModelConfig,
-    stamp: &TokenizerStamp,
-    corpus: &CorpusSummary,
-) -> Result<(), TrainError> {
-    if stamp.sha256 != corpus.tokenizer.sha256 {
-        return Err(incompatible(
-            checkpoint_dir,
-            format!(
-                "tokenizer mismatch: the checkpoint was trained with tokenizer sha256 {}, the corpus {} was encoded with {}",
-                stamp.sha256,
-                corpus.dir.display(),
-                corpus.tokenizer.sha256
-            ),
-        ));
-    }
-    check_vocab(checkpoint_dir, model, corpus)
-}
-
-fn check_vocab(
-    place: &Path,
-    model: &ModelConfig,
-    corpus: &CorpusSummary,
-) -> Result<(), TrainError> {
-    if corpus.tokenizer.vocab_size as usize > model.vocab_size {
-        return Err(incompatible(
-            place,
-            format!(
-                "the corpus vocabulary ({}) is larger than the model's ({})",
-                corpus.tokenizer.vocab_size, model.vocab_size
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl TrainRun {
@@ -166,6 +139,8 @@ impl TrainRun {
             rows_per_micro_batch,
             resumed_from: None,
             initialized_from: None,
+            validator: None,
+            best: None,
             tokenizer,
             loss_on_prefix: settings.arch == Arch::Dec && settings.mode == Mode::Pretrain,
             loader_options: LoaderOptions {
@@ -195,6 +170,22 @@ impl TrainRun {
             }
         }
         check_vocab(&run.settings.data, &run.model, &run.corpus)?;
+        if let Some(eval) = &run.settings.eval {
+            let objective = StepOptions {
+                bidirectional_prefix: run.settings.objective.bidirectional_prefix,
+                reset_at_doc_boundaries: run.settings.objective.reset_at_doc_boundaries,
+                loss_on_prefix: run.loss_on_prefix,
+                ..StepOptions::default()
+            };
+            run.validator = Some(Validator::prepare(
+                eval,
+                &run.model,
+                &run.tokenizer,
+                run.corpus.kind,
+                &objective,
+                run.rows_per_micro_batch,
+            )?);
+        }
         std::fs::create_dir_all(&run.settings.out).map_err(|source| {
             crate::checkpoint::CheckpointError::Io {
                 path: run.settings.out.clone(),
@@ -247,6 +238,22 @@ impl TrainRun {
         self.tokens_seen = meta.tokens_seen;
         self.flops_seen = meta.flops_seen;
         self.paper_flops_seen = meta.paper_flops_seen;
+        if let (Some(best), Some(eval)) = (&meta.best, &self.settings.eval) {
+            // The best so far is a minimum over one eval set; another would not compare.
+            if (&best.data, best.rows) != (&eval.data, eval.rows) {
+                return Err(incompatible(
+                    dir,
+                    format!(
+                        "the run chose its best checkpoint on eval data {} ({} rows), now {} ({} rows): pass the same --eval-data and --eval-rows to continue it",
+                        best.data.display(),
+                        rows_text(best.rows),
+                        eval.data.display(),
+                        rows_text(eval.rows)
+                    ),
+                ));
+            }
+        }
+        self.best = meta.best.clone();
         self.params = ckpt.params;
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())

@@ -47,6 +47,23 @@ pub struct DataRecipe {
     pub mixture: Option<Mixture>,
 }
 
+/// Validation while training (the recipe's `[eval]` table; `--eval-data`, `--eval-every`,
+/// `--eval-rows` on the command line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalRecipe {
+    /// A corpus of the training corpus's kind and tokenizer (a held-out split, `OUT/eval/` of
+    /// `build-corpus --eval-docs`); validation is off without it.
+    pub data: Option<PathBuf>,
+    /// Evaluate after every N optimizer steps, and after the last (default: `checkpoint_every`).
+    pub every: Option<u64>,
+    /// Score only the first M rows of the eval corpus, in corpus order (default: all).
+    pub rows: Option<u64>,
+    /// Keep the checkpoint with the lowest pooled eval loss as `RUN/checkpoints/best`
+    /// (default: on for finetuning, off for pretraining).
+    pub keep_best: Option<bool>,
+}
+
 /// A recipe: what a config file or the command line says. Unset fields fall back to the next
 /// layer and finally to the paper's defaults for the mode.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -79,6 +96,8 @@ pub struct Recipe {
     pub schedule: Option<Schedule>,
     #[serde(default)]
     pub data: DataRecipe,
+    #[serde(default)]
+    pub eval: EvalRecipe,
 }
 
 impl Recipe {
@@ -128,6 +147,12 @@ impl Recipe {
             data: DataRecipe {
                 mixture: top.data.mixture.or(self.data.mixture),
             },
+            eval: EvalRecipe {
+                data: top.eval.data.or(self.eval.data),
+                every: top.eval.every.or(self.eval.every),
+                rows: top.eval.rows.or(self.eval.rows),
+                keep_best: top.eval.keep_best.or(self.eval.keep_best),
+            },
         }
     }
 }
@@ -147,6 +172,27 @@ pub struct Objective {
     pub dropout: f32,
     pub bidirectional_prefix: bool,
     pub reset_at_doc_boundaries: bool,
+}
+
+/// Validation while training, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    /// The eval corpus.
+    pub data: PathBuf,
+    /// Evaluate at steps `every`, `2 every`, ... and at the last step.
+    pub every: u64,
+    /// Score the first `rows` rows only (corpus order); all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Keep the best checkpoint (lowest pooled eval loss) as `RUN/checkpoints/best`.
+    pub keep_best: bool,
+}
+
+impl Validation {
+    /// Whether validation runs after `step` of a run of `steps`.
+    pub fn due(&self, step: u64, steps: u64) -> bool {
+        step.is_multiple_of(self.every) || step == steps
+    }
 }
 
 /// Everything a training run needs, resolved.
@@ -179,6 +225,9 @@ pub struct TrainSettings {
     /// Source weights (finetuning); rows are drawn uniformly when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixture: Option<Mixture>,
+    /// Validation while training; off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Validation>,
 }
 
 /// A recipe that cannot be resolved.
@@ -250,6 +299,35 @@ impl TrainSettings {
             bidirectional_prefix: r.objective.bidirectional_prefix.unwrap_or(false),
             reset_at_doc_boundaries: r.objective.reset_at_doc_boundaries.unwrap_or(false),
         };
+        let eval = match r.eval.data {
+            Some(dir) => Some(Validation {
+                data: dir,
+                every: r
+                    .eval
+                    .every
+                    .or(r.checkpoint_every)
+                    .ok_or_else(|| missing("checkpoint_every"))?,
+                rows: r.eval.rows,
+                keep_best: r.eval.keep_best.unwrap_or(mode == Mode::Finetune),
+            }),
+            None => {
+                let set: Vec<&str> = [
+                    r.eval.every.map(|_| "every"),
+                    r.eval.rows.map(|_| "rows"),
+                    r.eval.keep_best.map(|_| "keep_best"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !set.is_empty() {
+                    return Err(SettingsError(format!(
+                        "eval {} given without eval data: pass --eval-data DIR or set `data` in the [eval] table",
+                        set.join(", ")
+                    )));
+                }
+                None
+            }
+        };
         let settings = TrainSettings {
             arch,
             mode,
@@ -272,6 +350,7 @@ impl TrainSettings {
             init,
             resume,
             mixture: r.data.mixture,
+            eval,
         };
         settings.validate()?;
         Ok(settings)
@@ -333,6 +412,14 @@ impl TrainSettings {
                 return bad("[data.mixture] weighs the sources of a finetuning corpus; --mode pretrain reads packed rows uniformly".into());
             }
             mixture.validate().map_err(SettingsError)?;
+        }
+        if let Some(eval) = &self.eval {
+            if eval.every == 0 {
+                return bad("eval every (--eval-every) must be at least 1".into());
+            }
+            if eval.rows == Some(0) {
+                return bad("eval rows (--eval-rows) must be at least 1".into());
+            }
         }
         if self.init.is_some() && self.resume {
             return bad("--init starts a new run from pretrained weights; --resume continues an existing run: pass one".into());

@@ -29,3 +29,4 @@ mod train_data;
 mod train_optim;
 mod train_overrides;
 mod train_run;
+mod train_validate;
