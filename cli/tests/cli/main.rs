@@ -5,6 +5,7 @@
 
 mod build_corpus;
 mod cli_inspect;
+mod eval_grid;
 mod fetch;
 mod stages;
 mod synth;
