@@ -1,8 +1,10 @@
 //! Evaluation over (length, prefix) grids: every pair equals an independent numpy forward pass
 //! (`tests/python/eval_reference.py`, which reads only the checkpoint and the corpus files) for
 //! RedLLM, DecLLM, DecLLM + BiAttn and DecLLM with document resets; the checkpoint's attention
-//! is the one evaluated; short rows are skipped and counted; bad grids fail naming the limit.
+//! is the one evaluated; short rows are skipped and counted; bad grids fail naming the limit; the
+//! CUDA backend (a GPU, or the CPU emulation of one) gives the CPU's numbers at every pair.
 
+use super::cuda_support;
 use super::train_common::{self, examples_corpus, tiny_settings, EOD, PAD, TOKENIZER_SHA};
 
 use std::collections::BTreeMap;
@@ -14,6 +16,8 @@ use redpack_schemas::{
     WriterOptions, DEFAULT_MAX_SHARD_TOKENS,
 };
 use redpack_trainer::backend::cpu::CpuBackend;
+use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
+use redpack_trainer::backend::{Backend, Precision};
 use redpack_trainer::config::Arch;
 use redpack_trainer::eval::grid::{write_positions, GridJob, GridOptions, GridReport};
 use redpack_trainer::eval::{EvalError, EvalJob, EvalOptions};
@@ -131,6 +135,18 @@ fn grid(
     prefixes: &[usize],
     batch_rows: usize,
 ) -> Result<GridReport, EvalError> {
+    let mut cpu = CpuBackend::new(Some(2)).unwrap();
+    grid_on(&mut cpu, checkpoint, data, lengths, prefixes, batch_rows)
+}
+
+fn grid_on(
+    backend: &mut dyn Backend,
+    checkpoint: &Path,
+    data: &Path,
+    lengths: &[usize],
+    prefixes: &[usize],
+    batch_rows: usize,
+) -> Result<GridReport, EvalError> {
     let job = GridJob::prepare(
         checkpoint,
         data,
@@ -141,7 +157,7 @@ fn grid(
             max_rows: None,
         },
     )?;
-    job.run(&mut CpuBackend::new(Some(2)).unwrap(), |_| {})
+    job.run(backend, |_| {})
 }
 
 fn join(values: &[usize]) -> String {
@@ -444,5 +460,62 @@ fn positions_are_written_as_csv_or_jsonl() {
         });
         assert_eq!(n, cell.overall.tokens);
         close("pooled positions", -sum / n as f64, cell.overall.loss);
+    }
+}
+
+#[test]
+fn cuda_grid_matches_the_cpu_at_every_pair() {
+    let test = "cuda_grid_matches_the_cpu_at_every_pair";
+    let info = cuda_support::device(test);
+    cuda_support::require_nvrtc();
+    let cache = cuda_support::kernel_cache(&info.arch());
+    let options = CudaOptions::from_env().expect("REDPACK_CUDA_* variables");
+    let start = |precision| match CudaBackend::new(&info, precision, &cache, options) {
+        Ok(b) => b,
+        Err(e) => panic!("cannot start the CUDA backend on {}: {e}", info.name),
+    };
+    let mut gpu = start(Precision::F32);
+    // bf16 products and the fused attention kernel (eval's default on a GPU): to bf16's
+    // precision.
+    let mut bf16 = start(Precision::Bf16);
+    let root = tempfile::tempdir().unwrap();
+    let data = grid_corpus(&root.path().join("corpus"));
+    let (lengths, prefixes) = ([12, 32], [1, 11]);
+    for kind in [Kind::Red, Kind::Dec, Kind::DecBiAttn, Kind::DecReset] {
+        let checkpoint = trained(root.path(), kind, &data);
+        let cpu = grid(&checkpoint, &data, &lengths, &prefixes, 3).unwrap();
+        let on_gpu = grid_on(&mut gpu, &checkpoint, &data, &lengths, &prefixes, 3).unwrap();
+        for (g, c) in on_gpu.results.iter().zip(&cpu.results) {
+            let at = format!("{kind:?} L={} k={}", c.length, c.prefix_len);
+            assert_eq!((g.length, g.prefix_len), (c.length, c.prefix_len));
+            assert_eq!((g.rows, g.skipped_short), (c.rows, c.skipped_short), "{at}");
+            assert_eq!(g.overall.tokens, c.overall.tokens, "{at}");
+            close(
+                &format!("{at}: GPU pooled loss"),
+                g.overall.loss,
+                c.overall.loss,
+            );
+            close(
+                &format!("{at}: GPU source average"),
+                g.source_average.loss,
+                c.source_average.loss,
+            );
+            for (name, score) in &c.sources {
+                close(
+                    &format!("{at} {name}: GPU loss"),
+                    g.sources[name].loss,
+                    score.loss,
+                );
+            }
+            assert_eq!(g.positions.len(), c.positions.len(), "{at}");
+            for (gb, cb) in g.positions.iter().zip(&c.positions) {
+                assert_eq!((gb.first, gb.end, gb.tokens), (cb.first, cb.end, cb.tokens));
+                close(
+                    &format!("{at}: GPU log-prob of [{}, {})", cb.first, cb.end),
+                    gb.mean_logprob,
+                    cb.mean_logprob,
+                );
+            }
+        }
     }
 }
