@@ -476,8 +476,7 @@ fn cuda_grid_matches_the_cpu_at_every_pair() {
     };
     let mut gpu = start(Precision::F32);
     // bf16 products and the fused attention kernel (eval's default on a GPU; tiny's head_dim 32
-    // has a build): to 2e-3, bf16's
-    // precision.
+    // has a build): within 2e-3, bf16's precision.
     let mut bf16 = start(Precision::Bf16);
     let root = tempfile::tempdir().unwrap();
     let data = grid_corpus(&root.path().join("corpus"));
