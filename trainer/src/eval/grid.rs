@@ -323,7 +323,10 @@ impl GridJob {
             .map(|(cell, &(length, prefix_len))| self.finish_cell(cell, length, prefix_len))
             .collect();
         if results.iter().all(|c| c.overall.tokens == 0) {
-            return Err(EvalError::NothingScored(self.corpus.dir.clone()));
+            return Err(EvalError::NoRowLongEnough {
+                dir: self.corpus.dir.clone(),
+                length: self.lengths[0],
+            });
         }
         Ok(GridReport {
             checkpoint: self.checkpoint.clone(),

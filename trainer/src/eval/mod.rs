@@ -50,6 +50,9 @@ pub enum EvalError {
     },
     #[error("{}: nothing to score (no example is longer than the prefix)", .0.display())]
     NothingScored(PathBuf),
+    /// A grid evaluation read no row as long as its shortest length.
+    #[error("{}: nothing to score (no row is at least {length} tokens long)", .dir.display())]
+    NoRowLongEnough { dir: PathBuf, length: usize },
 }
 
 /// How to evaluate.

@@ -421,6 +421,24 @@ fn bad_grids_fail_naming_the_limit() {
     assert!(e.contains("at least 1"), "{e}");
     let e = err(&[16], &[]);
     assert!(e.contains("--prefix-len"), "{e}");
+    // An examples corpus (rows of 5 to 13 tokens): its first 5 rows are all below 13 tokens.
+    let examples = examples_corpus(&root.path().join("examples"), 16);
+    let job = GridJob::prepare(
+        &checkpoint,
+        &examples,
+        GridOptions {
+            lengths: vec![13],
+            prefix_lens: vec![4],
+            batch_rows: 2,
+            max_rows: Some(5),
+        },
+    )
+    .unwrap();
+    let e = job
+        .run(&mut CpuBackend::new(Some(1)).unwrap(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no row is at least 13 tokens long"), "{e}");
 }
 
 #[test]
