@@ -172,14 +172,15 @@ pub struct EvalArgs {
     #[arg(long, value_name = "K,...", value_delimiter = ',')]
     pub prefix_len: Vec<usize>,
     /// Write the mean log-probability of the true token by position (buckets [2^b, 2^(b+1)))
-    /// for every (L, k) pair: CSV (`.csv`) or JSON Lines (`.jsonl`). Grid mode only.
+    /// for every (L, k) pair: CSV (`.csv`) or JSON Lines (`.jsonl`). Selects the grid
+    /// evaluation (at the corpus's row length when --lengths is absent).
     #[arg(long, value_name = "FILE")]
     pub positions: Option<PathBuf>,
     /// Rows per forward pass.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub batch: usize,
     /// Score only the first N examples (rows, in corpus order).
-    #[arg(long, value_name = "N", alias = "max-rows")]
+    #[arg(long, value_name = "N", visible_alias = "max-rows")]
     pub max_examples: Option<u64>,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -191,7 +192,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Print the report as JSON: `{"loss", "ppl", "tokens", "sources": {...}, ...}`, or in grid
-    /// mode (--lengths, or several --prefix-len) `{"arch", "attention", "results": [...], ...}`.
+    /// mode (--lengths, several --prefix-len, or --positions) `{"arch", "attention", "scored",
+    /// "source_average", "rows_read", "results": [...], "peak_rss_bytes", ...}`.
     #[arg(long)]
     pub json: bool,
 }
