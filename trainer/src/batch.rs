@@ -100,4 +100,7 @@ pub struct LossStats {
     /// Per row: cross-entropy sum and scored-token count (for per-source evaluation).
     pub row_loss: Vec<f64>,
     pub row_tokens: Vec<usize>,
+    /// Per row: each scored token's cross-entropy in target order (for the log-probability by
+    /// position in evaluation).
+    pub row_token_loss: Vec<Vec<f64>>,
 }

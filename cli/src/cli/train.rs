@@ -172,15 +172,26 @@ pub struct EvalArgs {
     /// Corpus directory.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Score positions >= N given everything before, for either architecture, so that RedLLM
-    /// and DecLLM numbers compare. Default: each corpus's own objective.
-    #[arg(long, value_name = "N")]
-    pub prefix_len: Option<usize>,
+    /// Context lengths L, comma-separated: each row is cut to its first L tokens (shorter rows
+    /// are skipped and counted) and every (L, --prefix-len) pair is scored. Each L is at most the
+    /// corpus's row length.
+    #[arg(long, value_name = "L,...", value_delimiter = ',')]
+    pub lengths: Vec<usize>,
+    /// Prefix lengths k, comma-separated: score positions >= k given everything before, for
+    /// either architecture (RedLLM encodes [0, k)), so that RedLLM and DecLLM numbers compare.
+    /// One value without --lengths scores whole rows; default: each corpus's own objective.
+    #[arg(long, value_name = "K,...", value_delimiter = ',')]
+    pub prefix_len: Vec<usize>,
+    /// Write the mean log-probability of the true token by position (buckets [2^b, 2^(b+1)))
+    /// for every (L, k) pair: CSV (`.csv`) or JSON Lines (`.jsonl`). Selects the grid
+    /// evaluation (at the corpus's row length when --lengths is absent).
+    #[arg(long, value_name = "FILE")]
+    pub positions: Option<PathBuf>,
     /// Rows per forward pass.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub batch: usize,
-    /// Score only the first N examples.
-    #[arg(long, value_name = "N")]
+    /// Score only the first N examples (rows, in corpus order).
+    #[arg(long, value_name = "N", visible_alias = "max-rows")]
     pub max_examples: Option<u64>,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -191,7 +202,9 @@ pub struct EvalArgs {
     /// CPU threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Print `{"loss", "ppl", "tokens", "sources": {...}}` as JSON.
+    /// Print the report as JSON: `{"loss", "ppl", "tokens", "sources": {...}, ...}`, or in grid
+    /// mode (--lengths, several --prefix-len, or --positions) `{"arch", "attention", "scored",
+    /// "source_average", "rows_read", "results": [...], "peak_rss_bytes", ...}`.
     #[arg(long)]
     pub json: bool,
 }

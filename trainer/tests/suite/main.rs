@@ -18,6 +18,7 @@ mod cuda_emulated;
 mod cuda_kernels;
 mod cuda_model;
 mod cuda_train;
+mod eval_grid;
 mod flops_mixture;
 mod model_config;
 mod model_gradcheck;

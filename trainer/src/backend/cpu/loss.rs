@@ -113,6 +113,7 @@ pub fn logits_loss(
     let mut stats = LossStats {
         row_loss: vec![0.0; rows],
         row_tokens: vec![0; rows],
+        row_token_loss: vec![Vec::new(); rows],
         ..LossStats::default()
     };
     let d = d_model;
@@ -165,6 +166,7 @@ pub fn logits_loss(
             stats.tokens += 1;
             stats.row_loss[s.row] += ce;
             stats.row_tokens[s.row] += 1;
+            stats.row_token_loss[s.row].push(ce);
             token_ce.push(ce);
         }
         let Some(g) = grads.as_mut() else { continue };

@@ -244,6 +244,7 @@ impl Losses {
         let mut stats = LossStats {
             row_loss: vec![0.0; rows],
             row_tokens: vec![0; rows],
+            row_token_loss: vec![Vec::new(); rows],
             ..LossStats::default()
         };
         for (chunk, (ce, z)) in scored.chunks(chunk_len(config.vocab_size)).zip(&self.0) {
@@ -255,6 +256,7 @@ impl Losses {
                 stats.tokens += 1;
                 stats.row_loss[s.row] += ce as f64;
                 stats.row_tokens[s.row] += 1;
+                stats.row_token_loss[s.row].push(ce as f64);
             }
         }
         Ok(stats)
@@ -427,6 +429,7 @@ pub(super) fn run_model(
         return Ok(LossStats {
             row_loss: vec![0.0; inputs.rows],
             row_tokens: vec![0; inputs.rows],
+            row_token_loss: vec![Vec::new(); inputs.rows],
             ..LossStats::default()
         });
     };

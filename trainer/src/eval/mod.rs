@@ -8,7 +8,15 @@
 //!   every next token; RedLLM: the targets after the shard's split), an examples corpus on its
 //!   targets.
 //!
-//! The z-loss and dropout are off: the loss is the plain cross-entropy.
+//! The z-loss and dropout are off: the loss is the plain cross-entropy. Attention is the
+//! checkpoint's (`AttentionMode`, from the run settings it records): a DecLLM trained with a
+//! bidirectional prefix ("DecLLM + BiAttn") is scored with it, and attention resets at document
+//! boundaries when the run reset it.
+//!
+//! `grid` evaluates every (context length, prefix length) pair of a grid, per source, with the
+//! mean log-probability by position.
+
+pub mod grid;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +26,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, BackendError};
 use crate::batch::StepOptions;
-use crate::checkpoint::{self, CheckpointError};
+use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{Arch, ModelConfig};
 use crate::data::{open_corpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order};
 use crate::flops::{forward_flops, inference_flops, StackTokens};
@@ -42,6 +50,9 @@ pub enum EvalError {
     },
     #[error("{}: nothing to score (no example is longer than the prefix)", .0.display())]
     NothingScored(PathBuf),
+    /// A grid evaluation read no row as long as its shortest length.
+    #[error("{}: nothing to score (no row is at least {length} tokens long)", .dir.display())]
+    NoRowLongEnough { dir: PathBuf, length: usize },
 }
 
 /// How to evaluate.
@@ -92,6 +103,53 @@ pub struct EvalReport {
     pub forward_flops_per_example: f64,
 }
 
+/// The attention a checkpoint was trained with, read from the run settings it records
+/// (`objective.bidirectional_prefix`, `objective.reset_at_doc_boundaries`); absent fields
+/// read as off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AttentionMode {
+    /// DecLLM + BiAttn: the prefix tokens attend to each other bidirectionally.
+    pub bidirectional_prefix: bool,
+    /// A token attends only within its own document.
+    pub reset_at_doc_boundaries: bool,
+}
+
+impl AttentionMode {
+    /// The mode recorded in a checkpoint's metadata.
+    pub fn of_checkpoint(meta: &CheckpointMeta) -> AttentionMode {
+        let flag = |name: &str| {
+            meta.settings
+                .get("objective")
+                .and_then(|o| o.get(name))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+        };
+        AttentionMode {
+            bidirectional_prefix: meta.model.arch == Arch::Dec && flag("bidirectional_prefix"),
+            reset_at_doc_boundaries: flag("reset_at_doc_boundaries"),
+        }
+    }
+
+    /// A short description: `encoder-decoder`, `causal` or `causal, bidirectional over the
+    /// prefix`, with `, reset at document boundaries` when it applies.
+    pub fn describe(&self, arch: Arch) -> String {
+        let mut s = match (arch, self.bidirectional_prefix) {
+            (Arch::Red, _) => {
+                "encoder-decoder (bidirectional encoder over the prefix, causal decoder)"
+                    .to_string()
+            }
+            (Arch::Dec, true) => {
+                "causal, bidirectional over the prefix (DecLLM + BiAttn)".to_string()
+            }
+            (Arch::Dec, false) => "causal".to_string(),
+        };
+        if self.reset_at_doc_boundaries {
+            s.push_str(", reset at document boundaries");
+        }
+        s
+    }
+}
+
 /// A checked evaluation, ready to run.
 pub struct EvalJob {
     pub checkpoint: PathBuf,
@@ -124,10 +182,16 @@ impl EvalJob {
         }
         let ckpt = checkpoint::load(&dir, false)?;
         let arch = ckpt.meta.model.arch;
+        let attention = AttentionMode::of_checkpoint(&ckpt.meta);
+        // A bidirectional prefix sees the tokens after it, so they are never scored: a packed
+        // corpus is then scored on its targets, as the model was trained.
         let step_options = StepOptions {
             loss_on_prefix: arch == Arch::Dec
                 && options.prefix_len.is_none()
-                && summary.kind == Kind::Packed,
+                && summary.kind == Kind::Packed
+                && !attention.bidirectional_prefix,
+            bidirectional_prefix: attention.bidirectional_prefix,
+            reset_at_doc_boundaries: attention.reset_at_doc_boundaries,
             ..StepOptions::default()
         };
         let loader_options = LoaderOptions {
