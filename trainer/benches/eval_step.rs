@@ -173,6 +173,15 @@ fn main() {
             other => fail("BENCH_ARCHS", format!("unknown architecture {other:?}")),
         })
         .collect();
+    for &l in &lengths {
+        let k = prefix.unwrap_or(l / 2);
+        if k == 0 || k >= l {
+            fail(
+                "BENCH_PREFIX",
+                format!("the prefix {k} must be at least 1 and below L = {l}"),
+            );
+        }
+    }
     let vocab = env_usize("BENCH_VOCAB", 32768);
     let threads = std::env::var("BENCH_THREADS")
         .ok()
@@ -226,12 +235,6 @@ fn main() {
             let params = ParamStore::init(&config, 0);
             for &l in &lengths {
                 let k = prefix.unwrap_or(l / 2);
-                if k == 0 || k >= l {
-                    fail(
-                        "BENCH_PREFIX",
-                        format!("the prefix {k} must be at least 1 and below L = {l}"),
-                    );
-                }
                 let mut batch = Batch::random_full(rows, l, vocab, 1);
                 batch.prefix_len = vec![k; rows];
                 let options = StepOptions::default();
