@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh build   on a machine with the Rust toolchain (cargo): builds the release
 #                                test and benchmark binaries and copies them, stripped, to
-#                                target/gpu-bundle/{trainer_suite,cuda_step,flash_attention,redpack}
+#                                target/gpu-bundle/{trainer_suite,cuda_step,eval_step,flash_attention,
+#                                redpack}
 #                                (trainer_suite: the trainer's integration tests, one binary)
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
@@ -12,7 +13,7 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
-# bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
+# bench-eval, bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
 # GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure (the test
@@ -23,11 +24,14 @@
 #   2. the whole-model parity tests (cuda_model: one tiny step of each architecture, loss and
 #      every gradient vs the CPU in f32; masks, dropout, 20-step loss tracking, bf16 with fused
 #      attention, resident training vs the host loop), the bf16 step with the basic fused
-#      attention build, the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt), and
-#      the training loop on the GPU against the CPU (cuda_train: checkpoints and a resume),
+#      attention build, the whole-step tests again with cuBLASLt (REDPACK_CUDA_BLAS=lt), the
+#      training loop on the GPU against the CPU (cuda_train: checkpoints and a resume), and the
+#      evaluation on the GPU against the CPU (eval_grid: every (L, k) pair in f32 and bf16;
+#      train_validate: validation between steps leaves resident training alone),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
-#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), the
-#      fused attention kernels alone, every build side by side (flash_attention), and the
+#   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), their
+#      evaluation throughput beside a training forward + backward at L = 2048 and 16,384
+#      (eval_step), the fused attention kernels alone, every build side by side (flash_attention), and the
 #      fused cross-entropy beside the two kernels of the default,
 #   5. compute-sanitizer memcheck on the fused attention and on tiny steps,
 #   6. the same models in PyTorch (eager and torch.compile, bf16, and the whole training step),
@@ -47,12 +51,13 @@ build() {
     local json
     json=$(mktemp)
     cargo test -p redpack-trainer --release --no-run --test suite --message-format=json >"$json"
-    cargo bench -p redpack-trainer --bench cuda_step --bench flash_attention --no-run \
+    cargo bench -p redpack-trainer --bench cuda_step --bench eval_step --bench flash_attention \
+        --no-run \
         --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys
 # target name -> name in the bundle
-WANTED = {"suite": "trainer_suite", "cuda_step": "cuda_step",
+WANTED = {"suite": "trainer_suite", "cuda_step": "cuda_step", "eval_step": "eval_step",
           "flash_attention": "flash_attention"}
 found = {}
 for line in open(sys.argv[1]):
@@ -74,7 +79,8 @@ PY
     rm -f "$json"
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
-    strip "$BUNDLE"/trainer_suite "$BUNDLE"/cuda_step "$BUNDLE"/flash_attention "$BUNDLE"/redpack
+    strip "$BUNDLE"/trainer_suite "$BUNDLE"/cuda_step "$BUNDLE"/eval_step "$BUNDLE"/flash_attention \
+        "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -163,7 +169,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in trainer_suite cuda_step flash_attention redpack; do
+    for bin in trainer_suite cuda_step eval_step flash_attention redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -199,8 +205,17 @@ run() {
     wanted model && step model-ce-fused 60 env REDPACK_CUDA_CE=fused "$suite" \
         --exact cuda_model::bf16_step_is_close_to_cpu --test-threads=1
     wanted model && step train 90 "$suite" cuda_train:: --test-threads=1
+    # Evaluation on the GPU: the (L, k) grid against the CPU, and validation between resident
+    # training steps.
+    wanted model && step eval-grid 90 "$suite" --exact \
+        eval_grid::cuda_grid_matches_the_cpu_at_every_pair \
+        train_validate::validation_on_cuda_leaves_resident_training_alone --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
+    # Evaluation tokens/s beside a training forward + backward of the same 150M models, at
+    # L = 2048 and 16,384, 4 rows each, on the GPU alone (BENCH_JSON: one JSON object per line).
+    wanted bench-eval && step bench-eval 120 env BENCH_DEVICE=cuda BENCH_SIZE=150m BENCH_ROWS=4 \
+        BENCH_LENGTHS=2048,16384 BENCH_PRECISION=bf16 BENCH_JSON=1 "$BUNDLE/eval_step"
     wanted bench-attention && step bench-attention 90 "$BUNDLE/flash_attention"
     # The fused cross-entropy (REDPACK_CUDA_CE=fused) beside the default two kernels, DecLLM
     # alone, with the kernel profile.
