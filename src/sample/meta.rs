@@ -1,4 +1,4 @@
-//! `meta` values for the sample's RedPajama records, with the fields PAPER.md lists per subset,
+//! `meta` values for the sample's RedPajama records, with the fields RedPajama V1 carries per subset,
 //! rendered as a JSON object or as a Python `repr` (the two shapes found in the wild; the
 //! JSON-string form is the object's text wrapped in a JSON string).
 

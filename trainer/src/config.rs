@@ -1,6 +1,6 @@
 //! Model configuration: the two architectures and their sizes.
 //!
-//! The paper's five sizes (Table 2a of PAPER.md) are reproduced exactly; `tiny` and `small` are
+//! The paper's five sizes (Table 2a of arXiv 2510.26622) are reproduced exactly; `tiny` and `small` are
 //! ours, for tests and CPU runs. Every field is public so a config file can override any
 //! dimension; `validate` then checks the combination before any tensor is allocated.
 
@@ -191,7 +191,7 @@ fn size_row(size: &str) -> Option<SizeRow> {
         // Ours: a few seconds per hundred steps on a laptop core.
         "tiny" => row(64, 256, 2, 32, 2, 2),
         "small" => row(256, 1024, 4, 64, 4, 2),
-        // PAPER.md, Table 2a.
+        // The paper (arXiv 2510.26622), Table 2a.
         "150m" => row(1024, 4096, 8, 128, 8, 3),
         "1b" => row(2048, 8192, 16, 128, 16, 7),
         "2b" => row(2560, 10240, 20, 128, 20, 9),

@@ -235,7 +235,7 @@ pub struct TrainSettings {
 #[error("{0}")]
 pub struct SettingsError(pub String);
 
-/// The paper's defaults for a mode (PAPER.md, "Pretraining" and "Instruction tuning").
+/// The paper's defaults for a mode (arXiv 2510.26622, "Pretraining" and "Instruction tuning").
 pub fn mode_defaults(mode: Mode) -> Recipe {
     let (z_loss, dropout, schedule) = match mode {
         Mode::Pretrain => (
