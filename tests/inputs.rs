@@ -282,7 +282,7 @@ fn parquet_corrupt_pages_become_rejects_without_losing_row_count() {
     let dir = tempfile::tempdir().unwrap();
     let path = copy_to(dir.path(), FLAN_PARQUET);
     let mut bytes = std::fs::read(&path).unwrap();
-    // Scribble over the data pages (between the leading magic and the footer).
+    // Scribble over the data pages (after the magic at the start, before the footer).
     for byte in &mut bytes[200..4000] {
         *byte = 0xAB;
     }

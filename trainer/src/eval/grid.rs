@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{AttentionMode, EvalError, Score};
+use super::{load_resident, AttentionMode, EvalError, Score};
 use crate::backend::Backend;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint;
@@ -252,15 +252,7 @@ impl GridJob {
         let mut cells: Vec<CellSums> = pairs.iter().map(|_| CellSums::default()).collect();
         let mut rows_read = 0u64;
         let mut batch_no = 0u64;
-        let resident = match backend.resident() {
-            Some(device) => {
-                device
-                    .load_params(&self.model, &self.params)
-                    .map_err(|source| EvalError::Backend { batch: 0, source })?;
-                true
-            }
-            None => false,
-        };
+        let resident = load_resident(backend, &self.model, &self.params)?;
         while let Some(loaded) = self.loader.next_batch()? {
             let mut batch = loaded.batch;
             if let Some(max) = self.max_rows {

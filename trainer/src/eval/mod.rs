@@ -230,16 +230,7 @@ impl EvalJob {
         let mut examples = 0u64;
         let mut batch_no = 0u64;
         let mut tokens = StackTokens::default();
-        // A device that keeps parameters resident gets them once for the whole evaluation.
-        let resident = match backend.resident() {
-            Some(device) => {
-                device
-                    .load_params(&self.model, &self.params)
-                    .map_err(|source| EvalError::Backend { batch: 0, source })?;
-                true
-            }
-            None => false,
-        };
+        let resident = load_resident(backend, &self.model, &self.params)?;
         while let Some(loaded) = self.loader.next_batch()? {
             let mut batch = loaded.batch;
             if let Some(max) = self.options.max_examples {
@@ -315,4 +306,22 @@ fn truncate_rows(mut batch: crate::batch::Batch, rows: usize) -> crate::batch::B
     batch.doc_starts.truncate(rows);
     batch.source.truncate(rows);
     batch
+}
+
+/// Puts the parameters on a device that keeps them resident, once for a whole evaluation;
+/// `false` when the backend takes them with every batch.
+pub(crate) fn load_resident(
+    backend: &mut dyn Backend,
+    model: &ModelConfig,
+    params: &ParamStore,
+) -> Result<bool, EvalError> {
+    match backend.resident() {
+        Some(device) => {
+            device
+                .load_params(model, params)
+                .map_err(|source| EvalError::Backend { batch: 0, source })?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }

@@ -33,7 +33,13 @@ impl AttnShape {
 }
 
 /// One head's slice of a stream, rows `start..start + len`.
-fn head_view(data: &[f32], shape: AttnShape, head: usize, start: usize, len: usize) -> MatRef<'_> {
+pub(super) fn head_view(
+    data: &[f32],
+    shape: AttnShape,
+    head: usize,
+    start: usize,
+    len: usize,
+) -> MatRef<'_> {
     MatRef::new(data, data.len() / shape.width(), shape.width())
         .row_range(start, len)
         .col_range(head * shape.head_dim, shape.head_dim)
@@ -55,9 +61,11 @@ fn probabilities(
     block_probabilities(q, k, shape, row, head, docs, 0, row.q_len)
 }
 
-/// The probabilities of queries `first..first + n` of one (row, head), `n x k_len`.
+/// The probabilities of queries `first..first + n` of one (row, head), `n x k_len`: masked
+/// entries 0, a query with no visible key all 0. The training forward and the attention probe
+/// (`probe`) both take them from here.
 #[allow(clippy::too_many_arguments)]
-fn block_probabilities(
+pub(super) fn block_probabilities(
     q: &[f32],
     k: &[f32],
     shape: AttnShape,

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::AttnShape;
+use super::attention::{block_probabilities, head_view, AttnShape};
 use super::layers::{AttnSpec, BlockDims, FfnWeights};
 use super::matmul::{gemm, linear_forward, MatRef};
 use super::ops::{group_rmsnorm_forward, rmsnorm_forward};
@@ -18,7 +18,7 @@ use super::CpuBackend;
 use crate::backend::BackendError;
 use crate::batch::{Batch, StepOptions};
 use crate::config::{Arch, ModelConfig};
-use crate::model::attention::{AttnRow, DocIds};
+use crate::model::attention::AttnRow;
 use crate::model::rope::Rope;
 use crate::model::stack::{Block, StackPlan};
 use crate::model::stream::Stream;
@@ -71,62 +71,6 @@ pub trait AttentionReducer: Send + Sync {
     fn finish(&mut self, site: &AttnSite, heads: Vec<Self::Partial>);
 }
 
-/// One head's slice of a stream, rows `start..start + len`.
-fn head_view(data: &[f32], shape: AttnShape, head: usize, start: usize, len: usize) -> MatRef<'_> {
-    let width = shape.n_heads * shape.head_dim;
-    MatRef::new(data, data.len() / width, width)
-        .row_range(start, len)
-        .col_range(head * shape.head_dim, shape.head_dim)
-}
-
-/// The probabilities of queries `q0..q0 + rows` of one (row, head): the same softmax as the
-/// training forward, restricted to a block of queries.
-#[allow(clippy::too_many_arguments)]
-fn probability_block(
-    q: &[f32],
-    k: &[f32],
-    shape: AttnShape,
-    row: &AttnRow,
-    head: usize,
-    docs: DocIds,
-    q0: usize,
-    rows: usize,
-) -> Vec<f32> {
-    let lk = row.k_len;
-    let mut p = vec![0.0f32; rows * lk];
-    let scale = 1.0 / (shape.head_dim as f32).sqrt();
-    let qv = head_view(q, shape, head, row.q_start + q0, rows);
-    let kv = head_view(k, shape, head, row.k_start, lk);
-    gemm(scale, qv, kv.t(), 0.0, &mut p, lk);
-    for (b, scores) in p.chunks_mut(lk.max(1)).take(rows).enumerate() {
-        let i = q0 + b;
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter().enumerate() {
-            if row.allowed(i, j, docs) && *s > max {
-                max = *s;
-            }
-        }
-        if max == f32::NEG_INFINITY {
-            scores.fill(0.0);
-            continue;
-        }
-        let mut sum = 0.0f32;
-        for (j, s) in scores.iter_mut().enumerate() {
-            *s = if row.allowed(i, j, docs) {
-                (*s - max).exp()
-            } else {
-                0.0
-            };
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for s in scores.iter_mut() {
-            *s *= inv;
-        }
-    }
-    p
-}
-
 /// Attention of every row and head by query blocks, each block shown to `reducer`; `out` is
 /// overwritten.
 #[allow(clippy::too_many_arguments)]
@@ -160,7 +104,7 @@ fn probe_attention<R: AttentionReducer>(
                 let mut q0 = 0;
                 while q0 < mask.q_len {
                     let rows = QUERY_BLOCK.min(mask.q_len - q0);
-                    let p = probability_block(q, k, shape, mask, h, spec.docs, q0, rows);
+                    let p = block_probabilities(q, k, shape, mask, h, spec.docs, q0, rows);
                     shared.block(&mut partial, &site, q0, &p);
                     gemm(
                         1.0,
