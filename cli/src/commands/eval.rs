@@ -12,7 +12,16 @@ use redpack_trainer::eval::{EvalJob, EvalOptions};
 use super::train::backend_for;
 use crate::cli::train::EvalArgs;
 
+/// The most rows `--batch` may put in one forward pass.
+const MAX_EVAL_BATCH: usize = 4096;
+
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=MAX_EVAL_BATCH).contains(&args.batch) {
+        anyhow::bail!(
+            "--batch must be in [1, {MAX_EVAL_BATCH}] rows, got {}",
+            args.batch
+        );
+    }
     if !args.lengths.is_empty() || args.prefix_len.len() > 1 || args.positions.is_some() {
         return run_grid(args);
     }
@@ -22,7 +31,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         batch_rows: args.batch.max(1),
         max_examples: args.max_examples,
     };
-    let job = EvalJob::prepare(&args.checkpoint, &args.data, options)
+    let job = EvalJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
     let checkpoint = job.checkpoint.clone();
     let step = job.step;
@@ -93,7 +102,7 @@ fn run_grid(args: EvalArgs) -> anyhow::Result<ExitCode> {
         batch_rows: args.batch.max(1),
         max_rows: args.max_examples,
     };
-    let job = GridJob::prepare(&args.checkpoint, &args.data, options)
+    let job = GridJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
     let total = args
         .max_examples

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{EvalMetrics, StepMetrics, StepObserver};
+use redpack_trainer::run::health::HealthRecipe;
 use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
@@ -22,6 +23,9 @@ pub fn backend_for(
     threads: Option<usize>,
     precision: Option<PrecisionArg>,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    if threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1 (leave it out to use every core)");
+    }
     let choice = match device {
         DeviceArg::Auto => DeviceChoice::Auto,
         DeviceArg::Cpu => DeviceChoice::Cpu,
@@ -82,6 +86,10 @@ fn flags_recipe(args: &TrainArgs) -> Recipe {
             rows: args.eval_rows,
             keep_best: None,
         },
+        health: HealthRecipe {
+            spike_factor: args.spike_factor,
+            stop_on_zero_grad: args.allow_zero_grad.then_some(false),
+        },
     }
 }
 
@@ -107,6 +115,8 @@ pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
         settings.schedule = settings.schedule.with_peak(lr);
         settings.validate()?;
     }
+    settings.verify = !args.no_verify;
+    settings.overwrite = args.overwrite;
     Ok(settings)
 }
 

@@ -152,11 +152,20 @@ impl Loader {
             Ok(Err(e)) => Err(e),
             // The sender is dropped when the producer finished normally (or panicked).
             Err(_) => match self.handle.take().map(|h| h.join()) {
-                Some(Err(_)) => Err(DataError::LoaderGone),
+                Some(Err(payload)) => Err(DataError::LoaderPanicked(panic_message(&*payload))),
                 _ => Ok(None),
             },
         }
     }
+}
+
+/// The message a panic carried, for the error that reports it.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 impl Drop for Loader {

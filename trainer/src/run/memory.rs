@@ -1,0 +1,112 @@
+//! The memory a new run needs, estimated before its model is allocated, so that an impossible
+//! size is refused with the estimate and the limit instead of an allocation failure.
+//!
+//! Host memory, in f32 values: the parameters, their gradients and the optimizer state
+//! (Adafactor's second moment, factored or not, and momentum), plus a copy of the parameters for
+//! checkpoints; and on the CPU backend the activations a training step keeps for its backward
+//! pass, per token of a micro-batch: per attention block `4 d_model + 5 d_attn`, per FFN block
+//! `2 d_model + 3 d_ffn`, and the logits of one block of tokens. It is a lower bound of what the
+//! run will use (scratch buffers come on top), so it refuses only runs that cannot fit.
+
+use super::settings::{SettingsError, TrainSettings};
+use crate::config::{Arch, ModelConfig};
+
+/// Tokens whose logits the CPU loss holds at once.
+const LOGIT_TOKENS: u64 = 64;
+
+/// Bytes of memory the process may still use: `MemAvailable` of `/proc/meminfo` where the
+/// system has it.
+pub fn available_host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The estimate in bytes, or `None` when it overflows `u64`.
+pub fn training_bytes(
+    model: &ModelConfig,
+    settings: &TrainSettings,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+) -> Option<u64> {
+    let params = model.checked_param_count()?;
+    let optimizer = if settings.optimizer.beta1.is_some() {
+        2
+    } else {
+        1
+    };
+    // Parameters, gradients, checkpoint copy, optimizer state.
+    let values = params.checked_mul(3 + optimizer)?;
+    let tokens = (rows_per_micro_batch as u64).checked_mul(row_len as u64)?;
+    let d = model.d_model as u64;
+    let d_attn = (model.n_heads as u64).checked_mul(model.head_dim as u64)?;
+    let attn = d.checked_mul(4)?.checked_add(d_attn.checked_mul(5)?)?;
+    let ffn = d.checked_mul(2)?.checked_add((model.d_ffn as u64).checked_mul(3)?)?;
+    let layer = attn.checked_add(ffn)?;
+    let per_token = match model.arch {
+        Arch::Dec => layer.checked_mul(model.layers as u64)?,
+        // The decoder's layers add a cross-attention block.
+        Arch::Red => layer
+            .checked_mul(model.encoder_layers as u64)?
+            .checked_add(layer.checked_add(attn)?.checked_mul(model.decoder_layers as u64)?)?,
+    };
+    let activations = tokens.checked_mul(per_token)?;
+    let logits = LOGIT_TOKENS.checked_mul(model.vocab_size as u64)?;
+    values
+        .checked_add(activations)?
+        .checked_add(logits)?
+        .checked_mul(4)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Refuses a new run whose estimate exceeds the memory available on the host.
+pub fn check_host(
+    model: &ModelConfig,
+    settings: &TrainSettings,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+) -> Result<(), SettingsError> {
+    check(
+        training_bytes(model, settings, rows_per_micro_batch, row_len),
+        available_host_memory(),
+        model,
+        rows_per_micro_batch,
+        row_len,
+    )
+}
+
+/// The check itself, with the limit given (`None`: unknown, only overflow is refused).
+pub fn check(
+    estimate: Option<u64>,
+    limit: Option<u64>,
+    model: &ModelConfig,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+) -> Result<(), SettingsError> {
+    let what = format!(
+        "{} parameters ({}), micro-batches of {rows_per_micro_batch} rows of {row_len} tokens",
+        model.checked_param_count().map_or_else(|| "too many".to_string(), |n| n.to_string()),
+        model.describe()
+    );
+    match (estimate, limit) {
+        (None, _) => Err(SettingsError(format!(
+            "the run needs more memory than can be counted: {what}"
+        ))),
+        (Some(bytes), Some(limit)) if bytes > limit => Err(SettingsError(format!(
+            "the run needs at least {} of memory (parameters, gradients, optimizer state and activations), {} is available: {what}; choose a smaller model, --batch or --accum more micro-batches",
+            gib(bytes),
+            gib(limit)
+        ))),
+        _ => Ok(()),
+    }
+}
