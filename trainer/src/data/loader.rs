@@ -305,6 +305,23 @@ fn next_batch(
         if nothing_to_score {
             skipped += 1;
             if skipped >= walker.n {
+                if options.epochs.is_none() {
+                    // Training repeats epochs forever: say why it cannot, rather than end.
+                    return Err(DataError::BadExample {
+                        place: source.place(),
+                        index,
+                        problem: format!(
+                            "every example in a row, a whole epoch of {}, has nothing to score ({} tokens here, prefix length {}{})",
+                            walker.n,
+                            len,
+                            example.prefix_len,
+                            options
+                                .prefix_len_override
+                                .map(|k| format!(", scored from position {k}"))
+                                .unwrap_or_default()
+                        ),
+                    });
+                }
                 break;
             }
             continue;

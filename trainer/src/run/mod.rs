@@ -56,7 +56,7 @@ const DROPOUT_STREAM: u64 = 0x6472_6f70;
 /// Why a run stopped early or did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{0}")]
+    #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Data(#[from] DataError),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redpack_schemas::Kind;
+use redpack_schemas::{Kind, Layout};
 
 use super::settings::{Mode, TrainSettings};
 use super::tokenizer::{check_tokenizer, check_vocab};
@@ -83,6 +83,28 @@ fn rows_text(rows: Option<u64>) -> String {
     rows.map_or_else(|| "all".to_string(), |n| n.to_string())
 }
 
+/// Refuses a corpus whose rows leave nothing for the architecture to score.
+fn check_layout(settings: &TrainSettings, summary: &CorpusSummary) -> Result<(), TrainError> {
+    let problem = match summary.layout {
+        Layout::Packed { seq_len, .. } if seq_len < 2 => Some(format!(
+            "rows of {seq_len} token(s): at least 2 are needed to score one (rebuild with a larger --seq-len)"
+        )),
+        Layout::Packed {
+            seq_len,
+            prefix_len,
+        } if settings.arch == Arch::Red && (prefix_len == 0 || prefix_len >= seq_len) => {
+            Some(format!(
+                "rows of {seq_len} tokens split at {prefix_len}: RedLLM needs an encoder input and a target on both sides of the split (rebuild with 0 < --prefix-len < --seq-len)"
+            ))
+        }
+        _ => None,
+    };
+    match problem {
+        Some(what) => Err(incompatible(&settings.data, what)),
+        None => Ok(()),
+    }
+}
+
 /// Corpus kind each mode trains on.
 fn required_kind(mode: Mode) -> Kind {
     match mode {
@@ -110,6 +132,7 @@ impl TrainRun {
                 ),
             ));
         }
+        check_layout(&settings, &summary)?;
         let (rows_per_step, rows_per_micro_batch) = settings.rows(summary.max_row_len())?;
         let tokenizer = TokenizerStamp {
             sha256: summary.tokenizer.sha256.clone(),
@@ -117,8 +140,9 @@ impl TrainRun {
             eod_id: summary.tokenizer.eod_id,
             pad_id: summary.tokenizer.pad_id,
         };
-        let existing = checkpoint::has_checkpoints(&settings.out)?
-            || settings.out.join(crate::metrics::METRICS_FILE).is_file();
+        // A run to protect: one with a checkpoint (a run stopped before its first checkpoint
+        // left only its metrics, which a new run starts afresh).
+        let existing = checkpoint::has_checkpoints(&settings.out)?;
         // Only --resume continues a run; a fresh run (refused below unless --overwrite) never
         // reads the old one.
         let latest = match settings.resume {
@@ -129,9 +153,9 @@ impl TrainRun {
             return Err(incompatible(
                 &settings.out,
                 if existing {
-                    "--resume: the run holds no healthy checkpoint to continue from (every checkpoint is marked unhealthy, or none was written yet); start again with --overwrite"
+                    "--resume: every checkpoint of the run is marked unhealthy, so there is none to continue from; start again with --overwrite"
                 } else {
-                    "--resume: there is no run here to continue (no checkpoints/); drop --resume to start one"
+                    "--resume: there is no run here to continue (no checkpoint in checkpoints/); drop --resume to start one"
                 },
             ));
         }
