@@ -256,9 +256,10 @@ fn write_dir(
 ) -> Result<PathBuf, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     let final_dir = parent.join(name);
-    let tensors = params.iter().map(|(n, t)| (n, t)).chain(
-        optimizer_state.iter().map(|(n, t)| (n.as_str(), t)),
-    );
+    let tensors = params
+        .iter()
+        .map(|(n, t)| (n, t))
+        .chain(optimizer_state.iter().map(|(n, t)| (n.as_str(), t)));
     for (tensor, t) in tensors {
         if t.data.iter().any(|x| !x.is_finite()) {
             return Err(CheckpointError::NonFinite {
@@ -354,8 +355,8 @@ pub fn mark_unhealthy(dir: &Path, problem: &str) -> Result<(), CheckpointError> 
     health.problem = Some(problem.to_string());
     let path = dir.join(META_FILE);
     let tmp = dir.join(format!(".{META_FILE}.tmp"));
-    let mut json =
-        serde_json::to_vec_pretty(&meta).map_err(|e| corrupt(&path, format!("cannot encode: {e}")))?;
+    let mut json = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| corrupt(&path, format!("cannot encode: {e}")))?;
     json.push(b'\n');
     std::fs::write(&tmp, &json).map_err(io_error(&tmp))?;
     sync_file(&tmp)?;

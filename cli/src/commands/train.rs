@@ -11,6 +11,7 @@ use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{EvalMetrics, StepMetrics, StepObserver};
 use redpack_trainer::run::health::HealthRecipe;
+use redpack_trainer::run::memory;
 use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
@@ -121,9 +122,21 @@ pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let settings = resolve_settings(&args)?;
+    let mut settings = resolve_settings(&args)?;
     let mut backend = backend_for(args.device, args.threads, args.precision)?;
+    // A device backend holds the activations in its own memory: checked against it below.
+    settings.host_activations = backend.resident().is_none();
     let run = TrainRun::prepare(settings).context("cannot start training")?;
+    if backend.resident().is_some() {
+        memory::check_device(
+            &run.model,
+            &run.settings,
+            run.rows_per_micro_batch,
+            run.corpus.max_row_len(),
+            backend.free_device_memory(),
+        )
+        .context("cannot start training")?;
+    }
     describe(&run, backend.as_ref());
     let model = run.model.clone();
     let total = run.settings.steps;

@@ -11,5 +11,5 @@ mod eval_split;
 mod fetch;
 mod stages;
 mod synth;
-mod train_failure;
 mod train_cuda;
+mod train_failure;

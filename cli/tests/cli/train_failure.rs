@@ -103,8 +103,8 @@ fn a_diverging_run_exits_non_zero_and_names_a_good_checkpoint() {
         err.contains("step-00000001 is marked unhealthy") && err.contains("No good checkpoint"),
         "{err}"
     );
-    let meta = std::fs::read_to_string(run.join("checkpoints/step-00000001/checkpoint.json"))
-        .unwrap();
+    let meta =
+        std::fs::read_to_string(run.join("checkpoints/step-00000001/checkpoint.json")).unwrap();
     assert!(meta.contains("\"healthy\": false"), "{meta}");
     // Nothing to resume from: --resume says so.
     let mut resume = args.clone();
@@ -157,11 +157,17 @@ fn absurd_numbers_are_refused_with_a_message() {
         (&["--batch", "16000000"][..], "GiB"),
         (&["--batch", "100000000"][..], "--batch"),
         (&["--d-model", "4000000000"][..], "GiB"),
-        (&["--heads", "100000000", "--head-dim", "100000000"][..], "memory"),
+        (
+            &["--heads", "100000000", "--head-dim", "100000000"][..],
+            "memory",
+        ),
         (&["--layers", "1000000000000"][..], "GiB"),
         (&["--steps", "18446744073709551615"][..], "steps"),
         (&["--accum", "18446744073709551615"][..], "accum"),
-        (&["--batch-tokens", "18446744073709551615"][..], "--batch-tokens"),
+        (
+            &["--batch-tokens", "18446744073709551615"][..],
+            "--batch-tokens",
+        ),
         (&["--spike-factor", "1"][..], "--spike-factor"),
         (&["--threads", "0"][..], "--threads"),
     ] {
@@ -203,7 +209,10 @@ fn run_directories_are_never_replaced_or_resumed_by_mistake() {
     ok(&[
         "build-corpus",
         "--input",
-        dir.path().join("corpus/raw/redpajama-data-1T").to_str().unwrap(),
+        dir.path()
+            .join("corpus/raw/redpajama-data-1T")
+            .to_str()
+            .unwrap(),
         "--tokenizer",
         dir.path().join("corpus/tokenizer.json").to_str().unwrap(),
         "--out",
@@ -215,7 +224,11 @@ fn run_directories_are_never_replaced_or_resumed_by_mistake() {
     assert!(err.contains("manifest.json has sha256"), "{err}");
     assert_eq!(std::fs::read(&model).unwrap(), before);
     ok(&strs(&train2(&data, &run, &["--steps", "3", "--resume"])));
-    ok(&strs(&train2(&data, &run, &["--steps", "1", "--overwrite"])));
+    ok(&strs(&train2(
+        &data,
+        &run,
+        &["--steps", "1", "--overwrite"],
+    )));
     assert!(!model.exists());
     assert!(run.join("checkpoints/step-00000001").is_dir());
 }
@@ -280,7 +293,11 @@ fn a_flipped_byte_is_an_error_naming_the_file() {
         err.contains(&data.display().to_string()) && err.contains(".tokens: sha256"),
         "{err}"
     );
-    ok(&strs(&train2(&data, &fresh, &["--steps", "1", "--no-verify"])));
+    ok(&strs(&train2(
+        &data,
+        &fresh,
+        &["--steps", "1", "--no-verify"],
+    )));
 }
 
 #[test]

@@ -30,7 +30,9 @@ use crate::backend::Backend;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint;
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CheckedCorpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order,
+};
 use crate::flops::{forward_flops, inference_flops, StackTokens};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;

@@ -28,7 +28,9 @@ use crate::backend::{Backend, BackendError};
 use crate::batch::StepOptions;
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CheckedCorpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order,
+};
 use crate::flops::{forward_flops, inference_flops, StackTokens};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;

@@ -83,9 +83,19 @@ impl HealthPolicy {
 /// Why a step failed its checks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Problem {
-    NonFinite { what: String, value: f64 },
-    Spike { loss: f64, baseline: f64, factor: f64 },
-    Collapse { grad_norm: f64, loss: f64 },
+    NonFinite {
+        what: String,
+        value: f64,
+    },
+    Spike {
+        loss: f64,
+        baseline: f64,
+        factor: f64,
+    },
+    Collapse {
+        grad_norm: f64,
+        loss: f64,
+    },
 }
 
 impl std::fmt::Display for Problem {

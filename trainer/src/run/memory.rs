@@ -6,7 +6,9 @@
 //! checkpoints; and on the CPU backend the activations a training step keeps for its backward
 //! pass, per token of a micro-batch: per attention block `4 d_model + 5 d_attn`, per FFN block
 //! `2 d_model + 3 d_ffn`, and the logits of one block of tokens. It is a lower bound of what the
-//! run will use (scratch buffers come on top), so it refuses only runs that cannot fit.
+//! run will use (scratch buffers come on top), so it refuses only runs that cannot fit. A device
+//! backend (CUDA) keeps parameters, gradients, optimizer state and activations in its own
+//! memory: the same estimate is checked against its free memory (`check_device`).
 
 use super::settings::{SettingsError, TrainSettings};
 use crate::config::{Arch, ModelConfig};
@@ -29,12 +31,13 @@ pub fn available_host_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The estimate in bytes, or `None` when it overflows `u64`.
+/// The estimate in bytes, or `None` when it overflows `u64`; `activations` adds those of a step.
 pub fn training_bytes(
     model: &ModelConfig,
     settings: &TrainSettings,
     rows_per_micro_batch: usize,
     row_len: usize,
+    activations: bool,
 ) -> Option<u64> {
     let params = model.checked_param_count()?;
     let optimizer = if settings.optimizer.beta1.is_some() {
@@ -48,21 +51,27 @@ pub fn training_bytes(
     let d = model.d_model as u64;
     let d_attn = (model.n_heads as u64).checked_mul(model.head_dim as u64)?;
     let attn = d.checked_mul(4)?.checked_add(d_attn.checked_mul(5)?)?;
-    let ffn = d.checked_mul(2)?.checked_add((model.d_ffn as u64).checked_mul(3)?)?;
+    let ffn = d
+        .checked_mul(2)?
+        .checked_add((model.d_ffn as u64).checked_mul(3)?)?;
     let layer = attn.checked_add(ffn)?;
     let per_token = match model.arch {
         Arch::Dec => layer.checked_mul(model.layers as u64)?,
         // The decoder's layers add a cross-attention block.
         Arch::Red => layer
             .checked_mul(model.encoder_layers as u64)?
-            .checked_add(layer.checked_add(attn)?.checked_mul(model.decoder_layers as u64)?)?,
+            .checked_add(
+                layer
+                    .checked_add(attn)?
+                    .checked_mul(model.decoder_layers as u64)?,
+            )?,
     };
-    let activations = tokens.checked_mul(per_token)?;
     let logits = LOGIT_TOKENS.checked_mul(model.vocab_size as u64)?;
-    values
-        .checked_add(activations)?
-        .checked_add(logits)?
-        .checked_mul(4)
+    let activations = match activations {
+        true => tokens.checked_mul(per_token)?.checked_add(logits)?,
+        false => 0,
+    };
+    values.checked_add(activations)?.checked_mul(4)
 }
 
 fn gib(bytes: u64) -> String {
@@ -77,25 +86,36 @@ pub fn check_host(
     row_len: usize,
 ) -> Result<(), SettingsError> {
     check(
-        training_bytes(model, settings, rows_per_micro_batch, row_len),
+        training_bytes(
+            model,
+            settings,
+            rows_per_micro_batch,
+            row_len,
+            settings.host_activations,
+        ),
         available_host_memory(),
+        "",
         model,
         rows_per_micro_batch,
         row_len,
     )
 }
 
-/// The check itself, with the limit given (`None`: unknown, only overflow is refused).
+/// The check itself, with the limit given (`None`: unknown, only overflow is refused); `place`
+/// says where the memory is (empty: the host).
 pub fn check(
     estimate: Option<u64>,
     limit: Option<u64>,
+    place: &str,
     model: &ModelConfig,
     rows_per_micro_batch: usize,
     row_len: usize,
 ) -> Result<(), SettingsError> {
     let what = format!(
         "{} parameters ({}), micro-batches of {rows_per_micro_batch} rows of {row_len} tokens",
-        model.checked_param_count().map_or_else(|| "too many".to_string(), |n| n.to_string()),
+        model
+            .checked_param_count()
+            .map_or_else(|| "too many".to_string(), |n| n.to_string()),
         model.describe()
     );
     match (estimate, limit) {
@@ -103,10 +123,28 @@ pub fn check(
             "the run needs more memory than can be counted: {what}"
         ))),
         (Some(bytes), Some(limit)) if bytes > limit => Err(SettingsError(format!(
-            "the run needs at least {} of memory (parameters, gradients, optimizer state and activations), {} is available: {what}; choose a smaller model, --batch or --accum more micro-batches",
+            "the run needs at least {} of memory{place} (parameters, gradients, optimizer state and activations), {} is available: {what}; choose a smaller model, --batch or --accum more micro-batches",
             gib(bytes),
             gib(limit)
         ))),
         _ => Ok(()),
     }
+}
+
+/// Refuses a run on a device backend whose estimate exceeds the device's free memory.
+pub fn check_device(
+    model: &ModelConfig,
+    settings: &TrainSettings,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+    free: Option<u64>,
+) -> Result<(), SettingsError> {
+    check(
+        training_bytes(model, settings, rows_per_micro_batch, row_len, true),
+        free,
+        " on the device",
+        model,
+        rows_per_micro_batch,
+        row_len,
+    )
 }

@@ -168,7 +168,12 @@ impl TrainRun {
         let model = settings.model_config(summary.tokenizer.vocab_size as usize)?;
         if latest.is_none() && settings.init.is_none() {
             // A new model is allocated below: refuse one that cannot fit first.
-            super::memory::check_host(&model, &settings, rows_per_micro_batch, summary.max_row_len())?;
+            super::memory::check_host(
+                &model,
+                &settings,
+                rows_per_micro_batch,
+                summary.max_row_len(),
+            )?;
         }
         // Every source must have a weight before the first step.
         let mixture = match &settings.mixture {
@@ -236,6 +241,9 @@ impl TrainRun {
                 &objective,
                 run.rows_per_micro_batch,
             )?);
+            if let Some(v) = run.validator.as_mut() {
+                v.verify = run.settings.verify;
+            }
         }
         if existing && run.settings.overwrite && !run.settings.resume {
             run.clear_previous_run()?;

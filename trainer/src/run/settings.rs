@@ -243,6 +243,10 @@ pub struct TrainSettings {
     /// A fresh run may replace a run already in `out` (`--overwrite`); refused otherwise.
     #[serde(default)]
     pub overwrite: bool,
+    /// Whether the activations of a step live in host memory (the CPU backend), for the memory
+    /// estimate `prepare` makes; a device backend's are checked against its own memory.
+    #[serde(skip, default = "verify_default")]
+    pub host_activations: bool,
 }
 
 fn verify_default() -> bool {
@@ -378,6 +382,7 @@ impl TrainSettings {
             health: r.health.resolve(),
             verify: true,
             overwrite: false,
+            host_activations: true,
         };
         settings.validate()?;
         Ok(settings)

@@ -222,7 +222,10 @@ fn a_loss_spike_names_the_last_good_checkpoint_and_resume_continues_from_it() {
         metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5, 6]
     );
-    assert!(healthy(&step_dir(&settings.out, 4)), "rewritten by the resumed run");
+    assert!(
+        healthy(&step_dir(&settings.out, 4)),
+        "rewritten by the resumed run"
+    );
 }
 
 #[test]
@@ -283,7 +286,11 @@ fn non_finite_values_are_not_squashed_by_the_cpu_layers() {
 #[test]
 fn non_finite_values_are_not_squashed_by_the_cuda_norm() {
     let g = cuda_support::gpu("non_finite_values_are_not_squashed_by_the_cuda_norm");
-    let x = [3e19f32; 64].iter().chain(&[3.0f32; 64]).copied().collect::<Vec<_>>();
+    let x = [3e19f32; 64]
+        .iter()
+        .chain(&[3.0f32; 64])
+        .copied()
+        .collect::<Vec<_>>();
     let gain = vec![1.0f32; 64];
     let (xd, gd) = (g.upload(&x), g.upload(&gain));
     let (mut yd, mut invd) = (g.zeros(128), g.zeros(2));
@@ -291,7 +298,10 @@ fn non_finite_values_are_not_squashed_by_the_cuda_norm() {
         .rmsnorm_forward(&xd, Some(&gd), &mut yd, &mut invd, 2, 64, 1e-6, None)
         .unwrap();
     let (y, inv) = (g.download(&yd), g.download(&invd));
-    assert!(inv[0].is_nan() && y[..64].iter().all(|v| v.is_nan()), "{inv:?}");
+    assert!(
+        inv[0].is_nan() && y[..64].iter().all(|v| v.is_nan()),
+        "{inv:?}"
+    );
     assert!(y[64..].iter().all(|v| (v - 1.0).abs() < 1e-5));
 }
 
@@ -351,10 +361,9 @@ fn a_flipped_byte_in_a_checkpoint_is_an_error_naming_the_file() {
 fn a_flipped_byte_in_a_token_file_stops_training_naming_the_file() {
     let root = tempfile::tempdir().unwrap();
     let data = packed_corpus(&root.path().join("rp"), 8, 16);
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(data.join(redpack_schemas::MANIFEST_FILE)).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join(redpack_schemas::MANIFEST_FILE)).unwrap())
+            .unwrap();
     let tokens = data.join(manifest["shards"][0]["tokens_file"].as_str().unwrap());
     // The low byte of the last (u16) token, a value in [2, 48): its lowest bit flipped, it
     // stays a valid token id.
@@ -498,4 +507,42 @@ fn the_loaders_errors_reach_the_caller_with_their_cause() {
     let mut loader = Loader::spawn(Box::new(source), options, Default::default()).unwrap();
     let e = loader.next_batch().unwrap_err().to_string();
     assert!(e.contains("nothing to score"), "{e}");
+}
+
+#[test]
+fn a_device_run_is_checked_against_the_devices_free_memory() {
+    use redpack_trainer::run::memory;
+    let root = tempfile::tempdir().unwrap();
+    let data = packed_corpus(&root.path().join("rp"), 8, 16);
+    let mut settings = tiny_settings(
+        Arch::Dec,
+        Mode::Pretrain,
+        &data,
+        &root.path().join("run"),
+        1,
+    );
+    // A device backend's activations are not counted against the host.
+    settings.host_activations = false;
+    settings.batch = BatchSize::Sequences(1 << 22);
+    settings.accum = 1;
+    let run = TrainRun::prepare(settings).unwrap();
+    let check = |free| {
+        memory::check_device(
+            &run.model,
+            &run.settings,
+            run.rows_per_micro_batch,
+            16,
+            free,
+        )
+    };
+    let e = check(Some(16 << 30)).unwrap_err().to_string();
+    assert!(
+        e.contains("on the device") && e.contains("16.00 GiB is available"),
+        "{e}"
+    );
+    assert!(
+        check(None).is_ok(),
+        "an unknown limit refuses only an overflow"
+    );
+    assert!(check(Some(1 << 50)).is_ok());
 }
