@@ -258,7 +258,6 @@ fn write_dir(
     let final_dir = parent.join(name);
     let tensors = params
         .iter()
-        .map(|(n, t)| (n, t))
         .chain(optimizer_state.iter().map(|(n, t)| (n.as_str(), t)));
     for (tensor, t) in tensors {
         if t.data.iter().any(|x| !x.is_finite()) {
