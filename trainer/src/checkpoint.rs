@@ -560,7 +560,9 @@ pub fn load_checked(
 }
 
 /// Deletes all but the newest `keep` complete checkpoints of a run (`keep = 0` keeps all) and
-/// returns the directories removed. Called after a save, so the newest is always kept.
+/// returns the directories removed. The loop calls it once the newest checkpoint has passed the
+/// next step's health checks, so a checkpoint that is about to be marked unhealthy never
+/// replaces the good ones before it.
 pub fn prune(run_dir: &Path, keep: usize) -> Result<Vec<PathBuf>, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     if keep == 0 || !parent.is_dir() {

@@ -163,6 +163,7 @@ impl TrainRun {
             self.health.as_ref().and_then(|h| h.loss_average),
         );
         let mut last_checkpoint = self.resumed_from.clone();
+        let mut prune_due = false;
         let mut final_checkpoint = None;
         let mut best_checkpoint = self
             .settings
@@ -278,6 +279,9 @@ impl TrainRun {
                 return Err(self.stop(step, problem, None));
             }
             health.accept(loss);
+            if std::mem::take(&mut prune_due) {
+                checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
+            }
             self.health = Some(CheckpointHealth {
                 healthy: true,
                 loss,
@@ -358,11 +362,16 @@ impl TrainRun {
                 self.refresh_host(backend, resident, &mut host_current, step)?;
                 self.check_weights(step)?;
                 let dir = self.save(step)?;
-                checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
+                // Older checkpoints go once this one is known to be good: after the next step's
+                // checks, which are the first on its weights (or at the end of the run).
+                prune_due = true;
                 observer.on_checkpoint(step, &dir);
                 last_checkpoint = Some(dir.clone());
                 final_checkpoint = Some(dir);
             }
+        }
+        if prune_due {
+            checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
         }
         let final_checkpoint = match final_checkpoint.or(last_checkpoint) {
             Some(dir) => dir,

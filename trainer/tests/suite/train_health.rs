@@ -546,3 +546,35 @@ fn a_device_run_is_checked_against_the_devices_free_memory() {
     );
     assert!(check(Some(1 << 50)).is_ok());
 }
+
+#[test]
+fn pruning_waits_until_the_newest_checkpoint_is_known_to_be_good() {
+    let root = tempfile::tempdir().unwrap();
+    let data = packed_corpus(&root.path().join("rp"), 12, 16);
+    let mut settings = tiny_settings(
+        Arch::Dec,
+        Mode::Pretrain,
+        &data,
+        &root.path().join("run"),
+        6,
+    );
+    settings.checkpoint_every = 1;
+    settings.keep_checkpoints = 1;
+    // Step 5 spikes: step 4's checkpoint is condemned, and step 3's must still be there.
+    let err = train(&settings, &mut Tampered::spike(9)).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Unhealthy { step: 5, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        checkpoint::latest(&settings.out).unwrap(),
+        Some(step_dir(&settings.out, 3))
+    );
+    settings.resume = true;
+    assert_eq!(train(&settings, &mut cpu()).unwrap(), 6);
+    let names: Vec<_> = std::fs::read_dir(settings.out.join(checkpoint::CHECKPOINTS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["step-00000006"]);
+}
