@@ -17,8 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::SettingsError;
-
 /// Weight of the previous baseline in the moving average of the loss.
 pub const BASELINE_DECAY: f64 = 0.9;
 /// A gradient norm at or below this counts as zero.
@@ -69,12 +67,13 @@ impl Default for HealthPolicy {
 }
 
 impl HealthPolicy {
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    /// Checks the values; the error says which and why.
+    pub fn validate(&self) -> Result<(), String> {
         let f = self.spike_factor;
         if !(f == 0.0 || (f.is_finite() && f > 1.0)) {
-            return Err(SettingsError(format!(
+            return Err(format!(
                 "spike_factor (--spike-factor) must be above 1, or 0 to turn the check off; got {f}"
-            )));
+            ));
         }
         Ok(())
     }

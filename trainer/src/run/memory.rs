@@ -39,6 +39,18 @@ pub fn training_bytes(
     row_len: usize,
     activations: bool,
 ) -> Option<u64> {
+    training_parts(model, settings, rows_per_micro_batch, row_len, true, activations)
+}
+
+/// The estimate's parts: `values` (parameters, gradients, optimizer state) and `activations`.
+fn training_parts(
+    model: &ModelConfig,
+    settings: &TrainSettings,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+    values: bool,
+    activations: bool,
+) -> Option<u64> {
     let params = model.checked_param_count()?;
     let optimizer = if settings.optimizer.beta1.is_some() {
         2
@@ -46,7 +58,10 @@ pub fn training_bytes(
         1
     };
     // Parameters, gradients, checkpoint copy, optimizer state.
-    let values = params.checked_mul(3 + optimizer)?;
+    let values = match values {
+        true => params.checked_mul(3 + optimizer)?,
+        false => 0,
+    };
     let tokens = (rows_per_micro_batch as u64).checked_mul(row_len as u64)?;
     let d = model.d_model as u64;
     let d_attn = (model.n_heads as u64).checked_mul(model.head_dim as u64)?;
@@ -95,6 +110,27 @@ pub fn check_host(
         ),
         available_host_memory(),
         "",
+        model,
+        rows_per_micro_batch,
+        row_len,
+    )
+}
+
+/// Refuses a resumed or initialized run (its parameters already loaded) whose step's
+/// activations exceed the host memory still available.
+pub fn check_host_activations(
+    model: &ModelConfig,
+    settings: &TrainSettings,
+    rows_per_micro_batch: usize,
+    row_len: usize,
+) -> Result<(), SettingsError> {
+    if !settings.host_activations {
+        return Ok(());
+    }
+    check(
+        training_parts(model, settings, rows_per_micro_batch, row_len, false, true),
+        available_host_memory(),
+        " for one step's activations",
         model,
         rows_per_micro_batch,
         row_len,

@@ -225,6 +225,14 @@ impl TrainRun {
                 run.optimizer = Adafactor::new(run.settings.optimizer.clone(), &run.params)?;
             }
         }
+        if latest.is_some() || run.settings.init.is_some() {
+            super::memory::check_host_activations(
+                &run.model,
+                &run.settings,
+                run.rows_per_micro_batch,
+                run.corpus.max_row_len(),
+            )?;
+        }
         check_vocab(&run.settings.data, &run.model, &run.corpus)?;
         if let Some(eval) = &run.settings.eval {
             let objective = StepOptions {

@@ -450,7 +450,7 @@ impl TrainSettings {
         if self.objective.bidirectional_prefix && self.arch == Arch::Red {
             return bad("bidirectional_prefix is a DecLLM option (RedLLM's encoder is bidirectional already)".into());
         }
-        self.health.validate()?;
+        self.health.validate().map_err(SettingsError)?;
         if let Some(clip) = self.grad_clip_norm {
             if !clip.is_finite() || clip <= 0.0 {
                 return bad(format!("grad_clip_norm must be > 0, got {clip}"));

@@ -452,6 +452,19 @@ fn an_impossible_batch_is_refused_with_a_memory_estimate() {
     settings.batch = BatchSize::Sequences(1 << 25);
     let e = settings.validate().unwrap_err().to_string();
     assert!(e.contains("--batch"), "{e}");
+    // Weights from a checkpoint: the activations of the batch are checked all the same.
+    let small = tiny_settings(
+        Arch::Red,
+        Mode::Pretrain,
+        &data,
+        &root.path().join("small"),
+        1,
+    );
+    train(&small, &mut cpu()).unwrap();
+    settings.batch = BatchSize::Sequences(1 << 24);
+    settings.init = Some(small.out.clone());
+    let e = train(&settings, &mut cpu()).unwrap_err().to_string();
+    assert!(e.contains("one step's activations") && e.contains("GiB"), "{e}");
 }
 
 /// A source whose examples panic past `good`.
