@@ -8,6 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::eval::grid::{self, GridJob, GridOptions, GridReport};
 use redpack_trainer::eval::{EvalJob, EvalOptions};
+use redpack_trainer::run::memory;
 
 use super::train::backend_for;
 use crate::cli::train::EvalArgs;
@@ -33,6 +34,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let job = EvalJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
+    memory::check_forward(
+        &job.model,
+        args.batch,
+        job.corpus.max_row_len(),
+        backend.free_device_memory(),
+    )
+    .context("cannot start the evaluation")?;
     let checkpoint = job.checkpoint.clone();
     let step = job.step;
     let total = args
@@ -104,6 +112,14 @@ fn run_grid(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let job = GridJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
+    let longest = args.lengths.iter().copied().max();
+    memory::check_forward(
+        &job.model,
+        args.batch,
+        longest.unwrap_or(job.corpus.max_row_len()),
+        backend.free_device_memory(),
+    )
+    .context("cannot start the evaluation")?;
     let total = args
         .max_examples
         .map_or(job.corpus.examples, |m| m.min(job.corpus.examples));

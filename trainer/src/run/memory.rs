@@ -39,7 +39,14 @@ pub fn training_bytes(
     row_len: usize,
     activations: bool,
 ) -> Option<u64> {
-    training_parts(model, settings, rows_per_micro_batch, row_len, true, activations)
+    training_parts(
+        model,
+        settings,
+        rows_per_micro_batch,
+        row_len,
+        true,
+        activations,
+    )
 }
 
 /// The estimate's parts: `values` (parameters, gradients, optimizer state) and `activations`.
@@ -183,4 +190,35 @@ pub fn check_device(
         rows_per_micro_batch,
         row_len,
     )
+}
+
+/// Refuses an evaluation whose forward pass over `rows` rows of `row_len` tokens cannot fit in
+/// `free` bytes (the device's free memory, or with `None` the host's available memory). The
+/// estimate is a lower bound: per token the residual stream, a block's normalized input and
+/// attention values (`4 d_model + 3 d_attn`) and the FFN's three hidden vectors (`3 d_ffn`), in
+/// f32, plus the logits of one block of tokens.
+pub fn check_forward(
+    model: &ModelConfig,
+    rows: usize,
+    row_len: usize,
+    free: Option<u64>,
+) -> Result<(), SettingsError> {
+    let estimate = (|| {
+        let tokens = (rows as u64).checked_mul(row_len as u64)?;
+        let d = model.d_model as u64;
+        let d_attn = (model.n_heads as u64).checked_mul(model.head_dim as u64)?;
+        let per_token = d
+            .checked_mul(4)?
+            .checked_add(d_attn.checked_mul(3)?)?
+            .checked_add((model.d_ffn as u64).checked_mul(3)?)?;
+        tokens
+            .checked_mul(per_token)?
+            .checked_add(LOGIT_TOKENS.checked_mul(model.vocab_size as u64)?)?
+            .checked_mul(4)
+    })();
+    let (limit, place) = match free {
+        Some(free) => (Some(free), " on the device"),
+        None => (available_host_memory(), ""),
+    };
+    check(estimate, limit, place, model, rows, row_len)
 }

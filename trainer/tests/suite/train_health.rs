@@ -464,7 +464,10 @@ fn an_impossible_batch_is_refused_with_a_memory_estimate() {
     settings.batch = BatchSize::Sequences(1 << 24);
     settings.init = Some(small.out.clone());
     let e = train(&settings, &mut cpu()).unwrap_err().to_string();
-    assert!(e.contains("one step's activations") && e.contains("GiB"), "{e}");
+    assert!(
+        e.contains("one step's activations") && e.contains("GiB"),
+        "{e}"
+    );
 }
 
 /// A source whose examples panic past `good`.
@@ -590,4 +593,22 @@ fn pruning_waits_until_the_newest_checkpoint_is_known_to_be_good() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["step-00000006"]);
+}
+
+#[test]
+fn an_evaluation_that_cannot_fit_is_refused_with_its_estimate() {
+    use redpack_trainer::run::memory;
+    let model = ModelConfig::preset(Arch::Red, "tiny", 48).unwrap();
+    let e = memory::check_forward(&model, 4096, 16384, Some(1 << 30))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("on the device") && e.contains("1.00 GiB is available"),
+        "{e}"
+    );
+    assert!(memory::check_forward(&model, 8, 256, Some(1 << 30)).is_ok());
+    let e = memory::check_forward(&model, usize::MAX, usize::MAX, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more memory than can be counted"), "{e}");
 }
