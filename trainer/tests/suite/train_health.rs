@@ -612,3 +612,38 @@ fn an_evaluation_that_cannot_fit_is_refused_with_its_estimate() {
         .to_string();
     assert!(e.contains("more memory than can be counted"), "{e}");
 }
+
+#[test]
+fn a_diverging_run_stops_on_the_cuda_backend_too() {
+    use redpack_trainer::backend::cuda::{CudaBackend, CudaOptions};
+    use redpack_trainer::backend::Precision;
+    let test = "a_diverging_run_stops_on_the_cuda_backend_too";
+    let info = cuda_support::device(test);
+    cuda_support::require_nvrtc();
+    let cache = cuda_support::kernel_cache(&info.arch());
+    let root = tempfile::tempdir().unwrap();
+    let data = packed_corpus(&root.path().join("rp"), 12, 16);
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut backend = CudaBackend::new(
+            &info,
+            precision,
+            &cache,
+            CudaOptions::from_env().expect("REDPACK_CUDA_* variables"),
+        )
+        .unwrap();
+        let mut settings = tiny_settings(
+            Arch::Dec,
+            Mode::Pretrain,
+            &data,
+            &root.path().join(precision.name()),
+            12,
+        );
+        settings.schedule = Schedule::Constant { lr: 1e3 };
+        settings.health.spike_factor = 0.0;
+        settings.checkpoint_every = 1;
+        let err = train(&settings, &mut backend).unwrap_err();
+        eprintln!("{}: {err}", precision.name());
+        assert!(matches!(err, TrainError::Unhealthy { .. }), "{err}");
+        assert_latest_is_good(&settings.out);
+    }
+}
