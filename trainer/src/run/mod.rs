@@ -176,7 +176,8 @@ impl TrainRun {
                     .join(checkpoint::CHECKPOINTS_DIR)
                     .join(checkpoint::BEST_DIR)
             })
-            .filter(|dir| dir.join(checkpoint::META_FILE).is_file());
+            // A best checkpoint marked unhealthy is no longer the run's best.
+            .filter(|dir| checkpoint::load_meta(dir).is_ok_and(|m| m.is_healthy()));
         // A device that keeps the parameters and the optimizer state resident runs the whole
         // step; the host copies are refreshed for checkpoints only.
         let resident = match backend.resident() {
