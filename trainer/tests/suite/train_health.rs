@@ -647,3 +647,41 @@ fn a_diverging_run_stops_on_the_cuda_backend_too() {
         assert_latest_is_good(&settings.out);
     }
 }
+
+#[test]
+fn a_best_checkpoint_from_the_condemned_step_is_marked_too() {
+    use redpack_trainer::run::Validation;
+    let root = tempfile::tempdir().unwrap();
+    let data = train_common::examples_corpus(&root.path().join("flan"), 9);
+    let mut settings = tiny_settings(
+        Arch::Red,
+        Mode::Finetune,
+        &data,
+        &root.path().join("run"),
+        6,
+    );
+    settings.checkpoint_every = 1;
+    settings.eval = Some(Validation {
+        data: data.clone(),
+        every: 1,
+        rows: None,
+        keep_best: true,
+    });
+    // Step 4 spikes (calls 7 and 8): step 3's weights are condemned, its best checkpoint too.
+    let err = train(&settings, &mut Tampered::spike(7)).unwrap_err();
+    let TrainError::Unhealthy {
+        step: 4, marked, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    let best = settings
+        .out
+        .join(checkpoint::CHECKPOINTS_DIR)
+        .join(checkpoint::BEST_DIR);
+    assert_eq!(checkpoint::load_best(&best).unwrap().step, 3);
+    assert_eq!(marked, &[step_dir(&settings.out, 3), best.clone()]);
+    assert!(!healthy(&best));
+    let e = checkpoint::resolve(&best).unwrap_err();
+    assert!(matches!(e, CheckpointError::Unhealthy { .. }), "{e}");
+}
