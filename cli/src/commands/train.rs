@@ -237,6 +237,21 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
         s.steps,
         backend.name()
     );
+    let health = &s.health;
+    eprintln!(
+        "health: stop on a non-finite value{}{}; integrity checks {}",
+        if health.spike_factor > 0.0 {
+            format!(", a loss above {} x its baseline", health.spike_factor)
+        } else {
+            String::new()
+        },
+        if health.stop_on_zero_grad {
+            ", a zero gradient"
+        } else {
+            ""
+        },
+        if s.verify { "on" } else { "off (--no-verify)" }
+    );
     if let Some(plan) = &run.mixture {
         eprintln!("mixture:");
         for line in plan.describe() {
