@@ -4,7 +4,14 @@
 //!   layout, f32) and the Adafactor state under `optimizer.<param>.v` (`.v_row`/`.v_col` when
 //!   factored, `.m` with momentum), so other tools can read the weights directly;
 //! - `checkpoint.json`: the model config, step, data cursor, RNG seed, the corpus tokenizer's
-//!   sha256 and the resolved run settings.
+//!   sha256, the corpus manifest's sha256, the resolved run settings, the sha256 of
+//!   `model.safetensors` (checked on every load unless the caller skips it) and the step's
+//!   health (`healthy`, its loss and gradient norm).
+//!
+//! Only healthy checkpoints are resumed from: a checkpoint is written only when its weights are
+//! finite and its step passed the run's health checks, and it is marked `healthy: false` (with
+//! the problem) when the next step, the first computed from its weights, fails them. `latest`
+//! and `resolve` never pick a checkpoint marked so.
 //!
 //! With validation on (`--eval-data`), `RUN/checkpoints/best/` holds the checkpoint with the lowest
 //! pooled eval loss so far, a checkpoint like the others plus `best.json` (`BestEval`: its step
@@ -21,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::ModelConfig;
 use crate::data::Cursor;
@@ -50,6 +58,16 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, what: String },
     #[error("{}: no checkpoint here (expected a checkpoint directory with {META_FILE} and {MODEL_FILE}, or a run directory with checkpoints/)", path.display())]
     NotFound { path: PathBuf },
+    #[error("{}: sha256 {got} does not match {META_FILE}'s {want}: the file changed or is damaged (--no-verify skips this check)", path.display())]
+    Checksum {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
+    #[error("{}: the checkpoint is marked unhealthy ({problem}); use an earlier one (a run directory resolves to its latest healthy checkpoint)", path.display())]
+    Unhealthy { path: PathBuf, problem: String },
+    #[error("{}: tensor {tensor:?} holds a non-finite value; a checkpoint is never written with one", path.display())]
+    NonFinite { path: PathBuf, tensor: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -97,6 +115,22 @@ pub struct BestEval {
     pub rows: Option<u64>,
 }
 
+/// How the step a checkpoint was written at went, and whether it may be resumed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointHealth {
+    /// False once a check failed on the weights of this checkpoint (see `problem`).
+    pub healthy: bool,
+    /// The step's training loss and gradient norm (before clipping).
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// The moving average of the loss after this step (the spike check's baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_average: Option<f64>,
+    /// Why the checkpoint is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// `checkpoint.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -122,6 +156,21 @@ pub struct CheckpointMeta {
     /// the best checkpoint over the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<BestEval>,
+    /// sha256 of the training corpus's `manifest.json`: a resumed run must read the same corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_sha256: Option<String>,
+    /// sha256 of `model.safetensors` (parameters and optimizer state), set when saving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CheckpointHealth>,
+}
+
+impl CheckpointMeta {
+    /// False only for a checkpoint marked unhealthy.
+    pub fn is_healthy(&self) -> bool {
+        self.health.as_ref().is_none_or(|h| h.healthy)
+    }
 }
 
 /// A loaded checkpoint.
@@ -206,8 +255,19 @@ fn write_dir(
     best: Option<&BestEval>,
 ) -> Result<PathBuf, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
-    std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
     let final_dir = parent.join(name);
+    let tensors = params
+        .iter()
+        .chain(optimizer_state.iter().map(|(n, t)| (n.as_str(), t)));
+    for (tensor, t) in tensors {
+        if t.data.iter().any(|x| !x.is_finite()) {
+            return Err(CheckpointError::NonFinite {
+                path: final_dir,
+                tensor: tensor.to_string(),
+            });
+        }
+    }
+    std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
     let tmp_dir = parent.join(format!(".{name}.tmp"));
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
@@ -227,9 +287,13 @@ fn write_dir(
     safetensors::serialize_to_file(views, None, &model_path)
         .map_err(|e| corrupt(&model_path, format!("cannot write safetensors: {e}")))?;
     sync_file(&model_path)?;
+    let meta = CheckpointMeta {
+        model_sha256: Some(file_sha256(&model_path)?),
+        ..meta.clone()
+    };
 
     let meta_path = tmp_dir.join(META_FILE);
-    let mut json = serde_json::to_vec_pretty(meta)
+    let mut json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| corrupt(&meta_path, format!("cannot encode: {e}")))?;
     json.push(b'\n');
     std::fs::write(&meta_path, &json).map_err(io_error(&meta_path))?;
@@ -255,6 +319,50 @@ fn write_dir(
     Ok(final_dir)
 }
 
+/// sha256 of a file, lowercase hex, read in pieces.
+fn file_sha256(path: &Path) -> Result<String, CheckpointError> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks the checkpoint in `dir` unhealthy with `problem`, rewriting its `checkpoint.json`
+/// atomically (the weights stay, for inspection).
+pub fn mark_unhealthy(dir: &Path, problem: &str) -> Result<(), CheckpointError> {
+    let mut meta = load_meta(dir)?;
+    let health = meta.health.get_or_insert(CheckpointHealth {
+        healthy: false,
+        loss: 0.0,
+        grad_norm: 0.0,
+        loss_average: None,
+        problem: None,
+    });
+    health.healthy = false;
+    health.problem = Some(problem.to_string());
+    let path = dir.join(META_FILE);
+    let tmp = dir.join(format!(".{META_FILE}.tmp"));
+    let mut json = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| corrupt(&path, format!("cannot encode: {e}")))?;
+    json.push(b'\n');
+    std::fs::write(&tmp, &json).map_err(io_error(&tmp))?;
+    sync_file(&tmp)?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
+}
+
 fn sync_file(path: &Path) -> Result<(), CheckpointError> {
     File::open(path)
         .and_then(|f| f.sync_all())
@@ -269,13 +377,34 @@ fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
     }
 }
 
-/// The complete checkpoint with the highest step in `run_dir/checkpoints/`, if any.
+/// The complete, healthy checkpoint with the highest step in `run_dir/checkpoints/`, if any.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let mut steps = step_dirs(run_dir)?;
+    while let Some((_, dir)) = steps.pop() {
+        if load_meta(&dir)?.is_healthy() {
+            return Ok(Some(dir));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `run_dir` holds any complete checkpoint, healthy or not.
+pub fn has_checkpoints(run_dir: &Path) -> Result<bool, CheckpointError> {
+    Ok(!step_dirs(run_dir)?.is_empty()
+        || run_dir
+            .join(CHECKPOINTS_DIR)
+            .join(BEST_DIR)
+            .join(META_FILE)
+            .is_file())
+}
+
+/// The complete checkpoints (`step-N` with a `checkpoint.json`), by step.
+fn step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     if !parent.is_dir() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let mut best: Option<(u64, PathBuf)> = None;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(&parent).map_err(io_error(&parent))? {
         let entry = entry.map_err(io_error(&parent))?;
         let name = entry.file_name();
@@ -287,11 +416,12 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
             continue;
         };
         let dir = entry.path();
-        if dir.join(META_FILE).is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
-            best = Some((step, dir));
+        if dir.join(META_FILE).is_file() {
+            found.push((step, dir));
         }
     }
-    Ok(best.map(|(_, dir)| dir))
+    found.sort();
+    Ok(found)
 }
 
 /// Accepts a checkpoint directory, a file inside one, or a run directory (its latest checkpoint).
@@ -311,6 +441,16 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
         path.to_path_buf()
     };
     if dir.join(META_FILE).is_file() {
+        let meta = load_meta(&dir)?;
+        if !meta.is_healthy() {
+            return Err(CheckpointError::Unhealthy {
+                path: dir,
+                problem: meta
+                    .health
+                    .and_then(|h| h.problem)
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            });
+        }
         return Ok(dir);
     }
     latest(&dir)?.ok_or_else(not_found)
@@ -338,11 +478,31 @@ pub fn load_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
 }
 
 /// Loads a checkpoint directory: the parameters in the order `meta.model` needs, and the
-/// optimizer state when `with_optimizer` is set.
+/// optimizer state when `with_optimizer` is set; `model.safetensors` is checked against the
+/// sha256 in `checkpoint.json`.
 pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint, CheckpointError> {
+    load_checked(dir, with_optimizer, true)
+}
+
+/// `load`, checking the sha256 of `model.safetensors` only when `verify` is set.
+pub fn load_checked(
+    dir: &Path,
+    with_optimizer: bool,
+    verify: bool,
+) -> Result<Checkpoint, CheckpointError> {
     let meta = load_meta(dir)?;
     let path = dir.join(MODEL_FILE);
     let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+    if let Some(want) = meta.model_sha256.as_ref().filter(|_| verify) {
+        let got = hex(&Sha256::digest(&bytes));
+        if &got != want {
+            return Err(CheckpointError::Checksum {
+                path,
+                got,
+                want: want.clone(),
+            });
+        }
+    }
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(&path, format!("invalid safetensors: {e}")))?;
     let read = |name: &str| -> Result<Tensor, CheckpointError> {
@@ -400,7 +560,9 @@ pub fn load(dir: &Path, with_optimizer: bool) -> Result<Checkpoint, CheckpointEr
 }
 
 /// Deletes all but the newest `keep` complete checkpoints of a run (`keep = 0` keeps all) and
-/// returns the directories removed. Called after a save, so the newest is always kept.
+/// returns the directories removed. The loop calls it once the newest checkpoint has passed the
+/// next step's health checks, so a checkpoint that is about to be marked unhealthy never
+/// replaces the good ones before it.
 pub fn prune(run_dir: &Path, keep: usize) -> Result<Vec<PathBuf>, CheckpointError> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     if keep == 0 || !parent.is_dir() {

@@ -309,7 +309,7 @@ impl ModelConfig {
     }
 
     /// `param_count` in checked arithmetic: `None` for dimensions so large it overflows.
-    fn checked_param_count(&self) -> Option<u64> {
+    pub fn checked_param_count(&self) -> Option<u64> {
         let n = |v: usize| u64::try_from(v).ok();
         let d = n(self.d_model)?;
         let d_attn = n(self.n_heads)?.checked_mul(n(self.head_dim)?)?;

@@ -38,4 +38,8 @@ pub struct AnalyzeAttentionArgs {
     /// Print the JSON report instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Skip the integrity checks: the sha256 of the checkpoint's model.safetensors and of each
+    /// token file read.
+    #[arg(long)]
+    pub no_verify: bool,
 }

@@ -135,9 +135,32 @@ pub struct TrainArgs {
     /// Start from this checkpoint's weights with a fresh optimizer (a checkpoint or run dir).
     #[arg(long, value_name = "CKPT")]
     pub init: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest healthy checkpoint (an error when there is
+    /// none). The corpus (its manifest's sha256), tokenizer, model, seed, batch and accumulation
+    /// must be the run's.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run already in --out (its checkpoints and metrics are removed once the new
+    /// run has passed its checks). Without it, a new run into a run directory is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Health policy: stop when a step's loss exceeds X times its baseline, the larger of
+    /// ln(vocab) and a moving average of the earlier losses (decay 0.9); 0 turns the check off
+    /// [default: 3; recipe: [health] spike_factor]. A non-finite loss, gradient norm or update
+    /// always stops the run, and so does a gradient norm of 0 (<= 1e-12) while the loss is above
+    /// 1e-3 unless --allow-zero-grad. A stopped run exits 1 naming the last good checkpoint; the
+    /// checkpoint of the step before the failed one is marked unhealthy (its weights produced
+    /// the failure) and is never resumed from.
+    #[arg(long, value_name = "X")]
+    pub spike_factor: Option<f64>,
+    /// Go on when the gradient norm collapses to 0 while the loss is not about 0 (recipe:
+    /// [health] stop_on_zero_grad = false).
+    #[arg(long)]
+    pub allow_zero_grad: bool,
+    /// Skip the integrity checks: the sha256 of each token file (checked once per shard, before
+    /// training on it) and of the checkpoint loaded by --resume or --init.
+    #[arg(long)]
+    pub no_verify: bool,
     /// Validate on this corpus while training (same kind and tokenizer as --data, e.g. the
     /// `eval/` split of build-corpus --eval-docs): its loss goes into metrics.jsonl, and a
     /// finetuning run keeps its best checkpoint as checkpoints/best. Recipe: [eval] data.
@@ -187,12 +210,16 @@ pub struct EvalArgs {
     /// evaluation (at the corpus's row length when --lengths is absent).
     #[arg(long, value_name = "FILE")]
     pub positions: Option<PathBuf>,
-    /// Rows per forward pass.
+    /// Rows per forward pass (1 to 4096).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub batch: usize,
     /// Score only the first N examples (rows, in corpus order).
     #[arg(long, value_name = "N", visible_alias = "max-rows")]
     pub max_examples: Option<u64>,
+    /// Skip the integrity checks: the sha256 of the checkpoint's model.safetensors and of each
+    /// token file read.
+    #[arg(long)]
+    pub no_verify: bool,
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,

@@ -10,13 +10,16 @@ use redpack_trainer::backend::cpu::CpuBackend;
 use crate::cli::analyze_attention::AnalyzeAttentionArgs;
 
 pub fn run(args: AnalyzeAttentionArgs) -> anyhow::Result<ExitCode> {
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1 (leave it out to use every core)");
+    }
     let options = LocalityOptions {
         length: args.length,
         prefix_len: args.prefix_len,
         window: args.window,
         rows: args.rows,
     };
-    let job = LocalityJob::prepare(&args.checkpoint, &args.data, options)
+    let job = LocalityJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the attention analysis")?;
     let backend = CpuBackend::new(args.threads).context("cannot start the CPU backend")?;
     let bar = ProgressBar::with_draw_target(Some(args.rows), ProgressDrawTarget::stderr());

@@ -8,11 +8,21 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::eval::grid::{self, GridJob, GridOptions, GridReport};
 use redpack_trainer::eval::{EvalJob, EvalOptions};
+use redpack_trainer::run::memory;
 
 use super::train::backend_for;
 use crate::cli::train::EvalArgs;
 
+/// The most rows `--batch` may put in one forward pass.
+const MAX_EVAL_BATCH: usize = 4096;
+
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=MAX_EVAL_BATCH).contains(&args.batch) {
+        anyhow::bail!(
+            "--batch must be in [1, {MAX_EVAL_BATCH}] rows, got {}",
+            args.batch
+        );
+    }
     if !args.lengths.is_empty() || args.prefix_len.len() > 1 || args.positions.is_some() {
         return run_grid(args);
     }
@@ -22,8 +32,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         batch_rows: args.batch.max(1),
         max_examples: args.max_examples,
     };
-    let job = EvalJob::prepare(&args.checkpoint, &args.data, options)
+    let job = EvalJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
+    memory::check_forward(
+        &job.model,
+        args.batch,
+        job.corpus.max_row_len(),
+        backend.free_device_memory(),
+    )
+    .context("cannot start the evaluation")?;
     let checkpoint = job.checkpoint.clone();
     let step = job.step;
     let total = args
@@ -93,8 +110,16 @@ fn run_grid(args: EvalArgs) -> anyhow::Result<ExitCode> {
         batch_rows: args.batch.max(1),
         max_rows: args.max_examples,
     };
-    let job = GridJob::prepare(&args.checkpoint, &args.data, options)
+    let job = GridJob::prepare_checked(&args.checkpoint, &args.data, options, !args.no_verify)
         .context("cannot start the evaluation")?;
+    let longest = args.lengths.iter().copied().max();
+    memory::check_forward(
+        &job.model,
+        args.batch,
+        longest.unwrap_or(job.corpus.max_row_len()),
+        backend.free_device_memory(),
+    )
+    .context("cannot start the evaluation")?;
     let total = args
         .max_examples
         .map_or(job.corpus.examples, |m| m.min(job.corpus.examples));

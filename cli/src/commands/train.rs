@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
 use redpack_trainer::metrics::{EvalMetrics, StepMetrics, StepObserver};
+use redpack_trainer::run::health::HealthRecipe;
+use redpack_trainer::run::memory;
 use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
@@ -22,6 +24,9 @@ pub fn backend_for(
     threads: Option<usize>,
     precision: Option<PrecisionArg>,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    if threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1 (leave it out to use every core)");
+    }
     let choice = match device {
         DeviceArg::Auto => DeviceChoice::Auto,
         DeviceArg::Cpu => DeviceChoice::Cpu,
@@ -82,6 +87,10 @@ fn flags_recipe(args: &TrainArgs) -> Recipe {
             rows: args.eval_rows,
             keep_best: None,
         },
+        health: HealthRecipe {
+            spike_factor: args.spike_factor,
+            stop_on_zero_grad: args.allow_zero_grad.then_some(false),
+        },
     }
 }
 
@@ -107,13 +116,27 @@ pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
         settings.schedule = settings.schedule.with_peak(lr);
         settings.validate()?;
     }
+    settings.verify = !args.no_verify;
+    settings.overwrite = args.overwrite;
     Ok(settings)
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let settings = resolve_settings(&args)?;
+    let mut settings = resolve_settings(&args)?;
     let mut backend = backend_for(args.device, args.threads, args.precision)?;
+    // A device backend holds the activations in its own memory: checked against it below.
+    settings.host_activations = backend.resident().is_none();
     let run = TrainRun::prepare(settings).context("cannot start training")?;
+    if backend.resident().is_some() {
+        memory::check_device(
+            &run.model,
+            &run.settings,
+            run.rows_per_micro_batch,
+            run.corpus.max_row_len(),
+            backend.free_device_memory(),
+        )
+        .context("cannot start training")?;
+    }
     describe(&run, backend.as_ref());
     let model = run.model.clone();
     let total = run.settings.steps;
@@ -213,6 +236,21 @@ fn describe(run: &TrainRun, backend: &dyn Backend) {
         run.start_step + 1,
         s.steps,
         backend.name()
+    );
+    let health = &s.health;
+    eprintln!(
+        "health: stop on a non-finite value{}{}; integrity checks {}",
+        if health.spike_factor > 0.0 {
+            format!(", a loss above {} x its baseline", health.spike_factor)
+        } else {
+            String::new()
+        },
+        if health.stop_on_zero_grad {
+            ", a zero gradient"
+        } else {
+            ""
+        },
+        if s.verify { "on" } else { "off (--no-verify)" }
     );
     if let Some(plan) = &run.mixture {
         eprintln!("mixture:");

@@ -12,3 +12,4 @@ mod fetch;
 mod stages;
 mod synth;
 mod train_cuda;
+mod train_failure;

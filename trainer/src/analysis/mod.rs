@@ -31,7 +31,7 @@ use crate::backend::BackendError;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CorpusSummary, DataError, ExampleSource};
+use crate::data::{open_corpus, CheckedCorpus, CorpusSummary, DataError, ExampleSource};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;
 use locality::{LocalityReducer, QueryRange};
@@ -157,7 +157,7 @@ pub struct LocalityJob {
     params: ParamStore,
     step_options: StepOptions,
     options: LocalityOptions,
-    source: redpack_schemas::Corpus,
+    source: CheckedCorpus,
 }
 
 /// The checkpoint's objective switches, from its recorded settings (absent = off).
@@ -176,6 +176,17 @@ impl LocalityJob {
         checkpoint_path: &Path,
         data: &Path,
         options: LocalityOptions,
+    ) -> Result<LocalityJob, AnalysisError> {
+        LocalityJob::prepare_checked(checkpoint_path, data, options, true)
+    }
+
+    /// `prepare`, checking the checkpoint's and the token files' sha256 (each shard before its
+    /// first row is read) only when `verify` is set.
+    pub fn prepare_checked(
+        checkpoint_path: &Path,
+        data: &Path,
+        options: LocalityOptions,
+        verify: bool,
     ) -> Result<LocalityJob, AnalysisError> {
         if options.window == 0 {
             return Err(AnalysisError::Invalid(
@@ -209,7 +220,7 @@ impl LocalityJob {
         }
         check_tokenizer(&dir, &meta.model, &meta.tokenizer, &summary)
             .map_err(|e| AnalysisError::Invalid(e.to_string()))?;
-        let ckpt = checkpoint::load(&dir, false)?;
+        let ckpt = checkpoint::load_checked(&dir, false, verify)?;
         let step_options = StepOptions {
             bidirectional_prefix: ckpt.meta.model.arch == Arch::Dec
                 && objective_flag(&ckpt.meta.settings, "bidirectional_prefix"),
@@ -224,7 +235,7 @@ impl LocalityJob {
             params: ckpt.params,
             step_options,
             options,
-            source: corpus,
+            source: CheckedCorpus::new(corpus, verify),
         })
     }
 

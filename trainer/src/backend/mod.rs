@@ -97,6 +97,12 @@ pub trait Backend {
     fn resident(&mut self) -> Option<&mut dyn ResidentTraining> {
         None
     }
+
+    /// Bytes of device memory still free, for a device with its own memory (CUDA); `None`
+    /// (the default) means the host's memory, or unknown.
+    fn free_device_memory(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Training with the parameters, gradients and Adafactor state resident on a device: the run

@@ -152,11 +152,20 @@ impl Loader {
             Ok(Err(e)) => Err(e),
             // The sender is dropped when the producer finished normally (or panicked).
             Err(_) => match self.handle.take().map(|h| h.join()) {
-                Some(Err(_)) => Err(DataError::LoaderGone),
+                Some(Err(payload)) => Err(DataError::LoaderPanicked(panic_message(&*payload))),
                 _ => Ok(None),
             },
         }
     }
+}
+
+/// The message a panic carried, for the error that reports it.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 impl Drop for Loader {
@@ -296,6 +305,23 @@ fn next_batch(
         if nothing_to_score {
             skipped += 1;
             if skipped >= walker.n {
+                if options.epochs.is_none() {
+                    // Training repeats epochs forever: say why it cannot, rather than end.
+                    return Err(DataError::BadExample {
+                        place: source.place(),
+                        index,
+                        problem: format!(
+                            "every example in a row, a whole epoch of {}, has nothing to score ({} tokens here, prefix length {}{})",
+                            walker.n,
+                            len,
+                            example.prefix_len,
+                            options
+                                .prefix_len_override
+                                .map(|k| format!(", scored from position {k}"))
+                                .unwrap_or_default()
+                        ),
+                    });
+                }
                 break;
             }
             continue;

@@ -8,6 +8,7 @@
 //! with exactly the batches an uninterrupted run would have seen. With a mixture
 //! ([`MixturePlan`]) the same cursor counts draws from the mixture's seeded stream instead.
 
+mod checked;
 mod loader;
 mod mixture;
 mod permutation;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use redpack_schemas::{Corpus, Kind, Layout, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 
+pub use checked::CheckedCorpus;
 pub use loader::{assemble, LoadedBatch, Loader, LoaderOptions, Order};
 pub use mixture::{Mixture, MixtureGroup, MixturePlan, MixtureState, DEFAULT_KEY};
 pub use permutation::Permutation;
@@ -38,6 +40,20 @@ pub enum DataError {
     Mixture { place: String, problem: String },
     #[error("the batch loader thread stopped unexpectedly")]
     LoaderGone,
+    #[error("the batch loader thread failed: {0}")]
+    LoaderPanicked(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: sha256 {got} does not match the manifest's {want}: the file changed or is damaged (--no-verify skips this check)", path.display())]
+    Checksum {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
 }
 
 /// One example, copied out of its source.
@@ -133,6 +149,8 @@ pub struct CorpusSummary {
     pub layout: Layout,
     pub tokenizer: TokenizerInfo,
     pub examples: u64,
+    /// sha256 of `manifest.json`: the corpus's identity.
+    pub manifest_sha256: String,
 }
 
 impl CorpusSummary {
@@ -147,7 +165,20 @@ impl CorpusSummary {
 pub fn open_corpus(dir: &Path) -> Result<(Corpus, CorpusSummary), DataError> {
     let corpus = Corpus::open(dir)?;
     let manifest = corpus.manifest();
+    let manifest_path = dir.join(redpack_schemas::MANIFEST_FILE);
+    let bytes = std::fs::read(&manifest_path).map_err(|source| DataError::Io {
+        path: manifest_path,
+        source,
+    })?;
+    let manifest_sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     let summary = CorpusSummary {
+        manifest_sha256,
         dir: dir.to_path_buf(),
         kind: manifest.kind,
         layout: manifest.layout,

@@ -30,7 +30,9 @@ use crate::backend::Backend;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint;
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order,
+};
 use crate::flops::{forward_flops, inference_flops, StackTokens};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;
@@ -161,6 +163,17 @@ impl GridJob {
         data: &Path,
         options: GridOptions,
     ) -> Result<GridJob, EvalError> {
+        GridJob::prepare_checked(checkpoint_path, data, options, true)
+    }
+
+    /// `prepare`, checking the checkpoint's and the token files' sha256 (each shard before its
+    /// first row is read) only when `verify` is set.
+    pub fn prepare_checked(
+        checkpoint_path: &Path,
+        data: &Path,
+        options: GridOptions,
+        verify: bool,
+    ) -> Result<GridJob, EvalError> {
         let dir = checkpoint::resolve(checkpoint_path)?;
         let meta = checkpoint::load_meta(&dir)?;
         let (corpus, summary) = open_corpus(data)?;
@@ -202,7 +215,7 @@ impl GridJob {
                 min_l - 1
             )));
         }
-        let ckpt = checkpoint::load(&dir, false)?;
+        let ckpt = checkpoint::load_checked(&dir, false, verify)?;
         let attention = AttentionMode::of_checkpoint(&ckpt.meta);
         let step_options = StepOptions {
             bidirectional_prefix: attention.bidirectional_prefix,
@@ -218,6 +231,7 @@ impl GridJob {
                 summary.tokenizer.pad_id,
             )
         };
+        let corpus = CheckedCorpus::new(corpus, verify);
         let loader = Loader::spawn(Box::new(corpus), loader_options, Cursor::default())?;
         Ok(GridJob {
             checkpoint: dir,

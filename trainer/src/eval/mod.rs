@@ -28,7 +28,9 @@ use crate::backend::{Backend, BackendError};
 use crate::batch::StepOptions;
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, DataError, Loader, LoaderOptions, Order,
+};
 use crate::flops::{forward_flops, inference_flops, StackTokens};
 use crate::params::ParamStore;
 use crate::run::check_tokenizer;
@@ -170,6 +172,17 @@ impl EvalJob {
         data: &Path,
         options: EvalOptions,
     ) -> Result<EvalJob, EvalError> {
+        EvalJob::prepare_checked(checkpoint_path, data, options, true)
+    }
+
+    /// `prepare`, checking the checkpoint's and the token files' sha256 (each shard before its
+    /// first row is read) only when `verify` is set.
+    pub fn prepare_checked(
+        checkpoint_path: &Path,
+        data: &Path,
+        options: EvalOptions,
+        verify: bool,
+    ) -> Result<EvalJob, EvalError> {
         let dir = checkpoint::resolve(checkpoint_path)?;
         let meta = checkpoint::load_meta(&dir)?;
         let (corpus, summary) = open_corpus(data)?;
@@ -180,7 +193,7 @@ impl EvalJob {
                 "--prefix-len must be at least 1 for RedLLM (its encoder needs an input)".into(),
             ));
         }
-        let ckpt = checkpoint::load(&dir, false)?;
+        let ckpt = checkpoint::load_checked(&dir, false, verify)?;
         let arch = ckpt.meta.model.arch;
         let attention = AttentionMode::of_checkpoint(&ckpt.meta);
         // A bidirectional prefix sees the tokens after it, so they are never scored: a packed
@@ -207,6 +220,7 @@ impl EvalJob {
                 summary.tokenizer.pad_id,
             )
         };
+        let corpus = CheckedCorpus::new(corpus, verify);
         let loader = Loader::spawn(Box::new(corpus), loader_options, Cursor::default())?;
         Ok(EvalJob {
             checkpoint: dir,

@@ -322,6 +322,16 @@ fn fresh_state(config: &AdafactorConfig, shape: &[usize]) -> ParamState {
     }
 }
 
+/// `a.max(b)`, but NaN when `a` is NaN (`f64::max` would return `b`, hiding a NaN gradient or
+/// parameter behind a plausible scale).
+fn max_or_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() {
+        a
+    } else {
+        a.max(b)
+    }
+}
+
 /// RMS of a slice, accumulated in f64.
 fn rms(values: &[f32]) -> f64 {
     if values.is_empty() {
@@ -380,13 +390,18 @@ fn update_one(
         }
     };
     if let Some(threshold) = config.clipping_threshold {
-        let denom = (rms(&y) / threshold as f64).max(1.0) as f32;
+        let denom = max_or_nan(rms(&y) / threshold as f64, 1.0) as f32;
         if denom > 1.0 {
             y.iter_mut().for_each(|x| *x /= denom);
         }
     }
     let scale = if config.multiply_by_parameter_scale {
-        lr * (rms(&param.data) as f32).max(config.epsilon2)
+        let rms = rms(&param.data) as f32;
+        lr * if rms.is_nan() {
+            rms
+        } else {
+            rms.max(config.epsilon2)
+        }
     } else {
         lr
     };

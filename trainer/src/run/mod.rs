@@ -5,8 +5,13 @@
 //! One optimizer step: zero the gradients; for each of `accum` micro-batches, add the gradient
 //! of the summed loss; divide by the scored tokens of all micro-batches (so the step sees the
 //! gradient of the mean loss over the whole batch, whatever the split); optionally clip the
-//! global norm; apply Adafactor at the schedule's rate. A non-finite loss, gradient or update
-//! stops the run before anything is saved, so the last checkpoint stays good.
+//! global norm; apply Adafactor at the schedule's rate.
+//!
+//! Every step passes the health checks of `health` (non-finite values, loss spikes, a collapsed
+//! gradient) before its update is kept. A failure stops the run before anything is saved, and
+//! since the step's loss and gradient came from the previous step's weights, that step's
+//! checkpoint (if any, and the best checkpoint if it is that step's) is marked unhealthy; the
+//! error names the latest checkpoint that is still healthy, to resume from.
 //!
 //! With validation on (`settings.eval`, see `validate`), after the update of every `every`-th
 //! step and of the last, the eval corpus is scored with the new parameters; the result goes on
@@ -15,6 +20,8 @@
 //! regular checkpoint). The best so far is stored in every checkpoint's metadata, so a resumed
 //! run goes on choosing over the whole run.
 
+pub mod health;
+pub mod memory;
 mod prepare;
 pub mod settings;
 mod tokenizer;
@@ -32,13 +39,16 @@ pub use tokenizer::check_tokenizer;
 
 use crate::backend::{Backend, BackendError, MicroBatch};
 use crate::batch::StepOptions;
-use crate::checkpoint::{self, BestEval, CheckpointError, CheckpointMeta, RngState};
+use crate::checkpoint::{
+    self, BestEval, CheckpointError, CheckpointHealth, CheckpointMeta, RngState,
+};
 use crate::data::{DataError, Loader, MixtureState};
 use crate::flops::{paper_training_flops, training_flops, StackTokens};
 use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
 use crate::optim::{self, OptimError};
 use crate::params::ParamStore;
 use crate::rng::counter_hash;
+use health::{HealthMonitor, Problem};
 
 /// Tag mixed into dropout seeds so they never collide with other uses of the run seed.
 const DROPOUT_STREAM: u64 = 0x6472_6f70;
@@ -46,7 +56,7 @@ const DROPOUT_STREAM: u64 = 0x6472_6f70;
 /// Why a run stopped early or did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{0}")]
+    #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Data(#[from] DataError),
@@ -64,24 +74,38 @@ pub enum TrainError {
     },
     #[error("{}: {what}", path.display())]
     Incompatible { path: PathBuf, what: String },
-    #[error("step {step}: {what} is not finite ({value}); the run stopped. {}", last_good(.last_checkpoint))]
-    NonFinite {
+    #[error("step {step}: {problem}; the run stopped.{} {}", marked_text(.marked), last_good_text(.last_good))]
+    Unhealthy {
         step: u64,
-        what: &'static str,
-        value: f64,
-        last_checkpoint: Option<PathBuf>,
+        problem: health::Problem,
+        /// Checkpoints marked unhealthy by this stop.
+        marked: Vec<PathBuf>,
+        /// The latest healthy checkpoint left, to resume from.
+        last_good: Option<PathBuf>,
     },
     #[error("step {step}: the batch has no scored tokens (every target is empty)")]
     NoScoredTokens { step: u64 },
 }
 
-fn last_good(path: &Option<PathBuf>) -> String {
+fn marked_text(marked: &[PathBuf]) -> String {
+    if marked.is_empty() {
+        return String::new();
+    }
+    let dirs: Vec<String> = marked.iter().map(|d| d.display().to_string()).collect();
+    format!(
+        " The step's loss and gradient come from the weights of the step before, so {} {} marked unhealthy.",
+        dirs.join(" and "),
+        if dirs.len() == 1 { "is" } else { "are" }
+    )
+}
+
+fn last_good_text(path: &Option<PathBuf>) -> String {
     match path {
         Some(p) => format!(
-            "The last good checkpoint is {}; continue with --resume, perhaps with a lower --lr",
+            "The last good checkpoint is {} (finite weights, and the losses computed from them passed the checks): continue from it with --resume, perhaps with a lower --lr",
             p.display()
         ),
-        None => "No checkpoint was written yet".to_string(),
+        None => "No good checkpoint exists: start again (--overwrite), perhaps with a lower --lr".to_string(),
     }
 }
 
@@ -133,7 +157,13 @@ impl TrainRun {
             loss_on_prefix: self.loss_on_prefix,
         };
         let mut metrics = Vec::new();
+        let mut health = HealthMonitor::new(
+            settings.health,
+            self.model.vocab_size,
+            self.health.as_ref().and_then(|h| h.loss_average),
+        );
         let mut last_checkpoint = self.resumed_from.clone();
+        let mut prune_due = false;
         let mut final_checkpoint = None;
         let mut best_checkpoint = self
             .settings
@@ -146,7 +176,8 @@ impl TrainRun {
                     .join(checkpoint::CHECKPOINTS_DIR)
                     .join(checkpoint::BEST_DIR)
             })
-            .filter(|dir| dir.join(checkpoint::META_FILE).is_file());
+            // A best checkpoint marked unhealthy is no longer the run's best.
+            .filter(|dir| checkpoint::load_meta(dir).is_ok_and(|m| m.is_healthy()));
         // A device that keeps the parameters and the optimizer state resident runs the whole
         // step; the host copies are refreshed for checkpoints only.
         let resident = match backend.resident() {
@@ -203,17 +234,10 @@ impl TrainRun {
             }
             let loss = loss_sum / scored as f64;
             let z_loss = z_sum / scored as f64;
-            let non_finite = |what, value| TrainError::NonFinite {
-                step,
-                what,
-                value,
-                last_checkpoint: last_checkpoint.clone(),
-            };
-            if !loss.is_finite() {
-                return Err(non_finite("the loss", loss));
-            }
-            if !z_loss.is_finite() {
-                return Err(non_finite("the z-loss", z_loss));
+            // The loss and gradient of this step come from the previous step's weights.
+            let before = Some(step - 1);
+            if let Err(problem) = health.check_loss(loss, z_loss) {
+                return Err(self.stop(step, problem, before));
             }
             let lr = settings.schedule.lr(step, settings.steps);
             let scale = (1.0 / scored as f64) as f32;
@@ -227,19 +251,45 @@ impl TrainRun {
                         Some(max) => optim::clip_global_norm(&mut grads, max),
                         None => optim::global_norm(&grads),
                     };
-                    let update = grad_norm
-                        .is_finite()
+                    let update = health
+                        .check_grad(loss, grad_norm)
+                        .is_ok()
                         .then(|| self.optimizer.update(&mut self.params, &grads, lr as f32))
                         .transpose()?;
                     (grad_norm, update)
                 }
             };
-            let Some(update) = update.filter(|_| grad_norm.is_finite()) else {
-                return Err(non_finite("the gradient norm", grad_norm));
+            if let Err(problem) = health.check_grad(loss, grad_norm) {
+                return Err(self.stop(step, problem, before));
+            }
+            let Some(update) = update else {
+                return Err(self.stop(
+                    step,
+                    Problem::NonFinite {
+                        what: "the update".into(),
+                        value: f64::NAN,
+                    },
+                    None,
+                ));
             };
             if !update.update_norm.is_finite() {
-                return Err(non_finite("the update norm", update.update_norm));
+                let problem = Problem::NonFinite {
+                    what: "the update norm".into(),
+                    value: update.update_norm,
+                };
+                return Err(self.stop(step, problem, None));
             }
+            health.accept(loss);
+            if std::mem::take(&mut prune_due) {
+                checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
+            }
+            self.health = Some(CheckpointHealth {
+                healthy: true,
+                loss,
+                grad_norm,
+                loss_average: health.average(),
+                problem: None,
+            });
             self.tokens_seen += scored;
             self.flops_seen += flops;
             self.paper_flops_seen += paper_flops;
@@ -282,7 +332,11 @@ impl TrainRun {
                 let mut eval =
                     validator.evaluate(step, &self.model, &self.params, backend, resident)?;
                 if !eval.loss.is_finite() {
-                    return Err(non_finite("the eval loss", eval.loss));
+                    let problem = Problem::NonFinite {
+                        what: "the eval loss".into(),
+                        value: eval.loss,
+                    };
+                    return Err(self.stop(step, problem, None));
                 }
                 eval.best = self.best.as_ref().is_none_or(|b| eval.loss < b.loss);
                 if eval.best {
@@ -295,6 +349,7 @@ impl TrainRun {
                     });
                     if validator.settings.keep_best {
                         self.refresh_host(backend, resident, &mut host_current, step)?;
+                        self.check_weights(step)?;
                         best_checkpoint = Some(self.save_best(step)?);
                     }
                 }
@@ -306,12 +361,18 @@ impl TrainRun {
             metrics.push(record);
             if step % settings.checkpoint_every == 0 || step == settings.steps {
                 self.refresh_host(backend, resident, &mut host_current, step)?;
+                self.check_weights(step)?;
                 let dir = self.save(step)?;
-                checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
+                // Older checkpoints go once this one is known to be good: after the next step's
+                // checks, which are the first on its weights (or at the end of the run).
+                prune_due = true;
                 observer.on_checkpoint(step, &dir);
                 last_checkpoint = Some(dir.clone());
                 final_checkpoint = Some(dir);
             }
+        }
+        if prune_due {
+            checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
         }
         let final_checkpoint = match final_checkpoint.or(last_checkpoint) {
             Some(dir) => dir,
@@ -326,6 +387,56 @@ impl TrainRun {
             best: self.best.clone(),
             best_checkpoint,
         })
+    }
+
+    /// Stops the run at `step` for `problem`: marks the checkpoint of step `condemned` (whose
+    /// weights produced the problem) unhealthy, and the best checkpoint too when it is of that
+    /// step, then names the latest healthy checkpoint left.
+    fn stop(&self, step: u64, problem: Problem, condemned: Option<u64>) -> TrainError {
+        let out = &self.settings.out;
+        let parent = out.join(checkpoint::CHECKPOINTS_DIR);
+        let mut marked = Vec::new();
+        if let Some(bad) = condemned.filter(|&s| s > 0) {
+            let reason = format!("step {step}, the first computed from these weights: {problem}");
+            let best = parent.join(checkpoint::BEST_DIR);
+            let best_is_bad = checkpoint::load_meta(&best).is_ok_and(|m| m.step == bad);
+            let step_dir = parent.join(checkpoint::step_dir_name(bad));
+            for dir in [Some(step_dir), best_is_bad.then_some(best)]
+                .into_iter()
+                .flatten()
+            {
+                if dir.join(checkpoint::META_FILE).is_file()
+                    && checkpoint::mark_unhealthy(&dir, &reason).is_ok()
+                {
+                    marked.push(dir);
+                }
+            }
+        }
+        TrainError::Unhealthy {
+            step,
+            problem,
+            marked,
+            last_good: checkpoint::latest(out).ok().flatten(),
+        }
+    }
+
+    /// Refuses to save weights that hold a non-finite value.
+    fn check_weights(&self, step: u64) -> Result<(), TrainError> {
+        let bad = self
+            .params
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()));
+        match bad {
+            Some((name, _)) => Err(self.stop(
+                step,
+                Problem::NonFinite {
+                    what: format!("a weight of {name} after the update"),
+                    value: f64::NAN,
+                },
+                None,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Copies a resident device's parameters and optimizer state into the host copies, once
@@ -447,6 +558,9 @@ impl TrainRun {
             paper_flops_seen: self.paper_flops_seen,
             settings: serde_json::to_value(&self.settings).unwrap_or(serde_json::Value::Null),
             best: self.best.clone(),
+            corpus_sha256: Some(self.corpus.manifest_sha256.clone()),
+            model_sha256: None,
+            health: self.health.clone(),
         }
     }
 }

@@ -4,17 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redpack_schemas::Kind;
+use redpack_schemas::{Kind, Layout};
 
 use super::settings::{Mode, TrainSettings};
 use super::tokenizer::{check_tokenizer, check_vocab};
 use super::validate::Validator;
 use super::TrainError;
 use crate::batch::StepOptions;
-use crate::checkpoint::{self, BestEval, TokenizerStamp};
+use crate::checkpoint::{self, BestEval, CheckpointHealth, TokenizerStamp};
 use crate::config::{Arch, ModelConfig};
 use crate::data::{
-    open_corpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, MixturePlan, Order,
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, ExampleSource, LoaderOptions, MixturePlan,
+    Order,
 };
 use crate::optim::Adafactor;
 use crate::params::ParamStore;
@@ -47,6 +48,8 @@ pub struct TrainRun {
     /// The best evaluation so far (from the resumed checkpoint, then this run's).
     pub best: Option<BestEval>,
     pub(super) tokenizer: TokenizerStamp,
+    /// The health of the last step (the resumed checkpoint's, then this run's).
+    pub(super) health: Option<CheckpointHealth>,
     pub(super) loss_on_prefix: bool,
     pub(super) loader_options: LoaderOptions,
     pub(super) source: Option<Box<dyn ExampleSource>>,
@@ -80,6 +83,28 @@ fn rows_text(rows: Option<u64>) -> String {
     rows.map_or_else(|| "all".to_string(), |n| n.to_string())
 }
 
+/// Refuses a corpus whose rows leave nothing for the architecture to score.
+fn check_layout(settings: &TrainSettings, summary: &CorpusSummary) -> Result<(), TrainError> {
+    let problem = match summary.layout {
+        Layout::Packed { seq_len, .. } if seq_len < 2 => Some(format!(
+            "rows of {seq_len} token(s): at least 2 are needed to score one (rebuild with a larger --seq-len)"
+        )),
+        Layout::Packed {
+            seq_len,
+            prefix_len,
+        } if settings.arch == Arch::Red && (prefix_len == 0 || prefix_len >= seq_len) => {
+            Some(format!(
+                "rows of {seq_len} tokens split at {prefix_len}: RedLLM needs an encoder input and a target on both sides of the split (rebuild with 0 < --prefix-len < --seq-len)"
+            ))
+        }
+        _ => None,
+    };
+    match problem {
+        Some(what) => Err(incompatible(&settings.data, what)),
+        None => Ok(()),
+    }
+}
+
 /// Corpus kind each mode trains on.
 fn required_kind(mode: Mode) -> Kind {
     match mode {
@@ -94,6 +119,7 @@ impl TrainRun {
     pub fn prepare(settings: TrainSettings) -> Result<TrainRun, TrainError> {
         settings.validate()?;
         let (corpus, summary) = open_corpus(&settings.data)?;
+        let corpus = CheckedCorpus::new(corpus, settings.verify);
         let want = required_kind(settings.mode);
         if summary.kind != want {
             return Err(incompatible(
@@ -106,6 +132,7 @@ impl TrainRun {
                 ),
             ));
         }
+        check_layout(&settings, &summary)?;
         let (rows_per_step, rows_per_micro_batch) = settings.rows(summary.max_row_len())?;
         let tokenizer = TokenizerStamp {
             sha256: summary.tokenizer.sha256.clone(),
@@ -113,12 +140,40 @@ impl TrainRun {
             eod_id: summary.tokenizer.eod_id,
             pad_id: summary.tokenizer.pad_id,
         };
-        let latest = checkpoint::latest(&settings.out)?;
-        if latest.is_some() && !settings.resume {
+        // A run to protect: one with a checkpoint (a run stopped before its first checkpoint
+        // left only its metrics, which a new run starts afresh).
+        let existing = checkpoint::has_checkpoints(&settings.out)?;
+        // Only --resume continues a run; a fresh run (refused below unless --overwrite) never
+        // reads the old one.
+        let latest = match settings.resume {
+            true => checkpoint::latest(&settings.out)?,
+            false => None,
+        };
+        if settings.resume && latest.is_none() {
             return Err(incompatible(
                 &settings.out,
-                "already holds a run's checkpoints; pass --resume to continue it or choose another --out",
+                if existing {
+                    "--resume: every checkpoint of the run is marked unhealthy, so there is none to continue from; start again with --overwrite"
+                } else {
+                    "--resume: there is no run here to continue (no checkpoint in checkpoints/); drop --resume to start one"
+                },
             ));
+        }
+        if existing && !settings.resume && !settings.overwrite {
+            return Err(incompatible(
+                &settings.out,
+                "already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out",
+            ));
+        }
+        let model = settings.model_config(summary.tokenizer.vocab_size as usize)?;
+        if latest.is_none() && settings.init.is_none() {
+            // A new model is allocated below: refuse one that cannot fit first.
+            super::memory::check_host(
+                &model,
+                &settings,
+                rows_per_micro_batch,
+                summary.max_row_len(),
+            )?;
         }
         // Every source must have a weight before the first step.
         let mixture = match &settings.mixture {
@@ -126,7 +181,7 @@ impl TrainRun {
             None => None,
         };
         let mut run = TrainRun {
-            model: settings.model_config(tokenizer.vocab_size as usize)?,
+            model,
             params: empty_store(),
             optimizer: Adafactor::new(settings.optimizer.clone(), &empty_store())?,
             start_step: 0,
@@ -142,6 +197,7 @@ impl TrainRun {
             validator: None,
             best: None,
             tokenizer,
+            health: None,
             loss_on_prefix: settings.arch == Arch::Dec && settings.mode == Mode::Pretrain,
             loader_options: LoaderOptions {
                 require_split: settings.arch == Arch::Red,
@@ -169,6 +225,14 @@ impl TrainRun {
                 run.optimizer = Adafactor::new(run.settings.optimizer.clone(), &run.params)?;
             }
         }
+        if latest.is_some() || run.settings.init.is_some() {
+            super::memory::check_host_activations(
+                &run.model,
+                &run.settings,
+                run.rows_per_micro_batch,
+                run.corpus.max_row_len(),
+            )?;
+        }
         check_vocab(&run.settings.data, &run.model, &run.corpus)?;
         if let Some(eval) = &run.settings.eval {
             let objective = StepOptions {
@@ -185,6 +249,12 @@ impl TrainRun {
                 &objective,
                 run.rows_per_micro_batch,
             )?);
+            if let Some(v) = run.validator.as_mut() {
+                v.verify = run.settings.verify;
+            }
+        }
+        if existing && run.settings.overwrite && !run.settings.resume {
+            run.clear_previous_run()?;
         }
         std::fs::create_dir_all(&run.settings.out).map_err(|source| {
             crate::checkpoint::CheckpointError::Io {
@@ -195,9 +265,41 @@ impl TrainRun {
         Ok(run)
     }
 
+    /// `--overwrite`: removes the previous run's checkpoints and metrics, once every check of
+    /// the new run has passed.
+    fn clear_previous_run(&self) -> Result<(), TrainError> {
+        let out = &self.settings.out;
+        for path in [
+            out.join(checkpoint::CHECKPOINTS_DIR),
+            out.join(crate::metrics::METRICS_FILE),
+        ] {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else if path.exists() {
+                std::fs::remove_file(&path)
+            } else {
+                Ok(())
+            };
+            removed.map_err(|source| checkpoint::CheckpointError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
     fn resume_from(&mut self, dir: &Path) -> Result<(), TrainError> {
-        let ckpt = checkpoint::load(dir, true)?;
+        let ckpt = checkpoint::load_checked(dir, true, self.settings.verify)?;
         let meta = &ckpt.meta;
+        if let Some(was) = &meta.corpus_sha256 {
+            if *was != self.corpus.manifest_sha256 {
+                return Err(incompatible(
+                    dir,
+                    format!(
+                        "the run was trained on a corpus whose manifest.json has sha256 {was}; {} has {}: resuming on other data would not continue the same run",
+                        self.settings.data.display(),
+                        self.corpus.manifest_sha256
+                    ),
+                ));
+            }
+        }
         if meta.model.arch != self.settings.arch {
             return Err(incompatible(
                 dir,
@@ -254,6 +356,7 @@ impl TrainRun {
             }
         }
         self.best = meta.best.clone();
+        self.health = meta.health.clone();
         self.params = ckpt.params;
         self.resumed_from = Some(dir.to_path_buf());
         Ok(())
@@ -295,7 +398,7 @@ impl TrainRun {
 
     fn init_from(&mut self, path: &Path) -> Result<(), TrainError> {
         let dir = checkpoint::resolve(path)?;
-        let ckpt = checkpoint::load(&dir, false)?;
+        let ckpt = checkpoint::load_checked(&dir, false, self.settings.verify)?;
         if ckpt.meta.model.arch != self.settings.arch {
             return Err(incompatible(
                 &dir,

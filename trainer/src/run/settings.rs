@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::health::{HealthPolicy, HealthRecipe};
 use crate::config::{Arch, ModelConfig, ModelOverrides};
 use crate::data::Mixture;
 use crate::optim::AdafactorConfig;
@@ -98,6 +99,9 @@ pub struct Recipe {
     pub data: DataRecipe,
     #[serde(default)]
     pub eval: EvalRecipe,
+    /// When a run counts as failed (the recipe's `[health]` table, see `run::health`).
+    #[serde(default)]
+    pub health: HealthRecipe,
 }
 
 impl Recipe {
@@ -153,6 +157,7 @@ impl Recipe {
                 rows: top.eval.rows.or(self.eval.rows),
                 keep_best: top.eval.keep_best.or(self.eval.keep_best),
             },
+            health: self.health.overlay(top.health),
         }
     }
 }
@@ -228,7 +233,30 @@ pub struct TrainSettings {
     /// Validation while training; off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<Validation>,
+    /// When the run stops as failed.
+    #[serde(default)]
+    pub health: HealthPolicy,
+    /// Check every shard's token checksum (once, before training on it) and every checkpoint's
+    /// (on load) against the manifest or `checkpoint.json` (`--no-verify` turns it off).
+    #[serde(default = "verify_default")]
+    pub verify: bool,
+    /// A fresh run may replace a run already in `out` (`--overwrite`); refused otherwise.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Whether the activations of a step live in host memory (the CPU backend), for the memory
+    /// estimate `prepare` makes; a device backend's are checked against its own memory.
+    #[serde(skip, default = "verify_default")]
+    pub host_activations: bool,
 }
+
+fn verify_default() -> bool {
+    true
+}
+
+/// The largest values the loop accepts, so that sizes computed from them cannot overflow.
+pub const MAX_STEPS: u64 = 1 << 40;
+pub const MAX_BATCH_SEQUENCES: u64 = 1 << 24;
+pub const MAX_BATCH_TOKENS: u64 = 1 << 40;
 
 /// A recipe that cannot be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +379,10 @@ impl TrainSettings {
             resume,
             mixture: r.data.mixture,
             eval,
+            health: r.health.resolve(),
+            verify: true,
+            overwrite: false,
+            host_activations: true,
         };
         settings.validate()?;
         Ok(settings)
@@ -375,14 +407,30 @@ impl TrainSettings {
         let bad = |m: String| Err(SettingsError(m));
         // The shape, with the smallest vocabulary: `prepare` checks it again with the corpus's.
         self.model_config(2)?;
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            return bad(format!(
+                "steps must be in [1, {MAX_STEPS}], got {}",
+                self.steps
+            ));
         }
-        if self.accum == 0 {
-            return bad("accum must be at least 1".into());
+        match self.batch {
+            BatchSize::Sequences(n) if !(1..=MAX_BATCH_SEQUENCES).contains(&n) => {
+                return bad(format!(
+                    "the batch (--batch) must be in [1, {MAX_BATCH_SEQUENCES}] sequences, got {n}"
+                ))
+            }
+            BatchSize::Tokens(n) if !(1..=MAX_BATCH_TOKENS).contains(&n) => {
+                return bad(format!(
+                    "the batch (--batch-tokens) must be in [1, {MAX_BATCH_TOKENS}] tokens, got {n}"
+                ))
+            }
+            _ => {}
         }
-        if matches!(self.batch, BatchSize::Sequences(0) | BatchSize::Tokens(0)) {
-            return bad("the batch size must be at least 1".into());
+        if self.accum == 0 || self.accum > MAX_BATCH_SEQUENCES {
+            return bad(format!(
+                "accum must be in [1, {MAX_BATCH_SEQUENCES}], got {}",
+                self.accum
+            ));
         }
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every must be at least 1".into());
@@ -402,8 +450,9 @@ impl TrainSettings {
         if self.objective.bidirectional_prefix && self.arch == Arch::Red {
             return bad("bidirectional_prefix is a DecLLM option (RedLLM's encoder is bidirectional already)".into());
         }
+        self.health.validate().map_err(SettingsError)?;
         if let Some(clip) = self.grad_clip_norm {
-            if clip.is_nan() || clip <= 0.0 {
+            if !clip.is_finite() || clip <= 0.0 {
                 return bad(format!("grad_clip_norm must be > 0, got {clip}"));
             }
         }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redpack_schemas::Kind;
 
@@ -20,7 +21,9 @@ use crate::backend::Backend;
 use crate::batch::{Batch, StepOptions};
 use crate::checkpoint::TokenizerStamp;
 use crate::config::{Arch, ModelConfig};
-use crate::data::{open_corpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order};
+use crate::data::{
+    open_corpus, CheckedCorpus, CorpusSummary, Cursor, Loader, LoaderOptions, Order,
+};
 use crate::metrics::EvalMetrics;
 use crate::params::ParamStore;
 
@@ -31,6 +34,10 @@ pub struct Validator {
     pub corpus: CorpusSummary,
     options: StepOptions,
     loader_options: LoaderOptions,
+    /// Check the eval corpus's token files (during the first evaluation: every evaluation
+    /// reads the same rows).
+    pub verify: bool,
+    verified: AtomicBool,
 }
 
 fn incompatible(path: &Path, what: String) -> TrainError {
@@ -96,6 +103,8 @@ impl Validator {
             corpus: summary,
             options,
             loader_options,
+            verify: true,
+            verified: AtomicBool::new(false),
         })
     }
 
@@ -111,8 +120,9 @@ impl Validator {
     ) -> Result<EvalMetrics, TrainError> {
         let dir = &self.settings.data;
         let (corpus, _) = open_corpus(dir)?;
+        let verify = self.verify && !self.verified.load(Ordering::Acquire);
         let mut loader = Loader::spawn(
-            Box::new(corpus),
+            Box::new(CheckedCorpus::new(corpus, verify)),
             self.loader_options.clone(),
             Cursor::default(),
         )?;
@@ -156,6 +166,7 @@ impl Validator {
             .filter(|(_, (_, t))| *t > 0)
             .map(|(name, (l, t))| (name, l / t as f64))
             .collect();
+        self.verified.store(true, Ordering::Release);
         let loss = loss_sum / tokens as f64;
         let source_avg_loss = sources.values().sum::<f64>() / sources.len() as f64;
         Ok(EvalMetrics {

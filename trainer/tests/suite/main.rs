@@ -27,6 +27,7 @@ mod model_masks;
 mod model_overfit;
 mod train_configs;
 mod train_data;
+mod train_health;
 mod train_optim;
 mod train_overrides;
 mod train_run;

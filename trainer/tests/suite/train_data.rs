@@ -181,9 +181,22 @@ fn missing_corpus_is_a_clear_error() {
 }
 
 #[test]
-fn unlimited_epochs_with_nothing_to_score_end_instead_of_spinning() {
+fn unlimited_epochs_with_nothing_to_score_fail_instead_of_spinning() {
     let options = LoaderOptions {
         prefix_len_override: Some(50),
+        ..LoaderOptions::new(2, Order::Shuffled { seed: 3 }, PAD)
+    };
+    let mut loader = Loader::spawn(Box::new(memory(5)), options, Cursor::default()).unwrap();
+    // Training would wait forever for a batch: an error that says why, not an end of data.
+    let err = loader.next_batch().unwrap_err().to_string();
+    assert!(
+        err.contains("nothing to score") && err.contains("scored from position 50"),
+        "{err}"
+    );
+    // With a number of epochs the data simply ends.
+    let options = LoaderOptions {
+        prefix_len_override: Some(50),
+        epochs: Some(1),
         ..LoaderOptions::new(2, Order::Shuffled { seed: 3 }, PAD)
     };
     let mut loader = Loader::spawn(Box::new(memory(5)), options, Cursor::default()).unwrap();

@@ -104,11 +104,12 @@ fn crash_and_resume_matches(arch: Arch, mode: Mode, data: &Path, root: &Path) {
     let straight = train(&settings, &mut CpuBackend::new(Some(1)).unwrap()).unwrap();
     assert_eq!(straight.len(), 6);
 
-    // The same run, crashing at step 4 (2 micro-batches a step: call 7), then resumed.
+    // The same run, failing at step 5 (2 micro-batches a step: call 9), then resumed from the
+    // checkpoint of step 3 (step 4's has none; a failure at step 4 would condemn step 3's).
     settings.out = root.join("resumed");
-    let err = train(&settings, &mut Faulty::new(7)).unwrap_err();
+    let err = train(&settings, &mut Faulty::new(9)).unwrap_err();
     assert!(
-        matches!(err, TrainError::NonFinite { step: 4, .. }),
+        matches!(err, TrainError::Unhealthy { step: 5, .. }),
         "{err}"
     );
     settings.resume = true;

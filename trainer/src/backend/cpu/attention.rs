@@ -84,12 +84,17 @@ pub(super) fn block_probabilities(
     for (b, scores) in p.chunks_mut(lk.max(1)).take(n).enumerate() {
         let i = first + b;
         let mut max = f32::NEG_INFINITY;
+        let mut nan = false;
         for (j, s) in scores.iter().enumerate() {
-            if row.allowed(i, j, docs) && *s > max {
-                max = *s;
+            if row.allowed(i, j, docs) {
+                nan |= s.is_nan();
+                if *s > max {
+                    max = *s;
+                }
             }
         }
-        if max == f32::NEG_INFINITY {
+        // A row whose visible scores are all NaN stays NaN (zeros would look like a masked row).
+        if max == f32::NEG_INFINITY && !nan {
             scores.fill(0.0);
             continue;
         }

@@ -29,13 +29,25 @@ pub fn group_rmsnorm_forward(x: &[f32], width: usize, eps: f32) -> (Vec<f32>, Ve
             for (g, (out, r)) in xhat.chunks_mut(width).zip(inv.iter_mut()).enumerate() {
                 let xs = &x[g * width..(g + 1) * width];
                 let mean_sq = xs.iter().map(|v| v * v).sum::<f32>() / width as f32;
-                *r = 1.0 / (mean_sq + eps).sqrt();
+                *r = inv_rms(mean_sq, eps);
                 for (o, v) in out.iter_mut().zip(xs) {
                     *o = v * *r;
                 }
             }
         });
     (xhat, inv)
+}
+
+/// `1 / sqrt(mean_sq + eps)`, except that a mean square that overflowed f32 (finite values too
+/// large to square) gives NaN: `1 / sqrt(inf) = 0` would turn an exploded activation into a
+/// zero output that looks healthy and has a zero gradient.
+#[inline]
+pub fn inv_rms(mean_sq: f32, eps: f32) -> f32 {
+    if mean_sq == f32::INFINITY {
+        f32::NAN
+    } else {
+        1.0 / (mean_sq + eps).sqrt()
+    }
 }
 
 /// Backward of `group_rmsnorm_forward`: turns the gradient w.r.t. `x̂` (in `grad`) into the

@@ -196,9 +196,12 @@ extern "C" __global__ void mt_apply(const MtTensor* ts, const int* chunk_tensor,
     double vrs = t.v_row ? v_row_sum[ti] : 0.0;
     float denom = 1.0f;
     if (clip_threshold > 0.0f) {
-        denom = (float)fmax(sqrt(y_sq[ti] / (double)t.n) / (double)clip_threshold, 1.0);
+        double q = sqrt(y_sq[ti] / (double)t.n) / (double)clip_threshold;
+        denom = q != q ? (float)q : (float)fmax(q, 1.0);
     }
-    float scale = param_scale ? lr * fmaxf((float)sqrt(p_sq[ti] / (double)t.n), eps2) : lr;
+    // NaN stays NaN (fmax/fmaxf would return the other operand), as in the CPU's Adafactor.
+    float p_rms = (float)sqrt(p_sq[ti] / (double)t.n);
+    float scale = param_scale ? lr * (p_rms != p_rms ? p_rms : fmaxf(p_rms, eps2)) : lr;
     double acc = 0.0;
     for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float y = mt_y(t, i, __fmul_rn(t.grad[i], factor), vrs);

@@ -8,6 +8,14 @@ typedef unsigned int u32;
 
 // -inf without math.h.
 #define NEG_INF __int_as_float(0xff800000)
+// A quiet NaN.
+#define QNAN __int_as_float(0x7fc00000)
+
+// `1 / sqrt(mean_sq + eps)`, except that a mean square that overflowed f32 gives NaN: 0 would turn
+// an exploded activation into a zero output that looks healthy (the CPU's `inv_rms`).
+__device__ __forceinline__ float inv_rms(float mean_sq, float eps) {
+    return mean_sq == -NEG_INF ? QNAN : 1.0f / sqrtf(mean_sq + eps);
+}
 
 // f32 -> bf16 with round-to-nearest-even; NaN stays a (quiet) NaN.
 __device__ __forceinline__ bf16_bits f32_to_bf16(float x) {

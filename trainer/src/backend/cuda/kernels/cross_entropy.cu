@@ -9,7 +9,11 @@
 // (m2, s2) into (m, s). An empty summary is (-inf, 0).
 __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
     float mx = fmaxf(m, m2);
-    if (mx == NEG_INF) return;
+    if (mx == NEG_INF) {
+        // Two empty summaries, or NaN sums behind them: keep the NaN.
+        s += s2;
+        return;
+    }
     s = s * expf(m - mx) + s2 * expf(m2 - mx);
     m = mx;
 }

@@ -33,7 +33,7 @@ __device__ __forceinline__ float group_inv_rms(const T* xs, int width, float eps
         float v = load_value(xs + width - 1);
         sq += v * v;
     }
-    float r = 1.0f / sqrtf(warp_sum(sq) / (float)width + eps);
+    float r = inv_rms(warp_sum(sq) / (float)width, eps);
     if (lane == 0) *inv = r;
     return r;
 }
@@ -166,7 +166,7 @@ __device__ __forceinline__ void head_norm_rope_at(const bf16_bits* x, bf16_bits*
     }
 #pragma unroll
     for (int j = 0; j < HEADS_PER_WARP; j++) {
-        r[j] = 1.0f / sqrtf(warp_sum(r[j]) / (float)HD + eps);
+        r[j] = inv_rms(warp_sum(r[j]) / (float)HD, eps);
         if (lane == 0 && g0 + j < groups) inv[g0 + j] = r[j];
     }
 #pragma unroll

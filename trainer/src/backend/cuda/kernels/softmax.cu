@@ -31,10 +31,18 @@ extern "C" __global__ void masked_softmax_forward(const float* scores, float* pr
     float* p = probs + line * max_k;
     bool live = i < row[1];
     float max = NEG_INF;
+    int nan = 0;
     for (int j = lane; j < max_k; j += 32) {
-        if (live && j < row[3] && key_allowed(row, i, j, q_doc, k_doc)) max = fmaxf(max, scale * s[j]);
+        if (live && j < row[3] && key_allowed(row, i, j, q_doc, k_doc)) {
+            float x = scale * s[j];
+            nan |= x != x;
+            max = fmaxf(max, x);
+        }
     }
     max = warp_max(max);
+    // fmaxf drops NaN: a row with a NaN score is NaN (a row of NaN scores is not a masked row).
+    for (int offset = 16; offset > 0; offset >>= 1) nan |= __shfl_xor_sync(0xffffffffu, nan, offset);
+    if (nan) max = QNAN;
     float sum = 0.0f;
     for (int j = lane; j < max_k; j += 32) {
         bool on = max != NEG_INF && live && j < row[3] && key_allowed(row, i, j, q_doc, k_doc);

@@ -469,6 +469,14 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    fn free_device_memory(&self) -> Option<u64> {
+        self.context
+            .bind_to_thread()
+            .ok()
+            .and_then(|()| self.context.mem_get_info().ok())
+            .map(|(free, _)| free as u64)
+    }
+
     fn name(&self) -> String {
         format!(
             "cuda:{} ({}, {})",
