@@ -57,10 +57,12 @@ struct ScoreFile {
     ppl: Option<f64>,
 }
 
-/// The parts of a finetuning run's `study-eval.json` (a `redpack eval` report) the report reads.
+/// The parts of a finetuning run's `study-eval.json` (a `redpack eval` report: the overall score
+/// at the top level) the report reads.
 #[derive(Debug, Deserialize)]
 struct EvalFile {
-    overall: ScoreFile,
+    loss: Option<f64>,
+    ppl: Option<f64>,
     inference_flops_per_example: f64,
 }
 
@@ -220,8 +222,8 @@ fn run_row(plan: &RunPlan, done: &DoneRecord, shape: CorpusShape) -> Result<RunR
     } else {
         let report: EvalFile = state::read(&eval_path)?;
         (
-            report.overall.ppl.unwrap_or(f64::NAN),
-            report.overall.loss.unwrap_or(f64::NAN),
+            report.ppl.unwrap_or(f64::NAN),
+            report.loss.unwrap_or(f64::NAN),
             Some(report.inference_flops_per_example),
         )
     };
