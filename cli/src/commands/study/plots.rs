@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::Context;
-use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use redpack_trainer::study::report::Report;
 use redpack_trainer::study::RunGroup;
@@ -62,26 +61,7 @@ fn shade_for(i: usize, n: usize) -> f64 {
     }
 }
 
-fn log_range(values: impl Iterator<Item = f64>) -> Option<Range<f64>> {
-    let (lo, hi) = values
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if !lo.is_finite() {
-        return None;
-    }
-    Some(lo / 1.3..hi * 1.3)
-}
 
-fn lin_range(values: impl Iterator<Item = f64>) -> Option<Range<f64>> {
-    let (lo, hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if !lo.is_finite() {
-        return None;
-    }
-    let pad = ((hi - lo) * 0.08).max(1e-3);
-    Some(lo - pad..hi + pad)
-}
 
 fn sci(x: &f64) -> String {
     format!("{x:.1e}")
@@ -117,27 +97,75 @@ struct Axes<'a> {
     y_desc: &'a str,
     x_fmt: fn(&f64) -> String,
     y_fmt: fn(&f64) -> String,
+    /// Log scales: values are drawn at their logarithm, ticks labelled with the values.
+    x_log: bool,
+    y_log: bool,
+    /// A fixed y range (linear axes only); else from the data.
+    y_fixed: Option<Range<f64>>,
 }
 
-fn draw<X, Y>(path: &Path, axes: &Axes, x: X, y: Y, series: &[Series]) -> anyhow::Result<()>
-where
-    X: AsRangedCoord<Value = f64>,
-    Y: AsRangedCoord<Value = f64>,
-    X::CoordDescType: ValueFormatter<f64>,
-    Y::CoordDescType: ValueFormatter<f64>,
-{
+fn range_of(values: impl Iterator<Item = f64>, log: bool) -> Option<Range<f64>> {
+    let values: Vec<f64> = values
+        .filter(|v| v.is_finite() && (!log || *v > 0.0))
+        .map(|v| if log { v.ln() } else { v })
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return None;
+    }
+    let pad = ((hi - lo) * 0.08).max(if log { 0.05 } else { 1e-3 });
+    Some(lo - pad..hi + pad)
+}
+
+/// Draws `series` into a PNG at `path`; nothing is written when no series has a point.
+fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
+    let map = |(x, y): (f64, f64)| {
+        (
+            if axes.x_log { x.ln() } else { x },
+            if axes.y_log { y.ln() } else { y },
+        )
+    };
+    let drawn: Vec<(Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|s| {
+            let keep = |p: &&(f64, f64)| {
+                p.0.is_finite()
+                    && p.1.is_finite()
+                    && (!axes.x_log || p.0 > 0.0)
+                    && (!axes.y_log || p.1 > 0.0)
+            };
+            let conv = |v: &[(f64, f64)]| v.iter().filter(keep).map(|&p| map(p)).collect();
+            (conv(&s.points), conv(&s.line), conv(&s.marks))
+        })
+        .collect();
+    let all = || drawn.iter().flat_map(|(p, l, m)| p.iter().chain(l).chain(m).copied());
+    let raw = |v: f64, log: bool| if log { v.exp() } else { v };
+    let Some(x_range) = range_of(all().map(|p| raw(p.0, axes.x_log)), axes.x_log) else {
+        return Ok(false);
+    };
+    let y_range = match &axes.y_fixed {
+        Some(r) => r.clone(),
+        None => match range_of(all().map(|p| raw(p.1, axes.y_log)), axes.y_log) {
+            Some(r) => r,
+            None => return Ok(false),
+        },
+    };
     register_font();
+    let x_label = |v: &f64| (axes.x_fmt)(&raw(*v, axes.x_log));
+    let y_label = |v: &f64| (axes.y_fmt)(&raw(*v, axes.y_log));
     let mut buffer = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
-        let fail = |e: &dyn std::fmt::Debug| anyhow::anyhow!("{}: drawing failed: {e:?}", path.display());
+        let fail =
+            |e: &dyn std::fmt::Debug| anyhow::anyhow!("{}: drawing failed: {e:?}", path.display());
         root.fill(&WHITE).map_err(|e| fail(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(axes.title, (FONT, 24))
             .margin(16)
             .x_label_area_size(56)
             .y_label_area_size(80)
-            .build_cartesian_2d(x, y)
+            .build_cartesian_2d(x_range, y_range)
             .map_err(|e| fail(&e))?;
         chart
             .configure_mesh()
@@ -145,34 +173,33 @@ where
             .y_desc(axes.y_desc)
             .x_labels(8)
             .y_labels(8)
-            .x_label_formatter(&axes.x_fmt)
-            .y_label_formatter(&axes.y_fmt)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .draw()
             .map_err(|e| fail(&e))?;
-        for s in series {
+        for (s, (points, line, marks)) in series.iter().zip(&drawn) {
             let colour = s.colour;
-            if s.line.len() > 1 {
+            if line.len() > 1 {
                 chart
-                    .draw_series(LineSeries::new(s.line.iter().copied(), colour.stroke_width(2)))
+                    .draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2)))
                     .map_err(|e| fail(&e))?;
             }
-            chart
-                .draw_series(
-                    s.points
-                        .iter()
-                        .map(move |&p| Circle::new(p, 5, colour.filled())),
-                )
+            let legend = if points.is_empty() {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    line.clone(),
+                    colour.stroke_width(2),
+                )))
+            } else {
+                chart.draw_series(points.iter().map(move |&p| Circle::new(p, 5, colour.filled())))
+            };
+            legend
                 .map_err(|e| fail(&e))?
                 .label(s.label.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
             chart
-                .draw_series(
-                    s.marks
-                        .iter()
-                        .map(|&p| Cross::new(p, 9, BLACK.stroke_width(3))),
-                )
+                .draw_series(marks.iter().map(|&p| Cross::new(p, 9, BLACK.stroke_width(3))))
                 .map_err(|e| fail(&e))?;
         }
         chart
@@ -198,7 +225,8 @@ where
             .with_context(|| format!("{}: cannot encode the PNG", path.display()))?;
     }
     redpack_schemas::atomic::write_file(path, &png_bytes)
-        .with_context(|| format!("{}: cannot write", path.display()))
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(true)
 }
 
 /// A fitted power law drawn over the span of its points.
@@ -255,29 +283,33 @@ fn scaling_series(report: &Report, by_flops: bool) -> Vec<Series> {
 pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut written = Vec::new();
-
-    for (file, by_flops) in [("ppl_vs_params.png", false), ("ppl_vs_flops.png", true)] {
-        let series = scaling_series(report, by_flops);
-        let all = || series.iter().flat_map(|s| s.points.iter().copied());
-        if let (Some(x), Some(y)) = (log_range(all().map(|p| p.0)), log_range(all().map(|p| p.1))) {
-            let axes = Axes {
-                title: if by_flops {
-                    "PPL against training FLOPs"
-                } else {
-                    "PPL against parameters"
-                },
-                x_desc: if by_flops {
-                    "training FLOPs (6·N·D per stack, log scale)"
-                } else {
-                    "non-embedding parameters (log scale)"
-                },
-                y_desc: "held-out PPL, source average (log scale)",
-                x_fmt: sci,
-                y_fmt: plain,
-            };
-            draw(&dir.join(file), &axes, x.log_scale(), y.log_scale(), &series)?;
+    let mut put = |file: &str, axes: &Axes, series: &[Series]| -> anyhow::Result<()> {
+        if draw(&dir.join(file), axes, series)? {
             written.push(file.to_string());
         }
+        Ok(())
+    };
+
+    for (file, by_flops) in [("ppl_vs_params.png", false), ("ppl_vs_flops.png", true)] {
+        let axes = Axes {
+            title: if by_flops {
+                "PPL against training FLOPs"
+            } else {
+                "PPL against parameters"
+            },
+            x_desc: if by_flops {
+                "training FLOPs (6·N·D per stack, log scale)"
+            } else {
+                "non-embedding parameters (log scale)"
+            },
+            y_desc: "held-out PPL, source average (log scale)",
+            x_fmt: sci,
+            y_fmt: plain,
+            x_log: true,
+            y_log: true,
+            y_fixed: None,
+        };
+        put(file, &axes, &scaling_series(report, by_flops))?;
     }
 
     if !report.isoflop.is_empty() {
@@ -285,12 +317,10 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         for arch in ["dec", "red"] {
             let curves: Vec<_> = report.isoflop.iter().filter(|c| c.arch == arch).collect();
             for (i, c) in curves.iter().enumerate() {
-                let colour = shade(arch_colour(arch), shade_for(i, curves.len()));
                 let line = match &c.parabola {
                     Some(p) => {
-                        let xs: Vec<f64> = c.points.iter().map(|q| q.0).collect();
-                        let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
-                        let hi = xs.iter().copied().fold(0.0, f64::max);
+                        let lo = c.points.iter().map(|q| q.0).fold(f64::INFINITY, f64::min);
+                        let hi = c.points.iter().map(|q| q.0).fold(0.0, f64::max);
                         (0..=40)
                             .map(|k| {
                                 let x = lo * (hi / lo).powf(k as f64 / 40.0);
@@ -302,25 +332,27 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
                 };
                 series.push(Series {
                     label: format!("{} {:.1e} FLOPs", arch_name(arch), c.budget),
-                    colour,
+                    colour: shade(arch_colour(arch), shade_for(i, curves.len())),
                     points: c.points.clone(),
                     line,
-                    marks: c.optimum.map(|(n, ppl)| vec![(n, ppl.ln())]).unwrap_or_default(),
+                    marks: c
+                        .optimum
+                        .map(|(n, ppl)| vec![(n, ppl.ln())])
+                        .unwrap_or_default(),
                 });
             }
         }
-        let all = || series.iter().flat_map(|s| s.points.iter().copied());
-        if let (Some(x), Some(y)) = (log_range(all().map(|p| p.0)), lin_range(all().map(|p| p.1))) {
-            let axes = Axes {
-                title: "isoFLOP curves (crosses: fitted compute-optimal size)",
-                x_desc: "non-embedding parameters (log scale)",
-                y_desc: "held-out loss, source average (nats per token)",
-                x_fmt: sci,
-                y_fmt: plain,
-            };
-            draw(&dir.join("isoflop.png"), &axes, x.log_scale(), y, &series)?;
-            written.push("isoflop.png".into());
-        }
+        let axes = Axes {
+            title: "isoFLOP curves (crosses: fitted compute-optimal size)",
+            x_desc: "non-embedding parameters (log scale)",
+            y_desc: "held-out loss, source average (nats per token)",
+            x_fmt: sci,
+            y_fmt: plain,
+            x_log: true,
+            y_log: false,
+            y_fixed: None,
+        };
+        put("isoflop.png", &axes, &series)?;
     }
 
     if !report.lengths.is_empty() {
@@ -339,18 +371,17 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
                 });
             }
         }
-        let all = || series.iter().flat_map(|s| s.points.iter().copied());
-        if let (Some(x), Some(y)) = (log_range(all().map(|p| p.0)), log_range(all().map(|p| p.1))) {
-            let axes = Axes {
-                title: "Length extrapolation",
-                x_desc: "context length in tokens (log scale)",
-                y_desc: "held-out PPL of tokens [k, L) (log scale)",
-                x_fmt: whole,
-                y_fmt: plain,
-            };
-            draw(&dir.join("length_extrapolation.png"), &axes, x.log_scale(), y.log_scale(), &series)?;
-            written.push("length_extrapolation.png".into());
-        }
+        let axes = Axes {
+            title: "Length extrapolation",
+            x_desc: "context length in tokens (log scale)",
+            y_desc: "held-out PPL of tokens [k, L) (log scale)",
+            x_fmt: whole,
+            y_fmt: plain,
+            x_log: true,
+            y_log: true,
+            y_fixed: None,
+        };
+        put("length_extrapolation.png", &axes, &series)?;
     }
 
     if !report.locality.is_empty() {
@@ -358,35 +389,32 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         for arch in ["dec", "red"] {
             let curves: Vec<_> = report.locality.iter().filter(|c| c.arch == arch).collect();
             for (i, c) in curves.iter().enumerate() {
-                let points: Vec<(f64, f64)> =
-                    c.points.iter().map(|&(p, m)| (p as f64, m)).collect();
                 series.push(Series {
                     label: format!("{} {} ({})", arch_name(arch), c.attention, c.run),
                     colour: shade(arch_colour(arch), shade_for(i, curves.len())),
-                    line: points.clone(),
+                    line: c.points.iter().map(|&(p, m)| (p as f64, m)).collect(),
                     points: Vec::new(),
                     marks: Vec::new(),
                 });
             }
         }
-        let all = || series.iter().flat_map(|s| s.line.iter().copied());
-        if let Some(x) = lin_range(all().map(|p| p.0)) {
-            let axes = Axes {
-                title: "Local attention probability by position",
-                x_desc: "query position in the row (token index)",
-                y_desc: "attention mass within the local window",
-                x_fmt: whole,
-                y_fmt: plain,
-            };
-            draw(&dir.join("locality.png"), &axes, x, 0.0..1.0, &series)?;
-            written.push("locality.png".into());
-        }
+        let axes = Axes {
+            title: "Local attention probability by position",
+            x_desc: "query position in the row (token index)",
+            y_desc: "attention mass within the local window",
+            x_fmt: whole,
+            y_fmt: plain,
+            x_log: false,
+            y_log: false,
+            y_fixed: Some(0.0..1.0),
+        };
+        put("locality.png", &axes, &series)?;
     }
 
     let tuned: Vec<_> = report
         .runs
         .iter()
-        .filter(|r| r.group == RunGroup::Finetune && r.inference_flops.is_some())
+        .filter(|r| r.group == RunGroup::Finetune)
         .collect();
     if !tuned.is_empty() {
         let mut series = Vec::new();
@@ -407,18 +435,17 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
                 });
             }
         }
-        let all = || series.iter().flat_map(|s| s.points.iter().copied());
-        if let (Some(x), Some(y)) = (log_range(all().map(|p| p.0)), lin_range(all().map(|p| p.1))) {
-            let axes = Axes {
-                title: "After finetuning: quality against inference cost",
-                x_desc: "inference FLOPs per held-out example (2·N per token per stack, log scale)",
-                y_desc: "held-out loss, best checkpoint (nats per token)",
-                x_fmt: sci,
-                y_fmt: plain,
-            };
-            draw(&dir.join("finetune.png"), &axes, x.log_scale(), y, &series)?;
-            written.push("finetune.png".into());
-        }
+        let axes = Axes {
+            title: "After finetuning: quality against inference cost",
+            x_desc: "inference FLOPs per held-out example (2·N per token per stack, log scale)",
+            y_desc: "held-out loss, best checkpoint (nats per token)",
+            x_fmt: sci,
+            y_fmt: plain,
+            x_log: true,
+            y_log: false,
+            y_fixed: None,
+        };
+        put("finetune.png", &axes, &series)?;
     }
     Ok(written)
 }
