@@ -317,6 +317,48 @@ fn isoflop_curves(rows: &[RunRow]) -> Vec<IsoFlopCurve> {
     curves
 }
 
+/// What the report says about the study as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub name: String,
+    pub description: String,
+    pub synthetic: bool,
+    pub shape: CorpusShape,
+}
+
+impl Report {
+    /// The report of these runs and curves: fits, isoFLOP parabolas and findings computed from
+    /// them.
+    pub fn assemble(
+        header: Header,
+        runs: Vec<RunRow>,
+        unfinished: Vec<String>,
+        lengths: Vec<LengthCurve>,
+        locality: Vec<LocalityCurve>,
+    ) -> Report {
+        let params_fits = power_fits(&runs, |r| r.params as f64, |_, p| p);
+        let flops_fits = power_fits(&runs, |r| r.paper_flops, |f, _| f);
+        let isoflop = isoflop_curves(&runs);
+        let mut report = Report {
+            name: header.name,
+            description: header.description,
+            synthetic: header.synthetic,
+            shape: header.shape,
+            runs,
+            unfinished,
+            params_fits,
+            flops_fits,
+            isoflop,
+            lengths,
+            locality,
+            findings: Vec::new(),
+            plots: Vec::new(),
+        };
+        report.findings = findings::judge(&report);
+        report
+    }
+}
+
 /// Builds the report of the study in `out` from its run folders.
 pub fn build(out: &Path) -> Result<Report, StudyError> {
     let st = read_state(out)?;
@@ -377,24 +419,17 @@ pub fn build(out: &Path) -> Result<Report, StudyError> {
             });
         }
     }
-    let params_fits = power_fits(&runs, |r| r.params as f64, |_, p| p);
-    let flops_fits = power_fits(&runs, |r| r.paper_flops, |f, _| f);
-    let isoflop = isoflop_curves(&runs);
-    let mut report = Report {
-        name: st.name.clone(),
-        description: st.description.clone(),
-        synthetic: st.synthetic,
-        shape: st.shape,
+    let report = Report::assemble(
+        Header {
+            name: st.name.clone(),
+            description: st.description.clone(),
+            synthetic: st.synthetic,
+            shape: st.shape,
+        },
         runs,
         unfinished,
-        params_fits,
-        flops_fits,
-        isoflop,
         lengths,
         locality,
-        findings: Vec::new(),
-        plots: Vec::new(),
-    };
-    report.findings = findings::judge(&report);
+    );
     Ok(report)
 }

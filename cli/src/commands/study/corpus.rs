@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use redpack::pipeline::config::{FormatChoice, PackConfig};
-use redpack::pipeline::{build, BuildOptions, BuildSettings, Overrides, PipelineConfig, ProgressSink};
+use redpack::pipeline::{
+    build, BuildOptions, BuildSettings, Overrides, PipelineConfig, ProgressSink,
+};
 use redpack::train_tokenizer::{self, TrainConfig};
 use redpack_trainer::data::open_corpus;
 use redpack_trainer::study::file::BuildSpec;

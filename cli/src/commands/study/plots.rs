@@ -61,8 +61,6 @@ fn shade_for(i: usize, n: usize) -> f64 {
     }
 }
 
-
-
 fn sci(x: &f64) -> String {
     format!("{x:.1e}")
 }
@@ -139,7 +137,11 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
             (conv(&s.points), conv(&s.line), conv(&s.marks))
         })
         .collect();
-    let all = || drawn.iter().flat_map(|(p, l, m)| p.iter().chain(l).chain(m).copied());
+    let all = || {
+        drawn
+            .iter()
+            .flat_map(|(p, l, m)| p.iter().chain(l).chain(m).copied())
+    };
     let raw = |v: f64, log: bool| if log { v.exp() } else { v };
     let Some(x_range) = range_of(all().map(|p| raw(p.0, axes.x_log)), axes.x_log) else {
         return Ok(false);
@@ -183,7 +185,10 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
             let colour = s.colour;
             if line.len() > 1 {
                 chart
-                    .draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2)))
+                    .draw_series(LineSeries::new(
+                        line.iter().copied(),
+                        colour.stroke_width(2),
+                    ))
                     .map_err(|e| fail(&e))?;
             }
             let legend = if points.is_empty() {
@@ -192,14 +197,22 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
                     colour.stroke_width(2),
                 )))
             } else {
-                chart.draw_series(points.iter().map(move |&p| Circle::new(p, 5, colour.filled())))
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(move |&p| Circle::new(p, 5, colour.filled())),
+                )
             };
             legend
                 .map_err(|e| fail(&e))?
                 .label(s.label.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
             chart
-                .draw_series(marks.iter().map(|&p| Cross::new(p, 9, BLACK.stroke_width(3))))
+                .draw_series(
+                    marks
+                        .iter()
+                        .map(|&p| Cross::new(p, 9, BLACK.stroke_width(3))),
+                )
                 .map_err(|e| fail(&e))?;
         }
         chart
@@ -254,7 +267,11 @@ fn scaling_series(report: &Report, by_flops: bool) -> Vec<Series> {
                 .iter()
                 .filter(|r| r.arch == f.arch && r.group == RunGroup::Scaling)
                 .map(|r| {
-                    let x = if by_flops { r.paper_flops } else { r.params as f64 };
+                    let x = if by_flops {
+                        r.paper_flops
+                    } else {
+                        r.params as f64
+                    };
                     (x, r.ppl)
                 })
                 .collect();
@@ -271,7 +288,10 @@ fn scaling_series(report: &Report, by_flops: bool) -> Vec<Series> {
             Series {
                 label,
                 colour: arch_colour(&f.arch),
-                line: f.fit.as_ref().map_or_else(Vec::new, |fit| power_line(fit, &xs)),
+                line: f
+                    .fit
+                    .as_ref()
+                    .map_or_else(Vec::new, |fit| power_line(fit, &xs)),
                 points,
                 marks: Vec::new(),
             }

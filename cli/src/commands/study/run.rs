@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redpack_schemas::manifest::Layout;
 use redpack_trainer::backend::Backend;
 use redpack_trainer::checkpoint;
 use redpack_trainer::data::open_corpus;
-use redpack_trainer::metrics::{read_metrics, EvalMetrics, StepMetrics, StepObserver, METRICS_FILE};
+use redpack_trainer::metrics::{
+    read_metrics, EvalMetrics, StepMetrics, StepObserver, METRICS_FILE,
+};
 use redpack_trainer::run::TrainRun;
 use redpack_trainer::study::report::{StudyState, STATE_FILE};
 use redpack_trainer::study::state::{self, DoneRecord, RunState};
 use redpack_trainer::study::{execute, expand, slurm, CorpusShape, RunPlan, Study};
-use redpack_schemas::manifest::Layout;
 use serde::Serialize;
 
 use super::corpus;
@@ -117,10 +119,16 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
     }
     let selected: Vec<usize> = match &args.only {
         Some(name) => {
-            let i = plans.iter().position(|p| &p.name == name).with_context(|| {
-                let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
-                format!("--only {name}: no such run; the runs are {}", names.join(", "))
-            })?;
+            let i = plans
+                .iter()
+                .position(|p| &p.name == name)
+                .with_context(|| {
+                    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+                    format!(
+                        "--only {name}: no such run; the runs are {}",
+                        names.join(", ")
+                    )
+                })?;
             vec![i]
         }
         None => (0..plans.len()).collect(),
@@ -164,7 +172,16 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
         } else {
             "trained"
         };
-        let done = run_one(plan, &states[i], &corpora, shape, &study, backend.as_mut(), &progress, &label)?;
+        let done = run_one(
+            plan,
+            &states[i],
+            &corpora,
+            shape,
+            &study,
+            backend.as_mut(),
+            &progress,
+            &label,
+        )?;
         trained += 1;
         progress.run_done();
         outcomes.push(RunOutcome {
@@ -324,9 +341,9 @@ impl Progress {
 
     fn run_bar(&self, label: &str, steps: u64, start: u64) -> RunBar {
         let bar = self.multi.add(ProgressBar::new(steps));
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(label.to_string());
