@@ -10,5 +10,6 @@ mod eval_grid;
 mod eval_split;
 mod fetch;
 mod stages;
+mod study;
 mod synth;
 mod train_cuda;

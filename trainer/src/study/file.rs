@@ -122,6 +122,8 @@ pub struct SizeSpec {
     pub tokens: Option<u64>,
     /// This size's steps (over the token budget).
     pub steps: Option<u64>,
+    /// Micro-batches per step for this size, pretraining and finetuning (over the recipes').
+    pub accum: Option<u64>,
 }
 
 fn default_preset() -> String {

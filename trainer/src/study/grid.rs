@@ -277,6 +277,7 @@ fn size_layer(study: &Study, arch: &str, size: &SizeSpec, mode: Mode) -> Recipe 
             None
         },
         seed: p.seed,
+        accum: size.accum,
         objective: ObjectiveRecipe::default(),
         ..Recipe::default()
     }
