@@ -82,7 +82,16 @@ fn smoke_study_stops_resumes_and_reports() {
     let study_s = study.to_str().unwrap();
 
     // A study stopped after 3 runs.
-    let first = json(&["study", "run", study_s, "--out", out_s, "--max-runs", "3", "--json"]);
+    let first = json(&[
+        "study",
+        "run",
+        study_s,
+        "--out",
+        out_s,
+        "--max-runs",
+        "3",
+        "--json",
+    ]);
     let total = first["total_runs"].as_u64().unwrap() as usize;
     assert_eq!(total, 11);
     let done = statuses(&first);
@@ -167,14 +176,20 @@ fn smoke_study_stops_resumes_and_reports() {
     let red_params = alpha(&report, "params_fits", "red");
     let metrics = out.join("runs/pre-red-s/metrics.jsonl");
     let text = std::fs::read_to_string(&metrics).unwrap();
-    let mut lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let last = lines.last_mut().unwrap();
     last["paper_flops_seen"] = Value::from(last["paper_flops_seen"].as_f64().unwrap() * 2.0);
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&metrics, text).unwrap();
     let changed = json(&["study", "report", out_s, "--json"]);
     let new_flops = alpha(&changed, "flops_fits", "red");
-    assert!((new_flops - red_flops).abs() > 1e-6, "{red_flops} -> {new_flops}");
+    assert!(
+        (new_flops - red_flops).abs() > 1e-6,
+        "{red_flops} -> {new_flops}"
+    );
     assert_eq!(alpha(&changed, "params_fits", "red"), red_params);
 
     // A changed study file is refused, naming the run and the change.
@@ -185,7 +200,13 @@ fn smoke_study_stops_resumes_and_reports() {
         .replace("steps = 4\n", "steps = 5\n");
     let edited_path = dir.path().join("edited.toml");
     std::fs::write(&edited_path, edited).unwrap();
-    let refused = redpack(&["study", "run", edited_path.to_str().unwrap(), "--out", out_s]);
+    let refused = redpack(&[
+        "study",
+        "run",
+        edited_path.to_str().unwrap(),
+        "--out",
+        out_s,
+    ]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("run pre-dec-xs"), "{err}");
@@ -197,5 +218,8 @@ fn smoke_study_stops_resumes_and_reports() {
     assert_eq!(runs.lines().count(), total);
     let submit = std::fs::read_to_string(out.join("slurm/submit.sh")).unwrap();
     assert!(submit.contains("--array=0-7 study.sbatch"), "{submit}");
-    assert!(submit.contains("--dependency=afterok:${PRE}_2 "), "{submit}");
+    assert!(
+        submit.contains("--dependency=afterok:${PRE}_2 "),
+        "{submit}"
+    );
 }

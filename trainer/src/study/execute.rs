@@ -35,7 +35,7 @@ fn run_error(plan: &RunPlan, message: impl std::fmt::Display) -> StudyError {
 pub fn settings_now(plan: &RunPlan, run_state: &RunState) -> Result<TrainSettings, StudyError> {
     let mut settings = plan.settings.clone();
     let own = checkpoint::latest(plan.dir()).map_err(|e| run_error(plan, e))?;
-    if matches!(run_state, RunState::Interrupted) && own.is_some() {
+    if matches!(run_state, RunState::Interrupted | RunState::Stale) && own.is_some() {
         settings.resume = true;
         settings.init = None;
     } else if let Some(init) = &plan.settings.init {

@@ -115,7 +115,8 @@ pub struct SizeSpec {
     #[serde(default = "default_preset")]
     pub preset: String,
     /// Dimensions over the preset (`model = { d_model = 64, layers = 2 }`, the names of a
-    /// recipe's `[model]` table).
+    /// recipe's `[model]` table). `layers` is DecLLM's depth and RedLLM's per stack;
+    /// `encoder_layers` and `decoder_layers` set RedLLM's stacks and are ignored for DecLLM.
     #[serde(default)]
     pub model: ModelOverrides,
     /// This size's token budget (over `[pretrain] tokens`).

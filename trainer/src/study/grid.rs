@@ -261,11 +261,17 @@ pub fn expand(
 /// The study's layer over a recipe for one size.
 fn size_layer(study: &Study, arch: &str, size: &SizeSpec, mode: Mode) -> Recipe {
     let p = &study.file.pretrain;
+    let mut model = size.model.clone();
+    if arch_of(arch) == Arch::Dec {
+        // A size names both architectures' depths: `layers` is DecLLM's, the stacks RedLLM's.
+        model.encoder_layers = None;
+        model.decoder_layers = None;
+    }
     Recipe {
         arch: Some(arch_of(arch)),
         mode: Some(mode),
         size: Some(size.preset.clone()),
-        model: size.model.clone(),
+        model,
         batch: if mode == Mode::Pretrain {
             p.batch
         } else {

@@ -26,6 +26,10 @@ pub struct RunRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DoneRecord {
     pub fingerprint: String,
+    /// The fingerprint of the evaluation settings the run was evaluated with (see
+    /// `evaluation_fingerprint`).
+    #[serde(default)]
+    pub evaluation: String,
     pub model: ModelConfig,
     pub final_checkpoint: PathBuf,
     /// Wall seconds of training and of evaluation, summed over the invocations that did them.
@@ -42,6 +46,8 @@ pub enum RunState {
     Interrupted,
     /// Trained and evaluated with the same plan: skip it.
     Finished(DoneRecord),
+    /// Trained with the same plan, evaluated with other evaluation settings: evaluate again.
+    Stale,
 }
 
 /// The plan as it enters the fingerprint: everything that decides the run's numbers.
@@ -57,11 +63,21 @@ pub fn plan_value(plan: &RunPlan) -> serde_json::Value {
     value
 }
 
-/// sha256 of the plan's canonical JSON.
-pub fn fingerprint(plan: &RunPlan) -> String {
-    let text = serde_json::to_string(&plan_value(plan)).unwrap_or_default();
+fn sha256_hex(value: &serde_json::Value) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of the plan's canonical JSON.
+pub fn fingerprint(plan: &RunPlan) -> String {
+    sha256_hex(&plan_value(plan))
+}
+
+/// sha256 of the evaluation settings' canonical JSON: a change re-evaluates finished runs
+/// without training them again.
+pub fn evaluation_fingerprint<T: Serialize>(settings: &T) -> String {
+    sha256_hex(&serde_json::to_value(settings).unwrap_or(serde_json::Value::Null))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StudyError> {
@@ -127,9 +143,9 @@ fn diff_into(place: &str, old: &serde_json::Value, new: &serde_json::Value, out:
     }
 }
 
-/// Where `plan` stands in its directory; an error when the directory holds a run of another plan
-/// or something that is not a study run.
-pub fn check(plan: &RunPlan) -> Result<RunState, StudyError> {
+/// Where `plan` stands in its directory, for evaluation settings of fingerprint `evaluation`; an
+/// error when the directory holds a run of another plan or something that is not a study run.
+pub fn check(plan: &RunPlan, evaluation: &str) -> Result<RunState, StudyError> {
     let dir = plan.dir();
     let run_file = dir.join(RUN_FILE);
     if !run_file.exists() {
@@ -166,7 +182,11 @@ pub fn check(plan: &RunPlan) -> Result<RunState, StudyError> {
     if done_file.exists() {
         let done: DoneRecord = read_json(&done_file)?;
         if done.fingerprint == print {
-            return Ok(RunState::Finished(done));
+            return Ok(if done.evaluation == evaluation {
+                RunState::Finished(done)
+            } else {
+                RunState::Stale
+            });
         }
     }
     Ok(RunState::Interrupted)

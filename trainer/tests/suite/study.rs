@@ -299,7 +299,7 @@ batch = 4
 isoflops = [1e9]
 [[sizes]]
 name = "a"
-model = {{ d_model = 32, d_ffn = 64, n_heads = 2, head_dim = 16, layers = 1 }}
+model = {{ d_model = 32, d_ffn = 64, n_heads = 2, head_dim = 16, layers = 1, encoder_layers = 1, decoder_layers = 1 }}
 steps = {steps}
 [[sizes]]
 name = "b"
@@ -426,19 +426,22 @@ fn rerun_skips_finished_runs_and_refuses_a_changed_study() {
     )
     .unwrap();
     let plan = &plans[0];
-    assert_eq!(state::check(plan).unwrap(), RunState::New);
+    assert_eq!(state::check(plan, "e").unwrap(), RunState::New);
     state::start(plan).unwrap();
-    assert_eq!(state::check(plan).unwrap(), RunState::Interrupted);
+    assert_eq!(state::check(plan, "e").unwrap(), RunState::Interrupted);
     let model = plan.settings.model_config(SHAPE.vocab_size).unwrap();
     let done = state::DoneRecord {
         fingerprint: state::fingerprint(plan),
+        evaluation: "e".into(),
         model,
         final_checkpoint: plan.dir().join("checkpoints/step-4"),
         train_seconds: 1.0,
         eval_seconds: 2.0,
     };
     state::finish(plan.dir(), &done).unwrap();
-    assert_eq!(state::check(plan).unwrap(), RunState::Finished(done));
+    assert_eq!(state::check(plan, "e").unwrap(), RunState::Finished(done));
+    // Other evaluation settings: evaluate again, without training again.
+    assert_eq!(state::check(plan, "other").unwrap(), RunState::Stale);
     // The same study in another folder spelling gives the same fingerprint.
     let again = expand(
         &parse(&study_text(4)).unwrap(),
@@ -456,15 +459,15 @@ fn rerun_skips_finished_runs_and_refuses_a_changed_study() {
         dir.path(),
     )
     .unwrap();
-    let err = state::check(&changed[0]).unwrap_err().to_string();
+    let err = state::check(&changed[0], "e").unwrap_err().to_string();
     assert!(err.starts_with("run pre-dec-a ("), "{err}");
     assert!(err.contains("settings.steps: 4 -> 5"), "{err}");
     // Runs the change does not touch are unaffected.
-    assert_eq!(state::check(&changed[2]).unwrap(), RunState::New);
+    assert_eq!(state::check(&changed[2], "e").unwrap(), RunState::New);
     // A folder that is not a study run is refused.
     std::fs::create_dir_all(changed[2].dir()).unwrap();
     std::fs::write(changed[2].dir().join("x"), "x").unwrap();
-    let err = state::check(&changed[2]).unwrap_err().to_string();
+    let err = state::check(&changed[2], "e").unwrap_err().to_string();
     assert!(err.contains("not a run of this study"), "{err}");
 }
 

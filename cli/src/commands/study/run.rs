@@ -77,9 +77,10 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
     let shape = shape_of(&corpora.pretrain)?;
     let plans = expand(&study, &corpora, shape, &out)?;
     // Every run is checked before any work, so a changed study fails at once.
+    let evaluation = state::evaluation_fingerprint(&(&study.file.eval, &corpora, shape));
     let mut states = Vec::with_capacity(plans.len());
     for plan in &plans {
-        states.push(state::check(plan)?);
+        states.push(state::check(plan, &evaluation)?);
     }
     let study_file = args
         .study
@@ -167,16 +168,15 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        let status = if states[i] == RunState::Interrupted {
-            "resumed"
-        } else {
-            "trained"
+        let status = match states[i] {
+            RunState::Interrupted => "resumed",
+            RunState::Stale => "re-evaluated",
+            _ => "trained",
         };
         let done = run_one(
             plan,
             &states[i],
-            &corpora,
-            shape,
+            (&corpora, shape, &evaluation),
             &study,
             backend.as_mut(),
             &progress,
@@ -229,12 +229,10 @@ fn set_executable(_path: &Path) -> anyhow::Result<()> {
 }
 
 /// Trains (or resumes) and evaluates one run, then marks it finished.
-#[allow(clippy::too_many_arguments)]
 fn run_one(
     plan: &RunPlan,
     run_state: &RunState,
-    corpora: &redpack_trainer::study::Corpora,
-    shape: CorpusShape,
+    (corpora, shape, evaluation): (&redpack_trainer::study::Corpora, CorpusShape, &str),
     study: &Study,
     backend: &mut dyn Backend,
     progress: &Progress,
@@ -270,6 +268,7 @@ fn run_one(
         .with_context(|| format!("run {}: cannot read its checkpoint", plan.name))?;
     let done = DoneRecord {
         fingerprint: state::fingerprint(plan),
+        evaluation: evaluation.to_string(),
         model: meta.model,
         final_checkpoint,
         // Every step's time, over all the invocations that trained the run.
