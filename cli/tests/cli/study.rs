@@ -107,8 +107,9 @@ fn smoke_study_stops_resumes_and_reports() {
     let run = out.join("runs/pre-dec-xs");
     let before = losses(&run.join("metrics.jsonl"));
     assert_eq!(before.len(), 4);
-    let final_weights = std::fs::read(run.join("checkpoints/step-4/model.safetensors")).unwrap();
-    std::fs::remove_dir_all(run.join("checkpoints/step-4")).unwrap();
+    let final_weights =
+        std::fs::read(run.join("checkpoints/step-00000004/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000004")).unwrap();
     std::fs::remove_file(run.join("study-done.json")).unwrap();
     std::fs::remove_file(run.join("study-eval.json")).unwrap();
 
@@ -122,7 +123,7 @@ fn smoke_study_stops_resumes_and_reports() {
     // The resumed run is the uninterrupted one, bit for bit.
     assert_eq!(losses(&run.join("metrics.jsonl")), before);
     assert_eq!(
-        std::fs::read(run.join("checkpoints/step-4/model.safetensors")).unwrap(),
+        std::fs::read(run.join("checkpoints/step-00000004/model.safetensors")).unwrap(),
         final_weights
     );
 
