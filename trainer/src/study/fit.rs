@@ -100,11 +100,11 @@ impl Parabola {
         for &(x, y) in points {
             let t = x.ln() - center;
             let powers = [1.0, t, t * t];
-            for i in 0..3 {
-                for j in 0..3 {
-                    m[i][j] += powers[i] * powers[j];
+            for (row, &pi) in m.iter_mut().zip(&powers) {
+                for (cell, &pj) in row.iter_mut().zip(&powers) {
+                    *cell += pi * pj;
                 }
-                m[i][3] += powers[i] * y;
+                row[3] += pi * y;
             }
         }
         let [c0, c1, c2] = solve3(m)?;
@@ -152,11 +152,12 @@ fn solve3(mut m: [[f64; 4]; 3]) -> Option<[f64; 3]> {
             return None;
         }
         m.swap(col, pivot);
-        for row in 0..3 {
-            if row != col {
-                let factor = m[row][col] / m[col][col];
-                for k in col..4 {
-                    m[row][k] -= factor * m[col][k];
+        let pivot_row = m[col];
+        for (r, row) in m.iter_mut().enumerate() {
+            if r != col {
+                let factor = row[col] / pivot_row[col];
+                for (cell, &p) in row.iter_mut().zip(&pivot_row).skip(col) {
+                    *cell -= factor * p;
                 }
             }
         }

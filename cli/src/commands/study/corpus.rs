@@ -58,7 +58,8 @@ pub fn prepare(
             let raw = root.join("raw");
             redpack::sample::write_sample(&raw, SAMPLE_SEED)
                 .with_context(|| format!("writing the sample corpus to {}", raw.display()))?;
-            let tokenizer = train_tokenizer(&root, &[raw.clone()], DEFAULT_VOCAB, threads)?;
+            let tokenizer =
+                train_tokenizer(&root, std::slice::from_ref(&raw), DEFAULT_VOCAB, threads)?;
             let rp = raw.join(redpack::sample::REDPAJAMA_ROOT);
             let flan = raw.join(redpack::sample::FLAN_ROOT);
             let mut overrides = base_overrides(&tokenizer, threads, eval_docs);
@@ -66,10 +67,12 @@ pub fn prepare(
             overrides.format = Some(FormatChoice::Redpajama);
             overrides.seq_len = Some(DEFAULT_SEQ_LEN);
             build_one(PipelineConfig::default(), overrides, &packed, &options())?;
-            let mut config = PipelineConfig::default();
-            config.pack = PackConfig::Examples {
-                max_input_len: 2048,
-                max_target_len: 512,
+            let mut config = PipelineConfig {
+                pack: PackConfig::Examples {
+                    max_input_len: 2048,
+                    max_target_len: 512,
+                },
+                ..PipelineConfig::default()
             };
             // As in pipelines/flan.toml: templates make MinHash merge pairs FLAN means to keep.
             config.dedup.near = false;

@@ -79,6 +79,8 @@ fn whole(x: &f64) -> String {
     format!("{x:.0}")
 }
 
+type Points = Vec<(f64, f64)>;
+
 /// A series to draw: points (markers) and a line through `line` (a fit or the points).
 struct Series {
     label: String,
@@ -124,7 +126,7 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
             if axes.y_log { y.ln() } else { y },
         )
     };
-    let drawn: Vec<(Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>)> = series
+    let drawn: Vec<[Points; 3]> = series
         .iter()
         .map(|s| {
             let keep = |p: &&(f64, f64)| {
@@ -134,13 +136,13 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
                     && (!axes.y_log || p.1 > 0.0)
             };
             let conv = |v: &[(f64, f64)]| v.iter().filter(keep).map(|&p| map(p)).collect();
-            (conv(&s.points), conv(&s.line), conv(&s.marks))
+            [conv(&s.points), conv(&s.line), conv(&s.marks)]
         })
         .collect();
     let all = || {
         drawn
             .iter()
-            .flat_map(|(p, l, m)| p.iter().chain(l).chain(m).copied())
+            .flat_map(|parts| parts.iter().flatten().copied())
     };
     let raw = |v: f64, log: bool| if log { v.exp() } else { v };
     let Some(x_range) = range_of(all().map(|p| raw(p.0, axes.x_log)), axes.x_log) else {
@@ -181,7 +183,7 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
             .axis_desc_style((FONT, 17))
             .draw()
             .map_err(|e| fail(&e))?;
-        for (s, (points, line, marks)) in series.iter().zip(&drawn) {
+        for (s, [points, line, marks]) in series.iter().zip(&drawn) {
             let colour = s.colour;
             if line.len() > 1 {
                 chart
