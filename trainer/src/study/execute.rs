@@ -80,9 +80,10 @@ pub fn eval_grid(eval: &EvalSpec, shape: CorpusShape) -> (Vec<usize>, Vec<usize>
     (lengths, prefixes)
 }
 
-/// Evaluates a trained run: for pretraining the (length, prefix) grid on the held-out split and
-/// the attention locality at the training length; for finetuning the best checkpoint on the
-/// held-out examples. `progress` gets a line per part.
+/// Evaluates a trained run: for a scaling run the (length, prefix) grid on the held-out split and
+/// the attention locality at the training length; for an isoFLOP run the training length and
+/// split only; for finetuning the best checkpoint on the held-out examples. `progress` gets a
+/// line per part.
 pub fn evaluate(
     plan: &RunPlan,
     corpora: &Corpora,
@@ -114,7 +115,14 @@ pub fn evaluate(
         return state::write_json(&dir.join(EVAL_FILE), &report);
     }
     let ckpt = final_checkpoint(plan)?;
-    let (lengths, prefix_lens) = eval_grid(eval, shape);
+    // An isoFLOP run is compared at the training length only: the length grid and the attention
+    // analysis are read from the scaling runs.
+    let isoflop = matches!(plan.group, super::RunGroup::IsoFlop { .. });
+    let (lengths, prefix_lens) = if isoflop {
+        (vec![shape.seq_len], vec![shape.prefix_len])
+    } else {
+        eval_grid(eval, shape)
+    };
     progress("length and prefix grid");
     let options = GridOptions {
         lengths,
@@ -130,6 +138,9 @@ pub fn evaluate(
     // Memory depends on the process, not the run: kept out so the file is deterministic.
     report.peak_rss_bytes = None;
     state::write_json(&dir.join(EVAL_FILE), &report)?;
+    if isoflop {
+        return Ok(());
+    }
     progress("attention locality");
     let options = LocalityOptions {
         length: shape.seq_len,
