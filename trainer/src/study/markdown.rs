@@ -100,7 +100,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out);
 
     let _ = writeln!(out, "## Runs\n");
-    let _ = writeln!(out, "| run | arch | size | params | all params | steps | tokens | training FLOPs (6ND) | final train loss | eval loss | PPL | train s | eval s |");
+    let _ = writeln!(out, "| run | arch | size | params | all params | steps | scored tokens | training FLOPs (6ND) | final train loss | eval loss | PPL | train s | eval s |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &report.runs {
         let _ = writeln!(

@@ -102,6 +102,8 @@ struct Axes<'a> {
     y_log: bool,
     /// A fixed y range (linear axes only); else from the data.
     y_fixed: Option<Range<f64>>,
+    /// Where the legend goes: the corner the curves leave free.
+    legend: SeriesLabelPosition,
 }
 
 fn range_of(values: impl Iterator<Item = f64>, log: bool) -> Option<Range<f64>> {
@@ -222,7 +224,7 @@ fn draw(path: &Path, axes: &Axes, series: &[Series]) -> anyhow::Result<bool> {
             .label_font((FONT, 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(axes.legend.clone())
             .draw()
             .map_err(|e| fail(&e))?;
         root.present().map_err(|e| fail(&e))?;
@@ -330,6 +332,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             x_log: true,
             y_log: true,
             y_fixed: None,
+            legend: SeriesLabelPosition::UpperRight,
         };
         put(file, &axes, &scaling_series(report, by_flops))?;
     }
@@ -373,6 +376,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             x_log: true,
             y_log: false,
             y_fixed: None,
+            legend: SeriesLabelPosition::LowerRight,
         };
         put("isoflop.png", &axes, &series)?;
     }
@@ -402,6 +406,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             x_log: true,
             y_log: true,
             y_fixed: None,
+            legend: SeriesLabelPosition::UpperRight,
         };
         put("length_extrapolation.png", &axes, &series)?;
     }
@@ -429,6 +434,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             x_log: false,
             y_log: false,
             y_fixed: Some(0.0..1.0),
+            legend: SeriesLabelPosition::UpperRight,
         };
         put("locality.png", &axes, &series)?;
     }
@@ -466,6 +472,7 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
             x_log: true,
             y_log: false,
             y_fixed: None,
+            legend: SeriesLabelPosition::UpperRight,
         };
         put("finetune.png", &axes, &series)?;
     }
