@@ -4,50 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::fit::MIN_POINTS;
-use super::report::{FitRow, Report, RunRow};
+pub use super::model::{Finding, Verdict};
+use super::model::{FitRow, Report, RunRow};
 use super::RunGroup;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Reproduced,
-    Contradicted,
-    NotEnoughPoints,
-}
-
-impl Verdict {
-    pub fn text(self) -> &'static str {
-        match self {
-            Verdict::Reproduced => "reproduced",
-            Verdict::Contradicted => "contradicted",
-            Verdict::NotEnoughPoints => "not enough points",
-        }
-    }
-
-    fn of(holds: bool) -> Verdict {
-        if holds {
-            Verdict::Reproduced
-        } else {
-            Verdict::Contradicted
-        }
-    }
-}
-
-/// One of the paper's findings next to what the study measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
-    pub id: String,
-    /// The paper's statement.
-    pub paper: String,
-    /// How this study tests it.
-    pub test: String,
-    /// The numbers the verdict is computed from.
-    pub measured: String,
-    pub verdict: Verdict,
-}
 
 fn finding(id: &str, paper: &str, test: &str, measured: String, verdict: Verdict) -> Finding {
     Finding {

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::fit::{PowerLaw, MIN_POINTS};
-use super::report::{FitRow, Report};
+use super::model::{FitRow, Report};
 use super::RunGroup;
 use crate::config::human_count;
 

@@ -5,8 +5,8 @@
 //! - `state`: run fingerprints and markers, for resuming a study and refusing a changed one;
 //! - `execute`: training and evaluating one run through the library (no subprocess);
 //! - `fit`: power laws and isoFLOP parabolas with their residuals;
-//! - `report`: the report's data read from the run directories, `findings` its verdicts, and
-//!   `markdown` its text;
+//! - `model`: the report's data; `report` reads it from the run directories, `findings` judges
+//!   the paper's findings on it, and `markdown` writes it as text;
 //! - `slurm`: an array job with one task per run.
 //!
 //! Layout of a study's output folder `OUT`: `study.json` (the study file, its corpora and the
@@ -21,6 +21,7 @@ pub mod findings;
 pub mod fit;
 pub mod grid;
 pub mod markdown;
+pub mod model;
 pub mod report;
 pub mod slurm;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The report's data: everything is read from the study's folder (`study.json`, and per run its
+//! The report built from a study's folder: everything is read from the study's folder (`study.json`, and per run its
 //! `metrics.jsonl`, `study-done.json`, `study-eval.json`, `study-locality/locality.json`); nothing
 //! is measured again. Fits are computed from those numbers; the paper's exponents are the only
 //! numbers not read from the runs.
@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::execute::{EVAL_FILE, LOCALITY_DIR};
-use super::findings::{self, Finding};
+use super::findings;
 use super::fit::{Parabola, PowerLaw};
 use super::grid::{Corpora, CorpusShape, RunGroup, RunPlan};
+pub use super::model::{FitRow, Header, IsoFlopCurve, LengthCurve, LocalityCurve, Report, RunRow};
 use super::state::{self, DoneRecord};
 use super::StudyError;
 use crate::metrics::read_metrics;
@@ -77,98 +78,6 @@ struct LocalityKindFile {
     overall: f64,
     by_position: Vec<f64>,
     first_position: usize,
-}
-
-/// One run's numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRow {
-    pub name: String,
-    pub arch: String,
-    pub size: String,
-    pub group: RunGroup,
-    /// Non-embedding parameters (encoder + decoder stacks), and all parameters.
-    pub params: u64,
-    pub total_params: u64,
-    pub steps: u64,
-    pub tokens_seen: u64,
-    /// Training FLOPs as the paper counts (6 N D per stack), and detailed.
-    pub paper_flops: f64,
-    pub flops: f64,
-    pub final_train_loss: f64,
-    /// Pretraining: source-averaged PPL and loss at the training length and split.
-    /// Finetuning: PPL and loss of the best checkpoint on the held-out examples.
-    pub ppl: f64,
-    pub loss: f64,
-    /// Finetuning: inference FLOPs per held-out example (2 N per token per stack).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference_flops: Option<f64>,
-    pub train_seconds: f64,
-    pub eval_seconds: f64,
-}
-
-/// A power-law fit of one architecture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitRow {
-    pub arch: String,
-    pub runs: Vec<String>,
-    pub fit: Option<PowerLaw>,
-    pub paper_alpha: Option<f64>,
-}
-
-/// One isoFLOP curve: the runs of one architecture at one budget.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IsoFlopCurve {
-    pub arch: String,
-    pub budget: f64,
-    /// (non-embedding parameters, source-averaged loss) per run.
-    pub points: Vec<(f64, f64)>,
-    pub runs: Vec<String>,
-    /// Loss against ln(parameters).
-    pub parabola: Option<Parabola>,
-    /// Compute-optimal parameters and the fitted PPL there, when the parabola has a minimum.
-    pub optimum: Option<(f64, f64)>,
-}
-
-/// PPL against context length at one prefix length.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LengthCurve {
-    pub arch: String,
-    pub run: String,
-    pub prefix_len: usize,
-    /// (length, source-averaged PPL); lengths without a scored row are left out.
-    pub points: Vec<(usize, f64)>,
-}
-
-/// Local attention probability against position.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocalityCurve {
-    pub arch: String,
-    pub run: String,
-    /// `decoder_self`, `encoder_self` or `cross`.
-    pub attention: String,
-    pub overall: f64,
-    pub points: Vec<(usize, f64)>,
-}
-
-/// Everything `report.md` and `report.json` say.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub name: String,
-    pub description: String,
-    pub synthetic: bool,
-    pub shape: CorpusShape,
-    pub runs: Vec<RunRow>,
-    /// Runs of the study not finished (left out of every table and fit).
-    pub unfinished: Vec<String>,
-    pub params_fits: Vec<FitRow>,
-    pub flops_fits: Vec<FitRow>,
-    pub isoflop: Vec<IsoFlopCurve>,
-    pub lengths: Vec<LengthCurve>,
-    pub locality: Vec<LocalityCurve>,
-    pub findings: Vec<Finding>,
-    /// The plots written beside the report (file names under `plots/`).
-    #[serde(default)]
-    pub plots: Vec<String>,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> StudyError {
@@ -315,15 +224,6 @@ fn isoflop_curves(rows: &[RunRow]) -> Vec<IsoFlopCurve> {
         .collect();
     curves.sort_by(|a, b| a.arch.cmp(&b.arch).then(a.budget.total_cmp(&b.budget)));
     curves
-}
-
-/// What the report says about the study as a whole.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Header {
-    pub name: String,
-    pub description: String,
-    pub synthetic: bool,
-    pub shape: CorpusShape,
 }
 
 impl Report {
