@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_schemas::manifest::Layout;
-use redpack_trainer::backend::Backend;
+use redpack_trainer::backend::{open_backend, Backend, DeviceChoice};
 use redpack_trainer::checkpoint;
 use redpack_trainer::data::open_corpus;
 use redpack_trainer::metrics::{
@@ -23,8 +23,6 @@ use serde::Serialize;
 
 use super::corpus;
 use crate::cli::study::{EmitArg, StudyRunArgs};
-use crate::cli::train::DeviceArg;
-use crate::commands::train::backend_for;
 
 /// What happened to one run in this invocation.
 #[derive(Debug, Serialize)]
@@ -56,12 +54,15 @@ fn shape_of(pretrain: &Path) -> anyhow::Result<CorpusShape> {
     }
 }
 
-fn device_arg(name: &str) -> DeviceArg {
-    match name {
-        "cpu" => DeviceArg::Cpu,
-        "cuda" => DeviceArg::Cuda,
-        _ => DeviceArg::Auto,
-    }
+/// The study's device, opened; the note says which device and why.
+fn open_device(name: &str, threads: Option<usize>) -> anyhow::Result<(Box<dyn Backend>, String)> {
+    let choice = match name {
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" => DeviceChoice::Cuda,
+        _ => DeviceChoice::Auto,
+    };
+    let opened = open_backend(choice, threads, None)?;
+    Ok((opened.backend, opened.note))
 }
 
 pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
@@ -134,7 +135,6 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
         }
         None => (0..plans.len()).collect(),
     };
-    let mut backend = backend_for(device_arg(&study.file.device), threads, None)?;
     let progress = Progress::new(selected.len() as u64, args.json);
     let mut outcomes = Vec::new();
     let mut trained = 0usize;
@@ -173,6 +173,11 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
             RunState::Stale => "re-evaluated",
             _ => "trained",
         };
+        // A fresh backend per run: nothing a run leaves on the device outlives it.
+        let (mut backend, note) = open_device(&study.file.device, threads)?;
+        if trained == 0 {
+            progress.line(note);
+        }
         let done = run_one(
             plan,
             &states[i],
