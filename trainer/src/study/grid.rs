@@ -115,11 +115,13 @@ pub fn expand(
     let runs = runs_dir(out);
     let mut plans = Vec::new();
     for arch in &f.pretrain.archs {
-        let recipe = read_recipe(
-            study,
-            &f.pretrain.recipes[arch],
-            &format!("pretrain.recipes.{arch}"),
-        )?;
+        let place = format!("pretrain.recipes.{arch}");
+        let path = f
+            .pretrain
+            .recipes
+            .get(arch)
+            .ok_or_else(|| invalid(format!("{place}: no recipe for this architecture")))?;
+        let recipe = read_recipe(study, path, &place)?;
         for size in &f.sizes {
             let base = size_layer(study, arch, size, Mode::Pretrain);
             let probe = resolve(recipe.clone(), base.clone(), corpora, &runs, "probe")
@@ -205,11 +207,12 @@ pub fn expand(
             }
         };
         for arch in &ft.archs {
-            let recipe = read_recipe(
-                study,
-                &ft.recipes[arch],
-                &format!("finetune.recipes.{arch}"),
-            )?;
+            let place = format!("finetune.recipes.{arch}");
+            let path = ft
+                .recipes
+                .get(arch)
+                .ok_or_else(|| invalid(format!("{place}: no recipe for this architecture")))?;
+            let recipe = read_recipe(study, path, &place)?;
             let from_arch = if arch == "red" { "red" } else { "dec" };
             for size in f
                 .sizes
