@@ -17,6 +17,7 @@
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
+//! - `study`: the paper's comparisons from one study file (grid, resume, fits, findings, report);
 //! - `metrics`: the per-step metrics record and its observers;
 //! - `flops`: training FLOPs per step, counted per stack;
 //! - `rng`: the deterministic random numbers (initialization, dropout masks).
@@ -36,3 +37,4 @@ pub mod params;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod study;

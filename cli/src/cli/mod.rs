@@ -7,6 +7,7 @@ pub mod analyze_attention;
 pub mod build_corpus;
 pub mod fetch;
 pub mod inspect;
+pub mod study;
 pub mod synth;
 pub mod train;
 pub mod train_tokenizer;
@@ -48,4 +49,7 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Write a large synthetic RedPajama corpus with planted duplicate clusters (benchmarks).
     SynthCorpus(synth::SynthCorpusArgs),
+    /// Run a study (a grid of pretraining and finetuning runs with their evaluations) from a
+    /// study file, and report it: fits, plots and the paper's findings.
+    Study(study::StudyArgs),
 }

@@ -5,6 +5,7 @@ pub mod build_corpus;
 pub mod eval;
 pub mod fetch;
 pub mod inspect;
+pub mod study;
 pub mod synth;
 pub mod train;
 pub mod train_tokenizer;
@@ -41,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::SynthCorpus(args) => synth::run(args),
+        Command::Study(args) => study::run(args),
     }
 }
 

@@ -10,6 +10,7 @@ mod eval_grid;
 mod eval_split;
 mod fetch;
 mod stages;
+mod study;
 mod synth;
 mod train_cuda;
 mod train_failure;

@@ -25,6 +25,7 @@ mod model_gradcheck;
 mod model_layers;
 mod model_masks;
 mod model_overfit;
+mod study;
 mod train_configs;
 mod train_data;
 mod train_health;
