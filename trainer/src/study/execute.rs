@@ -30,7 +30,7 @@ fn run_error(plan: &RunPlan, message: impl std::fmt::Display) -> StudyError {
 }
 
 /// The settings to train `plan` with now: a new or interrupted pretraining run resumes from its
-/// latest checkpoint (a fresh start when there is none); a finetuning run starts from its
+/// latest healthy checkpoint (a fresh start when there is none); a finetuning run starts from its
 /// pretraining run's final checkpoint until it has a checkpoint of its own.
 pub fn settings_now(plan: &RunPlan, run_state: &RunState) -> Result<TrainSettings, StudyError> {
     let mut settings = plan.settings.clone();
@@ -54,7 +54,9 @@ pub fn settings_now(plan: &RunPlan, run_state: &RunState) -> Result<TrainSetting
         settings.init = Some(from);
         settings.resume = false;
     } else {
-        settings.resume = true;
+        // A run killed before its first checkpoint starts afresh; `redpack train` refuses
+        // `--resume` where there is nothing to continue.
+        settings.resume = own.is_some();
     }
     Ok(settings)
 }
