@@ -84,19 +84,28 @@ struct Symbol {
     live: bool,
 }
 
-/// Words cached per thread: the key is the word's bytes, the value its ids.
+type WordMap = HashMap<Box<[u8]>, Box<[u32]>, FxBuild>;
+
+/// Words cached per thread: the key is the word's bytes, the value its ids. Two generations:
+/// when `current` is full it becomes `previous` (the older one is dropped), and a word found in
+/// `previous` moves back to `current`, so frequent words stay cached at any corpus size.
 struct WordCache {
     owner: u64,
-    map: HashMap<Box<[u8]>, Box<[u32]>, FxBuild>,
+    current: WordMap,
+    previous: WordMap,
 }
 
-/// Entries a thread's cache holds before it is emptied.
-const CACHE_ENTRIES: usize = 1 << 16;
+/// Entries of one generation of a thread's cache (about 100 bytes each).
+const CACHE_ENTRIES: usize = 1 << 17;
 /// Longer words are not cached.
 const CACHE_WORD_BYTES: usize = 256;
 
 thread_local! {
-    static CACHE: RefCell<WordCache> = RefCell::new(WordCache { owner: 0, map: HashMap::default() });
+    static CACHE: RefCell<WordCache> = RefCell::new(WordCache {
+        owner: 0,
+        current: HashMap::default(),
+        previous: HashMap::default(),
+    });
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -128,47 +137,21 @@ impl Bpe {
         }
     }
 
-    /// Appends the ids of `word` (one pre-token) to `out`.
-    #[inline]
-    pub fn encode_word(&self, word: &[u8], out: &mut Vec<u32>) {
-        if word.is_empty() {
-            return;
-        }
-        if word.len() == 1 {
-            if let Units::Bytes(ids) = &self.units {
-                out.push(ids[word[0] as usize]);
-                return;
-            }
-        }
-        if self.ignore_merges {
-            if let Some(&id) = self.vocab.get(word) {
-                out.push(id);
-                return;
-            }
-        }
-        if word.len() >= CACHE_WORD_BYTES {
-            self.merge_word(word, out);
-            return;
-        }
+    /// Runs `f` with this thread's word cache: no lock, no sharing between threads.
+    pub fn with_cache<R>(&self, f: impl FnOnce(&mut Words<'_>) -> R) -> R {
         CACHE.with(|cell| {
             let mut cache = cell.borrow_mut();
             if cache.owner != self.id {
                 cache.owner = self.id;
-                cache.map.clear();
+                cache.current.clear();
+                cache.previous.clear();
             }
-            if let Some(ids) = cache.map.get(word) {
-                out.extend_from_slice(ids);
-                return;
-            }
-            let start = out.len();
-            self.merge_word(word, out);
-            if cache.map.len() >= CACHE_ENTRIES {
-                cache.map.clear();
-            }
-            cache.map.insert(word.into(), out[start..].into());
-        });
+            f(&mut Words {
+                bpe: self,
+                cache: &mut cache,
+            })
+        })
     }
-
     fn initial_symbols(&self, word: &[u8], symbols: &mut Vec<Symbol>) {
         let mut push = |id: u32| {
             let at = symbols.len() as i32;
@@ -273,6 +256,59 @@ impl Bpe {
             }
         }
         out.extend(symbols.iter().filter(|s| s.live).map(|s| s.id));
+    }
+}
+
+/// A [`Bpe`] with this thread's word cache borrowed.
+pub struct Words<'a> {
+    bpe: &'a Bpe,
+    cache: &'a mut WordCache,
+}
+
+impl Words<'_> {
+    /// Appends the ids of `word` (one pre-token) to `out`.
+    #[inline]
+    pub fn encode_word(&mut self, word: &[u8], out: &mut Vec<u32>) {
+        let bpe = self.bpe;
+        if word.is_empty() {
+            return;
+        }
+        if word.len() == 1 {
+            if let Units::Bytes(ids) = &bpe.units {
+                out.push(ids[word[0] as usize]);
+                return;
+            }
+        }
+        if bpe.ignore_merges {
+            if let Some(&id) = bpe.vocab.get(word) {
+                out.push(id);
+                return;
+            }
+        }
+        if word.len() >= CACHE_WORD_BYTES {
+            bpe.merge_word(word, out);
+            return;
+        }
+        if let Some(ids) = self.cache.current.get(word) {
+            out.extend_from_slice(ids);
+            return;
+        }
+        let (key, ids) = match self.cache.previous.remove_entry(word) {
+            Some(entry) => {
+                out.extend_from_slice(&entry.1);
+                entry
+            }
+            None => {
+                let start = out.len();
+                bpe.merge_word(word, out);
+                (word.into(), out[start..].into())
+            }
+        };
+        let cache = &mut *self.cache;
+        if cache.current.len() >= CACHE_ENTRIES {
+            cache.previous = std::mem::take(&mut cache.current);
+        }
+        cache.current.insert(key, ids);
     }
 }
 

@@ -22,7 +22,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
 use unicode_normalization::{is_nfc_quick, IsNormalized};
 
-use super::bpe::{Bpe, FxBuild, Units};
+use super::bpe::{Bpe, FxBuild, Units, Words};
 use super::pretok::{self, Classifier, Prepend};
 
 /// How text segments are cut into words.
@@ -148,7 +148,9 @@ fn splitter(pre: &Value) -> Result<Splitter, String> {
     let byte_level = |v: &Value, regex: bool| -> Result<bool, String> {
         let use_regex = v.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
         if use_regex != regex {
-            return Err(format!("ByteLevel pre-tokenizer with use_regex {use_regex}"));
+            return Err(format!(
+                "ByteLevel pre-tokenizer with use_regex {use_regex}"
+            ));
         }
         Ok(v.get("add_prefix_space")
             .and_then(Value::as_bool)
@@ -297,7 +299,8 @@ impl FastEncoder {
                 char_byte.insert(*c, b as u8);
             }
             for (token, &id) in &vocab {
-                let raw: Option<Vec<u8>> = token.chars().map(|c| char_byte.get(&c).copied()).collect();
+                let raw: Option<Vec<u8>> =
+                    token.chars().map(|c| char_byte.get(&c).copied()).collect();
                 if let Some(raw) = raw {
                     bytes_vocab.insert(raw.into_boxed_slice(), id);
                 }
@@ -417,23 +420,33 @@ impl FastEncoder {
 
     /// Appends the ids of `text` to `out`.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
-        let mut scratch = String::new();
-        split_added(self.raw_added.as_ref(), text, |segment| match segment {
-            Segment::Added(id) => out.push(id),
-            Segment::Text(raw, raw_first) => {
-                let normalized = if self.nfc { nfc(raw) } else { Cow::Borrowed(raw) };
-                split_added(
-                    self.normalized_added.as_ref(),
-                    &normalized,
-                    |segment| match segment {
-                        Segment::Added(id) => out.push(id),
-                        Segment::Text(text, first) => {
-                            self.encode_segment(text, raw_first && first, &mut scratch, out)
-                        }
-                    },
-                );
-            }
-        });
+        self.bpe.with_cache(|words| {
+            let mut scratch = String::new();
+            split_added(self.raw_added.as_ref(), text, |segment| match segment {
+                Segment::Added(id) => out.push(id),
+                Segment::Text(raw, raw_first) => {
+                    let normalized = if self.nfc {
+                        nfc(raw)
+                    } else {
+                        Cow::Borrowed(raw)
+                    };
+                    split_added(
+                        self.normalized_added.as_ref(),
+                        &normalized,
+                        |segment| match segment {
+                            Segment::Added(id) => out.push(id),
+                            Segment::Text(text, first) => self.encode_segment(
+                                words,
+                                text,
+                                raw_first && first,
+                                &mut scratch,
+                                out,
+                            ),
+                        },
+                    );
+                }
+            });
+        })
     }
 
     /// Ids of `text`.
@@ -443,8 +456,14 @@ impl FastEncoder {
         out
     }
 
-    fn encode_segment(&self, text: &str, first: bool, scratch: &mut String, out: &mut Vec<u32>) {
-        let bpe = &self.bpe;
+    fn encode_segment(
+        &self,
+        words: &mut Words<'_>,
+        text: &str,
+        first: bool,
+        scratch: &mut String,
+        out: &mut Vec<u32>,
+    ) {
         match self.splitter {
             Splitter::Gpt2 { add_prefix_space } => {
                 let text = if add_prefix_space && !text.starts_with(' ') {
@@ -456,17 +475,17 @@ impl FastEncoder {
                     text
                 };
                 self.classifier
-                    .split_gpt2(text, |word| bpe.encode_word(word.as_bytes(), out));
+                    .split_gpt2(text, |word| words.encode_word(word.as_bytes(), out));
             }
             Splitter::Llama3 => self
                 .classifier
-                .split_llama3(text, |word| bpe.encode_word(word.as_bytes(), out)),
+                .split_llama3(text, |word| words.encode_word(word.as_bytes(), out)),
             Splitter::Metaspace {
                 replacement,
                 prepend,
                 split,
             } => pretok::metaspace(text, replacement, prepend, split, first, scratch, |word| {
-                bpe.encode_word(word.as_bytes(), out)
+                words.encode_word(word.as_bytes(), out)
             }),
         }
     }

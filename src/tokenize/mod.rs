@@ -255,11 +255,7 @@ impl DocTokenizer {
         let pieces: Vec<(usize, &str)> = texts
             .iter()
             .enumerate()
-            .flat_map(|(doc, text)| {
-                self.pieces(text)
-                    .into_iter()
-                    .map(move |piece| (doc, piece))
-            })
+            .flat_map(|(doc, text)| self.pieces(text).into_iter().map(move |piece| (doc, piece)))
             .collect();
         let encoded: Vec<Result<Vec<u32>, TokenizeError>> = pieces
             .par_iter()
@@ -328,8 +324,11 @@ pub fn split_for_encoding<'t>(text: &'t str, chunk_bytes: usize, cut_bytes: &[u8
     let mut start = 0;
     while text.len() - start > chunk_bytes {
         let target = start + chunk_bytes;
-        let backward = (start + 1..=target).rev().find(|&p| is_cut(text, p, cut_bytes));
-        let cut = backward.or_else(|| (target + 1..text.len()).find(|&p| is_cut(text, p, cut_bytes)));
+        let backward = (start + 1..=target)
+            .rev()
+            .find(|&p| is_cut(text, p, cut_bytes));
+        let cut =
+            backward.or_else(|| (target + 1..text.len()).find(|&p| is_cut(text, p, cut_bytes)));
         match cut {
             Some(p) => {
                 pieces.push(&text[start..p]);

@@ -60,7 +60,10 @@ fn build_classes() -> Result<Classes, String> {
 
 fn classes() -> Result<&'static Classes, String> {
     static CLASSES: OnceLock<Result<Classes, String>> = OnceLock::new();
-    CLASSES.get_or_init(build_classes).as_ref().map_err(Clone::clone)
+    CLASSES
+        .get_or_init(build_classes)
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Classifies characters; built once per process.
@@ -144,9 +147,7 @@ impl Classifier {
                 self.run(text, i + len, class)
             } else {
                 match self.at(text, i + 1) {
-                    Some((_, _, next)) if c == ' ' && next != SPACE => {
-                        self.run(text, i + 1, next)
-                    }
+                    Some((_, _, next)) if c == ' ' && next != SPACE => self.run(text, i + 1, next),
                     _ => {
                         let (end, last) = self.space_run(text, i);
                         if end == n || last == i {
