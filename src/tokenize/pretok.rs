@@ -172,13 +172,13 @@ impl Classifier {
             let next = self.at(text, i + len);
             let end = if c == '\'' && llama3_contraction(&text[i + 1..]) > 0 {
                 i + 1 + llama3_contraction(&text[i + 1..])
-            } else if class == LETTER {
-                self.run(text, i + len, LETTER)
-            } else if class != NUMBER
-                && c != '\r'
-                && c != '\n'
-                && next.is_some_and(|(_, _, k)| k == LETTER)
+            } else if class == LETTER
+                || (class != NUMBER
+                    && c != '\r'
+                    && c != '\n'
+                    && next.is_some_and(|(_, _, k)| k == LETTER))
             {
+                // `[^\r\n\p{L}\p{N}]?\p{L}+`: a letter run, or one such character and a run.
                 self.run(text, i + len, LETTER)
             } else if class == NUMBER {
                 let mut end = i + len;
