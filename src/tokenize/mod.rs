@@ -1,4 +1,4 @@
-//! Tokenization with a Hugging Face `tokenizer.json`: the stage that dominates a build's cost.
+//! Tokenization with a Hugging Face `tokenizer.json`.
 //!
 //! Documents are encoded without the tokenizer's own special tokens (no BOS/CLS from a
 //! post-processor); the pipeline appends the end-of-document token itself. Special-token strings
