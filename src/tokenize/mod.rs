@@ -26,6 +26,7 @@
 //! and other characters, anything encoded by the `tokenizers` crate) are never cut.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -77,9 +78,9 @@ pub struct DocTokenizer {
     pad_token: String,
     vocab_size: u32,
     chunk_bytes: usize,
-    fast: Option<FastEncoder>,
-    /// Why the fast encoder does not apply, when it does not.
-    fallback: Option<String>,
+    /// The fast encoder, or why it does not apply; built on first use, so loading a tokenizer
+    /// only for its ids and checksum costs nothing more.
+    fast: OnceLock<Result<FastEncoder, String>>,
 }
 
 impl std::fmt::Debug for DocTokenizer {
@@ -147,10 +148,6 @@ impl DocTokenizer {
         // The largest id in use, not the base vocabulary size: added tokens can sit above it.
         let max_id = inner.get_vocab(true).values().copied().max().unwrap_or(0);
         let sha256 = hex(&Sha256::digest(&json));
-        let (fast, fallback) = match FastEncoder::from_json(&json, &inner) {
-            Ok(fast) => (Some(fast), None),
-            Err(reason) => (None, Some(reason)),
-        };
         Ok(DocTokenizer {
             inner,
             path: path.to_path_buf(),
@@ -162,8 +159,7 @@ impl DocTokenizer {
             pad_token,
             vocab_size: max_id.saturating_add(1),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            fast,
-            fallback,
+            fast: OnceLock::new(),
         })
     }
 
@@ -207,23 +203,29 @@ impl DocTokenizer {
     /// The encoder in use, in one line: the fast encoder's kind, or the `tokenizers` crate and
     /// what the fast encoder does not support in this file.
     pub fn encoder(&self) -> String {
-        match (&self.fast, &self.fallback) {
-            (Some(fast), _) => fast.describe().to_string(),
-            (None, reason) => format!(
-                "tokenizers crate (the fast encoder does not support: {})",
-                reason.as_deref().unwrap_or("this file")
-            ),
+        match self.fast_or_reason() {
+            Ok(fast) => fast.describe().to_string(),
+            Err(reason) => {
+                format!("tokenizers crate (the fast encoder does not support: {reason})")
+            }
         }
     }
 
     /// The fast encoder, when it applies to this tokenizer.
     pub fn fast(&self) -> Option<&FastEncoder> {
-        self.fast.as_ref()
+        self.fast_or_reason().ok()
+    }
+
+    fn fast_or_reason(&self) -> Result<&FastEncoder, &str> {
+        self.fast
+            .get_or_init(|| FastEncoder::from_json(&self.json, &self.inner))
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// Encodes one piece of text as is (no chunking, no EOD).
     pub fn encode_piece(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
-        match &self.fast {
+        match self.fast() {
             Some(fast) => Ok(fast.encode(text)),
             None => self.encode_reference(text),
         }
@@ -276,7 +278,7 @@ impl DocTokenizer {
 
     /// The pieces `text` is encoded in: cut only where that gives identical ids.
     pub fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
-        match &self.fast {
+        match self.fast() {
             Some(fast) if !fast.cut_bytes().is_empty() => {
                 split_for_encoding(text, self.chunk_bytes, fast.cut_bytes())
             }
