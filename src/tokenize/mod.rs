@@ -1,27 +1,42 @@
-//! Tokenization with a Hugging Face `tokenizer.json`: the stage that dominates a build's cost.
+//! Tokenization with a Hugging Face `tokenizer.json`.
 //!
 //! Documents are encoded without the tokenizer's own special tokens (no BOS/CLS from a
 //! post-processor); the pipeline appends the end-of-document token itself. Special-token strings
 //! that appear *inside* a document (a web page quoting `<|endoftext|>`) are encoded as plain
 //! text, so no document can forge a document boundary.
 //!
+//! **Encoders.** The tokenizer layouts corpora are built with (byte-level BPE with the GPT-2,
+//! GPT-NeoX or Llama 3 split pattern, the ones [`crate::train_tokenizer`] writes, and
+//! `Metaspace` BPE) are encoded by [`fast::FastEncoder`], which gives the `tokenizers` crate's
+//! ids several times faster; any other file is encoded by the `tokenizers` crate.
+//! [`DocTokenizer::encoder`] says which one a tokenizer uses, and why.
+//!
 //! **Long documents.** A text longer than `chunk_bytes` is cut into pieces before encoding and
 //! the ids are concatenated. That keeps the cost linear in the length whatever the tokenizer
 //! does inside one call, and lets one huge document use every thread. A cut is placed just
-//! before a lone ASCII whitespace character between two non-whitespace characters. For
-//! byte-level BPE tokenizers with the GPT-2 split pattern (GPT-2, GPT-NeoX, Llama 3, and the
-//! ones [`crate::train_tokenizer`] writes) that position is always a pre-token boundary, so the
-//! ids are identical to encoding the whole text (the tests check this). Tokenizers whose
-//! normalizer or pre-tokenizer looks across such a boundary (SentencePiece-style `Metaspace`
-//! with a prepended `▁`) can differ in the first token of each piece: at most one token per
-//! `chunk_bytes` of text, and so can an added token that itself contains a lone space. A text
-//! without any such position is encoded whole.
+//! before a lone ASCII whitespace character between two non-whitespace characters, and only
+//! where that position is a word boundary for the tokenizer, so the ids are identical to
+//! encoding the whole text (the tests check this):
+//! - GPT-2-pattern byte-level BPE: before a space, newline, tab or carriage return (a space only
+//!   with `add_prefix_space`);
+//! - Llama 3 pattern: before a space (a newline can join the punctuation before it);
+//! - `Metaspace` with `split`: before a space (it becomes the `▁` that starts a word).
+//!
+//! Tokenizers outside these cases (`Metaspace` without `split`, added tokens mixing whitespace
+//! and other characters, anything encoded by the `tokenizers` crate) are never cut.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+pub mod bpe;
+pub mod fast;
+pub mod pretok;
+
+use fast::FastEncoder;
 
 /// Default piece length for long documents.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
@@ -63,6 +78,9 @@ pub struct DocTokenizer {
     pad_token: String,
     vocab_size: u32,
     chunk_bytes: usize,
+    /// The fast encoder, or why it does not apply; built on first use, so loading a tokenizer
+    /// only for its ids and checksum costs nothing more.
+    fast: OnceLock<Result<FastEncoder, String>>,
 }
 
 impl std::fmt::Debug for DocTokenizer {
@@ -72,6 +90,7 @@ impl std::fmt::Debug for DocTokenizer {
             .field("eod", &(&self.eod_token, self.eod_id))
             .field("pad", &(&self.pad_token, self.pad_id))
             .field("vocab_size", &self.vocab_size)
+            .field("encoder", &self.encoder())
             .finish()
     }
 }
@@ -140,6 +159,7 @@ impl DocTokenizer {
             pad_token,
             vocab_size: max_id.saturating_add(1),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            fast: OnceLock::new(),
         })
     }
 
@@ -180,8 +200,39 @@ impl DocTokenizer {
         &self.inner
     }
 
+    /// The encoder in use, in one line: the fast encoder's kind, or the `tokenizers` crate and
+    /// what the fast encoder does not support in this file.
+    pub fn encoder(&self) -> String {
+        match self.fast_or_reason() {
+            Ok(fast) => fast.describe().to_string(),
+            Err(reason) => {
+                format!("tokenizers crate (the fast encoder does not support: {reason})")
+            }
+        }
+    }
+
+    /// The fast encoder, when it applies to this tokenizer.
+    pub fn fast(&self) -> Option<&FastEncoder> {
+        self.fast_or_reason().ok()
+    }
+
+    fn fast_or_reason(&self) -> Result<&FastEncoder, &str> {
+        self.fast
+            .get_or_init(|| FastEncoder::from_json(&self.json, &self.inner))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
     /// Encodes one piece of text as is (no chunking, no EOD).
     pub fn encode_piece(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        match self.fast() {
+            Some(fast) => Ok(fast.encode(text)),
+            None => self.encode_reference(text),
+        }
+    }
+
+    /// Encodes one piece of text with the `tokenizers` crate, whatever the encoder in use.
+    pub fn encode_reference(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         self.inner
             .encode_fast(text, false)
             .map(|encoding| encoding.get_ids().to_vec())
@@ -193,7 +244,7 @@ impl DocTokenizer {
     /// Encodes one document (chunked when long, sequentially; no EOD appended).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         let mut ids = Vec::new();
-        for piece in split_for_encoding(text, self.chunk_bytes) {
+        for piece in self.pieces(text) {
             ids.extend(self.encode_piece(piece)?);
         }
         Ok(ids)
@@ -206,11 +257,7 @@ impl DocTokenizer {
         let pieces: Vec<(usize, &str)> = texts
             .iter()
             .enumerate()
-            .flat_map(|(doc, text)| {
-                split_for_encoding(text, self.chunk_bytes)
-                    .into_iter()
-                    .map(move |piece| (doc, piece))
-            })
+            .flat_map(|(doc, text)| self.pieces(text).into_iter().map(move |piece| (doc, piece)))
             .collect();
         let encoded: Vec<Result<Vec<u32>, TokenizeError>> = pieces
             .par_iter()
@@ -228,6 +275,16 @@ impl DocTokenizer {
         }
         Ok(out)
     }
+
+    /// The pieces `text` is encoded in: cut only where that gives identical ids.
+    pub fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        match self.fast() {
+            Some(fast) if !fast.cut_bytes().is_empty() => {
+                split_for_encoding(text, self.chunk_bytes, fast.cut_bytes())
+            }
+            _ => vec![text],
+        }
+    }
 }
 
 fn first_present(inner: &tokenizers::Tokenizer, candidates: &[&str]) -> Option<(String, u32)> {
@@ -241,12 +298,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// True when a piece may start at byte `p`: a single ASCII whitespace byte between two
-/// characters that are not whitespace. Cutting inside a whitespace run would split the
+/// True when a piece may start at byte `p`: a single whitespace byte of `cut_bytes` between
+/// two characters that are not whitespace. Cutting inside a whitespace run would split the
 /// whitespace-run tokens some vocabularies add (GPT-NeoX has tokens for 2 to 24 spaces).
-fn is_cut(text: &str, p: usize) -> bool {
+fn is_cut(text: &str, p: usize, cut_bytes: &[u8]) -> bool {
     let bytes = text.as_bytes();
-    if p == 0 || !matches!(bytes.get(p), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+    if p == 0 || !bytes.get(p).is_some_and(|b| cut_bytes.contains(b)) {
         return false;
     }
     let next_ok = text
@@ -260,16 +317,20 @@ fn is_cut(text: &str, p: usize) -> bool {
     next_ok && previous_ok
 }
 
-/// Splits `text` into pieces of about `chunk_bytes` at safe positions (see the module docs).
-/// Linear in the length: each byte is examined at most twice.
-pub fn split_for_encoding(text: &str, chunk_bytes: usize) -> Vec<&str> {
+/// Splits `text` into pieces of about `chunk_bytes`, each but the first starting with a lone
+/// byte of `cut_bytes` (ASCII whitespace) between non-whitespace characters (see the module
+/// docs). Linear in the length: each byte is examined at most twice.
+pub fn split_for_encoding<'t>(text: &'t str, chunk_bytes: usize, cut_bytes: &[u8]) -> Vec<&'t str> {
     let chunk_bytes = chunk_bytes.max(1);
     let mut pieces = Vec::new();
     let mut start = 0;
     while text.len() - start > chunk_bytes {
         let target = start + chunk_bytes;
-        let backward = (start + 1..=target).rev().find(|&p| is_cut(text, p));
-        let cut = backward.or_else(|| (target + 1..text.len()).find(|&p| is_cut(text, p)));
+        let backward = (start + 1..=target)
+            .rev()
+            .find(|&p| is_cut(text, p, cut_bytes));
+        let cut =
+            backward.or_else(|| (target + 1..text.len()).find(|&p| is_cut(text, p, cut_bytes)));
         match cut {
             Some(p) => {
                 pieces.push(&text[start..p]);
@@ -295,11 +356,13 @@ mod tests {
     #[test]
     fn split_points_are_whitespace_before_text() {
         let text = "alpha beta\n\ngamma  delta epsilon";
-        let pieces = split_for_encoding(text, 6);
+        let all = b" \n\t\r";
+        let pieces = split_for_encoding(text, 6, all);
         assert_eq!(pieces.concat(), text);
         assert_eq!(pieces, ["alpha", " beta\n\ngamma  delta", " epsilon"]);
-        assert_eq!(split_for_encoding("nospaceatall", 4), ["nospaceatall"]);
-        assert_eq!(split_for_encoding("", 4), [""]);
+        assert_eq!(split_for_encoding("nospaceatall", 4, all), ["nospaceatall"]);
+        assert_eq!(split_for_encoding("", 4, all), [""]);
+        assert_eq!(split_for_encoding("a\nb c", 1, b" "), ["a\nb", " c"]);
     }
 
     #[test]
