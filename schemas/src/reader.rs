@@ -306,6 +306,7 @@ fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
     };
     for block in footer.dictionaries().iter().flatten() {
         let data = block_bytes(block)?;
+        check_block(block, &data).map_err(bad)?;
         decoder
             .read_dictionary(block, &data)
             .map_err(|e| bad(format!("Arrow dictionary: {e}")))?;
@@ -321,9 +322,55 @@ fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
         )));
     }
     let data = block_bytes(&blocks[0])?;
+    check_block(&blocks[0], &data).map_err(bad)?;
     let batch = decoder
         .read_record_batch(&blocks[0], &data)
         .map_err(|e| bad(format!("Arrow record batch: {e}")))?
         .ok_or_else(|| bad("Arrow record batch is empty".into()))?;
     IndexColumns::from_batch(&batch).map_err(bad)
+}
+
+/// Checks one IPC block before Arrow decodes it: its message parses and every buffer it names
+/// lies inside the block's body. Arrow's decoder slices those buffers unchecked and panics on
+/// one that runs past the body, so a damaged index whose manifest checksum was updated to match
+/// would otherwise bring the reader down instead of being reported.
+fn check_block(block: &arrow_ipc::Block, data: &Buffer) -> std::result::Result<(), String> {
+    let meta_len = usize::try_from(block.metaDataLength())
+        .ok()
+        .filter(|&m| m >= 8 && m <= data.len())
+        .ok_or_else(|| {
+            format!(
+                "Arrow block metadata length {} is outside its block",
+                block.metaDataLength()
+            )
+        })?;
+    let body_len = (data.len() - meta_len) as u64;
+    let skip = if data[..4] == [0xff; 4] { 8 } else { 4 };
+    let message = arrow_ipc::root_as_message(&data[skip..])
+        .map_err(|e| format!("invalid Arrow message: {e}"))?;
+    let buffers = match message.header_type() {
+        arrow_ipc::MessageHeader::RecordBatch => {
+            message.header_as_record_batch().and_then(|b| b.buffers())
+        }
+        arrow_ipc::MessageHeader::DictionaryBatch => message
+            .header_as_dictionary_batch()
+            .and_then(|d| d.data())
+            .and_then(|b| b.buffers()),
+        other => return Err(format!("unexpected Arrow message type {other:?}")),
+    };
+    for (i, b) in buffers.iter().flatten().enumerate() {
+        let inside = u64::try_from(b.offset())
+            .ok()
+            .zip(u64::try_from(b.length()).ok())
+            .and_then(|(o, l)| o.checked_add(l))
+            .is_some_and(|end| end <= body_len);
+        if !inside {
+            return Err(format!(
+                "Arrow buffer {i} (offset {}, length {}) runs past its block's body of {body_len} bytes",
+                b.offset(),
+                b.length()
+            ));
+        }
+    }
+    Ok(())
 }
