@@ -162,7 +162,10 @@ fn supervise(chosen: &[&'static Target], options: &Options) -> Result<ExitCode, 
             }
         }
     }
-    println!("{:<14} {:>10} {:>9} {:>8} {:>8}", "target", "cases", "accepted", "findings", "workers");
+    println!(
+        "{:<14} {:>10} {:>9} {:>8} {:>8}",
+        "target", "cases", "accepted", "findings", "workers"
+    );
     let mut findings = 0;
     for (target, t) in chosen.iter().zip(&tallies) {
         println!(
@@ -312,19 +315,18 @@ impl Executor {
             .stack_size(64 << 20)
             .spawn(move || {
                 for dir in job_rx {
-                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                        (target.check)(&seeds, &dir)
-                    }))
-                    .map_err(|payload| {
-                        let recorded = LAST_PANIC.lock().ok().and_then(|mut s| s.take());
-                        recorded.unwrap_or_else(|| {
-                            payload
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| payload.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "panic".into())
-                        })
-                    });
+                    let outcome =
+                        panic::catch_unwind(AssertUnwindSafe(|| (target.check)(&seeds, &dir)))
+                            .map_err(|payload| {
+                                let recorded = LAST_PANIC.lock().ok().and_then(|mut s| s.take());
+                                recorded.unwrap_or_else(|| {
+                                    payload
+                                        .downcast_ref::<&str>()
+                                        .map(|s| s.to_string())
+                                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                                        .unwrap_or_else(|| "panic".into())
+                                })
+                            });
                     if result_tx.send(outcome).is_err() {
                         break;
                     }
@@ -355,7 +357,12 @@ impl Executor {
 }
 
 /// Writes the case of `case_seed` into a fresh `dir`.
-pub fn prepare_case(target: &Target, seeds: &Seeds, dir: &Path, case_seed: u64) -> Result<(), String> {
+pub fn prepare_case(
+    target: &Target,
+    seeds: &Seeds,
+    dir: &Path,
+    case_seed: u64,
+) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     (target.prepare)(&mut Rng::new(case_seed), seeds, dir)
@@ -464,16 +471,23 @@ mod tests {
         let seeds = Seeds::build(&scratch.path().join("seeds")).unwrap();
         let dir = scratch.path().join("case");
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, files) in seeds.corpora.iter().map(|f| ("corpus", f)).chain(
-            seeds.checkpoints.iter().map(|f| ("checkpoint", f)),
-        ) {
+        for (name, files) in seeds
+            .corpora
+            .iter()
+            .map(|f| ("corpus", f))
+            .chain(seeds.checkpoints.iter().map(|f| ("checkpoint", f)))
+        {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             for (file, bytes) in files {
                 std::fs::write(dir.join(file), bytes).unwrap();
             }
-            let target = targets::find(if name == "corpus" { "manifest" } else { "checkpoint" })
-                .unwrap();
+            let target = targets::find(if name == "corpus" {
+                "manifest"
+            } else {
+                "checkpoint"
+            })
+            .unwrap();
             assert_eq!((target.check)(&seeds, &dir), Verdict::Accepted, "{name}");
         }
         std::fs::write(dir.join("tokenizer.json"), &seeds.tokenizer).unwrap();
@@ -492,6 +506,9 @@ mod tests {
             let before: serde_json::Value = serde_json::from_slice(doc).unwrap();
             changed += usize::from(value != before);
         }
-        assert!(changed > 40, "only {changed} of 50 edits changed the document");
+        assert!(
+            changed > 40,
+            "only {changed} of 50 edits changed the document"
+        );
     }
 }

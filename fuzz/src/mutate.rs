@@ -254,7 +254,9 @@ fn edit_toml(rng: &mut Rng, table: &mut toml::Table, path: &[String]) {
     match table.get_mut(first) {
         Some(toml::Value::Table(inner)) => edit_toml(rng, inner, rest),
         Some(toml::Value::Array(items)) => {
-            let index = rest[0].strip_prefix('#').and_then(|i| i.parse::<usize>().ok());
+            let index = rest[0]
+                .strip_prefix('#')
+                .and_then(|i| i.parse::<usize>().ok());
             if let Some(toml::Value::Table(inner)) = index.and_then(|i| items.get_mut(i)) {
                 edit_toml(rng, inner, &rest[1..]);
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use redpack::train_tokenizer::{self, TrainConfig};
 use redpack_schemas::{
-    Counts, CorpusInfo, CorpusWriter, ExampleMeta, Layout, PackingStats, TokenizerInfo,
+    CorpusInfo, CorpusWriter, Counts, ExampleMeta, Layout, PackingStats, TokenizerInfo,
     WriterOptions,
 };
 use redpack_trainer::checkpoint;
@@ -57,7 +57,11 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 /// The first `records` lines of a JSONL text with every string cut to `keep` characters.
 fn shorten(text: &[u8], records: usize, keep: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).take(records) {
+    for line in text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(records)
+    {
         let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice(line) else {
             continue;
         };
@@ -189,7 +193,14 @@ fn read_set(dir: &Path) -> Result<FileSet, String> {
 /// A small valid corpus: random ids, several shards, counts that satisfy every invariant.
 fn corpus(dir: &Path, tokenizer: &[u8], layout: Layout) -> Result<FileSet, String> {
     let err = |e: redpack_schemas::SchemaError| e.to_string();
-    let vocab_size = 300;
+    let loaded = redpack::tokenize::DocTokenizer::from_bytes(
+        Path::new("tokenizer.json"),
+        tokenizer.to_vec(),
+        None,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let vocab_size = loaded.vocab_size();
     let mut writer = CorpusWriter::create(
         dir,
         WriterOptions {
@@ -210,7 +221,9 @@ fn corpus(dir: &Path, tokenizer: &[u8], layout: Layout) -> Result<FileSet, Strin
             } => (seq_len as usize, prefix_len),
             Layout::Examples { .. } => (3 + rng.below(14), 1 + rng.below(3) as u32),
         };
-        let ids: Vec<u32> = (0..len).map(|_| rng.below(vocab_size as usize) as u32).collect();
+        let ids: Vec<u32> = (0..len)
+            .map(|_| rng.below(vocab_size as usize) as u32)
+            .collect();
         let starts: Vec<u32> = if len > 5 { vec![5] } else { Vec::new() };
         let origin = format!("input.jsonl:{}", i + 1);
         writer
@@ -239,10 +252,10 @@ fn corpus(dir: &Path, tokenizer: &[u8], layout: Layout) -> Result<FileSet, Strin
             file: "tokenizer.json".into(),
             sha256: redpack_schemas::hex(&sha256(tokenizer)),
             vocab_size,
-            eod_id: 0,
-            pad_id: 1,
-            eod_token: "[EOD]".into(),
-            pad_token: "[PAD]".into(),
+            eod_id: loaded.eod_id(),
+            pad_id: loaded.pad_id(),
+            eod_token: loaded.eod_token().into(),
+            pad_token: loaded.pad_token().into(),
         },
         build: json!({ "seed": 1 }),
         inputs: Vec::new(),

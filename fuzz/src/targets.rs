@@ -129,7 +129,9 @@ fn mutate_jsonl(rng: &mut Rng, seeds: &Seeds) -> Vec<u8> {
             lines[at] = edited;
         }
         if rng.one_in(4) {
-            let extra = rng.pick(&[&b""[..], b"\r", b"   ", b"null", b"[]", b"{}"]).to_vec();
+            let extra = rng
+                .pick(&[&b""[..], b"\r", b"   ", b"null", b"[]", b"{}"])
+                .to_vec();
             lines.insert(rng.below(lines.len() + 1), extra);
         }
         data = lines.join(&b'\n');
@@ -472,7 +474,10 @@ fn check_data_manifest(seeds: &Seeds, dir: &Path) -> Verdict {
 }
 
 fn prepare_pipeline(rng: &mut Rng, seeds: &Seeds, dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join("pipeline.toml"), mutate_toml(rng, &seeds.pipelines))
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        mutate_toml(rng, &seeds.pipelines),
+    )
 }
 
 fn check_pipeline(_: &Seeds, dir: &Path) -> Verdict {

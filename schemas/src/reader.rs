@@ -190,6 +190,8 @@ impl Corpus {
 fn open_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> Result<Shard> {
     let tokens_path = dir.join(&entry.tokens_file);
     let index_path = dir.join(&entry.index_file);
+    check_inside(dir, &tokens_path)?;
+    check_inside(dir, &index_path)?;
     let tokens_map = Mmap::open(&tokens_path)?;
     let header = TokensHeader::decode(&tokens_path, tokens_map.as_slice())?;
     if header.dtype != manifest.token_dtype {
@@ -264,6 +266,30 @@ fn open_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> Result<Sha
         header,
         index,
     })
+}
+
+/// Refuses a corpus file that is a symbolic link to somewhere outside the corpus folder (the
+/// manifest's own names are plain file names; see [`Manifest::check_fields`]).
+pub(crate) fn check_inside(dir: &Path, path: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(());
+    }
+    let root = dir.canonicalize().map_err(|e| SchemaError::io(dir, e))?;
+    let target = path.canonicalize().map_err(|e| SchemaError::io(path, e))?;
+    if target.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(SchemaError::corrupt(
+            path,
+            format!(
+                "is a symbolic link to {}, outside the corpus folder {}; corpus files must lie \
+                 inside it",
+                target.display(),
+                root.display()
+            ),
+        ))
+    }
 }
 
 /// Decodes an Arrow IPC file without copying: the arrays borrow the map through `Buffer`.

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redpack_schemas::Layout;
+use redpack_schemas::{Layout, MAX_SEQ_LEN};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -367,6 +367,9 @@ pub struct Overrides {
 /// Rows of a packed evaluation corpus per training row when `eval_seq_len` is not given.
 pub const EVAL_SEQ_LEN_FACTOR: u32 = 8;
 
+/// Most worker threads a build starts (`threads`; 0 means one per core).
+pub const MAX_THREADS: usize = 1024;
+
 /// Everything a build needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuildSettings {
@@ -439,11 +442,12 @@ impl BuildSettings {
                         .filter(|_| overrides.seq_len.is_none())
                         .unwrap_or(seq_len / 2),
                 };
-                if seq_len == 0 || prefix_len > seq_len {
-                    return Err(ConfigError::Invalid(format!(
-                        "packed layout needs seq_len > 0 and prefix_len <= seq_len (got seq_len {seq_len}, prefix_len {prefix_len})"
-                    )));
+                Layout::Packed {
+                    seq_len,
+                    prefix_len,
                 }
+                .check_trainable()
+                .map_err(|why| ConfigError::Invalid(format!("--seq-len / --prefix-len: {why}")))?;
                 PackSettings::Packed {
                     seq_len,
                     prefix_len,
@@ -459,11 +463,12 @@ impl BuildSettings {
                         "--seq-len / --prefix-len apply to packed corpora, but the pipeline's [pack] type is \"examples\"".into(),
                     ));
                 }
-                if max_target_len == 0 {
-                    return Err(ConfigError::Invalid(
-                        "max_target_len must be at least 1".into(),
-                    ));
+                Layout::Examples {
+                    max_input_len,
+                    max_target_len,
                 }
+                .check_trainable()
+                .map_err(ConfigError::Invalid)?;
                 PackSettings::Examples {
                     max_input_len,
                     max_target_len,
@@ -477,6 +482,18 @@ impl BuildSettings {
             config.output.eval_seq_len = overrides.eval_seq_len;
         }
         config.output.eval_seq_len = resolve_eval(&config.output, &pack)?;
+        if config.output.max_shard_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "max_shard_tokens must be at least 1 (the tokens one shard holds; default 2^29)"
+                    .into(),
+            ));
+        }
+        if config.output.threads > MAX_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "threads {} is above {MAX_THREADS}; 0 means all cores",
+                config.output.threads
+            )));
+        }
         let fraction = config.output.max_rejected_fraction;
         if !(0.0..=1.0).contains(&fraction) {
             return Err(ConfigError::Invalid(format!(
@@ -567,10 +584,11 @@ fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32
                     ))
                 })?,
             };
-            if eval_seq_len < prefix_len.max(1) {
+            if eval_seq_len <= prefix_len || eval_seq_len > MAX_SEQ_LEN {
                 return Err(ConfigError::Invalid(format!(
-                    "eval_seq_len {eval_seq_len} is shorter than the prefix length {prefix_len} \
-                     the evaluation rows keep (and must be at least 1)"
+                    "eval_seq_len {eval_seq_len} is outside {}..={MAX_SEQ_LEN}: the evaluation \
+                     rows keep the prefix length {prefix_len} and need a target after it",
+                    prefix_len + 1
                 )));
             }
             Ok(Some(eval_seq_len))

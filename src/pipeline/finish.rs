@@ -233,7 +233,7 @@ struct EvalContext<'a> {
 
 /// Packs the held-out documents, in input order, into `OUT/eval/` and writes its manifest.
 fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildError> {
-    let dir = ctx.settings.out.join(EVAL_DIR);
+    let dir = ctx.work.staged().join(EVAL_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
     let pack = eval_pack(ctx.settings);
     let layout = pack.layout();
@@ -284,7 +284,7 @@ fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildE
         Some(split.clone()),
     )?;
     Ok(EvalReport {
-        out_dir: dir.display().to_string(),
+        out_dir: ctx.settings.out.join(EVAL_DIR).display().to_string(),
         kind: layout.kind().name().to_string(),
         seq_len: match layout {
             redpack_schemas::Layout::Packed { seq_len, .. } => Some(seq_len),
@@ -442,15 +442,20 @@ pub fn finish(
         |file: usize, offset: u64| eval.as_ref().is_some_and(|e| e.contains(file, offset));
 
     let layout = settings.pack.layout();
+    // The new corpus is written aside and replaces the one in `out` only once complete.
+    let staged = work.staged();
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
+    }
     let mut writer = CorpusWriter::create(
-        out,
+        &staged,
         WriterOptions {
             layout,
             vocab_size: tokenizer.vocab_size(),
             max_shard_tokens: settings.output.max_shard_tokens,
         },
     )?;
-    atomic::write_file(&out.join(TOKENIZER_FILE), tokenizer.json())?;
+    atomic::write_file(&staged.join(TOKENIZER_FILE), tokenizer.json())?;
     let mut packer = packer_for(&settings.pack, tokenizer);
     let mut sink = CountingSink {
         writer: &mut writer,
@@ -511,6 +516,21 @@ pub fn finish(
 
     let (packing, written) = packer.finish(&mut sink)?;
     let examples_written = sink.examples;
+    if examples_written == 0 && !options.allow_empty {
+        let kept: u64 = per_source.values().map(|c| c.kept).sum();
+        return Err(BuildError::EmptyCorpus {
+            read,
+            kept,
+            why: match settings.pack {
+                PackSettings::Packed { seq_len, .. } if kept > 0 => format!(
+                    "the {kept} kept records hold {packed_tokens} tokens, fewer than one \
+                     --seq-len {seq_len} sequence"
+                ),
+                _ if read == 0 => "the inputs hold no records".to_string(),
+                _ => "no record was kept".to_string(),
+            },
+        });
+    }
     let train_split = eval
         .as_ref()
         .map(|set| split_record(SplitName::Train, &per_source, set));
@@ -566,6 +586,7 @@ pub fn finish(
         },
         train_split,
     )?;
+    super::publish::publish(&staged, out)?;
     let input_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
     let text_bytes: u64 = gathered.scans.iter().map(|s| s.text_bytes).sum();
     let throughput = Throughput::new(

@@ -294,6 +294,12 @@ impl WorkDir {
         self.root.join("tokenizer.json")
     }
 
+    /// Where the finish stage writes the new corpus before it replaces the one in the output
+    /// directory (see [`super::publish`]).
+    pub fn staged(&self) -> PathBuf {
+        self.root.join("staged")
+    }
+
     fn unit(&self, dir: &str, unit: usize, ext: &str) -> PathBuf {
         self.root.join(dir).join(format!("{unit:06}.{ext}"))
     }

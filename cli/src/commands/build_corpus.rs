@@ -64,6 +64,8 @@ fn options(args: &BuildCorpusArgs) -> BuildOptions {
         resume: args.resume,
         keep_work: args.keep_work,
         sort_budget: args.sort_budget.map(|b| b as usize),
+        overwrite: args.overwrite,
+        allow_empty: args.allow_empty,
     }
 }
 
@@ -179,8 +181,7 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
     let raw = root.join("raw");
-    let sample = redpack::sample::write_sample(&raw, SAMPLE_SEED)
-        .with_context(|| format!("writing the sample corpus to {}", raw.display()))?;
+    let sample = place_sample(&root, &raw, args.overwrite)?;
     if !args.json {
         println!(
             "sample corpus: {} files, {} documents, {} FLAN examples in {}",
@@ -208,6 +209,91 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         print!("{}", examples.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the built-in sample to `raw`. An existing `raw` is kept when it holds exactly the
+/// sample (a second run rebuilds from it); when its files differ (edited, added, removed) the
+/// build stops unless `overwrite`, so edits are never lost without a word.
+fn place_sample(
+    root: &Path,
+    raw: &Path,
+    overwrite: bool,
+) -> anyhow::Result<redpack::sample::SampleReport> {
+    let fresh = root.join(".redpack-sample");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh).with_context(|| format!("removing {}", fresh.display()))?;
+    }
+    let mut sample = redpack::sample::write_sample(&fresh, SAMPLE_SEED)
+        .with_context(|| format!("writing the sample corpus to {}", fresh.display()))?;
+    sample.root = raw.to_path_buf();
+    if raw.exists() {
+        match first_difference(&fresh, raw)? {
+            None => {
+                std::fs::remove_dir_all(&fresh)
+                    .with_context(|| format!("removing {}", fresh.display()))?;
+                return Ok(sample);
+            }
+            Some(what) if !overwrite => {
+                let _ = std::fs::remove_dir_all(&fresh);
+                anyhow::bail!(
+                    "{} is not the built-in sample ({what}); it was left as it is. Pass \
+                     --overwrite to replace it with the sample, or build your files with \
+                     --input {} --out DIR",
+                    raw.display(),
+                    raw.display()
+                );
+            }
+            Some(_) => std::fs::remove_dir_all(raw)
+                .with_context(|| format!("removing {}", raw.display()))?,
+        }
+    }
+    std::fs::rename(&fresh, raw)
+        .with_context(|| format!("moving {} to {}", fresh.display(), raw.display()))?;
+    Ok(sample)
+}
+
+/// The files under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&next).with_context(|| format!("reading {}", next.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("reading {}", next.display()))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                out.push(relative.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How `actual` differs from `expected` (first difference), `None` when the trees are equal.
+fn first_difference(expected: &Path, actual: &Path) -> anyhow::Result<Option<String>> {
+    let want = files_under(expected)?;
+    let have = files_under(actual)?;
+    if let Some(extra) = have.iter().find(|p| !want.contains(p)) {
+        return Ok(Some(format!("{} is not in the sample", extra.display())));
+    }
+    for relative in &want {
+        let path = actual.join(relative);
+        if !have.contains(relative) {
+            return Ok(Some(format!("{} is missing", path.display())));
+        }
+        let a = std::fs::read(expected.join(relative))
+            .with_context(|| format!("reading {}", expected.join(relative).display()))?;
+        let b = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if a != b {
+            return Ok(Some(format!("{} was changed", path.display())));
+        }
+    }
+    Ok(None)
 }
 
 fn train_default_tokenizer(
@@ -262,5 +348,10 @@ fn default_build(
         overrides.seq_len = Some(DEFAULT_SEQ_LEN);
     }
     let settings = BuildSettings::resolve(config, overrides, out.to_path_buf())?;
-    build(&settings, &options(args)).with_context(|| format!("building {}", out.display()))
+    // The default's corpora are its own outputs, rebuilt from the checked sample each run.
+    let options = BuildOptions {
+        overwrite: true,
+        ..options(args)
+    };
+    build(&settings, &options).with_context(|| format!("building {}", out.display()))
 }
