@@ -465,6 +465,35 @@ mod tests {
         assert!(problems.is_empty(), "{problems:#?}");
     }
 
+    /// Every saved finding (`fuzz/regressions/TARGET--WHAT/`) replays as `Ok` or an error.
+    #[test]
+    fn saved_regressions_replay_without_panic() {
+        quiet_panics();
+        let scratch = tempfile::tempdir().unwrap();
+        let seeds = std::sync::Arc::new(Seeds::build(&scratch.path().join("seeds")).unwrap());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
+        let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        cases.sort();
+        assert!(
+            cases.len() >= 6,
+            "{} cases in {}",
+            cases.len(),
+            root.display()
+        );
+        for case in cases {
+            let name = case.file_name().unwrap().to_string_lossy().into_owned();
+            let target = name.split("--").next().unwrap();
+            let target = targets::find(target).unwrap_or_else(|| panic!("{name}: no target"));
+            let executor = Executor::new(target, seeds.clone(), Duration::from_secs(60));
+            let outcome = executor.run(&case);
+            assert!(matches!(outcome, Outcome::Done(_)), "{name}: {outcome:?}");
+        }
+    }
+
     #[test]
     fn seeds_are_accepted_unmutated() {
         let scratch = tempfile::tempdir().unwrap();

@@ -611,6 +611,56 @@ fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32
 mod tests {
     use super::*;
 
+    /// The builder refuses what the trainer cannot use, naming the valid range.
+    #[test]
+    fn layouts_the_trainer_cannot_use_are_refused() {
+        let resolve = |config: PipelineConfig, seq_len, prefix_len| {
+            let overrides = Overrides {
+                inputs: vec!["x".into()],
+                seq_len,
+                prefix_len,
+                ..Overrides::default()
+            };
+            BuildSettings::resolve(config, overrides, "o".into()).map(|s| s.pack)
+        };
+        let packed = PipelineConfig::default;
+        for (seq, prefix, wanted) in [
+            (Some(1), None, "seq_len 1 is outside 2..=16777216"),
+            (Some(0), None, "seq_len 0 is outside 2..=16777216"),
+            (Some(u32::MAX), None, "outside 2..=16777216"),
+            (Some(8), Some(8), "prefix_len 8 is outside 1..=7"),
+            (Some(8), Some(0), "prefix_len 0 is outside 1..=7"),
+            (Some(8), Some(u32::MAX), "is outside 1..=7"),
+        ] {
+            let err = resolve(packed(), seq, prefix).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{seq:?}/{prefix:?}: {err}");
+        }
+        assert!(resolve(packed(), Some(2), Some(1)).is_ok());
+        let examples = |input: u32, target: u32| {
+            PipelineConfig::parse(
+                Path::new("f.toml"),
+                &format!(
+                    "[pack]\ntype = \"examples\"\nmax_input_len = {input}\nmax_target_len = {target}\n"
+                ),
+            )
+            .unwrap()
+        };
+        let err = resolve(examples(0, 5), None, None).unwrap_err().to_string();
+        assert!(err.contains("max_input_len 0"), "{err}");
+        let err = resolve(examples(u32::MAX, u32::MAX), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceeds 16777216 tokens"), "{err}");
+        let mut config = packed();
+        config.output.max_shard_tokens = 0;
+        let err = resolve(config, None, None).unwrap_err().to_string();
+        assert!(err.contains("max_shard_tokens must be at least 1"), "{err}");
+        let mut config = packed();
+        config.output.threads = usize::MAX;
+        let err = resolve(config, None, None).unwrap_err().to_string();
+        assert!(err.contains("0 means all cores"), "{err}");
+    }
+
     #[test]
     fn shipped_pipelines_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -683,7 +733,13 @@ mod tests {
         for (docs, len, wanted) in [
             (Some(0), None, "at least 1"),
             (None, Some(100), "needs eval_docs"),
-            (Some(5), Some(10), "shorter than the prefix length 32"),
+            (Some(5), Some(10), "outside 33..=16777216"),
+            (
+                Some(5),
+                Some(32),
+                "keep the prefix length 32 and need a target",
+            ),
+            (Some(5), Some(u32::MAX), "outside 33..=16777216"),
         ] {
             let err = packed(docs, len, Some(64)).unwrap_err().to_string();
             assert!(err.contains(wanted), "{err}");

@@ -130,6 +130,9 @@ fn run_one_stage(
             StageOutcome::Finished(report) => print!("{}", report.summary()),
         }
     }
+    if let StageOutcome::Finished(report) = &outcome {
+        warn_faults(report);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,12 +169,21 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     }
     let report = build(&settings, &options(&args))
         .with_context(|| format!("building {}", settings.out.display()))?;
+    warn_faults(&report);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints, on stderr, each input file whose reading stopped early: its records up to the fault
+/// are in the corpus, the rest counted as rejected (see the manifest's `inputs`).
+fn warn_faults(report: &BuildReport) {
+    for fault in &report.faults {
+        eprintln!("warning: {fault}");
+    }
 }
 
 /// The built-in default: sample → tokenizer → packed corpus and examples corpus.
@@ -199,6 +211,8 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     let flan = raw.join(redpack::sample::FLAN_ROOT);
     let packed = default_build(args, &tokenizer, &redpajama, &root.join("packed"), false)?;
     let examples = default_build(args, &tokenizer, &flan, &root.join("examples"), true)?;
+    warn_faults(&packed);
+    warn_faults(&examples);
     if args.json {
         let both = serde_json::json!({ "packed": packed, "examples": examples });
         println!("{}", serde_json::to_string_pretty(&both)?);
