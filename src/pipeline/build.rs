@@ -155,13 +155,16 @@ fn plan_stage(
     pool: &rayon::ThreadPool,
 ) -> Result<(Plan, DocTokenizer), BuildError> {
     let files = discover_inputs(settings)?;
-    if let PackSettings::Examples { .. } = settings.pack {
-        if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
-            return Err(BuildError::LayoutMismatch {
-                path: file.path.clone(),
-                format: file.format.to_string(),
-            });
+    match settings.pack {
+        PackSettings::Examples { .. } => {
+            if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
+                return Err(BuildError::LayoutMismatch {
+                    path: file.path.clone(),
+                    format: file.format.to_string(),
+                });
+            }
         }
+        PackSettings::Packed { .. } => {}
     }
     if files.len() > MAX_FILES {
         return Err(BuildError::Work {
@@ -388,6 +391,12 @@ fn check_before_writing(
     has_plan: bool,
 ) -> Result<(), BuildError> {
     let out = &settings.out;
+    if options.resume && !has_plan && out.join(MANIFEST_FILE).exists() {
+        return Err(BuildError::ResumeMismatch {
+            dir: out.clone(),
+            why: "it holds a finished corpus, not an interrupted build".into(),
+        });
+    }
     if out.join(MANIFEST_FILE).exists() && !options.overwrite && !(options.resume && has_plan) {
         return Err(BuildError::CorpusExists { dir: out.clone() });
     }

@@ -175,6 +175,16 @@ fn default_max_target_len() -> u32 {
     512
 }
 
+impl PackConfig {
+    /// An examples layout with the study's limits (inputs of 2048 tokens, targets of 512).
+    pub fn examples() -> Self {
+        PackConfig::Examples {
+            max_input_len: default_max_input_len(),
+            max_target_len: default_max_target_len(),
+        }
+    }
+}
+
 impl Default for PackConfig {
     fn default() -> Self {
         PackConfig::Packed {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use redpack_schemas::{
     atomic, CorpusInfo, CorpusWriter, Counts, ExampleMeta, InputEntry, PackingStats, SchemaError,
-    Split, SplitCounts, SplitName, TokenizerInfo, WriterOptions,
+    Split, SplitCounts, SplitName, TokenizerInfo, WriterOptions, MANIFEST_FILE,
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -405,7 +405,19 @@ pub fn finish(
     let per_source = combined_counts(&gathered)?;
     let read: u64 = per_source.values().map(|c| c.records_read).sum();
     let rejected: u64 = per_source.values().map(|c| c.rejected).sum();
-    rejects.write(out)?;
+    // The new corpus is written aside and replaces the one in `out` only once complete; a corpus
+    // in place keeps its own rejects file until then.
+    let staged = work.staged();
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
+    }
+    std::fs::create_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
+    let rejects_dir = if out.join(MANIFEST_FILE).exists() {
+        staged.as_path()
+    } else {
+        out.as_path()
+    };
+    rejects.write(rejects_dir)?;
     let limit = settings.output.max_rejected_fraction;
     if read > 0 && rejected as f64 > limit * read as f64 {
         return Err(BuildError::TooManyRejects {
@@ -413,7 +425,7 @@ pub fn finish(
             read,
             percent: 100.0 * rejected as f64 / read as f64,
             limit,
-            rejects: out.join(REJECTS_FILE),
+            rejects: rejects_dir.join(REJECTS_FILE),
         });
     }
 
@@ -442,11 +454,6 @@ pub fn finish(
         |file: usize, offset: u64| eval.as_ref().is_some_and(|e| e.contains(file, offset));
 
     let layout = settings.pack.layout();
-    // The new corpus is written aside and replaces the one in `out` only once complete.
-    let staged = work.staged();
-    if staged.exists() {
-        std::fs::remove_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
-    }
     let mut writer = CorpusWriter::create(
         &staged,
         WriterOptions {

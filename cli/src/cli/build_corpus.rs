@@ -37,7 +37,8 @@ pub struct BuildCorpusArgs {
     /// Directory the data manifest's paths are relative to (default: the current directory).
     #[arg(long, value_name = "DIR", requires = "data_manifest")]
     pub data_root: Option<PathBuf>,
-    /// Input layout.
+    /// Input layout. Without a pipeline file and --seq-len / --prefix-len, inputs that are all
+    /// FLAN (input/target pairs: --format flan, or found so by auto) build an examples corpus.
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// tokenizer.json to encode with (default: train a byte-level BPE on the inputs).
@@ -59,7 +60,7 @@ pub struct BuildCorpusArgs {
     /// Tokens per row of the packed evaluation corpus (default: 8 x --seq-len).
     #[arg(long, value_name = "N", requires = "eval_docs")]
     pub eval_seq_len: Option<u32>,
-    /// Worker threads (default: all cores). The output does not depend on it.
+    /// Worker threads (default, or 0: all cores). The output does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Keep exact and near duplicates.

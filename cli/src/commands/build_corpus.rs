@@ -155,10 +155,15 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     if args.pipeline.is_none() && args.inputs.is_empty() && args.data_manifest.is_none() {
         return run_default(&args);
     }
-    let config = match &args.pipeline {
+    let mut config = match &args.pipeline {
         Some(path) => PipelineConfig::load(path)?,
         None => PipelineConfig::default(),
     };
+    if auto_examples(&args)? {
+        // As pipelines/flan.toml: FLAN templates make MinHash merge pairs FLAN means to keep.
+        config.pack = PackConfig::examples();
+        config.dedup.near = false;
+    }
     let out = args
         .out
         .clone()
@@ -176,6 +181,40 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A rayon pool of `threads` workers; `None` or 0 means one per core, as everywhere in redpack.
+pub fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
+    let threads = threads.unwrap_or(0);
+    let max = redpack::pipeline::config::MAX_THREADS;
+    anyhow::ensure!(
+        threads <= max,
+        "--threads {threads} is above {max}; 0 means all cores"
+    );
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?)
+}
+
+/// True when nothing fixes the layout (no pipeline file, no `--seq-len`, `--prefix-len` or
+/// `--eval-seq-len`) and every input is FLAN (`--format flan`, or found so by `--format auto`):
+/// then the build makes an examples corpus, the only kind FLAN's input/target pairs fit.
+fn auto_examples(args: &BuildCorpusArgs) -> anyhow::Result<bool> {
+    let layout_given = args.pipeline.is_some()
+        || args.seq_len.is_some()
+        || args.prefix_len.is_some()
+        || args.eval_seq_len.is_some();
+    if layout_given || args.format == Some(FormatArg::Redpajama) {
+        return Ok(false);
+    }
+    if args.format == Some(FormatArg::Flan) {
+        return Ok(true);
+    }
+    if args.inputs.is_empty() {
+        return Ok(false);
+    }
+    let files = redpack::input::discover(&args.inputs, redpack::input::FormatHint::Auto)?;
+    Ok(!files.is_empty() && files.iter().all(|f| f.format.is_flan()))
 }
 
 /// Prints, on stderr, each input file whose reading stopped early: its records up to the fault
@@ -320,9 +359,7 @@ fn train_default_tokenizer(
         vocab_size: DEFAULT_VOCAB,
         ..TrainConfig::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .build()?;
+    let pool = thread_pool(threads)?;
     let fields = redpack::input::FieldMap::default();
     let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
     let path = root.join("tokenizer.json");

@@ -8,6 +8,7 @@ mod build_corpus;
 mod cli_inspect;
 mod eval_grid;
 mod eval_split;
+mod failure;
 mod fetch;
 mod stages;
 mod synth;
