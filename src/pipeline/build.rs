@@ -401,7 +401,7 @@ fn check_before_writing(
         return Err(BuildError::CorpusExists { dir: out.clone() });
     }
     let hint = settings.input.format.hint();
-    match &settings.input.data_manifest {
+    let files = match &settings.input.data_manifest {
         Some(manifest_path) => {
             let root = settings
                 .input
@@ -409,11 +409,14 @@ fn check_before_writing(
                 .as_deref()
                 .unwrap_or(Path::new("."));
             // Sizes only here; the plan stage verifies the checksums.
-            DataManifest::load(manifest_path)?.resolve(root, hint, false)?;
+            DataManifest::load(manifest_path)?
+                .resolve(root, hint, false)?
+                .files
         }
-        None => {
-            input::discover(&settings.input.paths, hint)?;
-        }
+        None => input::discover(&settings.input.paths, hint)?,
+    };
+    for file in &files {
+        super::work::require_utf8(&file.path)?;
     }
     if let Some(path) = &settings.tokenizer.path {
         let config = &settings.tokenizer;

@@ -431,3 +431,23 @@ fn flan_inputs_found_by_auto_build_an_examples_corpus() {
     let first = corpus.example(0).unwrap();
     assert!(first.prefix_len > 0 && (first.prefix_len as usize) < first.tokens.len());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_input_name_is_named_not_blamed_on_the_plan() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    fs::create_dir_all(&input).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jsonl");
+    fs::write(input.join(name), "{\"text\": \"some words here\"}\n").unwrap();
+    let out = dir.path().join("out");
+    let output = redpack(&build(input.to_str().unwrap(), out.to_str().unwrap(), &[]));
+    refused(&output, &["caf", "not valid UTF-8", "rename it"]);
+    assert!(
+        !stderr(&output).contains("plan.json"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!out.exists(), "nothing is written");
+}
