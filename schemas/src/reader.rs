@@ -293,7 +293,27 @@ pub(crate) fn check_inside(dir: &Path, path: &Path) -> Result<()> {
 }
 
 /// Decodes an Arrow IPC file without copying: the arrays borrow the map through `Buffer`.
+///
+/// Arrow's decoder asserts instead of returning errors on some damaged files (buffers past
+/// their block, misaligned buffers); the blocks are checked first ([`check_block`]) and any
+/// assertion left is caught here and reported as a damaged index, so a reader never panics on
+/// a file.
 fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_index_unguarded(path, map)))
+        .unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".to_string());
+            Err(SchemaError::corrupt(
+                path,
+                format!("damaged Arrow index (the decoder failed: {message})"),
+            ))
+        })
+}
+
+fn decode_index_unguarded(path: &Path, map: Mmap) -> Result<IndexColumns> {
     let bad = |what: String| SchemaError::corrupt(path, what);
     let buffer = Buffer::from(bytes::Bytes::from_owner(map));
     let len = buffer.len();
