@@ -299,18 +299,20 @@ pub(crate) fn check_inside(dir: &Path, path: &Path) -> Result<()> {
 /// assertion left is caught here and reported as a damaged index, so a reader never panics on
 /// a file.
 fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_index_unguarded(path, map)))
-        .unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".to_string());
-            Err(SchemaError::corrupt(
-                path,
-                format!("damaged Arrow index (the decoder failed: {message})"),
-            ))
-        })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_index_unguarded(path, map)
+    }))
+    .unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_string());
+        Err(SchemaError::corrupt(
+            path,
+            format!("damaged Arrow index (the decoder failed: {message})"),
+        ))
+    })
 }
 
 fn decode_index_unguarded(path: &Path, map: Mmap) -> Result<IndexColumns> {
