@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     pub file: Arc<str>,
-    /// 1-based line number for JSONL inputs; 0-based row number for Parquet inputs.
+    /// Line of a JSONL input or row of a Parquet input, both counted from 1.
     pub line: u64,
 }
 
@@ -74,6 +74,10 @@ pub enum RejectReason {
     UnreadableParquet,
     /// A JSONL line longer than the reader's cap (64 MiB by default); skipped, not loaded.
     LineTooLong,
+    /// A file, or the rest of one, that could not be read at all (cannot be opened, not a
+    /// Parquet file, a compressed stream that fails between lines): one reject for the part
+    /// that was lost, so the file counts in the rejected fraction.
+    UnreadableFile,
 }
 
 impl RejectReason {
@@ -87,6 +91,7 @@ impl RejectReason {
             RejectReason::TruncatedFile => "truncated_file",
             RejectReason::UnreadableParquet => "unreadable_parquet",
             RejectReason::LineTooLong => "line_too_long",
+            RejectReason::UnreadableFile => "unreadable_file",
         }
     }
 }

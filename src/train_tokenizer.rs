@@ -53,11 +53,17 @@ pub enum TrainError {
     Train { message: String },
     #[error("vocab_size {vocab_size} is too small: it must exceed the 256 byte tokens plus the special tokens")]
     VocabTooSmall { vocab_size: usize },
+    #[error("vocab_size {vocab_size} is too large: at most {MAX_VOCAB} entries are supported")]
+    VocabTooLarge { vocab_size: usize },
     #[error("no text to train a tokenizer on: the inputs hold no readable records")]
     NoText,
     #[error("{path}: cannot write tokenizer: {message}")]
     Write { path: PathBuf, message: String },
 }
+
+/// Largest vocabulary `train_bpe` builds: far above any used in practice (the study's is 32,768)
+/// and small enough that the trainer's tables fit in memory.
+pub const MAX_VOCAB: usize = 1 << 22;
 
 /// Trains a byte-level BPE tokenizer on `texts` (in order).
 pub fn train_bpe<I, S>(texts: I, config: &TrainConfig) -> Result<Tokenizer, TrainError>
@@ -67,6 +73,11 @@ where
 {
     if config.vocab_size <= 258 {
         return Err(TrainError::VocabTooSmall {
+            vocab_size: config.vocab_size,
+        });
+    }
+    if config.vocab_size > MAX_VOCAB {
+        return Err(TrainError::VocabTooLarge {
             vocab_size: config.vocab_size,
         });
     }

@@ -105,7 +105,7 @@ fn shared_flan_gzip_jsonl_and_parquet() {
     let parquet = one_file(shared(FLAN_PARQUET));
     assert_eq!(parquet.format, InputFormat::FlanParquet);
     assert_eq!((&*gz.source, &*parquet.source), ("cot_zsopt", "cot_zsopt"));
-    for (file, first_line) in [(&gz, 1), (&parquet, 0)] {
+    for (file, first_line) in [(&gz, 1), (&parquet, 1)] {
         let (items, fault) = read_all(file, &FieldMap::default());
         assert!(fault.is_none());
         assert_eq!(records(&items), 400, "{}", file.display);
@@ -169,12 +169,18 @@ fn truncated_zstd_keeps_what_preceded_and_rejects_the_cut_line() {
     );
     assert_eq!(fault.records_before, records(&items) as u64);
     assert!(fault.to_string().contains("en_head_0091"), "{fault}");
-    // Either the cut fell inside a line (rejected as truncated) or between lines.
-    let truncated = reject_counts(&items)
+    // Either the cut fell inside a line (rejected as truncated) or between lines (the lost
+    // rest is one unreadable_file reject).
+    let counts = reject_counts(&items);
+    let truncated = counts
         .get(&RejectReason::TruncatedFile)
         .copied()
-        .unwrap_or(0);
-    assert!(truncated <= 1);
+        .unwrap_or(0)
+        + counts
+            .get(&RejectReason::UnreadableFile)
+            .copied()
+            .unwrap_or(0);
+    assert_eq!(truncated, 1);
     assert_eq!(items.len(), records(&items) + truncated as usize);
 }
 
@@ -272,8 +278,14 @@ fn parquet_column_mapping_and_faults() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("part.0.parquet");
     std::fs::write(&path, b"PAR1 this is not really parquet PAR1").unwrap();
+    // The whole file counts as one `unreadable_file` reject, so it weighs in the rejected
+    // fraction of a build.
     let (items, fault) = read_all(&one_file(path), &FieldMap::default());
-    assert!(items.is_empty());
+    assert_eq!(
+        reject_counts(&items).get(&RejectReason::UnreadableFile),
+        Some(&1)
+    );
+    assert_eq!(items.len(), 1);
     assert!(fault.unwrap().message.contains("Parquet"));
 }
 
@@ -303,7 +315,7 @@ fn parquet_corrupt_pages_become_rejects_without_losing_row_count() {
             Item::Record(r) => r.place.line,
             Item::Reject(r) => r.place.line,
         };
-        assert_eq!(line, row as u64);
+        assert_eq!(line, row as u64 + 1, "rows are counted from 1, like lines");
     }
 }
 
@@ -529,4 +541,35 @@ fn shipped_data_manifests_parse_and_describe_the_published_layouts() {
     );
     let flan = DataManifest::load(&root.join("flan.toml")).unwrap();
     assert_eq!(flan.subsets.len(), 14);
+}
+
+/// A compressed file whose stream fails before any line (random bytes with a `.jsonl.gz` or
+/// `.jsonl.zst` name) is one `unreadable_file` reject and a fault, never an empty success.
+#[test]
+fn unreadable_compressed_file_is_one_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "redpajama/arxiv/junk.jsonl.gz",
+        "redpajama/arxiv/junk.jsonl.zst",
+    ] {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            b"\x1f\x8b\x08 not gzip and not zstd at all, just bytes",
+        )
+        .unwrap();
+        let file = InputFile {
+            format: redpack::input::detect_format(&path, FormatHint::RedPajama).unwrap(),
+            ..one_file(path)
+        };
+        let (items, fault) = read_all(&file, &FieldMap::default());
+        assert!(fault.is_some(), "{name}");
+        assert_eq!(items.len(), 1, "{name}");
+        let Item::Reject(reject) = &items[0] else {
+            panic!("{name}: not a reject")
+        };
+        assert_eq!(reject.reason, RejectReason::UnreadableFile, "{name}");
+        assert_eq!(reject.place.line, 1);
+    }
 }

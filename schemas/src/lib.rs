@@ -19,7 +19,7 @@ pub use error::{Result, SchemaError};
 pub use index::index_schema;
 pub use manifest::{
     Counts, InputEntry, Kind, Layout, Manifest, PackingStats, ShardEntry, Split, SplitCounts,
-    SplitName, TokenizerInfo, FORMAT_VERSION, MANIFEST_FILE,
+    SplitName, TokenizerInfo, FORMAT_VERSION, MANIFEST_FILE, MAX_SEQ_LEN,
 };
 pub use mmap::Mmap;
 pub use reader::{Corpus, Example};
@@ -28,6 +28,6 @@ pub use tokens::{
 };
 pub use verify::VerifyReport;
 pub use writer::{
-    hash_file, hex, shard_file_names, CorpusInfo, CorpusWriter, ExampleMeta, WriterOptions,
-    DEFAULT_MAX_SHARD_TOKENS,
+    hash_file, hex, remove_old_shards, shard_file_names, CorpusInfo, CorpusWriter, ExampleMeta,
+    WriterOptions, DEFAULT_MAX_SHARD_TOKENS,
 };

@@ -49,7 +49,57 @@ pub enum Layout {
     },
 }
 
+/// Longest example (packed row, or input plus target) a corpus may be built with. Far above any
+/// context the study trains (2,048 tokens; 16,384 for evaluation), and low enough that a row
+/// buffer always fits in memory.
+pub const MAX_SEQ_LEN: u32 = 1 << 24;
+
 impl Layout {
+    /// Checks that the trainer can use every example of this layout, whichever architecture
+    /// reads it: a row needs at least two tokens (one to condition on, one to score), and
+    /// RedLLM needs a non-empty encoder input (the prefix, or an example's input) and a
+    /// non-empty target. `Err` names the setting and its valid range.
+    pub fn check_trainable(&self) -> std::result::Result<(), String> {
+        match *self {
+            Layout::Packed {
+                seq_len,
+                prefix_len,
+            } => {
+                if !(2..=MAX_SEQ_LEN).contains(&seq_len) {
+                    return Err(format!(
+                        "seq_len {seq_len} is outside 2..={MAX_SEQ_LEN}: a training row needs at \
+                         least one token to condition on and one to score"
+                    ));
+                }
+                if prefix_len == 0 || prefix_len >= seq_len {
+                    return Err(format!(
+                        "prefix_len {prefix_len} is outside 1..={} (1 to seq_len - 1): RedLLM \
+                         needs at least one encoder input token and one target token per row",
+                        seq_len - 1
+                    ));
+                }
+            }
+            Layout::Examples {
+                max_input_len,
+                max_target_len,
+            } => {
+                if max_input_len == 0 || max_target_len == 0 {
+                    return Err(format!(
+                        "max_input_len {max_input_len} and max_target_len {max_target_len} must \
+                         both be at least 1: RedLLM needs an encoder input and a target"
+                    ));
+                }
+                if u64::from(max_input_len) + u64::from(max_target_len) > u64::from(MAX_SEQ_LEN) {
+                    return Err(format!(
+                        "max_input_len {max_input_len} + max_target_len {max_target_len} exceeds \
+                         {MAX_SEQ_LEN} tokens"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Layout::Packed { .. } => Kind::Packed,
@@ -135,19 +185,24 @@ pub struct Counts {
 impl Counts {
     /// `Err` with a description when the record invariant does not hold.
     pub fn check_invariant(&self) -> std::result::Result<(), String> {
-        let accounted = self.kept
-            + self.exact_duplicates
-            + self.near_duplicates
-            + self.filtered
-            + self.rejected;
-        if accounted != self.records_read {
+        // In u128: the fields come from a file and must not overflow the check.
+        let accounted = u128::from(self.kept)
+            + u128::from(self.exact_duplicates)
+            + u128::from(self.near_duplicates)
+            + u128::from(self.filtered)
+            + u128::from(self.rejected);
+        if accounted != u128::from(self.records_read) {
             return Err(format!(
                 "records_read {} != kept {} + exact_duplicates {} + near_duplicates {} + filtered {} + rejected {} (= {accounted})",
                 self.records_read, self.kept, self.exact_duplicates, self.near_duplicates, self.filtered, self.rejected
             ));
         }
-        let by_reason: u64 = self.rejected_by_reason.values().sum();
-        if by_reason != self.rejected {
+        let by_reason: u128 = self
+            .rejected_by_reason
+            .values()
+            .map(|&n| u128::from(n))
+            .sum();
+        if by_reason != u128::from(self.rejected) {
             return Err(format!(
                 "rejected {} != sum of rejected_by_reason {by_reason}",
                 self.rejected
@@ -158,17 +213,19 @@ impl Counts {
 
     /// Adds `other` into `self`, field by field.
     pub fn add(&mut self, other: &Counts) {
-        self.records_read += other.records_read;
-        self.kept += other.kept;
-        self.exact_duplicates += other.exact_duplicates;
-        self.near_duplicates += other.near_duplicates;
-        self.filtered += other.filtered;
-        self.rejected += other.rejected;
+        // Saturating: counts read from a file may be anything; real counts never come near.
+        self.records_read = self.records_read.saturating_add(other.records_read);
+        self.kept = self.kept.saturating_add(other.kept);
+        self.exact_duplicates = self.exact_duplicates.saturating_add(other.exact_duplicates);
+        self.near_duplicates = self.near_duplicates.saturating_add(other.near_duplicates);
+        self.filtered = self.filtered.saturating_add(other.filtered);
+        self.rejected = self.rejected.saturating_add(other.rejected);
         for (reason, n) in &other.rejected_by_reason {
-            *self.rejected_by_reason.entry(reason.clone()).or_default() += n;
+            let slot = self.rejected_by_reason.entry(reason.clone()).or_default();
+            *slot = slot.saturating_add(*n);
         }
-        self.tokens += other.tokens;
-        self.examples += other.examples;
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.examples = self.examples.saturating_add(other.examples);
     }
 }
 
@@ -270,7 +327,7 @@ impl Split {
         sources: &BTreeMap<String, Counts>,
     ) -> std::result::Result<(), String> {
         let documents = self.documents;
-        if documents.train + documents.eval != counts.kept {
+        if u128::from(documents.train) + u128::from(documents.eval) != u128::from(counts.kept) {
             return Err(format!(
                 "split: train {} + eval {} != kept {}",
                 documents.train, documents.eval, counts.kept
@@ -279,14 +336,14 @@ impl Split {
         let mut sum = SplitCounts::default();
         for (name, side) in &self.sources {
             let kept = sources.get(name).map_or(0, |c| c.kept);
-            if side.train + side.eval != kept {
+            if u128::from(side.train) + u128::from(side.eval) != u128::from(kept) {
                 return Err(format!(
                     "split: source {name}: train {} + eval {} != kept {kept}",
                     side.train, side.eval
                 ));
             }
-            sum.train += side.train;
-            sum.eval += side.eval;
+            sum.train = sum.train.saturating_add(side.train);
+            sum.eval = sum.eval.saturating_add(side.eval);
         }
         if let Some((name, c)) = sources
             .iter()
@@ -338,9 +395,75 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(head).map_err(|e| {
+        let manifest: Manifest = serde_json::from_value(head).map_err(|e| {
             SchemaError::corrupt(&path, format!("manifest does not match the format: {e}"))
-        })
+        })?;
+        manifest
+            .check_fields()
+            .map_err(|what| SchemaError::corrupt(&path, what))?;
+        Ok(manifest)
+    }
+
+    /// Checks what the manifest says about itself: every file it names is a plain file name
+    /// inside the corpus folder (no path separator, no `..`, not absolute), the kind agrees with
+    /// the layout, the token width with the vocabulary, the special ids lie in the vocabulary.
+    pub fn check_fields(&self) -> std::result::Result<(), String> {
+        let mut names = vec![("tokenizer.file".to_string(), self.tokenizer.file.as_str())];
+        for (i, shard) in self.shards.iter().enumerate() {
+            names.push((format!("shards[{i}].tokens_file"), &shard.tokens_file));
+            names.push((format!("shards[{i}].index_file"), &shard.index_file));
+        }
+        for (field, name) in names {
+            if !is_plain_file_name(name) {
+                return Err(format!(
+                    "{field} {name:?} is not a file name inside the corpus folder (paths that \
+                     leave the folder are refused)"
+                ));
+            }
+        }
+        if let Some(split) = &self.split {
+            let expected = match split.split {
+                SplitName::Train => "eval",
+                SplitName::Eval => "..",
+            };
+            if split.counterpart != expected {
+                return Err(format!(
+                    "split.counterpart {:?} is not {expected:?} (the {} side's counterpart)",
+                    split.counterpart,
+                    split.split.name()
+                ));
+            }
+        }
+        if self.kind != self.layout.kind() {
+            return Err(format!(
+                "kind {:?} disagrees with the layout, which is {:?}",
+                self.kind.name(),
+                self.layout.kind().name()
+            ));
+        }
+        let vocab = self.tokenizer.vocab_size;
+        if vocab == 0 {
+            return Err("tokenizer.vocab_size is 0".into());
+        }
+        let width = TokenDtype::for_vocab(vocab);
+        if self.token_dtype != width {
+            return Err(format!(
+                "token_dtype {} does not match tokenizer.vocab_size {vocab} (which needs {})",
+                self.token_dtype.name(),
+                width.name()
+            ));
+        }
+        for (field, id) in [
+            ("eod_id", self.tokenizer.eod_id),
+            ("pad_id", self.tokenizer.pad_id),
+        ] {
+            if id >= vocab {
+                return Err(format!(
+                    "tokenizer.{field} {id} is not below tokenizer.vocab_size {vocab}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The manifest as written: pretty JSON with a trailing newline.
@@ -349,4 +472,13 @@ impl Manifest {
         out.push(b'\n');
         Ok(out)
     }
+}
+
+/// A single normal path component: what the writer uses for every file of a corpus.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !std::path::Path::new(name).is_absolute()
 }

@@ -190,6 +190,8 @@ impl Corpus {
 fn open_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> Result<Shard> {
     let tokens_path = dir.join(&entry.tokens_file);
     let index_path = dir.join(&entry.index_file);
+    check_inside(dir, &tokens_path)?;
+    check_inside(dir, &index_path)?;
     let tokens_map = Mmap::open(&tokens_path)?;
     let header = TokensHeader::decode(&tokens_path, tokens_map.as_slice())?;
     if header.dtype != manifest.token_dtype {
@@ -266,8 +268,54 @@ fn open_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> Result<Sha
     })
 }
 
+/// Refuses a corpus file that is a symbolic link to somewhere outside the corpus folder (the
+/// manifest's own names are plain file names; see [`Manifest::check_fields`]).
+pub(crate) fn check_inside(dir: &Path, path: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(());
+    }
+    let root = dir.canonicalize().map_err(|e| SchemaError::io(dir, e))?;
+    let target = path.canonicalize().map_err(|e| SchemaError::io(path, e))?;
+    if target.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(SchemaError::corrupt(
+            path,
+            format!(
+                "is a symbolic link to {}, outside the corpus folder {}; corpus files must lie \
+                 inside it",
+                target.display(),
+                root.display()
+            ),
+        ))
+    }
+}
+
 /// Decodes an Arrow IPC file without copying: the arrays borrow the map through `Buffer`.
+///
+/// Arrow's decoder asserts instead of returning errors on some damaged files (buffers past
+/// their block, misaligned buffers); the blocks are checked first ([`check_block`]) and any
+/// assertion left is caught here and reported as a damaged index, so a reader never panics on
+/// a file.
 fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_index_unguarded(path, map)
+    }))
+    .unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_string());
+        Err(SchemaError::corrupt(
+            path,
+            format!("damaged Arrow index (the decoder failed: {message})"),
+        ))
+    })
+}
+
+fn decode_index_unguarded(path: &Path, map: Mmap) -> Result<IndexColumns> {
     let bad = |what: String| SchemaError::corrupt(path, what);
     let buffer = Buffer::from(bytes::Bytes::from_owner(map));
     let len = buffer.len();
@@ -306,6 +354,7 @@ fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
     };
     for block in footer.dictionaries().iter().flatten() {
         let data = block_bytes(block)?;
+        check_block(block, &data).map_err(bad)?;
         decoder
             .read_dictionary(block, &data)
             .map_err(|e| bad(format!("Arrow dictionary: {e}")))?;
@@ -321,9 +370,55 @@ fn decode_index(path: &Path, map: Mmap) -> Result<IndexColumns> {
         )));
     }
     let data = block_bytes(&blocks[0])?;
+    check_block(&blocks[0], &data).map_err(bad)?;
     let batch = decoder
         .read_record_batch(&blocks[0], &data)
         .map_err(|e| bad(format!("Arrow record batch: {e}")))?
         .ok_or_else(|| bad("Arrow record batch is empty".into()))?;
     IndexColumns::from_batch(&batch).map_err(bad)
+}
+
+/// Checks one IPC block before Arrow decodes it: its message parses and every buffer it names
+/// lies inside the block's body. Arrow's decoder slices those buffers unchecked and panics on
+/// one that runs past the body, so a damaged index whose manifest checksum was updated to match
+/// would otherwise bring the reader down instead of being reported.
+fn check_block(block: &arrow_ipc::Block, data: &Buffer) -> std::result::Result<(), String> {
+    let meta_len = usize::try_from(block.metaDataLength())
+        .ok()
+        .filter(|&m| m >= 8 && m <= data.len())
+        .ok_or_else(|| {
+            format!(
+                "Arrow block metadata length {} is outside its block",
+                block.metaDataLength()
+            )
+        })?;
+    let body_len = (data.len() - meta_len) as u64;
+    let skip = if data[..4] == [0xff; 4] { 8 } else { 4 };
+    let message = arrow_ipc::root_as_message(&data[skip..])
+        .map_err(|e| format!("invalid Arrow message: {e}"))?;
+    let buffers = match message.header_type() {
+        arrow_ipc::MessageHeader::RecordBatch => {
+            message.header_as_record_batch().and_then(|b| b.buffers())
+        }
+        arrow_ipc::MessageHeader::DictionaryBatch => message
+            .header_as_dictionary_batch()
+            .and_then(|d| d.data())
+            .and_then(|b| b.buffers()),
+        other => return Err(format!("unexpected Arrow message type {other:?}")),
+    };
+    for (i, b) in buffers.iter().flatten().enumerate() {
+        let inside = u64::try_from(b.offset())
+            .ok()
+            .zip(u64::try_from(b.length()).ok())
+            .and_then(|(o, l)| o.checked_add(l))
+            .is_some_and(|end| end <= body_len);
+        if !inside {
+            return Err(format!(
+                "Arrow buffer {i} (offset {}, length {}) runs past its block's body of {body_len} bytes",
+                b.offset(),
+                b.length()
+            ));
+        }
+    }
+    Ok(())
 }

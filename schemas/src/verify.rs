@@ -1,5 +1,7 @@
 //! Full verification of a corpus: checksums of every file and every structural invariant.
 
+use std::collections::HashMap;
+
 use crate::error::{Result, SchemaError};
 use crate::manifest::{Layout, MANIFEST_FILE};
 use crate::reader::Corpus;
@@ -14,7 +16,85 @@ pub struct VerifyReport {
     pub bytes_hashed: u64,
 }
 
+/// The ids of a `tokenizer.json`: its model's vocabulary (a token → id map, or a Unigram list
+/// whose index is the id) and its added tokens.
+fn tokenizer_ids(doc: &serde_json::Value) -> Option<HashMap<String, u64>> {
+    let mut ids = HashMap::new();
+    match doc.get("model")?.get("vocab")? {
+        serde_json::Value::Object(map) => {
+            for (token, id) in map {
+                ids.insert(token.clone(), id.as_u64()?);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (id, item) in items.iter().enumerate() {
+                ids.insert(item.get(0)?.as_str()?.to_string(), id as u64);
+            }
+        }
+        _ => return None,
+    }
+    for added in doc.get("added_tokens")?.as_array()? {
+        ids.insert(
+            added.get("content")?.as_str()?.to_string(),
+            added.get("id")?.as_u64()?,
+        );
+    }
+    Some(ids)
+}
+
 impl Corpus {
+    /// Checks the tokenizer copy against the manifest: its sha256, the vocabulary size (largest
+    /// id + 1) and the ids of the EOD and padding tokens. Returns the bytes hashed.
+    fn verify_tokenizer(&self) -> Result<u64> {
+        let info = &self.manifest().tokenizer;
+        let path = self.tokenizer_path();
+        crate::reader::check_inside(self.dir(), &path)?;
+        let (bytes, got) = hash_file(&path)?;
+        if got != info.sha256 {
+            return Err(SchemaError::corrupt(
+                &path,
+                format!("sha256 {got} does not match the manifest's {}", info.sha256),
+            ));
+        }
+        let text = std::fs::read(&path).map_err(|e| SchemaError::io(&path, e))?;
+        let ids = serde_json::from_slice(&text)
+            .ok()
+            .and_then(|doc: serde_json::Value| tokenizer_ids(&doc))
+            .ok_or_else(|| {
+                SchemaError::corrupt(&path, "not a tokenizer.json with a readable vocabulary")
+            })?;
+        let vocab = ids.values().max().map_or(0, |&m| m.saturating_add(1));
+        let manifest_path = self.dir().join(MANIFEST_FILE);
+        if vocab != u64::from(info.vocab_size) {
+            return Err(SchemaError::corrupt(
+                &manifest_path,
+                format!(
+                    "tokenizer.vocab_size {} disagrees with {}, whose largest id is {}",
+                    info.vocab_size,
+                    path.display(),
+                    vocab.saturating_sub(1)
+                ),
+            ));
+        }
+        for (field, token, id) in [
+            ("eod", &info.eod_token, info.eod_id),
+            ("pad", &info.pad_token, info.pad_id),
+        ] {
+            let actual = ids.get(token.as_str()).copied();
+            if actual != Some(u64::from(id)) {
+                return Err(SchemaError::corrupt(
+                    &manifest_path,
+                    format!(
+                        "tokenizer.{field}_id {id} disagrees with {}, where {token:?} has id {}",
+                        path.display(),
+                        actual.map_or("none".to_string(), |a| a.to_string())
+                    ),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Recomputes every checksum and checks every invariant: offsets and lengths within the token
     /// file, examples not overlapping, prefix ≤ length, the packed layout, document starts inside
     /// their example, token ids below the vocabulary size, and the counts against the manifest.
@@ -24,6 +104,7 @@ impl Corpus {
         let manifest_path = self.dir().join(MANIFEST_FILE);
         let vocab = manifest.tokenizer.vocab_size;
         let mut report = VerifyReport::default();
+        report.bytes_hashed += self.verify_tokenizer()?;
         for (s, entry) in manifest.shards.iter().enumerate() {
             let shard = self.shard(s);
             for (path, want) in [
@@ -61,7 +142,7 @@ impl Corpus {
                         "offset {offset} overlaps the previous example (which ends at {covered_to})"
                     )));
                 }
-                covered_to = offset + ex.tokens.len() as u64;
+                covered_to = offset.saturating_add(ex.tokens.len() as u64);
                 if let Layout::Packed {
                     seq_len,
                     prefix_len,
@@ -100,8 +181,8 @@ impl Corpus {
                 ));
             }
             report.shards += 1;
-            report.examples += entry.examples;
-            report.tokens += entry.tokens;
+            report.examples = report.examples.saturating_add(entry.examples);
+            report.tokens = report.tokens.saturating_add(entry.tokens);
             progress(s);
         }
         let counts = &manifest.counts;
@@ -115,7 +196,9 @@ impl Corpus {
                 report.examples, counts.examples
             )));
         }
-        let stored = counts.tokens + manifest.packing.padding_tokens;
+        let stored = counts
+            .tokens
+            .saturating_add(manifest.packing.padding_tokens);
         if report.tokens != stored {
             return Err(disagree(format!(
                 "shards hold {} tokens; counts.tokens + packing.padding_tokens = {stored}",

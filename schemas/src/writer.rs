@@ -325,7 +325,8 @@ fn encode_ipc(
 }
 
 /// Removes shard files (and their temporaries) left by an earlier build in `dir`.
-fn remove_old_shards(dir: &Path) -> Result<()> {
+/// Removes the shard files (and leftover temporaries) of `dir`, nothing else.
+pub fn remove_old_shards(dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| SchemaError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| SchemaError::io(dir, e))?;

@@ -225,6 +225,9 @@ impl Iterator for JsonlStream {
     type Item = Item;
 
     fn next(&mut self) -> Option<Item> {
+        if self.fault.is_some() {
+            return None;
+        }
         let context = &self.context;
         let item = loop {
             let line_no = self.lines.line_no() + 1;
@@ -246,8 +249,10 @@ impl Iterator for JsonlStream {
                     break item;
                 }
                 LineEvent::Failed(error) => {
-                    self.fault = Some(fault(context, self.items, self.lines.consumed(), &error));
-                    return None;
+                    let fault = fault(context, self.items, self.lines.consumed(), &error);
+                    let detail = format!("the rest of the file is unreadable: {}", fault.message);
+                    self.fault = Some(fault);
+                    break context.reject(line_no, RejectReason::UnreadableFile, detail, &[]);
                 }
             }
         };

@@ -82,7 +82,9 @@ impl ParquetStream {
             bytes_read: 0,
             fault: None,
         };
-        match ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new()) {
+        match guarded(|| {
+            ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new()).map_err(|e| e.to_string())
+        }) {
             Ok(metadata) => {
                 let names: Vec<&str> = metadata
                     .schema()
@@ -122,11 +124,13 @@ impl ParquetStream {
                 stream.metadata = Some(metadata);
             }
             Err(err) => {
+                let message = format!("unreadable Parquet footer: {err}");
+                stream.pending = (1, RejectReason::UnreadableFile, message.clone());
                 stream.fault = Some(FileFault {
                     file: Arc::clone(&stream.file),
                     records_before: 0,
                     bytes_before: 0,
-                    message: format!("unreadable Parquet footer: {err}"),
+                    message,
                 });
             }
         }
@@ -181,12 +185,14 @@ impl ParquetStream {
                 let roots: Vec<usize> = (0..schema.root_schema().get_fields().len())
                     .filter(|&i| wanted.contains(&schema.root_schema().get_fields()[i].name()))
                     .collect();
-                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                    .with_row_groups(vec![index])
-                    .with_projection(ProjectionMask::roots(schema, roots))
-                    .with_batch_size(BATCH_ROWS)
-                    .build()
-                    .map_err(|e| e.to_string())
+                guarded(|| {
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                        .with_row_groups(vec![index])
+                        .with_projection(ProjectionMask::roots(schema, roots))
+                        .with_batch_size(BATCH_ROWS)
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
             });
         match built {
             Ok(reader) => self.reader = Some(reader),
@@ -206,10 +212,11 @@ impl ParquetStream {
         self.batch = None;
     }
 
+    /// The place of the row about to be yielded, counted from 1 like JSONL lines.
     fn place(&self) -> Place {
         Place {
             file: Arc::clone(&self.file),
-            line: self.row,
+            line: self.row + 1,
         }
     }
 
@@ -299,7 +306,6 @@ impl Iterator for ParquetStream {
     type Item = Item;
 
     fn next(&mut self) -> Option<Item> {
-        self.metadata.as_ref()?;
         loop {
             if self.pending.0 > 0 {
                 self.pending.0 -= 1;
@@ -307,6 +313,7 @@ impl Iterator for ParquetStream {
                 self.row += 1;
                 return Some(item);
             }
+            self.metadata.as_ref()?;
             if let Some((batch, index)) = self.batch.take() {
                 if index < batch.num_rows() {
                     let item = self.row_item(&batch, index);
@@ -317,9 +324,10 @@ impl Iterator for ParquetStream {
                 }
             }
             if let Some(reader) = self.reader.as_mut() {
-                match reader.next() {
+                let next = guarded(|| Ok(reader.next().map(|r| r.map_err(|e| e.to_string()))));
+                match next.and_then(|n| n.transpose()).transpose() {
                     Some(Ok(batch)) => self.batch = Some((batch, 0)),
-                    Some(Err(err)) => self.fail_row_group(self.next_row_group - 1, err.to_string()),
+                    Some(Err(err)) => self.fail_row_group(self.next_row_group - 1, err),
                     None if self.group_rows_left > 0 => {
                         let message = format!("ended {} rows early", self.group_rows_left);
                         self.fail_row_group(self.next_row_group - 1, message);
@@ -335,4 +343,21 @@ impl Iterator for ParquetStream {
             return None;
         }
     }
+}
+
+/// Runs a call into the Parquet decoder, turning a panic into an error. The decoder asserts
+/// on some corrupt metadata and pages (negative column offsets, bitmaps shorter than their
+/// rows) instead of returning an error; a damaged input file must end as a reject, never bring
+/// the build down.
+fn guarded<T>(call: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(format!(
+            "the Parquet decoder failed on corrupt data: {message}"
+        ))
+    })
 }

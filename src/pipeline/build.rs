@@ -99,27 +99,9 @@ fn thread_pool(settings: &BuildSettings) -> Result<rayon::ThreadPool, BuildError
         })
 }
 
-/// Removes the earlier build's results (the manifest first, so the directory never looks
-/// complete) and the work directory's contents, keeping its locks.
-fn start_fresh(settings: &BuildSettings, work: &WorkDir) -> Result<(), BuildError> {
-    let manifest = settings.out.join(MANIFEST_FILE);
-    match std::fs::remove_file(&manifest) {
-        Ok(()) => redpack_schemas::atomic::sync_dir(&manifest)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(BuildError::io(&manifest, e)),
-    }
-    // An evaluation corpus an earlier build left: its manifest goes too (only one that says it
-    // is the evaluation side of a split, so nothing else under OUT/eval is touched).
-    let eval_dir = settings.out.join(super::split::EVAL_DIR);
-    let is_eval_side = redpack_schemas::Manifest::load(&eval_dir).is_ok_and(|m| {
-        m.split
-            .is_some_and(|s| s.split == redpack_schemas::SplitName::Eval)
-    });
-    if is_eval_side {
-        let eval_manifest = eval_dir.join(MANIFEST_FILE);
-        std::fs::remove_file(&eval_manifest).map_err(|e| BuildError::io(&eval_manifest, e))?;
-        redpack_schemas::atomic::sync_dir(&eval_manifest)?;
-    }
+/// Clears the work directory's contents, keeping its locks. The corpus in the output directory
+/// is not touched: the new one replaces it only once complete (see [`super::publish`]).
+fn start_fresh(work: &WorkDir) -> Result<(), BuildError> {
     if work.exists() {
         let entries = std::fs::read_dir(work.root()).map_err(|e| BuildError::io(work.root(), e))?;
         for entry in entries {
@@ -173,13 +155,16 @@ fn plan_stage(
     pool: &rayon::ThreadPool,
 ) -> Result<(Plan, DocTokenizer), BuildError> {
     let files = discover_inputs(settings)?;
-    if let PackSettings::Examples { .. } = settings.pack {
-        if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
-            return Err(BuildError::LayoutMismatch {
-                path: file.path.clone(),
-                format: file.format.to_string(),
-            });
+    match settings.pack {
+        PackSettings::Examples { .. } => {
+            if let Some(file) = files.iter().find(|f| !f.format.is_flan()) {
+                return Err(BuildError::LayoutMismatch {
+                    path: file.path.clone(),
+                    format: file.format.to_string(),
+                });
+            }
         }
+        PackSettings::Packed { .. } => {}
     }
     if files.len() > MAX_FILES {
         return Err(BuildError::Work {
@@ -397,13 +382,62 @@ fn remove_work(work: &WorkDir) {
     let _ = std::fs::remove_dir_all(work.root());
 }
 
+/// What can be checked before anything is written: a corpus already in the output directory
+/// needs `overwrite` (a resumed build continues one that was allowed to start), the inputs
+/// must exist and a given tokenizer must load.
+fn check_before_writing(
+    settings: &BuildSettings,
+    options: &BuildOptions,
+    has_plan: bool,
+) -> Result<(), BuildError> {
+    let out = &settings.out;
+    if options.resume && !has_plan && out.join(MANIFEST_FILE).exists() {
+        return Err(BuildError::ResumeMismatch {
+            dir: out.clone(),
+            why: "it holds a finished corpus, not an interrupted build".into(),
+        });
+    }
+    if out.join(MANIFEST_FILE).exists() && !options.overwrite && !(options.resume && has_plan) {
+        return Err(BuildError::CorpusExists { dir: out.clone() });
+    }
+    let hint = settings.input.format.hint();
+    let files = match &settings.input.data_manifest {
+        Some(manifest_path) => {
+            let root = settings
+                .input
+                .data_root
+                .as_deref()
+                .unwrap_or(Path::new("."));
+            // Sizes only here; the plan stage verifies the checksums.
+            DataManifest::load(manifest_path)?
+                .resolve(root, hint, false)?
+                .files
+        }
+        None => input::discover(&settings.input.paths, hint)?,
+    };
+    for file in &files {
+        super::work::require_utf8(&file.path)?;
+    }
+    if let Some(path) = &settings.tokenizer.path {
+        let config = &settings.tokenizer;
+        DocTokenizer::from_file(
+            path,
+            config.eod_token.as_deref(),
+            config.pad_token.as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Runs a whole build into `settings.out` in this process and returns its report. With
 /// `options.resume`, continues an interrupted build of the same inputs and settings.
 pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
     let out = &settings.out;
-    std::fs::create_dir_all(out).map_err(|e| BuildError::io(out, e))?;
     let work = WorkDir::new(out);
+    let has_plan = work.plan().exists();
+    check_before_writing(settings, options, has_plan)?;
+    std::fs::create_dir_all(out).map_err(|e| BuildError::io(out, e))?;
     work.create_dirs()?;
     let _lock = Locks::exclusive(&work)?;
     let has_plan = work.plan().exists();
@@ -414,7 +448,7 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         });
     }
     if !options.resume || !has_plan {
-        start_fresh(settings, &work)?;
+        start_fresh(&work)?;
     }
     let pool = thread_pool(settings)?;
     let (plan, tokenizer) = plan_stage(settings, &work, &pool)?;
@@ -499,7 +533,8 @@ pub fn run_stage(
     if stage == Stage::Plan {
         let _lock = Locks::exclusive(&work)?;
         if !work.plan().exists() {
-            start_fresh(settings, &work)?;
+            check_before_writing(settings, options, false)?;
+            start_fresh(&work)?;
         }
         let (plan, _) = plan_stage(settings, &work, &pool).map_err(|err| match err {
             BuildError::ResumeMismatch { dir, why } => BuildError::StageMismatch {

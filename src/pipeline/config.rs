@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redpack_schemas::Layout;
+use redpack_schemas::{Layout, MAX_SEQ_LEN};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -173,6 +173,16 @@ fn default_max_input_len() -> u32 {
 }
 fn default_max_target_len() -> u32 {
     512
+}
+
+impl PackConfig {
+    /// An examples layout with the study's limits (inputs of 2048 tokens, targets of 512).
+    pub fn examples() -> Self {
+        PackConfig::Examples {
+            max_input_len: default_max_input_len(),
+            max_target_len: default_max_target_len(),
+        }
+    }
 }
 
 impl Default for PackConfig {
@@ -367,6 +377,9 @@ pub struct Overrides {
 /// Rows of a packed evaluation corpus per training row when `eval_seq_len` is not given.
 pub const EVAL_SEQ_LEN_FACTOR: u32 = 8;
 
+/// Most worker threads a build starts (`threads`; 0 means one per core).
+pub const MAX_THREADS: usize = 1024;
+
 /// Everything a build needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BuildSettings {
@@ -439,11 +452,12 @@ impl BuildSettings {
                         .filter(|_| overrides.seq_len.is_none())
                         .unwrap_or(seq_len / 2),
                 };
-                if seq_len == 0 || prefix_len > seq_len {
-                    return Err(ConfigError::Invalid(format!(
-                        "packed layout needs seq_len > 0 and prefix_len <= seq_len (got seq_len {seq_len}, prefix_len {prefix_len})"
-                    )));
+                Layout::Packed {
+                    seq_len,
+                    prefix_len,
                 }
+                .check_trainable()
+                .map_err(|why| ConfigError::Invalid(format!("--seq-len / --prefix-len: {why}")))?;
                 PackSettings::Packed {
                     seq_len,
                     prefix_len,
@@ -459,11 +473,12 @@ impl BuildSettings {
                         "--seq-len / --prefix-len apply to packed corpora, but the pipeline's [pack] type is \"examples\"".into(),
                     ));
                 }
-                if max_target_len == 0 {
-                    return Err(ConfigError::Invalid(
-                        "max_target_len must be at least 1".into(),
-                    ));
+                Layout::Examples {
+                    max_input_len,
+                    max_target_len,
                 }
+                .check_trainable()
+                .map_err(ConfigError::Invalid)?;
                 PackSettings::Examples {
                     max_input_len,
                     max_target_len,
@@ -477,6 +492,18 @@ impl BuildSettings {
             config.output.eval_seq_len = overrides.eval_seq_len;
         }
         config.output.eval_seq_len = resolve_eval(&config.output, &pack)?;
+        if config.output.max_shard_tokens == 0 {
+            return Err(ConfigError::Invalid(
+                "max_shard_tokens must be at least 1 (the tokens one shard holds; default 2^29)"
+                    .into(),
+            ));
+        }
+        if config.output.threads > MAX_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "threads {} is above {MAX_THREADS}; 0 means all cores",
+                config.output.threads
+            )));
+        }
         let fraction = config.output.max_rejected_fraction;
         if !(0.0..=1.0).contains(&fraction) {
             return Err(ConfigError::Invalid(format!(
@@ -567,10 +594,11 @@ fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32
                     ))
                 })?,
             };
-            if eval_seq_len < prefix_len.max(1) {
+            if eval_seq_len <= prefix_len || eval_seq_len > MAX_SEQ_LEN {
                 return Err(ConfigError::Invalid(format!(
-                    "eval_seq_len {eval_seq_len} is shorter than the prefix length {prefix_len} \
-                     the evaluation rows keep (and must be at least 1)"
+                    "eval_seq_len {eval_seq_len} is outside {}..={MAX_SEQ_LEN}: the evaluation \
+                     rows keep the prefix length {prefix_len} and need a target after it",
+                    prefix_len + 1
                 )));
             }
             Ok(Some(eval_seq_len))
@@ -592,6 +620,56 @@ fn resolve_eval(output: &OutputConfig, pack: &PackSettings) -> Result<Option<u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The builder refuses what the trainer cannot use, naming the valid range.
+    #[test]
+    fn layouts_the_trainer_cannot_use_are_refused() {
+        let resolve = |config: PipelineConfig, seq_len, prefix_len| {
+            let overrides = Overrides {
+                inputs: vec!["x".into()],
+                seq_len,
+                prefix_len,
+                ..Overrides::default()
+            };
+            BuildSettings::resolve(config, overrides, "o".into()).map(|s| s.pack)
+        };
+        let packed = PipelineConfig::default;
+        for (seq, prefix, wanted) in [
+            (Some(1), None, "seq_len 1 is outside 2..=16777216"),
+            (Some(0), None, "seq_len 0 is outside 2..=16777216"),
+            (Some(u32::MAX), None, "outside 2..=16777216"),
+            (Some(8), Some(8), "prefix_len 8 is outside 1..=7"),
+            (Some(8), Some(0), "prefix_len 0 is outside 1..=7"),
+            (Some(8), Some(u32::MAX), "is outside 1..=7"),
+        ] {
+            let err = resolve(packed(), seq, prefix).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{seq:?}/{prefix:?}: {err}");
+        }
+        assert!(resolve(packed(), Some(2), Some(1)).is_ok());
+        let examples = |input: u32, target: u32| {
+            PipelineConfig::parse(
+                Path::new("f.toml"),
+                &format!(
+                    "[pack]\ntype = \"examples\"\nmax_input_len = {input}\nmax_target_len = {target}\n"
+                ),
+            )
+            .unwrap()
+        };
+        let err = resolve(examples(0, 5), None, None).unwrap_err().to_string();
+        assert!(err.contains("max_input_len 0"), "{err}");
+        let err = resolve(examples(u32::MAX, u32::MAX), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceeds 16777216 tokens"), "{err}");
+        let mut config = packed();
+        config.output.max_shard_tokens = 0;
+        let err = resolve(config, None, None).unwrap_err().to_string();
+        assert!(err.contains("max_shard_tokens must be at least 1"), "{err}");
+        let mut config = packed();
+        config.output.threads = usize::MAX;
+        let err = resolve(config, None, None).unwrap_err().to_string();
+        assert!(err.contains("0 means all cores"), "{err}");
+    }
 
     #[test]
     fn shipped_pipelines_parse() {
@@ -665,7 +743,13 @@ mod tests {
         for (docs, len, wanted) in [
             (Some(0), None, "at least 1"),
             (None, Some(100), "needs eval_docs"),
-            (Some(5), Some(10), "shorter than the prefix length 32"),
+            (Some(5), Some(10), "outside 33..=16777216"),
+            (
+                Some(5),
+                Some(32),
+                "keep the prefix length 32 and need a target",
+            ),
+            (Some(5), Some(u32::MAX), "outside 33..=16777216"),
         ] {
             let err = packed(docs, len, Some(64)).unwrap_err().to_string();
             assert!(err.contains(wanted), "{err}");

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use redpack_schemas::{
     atomic, CorpusInfo, CorpusWriter, Counts, ExampleMeta, InputEntry, PackingStats, SchemaError,
-    Split, SplitCounts, SplitName, TokenizerInfo, WriterOptions,
+    Split, SplitCounts, SplitName, TokenizerInfo, WriterOptions, MANIFEST_FILE,
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -233,7 +233,7 @@ struct EvalContext<'a> {
 
 /// Packs the held-out documents, in input order, into `OUT/eval/` and writes its manifest.
 fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildError> {
-    let dir = ctx.settings.out.join(EVAL_DIR);
+    let dir = ctx.work.staged().join(EVAL_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
     let pack = eval_pack(ctx.settings);
     let layout = pack.layout();
@@ -284,7 +284,7 @@ fn write_eval(ctx: &EvalContext<'_>, set: &EvalSet) -> Result<EvalReport, BuildE
         Some(split.clone()),
     )?;
     Ok(EvalReport {
-        out_dir: dir.display().to_string(),
+        out_dir: ctx.settings.out.join(EVAL_DIR).display().to_string(),
         kind: layout.kind().name().to_string(),
         seq_len: match layout {
             redpack_schemas::Layout::Packed { seq_len, .. } => Some(seq_len),
@@ -405,7 +405,19 @@ pub fn finish(
     let per_source = combined_counts(&gathered)?;
     let read: u64 = per_source.values().map(|c| c.records_read).sum();
     let rejected: u64 = per_source.values().map(|c| c.rejected).sum();
-    rejects.write(out)?;
+    // The new corpus is written aside and replaces the one in `out` only once complete; a corpus
+    // in place keeps its own rejects file until then.
+    let staged = work.staged();
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
+    }
+    std::fs::create_dir_all(&staged).map_err(|e| BuildError::io(&staged, e))?;
+    let rejects_dir = if out.join(MANIFEST_FILE).exists() {
+        staged.as_path()
+    } else {
+        out.as_path()
+    };
+    rejects.write(rejects_dir)?;
     let limit = settings.output.max_rejected_fraction;
     if read > 0 && rejected as f64 > limit * read as f64 {
         return Err(BuildError::TooManyRejects {
@@ -413,7 +425,7 @@ pub fn finish(
             read,
             percent: 100.0 * rejected as f64 / read as f64,
             limit,
-            rejects: out.join(REJECTS_FILE),
+            rejects: rejects_dir.join(REJECTS_FILE),
         });
     }
 
@@ -443,14 +455,14 @@ pub fn finish(
 
     let layout = settings.pack.layout();
     let mut writer = CorpusWriter::create(
-        out,
+        &staged,
         WriterOptions {
             layout,
             vocab_size: tokenizer.vocab_size(),
             max_shard_tokens: settings.output.max_shard_tokens,
         },
     )?;
-    atomic::write_file(&out.join(TOKENIZER_FILE), tokenizer.json())?;
+    atomic::write_file(&staged.join(TOKENIZER_FILE), tokenizer.json())?;
     let mut packer = packer_for(&settings.pack, tokenizer);
     let mut sink = CountingSink {
         writer: &mut writer,
@@ -511,6 +523,21 @@ pub fn finish(
 
     let (packing, written) = packer.finish(&mut sink)?;
     let examples_written = sink.examples;
+    if examples_written == 0 && !options.allow_empty {
+        let kept: u64 = per_source.values().map(|c| c.kept).sum();
+        return Err(BuildError::EmptyCorpus {
+            read,
+            kept,
+            why: match settings.pack {
+                PackSettings::Packed { seq_len, .. } if kept > 0 => format!(
+                    "the {kept} kept records hold {packed_tokens} tokens, fewer than one \
+                     --seq-len {seq_len} sequence"
+                ),
+                _ if read == 0 => "the inputs hold no records".to_string(),
+                _ => "no record was kept".to_string(),
+            },
+        });
+    }
     let train_split = eval
         .as_ref()
         .map(|set| split_record(SplitName::Train, &per_source, set));
@@ -566,6 +593,7 @@ pub fn finish(
         },
         train_split,
     )?;
+    super::publish::publish(&staged, out)?;
     let input_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
     let text_bytes: u64 = gathered.scans.iter().map(|s| s.text_bytes).sum();
     let throughput = Throughput::new(

@@ -12,6 +12,7 @@ pub mod dedup_stage;
 pub mod finish;
 pub mod keys;
 pub mod progress;
+pub mod publish;
 pub mod reader;
 pub mod rejects;
 pub mod report;

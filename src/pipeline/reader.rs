@@ -81,7 +81,25 @@ pub fn read_all(
         };
         let mut raw = None;
         match input::open(file, fields) {
-            Err(err) => entry.fault = Some(format!("{}: could not open: {err}", file.display)),
+            Err(err) => {
+                let message = format!("{}: could not open: {err}", file.display);
+                // The file counts as one rejected record, so it weighs in the rejected fraction.
+                let reject = Item::Reject(crate::record::Reject {
+                    source: file.source.clone(),
+                    place: crate::record::Place {
+                        file: file.display.clone(),
+                        line: 1,
+                    },
+                    reason: crate::record::RejectReason::UnreadableFile,
+                    detail: message.clone(),
+                    snippet: String::new(),
+                });
+                entry.records_read = 1;
+                entry.fault = Some(message);
+                if sender.send(ReaderMessage::Items(vec![reject])).is_err() {
+                    return;
+                }
+            }
             Ok(mut stream) => {
                 let mut chunk = Vec::new();
                 let mut chunk_bytes = 0usize;

@@ -73,6 +73,16 @@ pub enum BuildError {
     StageMismatch { stage: &'static str, why: String },
     #[error("{dir} is in use by another build or worker (lock {lock} is held); wait for it or use another --out")]
     Busy { dir: PathBuf, lock: PathBuf },
+    #[error(
+        "{dir} already holds a corpus; pass --overwrite to replace it (it stays readable until \
+         the new one is complete), or choose another --out"
+    )]
+    CorpusExists { dir: PathBuf },
+    #[error(
+        "the build yields an empty corpus: {why} ({read} records read, {kept} kept); pass \
+         --allow-empty to write it anyway; the corpus in place, if any, was left as it was"
+    )]
+    EmptyCorpus { read: u64, kept: u64, why: String },
     #[error("internal error: record counts do not add up: {0}")]
     Invariant(String),
 }
@@ -97,6 +107,10 @@ pub struct BuildOptions {
     pub keep_work: bool,
     /// Bytes the external sorters may hold in all (default: a quarter of the memory limit).
     pub sort_budget: Option<usize>,
+    /// Replace a corpus already in the output directory (without it, that is an error).
+    pub overwrite: bool,
+    /// Write a corpus with no examples instead of failing.
+    pub allow_empty: bool,
 }
 
 impl std::fmt::Debug for BuildOptions {
@@ -106,6 +120,8 @@ impl std::fmt::Debug for BuildOptions {
             .field("resume", &self.resume)
             .field("keep_work", &self.keep_work)
             .field("sort_budget", &self.sort_budget)
+            .field("overwrite", &self.overwrite)
+            .field("allow_empty", &self.allow_empty)
             .finish()
     }
 }

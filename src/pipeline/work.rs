@@ -135,6 +135,7 @@ pub struct PlannedFile {
 
 impl PlannedFile {
     pub fn of(file: &InputFile) -> Result<Self, BuildError> {
+        require_utf8(&file.path)?;
         let (size, mtime_ns) = identity(&file.path)?;
         Ok(PlannedFile {
             path: file.path.clone(),
@@ -292,6 +293,12 @@ impl WorkDir {
 
     pub fn tokenizer(&self) -> PathBuf {
         self.root.join("tokenizer.json")
+    }
+
+    /// Where the finish stage writes the new corpus before it replaces the one in the output
+    /// directory (see [`super::publish`]).
+    pub fn staged(&self) -> PathBuf {
+        self.root.join("staged")
     }
 
     fn unit(&self, dir: &str, unit: usize, ext: &str) -> PathBuf {
@@ -516,6 +523,20 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BuildError
     bytes.push(b'\n');
     atomic::write_file(path, &bytes)?;
     Ok(())
+}
+
+/// Input paths are recorded as text (the plan, the manifest's `inputs`, provenance), so a
+/// file name that is not UTF-8 is refused up front, naming the file.
+pub fn require_utf8(path: &Path) -> Result<(), BuildError> {
+    if path.to_str().is_some() {
+        return Ok(());
+    }
+    Err(BuildError::Work {
+        path: path.to_path_buf(),
+        message: "this input's path is not valid UTF-8; rename it (redpack records input paths \
+                  as text)"
+            .into(),
+    })
 }
 
 /// Reads a JSON file of the work directory.

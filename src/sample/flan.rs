@@ -102,7 +102,8 @@ pub fn write(
         truncated: false,
     });
 
-    // Parquet: rows are 0-based; row 7 has a null target.
+    // Parquet: `row` is the 0-based index here; places count rows from 1 (row 8 has a null
+    // target).
     let mut rows: Vec<Example> = Vec::new();
     for row in 0..PARQUET_ROWS {
         let example = match row {
@@ -112,7 +113,7 @@ pub fn write(
             },
             30 | 90 => {
                 let (line, original) = &jsonl_examples[row / 3];
-                plant(report, &jsonl_path, *line, &parquet_path, row as u64);
+                plant(report, &jsonl_path, *line, &parquet_path, row as u64 + 1);
                 Example {
                     input: original.input.clone(),
                     target: original.target.clone(),
@@ -120,7 +121,7 @@ pub fn write(
                 }
             }
             100 => {
-                plant(report, &parquet_path, 50, &parquet_path, 100);
+                plant(report, &parquet_path, 51, &parquet_path, 101);
                 Example {
                     input: rows[50].input.clone(),
                     target: rows[50].target.clone(),

@@ -116,11 +116,14 @@ impl DocTokenizer {
         eod_token: Option<&str>,
         pad_token: Option<&str>,
     ) -> Result<Self, TokenizeError> {
-        let mut inner =
-            tokenizers::Tokenizer::from_bytes(&json).map_err(|err| TokenizeError::Load {
-                path: path.to_path_buf(),
-                message: err.to_string(),
-            })?;
+        // `tokenizers` panics (an `expect`) on some malformed files instead of returning an
+        // error; a bad tokenizer file must be an error naming the file.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&json))
+            .unwrap_or_else(|_| Err("malformed tokenizer.json (the parser gave up on it)".into()));
+        let mut inner = parsed.map_err(|err| TokenizeError::Load {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
         inner.set_encode_special_tokens(true);
         let lookup = |token: &str, role: &'static str| {
             inner

@@ -20,7 +20,8 @@ pub enum FormatArg {
 ///
 /// Without arguments, builds the built-in default: writes a small sample corpus in every real
 /// layout to ./redpack-default/raw, trains a small tokenizer on it, and builds a packed and an
-/// examples corpus next to it.
+/// examples corpus next to it. Run again, it rebuilds them from the same sample; if the files in
+/// ./redpack-default/raw were edited it stops and says so (--overwrite rewrites them).
 #[derive(Debug, Clone, Default, Args)]
 pub struct BuildCorpusArgs {
     /// Pipeline file (see pipelines/*.toml); every flag below overrides its setting.
@@ -36,7 +37,8 @@ pub struct BuildCorpusArgs {
     /// Directory the data manifest's paths are relative to (default: the current directory).
     #[arg(long, value_name = "DIR", requires = "data_manifest")]
     pub data_root: Option<PathBuf>,
-    /// Input layout.
+    /// Input layout. Without a pipeline file and --seq-len / --prefix-len, inputs that are all
+    /// FLAN (input/target pairs: --format flan, or found so by auto) build an examples corpus.
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
     /// tokenizer.json to encode with (default: train a byte-level BPE on the inputs).
@@ -58,7 +60,7 @@ pub struct BuildCorpusArgs {
     /// Tokens per row of the packed evaluation corpus (default: 8 x --seq-len).
     #[arg(long, value_name = "N", requires = "eval_docs")]
     pub eval_seq_len: Option<u32>,
-    /// Worker threads (default: all cores). The output does not depend on it.
+    /// Worker threads (default, or 0: all cores). The output does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Keep exact and near duplicates.
@@ -82,6 +84,16 @@ pub struct BuildCorpusArgs {
     /// --memory-limit). For tests of the spill paths.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, hide = true)]
     pub sort_budget: Option<u64>,
+    /// Replace the corpus already in --out. Without it a rebuild over a corpus is refused. The
+    /// corpus in place stays readable until the new one is completely written; a build that
+    /// fails leaves it as it was. For the default build (no arguments), also rewrite
+    /// ./redpack-default/raw when its files differ from the built-in sample.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write a corpus even when no example comes out (empty inputs, every record rejected or
+    /// shorter than --seq-len); without it that is an error.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Keep the work directory (OUT/.redpack-work) after the build, for inspection.
     #[arg(long)]
     pub keep_work: bool,

@@ -24,7 +24,7 @@ pub struct TrainTokenizerArgs {
     /// Train on at most this many bytes of text (the first records in input order).
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     pub max_bytes: u64,
-    /// Worker threads (default: all cores). The result does not depend on it.
+    /// Worker threads (default, or 0: all cores). The result does not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Where to write tokenizer.json.

@@ -64,6 +64,8 @@ fn options(args: &BuildCorpusArgs) -> BuildOptions {
         resume: args.resume,
         keep_work: args.keep_work,
         sort_budget: args.sort_budget.map(|b| b as usize),
+        overwrite: args.overwrite,
+        allow_empty: args.allow_empty,
     }
 }
 
@@ -128,6 +130,9 @@ fn run_one_stage(
             StageOutcome::Finished(report) => print!("{}", report.summary()),
         }
     }
+    if let StageOutcome::Finished(report) = &outcome {
+        warn_faults(report);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -150,10 +155,15 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     if args.pipeline.is_none() && args.inputs.is_empty() && args.data_manifest.is_none() {
         return run_default(&args);
     }
-    let config = match &args.pipeline {
+    let mut config = match &args.pipeline {
         Some(path) => PipelineConfig::load(path)?,
         None => PipelineConfig::default(),
     };
+    if auto_examples(&args)? {
+        // As pipelines/flan.toml: FLAN templates make MinHash merge pairs FLAN means to keep.
+        config.pack = PackConfig::examples();
+        config.dedup.near = false;
+    }
     let out = args
         .out
         .clone()
@@ -167,6 +177,7 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     }
     let report = build(&settings, &options(&args))
         .with_context(|| format!("building {}", settings.out.display()))?;
+    warn_faults(&report);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -194,6 +205,48 @@ fn encoder_line(settings: &BuildSettings) -> String {
     }
 }
 
+/// A rayon pool of `threads` workers; `None` or 0 means one per core, as everywhere in redpack.
+pub fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
+    let threads = threads.unwrap_or(0);
+    let max = redpack::pipeline::config::MAX_THREADS;
+    anyhow::ensure!(
+        threads <= max,
+        "--threads {threads} is above {max}; 0 means all cores"
+    );
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?)
+}
+
+/// True when nothing fixes the layout (no pipeline file, no `--seq-len`, `--prefix-len` or
+/// `--eval-seq-len`) and every input is FLAN (`--format flan`, or found so by `--format auto`):
+/// then the build makes an examples corpus, the only kind FLAN's input/target pairs fit.
+fn auto_examples(args: &BuildCorpusArgs) -> anyhow::Result<bool> {
+    let layout_given = args.pipeline.is_some()
+        || args.seq_len.is_some()
+        || args.prefix_len.is_some()
+        || args.eval_seq_len.is_some();
+    if layout_given || args.format == Some(FormatArg::Redpajama) {
+        return Ok(false);
+    }
+    if args.format == Some(FormatArg::Flan) {
+        return Ok(true);
+    }
+    if args.inputs.is_empty() {
+        return Ok(false);
+    }
+    let files = redpack::input::discover(&args.inputs, redpack::input::FormatHint::Auto)?;
+    Ok(!files.is_empty() && files.iter().all(|f| f.format.is_flan()))
+}
+
+/// Prints, on stderr, each input file whose reading stopped early: its records up to the fault
+/// are in the corpus, the rest counted as rejected (see the manifest's `inputs`).
+fn warn_faults(report: &BuildReport) {
+    for fault in &report.faults {
+        eprintln!("warning: {fault}");
+    }
+}
+
 /// The built-in default: sample → tokenizer → packed corpus and examples corpus.
 fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     let root = args
@@ -201,8 +254,7 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
     let raw = root.join("raw");
-    let sample = redpack::sample::write_sample(&raw, SAMPLE_SEED)
-        .with_context(|| format!("writing the sample corpus to {}", raw.display()))?;
+    let sample = place_sample(&root, &raw, args.overwrite)?;
     if !args.json {
         println!(
             "sample corpus: {} files, {} documents, {} FLAN examples in {}",
@@ -220,6 +272,8 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     let flan = raw.join(redpack::sample::FLAN_ROOT);
     let packed = default_build(args, &tokenizer, &redpajama, &root.join("packed"), false)?;
     let examples = default_build(args, &tokenizer, &flan, &root.join("examples"), true)?;
+    warn_faults(&packed);
+    warn_faults(&examples);
     if args.json {
         let both = serde_json::json!({ "packed": packed, "examples": examples });
         println!("{}", serde_json::to_string_pretty(&both)?);
@@ -232,6 +286,91 @@ fn run_default(args: &BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes the built-in sample to `raw`. An existing `raw` is kept when it holds exactly the
+/// sample (a second run rebuilds from it); when its files differ (edited, added, removed) the
+/// build stops unless `overwrite`, so edits are never lost without a word.
+fn place_sample(
+    root: &Path,
+    raw: &Path,
+    overwrite: bool,
+) -> anyhow::Result<redpack::sample::SampleReport> {
+    let fresh = root.join(".redpack-sample");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh).with_context(|| format!("removing {}", fresh.display()))?;
+    }
+    let mut sample = redpack::sample::write_sample(&fresh, SAMPLE_SEED)
+        .with_context(|| format!("writing the sample corpus to {}", fresh.display()))?;
+    sample.root = raw.to_path_buf();
+    if raw.exists() {
+        match first_difference(&fresh, raw)? {
+            None => {
+                std::fs::remove_dir_all(&fresh)
+                    .with_context(|| format!("removing {}", fresh.display()))?;
+                return Ok(sample);
+            }
+            Some(what) if !overwrite => {
+                let _ = std::fs::remove_dir_all(&fresh);
+                anyhow::bail!(
+                    "{} is not the built-in sample ({what}); it was left as it is. Pass \
+                     --overwrite to replace it with the sample, or build your files with \
+                     --input {} --out DIR",
+                    raw.display(),
+                    raw.display()
+                );
+            }
+            Some(_) => std::fs::remove_dir_all(raw)
+                .with_context(|| format!("removing {}", raw.display()))?,
+        }
+    }
+    std::fs::rename(&fresh, raw)
+        .with_context(|| format!("moving {} to {}", fresh.display(), raw.display()))?;
+    Ok(sample)
+}
+
+/// The files under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&next).with_context(|| format!("reading {}", next.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("reading {}", next.display()))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                out.push(relative.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How `actual` differs from `expected` (first difference), `None` when the trees are equal.
+fn first_difference(expected: &Path, actual: &Path) -> anyhow::Result<Option<String>> {
+    let want = files_under(expected)?;
+    let have = files_under(actual)?;
+    if let Some(extra) = have.iter().find(|p| !want.contains(p)) {
+        return Ok(Some(format!("{} is not in the sample", extra.display())));
+    }
+    for relative in &want {
+        let path = actual.join(relative);
+        if !have.contains(relative) {
+            return Ok(Some(format!("{} is missing", path.display())));
+        }
+        let a = std::fs::read(expected.join(relative))
+            .with_context(|| format!("reading {}", expected.join(relative).display()))?;
+        let b = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if a != b {
+            return Ok(Some(format!("{} was changed", path.display())));
+        }
+    }
+    Ok(None)
+}
+
 fn train_default_tokenizer(
     root: &Path,
     raw: &Path,
@@ -242,9 +381,7 @@ fn train_default_tokenizer(
         vocab_size: DEFAULT_VOCAB,
         ..TrainConfig::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .build()?;
+    let pool = thread_pool(threads)?;
     let fields = redpack::input::FieldMap::default();
     let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
     let path = root.join("tokenizer.json");
@@ -284,5 +421,10 @@ fn default_build(
         overrides.seq_len = Some(DEFAULT_SEQ_LEN);
     }
     let settings = BuildSettings::resolve(config, overrides, out.to_path_buf())?;
-    build(&settings, &options(args)).with_context(|| format!("building {}", out.display()))
+    // The default's corpora are its own outputs, rebuilt from the checked sample each run.
+    let options = BuildOptions {
+        overwrite: true,
+        ..options(args)
+    };
+    build(&settings, &options).with_context(|| format!("building {}", out.display()))
 }

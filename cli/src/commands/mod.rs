@@ -26,7 +26,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             ExitCode::FAILURE
         }
     }
@@ -44,6 +44,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SynthCorpus(args) => synth::run(args),
         Command::Study(args) => study::run(args),
     }
+}
+
+/// The error and its causes joined by ": ". A cause whose text is already in what precedes it
+/// is left out: library errors name their source in their own message (`{path}: {source}`)
+/// and also return it as `source()`, which `{:#}` would print a second time.
+pub fn render_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// True when the error chain contains an I/O broken-pipe error.

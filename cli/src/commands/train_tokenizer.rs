@@ -22,9 +22,7 @@ pub fn run(args: TrainTokenizerArgs) -> anyhow::Result<ExitCode> {
         max_bytes: args.max_bytes,
         ..TrainConfig::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads.unwrap_or(0))
-        .build()?;
+    let pool = crate::commands::build_corpus::thread_pool(args.threads)?;
     let fields = redpack::input::FieldMap::default();
     let tokenizer = pool.install(|| train_tokenizer::train_on_inputs(&files, &fields, &config))?;
     train_tokenizer::save(&tokenizer, &args.out)?;

@@ -435,8 +435,9 @@ fn the_split_does_not_depend_on_threads_workers_or_resume() {
             );
         }
     }
-    // A rebuild without the split removes the old evaluation corpus's manifest.
-    let args = build_args(&input, &pipeline, &one, &[]);
+    // A rebuild without the split (over the corpus, so --overwrite) removes the old evaluation
+    // corpus.
+    let args = build_args(&input, &pipeline, &one, &["--overwrite"]);
     let args: Vec<&str> = args
         .iter()
         .map(String::as_str)

@@ -9,6 +9,7 @@ mod cli_inspect;
 mod encoder;
 mod eval_grid;
 mod eval_split;
+mod failure;
 mod fetch;
 mod stages;
 mod study;

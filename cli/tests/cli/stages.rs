@@ -155,15 +155,18 @@ fn any_number_of_workers_gives_the_one_process_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let input = sample_inputs(&dir.path().join("raw"));
     let input = input.to_str().unwrap();
-    for extra in [&[][..], &["--shuffle-seed", "3"][..]] {
-        let reference = one_process(input, &dir.path().join("single"), extra);
+    for (round, extra) in [&[][..], &["--shuffle-seed", "3"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let reference = one_process(input, &dir.path().join(format!("single-{round}")), extra);
         let manifest: serde_json::Value =
             serde_json::from_slice(&reference["manifest.json"]).unwrap();
         let counts = &manifest["counts"];
         assert!(counts["exact_duplicates"].as_u64().unwrap() > 0, "{counts}");
         assert!(counts["near_duplicates"].as_u64().unwrap() > 0, "{counts}");
         for workers in [1, 2, 3] {
-            let out = dir.path().join(format!("staged-{workers}"));
+            let out = dir.path().join(format!("staged-{round}-{workers}"));
             // Eight threads make each worker scan and tokenize two files at once.
             let mut extra = extra.to_vec();
             if workers == 2 {
@@ -377,8 +380,8 @@ fn killed_builds_resume_to_identical_bytes() {
             Box::new(move || count_files(&w.join("tokens"), "json") >= 4)
         }),
         ("in finish", {
-            let o = out.clone();
-            Box::new(move || o.join(".shard-00000.tokens.tmp").exists())
+            let w = work.clone();
+            Box::new(move || w.join("staged").join(".shard-00000.tokens.tmp").exists())
         }),
     ];
     let mut killed = 0;

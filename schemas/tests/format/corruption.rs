@@ -256,8 +256,8 @@ fn manifest_disagrees_on_dtype() {
     save_manifest(dir.path(), &manifest);
     assert_refused(
         Corpus::open(dir.path()),
-        "shard-00000.tokens",
-        &["dtype u16 disagrees with the manifest's u32"],
+        "manifest.json",
+        &["token_dtype u32 does not match tokenizer.vocab_size 1000 (which needs u16)"],
     );
 }
 
@@ -330,9 +330,10 @@ fn manifest_counts_disagree_with_the_shards() {
 fn token_id_outside_the_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
     small_packed(dir.path(), 4);
-    // The shard holds ids up to 31; claim a 20-token vocabulary.
+    // The shard holds ids up to 31; give it a 20-token tokenizer, consistently described.
+    place_tokenizer(dir.path(), 20);
     let mut manifest = load_manifest(dir.path());
-    manifest.tokenizer.vocab_size = 20;
+    manifest.tokenizer = tokenizer_info(20);
     save_manifest(dir.path(), &manifest);
     let corpus = Corpus::open(dir.path()).unwrap();
     assert_refused(
@@ -392,4 +393,142 @@ fn random_damage_never_panics_and_never_verifies() {
             );
         }
     }
+}
+
+/// Random damage to an index whose size and checksum are then recorded in the manifest (an
+/// edit made on purpose, or a manifest rewritten after the damage): the Arrow decoder would
+/// panic on buffers that run past their block; the reader reports an error instead.
+#[test]
+fn damaged_index_with_a_resealed_checksum_is_an_error_not_a_panic() {
+    let pristine = tempfile::tempdir().unwrap();
+    small_packed(pristine.path(), 5);
+    let files = snapshot(pristine.path());
+    let mut rng = Rng::new(77);
+    for round in 0..400 {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        edit_bytes(&shard_path(dir.path(), 0, false), |b| {
+            for _ in 0..rng.range(1, 3) {
+                let at = rng.range(0, b.len() as u64 - 1) as usize;
+                b[at] = rng.next_u64() as u8;
+            }
+        });
+        reseal_shard(dir.path(), 0);
+        let outcome = std::panic::catch_unwind(|| open_and_verify(dir.path()).map(drop));
+        assert!(outcome.is_ok(), "round {round}: the reader panicked");
+    }
+}
+
+#[test]
+fn shard_and_tokenizer_paths_may_not_leave_the_corpus_folder() {
+    for (field, value) in [
+        ("tokens_file", "../outside.tokens"),
+        ("tokens_file", "/etc/passwd"),
+        ("index_file", "sub/shard-00000.index.arrow"),
+        ("index_file", ".."),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        small_packed(dir.path(), 2);
+        edit_manifest_json(dir.path(), |m| m["shards"][0][field] = value.into());
+        assert_refused(
+            Corpus::open(dir.path()),
+            "manifest.json",
+            &[
+                &format!("shards[0].{field}"),
+                "not a file name inside the corpus folder",
+            ],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    small_packed(dir.path(), 2);
+    edit_manifest_json(dir.path(), |m| {
+        m["tokenizer"]["file"] = "../tokenizer.json".into()
+    });
+    assert_refused(
+        Manifest::load(dir.path()),
+        "manifest.json",
+        &["tokenizer.file"],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_shard_that_links_outside_the_corpus_folder_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    small_packed(dir.path(), 2);
+    let shard = shard_path(dir.path(), 0, true);
+    let moved = outside.path().join("elsewhere.tokens");
+    fs::rename(&shard, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &shard).unwrap();
+    assert_refused(
+        Corpus::open(dir.path()),
+        "shard-00000.tokens",
+        &["symbolic link", "outside the corpus folder"],
+    );
+    // A link that stays inside the folder is fine.
+    let inside = dir.path().join("kept.tokens");
+    fs::rename(&moved, &inside).unwrap();
+    fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink(&inside, &shard).unwrap();
+    open_and_verify(dir.path()).unwrap();
+}
+
+/// Every manifest field that describes the data is checked against it: the vocabulary size and
+/// special ids against the tokenizer copy, the kind against the layout.
+#[test]
+fn edited_tokenizer_fields_and_kind_fail_verification() {
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        small_packed(dir.path(), 2);
+        dir
+    };
+    let dir = fresh();
+    open_and_verify(dir.path()).unwrap();
+    edit_manifest_json(dir.path(), |m| m["tokenizer"]["vocab_size"] = 2000.into());
+    assert_refused(
+        open_and_verify(dir.path()),
+        "manifest.json",
+        &["tokenizer.vocab_size 2000 disagrees", "largest id is 999"],
+    );
+    let dir = fresh();
+    edit_manifest_json(dir.path(), |m| m["tokenizer"]["eod_id"] = 7.into());
+    assert_refused(
+        open_and_verify(dir.path()),
+        "manifest.json",
+        &["tokenizer.eod_id 7 disagrees", "\"[EOD]\" has id 0"],
+    );
+    let dir = fresh();
+    edit_manifest_json(dir.path(), |m| m["tokenizer"]["pad_id"] = 5000.into());
+    assert_refused(
+        Corpus::open(dir.path()),
+        "manifest.json",
+        &["pad_id 5000 is not below tokenizer.vocab_size 1000"],
+    );
+    let dir = fresh();
+    edit_manifest_json(dir.path(), |m| m["kind"] = "examples".into());
+    assert_refused(
+        Corpus::open(dir.path()),
+        "manifest.json",
+        &["kind \"examples\" disagrees with the layout"],
+    );
+    let dir = fresh();
+    place_tokenizer(dir.path(), 999);
+    assert_refused(open_and_verify(dir.path()), "tokenizer.json", &["sha256"]);
+}
+
+/// Counts near `u64::MAX` in an edited manifest are refused, not an arithmetic overflow.
+#[test]
+fn huge_counts_are_refused_without_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    small_packed(dir.path(), 2);
+    edit_manifest_json(dir.path(), |m| {
+        m["counts"]["kept"] = u64::MAX.into();
+        m["counts"]["filtered"] = u64::MAX.into();
+        m["packing"]["padding_tokens"] = u64::MAX.into();
+    });
+    let corpus = Corpus::open(dir.path()).unwrap();
+    assert_refused(corpus.verify(|_| {}), "manifest.json", &["records_read"]);
 }

@@ -65,10 +65,41 @@ impl Written {
     }
 }
 
+/// A minimal `tokenizer.json` (word-level) with ids `0..vocab_size`: `[EOD]` is 0, `[PAD]` 1.
+pub fn tokenizer_json(vocab_size: u32) -> Vec<u8> {
+    let mut vocab = serde_json::Map::new();
+    for id in 0..vocab_size {
+        let token = match id {
+            0 => "[EOD]".to_string(),
+            1 => "[PAD]".to_string(),
+            _ => format!("t{id}"),
+        };
+        vocab.insert(token, id.into());
+    }
+    let added: Vec<serde_json::Value> = ["[EOD]", "[PAD]"]
+        .iter()
+        .enumerate()
+        .map(|(id, content)| serde_json::json!({"id": id, "content": content, "special": true}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "version": "1.0",
+        "added_tokens": added,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[PAD]"},
+    }))
+    .expect("tokenizer JSON")
+}
+
+/// Writes [`tokenizer_json`] into a corpus folder, where [`tokenizer_info`] says it is.
+pub fn place_tokenizer(dir: &Path, vocab_size: u32) {
+    fs::create_dir_all(dir).expect("corpus dir");
+    fs::write(dir.join("tokenizer.json"), tokenizer_json(vocab_size)).expect("write tokenizer");
+}
+
 pub fn tokenizer_info(vocab_size: u32) -> TokenizerInfo {
+    use sha2::Digest;
     TokenizerInfo {
         file: "tokenizer.json".into(),
-        sha256: "0".repeat(64),
+        sha256: redpack_schemas::hex(&sha2::Sha256::digest(tokenizer_json(vocab_size))),
         vocab_size,
         eod_id: 0,
         pad_id: 1,
@@ -119,6 +150,7 @@ pub fn write_corpus(
         max_shard_tokens,
     };
     let mut writer = CorpusWriter::create(dir, options).expect("create writer");
+    place_tokenizer(dir, vocab_size);
     for ex in examples {
         writer.push(&ex.tokens, ex.meta()).expect("push example");
     }

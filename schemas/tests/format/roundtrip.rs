@@ -204,6 +204,7 @@ fn packed_round_trip_with_rollover() {
         max_shard_tokens: 20,
     };
     let mut w = CorpusWriter::create(dir.path(), options).unwrap();
+    place_tokenizer(dir.path(), 1000);
     let mut all = vec![];
     for i in 0..5u32 {
         let toks: Vec<u32> = (0..8).map(|j| (i * 8 + j) % 1000).collect();

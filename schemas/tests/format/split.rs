@@ -88,7 +88,12 @@ fn an_inconsistent_split_is_refused() {
     );
     let mut eval = train_side();
     eval.split = SplitName::Eval;
+    eval.counterpart = "..".into();
     refused(eval, 3, &["eval split holds 1 documents"]);
+    // The counterpart is always the other side's folder, never a path elsewhere.
+    let mut astray = train_side();
+    astray.counterpart = "../../elsewhere".into();
+    refused(astray, 3, &["split.counterpart", "is not \"eval\""]);
 }
 
 #[test]

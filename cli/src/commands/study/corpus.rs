@@ -50,6 +50,10 @@ pub fn prepare(
         resume: false,
         keep_work: false,
         sort_budget: None,
+        // OUT/corpus belongs to the study, and a corpus is built there only while it is not
+        // finished (a build stopped part-way), so nothing good is replaced.
+        overwrite: true,
+        allow_empty: false,
     };
     if c.builtin {
         let packed = root.join("packed");
@@ -66,7 +70,9 @@ pub fn prepare(
             overrides.inputs = vec![rp];
             overrides.format = Some(FormatChoice::Redpajama);
             overrides.seq_len = Some(DEFAULT_SEQ_LEN);
-            build_one(PipelineConfig::default(), overrides, &packed, &options())?;
+            if !finished(&packed) {
+                build_one(PipelineConfig::default(), overrides, &packed, &options())?;
+            }
             let mut config = PipelineConfig {
                 pack: PackConfig::Examples {
                     max_input_len: 2048,
@@ -79,7 +85,9 @@ pub fn prepare(
             let mut overrides = base_overrides(&tokenizer, threads, eval_docs);
             overrides.inputs = vec![flan];
             overrides.format = Some(FormatChoice::Flan);
-            build_one(config, overrides, &examples, &options())?;
+            if !finished(&examples) {
+                build_one(config, overrides, &examples, &options())?;
+            }
         }
         let corpora = Corpora {
             pretrain: canonical(&packed)?,
