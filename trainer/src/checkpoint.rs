@@ -474,7 +474,14 @@ pub fn load_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
             ),
         ));
     }
-    serde_json::from_value(head).map_err(|e| corrupt(&path, format!("unexpected content: {e}")))
+    let meta: CheckpointMeta = serde_json::from_value(head)
+        .map_err(|e| corrupt(&path, format!("unexpected content: {e}")))?;
+    // Every user of the metadata sizes buffers and loops from `model`: check its dimensions
+    // (checked arithmetic, no overflowing parameter count) before anything does.
+    meta.model
+        .validate()
+        .map_err(|e| corrupt(&path, format!("model: {e}")))?;
+    Ok(meta)
 }
 
 /// Loads a checkpoint directory: the parameters in the order `meta.model` needs, and the
@@ -502,6 +509,19 @@ pub fn load_checked(
                 want: want.clone(),
             });
         }
+    }
+    // Each parameter takes 4 bytes of the file: a config claiming more parameters than the file
+    // can hold is refused before its tensor list is built (huge layer counts would loop).
+    let claimed = meta.model.checked_param_count().unwrap_or(u64::MAX);
+    let room = u64::try_from(bytes.len() / 4).unwrap_or(u64::MAX);
+    if claimed > room {
+        return Err(corrupt(
+            &path,
+            format!(
+                "checkpoint.json describes {claimed} parameters, more than the file's {} bytes hold",
+                bytes.len()
+            ),
+        ));
     }
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(&path, format!("invalid safetensors: {e}")))?;

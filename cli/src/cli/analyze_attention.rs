@@ -32,7 +32,7 @@ pub struct AnalyzeAttentionArgs {
     /// PNGs of the first row.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// CPU threads (default: all cores).
+    /// CPU threads (0 or default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Print the JSON report instead of the table.

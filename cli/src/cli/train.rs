@@ -178,7 +178,7 @@ pub struct TrainArgs {
     /// Matrix-product precision on CUDA (default bf16); the CPU computes in f32 only.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
-    /// CPU threads (default: all cores). Results do not depend on it.
+    /// CPU threads (0 or default: all cores). Results do not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Print the final summary as JSON.
@@ -226,7 +226,7 @@ pub struct EvalArgs {
     /// Matrix-product precision on CUDA (default bf16); the CPU computes in f32 only.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
-    /// CPU threads (default: all cores).
+    /// CPU threads (0 or default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Print the report as JSON: `{"loss", "ppl", "tokens", "sources": {...}, ...}`, or in grid

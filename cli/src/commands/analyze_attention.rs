@@ -10,9 +10,7 @@ use redpack_trainer::backend::cpu::CpuBackend;
 use crate::cli::analyze_attention::AnalyzeAttentionArgs;
 
 pub fn run(args: AnalyzeAttentionArgs) -> anyhow::Result<ExitCode> {
-    if args.threads == Some(0) {
-        anyhow::bail!("--threads must be at least 1 (leave it out to use every core)");
-    }
+    crate::commands::train::check_threads(args.threads)?;
     let options = LocalityOptions {
         length: args.length,
         prefix_len: args.prefix_len,

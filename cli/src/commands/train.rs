@@ -24,9 +24,7 @@ pub fn backend_for(
     threads: Option<usize>,
     precision: Option<PrecisionArg>,
 ) -> anyhow::Result<Box<dyn Backend>> {
-    if threads == Some(0) {
-        anyhow::bail!("--threads must be at least 1 (leave it out to use every core)");
-    }
+    check_threads(threads)?;
     let choice = match device {
         DeviceArg::Auto => DeviceChoice::Auto,
         DeviceArg::Cpu => DeviceChoice::Cpu,
@@ -39,6 +37,16 @@ pub fn backend_for(
     let opened = open_backend(choice, threads, precision)?;
     eprintln!("{}", opened.note);
     Ok(opened.backend)
+}
+
+/// `--threads`: 0 (or leaving it out) means every core, as in every redpack command; a count
+/// above the pipeline's limit is refused rather than tried.
+pub fn check_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let max = redpack::pipeline::config::MAX_THREADS;
+    match threads {
+        Some(n) if n > max => anyhow::bail!("--threads {n} is above {max}; 0 means all cores"),
+        _ => Ok(()),
+    }
 }
 
 /// The flags as a recipe layer, to overlay on the recipe file.

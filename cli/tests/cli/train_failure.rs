@@ -169,7 +169,7 @@ fn absurd_numbers_are_refused_with_a_message() {
             "--batch-tokens",
         ),
         (&["--spike-factor", "1"][..], "--spike-factor"),
-        (&["--threads", "0"][..], "--threads"),
+        (&["--threads", "5000"][..], "--threads"),
     ] {
         let mut args = train(&data, &run, flags);
         for (flag, value) in [("--steps", "1"), ("--batch", "2")] {

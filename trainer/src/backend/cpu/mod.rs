@@ -28,12 +28,13 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend on `threads` threads (`None` = one per core, or `RAYON_NUM_THREADS`).
+    /// A backend on `threads` threads (`None` or 0 = one per core, or `RAYON_NUM_THREADS`).
     pub fn new(threads: Option<usize>) -> Result<CpuBackend, BackendError> {
         let mut builder =
             rayon::ThreadPoolBuilder::new().thread_name(|i| format!("redpack-cpu-{i}"));
         if let Some(n) = threads {
-            builder = builder.num_threads(n.max(1));
+            // rayon reads 0 as "one per core", the meaning 0 has in every redpack command.
+            builder = builder.num_threads(n);
         }
         let pool = builder
             .build()
