@@ -210,6 +210,12 @@ run() {
     wanted model && step eval-grid 90 "$suite" --exact \
         eval_grid::cuda_grid_matches_the_cpu_at_every_pair \
         train_validate::validation_on_cuda_leaves_resident_training_alone --test-threads=1
+    # Health checks on the GPU: the kernels keep NaN and overflow visible (norm, softmax,
+    # cross-entropy, Adafactor), a diverging run stops, the free-memory check.
+    wanted model && step health 120 "$suite" --exact \
+        train_health::non_finite_values_are_not_squashed_by_the_cuda_norm \
+        train_health::a_diverging_run_stops_on_the_cuda_backend_too \
+        train_health::a_device_run_is_checked_against_the_devices_free_memory --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Evaluation tokens/s beside a training forward + backward of the same 150M models, at

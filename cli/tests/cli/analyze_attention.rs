@@ -2,33 +2,8 @@
 //! architectures, the JSON on stdout and the files in `--out`, and the errors for bad flags.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redpack");
-
-fn redpack(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running redpack")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(
-        out.status.success(),
-        "redpack {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(!out.status.success(), "redpack {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{fails, ok};
 
 #[test]
 fn analyze_attention_writes_the_report_and_heat_maps() {

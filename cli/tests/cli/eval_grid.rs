@@ -3,33 +3,8 @@
 //! a single `--prefix-len` keeping the single report, and bad grids failing with the limit.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redpack");
-
-fn redpack(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running redpack")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(
-        out.status.success(),
-        "redpack {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(!out.status.success(), "redpack {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{fails, ok};
 
 #[test]
 fn eval_over_lengths_and_prefixes() {

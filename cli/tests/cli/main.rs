@@ -6,6 +6,7 @@
 mod analyze_attention;
 mod build_corpus;
 mod cli_inspect;
+mod common;
 mod encoder;
 mod eval_grid;
 mod eval_split;

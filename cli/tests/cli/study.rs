@@ -5,33 +5,10 @@
 //! `--emit slurm` writes the array job.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_redpack");
-
-fn redpack(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running redpack")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(
-        out.status.success(),
-        "redpack {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(args: &[&str]) -> Value {
-    serde_json::from_str(&ok(args)).expect("JSON on stdout")
-}
+use crate::common::{json, ok, redpack};
 
 fn smoke() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../studies/smoke.toml")

@@ -4,40 +4,8 @@
 //! flipped byte in a checkpoint or a token file is an error naming the file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_redpack");
-
-fn redpack(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running redpack")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = redpack(args);
-    assert!(
-        out.status.success(),
-        "redpack {args:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with exit code 1 (an error, not a crash); returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = redpack(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "redpack {args:?} ended with {}:\n{stderr}",
-        out.status
-    );
-    stderr
-}
+use crate::common::{fails, ok};
 
 fn recipe(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
