@@ -140,24 +140,31 @@ pub fn expand(
                     )))
                 }
             };
-            let name = format!("pre-{arch}-{}", size.name);
-            let settings = finish(
-                study,
-                recipe.clone(),
-                base.clone(),
+            // A pretraining run of this size: the recipe with the study's layer and `steps`.
+            let pretrain_plan = |name: String, steps: u64, group: RunGroup| {
+                let settings = finish(
+                    study,
+                    recipe.clone(),
+                    base.clone(),
+                    steps,
+                    corpora,
+                    &runs,
+                    &name,
+                )?;
+                Ok::<_, StudyError>(RunPlan {
+                    name,
+                    arch: arch.clone(),
+                    size: size.name.clone(),
+                    group,
+                    init_from: None,
+                    settings,
+                })
+            };
+            plans.push(pretrain_plan(
+                format!("pre-{arch}-{}", size.name),
                 steps,
-                corpora,
-                &runs,
-                &name,
-            )?;
-            plans.push(RunPlan {
-                name,
-                arch: arch.clone(),
-                size: size.name.clone(),
-                group: RunGroup::Scaling,
-                init_from: None,
-                settings,
-            });
+                RunGroup::Scaling,
+            )?);
             if f.pretrain.isoflops.is_empty() {
                 continue;
             }
@@ -176,24 +183,11 @@ pub fn expand(
                         size.name
                     )));
                 }
-                let name = format!("iso-{arch}-{}-{}", size.name, budget_name(budget));
-                let settings = finish(
-                    study,
-                    recipe.clone(),
-                    base.clone(),
+                plans.push(pretrain_plan(
+                    format!("iso-{arch}-{}-{}", size.name, budget_name(budget)),
                     steps,
-                    corpora,
-                    &runs,
-                    &name,
-                )?;
-                plans.push(RunPlan {
-                    name,
-                    arch: arch.clone(),
-                    size: size.name.clone(),
-                    group: RunGroup::IsoFlop { budget },
-                    init_from: None,
-                    settings,
-                });
+                    RunGroup::IsoFlop { budget },
+                )?);
             }
         }
     }
