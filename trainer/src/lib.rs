@@ -16,6 +16,8 @@
 //! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
+//! - `lm`: the interface downstream evaluation uses (log-likelihood of continuations, greedy
+//!   generation);
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
 //! - `study`: the paper's comparisons from one study file (grid, resume, fits, findings, report);
 //! - `metrics`: the per-step metrics record and its observers;
@@ -30,6 +32,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod flops;
+pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod optim;
