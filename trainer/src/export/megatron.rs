@@ -77,6 +77,9 @@ pub fn export_megatron(corpus_dir: &Path, prefix: &Path) -> Result<MegatronSumma
             prefix.display()
         )));
     }
+    if let Some(parent) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
     let bin_tmp = atomic::temp_path(&bin_path);
     let idx_tmp = atomic::temp_path(&idx_path);
     let written = write_pair(&corpus, dtype_code, width, &bin_tmp, &idx_tmp);
