@@ -103,6 +103,14 @@ pub fn hf_name(name: &str) -> Option<String> {
     Some(format!("{stack}layers.{layer}.{tail}"))
 }
 
+/// An f32 as the shortest decimal that reads back as it (`1e-6`, not `9.999999974752427e-7`),
+/// the way `checkpoint.json` writes it.
+fn decimal(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .map_or_else(|_| json!(f64::from(x)), |v| json!(v))
+}
+
 /// The `config.json` of a model.
 pub fn hf_config(
     model: &ModelConfig,
@@ -133,8 +141,8 @@ pub fn hf_config(
         "num_hidden_layers": if red { model.decoder_layers } else { model.layers },
         "num_encoder_layers": if red { model.encoder_layers } else { 0 },
         "num_decoder_layers": if red { model.decoder_layers } else { 0 },
-        "rope_theta": model.rope_base,
-        "rms_norm_eps": model.norm_eps,
+        "rope_theta": decimal(model.rope_base),
+        "rms_norm_eps": decimal(model.norm_eps),
         "attention_output_norm": red,
         "bidirectional_prefix": attention.bidirectional_prefix,
         "max_position_embeddings": max_len,

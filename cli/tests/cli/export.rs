@@ -1,0 +1,324 @@
+//! `redpack export`: tiny checkpoints of both architectures (and DecLLM + BiAttn) as Hugging Face
+//! model directories, checked against the checkpoint and against the CPU backend's
+//! log-probabilities by `tests/python/check_hf_export.py` (numpy; also with transformers where
+//! PyTorch is importable); corpora as Megatron-LM indexed datasets, read back by the independent
+//! reader `tests/python/read_megatron.py` and compared with the corpus's own tokens.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use redpack_schemas::Corpus;
+use serde_json::Value;
+
+use crate::common::{fails, json, ok};
+
+const INSTALL_HINT: &str = "run `python3 -m pip install -r tests/python/requirements.txt` \
+     (from the repository root) to install numpy";
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(name)
+}
+
+/// Runs a Python script that must succeed; returns its stdout.
+fn python(args: &[&Path]) -> String {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 could not be started ({e}); {INSTALL_HINT}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed:\n{stderr}\n(if numpy is missing: {INSTALL_HINT})"
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Whether PyTorch and transformers can be imported (the device script has them; CI does not).
+fn torch_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn config_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../trainer/configs")
+        .join(name)
+}
+
+fn train(config: &str, data: &Path, out: &Path, extra: &[&str]) {
+    let config = config_path(config);
+    let mut args = vec![
+        "train",
+        "--config",
+        s(&config),
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Exports `run`, checks the directory against the checkpoint and the reference log-probs.
+fn export_and_check(run: &Path, root: &Path, name: &str, corpus: &Path, torch: bool) -> Value {
+    let out = root.join(format!("{name}-hf"));
+    let reference = root.join(format!("{name}-reference.json"));
+    let report = json(&[
+        "export",
+        "--checkpoint",
+        s(run),
+        "--format",
+        "hf",
+        "--out",
+        s(&out),
+        "--reference",
+        s(&reference),
+        "--json",
+    ]);
+    let checkpoint = PathBuf::from(report["checkpoint"].as_str().unwrap());
+    let meta = read_json(&checkpoint.join("checkpoint.json"));
+    let config = read_json(&out.join("config.json"));
+    let model = &meta["model"];
+    for (hf, ours) in [
+        ("vocab_size", "vocab_size"),
+        ("hidden_size", "d_model"),
+        ("intermediate_size", "d_ffn"),
+        ("num_attention_heads", "n_heads"),
+        ("head_dim", "head_dim"),
+        ("rope_theta", "rope_base"),
+        ("rms_norm_eps", "norm_eps"),
+        ("arch", "arch"),
+    ] {
+        assert_eq!(config[hf], model[ours], "{name}: config.json {hf}");
+    }
+    if model["arch"] == "red" {
+        assert_eq!(config["num_encoder_layers"], model["encoder_layers"]);
+        assert_eq!(config["num_decoder_layers"], model["decoder_layers"]);
+        assert_eq!(config["is_encoder_decoder"], true);
+        assert_eq!(config["attention_output_norm"], true);
+    } else {
+        assert_eq!(config["num_hidden_layers"], model["layers"]);
+        assert_eq!(config["is_encoder_decoder"], false);
+        assert_eq!(config["attention_output_norm"], false);
+    }
+    assert_eq!(config["eos_token_id"], meta["tokenizer"]["eod_id"]);
+    assert_eq!(config["pad_token_id"], meta["tokenizer"]["pad_id"]);
+    assert_eq!(config["redpack_step"], meta["step"]);
+    let tokenizer = std::fs::read(out.join("tokenizer.json")).unwrap();
+    assert_eq!(
+        tokenizer,
+        std::fs::read(corpus.join("tokenizer.json")).unwrap(),
+        "{name}: tokenizer.json is the corpus's"
+    );
+    let stdout = python(&[&script("check_hf_export.py"), &out, &reference]);
+    assert!(stdout.starts_with("ok: numpy"), "{stdout}");
+    if torch {
+        let stdout = python(&[&script("check_hf_export.py"), &out, &reference, "--torch".as_ref()]);
+        assert!(stdout.contains("ok: transformers generate"), "{stdout}");
+    }
+    config
+}
+
+#[test]
+fn hf_exports_reproduce_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    ok(&["build-corpus", "--out", s(&corpus), "--seq-len", "64"]);
+    let packed = corpus.join("packed");
+    let examples = corpus.join("examples");
+    let torch = torch_available();
+    if !torch {
+        eprintln!("PyTorch or transformers not importable: the transformers check runs in scripts/gpu-check.sh");
+    }
+
+    let dec = root.join("dec");
+    train("decllm-tiny-pretrain.toml", &packed, &dec, &[]);
+    let config = export_and_check(&dec, root, "dec", &packed, torch);
+    assert_eq!(
+        config["auto_map"]["AutoModelForCausalLM"],
+        "modeling_redpack.RedpackForCausalLM"
+    );
+    assert_eq!(config["bidirectional_prefix"], false);
+
+    let red = root.join("red");
+    train("redllm-tiny-pretrain.toml", &packed, &red, &[]);
+    let config = export_and_check(&red, root, "red", &packed, torch);
+    assert_eq!(
+        config["auto_map"]["AutoModelForSeq2SeqLM"],
+        "modeling_redpack.RedpackForSeq2SeqLM"
+    );
+
+    let biattn = root.join("biattn");
+    train(
+        "decllm-tiny-finetune.toml",
+        &examples,
+        &biattn,
+        &["--bidirectional-prefix"],
+    );
+    let config = export_and_check(&biattn, root, "biattn", &examples, torch);
+    assert_eq!(config["bidirectional_prefix"], true);
+    // The bidirectional prefix changes the scores: the reference is not a causal model's.
+    let reference = read_json(&root.join("biattn-reference.json"));
+    assert_eq!(reference["bidirectional_prefix"], true);
+    assert_eq!(reference["rows"][0]["first_target"], 9);
+
+    // An existing directory is replaced only with --overwrite; the export is deterministic.
+    let out = root.join("dec-hf");
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let err = fails(&[
+        "export",
+        "--checkpoint",
+        s(&dec),
+        "--format",
+        "hf",
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("--overwrite"), "{err}");
+    ok(&[
+        "export",
+        "--checkpoint",
+        s(&dec),
+        "--format",
+        "hf",
+        "--out",
+        s(&out),
+        "--overwrite",
+    ]);
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    assert!(!root.join(".dec-hf.tmp").exists() && !root.join(".dec-hf.old").exists());
+
+    // A tokenizer other than the training one is refused, naming the file.
+    let other = root.join("other");
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizers/gpt2.json");
+    let redpajama = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/redpajama");
+    ok(&[
+        "build-corpus",
+        "--input",
+        s(&redpajama),
+        "--tokenizer",
+        s(&tokenizer),
+        "--out",
+        s(&other),
+    ]);
+    let err = fails(&[
+        "export",
+        "--checkpoint",
+        s(&dec),
+        "--format",
+        "hf",
+        "--out",
+        s(&root.join("mismatch")),
+        "--tokenizer-corpus",
+        s(&other),
+    ]);
+    assert!(err.contains("tokenizer") && err.contains("sha256"), "{err}");
+    assert!(!root.join("mismatch").exists());
+}
+
+/// Every example's tokens, from the corpus reader.
+fn corpus_tokens(dir: &Path) -> Vec<Vec<u32>> {
+    let corpus = Corpus::open(dir).unwrap();
+    (0..corpus.len())
+        .map(|i| corpus.example(i).unwrap().tokens.to_vec())
+        .collect()
+}
+
+#[test]
+fn megatron_export_reads_back_as_the_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    ok(&["build-corpus", "--out", s(&corpus), "--seq-len", "64"]);
+    for name in ["packed", "examples"] {
+        let data = corpus.join(name);
+        let prefix = root.join("megatron").join(name);
+        let report = json(&[
+            "export",
+            "--corpus",
+            s(&data),
+            "--format",
+            "megatron",
+            "--out",
+            s(&prefix),
+            "--json",
+        ]);
+        let want = corpus_tokens(&data);
+        assert_eq!(report["sequences"], want.len());
+        assert_eq!(report["dtype"], "uint16");
+        let read: Value =
+            serde_json::from_str(&python(&[&script("read_megatron.py"), &prefix])).unwrap();
+        assert_eq!(read["dtype"], "uint16");
+        let got: Vec<Vec<u32>> = serde_json::from_value(read["sequences"].clone()).unwrap();
+        assert_eq!(got, want, "{name}: the sequences are the corpus's examples");
+        let docs: Vec<u64> = serde_json::from_value(read["document_indices"].clone()).unwrap();
+        assert_eq!(docs, (0..=want.len() as u64).collect::<Vec<_>>());
+
+        // Deterministic: a second export writes the same bytes.
+        let idx = std::fs::read(prefix.with_extension("idx")).unwrap();
+        let bin = std::fs::read(prefix.with_extension("bin")).unwrap();
+        let again = root.join("again").join(name);
+        ok(&[
+            "export",
+            "--corpus",
+            s(&data),
+            "--format",
+            "megatron",
+            "--out",
+            s(&again),
+        ]);
+        assert_eq!(std::fs::read(again.with_extension("idx")).unwrap(), idx);
+        assert_eq!(std::fs::read(again.with_extension("bin")).unwrap(), bin);
+        assert!(!root.join("megatron").join(format!(".{name}.bin.tmp")).exists());
+    }
+
+    // A broken index is refused by the reader with the reason.
+    let prefix = root.join("megatron").join("packed");
+    let idx = prefix.with_extension("idx");
+    let mut bytes = std::fs::read(&idx).unwrap();
+    bytes.truncate(bytes.len() - 8);
+    std::fs::write(&idx, bytes).unwrap();
+    let out = Command::new("python3")
+        .arg(script("read_megatron.py"))
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the header implies"));
+
+    // Usage errors: a corpus export needs --corpus, and not --checkpoint.
+    let err = fails(&["export", "--format", "megatron", "--out", s(&prefix)]);
+    assert!(err.contains("--corpus"), "{err}");
+    let err = fails(&["export", "--format", "hf", "--out", s(&root.join("x"))]);
+    assert!(err.contains("--checkpoint"), "{err}");
+    let err = fails(&[
+        "export",
+        "--corpus",
+        s(&root.join("missing")),
+        "--format",
+        "megatron",
+        "--out",
+        s(&prefix),
+    ]);
+    assert!(err.contains("missing"), "{err}");
+}
