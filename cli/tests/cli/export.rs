@@ -132,7 +132,12 @@ fn export_and_check(run: &Path, root: &Path, name: &str, corpus: &Path, torch: b
     let stdout = python(&[&script("check_hf_export.py"), &out, &reference]);
     assert!(stdout.starts_with("ok: numpy"), "{stdout}");
     if torch {
-        let stdout = python(&[&script("check_hf_export.py"), &out, &reference, "--torch".as_ref()]);
+        let stdout = python(&[
+            &script("check_hf_export.py"),
+            &out,
+            &reference,
+            "--torch".as_ref(),
+        ]);
         assert!(stdout.contains("ok: transformers generate"), "{stdout}");
     }
     config
@@ -205,12 +210,16 @@ fn hf_exports_reproduce_the_trainer() {
         s(&out),
         "--overwrite",
     ]);
-    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
     assert!(!root.join(".dec-hf.tmp").exists() && !root.join(".dec-hf.old").exists());
 
     // A tokenizer other than the training one is refused, naming the file.
     let other = root.join("other");
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizers/gpt2.json");
+    let tokenizer =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizers/gpt2.json");
     let redpajama = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/redpajama");
     ok(&[
         "build-corpus",
@@ -289,7 +298,10 @@ fn megatron_export_reads_back_as_the_corpus() {
         ]);
         assert_eq!(std::fs::read(again.with_extension("idx")).unwrap(), idx);
         assert_eq!(std::fs::read(again.with_extension("bin")).unwrap(), bin);
-        assert!(!root.join("megatron").join(format!(".{name}.bin.tmp")).exists());
+        assert!(!root
+            .join("megatron")
+            .join(format!(".{name}.bin.tmp"))
+            .exists());
     }
 
     // A broken index is refused by the reader with the reason.
