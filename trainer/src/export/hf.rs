@@ -224,11 +224,14 @@ fn pretty(value: &Value) -> Vec<u8> {
     bytes
 }
 
+/// A file of the model directory: its name and bytes.
+type NamedFile = (&'static str, Vec<u8>);
+
 /// The tokenizer files: `tokenizer.json` (copied) and the three small JSON files around it.
 fn tokenizer_files(
     corpus: &Path,
     checkpoint: &Checkpoint,
-) -> Result<(Vec<(&'static str, Vec<u8>)>, u64), ExportError> {
+) -> Result<(Vec<NamedFile>, u64), ExportError> {
     let manifest = redpack_schemas::Manifest::load(corpus)?;
     let info = &manifest.tokenizer;
     let stamp = &checkpoint.meta.tokenizer;
@@ -332,7 +335,7 @@ pub fn export_hf(checkpoint_path: &Path, options: &HfOptions) -> Result<HfSummar
 }
 
 /// Writes `files` into a fresh directory `out`: aside first, then renamed into place.
-fn write_dir(out: &Path, files: &[(&str, Vec<u8>)], overwrite: bool) -> Result<(), ExportError> {
+fn write_dir(out: &Path, files: &[NamedFile], overwrite: bool) -> Result<(), ExportError> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
