@@ -168,7 +168,8 @@ e2e() {
 
 # The Hugging Face export in PyTorch: tiny DecLLM, RedLLM and DecLLM + BiAttn checkpoints (3 CPU
 # steps each), exported with the CPU backend's reference log-probabilities, loaded with
-# transformers (trust_remote_code) and compared, greedy generate included.
+# transformers (trust_remote_code) and compared, greedy generate included; then run through the
+# lm-evaluation-harness where it is installed.
 export_check() {
     set -e
     local dir=/tmp/redpack-export
@@ -185,6 +186,11 @@ export_check() {
             --reference "$dir/$name-reference.json"
         python3 tests/python/check_hf_export.py "$dir/$name-hf" "$dir/$name-reference.json"
         python3 tests/python/check_hf_export.py "$dir/$name-hf" "$dir/$name-reference.json" --torch
+        if python3 -c 'import lm_eval, accelerate' 2>/dev/null; then
+            python3 tests/python/check_lm_eval.py "$dir/$name-hf"
+        else
+            echo "lm_eval or accelerate not importable: the lm-evaluation-harness check is not run"
+        fi
     done
 }
 

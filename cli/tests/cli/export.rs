@@ -1,7 +1,7 @@
 //! `redpack export`: tiny checkpoints of both architectures (and DecLLM + BiAttn) as Hugging Face
 //! model directories, checked against the checkpoint and against the CPU backend's
 //! log-probabilities by `tests/python/check_hf_export.py` (numpy; also with transformers where
-//! PyTorch is importable); corpora as Megatron-LM indexed datasets, read back by the independent
+//! PyTorch is importable, and through the lm-evaluation-harness where that is); corpora as Megatron-LM indexed datasets, read back by the independent
 //! reader `tests/python/read_megatron.py` and compared with the corpus's own tokens.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +39,14 @@ fn python(args: &[&Path]) -> String {
 fn torch_available() -> bool {
     Command::new("python3")
         .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the lm-evaluation-harness can be imported.
+fn lm_eval_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import lm_eval, accelerate, torch, transformers"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -139,6 +147,10 @@ fn export_and_check(run: &Path, root: &Path, name: &str, corpus: &Path, torch: b
             "--torch".as_ref(),
         ]);
         assert!(stdout.contains("ok: transformers generate"), "{stdout}");
+    }
+    if torch && lm_eval_available() {
+        let stdout = python(&[&script("check_lm_eval.py"), &out]);
+        assert!(stdout.starts_with("ok: lm-evaluation-harness"), "{stdout}");
     }
     config
 }
