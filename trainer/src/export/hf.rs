@@ -34,6 +34,9 @@ pub const CONFIGURATION_PY: &str = include_str!("../../assets/hf/configuration_r
 /// The PyTorch model classes, written as `modeling_redpack.py`.
 pub const MODELING_PY: &str = include_str!("../../assets/hf/modeling_redpack.py");
 
+/// The weights file of the model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
 /// What to export and where.
 #[derive(Debug, Clone)]
 pub struct HfOptions {
@@ -182,8 +185,9 @@ impl View for F32Tensor<'_> {
     }
 }
 
-/// `model.safetensors` of a checkpoint, tensors under `hf_name`.
-pub fn hf_weights(checkpoint: &Checkpoint) -> Result<Vec<u8>, ExportError> {
+/// Writes `model.safetensors` of a checkpoint to `path` (fsynced), tensors under `hf_name`,
+/// streaming tensor by tensor.
+pub fn write_hf_weights(checkpoint: &Checkpoint, path: &Path) -> Result<(), ExportError> {
     let mut tensors = Vec::with_capacity(checkpoint.params.len());
     for (name, tensor) in checkpoint.params.iter() {
         let hf = hf_name(name).ok_or_else(|| {
@@ -201,8 +205,19 @@ pub fn hf_weights(checkpoint: &Checkpoint) -> Result<Vec<u8>, ExportError> {
         ));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(tensors, Some(metadata))
-        .map_err(|e| ExportError::Invalid(format!("cannot serialize the weights: {e}")))
+    safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(source) => ExportError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => ExportError::Invalid(format!(
+            "{}: cannot write the weights: {other}",
+            path.display()
+        )),
+    })?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -320,9 +335,11 @@ pub fn export_hf(checkpoint_path: &Path, options: &HfOptions) -> Result<HfSummar
         CONFIGURATION_PY.as_bytes().to_vec(),
     ));
     files.push(("modeling_redpack.py", MODELING_PY.as_bytes().to_vec()));
-    files.push(("model.safetensors", hf_weights(&checkpoint)?));
+    write_dir(&options.out, &files, options.overwrite, |staged| {
+        write_hf_weights(&checkpoint, &staged.join(WEIGHTS_FILE))
+    })?;
+    files.push((WEIGHTS_FILE, Vec::new()));
     files.sort_by(|a, b| a.0.cmp(b.0));
-    write_dir(&options.out, &files, options.overwrite)?;
     Ok(HfSummary {
         checkpoint: dir.clone(),
         out: options.out.clone(),
@@ -334,8 +351,14 @@ pub fn export_hf(checkpoint_path: &Path, options: &HfOptions) -> Result<HfSummar
     })
 }
 
-/// Writes `files` into a fresh directory `out`: aside first, then renamed into place.
-fn write_dir(out: &Path, files: &[NamedFile], overwrite: bool) -> Result<(), ExportError> {
+/// Writes `files`, and what `more` writes, into a fresh directory `out`: aside first, then
+/// renamed into place.
+fn write_dir(
+    out: &Path,
+    files: &[NamedFile],
+    overwrite: bool,
+    more: impl FnOnce(&Path) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -365,8 +388,14 @@ fn write_dir(out: &Path, files: &[NamedFile], overwrite: bool) -> Result<(), Exp
         std::fs::remove_dir_all(&staged).map_err(io(&staged))?;
     }
     std::fs::create_dir(&staged).map_err(io(&staged))?;
-    for (file, bytes) in files {
-        write_synced(&staged.join(file), bytes)?;
+    let written = files
+        .iter()
+        .try_for_each(|(file, bytes)| write_synced(&staged.join(file), bytes))
+        .and_then(|()| more(&staged));
+    if let Err(e) = written {
+        // Nothing half-written stays behind; the error that matters is the one above.
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e);
     }
     if exists {
         let old = parent.join(format!(".{name}.old"));
