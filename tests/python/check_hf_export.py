@@ -35,7 +35,7 @@ FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
 ]
-TOLERANCE = 2e-4
+TOLERANCE = 2e-5
 
 
 def fail(message):

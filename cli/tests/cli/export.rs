@@ -199,6 +199,30 @@ fn hf_exports_reproduce_the_trainer() {
     assert_eq!(reference["bidirectional_prefix"], true);
     assert_eq!(reference["rows"][0]["first_target"], 9);
 
+    // The check notices a misplaced tensor: the first layer's two norm gains swapped.
+    let swapped = root.join("swapped-hf");
+    std::fs::create_dir_all(&swapped).unwrap();
+    for entry in std::fs::read_dir(root.join("dec-hf")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, swapped.join(path.file_name().unwrap())).unwrap();
+    }
+    swap_tensors(
+        &swapped.join("model.safetensors"),
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+    );
+    let out = Command::new("python3")
+        .arg(script("check_hf_export.py"))
+        .arg(&swapped)
+        .arg(root.join("dec-reference.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("differ from the reference"),
+        "{stderr}"
+    );
+
     // An existing directory is replaced only with --overwrite; the export is deterministic.
     let out = root.join("dec-hf");
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -255,6 +279,25 @@ fn hf_exports_reproduce_the_trainer() {
     ]);
     assert!(err.contains("tokenizer") && err.contains("sha256"), "{err}");
     assert!(!root.join("mismatch").exists());
+}
+
+/// Swaps two tensors of a safetensors file by swapping their entries in its JSON header.
+fn swap_tensors(path: &Path, a: &str, b: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (ta, tb) = (header.remove(a).unwrap(), header.remove(b).unwrap());
+    header.insert(a.to_string(), tb);
+    header.insert(b.to_string(), ta);
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
 }
 
 /// Every example's tokens, from the corpus reader.
