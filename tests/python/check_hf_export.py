@@ -12,8 +12,8 @@ reference.
 
 With --torch: loads the directory with transformers (AutoModelForCausalLM or
 AutoModelForSeq2SeqLM, trust_remote_code=True), scores the probe rows together in one padded
-batch and compares with the reference, and runs greedy `generate` against a greedy loop over
-full forward passes.
+batch and compares with the reference, runs greedy `generate` against a greedy loop over full
+forward passes, and a padded batch of prompts against each prompt alone.
 
 Prints `ok: ...` lines; exits 1 with a message on the first disagreement.
 """
@@ -321,6 +321,29 @@ def check_torch(model_dir, reference):
         if new != want:
             fail(f"generate gave {new}, the greedy loop {want}")
         print(f"ok: transformers generate, {steps} greedy tokens as a full-recompute loop")
+
+        # A padded batch of prompts generates what each prompt generates alone (DecLLM pads on
+        # the left, RedLLM on the right, as tokenizer_config.json says).
+        prompts = [r["tokens"][: r["prefix_len"]] for r in rows]
+        alone = []
+        for p in prompts:
+            ids = torch.tensor([p])
+            out = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+            alone.append(out[0, -steps:].tolist())
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(prompts):
+            at = slice(0, len(p)) if red else slice(width - len(p), width)
+            ids[b, at] = torch.tensor(p)
+            mask[b, at] = 1
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps, do_sample=False
+        )
+        batched = [row[-steps:] for row in out.tolist()]
+        if batched != alone:
+            fail(f"a padded batch generated {batched}, the prompts alone {alone}")
+        print(f"ok: transformers generate on a padded batch of {len(prompts)} prompts")
 
 
 def main():
