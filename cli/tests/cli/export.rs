@@ -291,7 +291,7 @@ fn swap_tensors(path: &Path, a: &str, b: &str) {
     header.insert(a.to_string(), tb);
     header.insert(b.to_string(), ta);
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
