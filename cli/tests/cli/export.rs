@@ -7,8 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use redpack_schemas::Corpus;
+use redpack_schemas::{
+    Corpus, CorpusInfo, CorpusWriter, Counts, ExampleMeta, Layout, PackingStats, TokenizerInfo,
+    WriterOptions,
+};
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::common::{fails, json, ok};
 
@@ -388,4 +392,112 @@ fn megatron_export_reads_back_as_the_corpus() {
         s(&prefix),
     ]);
     assert!(err.contains("missing"), "{err}");
+}
+
+/// A corpus whose vocabulary needs 32-bit ids (70,000 word-level tokens): three packed rows of 8
+/// tokens with ids above 65,535.
+fn write_u32_corpus(dir: &Path) -> Vec<Vec<u32>> {
+    const VOCAB: u32 = 70_000;
+    let vocab: serde_json::Map<String, Value> = (0..VOCAB)
+        .map(|id| {
+            let token = match id {
+                0 => "[EOD]".to_string(),
+                1 => "[PAD]".to_string(),
+                _ => format!("t{id}"),
+            };
+            (token, Value::from(id))
+        })
+        .collect();
+    let tokenizer = serde_json::to_vec(&serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [
+            {"id": 0, "content": "[EOD]", "special": true},
+            {"id": 1, "content": "[PAD]", "special": true},
+        ],
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[PAD]"},
+    }))
+    .unwrap();
+    let layout = Layout::Packed {
+        seq_len: 8,
+        prefix_len: 4,
+    };
+    let options = WriterOptions {
+        layout,
+        vocab_size: VOCAB,
+        max_shard_tokens: 1 << 20,
+    };
+    let mut writer = CorpusWriter::create(dir, options).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &tokenizer).unwrap();
+    let rows: Vec<Vec<u32>> = (0..3u32)
+        .map(|i| (0..8).map(|j| 65_530 + i * 1000 + j).collect())
+        .collect();
+    for row in &rows {
+        let meta = ExampleMeta {
+            source: "c4",
+            prefix_len: 4,
+            doc_starts: &[],
+            origin: None,
+        };
+        writer.push(row, meta).unwrap();
+    }
+    let counts = Counts {
+        records_read: 3,
+        kept: 3,
+        tokens: 24,
+        examples: 3,
+        ..Counts::default()
+    };
+    let info = CorpusInfo {
+        tokenizer: TokenizerInfo {
+            file: "tokenizer.json".into(),
+            sha256: redpack_schemas::hex(&sha2::Sha256::digest(&tokenizer)),
+            vocab_size: VOCAB,
+            eod_id: 0,
+            pad_id: 1,
+            eod_token: "[EOD]".into(),
+            pad_token: "[PAD]".into(),
+        },
+        build: serde_json::json!({"test": true}),
+        inputs: vec![],
+        counts: counts.clone(),
+        sources: [("c4".to_string(), counts)].into_iter().collect(),
+        packing: PackingStats {
+            documents: 3,
+            ..PackingStats::default()
+        },
+    };
+    writer.finish(info).unwrap();
+    rows
+}
+
+#[test]
+fn megatron_export_of_a_large_vocabulary_is_int32() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    let want = write_u32_corpus(&corpus);
+    assert_eq!(corpus_tokens(&corpus), want);
+    let prefix = dir.path().join("wide");
+    let report = json(&[
+        "export",
+        "--corpus",
+        s(&corpus),
+        "--format",
+        "megatron",
+        "--out",
+        s(&prefix),
+        "--json",
+    ]);
+    assert_eq!(report["dtype"], "int32");
+    assert_eq!(report["tokens"], 24);
+    let read: Value =
+        serde_json::from_str(&python(&[&script("read_megatron.py"), &prefix])).unwrap();
+    assert_eq!(read["dtype"], "int32");
+    let got: Vec<Vec<u32>> = serde_json::from_value(read["sequences"].clone()).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(
+        std::fs::metadata(prefix.with_extension("bin"))
+            .unwrap()
+            .len(),
+        24 * 4
+    );
 }
