@@ -12,7 +12,7 @@
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
-# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
+# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, export, bench-bf16,
 # bench-eval, bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
 # GPU_CHECK_BUDGET caps the whole run in seconds.
 #
@@ -29,6 +29,8 @@
 #      evaluation on the GPU against the CPU (eval_grid: every (L, k) pair in f32 and bf16;
 #      train_validate: validation between steps leaves resident training alone),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
+#      and the Hugging Face export of tiny checkpoints checked in PyTorch with transformers
+#      (tests/python/check_hf_export.py --torch),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), their
 #      evaluation throughput beside a training forward + backward at L = 2048 and 16,384
 #      (eval_step), the fused attention kernels alone, every build side by side (flash_attention), and the
@@ -164,6 +166,34 @@ e2e() {
     done
 }
 
+# The Hugging Face export in PyTorch: tiny DecLLM, RedLLM and DecLLM + BiAttn checkpoints (3 CPU
+# steps each), exported with the CPU backend's reference log-probabilities, loaded with
+# transformers (trust_remote_code) and compared, greedy generate included; then run through the
+# lm-evaluation-harness where it is installed.
+export_check() {
+    set -e
+    local dir=/tmp/redpack-export
+    rm -rf "$dir"
+    "$BUNDLE/redpack" build-corpus --out "$dir/corpus" --seq-len 64 >/dev/null
+    for recipe in decllm-tiny-pretrain:packed:dec redllm-tiny-pretrain:packed:red \
+        decllm-tiny-finetune:examples:biattn; do
+        local config=${recipe%%:*} rest=${recipe#*:}
+        local data=${rest%%:*} name=${rest##*:} extra=""
+        [ "$name" = biattn ] && extra=--bidirectional-prefix
+        "$BUNDLE/redpack" train --config "trainer/configs/$config.toml" --data "$dir/corpus/$data" \
+            --out "$dir/run-$name" --steps 3 --batch 2 --device cpu $extra >/dev/null
+        "$BUNDLE/redpack" export --checkpoint "$dir/run-$name" --format hf --out "$dir/$name-hf" \
+            --reference "$dir/$name-reference.json"
+        python3 tests/python/check_hf_export.py "$dir/$name-hf" "$dir/$name-reference.json"
+        python3 tests/python/check_hf_export.py "$dir/$name-hf" "$dir/$name-reference.json" --torch
+        if python3 -c 'import lm_eval, accelerate' 2>/dev/null; then
+            python3 tests/python/check_lm_eval.py "$dir/$name-hf"
+        else
+            echo "lm_eval or accelerate not importable: the lm-evaluation-harness check is not run"
+        fi
+    done
+}
+
 run() {
     RESULTS=${GPU_CHECK_RESULTS:-/tmp/gpu-check-out}/gpu-check
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
@@ -217,6 +247,7 @@ run() {
         train_health::a_diverging_run_stops_on_the_cuda_backend_too \
         train_health::a_device_run_is_checked_against_the_devices_free_memory --test-threads=1
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
+    wanted export && step export 120 bash -c "$(declare -f export_check); BUNDLE=$BUNDLE export_check"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Evaluation tokens/s beside a training forward + backward of the same 150M models, at
     # L = 2048 and 16,384, 4 rows each, on the GPU alone (BENCH_JSON: one JSON object per line).

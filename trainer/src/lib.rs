@@ -16,6 +16,8 @@
 //! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
+//! - `export`: a checkpoint as a Hugging Face model directory, a corpus as a Megatron-LM indexed
+//!   dataset;
 //! - `lm`: the interface downstream evaluation uses (log-likelihood of continuations, greedy
 //!   generation);
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
@@ -31,6 +33,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod flops;
 pub mod lm;
 pub mod metrics;

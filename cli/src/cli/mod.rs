@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod analyze_attention;
 pub mod build_corpus;
+pub mod export;
 pub mod fetch;
 pub mod inspect;
 pub mod study;
@@ -52,4 +53,7 @@ pub enum Command {
     /// Run a study (a grid of pretraining and finetuning runs with their evaluations) from a
     /// study file, and report it: fits, plots and the paper's findings.
     Study(study::StudyArgs),
+    /// Write a checkpoint as a Hugging Face transformers model, or a corpus as a Megatron-LM
+    /// indexed dataset.
+    Export(export::ExportArgs),
 }

@@ -3,6 +3,7 @@
 pub mod analyze_attention;
 pub mod build_corpus;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod inspect;
 pub mod study;
@@ -43,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch(args) => fetch::run(args),
         Command::SynthCorpus(args) => synth::run(args),
         Command::Study(args) => study::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 
