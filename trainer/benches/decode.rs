@@ -11,13 +11,15 @@
 //! the weights once reaches the machine's memory bandwidth.
 //!
 //! `cargo bench -p redpack-trainer --bench decode`, or run the built binary directly.
-//! Environment: `BENCH_SIZE` (a preset; `small`), `BENCH_VOCAB` (32768), `BENCH_ARCHS`
+//! Environment: `BENCH_DEVICE` (`cpu`, the default, or `cuda`: the CUDA decoder, f32),
+//! `BENCH_SIZE` (a preset; `small` on the CPU, `150m` on CUDA), `BENCH_VOCAB` (32768), `BENCH_ARCHS`
 //! (dec,red), `BENCH_BATCHES` (1,32), `BENCH_PROMPT` (64), `BENCH_NEW` (32), `BENCH_THREADS`
 //! (CPU threads; all cores).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use redpack_trainer::backend::cuda::decode::CudaDecoder;
 use redpack_trainer::config::{human_count, Arch, ModelConfig};
 use redpack_trainer::generate::cpu::CpuDecoder;
 use redpack_trainer::generate::sample::argmax;
@@ -67,7 +69,12 @@ fn decode_steps(decoder: &mut dyn Decoder, mut logits: Vec<Vec<f32>>, steps: usi
 }
 
 fn main() {
-    let size = env_or("BENCH_SIZE", "small");
+    let cuda = match env_or("BENCH_DEVICE", "cpu").as_str() {
+        "cpu" => false,
+        "cuda" => true,
+        other => fail("BENCH_DEVICE", format!("{other:?} is not cpu or cuda")),
+    };
+    let size = env_or("BENCH_SIZE", if cuda { "150m" } else { "small" });
     let vocab = env_usize("BENCH_VOCAB", 32768);
     let batches = env_list("BENCH_BATCHES", "1,32");
     let prompt_len = env_usize("BENCH_PROMPT", 64).max(1);
@@ -102,8 +109,17 @@ fn main() {
         let params = Arc::new(ParamStore::init(&config, 1));
         let bytes = params.num_elements() as f64 * 4.0;
         let max_len = prompt_len + new + 1;
-        let mut decoder = CpuDecoder::new(&config, params, DecodeMode::default(), max_len, threads)
-            .unwrap_or_else(|e| fail("decoder", e));
+        let mut decoder: Box<dyn Decoder> = match cuda {
+            true => Box::new(
+                CudaDecoder::open(&config, &params, DecodeMode::default(), max_len)
+                    .unwrap_or_else(|e| fail("decoder", e)),
+            ),
+            false => Box::new(
+                CpuDecoder::new(&config, params, DecodeMode::default(), max_len, threads)
+                    .unwrap_or_else(|e| fail("decoder", e)),
+            ),
+        };
+        println!("device: {}", decoder.name());
         let mut rng = SplitMix64::new(5);
         for &rows in &batches {
             let prompts: Vec<Vec<u32>> = (0..rows.max(1))
@@ -116,11 +132,11 @@ fn main() {
             let refs: Vec<&[u32]> = prompts.iter().map(|p| &p[..]).collect();
             // Warm-up: one start and one step.
             let logits = decoder.start(&refs).unwrap_or_else(|e| fail("start", e));
-            decode_steps(&mut decoder, logits, 1);
+            decode_steps(decoder.as_mut(), logits, 1);
             let t0 = Instant::now();
             let logits = decoder.start(&refs).unwrap_or_else(|e| fail("start", e));
             let prefill = t0.elapsed().as_secs_f64();
-            let secs = decode_steps(&mut decoder, logits, new);
+            let secs = decode_steps(decoder.as_mut(), logits, new);
             let decode_tps = (rows * new) as f64 / secs;
             let (uncached, ratio) = if rows == 1 && arch == Arch::Dec {
                 let mut seq = prompts[0].clone();
