@@ -18,6 +18,8 @@
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
 //! - `export`: a checkpoint as a Hugging Face model directory, a corpus as a Megatron-LM indexed
 //!   dataset;
+//! - `generate`: a checkpoint opened for decoding: KV-cache decoding on the CPU and CUDA,
+//!   sampling, and the `lm` interface over it;
 //! - `lm`: the interface downstream evaluation uses (log-likelihood of continuations, greedy
 //!   generation);
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
@@ -35,6 +37,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod flops;
+pub mod generate;
 pub mod lm;
 pub mod metrics;
 pub mod model;

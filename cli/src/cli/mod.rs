@@ -7,6 +7,7 @@ pub mod analyze_attention;
 pub mod build_corpus;
 pub mod export;
 pub mod fetch;
+pub mod generate;
 pub mod inspect;
 pub mod study;
 pub mod synth;
@@ -56,4 +57,7 @@ pub enum Command {
     /// Write a checkpoint as a Hugging Face transformers model, or a corpus as a Megatron-LM
     /// indexed dataset.
     Export(export::ExportArgs),
+    /// Generate text from a checkpoint: KV-cache decoding, greedy or sampled, one prompt or a
+    /// JSONL file of them.
+    Generate(generate::GenerateArgs),
 }

@@ -5,6 +5,7 @@ pub mod build_corpus;
 pub mod eval;
 pub mod export;
 pub mod fetch;
+pub mod generate;
 pub mod inspect;
 pub mod study;
 pub mod synth;
@@ -45,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SynthCorpus(args) => synth::run(args),
         Command::Study(args) => study::run(args),
         Command::Export(args) => export::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

@@ -13,6 +13,7 @@ mod eval_split;
 mod export;
 mod failure;
 mod fetch;
+mod generate;
 mod stages;
 mod study;
 mod synth;
