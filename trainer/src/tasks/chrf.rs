@@ -1,8 +1,9 @@
 //! ChrF (Popović 2015) as sacreBLEU computes it by default: character n-grams of orders 1 to 6
 //! with whitespace removed, no word n-grams, beta = 2.
 //!
-//! For each order n the statistics are the hypothesis n-gram count, the reference n-gram count
-//! and their clipped matches (sum over n-grams of the smaller count). A corpus score sums the
+//! For each order n the statistics are the hypothesis n-gram count (0 when the reference has no
+//! n-gram of that order), the reference n-gram count and their clipped matches (sum over n-grams
+//! of the smaller count). A corpus score sums the
 //! statistics over sentences. Precision and recall are averaged over the orders where both the
 //! hypothesis and the reference have n-grams, then combined as
 //! `F = (1 + β²)·P·R / (β²·P + R)`, reported × 100.
@@ -40,11 +41,9 @@ pub fn sentence_stats(hypothesis: &str, reference: &str) -> Stats {
             .iter()
             .map(|(gram, count)| (*count).min(r.get(gram).copied().unwrap_or(0)))
             .sum();
-        *slot = [
-            h.values().sum::<u64>(),
-            r.values().sum::<u64>(),
-            matches,
-        ];
+        // An order the reference has no n-gram of counts none of the hypothesis's either.
+        let hyp_count = if r.is_empty() { 0 } else { h.values().sum() };
+        *slot = [hyp_count, r.values().sum(), matches];
     }
     stats
 }

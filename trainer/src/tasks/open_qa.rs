@@ -9,7 +9,8 @@
 //!   the lm-evaluation-harness's `triviaqa`: `"Question: {question}?\nAnswer:"`, decoding stops
 //!   at a newline, `.` or `,`; correct when the answer equals `value` or one of the `aliases`.
 //! - **UnifiedQA** (`allenai/unifiedqa`'s published TSV files, `{dataset}/{train,dev}.tsv`, one
-//!   `input<TAB>output` a line with `\n` written as the two characters backslash-n): every
+//!   `input<TAB>output` a line with line breaks written as the two characters backslash-n, which
+//!   become a newline with the spaces around it trimmed): every
 //!   dataset folder present under `unifiedqa/` is evaluated on `dev.tsv` with demonstrations
 //!   from the same dataset's `train.tsv`; the manifest lists the science multiple-choice sets
 //!   (`ai2_science_elementary`, `ai2_science_middle`, `openbookqa`). Template
@@ -77,7 +78,11 @@ fn read_tsv(root: &Path, path: &Path, group: &str) -> Result<Vec<Example>, TaskE
                 message: "expected `input<TAB>output`".to_owned(),
             });
         };
-        let input = input.trim().replace("\\n", "\n");
+        let input = input
+            .split("\\n")
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n");
         let output = output.trim().to_owned();
         let relative = path.strip_prefix(root).unwrap_or(path);
         out.push(Example {
