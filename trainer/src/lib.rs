@@ -16,6 +16,8 @@
 //! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
+//! - `generate`: a checkpoint opened for decoding: KV-cache decoding on the CPU and CUDA,
+//!   sampling, and the `lm` interface over it;
 //! - `lm`: the interface downstream evaluation uses (log-likelihood of continuations, greedy
 //!   generation);
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
@@ -34,6 +36,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod flops;
+pub mod generate;
 pub mod lm;
 pub mod metrics;
 pub mod model;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod analyze_attention;
 pub mod build_corpus;
 pub mod fetch;
+pub mod generate;
 pub mod inspect;
 pub mod study;
 pub mod synth;
@@ -52,4 +53,7 @@ pub enum Command {
     /// Run a study (a grid of pretraining and finetuning runs with their evaluations) from a
     /// study file, and report it: fits, plots and the paper's findings.
     Study(study::StudyArgs),
+    /// Generate text from a checkpoint: KV-cache decoding, greedy or sampled, one prompt or a
+    /// JSONL file of them.
+    Generate(generate::GenerateArgs),
 }

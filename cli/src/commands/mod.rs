@@ -4,6 +4,7 @@ pub mod analyze_attention;
 pub mod build_corpus;
 pub mod eval;
 pub mod fetch;
+pub mod generate;
 pub mod inspect;
 pub mod study;
 pub mod synth;
@@ -43,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch(args) => fetch::run(args),
         Command::SynthCorpus(args) => synth::run(args),
         Command::Study(args) => study::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }
 

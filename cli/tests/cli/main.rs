@@ -12,6 +12,7 @@ mod eval_grid;
 mod eval_split;
 mod failure;
 mod fetch;
+mod generate;
 mod stages;
 mod study;
 mod synth;

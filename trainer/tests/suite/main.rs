@@ -20,6 +20,7 @@ mod cuda_model;
 mod cuda_train;
 mod eval_grid;
 mod flops_mixture;
+mod generate;
 mod model_config;
 mod model_gradcheck;
 mod model_layers;
