@@ -3,6 +3,7 @@
 pub mod analyze_attention;
 pub mod build_corpus;
 pub mod eval;
+pub mod eval_tasks;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
@@ -45,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SynthCorpus(args) => synth::run(args),
         Command::Study(args) => study::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::EvalTasks(args) => eval_tasks::run(args),
     }
 }
 

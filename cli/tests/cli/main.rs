@@ -8,6 +8,7 @@ mod build_corpus;
 mod cli_inspect;
 mod common;
 mod encoder;
+mod eval_tasks;
 mod eval_grid;
 mod eval_split;
 mod failure;
