@@ -175,3 +175,26 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
         "{stderr}"
     );
 }
+
+#[test]
+fn fetch_reads_the_eval_tasks_manifest_with_a_subset_per_task() {
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
+    let out = tempfile::tempdir().unwrap();
+    let stderr = fails(&[
+        "fetch",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--only",
+        "squad",
+    ]);
+    let known = "anli_r1, anli_r2, anli_r3, arc_challenge, arc_easy, bbh, boolq, \
+                 commonsense_qa, gsm8k, hellaswag, mmlu, rte, strategyqa, triviaqa, unifiedqa, \
+                 wmt_en_de, wmt_en_zh";
+    assert!(
+        stderr.contains("--only squad: no such subset") && stderr.contains(known),
+        "{stderr}"
+    );
+}

@@ -720,3 +720,54 @@ fn bad_input_is_an_error_naming_the_file_and_record() {
     let message = TaskId::parse_list("boolq,squad").unwrap_err().to_string();
     assert!(message.contains("\"squad\"") && message.contains("gsm8k"), "{message}");
 }
+
+#[test]
+fn every_fixture_file_is_where_the_manifest_puts_the_published_one() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
+    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let listed: Vec<(String, String)> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_owned(),
+                f["subset"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Every task has files in the manifest.
+    for task in TaskId::ALL {
+        assert!(
+            listed.iter().any(|(_, subset)| subset == task.name()),
+            "{} has no files in the manifest",
+            task.name()
+        );
+    }
+    // Every fixture data file has the published path of a file of the task that reads it.
+    let mut stack = vec![fixtures()];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(fixtures()).unwrap();
+            let relative = relative.to_str().unwrap().replace('\\', "/");
+            if !["parquet", "tsv", "txt"]
+                .iter()
+                .any(|ext| relative.ends_with(&format!(".{ext}")))
+            {
+                continue;
+            }
+            assert!(
+                listed.iter().any(|(p, _)| *p == relative),
+                "{relative} is not in data-manifests/eval-tasks.toml"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36);
+}
