@@ -59,7 +59,10 @@ fn parse_shots(text: &str) -> anyhow::Result<Shots> {
 pub fn run(args: EvalTasksArgs) -> anyhow::Result<ExitCode> {
     check_threads(args.threads)?;
     if !(1..=MAX_BATCH).contains(&args.batch) {
-        bail!("--batch must be in [1, {MAX_BATCH}] examples, got {}", args.batch);
+        bail!(
+            "--batch must be in [1, {MAX_BATCH}] examples, got {}",
+            args.batch
+        );
     }
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
@@ -102,7 +105,8 @@ pub fn run(args: EvalTasksArgs) -> anyhow::Result<ExitCode> {
         max_len: args.max_len,
         verify: !args.no_verify,
     };
-    let mut model = open_model(&dir, &options).context("cannot open the checkpoint for evaluation")?;
+    let mut model =
+        open_model(&dir, &options).context("cannot open the checkpoint for evaluation")?;
     eprintln!("{}", model.device_note);
     let description = model.describe();
     eprintln!("{description}");
@@ -169,7 +173,16 @@ fn table(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "{:<15} {:<16} {:>8} {:>5} {:>7} {:>8} {:>7} {:>7} {:>7} {:>9}",
-        "task", "scoring", "examples", "shots", "acc", "acc_norm", "em", "chrf", "score", "truncated"
+        "task",
+        "scoring",
+        "examples",
+        "shots",
+        "acc",
+        "acc_norm",
+        "em",
+        "chrf",
+        "score",
+        "truncated"
     )?;
     for task in &report.tasks {
         writeln!(out, "{}", row(task))?;

@@ -134,7 +134,10 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
     assert_eq!(report["examples"], 34);
     let average = report["average"].as_f64().unwrap();
     assert!((average - total / 17.0).abs() < 1e-9, "{average}");
-    assert!(report["model"].as_str().unwrap().contains("step"), "{report}");
+    assert!(
+        report["model"].as_str().unwrap().contains("step"),
+        "{report}"
+    );
 
     // The same settings give the same numbers.
     let again = json(&args);
@@ -149,7 +152,10 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
     assert!(lines[1].starts_with("task") && lines[1].contains("acc_norm"));
     assert!(lines[2].starts_with("boolq") && lines[2].contains("multiple_choice"));
     assert!(lines[3].starts_with("wmt_en_zh") && lines[3].contains("translate"));
-    assert!(lines[4].starts_with("average over 2 tasks (4 examples)"), "{table}");
+    assert!(
+        lines[4].starts_with("average over 2 tasks (4 examples)"),
+        "{table}"
+    );
 
     // Errors name what is wrong.
     let args = with(&["--tasks", "boolq,squad"]);
@@ -178,8 +184,7 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
 
 #[test]
 fn fetch_reads_the_eval_tasks_manifest_with_a_subset_per_task() {
-    let manifest =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
     let out = tempfile::tempdir().unwrap();
     let stderr = fails(&[
         "fetch",

@@ -23,7 +23,11 @@ fn example(record: &Record) -> Result<Example, TaskError> {
     let gold = labels
         .iter()
         .position(|label| label == key)
-        .ok_or_else(|| record.invalid(format!("answerKey {key:?} is none of the labels {labels:?}")))?;
+        .ok_or_else(|| {
+            record.invalid(format!(
+                "answerKey {key:?} is none of the labels {labels:?}"
+            ))
+        })?;
     let query = format!("Question: {}\nAnswer:", record.str("question")?);
     let choices = texts.iter().map(|text| format!(" {text}")).collect();
     choice_example(record, "", query, choices, gold)

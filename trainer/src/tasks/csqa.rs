@@ -23,7 +23,11 @@ fn example(record: &Record) -> Result<Example, TaskError> {
     let gold = labels
         .iter()
         .position(|label| label == key)
-        .ok_or_else(|| record.invalid(format!("answerKey {key:?} is none of the labels {labels:?}")))?;
+        .ok_or_else(|| {
+            record.invalid(format!(
+                "answerKey {key:?} is none of the labels {labels:?}"
+            ))
+        })?;
     let mut query = format!("Question: {}\n", record.str("question")?.trim());
     for (label, text) in labels.iter().zip(&texts) {
         query.push_str(&format!("{label}. {text}\n"));

@@ -114,7 +114,10 @@ pub fn evaluate(
     let prompts = (0..count)
         .map(|i| fewshot::prompt(data, i, shots, settings.seed))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut groups: Vec<&str> = data.eval[..count].iter().map(|e| e.group.as_str()).collect();
+    let mut groups: Vec<&str> = data.eval[..count]
+        .iter()
+        .map(|e| e.group.as_str())
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     let mut report = TaskReport {
@@ -164,8 +167,7 @@ pub fn evaluate(
                     });
                 }
                 for (offset, (first, n)) in spans.into_iter().enumerate() {
-                    let Target::Choice { choices, gold } = &data.eval[start + offset].target
-                    else {
+                    let Target::Choice { choices, gold } = &data.eval[start + offset].target else {
                         continue;
                     };
                     let slice = &scores[first..first + n];
@@ -261,7 +263,9 @@ fn generate(
     if max_len < 2 {
         return Err(TaskError::Task {
             task: data.task.name(),
-            message: format!("the model's context of {max_len} tokens cannot hold a prompt and an answer"),
+            message: format!(
+                "the model's context of {max_len} tokens cannot hold a prompt and an answer"
+            ),
         });
     }
     let max_new = max_new_tokens.min(max_len / 2).max(1);

@@ -15,8 +15,9 @@ pub const DELIMITER: &str = "\n\n";
 
 /// The seed stream of a task: its name's bytes folded into one word.
 fn task_key(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// The demonstrations of `data.eval[index]`, in prompt order.

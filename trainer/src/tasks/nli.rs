@@ -52,8 +52,16 @@ pub(super) fn rte(root: &Path) -> Result<TaskData, TaskError> {
 }
 
 pub(super) fn anli(root: &Path, task: TaskId, round: u32) -> Result<TaskData, TaskError> {
-    let eval = read_all(root, task, &format!("anli/plain_text/test_r{round}-*.parquet"))?;
-    let train = read_all(root, task, &format!("anli/plain_text/train_r{round}-*.parquet"))?;
+    let eval = read_all(
+        root,
+        task,
+        &format!("anli/plain_text/test_r{round}-*.parquet"),
+    )?;
+    let train = read_all(
+        root,
+        task,
+        &format!("anli/plain_text/train_r{round}-*.parquet"),
+    )?;
     Ok(with_train(
         task,
         examples(root, &eval, anli_example)?,

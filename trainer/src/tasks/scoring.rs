@@ -79,7 +79,11 @@ fn numbers(text: &str) -> Vec<String> {
                 j += 1;
             }
             let digits: String = chars[i..j].iter().collect();
-            out.push(if negative { format!("-{digits}") } else { digits });
+            out.push(if negative {
+                format!("-{digits}")
+            } else {
+                digits
+            });
             i = j;
         } else {
             i += 1;

@@ -331,7 +331,11 @@ fn targets_map_the_published_labels_to_the_right_choice() {
 fn demonstrations_are_seeded_distinct_and_from_the_pool() {
     let data = load(TaskId::BoolQ);
     let first = fewshot::prompt(&data, 0, 5, 7).unwrap();
-    assert_eq!(first, fewshot::prompt(&data, 0, 5, 7).unwrap(), "deterministic");
+    assert_eq!(
+        first,
+        fewshot::prompt(&data, 0, 5, 7).unwrap(),
+        "deterministic"
+    );
     assert_ne!(first, fewshot::prompt(&data, 0, 5, 8).unwrap(), "seeded");
     let parts: Vec<&str> = first.split(fewshot::DELIMITER).collect();
     assert_eq!(parts.len(), 6);
@@ -342,7 +346,10 @@ fn demonstrations_are_seeded_distinct_and_from_the_pool() {
         .map(|e| format!("{}{}", e.query, e.demo))
         .collect();
     for part in &parts[..5] {
-        assert!(pool.iter().any(|p| p == part), "not a train example: {part}");
+        assert!(
+            pool.iter().any(|p| p == part),
+            "not a train example: {part}"
+        );
         assert_eq!(parts.iter().filter(|p| *p == part).count(), 1, "repeated");
     }
     // BoolQ demonstrations end in the gold answer: the passage about water is a " yes".
@@ -353,7 +360,11 @@ fn demonstrations_are_seeded_distinct_and_from_the_pool() {
     let zh = load(TaskId::WmtEnZh);
     for (i, example) in zh.eval.iter().enumerate() {
         let prompt = fewshot::prompt(&zh, i, 5, 3).unwrap();
-        assert_eq!(prompt.matches(example.query.as_str()).count(), 1, "{prompt}");
+        assert_eq!(
+            prompt.matches(example.query.as_str()).count(),
+            1,
+            "{prompt}"
+        );
         assert_eq!(prompt.split(fewshot::DELIMITER).count(), 6);
     }
 
@@ -368,8 +379,12 @@ fn demonstrations_are_seeded_distinct_and_from_the_pool() {
     // three other examples of the subtask.
     let bbh = load(TaskId::Bbh);
     let with_file = fewshot::prompt(&bbh, 0, 3, 3).unwrap();
-    assert!(with_file.starts_with("Q: not True is\nA: Let's think step by step.\nnot True = False."));
-    assert!(with_file.ends_with("\n\nQ: not ( True ) and ( True ) is\nA: Let's think step by step."));
+    assert!(
+        with_file.starts_with("Q: not True is\nA: Let's think step by step.\nnot True = False.")
+    );
+    assert!(
+        with_file.ends_with("\n\nQ: not ( True ) and ( True ) is\nA: Let's think step by step.")
+    );
     assert!(!with_file.contains("-----"));
     let drawn = fewshot::prompt(&bbh, 4, 3, 3).unwrap();
     assert_eq!(drawn.matches("What is the date tomorrow?").count(), 4);
@@ -502,7 +517,13 @@ fn scores_do_not_depend_on_the_batch_and_limit_takes_the_first_examples() {
         limit: Some(2),
         ..settings(Shots::Fixed(0))
     };
-    let report = evaluate(&load(TaskId::BoolQ), &mut Constant::new(""), &Bytes, &settings).unwrap();
+    let report = evaluate(
+        &load(TaskId::BoolQ),
+        &mut Constant::new(""),
+        &Bytes,
+        &settings,
+    )
+    .unwrap();
     assert_eq!(report.examples, 2);
     assert_eq!(report.acc, Some(0.5));
 }
@@ -535,23 +556,52 @@ fn answers_are_extracted_as_each_task_reads_them() {
     assert!(!is_correct(Extract::Gsm8k, Some("60"), &["6".to_owned()]));
 
     let cot = |output: &str| extract(Extract::AnswerIs, output);
-    assert_eq!(cot("Step one. So the answer is (B).").as_deref(), Some("(B)"));
-    assert_eq!(cot("The answer is True. Then more.").as_deref(), Some("True"));
+    assert_eq!(
+        cot("Step one. So the answer is (B).").as_deref(),
+        Some("(B)")
+    );
+    assert_eq!(
+        cot("The answer is True. Then more.").as_deref(),
+        Some("True")
+    );
     assert_eq!(
         cot("the answer is 4. Wait, the answer is 5.").as_deref(),
         Some("5")
     );
     assert_eq!(cot("no conclusion"), None);
-    assert!(is_correct(Extract::AnswerIs, Some("B"), &["(B)".to_owned()]));
-    assert!(is_correct(Extract::AnswerIs, Some("(b)"), &["(B)".to_owned()]));
-    assert!(is_correct(Extract::AnswerIs, Some("valid"), &["Valid".to_owned()]));
-    assert!(is_correct(Extract::AnswerIs, Some(") ]"), &[") ]".to_owned()]));
-    assert!(!is_correct(Extract::AnswerIs, Some("(C)"), &["(B)".to_owned()]));
+    assert!(is_correct(
+        Extract::AnswerIs,
+        Some("B"),
+        &["(B)".to_owned()]
+    ));
+    assert!(is_correct(
+        Extract::AnswerIs,
+        Some("(b)"),
+        &["(B)".to_owned()]
+    ));
+    assert!(is_correct(
+        Extract::AnswerIs,
+        Some("valid"),
+        &["Valid".to_owned()]
+    ));
+    assert!(is_correct(
+        Extract::AnswerIs,
+        Some(") ]"),
+        &[") ]".to_owned()]
+    ));
+    assert!(!is_correct(
+        Extract::AnswerIs,
+        Some("(C)"),
+        &["(B)".to_owned()]
+    ));
 
     assert_eq!(scoring::normalize_answer(" The  Blue-Whale! "), "bluewhale");
     assert_eq!(scoring::normalize_answer("an apple a day"), "apple day");
     assert!(!is_correct(Extract::Short, Some(""), &["The".to_owned()]));
-    assert_eq!(scoring::cut_at_stops("Paris, France.", &["\n", ".", ","]), "Paris");
+    assert_eq!(
+        scoring::cut_at_stops("Paris, France.", &["\n", ".", ","]),
+        "Paris"
+    );
 
     // acc takes the highest sum, acc_norm the highest sum per character; ties go first.
     let choices = [" a".to_owned(), " longer".to_owned()];
@@ -679,13 +729,16 @@ fn bad_input_is_an_error_naming_the_file_and_record() {
         schema.clone(),
         vec![
             Arc::new(StringArray::from(vec!["q1", "q2"])),
-            Arc::new(StringArray::from(vec!["1 + 1 = 2\n#### 2", "no final answer"])),
+            Arc::new(StringArray::from(vec![
+                "1 + 1 = 2\n#### 2",
+                "no final answer",
+            ])),
         ],
     )
     .unwrap();
     for name in ["train", "test"] {
-        let file = std::fs::File::create(folder.join(format!("{name}-00000-of-00001.parquet")))
-            .unwrap();
+        let file =
+            std::fs::File::create(folder.join(format!("{name}-00000-of-00001.parquet"))).unwrap();
         let mut writer = ArrowWriter::try_new(file, schema.clone(), None).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();
@@ -701,30 +754,48 @@ fn bad_input_is_an_error_naming_the_file_and_record() {
     let jsonl = dir.path().join("bad.jsonl");
     std::fs::write(&jsonl, "{\"a\": 1}\n{oops\n").unwrap();
     let error = records::read(&jsonl).unwrap_err();
-    assert!(matches!(error, TaskError::Record { record: 2, .. }), "{error}");
+    assert!(
+        matches!(error, TaskError::Record { record: 2, .. }),
+        "{error}"
+    );
     let csv = dir.path().join("x.csv");
     std::fs::write(&csv, "a,b\n").unwrap();
-    assert!(records::read(&csv).unwrap_err().to_string().contains("x.csv"));
+    assert!(records::read(&csv)
+        .unwrap_err()
+        .to_string()
+        .contains("x.csv"));
     // Not Parquet despite the name.
     let fake = dir.path().join("fake.parquet");
     std::fs::write(&fake, "not parquet").unwrap();
     let message = records::read(&fake).unwrap_err().to_string();
-    assert!(message.contains("fake.parquet") && message.contains("Parquet"), "{message}");
+    assert!(
+        message.contains("fake.parquet") && message.contains("Parquet"),
+        "{message}"
+    );
 
     // Task lists: names, groups, and an unknown name listing the known ones.
     assert_eq!(TaskId::parse_list("paper").unwrap(), TaskId::ALL);
     assert_eq!(
         TaskId::parse_list("anli,boolq,anli_r2").unwrap(),
-        [TaskId::AnliR1, TaskId::AnliR2, TaskId::AnliR3, TaskId::BoolQ]
+        [
+            TaskId::AnliR1,
+            TaskId::AnliR2,
+            TaskId::AnliR3,
+            TaskId::BoolQ
+        ]
     );
     let message = TaskId::parse_list("boolq,squad").unwrap_err().to_string();
-    assert!(message.contains("\"squad\"") && message.contains("gsm8k"), "{message}");
+    assert!(
+        message.contains("\"squad\"") && message.contains("gsm8k"),
+        "{message}"
+    );
 }
 
 #[test]
 fn every_fixture_file_is_where_the_manifest_puts_the_published_one() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
-    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let listed: Vec<(String, String)> = manifest["files"]
         .as_array()
         .unwrap()
