@@ -182,6 +182,74 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
     );
 }
 
+/// A RedLLM (prompt to the encoder, answer decoded) runs the multiple-choice, generative and
+/// translation paths too.
+#[test]
+fn eval_tasks_runs_a_redllm() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    ok(&[
+        "build-corpus",
+        "--out",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "64",
+    ]);
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/redllm-tiny-pretrain.toml");
+    let run = root.join("run");
+    let run = run.to_str().unwrap();
+    ok(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        corpus.join("packed").to_str().unwrap(),
+        "--out",
+        run,
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let data_root = fixtures();
+    let report = json(&[
+        "eval-tasks",
+        "--checkpoint",
+        run,
+        "--data-root",
+        &data_root,
+        "--device",
+        "cpu",
+        "--max-len",
+        "96",
+        "--tasks",
+        "arc_easy,gsm8k,wmt_en_de",
+        "--shots",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        report["model"].as_str().unwrap().contains("RedLLM"),
+        "{report}"
+    );
+    let tasks = report["tasks"].as_array().unwrap();
+    let scorings: Vec<&str> = tasks
+        .iter()
+        .map(|t| t["scoring"].as_str().unwrap())
+        .collect();
+    assert_eq!(scorings, ["multiple_choice", "generate", "translate"]);
+    let examples: Vec<u64> = tasks
+        .iter()
+        .map(|t| t["examples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(examples, [2, 3, 3]);
+    assert_eq!(report["examples"], 8);
+}
+
 #[test]
 fn fetch_reads_the_eval_tasks_manifest_with_a_subset_per_task() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
