@@ -5,14 +5,14 @@
 #   scripts/gpu-check.sh build   on a machine with the Rust toolchain (cargo): builds the release
 #                                test and benchmark binaries and copies them, stripped, to
 #                                target/gpu-bundle/{trainer_suite,cuda_step,eval_step,flash_attention,
-#                                redpack}
+#                                decode,redpack}
 #                                (trainer_suite: the trainer's integration tests, one binary)
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with
 #                                target/gpu-bundle carried over; writes logs and results under
 #                                /tmp/gpu-check-out/gpu-check ($GPU_CHECK_RESULTS/gpu-check) and,
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
-# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, e2e, bench-bf16,
+# GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, generate, e2e, bench-bf16,
 # bench-eval, bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
 # GPU_CHECK_BUDGET caps the whole run in seconds.
 #
@@ -28,6 +28,8 @@
 #      training loop on the GPU against the CPU (cuda_train: checkpoints and a resume), and the
 #      evaluation on the GPU against the CPU (eval_grid: every (L, k) pair in f32 and bf16;
 #      train_validate: validation between steps leaves resident training alone),
+#   2b. decoding (generate: the CUDA decoder against the CPU training forward at every step and
+#      the CPU's greedy tokens, then decode tokens/s of the 150M models at batch 1 and 32),
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), their
 #      evaluation throughput beside a training forward + backward at L = 2048 and 16,384
@@ -52,13 +54,13 @@ build() {
     json=$(mktemp)
     cargo test -p redpack-trainer --release --no-run --test suite --message-format=json >"$json"
     cargo bench -p redpack-trainer --bench cuda_step --bench eval_step --bench flash_attention \
-        --no-run \
+        --bench decode --no-run \
         --message-format=json >>"$json"
     python3 - "$json" "$BUNDLE" <<'PY'
 import json, shutil, sys
 # target name -> name in the bundle
 WANTED = {"suite": "trainer_suite", "cuda_step": "cuda_step", "eval_step": "eval_step",
-          "flash_attention": "flash_attention"}
+          "flash_attention": "flash_attention", "decode": "decode"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -80,7 +82,7 @@ PY
     cargo build --release --bin redpack
     cp target/release/redpack "$BUNDLE"/redpack
     strip "$BUNDLE"/trainer_suite "$BUNDLE"/cuda_step "$BUNDLE"/eval_step "$BUNDLE"/flash_attention \
-        "$BUNDLE"/redpack
+        "$BUNDLE"/decode "$BUNDLE"/redpack
     ls -la "$BUNDLE"
     echo "carry target/gpu-bundle to the GPU machine and run: scripts/gpu-check.sh run"
 }
@@ -169,7 +171,7 @@ run() {
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
     mkdir -p "$RESULTS"
     : >"$RESULTS/summary.txt"
-    for bin in trainer_suite cuda_step eval_step flash_attention redpack; do
+    for bin in trainer_suite cuda_step eval_step flash_attention decode redpack; do
         [ -x "$BUNDLE/$bin" ] || { echo "missing $BUNDLE/$bin: run 'scripts/gpu-check.sh build' first and carry target/gpu-bundle" >&2; exit 2; }
     done
     local libs
@@ -216,6 +218,8 @@ run() {
         train_health::non_finite_values_are_not_squashed_by_the_cuda_norm \
         train_health::a_diverging_run_stops_on_the_cuda_backend_too \
         train_health::a_device_run_is_checked_against_the_devices_free_memory --test-threads=1
+    wanted generate && step generate 90 "$suite" generate_cuda:: --test-threads=1
+    wanted generate && step bench-decode 120 env BENCH_DEVICE=cuda BENCH_SIZE=150m "$BUNDLE/decode"
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Evaluation tokens/s beside a training forward + backward of the same 150M models, at

@@ -3,7 +3,8 @@
 //!
 //! - `decoder`: the `Decoder` trait a device implements (start rows from prompts, append tokens,
 //!   return next-token logits) and what a row's cache means for each architecture;
-//! - `cpu`: the CPU decoder (f32, the CPU backend's blocks);
+//! - `cpu`: the CPU decoder (f32, the CPU backend's blocks); the CUDA decoder is
+//!   `crate::backend::cuda::decode::CudaDecoder`;
 //! - `sample`: greedy, temperature and top-p choice of the next token, seeded;
 //! - `model`: a checkpoint opened for decoding (`open`, `open_model`), its generation loop
 //!   (stops at EOD, a stop sequence or the length limit) and log-likelihoods.

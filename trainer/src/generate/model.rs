@@ -8,7 +8,9 @@ use super::cpu::CpuDecoder;
 use super::decoder::{DecodeMode, Decoder};
 use super::sample::{argmax, choose, log_prob, Sampling};
 use super::GenerateError;
-use crate::backend::DeviceChoice;
+use crate::backend::cuda::decode::CudaDecoder;
+use crate::backend::cuda::runtime::probe::ProbeError;
+use crate::backend::{probe_cuda, CudaAvailability, DeviceChoice};
 use crate::checkpoint;
 use crate::config::{Arch, ModelConfig};
 use crate::eval::AttentionMode;
@@ -115,15 +117,36 @@ pub fn open_model(path: &Path, options: &OpenOptions) -> Result<CheckpointModel,
     };
     let config = ckpt.meta.model.clone();
     let params = Arc::new(ckpt.params);
-    let (decoder, device_note): (Box<dyn Decoder>, String) = match options.device {
-        DeviceChoice::Cuda => {
+    let found = match options.device {
+        DeviceChoice::Cpu => CudaAvailability::NoDriver,
+        DeviceChoice::Cuda | DeviceChoice::Auto => probe_cuda(),
+    };
+    let (decoder, device_note): (Box<dyn Decoder>, String) = match (options.device, found) {
+        (DeviceChoice::Cuda | DeviceChoice::Auto, CudaAvailability::Device(_)) => {
+            let d = CudaDecoder::open(&config, &params, mode, options.max_len)?;
+            let note = format!("device: {}", d.name());
+            (Box::new(d), note)
+        }
+        (DeviceChoice::Cuda, CudaAvailability::NoDriver) => {
+            return Err(GenerateError::Model(ProbeError::NoDriver.to_string()))
+        }
+        (DeviceChoice::Cuda, CudaAvailability::NoDevice { reason }) => {
             return Err(GenerateError::Model(
-                "decoding on CUDA is not available in this build: use `--device cpu`".into(),
+                ProbeError::NoDevice { reason }.to_string(),
             ))
         }
-        DeviceChoice::Cpu | DeviceChoice::Auto => {
+        (_, found) => {
             let d = CpuDecoder::new(&config, params, mode, options.max_len, options.threads)?;
-            let note = format!("device: {}", d.name());
+            let why = match (options.device, found) {
+                (DeviceChoice::Auto, CudaAvailability::NoDriver) => {
+                    " (--device auto: no CUDA driver found)".to_string()
+                }
+                (DeviceChoice::Auto, CudaAvailability::NoDevice { reason }) => {
+                    format!(" (--device auto: no usable CUDA device: {reason})")
+                }
+                _ => String::new(),
+            };
+            let note = format!("device: {}{why}", d.name());
             (Box::new(d), note)
         }
     };

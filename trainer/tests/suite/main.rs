@@ -21,6 +21,7 @@ mod cuda_train;
 mod eval_grid;
 mod flops_mixture;
 mod generate;
+mod generate_cuda;
 mod model_config;
 mod model_gradcheck;
 mod model_layers;

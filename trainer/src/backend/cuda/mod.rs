@@ -17,6 +17,8 @@
 //!   handles, a micro-batch's inputs built on the host and staged in pinned memory, the residual
 //!   blocks and attention, and both architectures forward and backward, walking the same plan
 //!   (`crate::model`) as the CPU backend step for step.
+//! - `decode`: `CudaDecoder`, incremental decoding with key/value caches on the device
+//!   (`crate::generate::Decoder`).
 //!
 //! `backend::open_backend` (in `backend/select.rs`) resolves `--device` and `--precision` into a
 //! backend. The kernel and whole-model parity tests are `trainer/tests/cuda_kernels.rs`,
@@ -25,6 +27,7 @@
 //! PyTorch reference `trainer/benches/torch_ref.py`).
 
 pub mod blas;
+pub mod decode;
 pub mod kernels;
 pub mod model;
 pub mod options;

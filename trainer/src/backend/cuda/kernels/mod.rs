@@ -10,6 +10,8 @@
 //! - `launch_tokens`, `launch_model`, `launch_flash`, `launch_adafactor`: the launchers of the
 //!   kernels over tokens and scores, attention packing, the fused attention and the Adafactor
 //!   update;
+//! - `launch_decode`: attention against a key/value cache and appending to it (`decode.cu`,
+//!   incremental decoding);
 //! - `flash_builds`: the fused attention's builds and shapes, and the tuner that picks a build
 //!   per kernel and shape (`REDPACK_CUDA_FLASH=auto`).
 //!
@@ -19,6 +21,7 @@ mod flash_builds;
 mod grid;
 mod launch;
 mod launch_adafactor;
+mod launch_decode;
 mod launch_flash;
 mod launch_model;
 mod launch_tokens;
@@ -30,6 +33,7 @@ pub use launch::CudaKernels;
 pub use launch_adafactor::{
     AdafactorStep, AdafactorTensor, DeviceMoment, MomentShape, MultiTensorAdafactor,
 };
+pub use launch_decode::{DecodeRows, DECODE_MAX_HEAD_DIM};
 pub use launch_flash::DocStreams;
 pub use launch_model::{PackShape, PackSide};
 pub use launch_tokens::{ScoresShape, TokenChains, CE_FUSED_VOCAB};

@@ -118,6 +118,7 @@ pub const KERNELS: &[KernelSource] = &[
         ]
     ),
     kernel_source!("residual", ["add_inplace", "dropout_apply"]),
+    kernel_source!("decode", ["decode_attention", "decode_cache_append"]),
     kernel_source!(
         "adafactor",
         [
