@@ -169,3 +169,92 @@ fn generate_from_a_trained_run() {
     let err = fails(&["generate", "--checkpoint", run]);
     assert!(err.contains("--prompt"), "{err}");
 }
+
+/// `--device cuda` (a GPU, or the CPU emulation of one that the child finds on its
+/// `LD_LIBRARY_PATH`) gives the CPU's greedy tokens.
+#[test]
+fn generate_on_the_gpu_gives_the_cpu_tokens() {
+    use redpack_cuda_emu::{DeviceCode, Kernel};
+    use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
+    use std::process::Command;
+
+    let code = DeviceCode {
+        common: COMMON,
+        kernels: KERNELS
+            .iter()
+            .map(|k| Kernel {
+                name: k.name,
+                source: k.source,
+                entries: k.entries,
+            })
+            .collect(),
+    };
+    let libraries = redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
+        .map(|(dir, _)| dir);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    ok(&[
+        "build-corpus",
+        "--out",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "64",
+    ]);
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/redllm-tiny-pretrain.toml");
+    let run = root.join("run");
+    let run = run.to_str().unwrap();
+    ok(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        corpus.join("packed").to_str().unwrap(),
+        "--out",
+        run,
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let prompts = root.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"The history of the\"}\n{\"prompt\": \"Water\"}\n",
+    )
+    .unwrap();
+    let generate = |device: &str| {
+        let mut command = Command::new(crate::common::BIN);
+        command
+            .args(["generate", "--checkpoint", run, "--prompts"])
+            .arg(&prompts)
+            .args(["--max-new-tokens", "4", "--json", "--device", device])
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            );
+        if let Some(dir) = &libraries {
+            let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+            command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
+        }
+        let out = command.output().expect("running redpack");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "generate --device {device}:\n{stderr}"
+        );
+        let tokens: Vec<serde_json::Value> = lines(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .map(|l| l["tokens"].clone())
+            .collect();
+        (tokens, stderr)
+    };
+    let (cpu, _) = generate("cpu");
+    let (gpu, log) = generate("cuda");
+    assert!(log.contains("device: cuda"), "{log}");
+    assert_eq!(gpu, cpu, "CUDA greedy tokens differ from the CPU's");
+}
