@@ -23,6 +23,8 @@
 //! - `lm`: the interface downstream evaluation uses (log-likelihood of continuations, greedy
 //!   generation);
 //! - `analysis`: attention analysis (local attention probability, heat maps) on the CPU;
+//! - `tasks`: the paper's downstream tasks (readers, prompts, few-shot draws, scoring) through
+//!   `lm`;
 //! - `study`: the paper's comparisons from one study file (grid, resume, fits, findings, report);
 //! - `metrics`: the per-step metrics record and its observers;
 //! - `flops`: training FLOPs per step, counted per stack;
@@ -47,3 +49,4 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod study;
+pub mod tasks;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod analyze_attention;
 pub mod build_corpus;
+pub mod eval_tasks;
 pub mod export;
 pub mod fetch;
 pub mod generate;
@@ -60,4 +61,7 @@ pub enum Command {
     /// Generate text from a checkpoint: KV-cache decoding, greedy or sampled, one prompt or a
     /// JSONL file of them.
     Generate(generate::GenerateArgs),
+    /// Score a checkpoint on the paper's downstream tasks (few-shot, multiple choice,
+    /// generative and translation), per task and on average.
+    EvalTasks(eval_tasks::EvalTasksArgs),
 }

@@ -3,6 +3,7 @@
 pub mod analyze_attention;
 pub mod build_corpus;
 pub mod eval;
+pub mod eval_tasks;
 pub mod export;
 pub mod fetch;
 pub mod generate;
@@ -47,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Study(args) => study::run(args),
         Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::EvalTasks(args) => eval_tasks::run(args),
     }
 }
 

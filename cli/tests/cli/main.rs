@@ -10,6 +10,7 @@ mod common;
 mod encoder;
 mod eval_grid;
 mod eval_split;
+mod eval_tasks;
 mod export;
 mod failure;
 mod fetch;

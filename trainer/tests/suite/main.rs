@@ -28,6 +28,7 @@ mod model_layers;
 mod model_masks;
 mod model_overfit;
 mod study;
+mod tasks;
 mod train_configs;
 mod train_data;
 mod train_health;

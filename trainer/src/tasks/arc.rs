@@ -1,0 +1,44 @@
+//! **ARC-Easy** and **ARC-Challenge** (`allenai/ai2_arc`: `{ARC-Easy,ARC-Challenge}/{train,test}-*.parquet`,
+//! columns `id`, `question`, `choices` {`text`, `label`}, `answerKey`): the test split evaluated,
+//! demonstrations from train. As the lm-evaluation-harness's `arc_easy` / `arc_challenge`:
+//! `"Question: {question}\nAnswer:"`, each choice `" {text}"`, the gold one the choice whose
+//! label is `answerKey`.
+
+use std::path::Path;
+
+use super::records::Record;
+use super::{choice_example, examples, read_all, with_train, Example, TaskData, TaskError, TaskId};
+
+fn example(record: &Record) -> Result<Example, TaskError> {
+    let texts = record.str_list("choices", Some("text"))?;
+    let labels = record.str_list("choices", Some("label"))?;
+    if texts.len() != labels.len() {
+        return Err(record.invalid(format!(
+            "{} choice texts but {} labels",
+            texts.len(),
+            labels.len()
+        )));
+    }
+    let key = record.str("answerKey")?;
+    let gold = labels
+        .iter()
+        .position(|label| label == key)
+        .ok_or_else(|| {
+            record.invalid(format!(
+                "answerKey {key:?} is none of the labels {labels:?}"
+            ))
+        })?;
+    let query = format!("Question: {}\nAnswer:", record.str("question")?);
+    let choices = texts.iter().map(|text| format!(" {text}")).collect();
+    choice_example(record, "", query, choices, gold)
+}
+
+pub(super) fn load(root: &Path, task: TaskId, set: &str) -> Result<TaskData, TaskError> {
+    let eval = read_all(root, task, &format!("ai2_arc/{set}/test-*.parquet"))?;
+    let train = read_all(root, task, &format!("ai2_arc/{set}/train-*.parquet"))?;
+    Ok(with_train(
+        task,
+        examples(root, &eval, example)?,
+        examples(root, &train, example)?,
+    ))
+}
