@@ -2,17 +2,17 @@
 //! tokenizer the checkpoint was trained with.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use redpack_schemas::{hash_file, Manifest};
 use redpack_trainer::backend::DeviceChoice;
 use redpack_trainer::checkpoint;
 use redpack_trainer::generate::{open_model, OpenOptions, Sampling};
 use redpack_trainer::lm::{GenerateRequest, LanguageModel};
 use serde::Deserialize;
 
+use super::run_tokenizer;
 use super::train::check_threads;
 use crate::cli::generate::GenerateArgs;
 use crate::cli::train::DeviceArg;
@@ -64,22 +64,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let dir = checkpoint::resolve(&args.checkpoint).context("cannot open the checkpoint")?;
     let meta = checkpoint::load_meta(&dir)?;
-    let tokenizer_path = match &args.tokenizer {
-        Some(path) => path.clone(),
-        None => corpus_tokenizer(&dir, &meta.settings)?,
-    };
-    let (_, sha) = hash_file(&tokenizer_path)
-        .with_context(|| format!("{}: cannot read the tokenizer", tokenizer_path.display()))?;
-    if sha != meta.tokenizer.sha256 {
-        bail!(
-            "{}: sha256 {sha} is not the tokenizer the checkpoint was trained with ({}); give that \
-             tokenizer.json with --tokenizer",
-            tokenizer_path.display(),
-            meta.tokenizer.sha256
-        );
-    }
-    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-        .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tokenizer_path.display()))?;
+    let tokenizer = run_tokenizer::load(&dir, &meta, args.tokenizer.as_deref())?;
     let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
         Ok(tokenizer
             .encode(text, false)
@@ -187,25 +172,4 @@ fn read_prompts(path: &Path) -> anyhow::Result<Vec<Prompt>> {
         bail!("{}: no prompt in the file", path.display());
     }
     Ok(prompts)
-}
-
-/// The tokenizer copy of the corpus the run trained on (`settings.data` in checkpoint.json).
-fn corpus_tokenizer(checkpoint: &Path, settings: &serde_json::Value) -> anyhow::Result<PathBuf> {
-    let data = settings
-        .get("data")
-        .and_then(|d| d.as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: checkpoint.json records no training corpus; give the tokenizer with --tokenizer",
-                checkpoint.display()
-            )
-        })?;
-    let manifest = Manifest::load(&data).with_context(|| {
-        format!(
-            "the checkpoint's training corpus {} is unreadable (give the tokenizer with --tokenizer)",
-            data.display()
-        )
-    })?;
-    Ok(data.join(&manifest.tokenizer.file))
 }

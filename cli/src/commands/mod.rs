@@ -8,6 +8,7 @@ pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
+pub mod run_tokenizer;
 pub mod study;
 pub mod synth;
 pub mod train;
