@@ -154,6 +154,23 @@ impl ResidentTraining for CudaBackend {
         Ok(out)
     }
 
+    fn join_group(
+        &mut self,
+        id: &[u8; crate::dist::nccl::ID_BYTES],
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Arc<crate::dist::Communicator>, BackendError> {
+        self.join_nccl(id, rank, world_size)
+    }
+
+    fn all_reduce_sums(&mut self, values: &mut [f64]) -> Result<(), BackendError> {
+        self.reduce_sums(values)
+    }
+
+    fn all_reduce_gradients(&mut self) -> Result<(), BackendError> {
+        self.reduce_grads()
+    }
+
     fn store_training(
         &mut self,
         params: &mut ParamStore,
