@@ -17,3 +17,4 @@ mod study;
 mod synth;
 mod train_cuda;
 mod train_failure;
+mod train_parallel;
