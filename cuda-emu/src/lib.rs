@@ -74,7 +74,12 @@ pub fn install(code: &DeviceCode, build_root: &Path) -> &'static Result<bool, St
         let Some((dir, kind)) = library_dir(code, build_root)? else {
             return Ok(false);
         };
-        for lib in ["libcuda.so", "libcublas.so", "libcublasLt.so", "libnccl.so.2"] {
+        for lib in [
+            "libcuda.so",
+            "libcublas.so",
+            "libcublasLt.so",
+            "libnccl.so.2",
+        ] {
             let path = dir.join(lib);
             // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
             // loaded for the process's life (forgotten below), as cudarc expects of a driver.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::{open_backend, open_backend_on, Backend, DeviceChoice, Precision};
-use redpack_trainer::dist::{launch, nccl, Launch, Link, Parallel};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
+use redpack_trainer::dist::{launch, nccl, Launch, Link, Parallel};
 use redpack_trainer::metrics::{EvalMetrics, Quiet, StepMetrics, StepObserver};
 use redpack_trainer::run::health::HealthRecipe;
 use redpack_trainer::run::memory;
@@ -138,7 +138,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             let (backend, link) = join_job(&args, launch)?;
             (backend, Some(link))
         }
-        None => (backend_for(args.device, args.threads, args.precision)?, None),
+        None => (
+            backend_for(args.device, args.threads, args.precision)?,
+            None,
+        ),
     };
     // A device backend holds the activations in its own memory: checked against it below.
     settings.host_activations = backend.resident().is_none();

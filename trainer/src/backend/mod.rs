@@ -29,9 +29,7 @@ pub mod select;
 
 pub use cuda::runtime::probe::CudaAvailability;
 pub use options::{DeviceChoice, Precision};
-pub use select::{
-    open_backend, open_backend_on, probe_cuda, OpenError, Opened, CUDA_ENVIRONMENT,
-};
+pub use select::{open_backend, open_backend_on, probe_cuda, OpenError, Opened, CUDA_ENVIRONMENT};
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]

@@ -246,7 +246,9 @@ mod tests {
         let no_addr = env(&[("WORLD_SIZE", "2"), ("RANK", "0")]);
         let e = from_env(&no_addr, None).unwrap_err().to_string();
         assert!(e.contains("MASTER_ADDR"), "{e}");
-        let file = from_env(&no_addr, Some("file:/shared/rdv")).unwrap().unwrap();
+        let file = from_env(&no_addr, Some("file:/shared/rdv"))
+            .unwrap()
+            .unwrap();
         assert_eq!(file.rendezvous, Rendezvous::File("/shared/rdv".into()));
         assert!(parse_rendezvous("udp:x").is_err());
         assert!(from_env(&env(&[]), Some("file:/x")).is_err());

@@ -160,8 +160,10 @@ impl Link {
                     if stream.read_exact(&mut hello).is_err() || &hello[..4] != HELLO {
                         continue; // not one of ours
                     }
-                    let rank = u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
-                    let world = u32::from_le_bytes([hello[8], hello[9], hello[10], hello[11]]) as usize;
+                    let rank =
+                        u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
+                    let world =
+                        u32::from_le_bytes([hello[8], hello[9], hello[10], hello[11]]) as usize;
                     if world != launch.world_size || rank == 0 || rank >= world {
                         return Err(DistError::Rendezvous(format!(
                             "a process joined as rank {rank} of {world}, but rank 0 runs a world of {}",
@@ -242,8 +244,12 @@ impl Link {
         stream
             .write_all(&hello)
             .map_err(io(format!("rank {} greeting rank 0", launch.rank)))?;
-        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        stream.set_read_timeout(Some(wait)).map_err(io("socket".into()))?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(io("socket".into()))?;
         let mut id = [0u8; ID_BYTES];
         stream.read_exact(&mut id).map_err(io(format!(
             "rank {} waiting for the NCCL id from rank 0 at {}",

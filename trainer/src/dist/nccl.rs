@@ -102,7 +102,9 @@ fn check(api: &Api, call: &str, result: c_int) -> Result<(), DistError> {
     let text = unsafe { CStr::from_ptr((api.get_error_string)(result)) }
         .to_string_lossy()
         .into_owned();
-    Err(DistError::Nccl(format!("{call} failed: {text} (code {result})")))
+    Err(DistError::Nccl(format!(
+        "{call} failed: {text} (code {result})"
+    )))
 }
 
 /// Whether an NCCL library loads (the reason when it does not).
@@ -117,7 +119,9 @@ pub fn unique_id() -> Result<[u8; ID_BYTES], DistError> {
         internal: [0; ID_BYTES],
     };
     // SAFETY: `id` is a valid out-pointer of NCCL's id type.
-    check(api, "ncclGetUniqueId", unsafe { (api.get_unique_id)(&mut id) })?;
+    check(api, "ncclGetUniqueId", unsafe {
+        (api.get_unique_id)(&mut id)
+    })?;
     Ok(id.internal.map(|c| c as u8))
 }
 
@@ -165,7 +169,9 @@ impl Communicator {
     /// Starts a group: the all-reduces until `group_end` go out as one operation.
     pub fn group_start(&self) -> Result<(), DistError> {
         // SAFETY: no arguments.
-        check(self.api, "ncclGroupStart", unsafe { (self.api.group_start)() })
+        check(self.api, "ncclGroupStart", unsafe {
+            (self.api.group_start)()
+        })
     }
 
     pub fn group_end(&self) -> Result<(), DistError> {

@@ -419,7 +419,9 @@ impl TrainRun {
             None => settings
                 .out
                 .join(checkpoint::CHECKPOINTS_DIR)
-                .join(checkpoint::step_dir_name(settings.steps.max(self.start_step))),
+                .join(checkpoint::step_dir_name(
+                    settings.steps.max(self.start_step),
+                )),
         };
         Ok(TrainOutcome {
             step: settings.steps.max(self.start_step),
