@@ -28,6 +28,8 @@ mod tokenizer;
 pub mod validate;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use prepare::TrainRun;
@@ -37,7 +39,7 @@ pub use settings::{
 };
 pub use tokenizer::check_tokenizer;
 
-use crate::backend::{Backend, BackendError, MicroBatch};
+use crate::backend::{Backend, BackendError, MicroBatch, Staged, Stager};
 use crate::batch::StepOptions;
 use crate::checkpoint::{
     self, BestEval, CheckpointError, CheckpointHealth, CheckpointMeta, RngState,
@@ -123,6 +125,26 @@ struct Accumulated {
     real_tokens: u64,
     flops: f64,
     paper_flops: f64,
+}
+
+/// A data-parallel rank's stager: stages the micro-batches of its share of each step (the loader
+/// produces batches in order, from a step's first) and hands back nothing for the others.
+struct ShareStager {
+    inner: Arc<dyn Stager>,
+    accum: u64,
+    share: (u64, u64),
+    next: AtomicU64,
+}
+
+impl Stager for ShareStager {
+    fn stage(&self, batch: &crate::batch::Batch) -> Staged {
+        let micro = self.next.fetch_add(1, Ordering::Relaxed) % self.accum;
+        if (self.share.0..self.share.1).contains(&micro) {
+            self.inner.stage(batch)
+        } else {
+            Box::new(())
+        }
+    }
 }
 
 /// How a finished run ended.
@@ -231,6 +253,16 @@ impl TrainRun {
             Some(device) => device.stager(&self.model, &base_options),
             None => None,
         };
+        // A rank prepares only the micro-batches it trains on.
+        let stager = stager.map(|inner| match parallel.world_size {
+            1 => inner,
+            _ => Arc::new(ShareStager {
+                inner,
+                accum: settings.accum,
+                share: parallel.share(settings.accum),
+                next: AtomicU64::new(0),
+            }) as Arc<dyn Stager>,
+        });
         // The realized mixture, replayed to the cursor so that it counts from the run's start.
         let mut realized = self.mixture.clone().map(|plan| {
             let draws = plan.draws_at(self.cursor);
