@@ -190,7 +190,7 @@ impl TrainRun {
                     "more than one rank needs the CUDA backend (--device cuda)".into(),
                 ));
             }
-            if settings.accum % parallel.world_size as u64 != 0 {
+            if !settings.accum.is_multiple_of(parallel.world_size as u64) {
                 return Err(TrainError::Parallel(format!(
                     "the accumulation steps ({}) must be a multiple of the world size ({}): each rank trains on accum / world micro-batches of every step",
                     settings.accum, parallel.world_size
