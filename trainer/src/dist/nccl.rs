@@ -83,7 +83,7 @@ fn load() -> Result<Api, String> {
         }
     }
     Err(format!(
-        "NCCL is not installed: could not load {}. Install the system's libnccl2 package, or `pip install nvidia-nccl-cu13` and put its nvidia/nccl/lib folder on LD_LIBRARY_PATH",
+        "could not load {}: install the system's libnccl2 package, or `pip install nvidia-nccl-cu13` and put its nvidia/nccl/lib folder on LD_LIBRARY_PATH",
         tried.join(", ")
     ))
 }
