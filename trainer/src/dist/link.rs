@@ -120,7 +120,7 @@ impl Link {
             world_size: launch.world_size,
         };
         let id = if launch.rank == 0 {
-            link.serve(launch, deadline, make_id()?)?
+            link.serve(launch, deadline, timeout, make_id()?)?
         } else {
             link.join(launch, deadline)?
         };
@@ -132,6 +132,7 @@ impl Link {
         &self,
         launch: &Launch,
         deadline: Instant,
+        timeout: Duration,
         id: [u8; ID_BYTES],
     ) -> Result<[u8; ID_BYTES], DistError> {
         let port = match &launch.rendezvous {
@@ -186,8 +187,8 @@ impl Link {
                             .map(|r| r.to_string())
                             .collect();
                         return Err(DistError::Rendezvous(format!(
-                            "rank 0 waited {:?} and rank(s) {} never joined",
-                            deadline.elapsed() + Duration::ZERO,
+                            "rank 0 waited {} s and rank(s) {} never joined",
+                            timeout.as_secs(),
                             missing.join(", ")
                         )));
                     }
