@@ -85,12 +85,18 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> DistError {
     move |e| DistError::Rendezvous(format!("{what}: {e}"))
 }
 
+/// The host name rank 0 publishes: `MASTER_ADDR` when set, else the machine's name when it
+/// resolves, else the loopback address (a machine whose name does not resolve is reachable by
+/// no other).
 fn this_host() -> String {
-    std::env::var("MASTER_ADDR").ok().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "127.0.0.1".into())
-    })
+    if let Ok(host) = std::env::var("MASTER_ADDR") {
+        return host;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| resolve(&format!("{h}:0")).is_some())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 /// Writes rank 0's address into `path` (atomically: a temporary file renamed into place).
@@ -334,5 +340,74 @@ impl Drop for Link {
         // An error return still tells the failure apart from a crash only by this: the process
         // stopped without `finish`, so the others report this rank.
         self.state.finished.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(rank: usize, world_size: usize, path: &Path) -> Launch {
+        Launch {
+            world_size,
+            rank,
+            local_rank: 0,
+            rendezvous: Rendezvous::File(path.to_path_buf()),
+            launcher: "test",
+        }
+    }
+
+    #[test]
+    fn ranks_meet_through_a_file_and_receive_rank_0s_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous");
+        let others: Vec<_> = (1..3)
+            .map(|rank| {
+                let l = launch(rank, 3, &path);
+                std::thread::spawn(move || {
+                    let (link, id) =
+                        Link::connect(&l, Duration::from_secs(30), || Ok([0; ID_BYTES])).unwrap();
+                    link.finish();
+                    id
+                })
+            })
+            .collect();
+        let id = [7u8; ID_BYTES];
+        let (link, got) =
+            Link::connect(&launch(0, 3, &path), Duration::from_secs(30), || Ok(id)).unwrap();
+        assert_eq!(got, id);
+        for other in others {
+            assert_eq!(other.join().unwrap(), id);
+        }
+        // The address file goes once every rank has joined.
+        assert!(!path.exists());
+        assert_eq!(link.failure(), None);
+        link.finish();
+    }
+
+    #[test]
+    fn a_rank_of_another_world_and_a_missing_rank_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous");
+        let stray = launch(1, 3, &path);
+        let t = std::thread::spawn(move || {
+            Link::connect(&stray, Duration::from_secs(5), || Ok([0; ID_BYTES])).err()
+        });
+        let e = Link::connect(&launch(0, 2, &path), Duration::from_secs(30), || {
+            Ok([1; ID_BYTES])
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("joined as rank 1 of 3"), "{e}");
+        assert!(t.join().unwrap().is_some());
+        let path = dir.path().join("alone");
+        let e = Link::connect(&launch(0, 2, &path), Duration::from_millis(300), || {
+            Ok([1; ID_BYTES])
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("rank(s) 1 never joined"), "{e}");
     }
 }
