@@ -1,7 +1,8 @@
 //! NCCL, loaded at run time as the rest of CUDA is: `libnccl.so.2` (NCCL's soname: the system's
 //! `libnccl2` package, or the `nvidia-nccl-cu13` wheel's `nvidia/nccl/lib` on
 //! `LD_LIBRARY_PATH`), else `libnccl.so`. Only the calls the data-parallel step makes are bound:
-//! the unique id, one communicator per rank, all-reduce (sum of f32 or f64) in groups, abort.
+//! the unique id, one communicator per rank, all-reduce (sum of f32 or f64) and broadcast in
+//! groups, abort.
 //! cudarc's `nccl` module is not used: its loader looks for `libnccl.so` and
 //! `libnccl.so.{9..13}` but not `libnccl.so.2`, the one name the wheel ships.
 
@@ -41,6 +42,15 @@ struct Api {
         Comm,
         *mut c_void,
     ) -> c_int,
+    broadcast: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        *mut c_void,
+    ) -> c_int,
     group_start: unsafe extern "C" fn() -> c_int,
     group_end: unsafe extern "C" fn() -> c_int,
     comm_abort: unsafe extern "C" fn(Comm) -> c_int,
@@ -71,6 +81,7 @@ fn load() -> Result<Api, String> {
                         get_unique_id: sym!(b"ncclGetUniqueId"),
                         comm_init_rank: sym!(b"ncclCommInitRank"),
                         all_reduce: sym!(b"ncclAllReduce"),
+                        broadcast: sym!(b"ncclBroadcast"),
                         group_start: sym!(b"ncclGroupStart"),
                         group_end: sym!(b"ncclGroupEnd"),
                         comm_abort: sym!(b"ncclCommAbort"),
@@ -224,6 +235,28 @@ impl Communicator {
         let ptr = buffer as *mut c_void;
         check(self.api, "ncclAllReduce", unsafe {
             (self.api.all_reduce)(ptr, ptr, count, kind, SUM, self.raw, stream)
+        })
+    }
+
+    /// In-place broadcast of `count` f32 values at the device address `buffer` from rank
+    /// `root` to every rank, on the stream `stream`.
+    ///
+    /// # Safety
+    /// As for [`Self::all_reduce_f32`].
+    pub unsafe fn broadcast_f32(
+        &self,
+        buffer: u64,
+        count: usize,
+        root: usize,
+        stream: *mut c_void,
+    ) -> Result<(), DistError> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Err(DistError::Nccl("the communicator was aborted".into()));
+        }
+        let root = c_int::try_from(root).map_err(|_| DistError::Nccl("root too large".into()))?;
+        let ptr = buffer as *mut c_void;
+        check(self.api, "ncclBroadcast", unsafe {
+            (self.api.broadcast)(ptr, ptr, count, FLOAT32, root, self.raw, stream)
         })
     }
 

@@ -412,10 +412,13 @@ impl TrainRun {
                         data: validator.settings.data.clone(),
                         rows: validator.settings.rows,
                     });
-                    if validator.settings.keep_best && parallel.writes() {
+                    if validator.settings.keep_best {
+                        // Every rank takes part in gathering the sharded optimizer state.
                         self.refresh_host(backend, resident, &mut host_current, step)?;
-                        self.check_weights(step)?;
-                        best_checkpoint = Some(self.save_best(step)?);
+                        if parallel.writes() {
+                            self.check_weights(step)?;
+                            best_checkpoint = Some(self.save_best(step)?);
+                        }
                     }
                 }
                 observer.on_eval(step, &eval);
@@ -426,10 +429,13 @@ impl TrainRun {
             }
             observer.on_step(&record);
             metrics.push(record);
+            if step % settings.checkpoint_every == 0 || step == settings.steps {
+                // Every rank takes part in gathering the sharded optimizer state.
+                self.refresh_host(backend, resident, &mut host_current, step)?;
+            }
             if (step % settings.checkpoint_every == 0 || step == settings.steps)
                 && parallel.writes()
             {
-                self.refresh_host(backend, resident, &mut host_current, step)?;
                 self.check_weights(step)?;
                 let dir = self.save(step)?;
                 // Older checkpoints go once this one is known to be good: after the next step's

@@ -3,10 +3,15 @@
 //! `BUCKET_BYTES` (one NCCL group each), on the backend's one stream after the backward pass:
 //! the stream orders them after the last gradient write, so there is no overlap with the
 //! backward pass. The step's loss sums go through a small f64 buffer the same way.
+//!
+//! The optimizer state is sharded (ZeRO-1): each tensor has one owner rank (`owners`), which
+//! alone keeps its Adafactor state and computes its update; the owners then broadcast the new
+//! parameters (`broadcast_params`). A checkpoint gathers the state to every rank
+//! (`gather_f32`).
 
 use std::sync::Arc;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::backend::CudaBackend;
 use crate::backend::BackendError;
@@ -15,6 +20,20 @@ use crate::dist::{Communicator, DistError};
 
 /// The gradient bytes one NCCL group carries (NCCL fuses the all-reduces of a group).
 pub const BUCKET_BYTES: usize = 64 << 20;
+
+/// The owner rank of each tensor of `sizes` (values) in a job of `world_size`: in tensor order,
+/// each goes to the rank that owns the fewest values so far (the lowest such rank).
+pub fn owners(sizes: &[usize], world_size: usize) -> Vec<usize> {
+    let mut load = vec![0usize; world_size.max(1)];
+    sizes
+        .iter()
+        .map(|&n| {
+            let rank = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            load[rank] += n;
+            rank
+        })
+        .collect()
+}
 
 fn nccl_error(e: DistError) -> BackendError {
     BackendError::Device(e.to_string())
@@ -60,6 +79,74 @@ impl CudaBackend {
             .map_err(|e| BackendError::Device(format!("copying the step's sums back: {e}")))?;
         values.copy_from_slice(&host);
         Ok(())
+    }
+
+    /// This rank and the world size (0 of 1 without a job).
+    pub(super) fn place(&self) -> (usize, usize) {
+        self.comm
+            .as_ref()
+            .map_or((0, 1), |c| (c.rank, c.world_size))
+    }
+
+    /// Sends every parameter from its owner to the other ranks (one group).
+    pub(super) fn broadcast_params(&mut self, owners: &[usize]) -> Result<(), BackendError> {
+        let Some(comm) = self.comm.clone() else {
+            return Ok(());
+        };
+        let stream = self.stream.clone();
+        let raw_stream = stream.cu_stream() as *mut std::ffi::c_void;
+        comm.group_start().map_err(nccl_error)?;
+        for (p, &owner) in self.params.iter_mut().zip(owners) {
+            let len = p.len();
+            let (ptr, _sync) = p.device_ptr(&stream);
+            // SAFETY: the parameter buffer holds `len` f32 and stays allocated for the run.
+            unsafe { comm.broadcast_f32(ptr, len, owner, raw_stream) }.map_err(nccl_error)?;
+        }
+        comm.group_end().map_err(nccl_error)
+    }
+
+    /// The `len` values of a buffer `owner` holds (`held` on that rank), copied to this rank's
+    /// host: every rank calls it for the same buffers in the same order.
+    pub(super) fn gather_f32(
+        &self,
+        held: Option<&CudaSlice<f32>>,
+        len: usize,
+        owner: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        let copy = |e: cudarc::driver::DriverError| {
+            BackendError::Device(format!("gathering optimizer state: {e}"))
+        };
+        let Some(comm) = self.comm.clone() else {
+            let held = held.ok_or_else(|| {
+                BackendError::BadModel("internal: optimizer state missing".into())
+            })?;
+            return self.stream.clone_dtoh(held).map_err(copy);
+        };
+        let buf: &CudaSlice<f32> = match held {
+            Some(b) => b,
+            None => {
+                let mut temp = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(copy)?;
+                {
+                    let (ptr, _sync) = temp.device_ptr_mut(&self.stream);
+                    // SAFETY: `temp` holds at least `len` f32 until the copy back below.
+                    unsafe {
+                        comm.broadcast_f32(ptr, len, owner, self.stream.cu_stream() as _)
+                    }
+                    .map_err(nccl_error)?;
+                }
+                let mut host = self.stream.clone_dtoh(&temp).map_err(copy)?;
+                host.truncate(len);
+                return Ok(host);
+            }
+        };
+        {
+            let (ptr, _sync) = buf.device_ptr(&self.stream);
+            // SAFETY: the owner's buffer holds `len` f32; the broadcast only reads it on the
+            // root.
+            unsafe { comm.broadcast_f32(ptr, len, owner, self.stream.cu_stream() as _) }
+                .map_err(nccl_error)?;
+        }
+        self.stream.clone_dtoh(buf).map_err(copy)
     }
 
     pub(super) fn reduce_grads(&mut self) -> Result<(), BackendError> {
