@@ -38,6 +38,8 @@ struct Setup {
     libraries: Option<PathBuf>,
     /// The global batch (rows) and its micro-batches.
     shape: [&'static str; 2],
+    /// The recipe.
+    config: PathBuf,
 }
 
 fn setup() -> Setup {
@@ -51,17 +53,17 @@ fn setup() -> Setup {
         corpus: corpus.join("packed"),
         libraries: libraries(),
         shape: ["6", "6"],
+        config: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../trainer/configs/decllm-tiny-pretrain.toml"),
     }
 }
 
 impl Setup {
     /// `redpack train` on a tiny DecLLM with the global batch `shape`.
     fn command(&self, out: &str, steps: u64, extra: &[&str]) -> Command {
-        let config = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../trainer/configs/decllm-tiny-pretrain.toml");
         let mut command = Command::new(BIN);
         command
-            .args(["train", "--config", config.to_str().unwrap(), "--data"])
+            .args(["train", "--config", self.config.to_str().unwrap(), "--data"])
             .arg(&self.corpus)
             .arg("--out")
             .arg(self.root.join(out))
@@ -233,9 +235,16 @@ fn two_and_three_ranks_train_as_one_process_and_resume_on_another_world_size() {
 
 #[test]
 fn one_rank_is_one_process_and_ranks_repeat_their_bits() {
-    // One micro-batch per rank, so the ranks' sum runs in the order one process accumulates in.
+    // One micro-batch per rank, so the ranks' sum runs in the order one process accumulates in;
+    // Adafactor factored and with momentum, so the sharded state has every kind of tensor.
     let mut s = setup();
     s.shape = ["2", "2"];
+    let recipe = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("factored = false", "factored = true\nbeta1 = 0.9");
+    assert!(recipe.contains("beta1 = 0.9"));
+    s.config = s.root.join("factored.toml");
+    std::fs::write(&s.config, recipe).unwrap();
     s.train(0, "one", 2, &[]);
     s.train(1, "world1", 2, &[]);
     s.train(2, "two", 2, &[]);

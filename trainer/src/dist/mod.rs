@@ -9,9 +9,10 @@
 //! order (rank r takes `accum / N` consecutive ones), so the N ranks together train on exactly
 //! the single-process batch with the same dropout seeds; the device backend sums the gradients
 //! and the step's loss sums over the ranks (`ResidentTraining::all_reduce_gradients` and
-//! `all_reduce_sums`), and every rank applies the same update to its full copy of the
-//! parameters and optimizer state. Rank 0 alone writes metrics and checkpoints, which are
-//! those of a single-process run, so any world size resumes them.
+//! `all_reduce_sums`). The Adafactor state is sharded by tensor (ZeRO-1): each tensor's owner
+//! rank alone keeps its state and computes its update, then broadcasts the new values. Rank 0
+//! alone writes metrics and checkpoints (the state gathered from the owners), which are those of
+//! a single-process run, so any world size resumes them.
 
 pub mod launch;
 pub mod link;

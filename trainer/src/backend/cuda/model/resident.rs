@@ -4,7 +4,10 @@
 //! the host in tensor order, as `optim::global_norm`), optional clipping, and the Adafactor update
 //! of every tensor (`kernels::MultiTensorAdafactor`, T5X's rule, all tensors in each launch) with
 //! the update norm summed likewise. Only the norms come back each step; the parameters and state
-//! cross to the host for checkpoints alone.
+//! cross to the host for checkpoints alone. In a data-parallel job (`collective.rs`) a rank keeps
+//! and updates only the tensors it owns: the per-tensor sums of squares are placed at their
+//! tensors' indices and summed over the ranks before the host adds them in tensor order (so the
+//! norms are those of one process), and the owners broadcast the updated parameters.
 
 use std::sync::Arc;
 
