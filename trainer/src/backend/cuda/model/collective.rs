@@ -129,10 +129,8 @@ impl CudaBackend {
                 {
                     let (ptr, _sync) = temp.device_ptr_mut(&self.stream);
                     // SAFETY: `temp` holds at least `len` f32 until the copy back below.
-                    unsafe {
-                        comm.broadcast_f32(ptr, len, owner, self.stream.cu_stream() as _)
-                    }
-                    .map_err(nccl_error)?;
+                    unsafe { comm.broadcast_f32(ptr, len, owner, self.stream.cu_stream() as _) }
+                        .map_err(nccl_error)?;
                 }
                 let mut host = self.stream.clone_dtoh(&temp).map_err(copy)?;
                 host.truncate(len);

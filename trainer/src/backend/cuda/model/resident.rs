@@ -222,7 +222,10 @@ impl ResidentTraining for CudaBackend {
                     _ => None,
                 };
                 let n = shape.iter().product();
-                state.insert(state_name(name, "v"), (shape.clone(), self.gather_f32(v, n, owner)?));
+                state.insert(
+                    state_name(name, "v"),
+                    (shape.clone(), self.gather_f32(v, n, owner)?),
+                );
             }
             if opt.config.beta1.is_some() {
                 let n = shape.iter().product();
@@ -310,7 +313,8 @@ impl CudaBackend {
                 })
             })
             .collect();
-        opt.update.update(&self.kernels, step, &mut tensors, factor)?;
+        opt.update
+            .update(&self.kernels, step, &mut tensors, factor)?;
         drop(tensors);
         let mut squares = spread(&self.stream, &opt.update.update_sq, &mine, count)?;
         self.reduce_sums(&mut squares)?;
