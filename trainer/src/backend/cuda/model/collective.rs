@@ -172,3 +172,15 @@ impl CudaBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::owners;
+
+    #[test]
+    fn each_tensor_goes_to_the_rank_holding_the_fewest_values() {
+        assert_eq!(owners(&[10, 3, 3, 3, 1, 4], 2), [0, 1, 1, 1, 1, 0]);
+        assert_eq!(owners(&[5, 5, 5, 5], 3), [0, 1, 2, 0]);
+        assert_eq!(owners(&[7, 1, 2], 1), [0, 0, 0]);
+    }
+}
