@@ -286,6 +286,7 @@ fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
     }
     children[2].kill().unwrap();
     let killed_at = Instant::now();
+    children[2].wait().unwrap();
     for (rank, child) in children.into_iter().enumerate().take(2) {
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
