@@ -13,7 +13,9 @@ use redpack_trainer::dist::{launch, nccl, Launch, Link, Parallel};
 use redpack_trainer::metrics::{EvalMetrics, Quiet, StepMetrics, StepObserver};
 use redpack_trainer::run::health::HealthRecipe;
 use redpack_trainer::run::memory;
-use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
+use redpack_trainer::run::{
+    EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainError, TrainRun, TrainSettings,
+};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
 
@@ -189,11 +191,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         run.run_parallel(backend.as_mut(), &mut Quiet, parallel)
     };
-    let outcome = match (outcome, &link) {
-        (Err(e), Some(link)) => match link.failure() {
-            Some(failure) => Err(anyhow::anyhow!("{failure}")),
-            None => Err(e.into()),
-        },
+    // A collective that failed because another rank went away reports that rank; this rank's
+    // own errors (health checks, data, checkpoints) stand as they are.
+    let outcome = match (outcome, link.as_ref().and_then(|l| l.failure())) {
+        (Err(TrainError::Backend { .. }), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
         (outcome, _) => outcome.map_err(anyhow::Error::from),
     }
     .context("training stopped")?;
