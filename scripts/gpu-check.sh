@@ -13,7 +13,8 @@
 #                                with $OUT set, packs them into $OUT/gpu-check.tar.gz after each step
 #
 # GPU_CHECK_STEPS=kernels,model,... runs only the named steps (kernels, model, generate,
-# bench-decode, e2e, export, bench-bf16, bench-eval, bench-attention, ce, memcheck, torch, bench-1b, initcheck, experiments, ncu, bench-f32);
+# bench-decode, e2e, export, nccl, bench-bf16, bench-eval, bench-attention, ce, memcheck, torch,
+# bench-1b, initcheck, experiments, ncu, bench-f32);
 # GPU_CHECK_BUDGET caps the whole run in seconds.
 #
 # `run` goes through, each step with its own timeout and going on after a failure (the test
@@ -33,6 +34,7 @@
 #   3. the CLI end to end (build-corpus, then 20 steps of each tiny recipe on the GPU and CPU),
 #      and the Hugging Face export of tiny checkpoints checked in PyTorch with transformers
 #      (tests/python/check_hf_export.py --torch),
+#      NCCL with world size 1 against the single-GPU path (same bits; step-time overhead),
 #   4. training throughput of DecLLM-150M and RedLLM-150M at 2048 tokens per row (bf16), their
 #      evaluation throughput beside a training forward + backward at L = 2048 and 16,384
 #      (eval_step), the fused attention kernels alone, every build side by side (flash_attention), and the
@@ -196,6 +198,48 @@ export_check() {
     done
 }
 
+# NCCL on one GPU: a tiny run trained plainly and as world size 1 of a torchrun-style job must
+# give the same losses and checkpoint bits; then DecLLM-150M's mean step time (steps 3 to 8 of
+# metrics.jsonl) without and with the NCCL path (the gradient all-reduce in buckets and the loss
+# sums), side by side. libnccl.so.2 comes from the system or the nvidia-nccl-cu13 wheel.
+nccl() {
+    set -e
+    local dir=/tmp/redpack-nccl lib
+    rm -rf "$dir"
+    lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+    [ -n "$lib" ] && export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"
+    "$BUNDLE/redpack" build-corpus --out "$dir" >/dev/null
+    train() { # NAME CONFIG STEPS [env...]; 8 rows a step in one micro-batch
+        local name=$1 config=$2 steps=$3
+        shift 3
+        env "$@" "$BUNDLE/redpack" train --config "trainer/configs/$config.toml" \
+            --data "$dir/packed" --out "$dir/$name" --steps "$steps" --checkpoint-every "$steps" \
+            --batch 8 --accum 1 --device cuda --json >"$dir/$name.json"
+    }
+    local job=(WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517)
+    train tiny-plain decllm-tiny-pretrain 20
+    train tiny-nccl decllm-tiny-pretrain 20 "${job[@]}"
+    train 150m-plain decllm-150m-pretrain 8
+    train 150m-nccl decllm-150m-pretrain 8 "${job[@]}"
+    python3 - "$dir" <<'PY'
+import hashlib, json, sys
+d = sys.argv[1]
+def losses(run):
+    return [json.loads(l)["loss"] for l in open(f"{d}/{run}/metrics.jsonl")]
+def weights(run):
+    ckpt = json.load(open(f"{d}/{run}.json"))["checkpoint"]
+    return hashlib.sha256(open(f"{ckpt}/model.safetensors", "rb").read()).hexdigest()
+same = losses("tiny-plain") == losses("tiny-nccl") and weights("tiny-plain") == weights("tiny-nccl")
+print("world size 1 over NCCL equals the single-GPU run (losses, checkpoint bits):", same)
+def step_s(run):
+    s = [json.loads(l)["elapsed_s"] for l in open(f"{d}/{run}/metrics.jsonl")][2:]
+    return sum(s) / len(s)
+plain, nccl = step_s("150m-plain"), step_s("150m-nccl")
+print(f"decllm-150m step: plain {plain:.4f} s, NCCL world 1 {nccl:.4f} s, overhead {100 * (nccl / plain - 1):+.2f}%")
+sys.exit(0 if same else 1)
+PY
+}
+
 run() {
     RESULTS=${GPU_CHECK_RESULTS:-/tmp/gpu-check-out}/gpu-check
     DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
@@ -252,6 +296,7 @@ run() {
     wanted generate && step bench-decode 120 env BENCH_DEVICE=cuda BENCH_SIZE=150m "$BUNDLE/decode"
     wanted e2e && step e2e 90 bash -c "$(declare -f e2e); BUNDLE=$BUNDLE e2e"
     wanted export && step export 120 bash -c "$(declare -f export_check); BUNDLE=$BUNDLE export_check"
+    wanted nccl && step nccl 150 bash -c "$(declare -f nccl); BUNDLE=$BUNDLE nccl"
     wanted bench-bf16 && step bench-bf16 150 env BENCH_PRECISION=bf16 BENCH_STEPS=10 "$BUNDLE/cuda_step"
     # Evaluation tokens/s beside a training forward + backward of the same 150M models, at
     # L = 2048 and 16,384, 4 rows each, on the GPU alone (BENCH_JSON: one JSON object per line).

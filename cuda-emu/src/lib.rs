@@ -3,7 +3,8 @@
 //! `cpp/fake_cuda.cpp` is a `libcuda.so` that runs the real kernel sources on the CPU emulator
 //! (`cpp/cuda_emu.h`), with host memory as device memory; `cpp/fake_cublas.cpp` and
 //! `fake_cublaslt.cpp` are a `libcublas.so` and a `libcublasLt.so` with the products a backend
-//! calls of them. [`library_dir`] builds them with the host's C++ compiler and [`install`] loads
+//! calls of them; `cpp/fake_nccl.cpp` is a `libnccl.so.2` whose collectives run across processes
+//! on one machine through shared memory. [`library_dir`] builds them with the host's C++ compiler and [`install`] loads
 //! them before cudarc looks for the driver: cudarc opens each library by name, and the dynamic
 //! loader hands back an already loaded library of that SONAME. So the code under test runs
 //! unchanged (cudarc, its allocations, copies, launch arguments, grid sizes, cuBLAS leading
@@ -73,7 +74,12 @@ pub fn install(code: &DeviceCode, build_root: &Path) -> &'static Result<bool, St
         let Some((dir, kind)) = library_dir(code, build_root)? else {
             return Ok(false);
         };
-        for lib in ["libcuda.so", "libcublas.so", "libcublasLt.so"] {
+        for lib in [
+            "libcuda.so",
+            "libcublas.so",
+            "libcublasLt.so",
+            "libnccl.so.2",
+        ] {
             let path = dir.join(lib);
             // SAFETY: the fake libraries have no initializers beyond C++ statics, and stay
             // loaded for the process's life (forgotten below), as cudarc expects of a driver.
@@ -249,7 +255,7 @@ fn kernels_include(code: &DeviceCode) -> String {
     out
 }
 
-/// Builds the three libraries (once per content: a folder named by the hash of everything that
+/// Builds the four libraries (once per content: a folder named by the hash of everything that
 /// goes into them) and returns their folder.
 fn build(code: &DeviceCode, build_root: &Path, cxx: &str, kind: Build) -> Result<PathBuf, String> {
     let include = kernels_include(code);
@@ -266,6 +272,7 @@ fn build(code: &DeviceCode, build_root: &Path, cxx: &str, kind: Build) -> Result
         "fake_gemm.h",
         "fake_cublas.cpp",
         "fake_cublaslt.cpp",
+        "fake_nccl.cpp",
     ] {
         hash.update(read(name)?);
     }
@@ -312,6 +319,7 @@ fn build(code: &DeviceCode, build_root: &Path, cxx: &str, kind: Build) -> Result
     let driver = work.join("libcuda.so");
     compile("fake_cublas.cpp", "libcublas.so", &[driver.as_path()])?;
     compile("fake_cublaslt.cpp", "libcublasLt.so", &[driver.as_path()])?;
+    compile("fake_nccl.cpp", "libnccl.so.2", &[])?;
     match std::fs::rename(&work, &dir) {
         Ok(()) => Ok(dir),
         // Another process got there first: use its build.
@@ -363,6 +371,7 @@ mod tests {
             "fake_gemm.h",
             "fake_cublas.cpp",
             "fake_cublaslt.cpp",
+            "fake_nccl.cpp",
         ] {
             assert!(source_dir().join(name).is_file(), "{name}");
         }

@@ -13,6 +13,7 @@
 //! - `schedule`: learning-rate schedules;
 //! - `data`: examples from a corpus in a seeded order, assembled into batches on a background
 //!   thread;
+//! - `dist`: data-parallel training over NCCL (launch variables, rendezvous, liveness);
 //! - `run`: the training loop (settings, preparation, steps, logging, checkpoints);
 //! - `checkpoint`: saving and loading a run's parameters, optimizer state and settings;
 //! - `eval`: loss and perplexity of a checkpoint on a corpus;
@@ -36,6 +37,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod export;
 pub mod flops;

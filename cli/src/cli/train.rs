@@ -181,6 +181,16 @@ pub struct TrainArgs {
     /// CPU threads (0 or default: all cores). Results do not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Data-parallel training, one process per GPU, launched by torchrun (WORLD_SIZE, RANK,
+    /// LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or Slurm (SLURM_NTASKS, SLURM_PROCID,
+    /// SLURM_LOCALID, SLURM_JOB_NODELIST): how the ranks find rank 0, file:PATH (a file on a
+    /// shared filesystem) or tcp:HOST:PORT [default: MASTER_ADDR:MASTER_PORT, or the job's
+    /// first node and port 29500].
+    #[arg(long, value_name = "file:PATH|tcp:HOST:PORT")]
+    pub rendezvous: Option<String>,
+    /// Seconds the ranks wait for each other at the rendezvous.
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    pub rendezvous_timeout: u64,
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,

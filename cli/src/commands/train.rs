@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use redpack_trainer::backend::{open_backend, Backend, DeviceChoice, Precision};
+use redpack_trainer::backend::{open_backend, open_backend_on, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
-use redpack_trainer::metrics::{EvalMetrics, StepMetrics, StepObserver};
+use redpack_trainer::dist::{launch, nccl, Launch, Link, Parallel};
+use redpack_trainer::metrics::{EvalMetrics, Quiet, StepMetrics, StepObserver};
 use redpack_trainer::run::health::HealthRecipe;
 use redpack_trainer::run::memory;
-use redpack_trainer::run::{EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainRun, TrainSettings};
+use redpack_trainer::run::{
+    EvalRecipe, Mode, ObjectiveRecipe, Recipe, TrainError, TrainRun, TrainSettings,
+};
 
 use crate::cli::train::{ArchArg, DeviceArg, ModeArg, PrecisionArg, TrainArgs};
 
@@ -130,11 +133,36 @@ pub fn resolve_settings(args: &TrainArgs) -> anyhow::Result<TrainSettings> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let launch = launch::from_env(&|k| std::env::var(k).ok(), args.rendezvous.as_deref())?;
     let mut settings = resolve_settings(&args)?;
-    let mut backend = backend_for(args.device, args.threads, args.precision)?;
+    let (mut backend, link) = match &launch {
+        Some(launch) => {
+            let (backend, link) = join_job(&args, launch)?;
+            (backend, Some(link))
+        }
+        None => (
+            backend_for(args.device, args.threads, args.precision)?,
+            None,
+        ),
+    };
     // A device backend holds the activations in its own memory: checked against it below.
     settings.host_activations = backend.resident().is_none();
-    let run = TrainRun::prepare(settings).context("cannot start training")?;
+    let run = match &link {
+        None => TrainRun::prepare(settings).context("cannot start training")?,
+        // Rank 0 prepares first (an --overwrite clears the old run once), then the others.
+        Some(link) => {
+            let rank0 = link.rank == 0;
+            if !rank0 {
+                barrier(backend.as_mut(), link)?;
+            }
+            let run = TrainRun::prepare(settings).context("cannot start training")?;
+            if rank0 {
+                barrier(backend.as_mut(), link)?;
+            }
+            barrier(backend.as_mut(), link)?;
+            run
+        }
+    };
     if backend.resident().is_some() {
         memory::check_device(
             &run.model,
@@ -145,14 +173,41 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         )
         .context("cannot start training")?;
     }
-    describe(&run, backend.as_ref());
+    let parallel = link.as_ref().map_or(Parallel::SINGLE, |l| Parallel {
+        rank: l.rank,
+        world_size: l.world_size,
+    });
+    if parallel.writes() {
+        describe(&run, backend.as_ref());
+    }
     let model = run.model.clone();
     let total = run.settings.steps;
     let start = run.start_step;
-    let mut bar = Bar::new(total, start);
-    let outcome = run.run(backend.as_mut(), &mut bar);
-    bar.finish();
-    let outcome = outcome.context("training stopped")?;
+    let outcome = if parallel.writes() {
+        let mut bar = Bar::new(total, start);
+        let outcome = run.run_parallel(backend.as_mut(), &mut bar, parallel);
+        bar.finish();
+        outcome
+    } else {
+        run.run_parallel(backend.as_mut(), &mut Quiet, parallel)
+    };
+    // A collective that failed because another rank went away reports that rank; this rank's
+    // own errors (health checks, data, checkpoints) stand as they are.
+    let outcome = match (outcome, link.as_ref().and_then(|l| l.failure())) {
+        (Err(TrainError::Backend { .. }), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
+        (outcome, _) => outcome.map_err(anyhow::Error::from),
+    }
+    .context("training stopped")?;
+    if let Some(link) = &link {
+        link.finish();
+        if !parallel.writes() {
+            eprintln!(
+                "rank {} of {}: finished at step {}",
+                link.rank, link.world_size, outcome.step
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let first = outcome.metrics.first();
     let last = outcome.metrics.last();
     if args.json {
@@ -208,6 +263,57 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         println!("checkpoint: {}", outcome.final_checkpoint.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A data-parallel rank: checks that NCCL loads, opens the rank's GPU (`LOCAL_RANK`), meets the
+/// other ranks and joins their NCCL communicator.
+fn join_job(args: &TrainArgs, launch: &Launch) -> anyhow::Result<(Box<dyn Backend>, Link)> {
+    let who = format!(
+        "rank {} of {} ({} launch)",
+        launch.rank, launch.world_size, launch.launcher
+    );
+    if matches!(args.device, DeviceArg::Cpu) {
+        anyhow::bail!("{who}: data-parallel training runs on CUDA GPUs, not --device cpu");
+    }
+    check_threads(args.threads)?;
+    nccl::available().with_context(|| format!("{who}: cannot train data-parallel"))?;
+    let precision = args.precision.map(|p| match p {
+        PrecisionArg::Bf16 => Precision::Bf16,
+        PrecisionArg::F32 => Precision::F32,
+    });
+    let opened = open_backend_on(
+        DeviceChoice::Cuda,
+        args.threads,
+        precision,
+        launch.local_rank,
+    )
+    .with_context(|| format!("{who}: cannot open GPU {}", launch.local_rank))?;
+    let mut backend = opened.backend;
+    eprintln!("{who}: {}", opened.note);
+    let timeout = Duration::from_secs(args.rendezvous_timeout);
+    let (link, id) = Link::connect(launch, timeout, nccl::unique_id).context(who.clone())?;
+    let device = backend
+        .resident()
+        .ok_or_else(|| anyhow::anyhow!("{who}: the backend keeps no state on a device"))?;
+    let comm = device
+        .join_group(&id, launch.rank, launch.world_size)
+        .with_context(|| format!("{who}: joining the NCCL communicator"))?;
+    link.guard(comm);
+    Ok((backend, link))
+}
+
+/// Waits for every rank (a one-value all-reduce); a lost rank is named.
+fn barrier(backend: &mut dyn Backend, link: &Link) -> anyhow::Result<()> {
+    let result = match backend.resident() {
+        Some(device) => device.all_reduce_sums(&mut [0.0]),
+        None => Ok(()),
+    };
+    match (result, link.failure()) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
+        (Err(e), None) => Err(e.into()),
+    }
+    .context("waiting for the other ranks")
 }
 
 fn describe(run: &TrainRun, backend: &dyn Backend) {

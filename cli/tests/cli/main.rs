@@ -20,3 +20,4 @@ mod study;
 mod synth;
 mod train_cuda;
 mod train_failure;
+mod train_parallel;

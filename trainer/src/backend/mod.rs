@@ -29,7 +29,7 @@ pub mod select;
 
 pub use cuda::runtime::probe::CudaAvailability;
 pub use options::{DeviceChoice, Precision};
-pub use select::{open_backend, probe_cuda, OpenError, Opened, CUDA_ENVIRONMENT};
+pub use select::{open_backend, open_backend_on, probe_cuda, OpenError, Opened, CUDA_ENVIRONMENT};
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,32 @@ pub trait ResidentTraining {
         batch: &Batch,
         options: &StepOptions,
     ) -> Result<LossStats, BackendError>;
+
+    /// Joins a data-parallel job: this rank's NCCL communicator for the unique id `id`, on the
+    /// backend's device (blocks until every rank has joined). The default refuses: only a
+    /// device with collectives trains data-parallel.
+    fn join_group(
+        &mut self,
+        id: &[u8; crate::dist::nccl::ID_BYTES],
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Arc<crate::dist::Communicator>, BackendError> {
+        let _ = (id, rank, world_size);
+        Err(BackendError::Device(
+            "data-parallel training needs the CUDA backend".into(),
+        ))
+    }
+
+    /// Sums `values` over the ranks of the joined job (in rank order); nothing without one.
+    fn all_reduce_sums(&mut self, values: &mut [f64]) -> Result<(), BackendError> {
+        let _ = values;
+        Ok(())
+    }
+
+    /// Sums the step's gradients over the ranks of the joined job; nothing without one.
+    fn all_reduce_gradients(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Copies the parameters and the optimizer state back into the host copies.
     fn store_training(

@@ -50,12 +50,35 @@ pub fn open_backend(
     threads: Option<usize>,
     precision: Option<Precision>,
 ) -> Result<Opened, OpenError> {
+    open_backend_on(choice, threads, precision, 0)
+}
+
+/// `open_backend` on the GPU of ordinal `ordinal` (a data-parallel rank's `LOCAL_RANK`); an
+/// ordinal the machine does not have is an error naming the device count.
+pub fn open_backend_on(
+    choice: DeviceChoice,
+    threads: Option<usize>,
+    precision: Option<Precision>,
+    ordinal: usize,
+) -> Result<Opened, OpenError> {
     let found = match choice {
         DeviceChoice::Cpu => CudaAvailability::NoDriver,
         DeviceChoice::Cuda | DeviceChoice::Auto => probe::detect(),
     };
     match probe::resolve(choice, &found)? {
-        probe::ResolvedDevice::Cuda(info) => {
+        probe::ResolvedDevice::Cuda(mut info) => {
+            if ordinal > 0 {
+                let count = cudarc::driver::result::device::get_count().unwrap_or(1);
+                if ordinal >= count.max(0) as usize {
+                    return Err(OpenError::Start {
+                        device: "CUDA",
+                        source: BackendError::Device(format!(
+                            "device {ordinal} was asked for (LOCAL_RANK), but this machine has {count} GPU(s)"
+                        )),
+                    });
+                }
+                info.ordinal = ordinal;
+            }
             let precision = precision.unwrap_or_default();
             let options = CudaOptions::from_env()?;
             let dir = KernelCache::default_dir()

@@ -28,6 +28,8 @@ mod tokenizer;
 pub mod validate;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use prepare::TrainRun;
@@ -37,12 +39,13 @@ pub use settings::{
 };
 pub use tokenizer::check_tokenizer;
 
-use crate::backend::{Backend, BackendError, MicroBatch};
+use crate::backend::{Backend, BackendError, MicroBatch, Staged, Stager};
 use crate::batch::StepOptions;
 use crate::checkpoint::{
     self, BestEval, CheckpointError, CheckpointHealth, CheckpointMeta, RngState,
 };
 use crate::data::{DataError, Loader, MixtureState};
+use crate::dist::Parallel;
 use crate::flops::{paper_training_flops, training_flops, StackTokens};
 use crate::metrics::{MetricsError, MetricsLog, StepMetrics, StepObserver};
 use crate::optim::{self, OptimError};
@@ -85,6 +88,8 @@ pub enum TrainError {
     },
     #[error("step {step}: the batch has no scored tokens (every target is empty)")]
     NoScoredTokens { step: u64 },
+    #[error("data-parallel training: {0}")]
+    Parallel(String),
 }
 
 fn marked_text(marked: &[PathBuf]) -> String {
@@ -122,6 +127,26 @@ struct Accumulated {
     paper_flops: f64,
 }
 
+/// A data-parallel rank's stager: stages the micro-batches of its share of each step (the loader
+/// produces batches in order, from a step's first) and hands back nothing for the others.
+struct ShareStager {
+    inner: Arc<dyn Stager>,
+    accum: u64,
+    share: (u64, u64),
+    next: AtomicU64,
+}
+
+impl Stager for ShareStager {
+    fn stage(&self, batch: &crate::batch::Batch) -> Staged {
+        let micro = self.next.fetch_add(1, Ordering::Relaxed) % self.accum;
+        if (self.share.0..self.share.1).contains(&micro) {
+            self.inner.stage(batch)
+        } else {
+            Box::new(())
+        }
+    }
+}
+
 /// How a finished run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOutcome {
@@ -141,12 +166,42 @@ pub struct TrainOutcome {
 impl TrainRun {
     /// Runs from the prepared state to `settings.steps`.
     pub fn run(
-        mut self,
+        self,
         backend: &mut dyn Backend,
         observer: &mut dyn StepObserver,
     ) -> Result<TrainOutcome, TrainError> {
+        self.run_parallel(backend, observer, Parallel::SINGLE)
+    }
+
+    /// Runs as one rank of a data-parallel job whose communicator `backend` has joined: this
+    /// rank trains on its share of every step's micro-batches (`Parallel::share`), the backend
+    /// sums gradients and losses over the ranks, and only rank 0 writes metrics and checkpoints.
+    /// With `Parallel::SINGLE` it is `run`.
+    pub fn run_parallel(
+        mut self,
+        backend: &mut dyn Backend,
+        observer: &mut dyn StepObserver,
+        parallel: Parallel,
+    ) -> Result<TrainOutcome, TrainError> {
         let settings = self.settings.clone();
-        let mut log = MetricsLog::open(&settings.out, self.start_step)?;
+        if parallel.world_size > 1 {
+            if backend.resident().is_none() {
+                return Err(TrainError::Parallel(
+                    "more than one rank needs the CUDA backend (--device cuda)".into(),
+                ));
+            }
+            if !settings.accum.is_multiple_of(parallel.world_size as u64) {
+                return Err(TrainError::Parallel(format!(
+                    "the accumulation steps ({}) must be a multiple of the world size ({}): each rank trains on accum / world micro-batches of every step",
+                    settings.accum, parallel.world_size
+                )));
+            }
+        }
+        self.parallel = parallel;
+        let mut log = match parallel.writes() {
+            true => Some(MetricsLog::open(&settings.out, self.start_step)?),
+            false => None,
+        };
         let mut grads = self.params.zeros_like();
         let base_options = StepOptions {
             z_loss: settings.objective.z_loss,
@@ -198,6 +253,16 @@ impl TrainRun {
             Some(device) => device.stager(&self.model, &base_options),
             None => None,
         };
+        // A rank prepares only the micro-batches it trains on.
+        let stager = stager.map(|inner| match parallel.world_size {
+            1 => inner,
+            _ => Arc::new(ShareStager {
+                inner,
+                accum: settings.accum,
+                share: parallel.share(settings.accum),
+                next: AtomicU64::new(0),
+            }) as Arc<dyn Stager>,
+        });
         // The realized mixture, replayed to the cursor so that it counts from the run's start.
         let mut realized = self.mixture.clone().map(|plan| {
             let draws = plan.draws_at(self.cursor);
@@ -280,7 +345,7 @@ impl TrainRun {
                 return Err(self.stop(step, problem, None));
             }
             health.accept(loss);
-            if std::mem::take(&mut prune_due) {
+            if std::mem::take(&mut prune_due) && parallel.writes() {
                 checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
             }
             self.health = Some(CheckpointHealth {
@@ -348,19 +413,29 @@ impl TrainRun {
                         rows: validator.settings.rows,
                     });
                     if validator.settings.keep_best {
+                        // Every rank takes part in gathering the sharded optimizer state.
                         self.refresh_host(backend, resident, &mut host_current, step)?;
-                        self.check_weights(step)?;
-                        best_checkpoint = Some(self.save_best(step)?);
+                        if parallel.writes() {
+                            self.check_weights(step)?;
+                            best_checkpoint = Some(self.save_best(step)?);
+                        }
                     }
                 }
                 observer.on_eval(step, &eval);
                 record.eval = Some(eval);
             }
-            log.append(&record)?;
+            if let Some(log) = log.as_mut() {
+                log.append(&record)?;
+            }
             observer.on_step(&record);
             metrics.push(record);
             if step % settings.checkpoint_every == 0 || step == settings.steps {
+                // Every rank takes part in gathering the sharded optimizer state.
                 self.refresh_host(backend, resident, &mut host_current, step)?;
+            }
+            if (step % settings.checkpoint_every == 0 || step == settings.steps)
+                && parallel.writes()
+            {
                 self.check_weights(step)?;
                 let dir = self.save(step)?;
                 // Older checkpoints go once this one is known to be good: after the next step's
@@ -371,13 +446,20 @@ impl TrainRun {
                 final_checkpoint = Some(dir);
             }
         }
-        if prune_due {
+        if prune_due && parallel.writes() {
             checkpoint::prune(&settings.out, settings.keep_checkpoints as usize)?;
         }
         let final_checkpoint = match final_checkpoint.or(last_checkpoint) {
             Some(dir) => dir,
             // Resumed at (or past) the last step: nothing ran, the latest checkpoint stands.
-            None => self.save(self.start_step)?,
+            None if parallel.writes() => self.save(self.start_step)?,
+            // Another rank's view of the checkpoint rank 0 writes.
+            None => settings
+                .out
+                .join(checkpoint::CHECKPOINTS_DIR)
+                .join(checkpoint::step_dir_name(
+                    settings.steps.max(self.start_step),
+                )),
         };
         Ok(TrainOutcome {
             step: settings.steps.max(self.start_step),
@@ -396,7 +478,7 @@ impl TrainRun {
         let out = &self.settings.out;
         let parent = out.join(checkpoint::CHECKPOINTS_DIR);
         let mut marked = Vec::new();
-        if let Some(bad) = condemned.filter(|&s| s > 0) {
+        if let Some(bad) = condemned.filter(|&s| s > 0 && self.parallel.writes()) {
             let reason = format!("step {step}, the first computed from these weights: {problem}");
             let best = parent.join(checkpoint::BEST_DIR);
             let best_is_bad = checkpoint::load_meta(&best).is_ok_and(|m| m.step == bad);
@@ -473,6 +555,7 @@ impl TrainRun {
     ) -> Result<Accumulated, TrainError> {
         let mut sums = Accumulated::default();
         let mut micro_batches = Vec::with_capacity(self.settings.accum as usize);
+        let (first, end) = self.parallel.share(self.settings.accum);
         for micro in 0..self.settings.accum {
             let (loaded, staged) = loader.next_staged()?.ok_or(DataError::LoaderGone)?;
             let options = StepOptions {
@@ -484,7 +567,7 @@ impl TrainRun {
         // One call per step, so a device backend moves parameters and gradients once.
         let stats = match backend.resident().filter(|_| resident) {
             Some(device) => {
-                let batches: Vec<_> = micro_batches
+                let batches: Vec<_> = micro_batches[first as usize..end as usize]
                     .iter()
                     .map(|(l, options, staged)| MicroBatch {
                         batch: &l.batch,
@@ -492,7 +575,10 @@ impl TrainRun {
                         staged: staged.as_ref(),
                     })
                     .collect();
-                device.accumulate(&self.model, &batches)
+                device.accumulate(&self.model, &batches).and_then(|stats| {
+                    device.all_reduce_gradients()?;
+                    Ok(stats)
+                })
             }
             None => {
                 let batches: Vec<_> = micro_batches
@@ -503,10 +589,21 @@ impl TrainRun {
             }
         }
         .map_err(|source| TrainError::Backend { step, source })?;
-        for ((loaded, options, _), stats) in micro_batches.iter().zip(stats) {
+        for stats in &stats {
             sums.loss_sum += stats.loss_sum;
             sums.z_sum += stats.z_loss_sum;
             sums.scored += stats.tokens as u64;
+        }
+        if let Some(device) = backend.resident().filter(|_| resident) {
+            // Summed over the ranks in rank order (nothing to do without a job).
+            let mut totals = [sums.loss_sum, sums.z_sum, sums.scored as f64];
+            device
+                .all_reduce_sums(&mut totals)
+                .map_err(|source| TrainError::Backend { step, source })?;
+            [sums.loss_sum, sums.z_sum] = [totals[0], totals[1]];
+            sums.scored = totals[2] as u64;
+        }
+        for (loaded, options, _) in &micro_batches {
             sums.real_tokens += loaded.batch.length.iter().sum::<usize>() as u64;
             let tokens = StackTokens::from_batch(&self.model, &loaded.batch, options);
             sums.flops += training_flops(&self.model, &tokens);

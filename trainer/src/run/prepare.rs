@@ -53,6 +53,8 @@ pub struct TrainRun {
     pub(super) loss_on_prefix: bool,
     pub(super) loader_options: LoaderOptions,
     pub(super) source: Option<Box<dyn ExampleSource>>,
+    /// This process's rank and the world size (`run_parallel`).
+    pub(super) parallel: crate::dist::Parallel,
 }
 
 impl std::fmt::Debug for TrainRun {
@@ -214,6 +216,7 @@ impl TrainRun {
                 )
             },
             source: Some(Box::new(corpus)),
+            parallel: crate::dist::Parallel::SINGLE,
             corpus: summary,
             settings,
         };

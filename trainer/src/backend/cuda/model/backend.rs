@@ -47,6 +47,8 @@ pub struct CudaBackend {
     pub(super) optimizer: Option<DeviceOptimizer>,
     options: CudaOptions,
     profiler: Profiler,
+    /// The NCCL communicator of a data-parallel job (`collective.rs`).
+    pub(super) comm: Option<Arc<crate::dist::Communicator>>,
 }
 
 /// What RoPE tables depend on: the head dimension, the base (its bits) and how many positions
@@ -96,8 +98,8 @@ impl CudaBackend {
         cache: &KernelCache,
         options: CudaOptions,
     ) -> Result<CudaBackend, BackendError> {
-        let context = CudaContext::new(info.ordinal)
-            .map_err(device_error("cannot open a CUDA context on device 0"))?;
+        let what = format!("cannot open a CUDA context on device {}", info.ordinal);
+        let context = CudaContext::new(info.ordinal).map_err(device_error(&what))?;
         // SAFETY: the backend issues all its work on this one stream, so the per-buffer events
         // cudarc records for cross-stream synchronization are never needed (each allocation
         // would otherwise create two).
@@ -120,6 +122,7 @@ impl CudaBackend {
             optimizer: None,
             options,
             profiler,
+            comm: None,
         })
     }
 

@@ -2,6 +2,8 @@
 //!
 //! - `backend`: `CudaBackend`, the `Backend` trait on one GPU (resident parameter and gradient
 //!   buffers, RoPE tables, validation as on the CPU);
+//! - `collective`: data parallelism: the NCCL communicator on the backend's stream, gradients
+//!   summed over the ranks in buckets;
 //! - `resident` and `optimizer`: `ResidentTraining` for `CudaBackend`, with the Adafactor state
 //!   on the device;
 //! - `device`: the handles one model run uses (`Dev`), allocation and copy helpers, the linear
@@ -15,6 +17,7 @@
 
 mod attention;
 mod backend;
+mod collective;
 mod device;
 mod dims;
 pub mod inputs;

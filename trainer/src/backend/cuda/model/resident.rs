@@ -4,7 +4,10 @@
 //! the host in tensor order, as `optim::global_norm`), optional clipping, and the Adafactor update
 //! of every tensor (`kernels::MultiTensorAdafactor`, T5X's rule, all tensors in each launch) with
 //! the update norm summed likewise. Only the norms come back each step; the parameters and state
-//! cross to the host for checkpoints alone.
+//! cross to the host for checkpoints alone. In a data-parallel job (`collective.rs`) a rank keeps
+//! and updates only the tensors it owns: the per-tensor sums of squares are placed at their
+//! tensors' indices and summed over the ranks before the host adds them in tensor order (so the
+//! norms are those of one process), and the owners broadcast the updated parameters.
 
 use std::sync::Arc;
 
@@ -58,17 +61,25 @@ impl ResidentTraining for CudaBackend {
             let t = state.get(&key).ok_or_else(|| missing(&key))?;
             dev.upload(&t.data)
         };
+        let (rank, world_size) = self.place();
+        let sizes: Vec<usize> = params.tensors.iter().map(|t| t.len()).collect();
+        let owners = super::collective::owners(&sizes, world_size);
         let mut moments = Vec::with_capacity(params.len());
         let mut momentum = Vec::with_capacity(params.len());
-        for (name, t) in params.iter() {
-            moments.push(if oconfig.factors(&t.shape) {
+        for ((name, t), &owner) in params.iter().zip(&owners) {
+            if owner != rank {
+                moments.push(None);
+                momentum.push(None);
+                continue;
+            }
+            moments.push(Some(if oconfig.factors(&t.shape) {
                 Moment::Factored {
                     v_row: take(name, "v_row")?,
                     v_col: take(name, "v_col")?,
                 }
             } else {
                 Moment::Full(take(name, "v")?)
-            });
+            }));
             momentum.push(match oconfig.beta1 {
                 Some(_) => Some(take(name, "m")?),
                 None => None,
@@ -77,12 +88,12 @@ impl ResidentTraining for CudaBackend {
         let shapes: Vec<MomentShape> = moments
             .iter()
             .zip(&params.tensors)
-            .map(|(m, t)| match m {
-                Moment::Full(_) => MomentShape::Full { n: t.len() },
-                Moment::Factored { .. } => MomentShape::Factored {
+            .filter_map(|(m, t)| match m.as_ref()? {
+                Moment::Full(_) => Some(MomentShape::Full { n: t.len() }),
+                Moment::Factored { .. } => Some(MomentShape::Factored {
                     rows: t.shape[0],
                     cols: t.shape[1],
-                },
+                }),
             })
             .collect();
         let update = MultiTensorAdafactor::new(&self.stream, &shapes)?;
@@ -93,6 +104,7 @@ impl ResidentTraining for CudaBackend {
             shapes: params.tensors.iter().map(|t| t.shape.clone()).collect(),
             moments,
             momentum,
+            owners,
             update,
         });
         Ok(())
@@ -154,6 +166,23 @@ impl ResidentTraining for CudaBackend {
         Ok(out)
     }
 
+    fn join_group(
+        &mut self,
+        id: &[u8; crate::dist::nccl::ID_BYTES],
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Arc<crate::dist::Communicator>, BackendError> {
+        self.join_nccl(id, rank, world_size)
+    }
+
+    fn all_reduce_sums(&mut self, values: &mut [f64]) -> Result<(), BackendError> {
+        self.reduce_sums(values)
+    }
+
+    fn all_reduce_gradients(&mut self) -> Result<(), BackendError> {
+        self.reduce_grads()
+    }
+
     fn store_training(
         &mut self,
         params: &mut ParamStore,
@@ -173,25 +202,35 @@ impl ResidentTraining for CudaBackend {
         for (t, p) in params.tensors.iter_mut().zip(&self.params) {
             t.data = dev.download(p)?;
         }
+        // Every tensor's state from its owner (every rank of a job takes part, in tensor order).
         let mut state = std::collections::HashMap::new();
         for (i, (name, shape)) in opt.names.iter().zip(&opt.shapes).enumerate() {
-            match &opt.moments[i] {
-                Moment::Full(v) => {
-                    state.insert(state_name(name, "v"), (shape.clone(), dev.download(v)?));
-                }
-                Moment::Factored { v_row, v_col } => {
-                    state.insert(
-                        state_name(name, "v_row"),
-                        (vec![shape[0]], dev.download(v_row)?),
-                    );
-                    state.insert(
-                        state_name(name, "v_col"),
-                        (vec![shape[1]], dev.download(v_col)?),
-                    );
-                }
+            let owner = opt.owners[i];
+            let moment = opt.moments[i].as_ref();
+            if oconfig_factors(&opt.config, shape) {
+                let (v_row, v_col) = match moment {
+                    Some(Moment::Factored { v_row, v_col }) => (Some(v_row), Some(v_col)),
+                    _ => (None, None),
+                };
+                let rows = self.gather_f32(v_row, shape[0], owner)?;
+                let cols = self.gather_f32(v_col, shape[1], owner)?;
+                state.insert(state_name(name, "v_row"), (vec![shape[0]], rows));
+                state.insert(state_name(name, "v_col"), (vec![shape[1]], cols));
+            } else {
+                let v = match moment {
+                    Some(Moment::Full(v)) => Some(v),
+                    _ => None,
+                };
+                let n = shape.iter().product();
+                state.insert(
+                    state_name(name, "v"),
+                    (shape.clone(), self.gather_f32(v, n, owner)?),
+                );
             }
-            if let Some(m) = &opt.momentum[i] {
-                state.insert(state_name(name, "m"), (shape.clone(), dev.download(m)?));
+            if opt.config.beta1.is_some() {
+                let n = shape.iter().product();
+                let m = self.gather_f32(opt.momentum[i].as_ref(), n, owner)?;
+                state.insert(state_name(name, "m"), (shape.clone(), m));
             }
         }
         *optimizer = Adafactor::from_state(opt.config.clone(), params, opt.step, |key| {
@@ -212,25 +251,36 @@ impl CudaBackend {
         clip: Option<f64>,
         lr: f32,
     ) -> Result<(f64, Option<UpdateStats>), BackendError> {
-        let n = self.grads.len();
+        // The tensors this rank owns (all of them outside a job), by index.
+        let mine: Vec<usize> = (0..opt.moments.len())
+            .filter(|&i| opt.moments[i].is_some())
+            .collect();
+        let count = self.params.len();
         let mut tensors: Vec<AdafactorTensor<'_>> = self
             .params
             .iter_mut()
             .zip(&mut self.grads)
             .zip(opt.moments.iter_mut().zip(&mut opt.momentum))
-            .map(|((param, grad), (moment, momentum))| AdafactorTensor {
-                param,
-                grad,
-                moment: match moment {
-                    Moment::Full(v) => DeviceMoment::Full(v),
-                    Moment::Factored { v_row, v_col } => DeviceMoment::Factored { v_row, v_col },
-                },
-                momentum: momentum.as_mut(),
+            .filter_map(|((param, grad), (moment, momentum))| {
+                Some(AdafactorTensor {
+                    param,
+                    grad,
+                    moment: match moment.as_mut()? {
+                        Moment::Full(v) => DeviceMoment::Full(v),
+                        Moment::Factored { v_row, v_col } => {
+                            DeviceMoment::Factored { v_row, v_col }
+                        }
+                    },
+                    momentum: momentum.as_mut(),
+                })
             })
             .collect();
         let kernels = &self.kernels;
         opt.update.gradient_squares(kernels, &mut tensors, scale)?;
-        let norm = read_sum(&self.stream, &opt.update.grad_sq, n)?.sqrt();
+        let mut squares = spread(&self.stream, &opt.update.grad_sq, &mine, count)?;
+        drop(tensors);
+        self.reduce_sums(&mut squares)?;
+        let norm = squares.iter().sum::<f64>().sqrt();
         if !norm.is_finite() {
             return Ok((norm, None));
         }
@@ -244,8 +294,34 @@ impl CudaBackend {
             beta2: b2,
             lr,
         };
-        opt.update.update(kernels, step, &mut tensors, factor)?;
-        let update_norm = read_sum(&self.stream, &opt.update.update_sq, n)?.sqrt();
+        let mut tensors: Vec<AdafactorTensor<'_>> = self
+            .params
+            .iter_mut()
+            .zip(&mut self.grads)
+            .zip(opt.moments.iter_mut().zip(&mut opt.momentum))
+            .filter_map(|((param, grad), (moment, momentum))| {
+                Some(AdafactorTensor {
+                    param,
+                    grad,
+                    moment: match moment.as_mut()? {
+                        Moment::Full(v) => DeviceMoment::Full(v),
+                        Moment::Factored { v_row, v_col } => {
+                            DeviceMoment::Factored { v_row, v_col }
+                        }
+                    },
+                    momentum: momentum.as_mut(),
+                })
+            })
+            .collect();
+        opt.update
+            .update(&self.kernels, step, &mut tensors, factor)?;
+        drop(tensors);
+        let mut squares = spread(&self.stream, &opt.update.update_sq, &mine, count)?;
+        self.reduce_sums(&mut squares)?;
+        let update_norm = squares.iter().sum::<f64>().sqrt();
+        if self.place().1 > 1 {
+            self.broadcast_params(&opt.owners)?;
+        }
         opt.step += 1;
         Ok((
             norm,
@@ -257,12 +333,24 @@ impl CudaBackend {
     }
 }
 
-/// The first `n` f64 sums of squares in `sums`, read back and added in tensor order.
-fn read_sum(
+/// The per-tensor sums of squares in `sums` (one for each tensor of `mine`, in order), read back
+/// and placed at their tensors' indices among `count` (zeros elsewhere): summed over the ranks,
+/// each tensor's value comes from its owner alone, so the sum in tensor order is the same on any
+/// number of ranks.
+fn spread(
     stream: &Arc<cudarc::driver::CudaStream>,
     sums: &CudaSlice<f64>,
-    n: usize,
-) -> Result<f64, BackendError> {
+    mine: &[usize],
+    count: usize,
+) -> Result<Vec<f64>, BackendError> {
     let host = stream.clone_dtoh(sums)?;
-    Ok(host[..n].iter().sum())
+    let mut out = vec![0.0; count];
+    for (k, &i) in mine.iter().enumerate() {
+        out[i] = host[k];
+    }
+    Ok(out)
+}
+
+fn oconfig_factors(config: &crate::optim::adafactor::AdafactorConfig, shape: &[usize]) -> bool {
+    config.factors(shape)
 }

@@ -1,0 +1,304 @@
+//! Data-parallel `redpack train`: 2 and 3 ranks (processes with torchrun's variables) on the
+//! CPU emulation of CUDA and its emulated NCCL (`cuda-emu/cpp/fake_nccl.cpp`: shared memory,
+//! sums in rank order), against one process on the same global batch; a checkpoint resumed on
+//! another world size; a killed rank. Each rank runs with `LOCAL_RANK=0`, as one GPU per node
+//! would, since the emulation has one device.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redpack_cuda_emu::{DeviceCode, Kernel};
+use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
+
+use crate::common::BIN;
+
+/// The emulation's library folder (`None` on a machine with a real driver).
+fn libraries() -> Option<PathBuf> {
+    let code = DeviceCode {
+        common: COMMON,
+        kernels: KERNELS
+            .iter()
+            .map(|k| Kernel {
+                name: k.name,
+                source: k.source,
+                entries: k.entries,
+            })
+            .collect(),
+    };
+    redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
+        .map(|(dir, _)| dir)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    corpus: PathBuf,
+    libraries: Option<PathBuf>,
+    /// The global batch (rows) and its micro-batches.
+    shape: [&'static str; 2],
+    /// The recipe.
+    config: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let corpus = root.join("corpus");
+    crate::common::ok(&["build-corpus", "--out", corpus.to_str().unwrap()]);
+    Setup {
+        _dir: dir,
+        root,
+        corpus: corpus.join("packed"),
+        libraries: libraries(),
+        shape: ["6", "6"],
+        config: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../trainer/configs/decllm-tiny-pretrain.toml"),
+    }
+}
+
+impl Setup {
+    /// `redpack train` on a tiny DecLLM with the global batch `shape`.
+    fn command(&self, out: &str, steps: u64, extra: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(["train", "--config", self.config.to_str().unwrap(), "--data"])
+            .arg(&self.corpus)
+            .arg("--out")
+            .arg(self.root.join(out))
+            .args(["--steps", &steps.to_string()])
+            .args(["--batch", self.shape[0], "--accum", self.shape[1]])
+            .args(["--checkpoint-every", "1", "--device", "cuda"])
+            .args(extra)
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
+            .env_remove("WORLD_SIZE")
+            .env_remove("SLURM_NTASKS")
+            .env_remove("SLURM_PROCID");
+        if let Some(dir) = &self.libraries {
+            let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+            command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
+        }
+        command
+    }
+
+    /// Starts `world` ranks of one job, finding rank 0 through a rendezvous file.
+    fn spawn(&self, world: usize, out: &str, steps: u64, extra: &[&str]) -> Vec<Child> {
+        let rendezvous = format!("file:{}", self.root.join(format!("{out}.rdv")).display());
+        (0..world)
+            .map(|rank| {
+                self.command(out, steps, extra)
+                    .args(["--rendezvous", &rendezvous])
+                    .env("WORLD_SIZE", world.to_string())
+                    .env("RANK", rank.to_string())
+                    .env("LOCAL_RANK", "0")
+                    .env("MASTER_ADDR", "127.0.0.1")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("starting redpack")
+            })
+            .collect()
+    }
+
+    /// Runs `world` ranks (or one plain process for 0) to the end; every one must succeed.
+    fn train(&self, world: usize, out: &str, steps: u64, extra: &[&str]) {
+        let outputs: Vec<Output> = if world == 0 {
+            vec![self.command(out, steps, extra).output().unwrap()]
+        } else {
+            self.spawn(world, out, steps, extra)
+                .into_iter()
+                .map(|c| c.wait_with_output().unwrap())
+                .collect()
+        };
+        for (rank, o) in outputs.iter().enumerate() {
+            assert!(
+                o.status.success(),
+                "{out}: rank {rank} failed ({}):\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+
+    /// The losses of `metrics.jsonl`, by step.
+    fn losses(&self, out: &str) -> Vec<(u64, f64)> {
+        std::fs::read_to_string(self.root.join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    }
+
+    /// The parameters and optimizer state of a run's checkpoint of `step`, as f32 values per
+    /// tensor name.
+    fn weights(&self, out: &str, step: u64) -> Vec<(String, Vec<f32>)> {
+        let path = self
+            .root
+            .join(out)
+            .join(format!("checkpoints/step-{step:08}/model.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // safetensors: an 8-byte little-endian header length, a JSON header of
+        // name -> {dtype, shape, data_offsets}, then the data.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        let mut all: Vec<(String, Vec<f32>)> = header
+            .iter()
+            .filter(|(name, _)| name.as_str() != "__metadata__")
+            .map(|(name, t)| {
+                assert_eq!(t["dtype"], "F32", "{name}");
+                let at = |i: usize| t["data_offsets"][i].as_u64().unwrap() as usize;
+                let values = data[at(0)..at(1)]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                (name.clone(), values)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// The largest difference between two runs' values, relative to the value's magnitude (with a
+/// floor for values near zero).
+fn max_relative(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f64;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!((na, va.len()), (nb, vb.len()));
+        for (x, y) in va.iter().zip(vb) {
+            let d = (*x as f64 - *y as f64).abs() / (x.abs() as f64).max(1e-3);
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+fn bit_identical(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((_, x), (_, y))| {
+            x.iter()
+                .map(|v| v.to_bits())
+                .eq(y.iter().map(|v| v.to_bits()))
+        })
+}
+
+#[test]
+fn two_and_three_ranks_train_as_one_process_and_resume_on_another_world_size() {
+    let s = setup();
+    s.train(0, "one", 2, &[]);
+    s.train(2, "two", 2, &[]);
+    s.train(3, "three", 2, &[]);
+    let one = s.losses("one");
+    assert_eq!(one.len(), 2);
+    let reference = s.weights("one", 2);
+    for run in ["two", "three"] {
+        let losses = s.losses(run);
+        assert_eq!(losses.len(), 2, "{run}");
+        for ((step, a), (_, b)) in one.iter().zip(&losses) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs(),
+                "{run}, step {step}: loss {b} against one process's {a}"
+            );
+        }
+        let weights = s.weights(run, 2);
+        let worst = max_relative(&reference, &weights);
+        eprintln!(
+            "{run}: parameters and optimizer state after 2 steps differ from one process's by at most {worst:.3e} (relative){}",
+            if bit_identical(&reference, &weights) { ", bit-identical" } else { "" }
+        );
+        assert!(worst <= 1e-5, "{run}: {worst}");
+    }
+
+    // Two ranks to step 1, then three ranks resume their checkpoint to step 2.
+    s.train(2, "switch", 1, &[]);
+    s.train(3, "switch", 2, &["--resume"]);
+    let resumed = s.losses("switch");
+    assert_eq!(resumed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+    for ((step, a), (_, b)) in one.iter().zip(&resumed) {
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs(),
+            "resumed, step {step}: loss {b} against one process's {a}"
+        );
+    }
+    assert!(max_relative(&reference, &s.weights("switch", 2)) <= 1e-5);
+}
+
+#[test]
+fn one_rank_is_one_process_and_ranks_repeat_their_bits() {
+    // One micro-batch per rank, so the ranks' sum runs in the order one process accumulates in;
+    // Adafactor factored and with momentum, so the sharded state has every kind of tensor.
+    let mut s = setup();
+    s.shape = ["2", "2"];
+    let recipe = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("factored = false", "factored = true\nbeta1 = 0.9");
+    assert!(recipe.contains("beta1 = 0.9"));
+    s.config = s.root.join("factored.toml");
+    std::fs::write(&s.config, recipe).unwrap();
+    s.train(0, "one", 2, &[]);
+    s.train(1, "world1", 2, &[]);
+    s.train(2, "two", 2, &[]);
+    s.train(2, "again", 2, &[]);
+    // World size 1 through NCCL is the single-process run, bit for bit.
+    assert_eq!(s.losses("one"), s.losses("world1"));
+    assert!(bit_identical(&s.weights("one", 2), &s.weights("world1", 2)));
+    // The emulated NCCL sums in rank order: a job repeats its bits.
+    assert_eq!(s.losses("two"), s.losses("again"));
+    assert!(bit_identical(&s.weights("two", 2), &s.weights("again", 2)));
+    // Against one process: the first step's loss is the same sum of the same values; the
+    // gradients are not bit-identical (one process adds the second micro-batch's products into
+    // the first's inside the product, fl(AB + C); two ranks round each first, fl(fl(AB) + C)).
+    let (one, two) = (s.losses("one"), s.losses("two"));
+    assert_eq!(one[0], two[0]);
+    for ((step, a), (_, b)) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs(),
+            "step {step}: {b} against {a}"
+        );
+    }
+    let worst = max_relative(&s.weights("one", 2), &s.weights("two", 2));
+    assert!(worst <= 1e-5, "{worst}");
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
+    let s = setup();
+    let mut children = s.spawn(3, "killed", 10_000, &[]);
+    // Wait for the first step (rank 0's metrics), then kill rank 2.
+    let metrics = s.root.join("killed/metrics.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    children[2].kill().unwrap();
+    let killed_at = Instant::now();
+    children[2].wait().unwrap();
+    for (rank, child) in children.into_iter().enumerate().take(2) {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "rank {rank}:\n{stderr}");
+        assert!(
+            stderr.contains("rank 2 stopped"),
+            "rank {rank} does not name rank 2:\n{stderr}"
+        );
+    }
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "the job took {:?} to stop",
+        killed_at.elapsed()
+    );
+}

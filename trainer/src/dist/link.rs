@@ -1,0 +1,413 @@
+//! The ranks' rendezvous and liveness, over TCP: rank 0 listens (on `MASTER_PORT`, or on a free
+//! port whose address it writes into the `--rendezvous file:PATH` file), every other rank
+//! connects and says which rank it is, and rank 0 answers each with the NCCL unique id. The
+//! connections stay open for the whole run: a rank that finishes says so before it closes; a
+//! connection that closes without it means the rank's process died (or stopped on an error).
+//! Rank 0 then tells every other rank which rank it was, and each rank aborts its NCCL
+//! communicator, so the collective it waits in returns an error that names the rank instead of
+//! hanging. Should a process still be alive `EXIT_GRACE` after that, it exits with the error.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::launch::{Launch, Rendezvous};
+use super::nccl::{Communicator, ID_BYTES};
+use super::DistError;
+
+const HELLO: &[u8; 4] = b"RDPK";
+const BYE: u8 = b'B';
+const DEAD: u8 = b'D';
+
+/// How long a process whose job lost a rank may take to stop on its own error before it exits.
+pub const EXIT_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct State {
+    failure: Mutex<Option<String>>,
+    finished: AtomicBool,
+    comm: OnceLock<Arc<Communicator>>,
+    /// The other ends: every other rank's connection on rank 0, rank 0's on the others.
+    peers: Mutex<Vec<(usize, TcpStream)>>,
+}
+
+impl State {
+    /// Records the first failure, aborts the communicator and, on rank 0, tells the others.
+    fn fail(self: &Arc<Self>, dead: usize, text: String) {
+        if self.finished.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_some() {
+                return;
+            }
+            *failure = Some(text.clone());
+        }
+        if let Ok(mut peers) = self.peers.lock() {
+            for (rank, stream) in peers.iter_mut() {
+                if *rank != dead {
+                    let mut message = vec![DEAD];
+                    message.extend_from_slice(&(dead as u32).to_le_bytes());
+                    let _ = stream.write_all(&message);
+                }
+            }
+        }
+        if let Some(comm) = self.comm.get() {
+            comm.abort();
+        }
+        let state = Arc::clone(self);
+        std::thread::spawn(move || {
+            std::thread::sleep(EXIT_GRACE);
+            if !state.finished.load(Ordering::SeqCst) {
+                eprintln!("error: {text}");
+                std::process::exit(1);
+            }
+        });
+    }
+}
+
+/// A rank's connections to the job, from the rendezvous to the end of the run.
+pub struct Link {
+    state: Arc<State>,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+fn dead_text(rank: usize) -> String {
+    format!("rank {rank} stopped: its process exited or lost its connection before the run finished (see that rank's log)")
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> DistError {
+    move |e| DistError::Rendezvous(format!("{what}: {e}"))
+}
+
+/// The host name rank 0 publishes: `MASTER_ADDR` when set, else the machine's name when it
+/// resolves, else the loopback address (a machine whose name does not resolve is reachable by
+/// no other).
+fn this_host() -> String {
+    if let Ok(host) = std::env::var("MASTER_ADDR") {
+        return host;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| resolve(&format!("{h}:0")).is_some())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// Writes rank 0's address into `path` (atomically: a temporary file renamed into place).
+fn publish(path: &Path, addr: &str) -> Result<(), DistError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, format!("{addr}\n")).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+}
+
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    addr.to_socket_addrs().ok()?.next()
+}
+
+impl Link {
+    /// The rendezvous: returns the link and the NCCL unique id (made by rank 0 with `make_id`),
+    /// or an error once `timeout` has passed without every rank.
+    pub fn connect(
+        launch: &Launch,
+        timeout: Duration,
+        make_id: impl FnOnce() -> Result<[u8; ID_BYTES], DistError>,
+    ) -> Result<(Link, [u8; ID_BYTES]), DistError> {
+        let deadline = Instant::now() + timeout;
+        let state = Arc::new(State::default());
+        let link = Link {
+            state: Arc::clone(&state),
+            rank: launch.rank,
+            world_size: launch.world_size,
+        };
+        let id = if launch.rank == 0 {
+            link.serve(launch, deadline, timeout, make_id()?)?
+        } else {
+            link.join(launch, deadline)?
+        };
+        link.watch();
+        Ok((link, id))
+    }
+
+    fn serve(
+        &self,
+        launch: &Launch,
+        deadline: Instant,
+        timeout: Duration,
+        id: [u8; ID_BYTES],
+    ) -> Result<[u8; ID_BYTES], DistError> {
+        let port = match &launch.rendezvous {
+            Rendezvous::Tcp { port, .. } => *port,
+            Rendezvous::File(_) => 0,
+        };
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .map_err(io(format!("rank 0 cannot listen on port {port}")))?;
+        if let Rendezvous::File(path) = &launch.rendezvous {
+            let port = listener.local_addr().map_err(io("listener".into()))?.port();
+            publish(path, &format!("{}:{port}", this_host()))?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(io("listener".into()))?;
+        let mut peers: Vec<Option<TcpStream>> = (0..launch.world_size).map(|_| None).collect();
+        let mut joined = 1;
+        while joined < launch.world_size {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).map_err(io("socket".into()))?;
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .map_err(io("socket".into()))?;
+                    let mut hello = [0u8; 12];
+                    if stream.read_exact(&mut hello).is_err() || &hello[..4] != HELLO {
+                        continue; // not one of ours
+                    }
+                    let rank =
+                        u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
+                    let world =
+                        u32::from_le_bytes([hello[8], hello[9], hello[10], hello[11]]) as usize;
+                    if world != launch.world_size || rank == 0 || rank >= world {
+                        return Err(DistError::Rendezvous(format!(
+                            "a process joined as rank {rank} of {world}, but rank 0 runs a world of {}",
+                            launch.world_size
+                        )));
+                    }
+                    if peers[rank].is_some() {
+                        return Err(DistError::Rendezvous(format!(
+                            "two processes joined as rank {rank}"
+                        )));
+                    }
+                    stream.set_read_timeout(None).map_err(io("socket".into()))?;
+                    peers[rank] = Some(stream);
+                    joined += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        let missing: Vec<String> = (1..launch.world_size)
+                            .filter(|&r| peers[r].is_none())
+                            .map(|r| r.to_string())
+                            .collect();
+                        return Err(DistError::Rendezvous(format!(
+                            "rank 0 waited {} s and rank(s) {} never joined",
+                            timeout.as_secs(),
+                            missing.join(", ")
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(io("accepting a rank".into())(e)),
+            }
+        }
+        let mut list = Vec::new();
+        for (rank, stream) in peers.into_iter().enumerate() {
+            if let Some(mut stream) = stream {
+                stream
+                    .write_all(&id)
+                    .map_err(io(format!("sending the NCCL id to rank {rank}")))?;
+                list.push((rank, stream));
+            }
+        }
+        if let Rendezvous::File(path) = &launch.rendezvous {
+            let _ = std::fs::remove_file(path);
+        }
+        *self.state.peers.lock().unwrap_or_else(|e| e.into_inner()) = list;
+        Ok(id)
+    }
+
+    fn join(&self, launch: &Launch, deadline: Instant) -> Result<[u8; ID_BYTES], DistError> {
+        let describe = || match &launch.rendezvous {
+            Rendezvous::Tcp { host, port } => format!("{host}:{port}"),
+            Rendezvous::File(path) => format!("the address in {}", path.display()),
+        };
+        let mut stream = loop {
+            let addr = match &launch.rendezvous {
+                Rendezvous::Tcp { host, port } => Some(format!("{host}:{port}")),
+                Rendezvous::File(path) => std::fs::read_to_string(path)
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+            };
+            if let Some(addr) = addr.as_deref().and_then(resolve) {
+                if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    break stream;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DistError::Rendezvous(format!(
+                    "rank {} could not reach rank 0 at {}",
+                    launch.rank,
+                    describe()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut hello = HELLO.to_vec();
+        hello.extend_from_slice(&(launch.rank as u32).to_le_bytes());
+        hello.extend_from_slice(&(launch.world_size as u32).to_le_bytes());
+        stream
+            .write_all(&hello)
+            .map_err(io(format!("rank {} greeting rank 0", launch.rank)))?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(io("socket".into()))?;
+        let mut id = [0u8; ID_BYTES];
+        stream.read_exact(&mut id).map_err(io(format!(
+            "rank {} waiting for the NCCL id from rank 0 at {}",
+            launch.rank,
+            describe()
+        )))?;
+        stream.set_read_timeout(None).map_err(io("socket".into()))?;
+        *self.state.peers.lock().unwrap_or_else(|e| e.into_inner()) = vec![(0, stream)];
+        Ok(id)
+    }
+
+    /// One thread per connection, reading until the peer says it finished or goes away.
+    fn watch(&self) {
+        let peers = self.state.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for (rank, stream) in peers.iter() {
+            let Ok(mut stream) = stream.try_clone() else {
+                continue;
+            };
+            let (rank, state) = (*rank, Arc::clone(&self.state));
+            std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                loop {
+                    match stream.read(&mut byte) {
+                        Ok(1) if byte[0] == BYE => return,
+                        Ok(1) if byte[0] == DEAD => {
+                            let mut who = [0u8; 4];
+                            let dead = match stream.read_exact(&mut who) {
+                                Ok(()) => u32::from_le_bytes(who) as usize,
+                                Err(_) => rank,
+                            };
+                            state.fail(dead, dead_text(dead));
+                            return;
+                        }
+                        Ok(1) => continue,
+                        _ => {
+                            state.fail(rank, dead_text(rank));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// The communicator to abort when a rank dies.
+    pub fn guard(&self, comm: Arc<Communicator>) {
+        let _ = self.state.comm.set(comm);
+        if self.failure().is_some() {
+            if let Some(comm) = self.state.comm.get() {
+                comm.abort();
+            }
+        }
+    }
+
+    /// Why the job lost a rank, once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.state
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Tells the other ranks this one finished, so its exit is not taken for a death.
+    pub fn finish(&self) {
+        if self.failure().is_some() {
+            return;
+        }
+        self.state.finished.store(true, Ordering::SeqCst);
+        if let Ok(mut peers) = self.state.peers.lock() {
+            for (_, stream) in peers.iter_mut() {
+                let _ = stream.write_all(&[BYE]);
+                let _ = stream.flush();
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // An error return still tells the failure apart from a crash only by this: the process
+        // stopped without `finish`, so the others report this rank.
+        self.state.finished.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(rank: usize, world_size: usize, path: &Path) -> Launch {
+        Launch {
+            world_size,
+            rank,
+            local_rank: 0,
+            rendezvous: Rendezvous::File(path.to_path_buf()),
+            launcher: "test",
+        }
+    }
+
+    #[test]
+    fn ranks_meet_through_a_file_and_receive_rank_0s_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous");
+        let others: Vec<_> = (1..3)
+            .map(|rank| {
+                let l = launch(rank, 3, &path);
+                std::thread::spawn(move || {
+                    let (link, id) =
+                        Link::connect(&l, Duration::from_secs(30), || Ok([0; ID_BYTES])).unwrap();
+                    link.finish();
+                    id
+                })
+            })
+            .collect();
+        let id = [7u8; ID_BYTES];
+        let (link, got) =
+            Link::connect(&launch(0, 3, &path), Duration::from_secs(30), || Ok(id)).unwrap();
+        assert_eq!(got, id);
+        for other in others {
+            assert_eq!(other.join().unwrap(), id);
+        }
+        // The address file goes once every rank has joined.
+        assert!(!path.exists());
+        assert_eq!(link.failure(), None);
+        link.finish();
+    }
+
+    #[test]
+    fn a_rank_of_another_world_and_a_missing_rank_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous");
+        let stray = launch(1, 3, &path);
+        let t = std::thread::spawn(move || {
+            Link::connect(&stray, Duration::from_secs(5), || Ok([0; ID_BYTES])).err()
+        });
+        let e = Link::connect(&launch(0, 2, &path), Duration::from_secs(30), || {
+            Ok([1; ID_BYTES])
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("joined as rank 1 of 3"), "{e}");
+        assert!(t.join().unwrap().is_some());
+        let path = dir.path().join("alone");
+        let e = Link::connect(&launch(0, 2, &path), Duration::from_millis(300), || {
+            Ok([1; ID_BYTES])
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("rank(s) 1 never joined"), "{e}");
+    }
+}
