@@ -99,7 +99,9 @@ fn split_added<'a>(trie: Option<&AddedTrie>, text: &'a str, mut f: impl FnMut(Se
 pub struct FastEncoder {
     bpe: Bpe,
     splitter: Splitter,
-    classifier: Classifier,
+    /// Character classes of the split patterns: `Some` for the byte-level splitters, which
+    /// use them (building the table costs a pass of the regex engine over every code point).
+    classifier: Option<Classifier>,
     nfc: bool,
     raw_added: Option<AddedTrie>,
     normalized_added: Option<AddedTrie>,
@@ -418,7 +420,11 @@ impl FastEncoder {
         Ok(FastEncoder {
             bpe,
             splitter,
-            classifier: Classifier::new()?,
+            classifier: if byte_level {
+                Some(Classifier::new()?)
+            } else {
+                None
+            },
             nfc: nfc_normalizer,
             raw_added: AddedTrie::build(raw_patterns)?,
             normalized_added: AddedTrie::build(normalized_patterns)?,
@@ -496,12 +502,15 @@ impl FastEncoder {
                 } else {
                     text
                 };
-                self.classifier
-                    .split_gpt2(text, |word| words.encode_word(word.as_bytes(), out));
+                if let Some(classifier) = &self.classifier {
+                    classifier.split_gpt2(text, |word| words.encode_word(word.as_bytes(), out));
+                }
             }
-            Splitter::Llama3 => self
-                .classifier
-                .split_llama3(text, |word| words.encode_word(word.as_bytes(), out)),
+            Splitter::Llama3 => {
+                if let Some(classifier) = &self.classifier {
+                    classifier.split_llama3(text, |word| words.encode_word(word.as_bytes(), out));
+                }
+            }
             Splitter::Metaspace {
                 replacement,
                 prepend,
