@@ -59,9 +59,19 @@ pub fn prepare_tokenizer(
     settings: &BuildSettings,
     files: &[InputFile],
 ) -> Result<(DocTokenizer, bool), BuildError> {
+    prepare_loaded_tokenizer(settings, files, None)
+}
+
+/// [`prepare_tokenizer`], reusing `loaded` when it is the configured file already loaded.
+fn prepare_loaded_tokenizer(
+    settings: &BuildSettings,
+    files: &[InputFile],
+    loaded: Option<DocTokenizer>,
+) -> Result<(DocTokenizer, bool), BuildError> {
     let config = &settings.tokenizer;
-    let (tokenizer, trained) = match &config.path {
-        Some(path) => (
+    let (tokenizer, trained) = match (&config.path, loaded) {
+        (Some(_), Some(loaded)) => (loaded, false),
+        (Some(path), None) => (
             DocTokenizer::from_file(
                 path,
                 config.eod_token.as_deref(),
@@ -69,7 +79,7 @@ pub fn prepare_tokenizer(
             )?,
             false,
         ),
-        None => {
+        (None, _) => {
             let trained = train_tokenizer::train_on_inputs(
                 files,
                 &settings.input.fields.field_map(),
@@ -148,11 +158,13 @@ fn plan_tokenizer(
 
 /// Stage `plan`: discovers the inputs, loads or trains the tokenizer and writes `plan.json`.
 /// When a plan exists it must describe the same build (the error says what changed); it is
-/// then reused, tokenizer included.
+/// then reused, tokenizer included. `loaded` is the configured tokenizer file when the caller
+/// has loaded it already.
 fn plan_stage(
     settings: &BuildSettings,
     work: &WorkDir,
     pool: &rayon::ThreadPool,
+    loaded: Option<DocTokenizer>,
 ) -> Result<(Plan, DocTokenizer), BuildError> {
     let files = discover_inputs(settings)?;
     match settings.pack {
@@ -183,7 +195,8 @@ fn plan_stage(
         let tokenizer = if existing.tokenizer_trained && settings.tokenizer.path.is_none() {
             plan_tokenizer(settings, &existing, work)?
         } else {
-            pool.install(|| prepare_tokenizer(settings, &files))?.0
+            pool.install(|| prepare_loaded_tokenizer(settings, &files, loaded))?
+                .0
         };
         let wanted = Plan::new(
             settings.recipe(),
@@ -201,7 +214,8 @@ fn plan_stage(
         let tokenizer = plan_tokenizer(settings, &existing, work)?;
         return Ok((existing, tokenizer));
     }
-    let (tokenizer, trained) = pool.install(|| prepare_tokenizer(settings, &files))?;
+    let (tokenizer, trained) =
+        pool.install(|| prepare_loaded_tokenizer(settings, &files, loaded))?;
     redpack_schemas::atomic::write_file(&work.tokenizer(), tokenizer.json())?;
     let plan = Plan::new(
         settings.recipe(),
@@ -211,7 +225,7 @@ fn plan_stage(
         tokenizer.vocab_size(),
     );
     write_json(&work.plan(), &plan)?;
-    let tokenizer = plan_tokenizer(settings, &plan, work)?;
+    // The work directory's copy holds these very bytes: the tokenizer is not loaded again.
     Ok((plan, tokenizer))
 }
 
@@ -384,12 +398,12 @@ fn remove_work(work: &WorkDir) {
 
 /// What can be checked before anything is written: a corpus already in the output directory
 /// needs `overwrite` (a resumed build continues one that was allowed to start), the inputs
-/// must exist and a given tokenizer must load.
+/// must exist and a given tokenizer must load. Returns that tokenizer, for the plan stage.
 fn check_before_writing(
     settings: &BuildSettings,
     options: &BuildOptions,
     has_plan: bool,
-) -> Result<(), BuildError> {
+) -> Result<Option<DocTokenizer>, BuildError> {
     let out = &settings.out;
     if options.resume && !has_plan && out.join(MANIFEST_FILE).exists() {
         return Err(BuildError::ResumeMismatch {
@@ -418,15 +432,16 @@ fn check_before_writing(
     for file in &files {
         super::work::require_utf8(&file.path)?;
     }
-    if let Some(path) = &settings.tokenizer.path {
-        let config = &settings.tokenizer;
-        DocTokenizer::from_file(
+    let config = &settings.tokenizer;
+    let tokenizer = match &config.path {
+        Some(path) => Some(DocTokenizer::from_file(
             path,
             config.eod_token.as_deref(),
             config.pad_token.as_deref(),
-        )?;
-    }
-    Ok(())
+        )?),
+        None => None,
+    };
+    Ok(tokenizer)
 }
 
 /// Runs a whole build into `settings.out` in this process and returns its report. With
@@ -436,7 +451,7 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
     let out = &settings.out;
     let work = WorkDir::new(out);
     let has_plan = work.plan().exists();
-    check_before_writing(settings, options, has_plan)?;
+    let loaded = check_before_writing(settings, options, has_plan)?;
     std::fs::create_dir_all(out).map_err(|e| BuildError::io(out, e))?;
     work.create_dirs()?;
     let _lock = Locks::exclusive(&work)?;
@@ -451,7 +466,7 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         start_fresh(&work)?;
     }
     let pool = thread_pool(settings)?;
-    let (plan, tokenizer) = plan_stage(settings, &work, &pool)?;
+    let (plan, tokenizer) = plan_stage(settings, &work, &pool, loaded)?;
     for stage in [Stage::Scan, Stage::Dedup, Stage::Tokenize] {
         run_units(
             settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
@@ -532,11 +547,14 @@ pub fn run_stage(
     let pool = thread_pool(settings)?;
     if stage == Stage::Plan {
         let _lock = Locks::exclusive(&work)?;
-        if !work.plan().exists() {
-            check_before_writing(settings, options, false)?;
+        let loaded = if work.plan().exists() {
+            None
+        } else {
+            let loaded = check_before_writing(settings, options, false)?;
             start_fresh(&work)?;
-        }
-        let (plan, _) = plan_stage(settings, &work, &pool).map_err(|err| match err {
+            loaded
+        };
+        let (plan, _) = plan_stage(settings, &work, &pool, loaded).map_err(|err| match err {
             BuildError::ResumeMismatch { dir, why } => BuildError::StageMismatch {
                 stage: "plan",
                 why: format!(

@@ -45,9 +45,12 @@ impl Hasher for FxHasher {
     fn write_usize(&mut self, n: usize) {
         self.add(n as u64);
     }
+    /// The multiply leaves its best-mixed bits at the top, but `hashbrown` picks buckets with
+    /// the low bits, which depend only on a key's first bytes: every `Metaspace` word starts
+    /// with the same three bytes (`▁`), and without the rotation they would all share a bucket.
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 }
 
@@ -70,6 +73,9 @@ pub enum Units {
 #[derive(Debug)]
 pub struct Bpe {
     vocab: HashMap<Box<[u8]>, u32, FxBuild>,
+    /// The vocabulary's one-character tokens, keyed by [`unit_key`]: the first symbols of a
+    /// word without hashing byte strings.
+    units_vocab: HashMap<u32, u32, FxBuild>,
     merges: HashMap<u64, (u32, u32), FxBuild>,
     units: Units,
     ignore_merges: bool,
@@ -93,6 +99,16 @@ struct WordCache {
     owner: u64,
     current: WordMap,
     previous: WordMap,
+    /// Buffers of [`Bpe::merge_word`], kept so that a cache miss allocates nothing but the
+    /// cache entry.
+    merge: MergeBuffers,
+}
+
+/// A word's symbols and the queue of candidate merges `(rank, position, new id)`.
+#[derive(Default)]
+struct MergeBuffers {
+    symbols: Vec<Symbol>,
+    queue: BinaryHeap<Reverse<(u32, u32, u32)>>,
 }
 
 /// Entries of one generation of a thread's cache (about 100 bytes each).
@@ -105,6 +121,7 @@ thread_local! {
         owner: 0,
         current: HashMap::default(),
         previous: HashMap::default(),
+        merge: MergeBuffers::default(),
     });
 }
 
@@ -128,8 +145,15 @@ impl Bpe {
         for (rank, &(a, b, new)) in merges.iter().enumerate() {
             table.insert(pair_key(a, b), (rank as u32, new));
         }
+        let units_vocab = vocab
+            .iter()
+            .filter(|(token, _)| (1..=4).contains(&token.len()))
+            .filter(|(token, _)| utf8_len(token[0]) == token.len())
+            .map(|(token, &id)| (unit_key(token), id))
+            .collect();
         Bpe {
             vocab,
+            units_vocab,
             merges: table,
             units,
             ignore_merges,
@@ -176,7 +200,7 @@ impl Bpe {
                     let len = utf8_len(word[i]).min(word.len() - i);
                     let unit = &word[i..i + len];
                     i += len;
-                    if let Some(&id) = self.vocab.get(unit) {
+                    if let Some(&id) = self.units_vocab.get(&unit_key(unit)) {
                         if pending_unk {
                             push(unk.unwrap_or(0));
                             pending_unk = false;
@@ -208,18 +232,16 @@ impl Bpe {
     }
 
     /// Merges `word` by rank and appends its ids.
-    fn merge_word(&self, word: &[u8], out: &mut Vec<u32>) {
-        let mut symbols = Vec::with_capacity(word.len());
-        self.initial_symbols(word, &mut symbols);
-        let mut queue: BinaryHeap<Reverse<(u32, u32, u32)>> = symbols
-            .windows(2)
-            .enumerate()
-            .filter_map(|(pos, w)| {
-                self.merges
-                    .get(&pair_key(w[0].id, w[1].id))
-                    .map(|&(rank, new)| Reverse((rank, pos as u32, new)))
-            })
-            .collect();
+    fn merge_word(&self, word: &[u8], buffers: &mut MergeBuffers, out: &mut Vec<u32>) {
+        let MergeBuffers { symbols, queue } = buffers;
+        symbols.clear();
+        queue.clear();
+        self.initial_symbols(word, symbols);
+        queue.extend(symbols.windows(2).enumerate().filter_map(|(pos, w)| {
+            self.merges
+                .get(&pair_key(w[0].id, w[1].id))
+                .map(|&(rank, new)| Reverse((rank, pos as u32, new)))
+        }));
         while let Some(Reverse((_, pos, new))) = queue.pop() {
             let pos = pos as usize;
             let left = symbols[pos];
@@ -286,7 +308,7 @@ impl Words<'_> {
             }
         }
         if word.len() >= CACHE_WORD_BYTES {
-            bpe.merge_word(word, out);
+            bpe.merge_word(word, &mut self.cache.merge, out);
             return;
         }
         if let Some(ids) = self.cache.current.get(word) {
@@ -300,7 +322,7 @@ impl Words<'_> {
             }
             None => {
                 let start = out.len();
-                bpe.merge_word(word, out);
+                bpe.merge_word(word, &mut self.cache.merge, out);
                 (word.into(), out[start..].into())
             }
         };
@@ -310,6 +332,16 @@ impl Words<'_> {
         }
         cache.current.insert(key, ids);
     }
+}
+
+/// A key for one UTF-8 character (1 to 4 bytes): its bytes, zero-padded, little-endian. The
+/// lead byte fixes the length, so two characters never share a key.
+#[inline]
+fn unit_key(unit: &[u8]) -> u32 {
+    let mut key = [0u8; 4];
+    let len = unit.len().min(4);
+    key[..len].copy_from_slice(&unit[..len]);
+    u32::from_le_bytes(key)
 }
 
 /// Length of the UTF-8 sequence a lead byte starts.

@@ -99,7 +99,9 @@ fn split_added<'a>(trie: Option<&AddedTrie>, text: &'a str, mut f: impl FnMut(Se
 pub struct FastEncoder {
     bpe: Bpe,
     splitter: Splitter,
-    classifier: Classifier,
+    /// Character classes of the split patterns: `Some` for the byte-level splitters, which
+    /// use them (building the table costs a pass of the regex engine over every code point).
+    classifier: Option<Classifier>,
     nfc: bool,
     raw_added: Option<AddedTrie>,
     normalized_added: Option<AddedTrie>,
@@ -213,7 +215,7 @@ fn splitter(pre: &Value) -> Result<Splitter, String> {
     }
 }
 
-fn merges(model: &Value) -> Result<Vec<(String, String)>, String> {
+fn merges(model: &Value) -> Result<Vec<(&str, &str)>, String> {
     let list = model
         .get("merges")
         .and_then(Value::as_array)
@@ -222,12 +224,12 @@ fn merges(model: &Value) -> Result<Vec<(String, String)>, String> {
     for entry in list {
         match entry {
             Value::String(line) if line.starts_with("#version") => {}
-            Value::String(line) => match line.split(' ').collect::<Vec<_>>()[..] {
-                [a, b] => out.push((a.to_string(), b.to_string())),
+            Value::String(line) => match line.split_once(' ') {
+                Some((a, b)) if !b.contains(' ') => out.push((a, b)),
                 _ => return Err(format!("merge {line:?} is not two tokens")),
             },
             Value::Array(pair) => match &pair[..] {
-                [Value::String(a), Value::String(b)] => out.push((a.clone(), b.clone())),
+                [Value::String(a), Value::String(b)] => out.push((a.as_str(), b.as_str())),
                 _ => return Err("a merge is not two tokens".to_string()),
             },
             _ => return Err("a merge is not two tokens".to_string()),
@@ -273,36 +275,57 @@ impl FastEncoder {
             }
         }
         let flag = |key: &str| model.get(key).and_then(Value::as_bool).unwrap_or(false);
-        let vocab: HashMap<String, u32> = model
+        let entries = model
             .get("vocab")
-            .cloned()
-            .map(serde_json::from_value)
-            .ok_or("BPE model without a vocabulary")?
-            .map_err(|e| format!("BPE vocabulary: {e}"))?;
+            .and_then(Value::as_object)
+            .ok_or("BPE model without a vocabulary")?;
+        let mut vocab: HashMap<&str, u32, FxBuild> =
+            HashMap::with_capacity_and_hasher(entries.len(), FxBuild::default());
+        for (token, id) in entries {
+            let id = id
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| format!("BPE vocabulary: the id of {token:?} is not a u32"))?;
+            vocab.insert(token.as_str(), id);
+        }
         let id_of = |token: &str| {
             vocab
                 .get(token)
                 .copied()
                 .ok_or_else(|| format!("merge token {token:?} is not in the vocabulary"))
         };
-        let mut merge_ids = Vec::new();
-        for (a, b) in merges(model)? {
-            merge_ids.push((id_of(&a)?, id_of(&b)?, id_of(&format!("{a}{b}"))?));
+        let merge_list = merges(model)?;
+        let mut merge_ids = Vec::with_capacity(merge_list.len());
+        let mut joined = String::new();
+        for (a, b) in merge_list {
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            merge_ids.push((id_of(a)?, id_of(b)?, id_of(&joined)?));
         }
 
         let byte_level = !matches!(splitter, Splitter::Metaspace { .. });
         let mut bytes_vocab: HashMap<Box<[u8]>, u32, FxBuild> = HashMap::default();
         let units = if byte_level {
             let chars = byte_chars();
-            let mut char_byte: HashMap<char, u8> = HashMap::new();
+            // Character → byte, indexed by code point (the alphabet ends below 0x200).
+            let mut char_byte = [None; 0x200];
             for (b, c) in chars.iter().enumerate() {
-                char_byte.insert(*c, b as u8);
+                if let Some(slot) = char_byte.get_mut(*c as usize) {
+                    *slot = Some(b as u8);
+                }
             }
+            bytes_vocab.reserve(vocab.len());
+            let mut raw = Vec::new();
             for (token, &id) in &vocab {
-                let raw: Option<Vec<u8>> =
-                    token.chars().map(|c| char_byte.get(&c).copied()).collect();
-                if let Some(raw) = raw {
-                    bytes_vocab.insert(raw.into_boxed_slice(), id);
+                raw.clear();
+                let all_bytes = token.chars().all(|c| {
+                    let byte = char_byte.get(c as usize).copied().flatten();
+                    raw.extend(byte);
+                    byte.is_some()
+                });
+                if all_bytes {
+                    bytes_vocab.insert(raw.as_slice().into(), id);
                 }
             }
             let mut ids = Box::new([u32::MAX; 256]);
@@ -310,7 +333,7 @@ impl FastEncoder {
                 // 0xC0, 0xC1 and 0xF5..=0xFF never occur in UTF-8 text: a vocabulary may omit
                 // them (GPT-NeoX does).
                 let in_utf8 = !matches!(b, 0xc0 | 0xc1 | 0xf5..=0xff);
-                match vocab.get(c.to_string().as_str()) {
+                match vocab.get(c.encode_utf8(&mut [0u8; 4]) as &str) {
                     Some(&id) => ids[b] = id,
                     None if in_utf8 => {
                         return Err(format!("byte-level vocabulary without the byte {b:#04x}"))
@@ -320,6 +343,7 @@ impl FastEncoder {
             }
             Units::Bytes(ids)
         } else {
+            bytes_vocab.reserve(vocab.len());
             for (token, &id) in &vocab {
                 bytes_vocab.insert(token.as_bytes().into(), id);
             }
@@ -327,7 +351,7 @@ impl FastEncoder {
                 let mut ids = Box::new([0u32; 256]);
                 for (b, slot) in ids.iter_mut().enumerate() {
                     *slot = *vocab
-                        .get(&format!("<0x{b:02X}>"))
+                        .get(format!("<0x{b:02X}>").as_str())
                         .ok_or_else(|| format!("byte_fallback without the token <0x{b:02X}>"))?;
                 }
                 Some(ids)
@@ -396,7 +420,11 @@ impl FastEncoder {
         Ok(FastEncoder {
             bpe,
             splitter,
-            classifier: Classifier::new()?,
+            classifier: if byte_level {
+                Some(Classifier::new()?)
+            } else {
+                None
+            },
             nfc: nfc_normalizer,
             raw_added: AddedTrie::build(raw_patterns)?,
             normalized_added: AddedTrie::build(normalized_patterns)?,
@@ -474,12 +502,15 @@ impl FastEncoder {
                 } else {
                     text
                 };
-                self.classifier
-                    .split_gpt2(text, |word| words.encode_word(word.as_bytes(), out));
+                if let Some(classifier) = &self.classifier {
+                    classifier.split_gpt2(text, |word| words.encode_word(word.as_bytes(), out));
+                }
             }
-            Splitter::Llama3 => self
-                .classifier
-                .split_llama3(text, |word| words.encode_word(word.as_bytes(), out)),
+            Splitter::Llama3 => {
+                if let Some(classifier) = &self.classifier {
+                    classifier.split_llama3(text, |word| words.encode_word(word.as_bytes(), out));
+                }
+            }
             Splitter::Metaspace {
                 replacement,
                 prepend,
