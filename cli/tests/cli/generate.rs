@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{fails, ok};
+use crate::common::{fails, ok, tiny_run};
 
 fn lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -17,34 +17,8 @@ fn lines(out: &str) -> Vec<serde_json::Value> {
 fn generate_from_a_trained_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let data = corpus.join("packed");
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/decllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "decllm-tiny-pretrain.toml", 3);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let base = [
         "generate",
         "--checkpoint",
@@ -54,19 +28,8 @@ fn generate_from_a_trained_run() {
         "--max-new-tokens",
         "5",
     ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let run_ok = |extra: &[&str]| {
-        let args = with(extra);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(&refs)
-    };
-    let run_fails = |extra: &[&str]| {
-        let args = with(extra);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        fails(&refs)
-    };
+    let run_ok = |extra: &[&str]| ok(&[&base[..], extra].concat());
+    let run_fails = |extra: &[&str]| fails(&[&base[..], extra].concat());
 
     let greedy = run_ok(&["--prompt", "The history of the", "--json"]);
     let out = lines(&greedy);
@@ -194,33 +157,8 @@ fn generate_on_the_gpu_gives_the_cpu_tokens() {
         .map(|(dir, _)| dir);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/redllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "redllm-tiny-pretrain.toml", 3);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        corpus.join("packed").to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let prompts = root.join("prompts.jsonl");
     std::fs::write(
         &prompts,

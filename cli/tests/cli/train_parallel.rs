@@ -45,16 +45,14 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let corpus = root.join("corpus");
-    crate::common::ok(&["build-corpus", "--out", corpus.to_str().unwrap()]);
+    let corpus = crate::common::sample_corpus(&root, None);
     Setup {
         _dir: dir,
         root,
         corpus: corpus.join("packed"),
         libraries: libraries(),
         shape: ["6", "6"],
-        config: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../trainer/configs/decllm-tiny-pretrain.toml"),
+        config: crate::common::repo_path("trainer/configs/decllm-tiny-pretrain.toml"),
     }
 }
 
