@@ -32,7 +32,7 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
         "--limit",
         "2",
     ];
-    let with = |extra: &[&str]| [&base[..], extra].concat();
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
 
     let args = with(&["--tasks", "paper", "--shots", "paper", "--json"]);
     let report = json(&args);
