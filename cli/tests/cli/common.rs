@@ -1,7 +1,8 @@
 //! Running the built `redpack` from the test modules: a command that must succeed (its stdout),
 //! one that must fail with an error rather than a crash (its stderr), and `--json` output; and
 //! the inputs many tests start from: files of the repository, the built-in sample built into a
-//! corpus, and tiny runs trained on it on the CPU.
+//! corpus, tiny runs trained on it on the CPU, and the GPU a child process gets (a real one, or
+//! the CPU emulation of CUDA with the trainer's kernels).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -97,4 +98,42 @@ pub fn tiny_run(dir: &Path, config: &str, steps: u32) -> PathBuf {
     let run = dir.join("run");
     train_tiny(config, &corpus.join("packed"), &run, steps, &[]);
     run
+}
+
+/// The CPU emulation of CUDA with the trainer's kernels, built where the trainer's tests build
+/// it (one build serves both): its library folder, or `None` on a machine with a real driver.
+/// Without either the test fails, naming what to install.
+pub fn cuda_libraries() -> Option<PathBuf> {
+    use redpack_cuda_emu::{DeviceCode, Kernel};
+    use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
+
+    let code = DeviceCode {
+        common: COMMON,
+        kernels: KERNELS
+            .iter()
+            .map(|k| Kernel {
+                name: k.name,
+                source: k.source,
+                entries: k.entries,
+            })
+            .collect(),
+    };
+    redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
+        .map(|(dir, _)| dir)
+}
+
+/// A `redpack` command that finds the GPU: the emulation's folder (if any) first on
+/// `LD_LIBRARY_PATH`, and the kernel cache the trainer's tests share.
+pub fn gpu_command(libraries: Option<&Path>) -> Command {
+    let mut command = Command::new(BIN);
+    command.env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
+    if let Some(dir) = libraries {
+        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
+    }
+    command
 }

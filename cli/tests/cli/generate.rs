@@ -3,9 +3,7 @@
 //! repeats, seeded sampling that repeats with its seed, JSONL prompts with stop sequences, and
 //! clear errors (a bad JSONL line by number, a prompt too long, conflicting flags).
 
-use std::path::Path;
-
-use crate::common::{fails, ok, tiny_run};
+use crate::common::{cuda_libraries, fails, gpu_command, ok, tiny_run};
 
 fn lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -137,24 +135,7 @@ fn generate_from_a_trained_run() {
 /// `LD_LIBRARY_PATH`) gives the CPU's greedy tokens.
 #[test]
 fn generate_on_the_gpu_gives_the_cpu_tokens() {
-    use redpack_cuda_emu::{DeviceCode, Kernel};
-    use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
-    use std::process::Command;
-
-    let code = DeviceCode {
-        common: COMMON,
-        kernels: KERNELS
-            .iter()
-            .map(|k| Kernel {
-                name: k.name,
-                source: k.source,
-                entries: k.entries,
-            })
-            .collect(),
-    };
-    let libraries = redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
-        .map(|(dir, _)| dir);
+    let libraries = cuda_libraries();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let run = tiny_run(root, "redllm-tiny-pretrain.toml", 3);
@@ -166,20 +147,12 @@ fn generate_on_the_gpu_gives_the_cpu_tokens() {
     )
     .unwrap();
     let generate = |device: &str| {
-        let mut command = Command::new(crate::common::BIN);
-        command
+        let out = gpu_command(libraries.as_deref())
             .args(["generate", "--checkpoint", run, "--prompts"])
             .arg(&prompts)
             .args(["--max-new-tokens", "4", "--json", "--device", device])
-            .env(
-                "XDG_CACHE_HOME",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-            );
-        if let Some(dir) = &libraries {
-            let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-            command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
-        }
-        let out = command.output().expect("running redpack");
+            .output()
+            .expect("running redpack");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
