@@ -3,13 +3,10 @@
 //! `--json` report's keys and example counts, the same numbers on a rerun, the table, and clear
 //! errors (a task name, `--shots`, a data root without the task's files).
 
-use std::path::Path;
-
-use crate::common::{fails, json, ok};
+use crate::common::{fails, json, ok, repo_path, tiny_run};
 
 fn fixtures() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/eval-tasks")
+    repo_path("tests/fixtures/eval-tasks")
         .to_str()
         .unwrap()
         .to_owned()
@@ -19,33 +16,8 @@ fn fixtures() -> String {
 fn eval_tasks_scores_a_trained_run_on_every_task() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/decllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "decllm-tiny-pretrain.toml", 2);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        corpus.join("packed").to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "2",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let data_root = fixtures();
     let base = [
         "eval-tasks",
@@ -60,13 +32,9 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
         "--limit",
         "2",
     ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let refs = |args: &[String]| -> Vec<String> { args.to_vec() };
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
 
-    let args = refs(&with(&["--tasks", "paper", "--shots", "paper", "--json"]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = with(&["--tasks", "paper", "--shots", "paper", "--json"]);
     let report = json(&args);
     for key in [
         "checkpoint",
@@ -144,9 +112,7 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
     assert_eq!(again["tasks"], report["tasks"]);
 
     // The table: a header, one line per task, the average.
-    let args = with(&["--tasks", "boolq,wmt_en_zh", "--shots", "0"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let table = ok(&args);
+    let table = ok(&with(&["--tasks", "boolq,wmt_en_zh", "--shots", "0"]));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 5, "{table}");
     assert!(lines[1].starts_with("task") && lines[1].contains("acc_norm"));
@@ -158,12 +124,8 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
     );
 
     // Errors name what is wrong.
-    let args = with(&["--tasks", "boolq,squad"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(fails(&args).contains("unknown task \"squad\""));
-    let args = with(&["--shots", "many"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(fails(&args).contains("--shots must be `paper` or a number"));
+    assert!(fails(&with(&["--tasks", "boolq,squad"])).contains("unknown task \"squad\""));
+    assert!(fails(&with(&["--shots", "many"])).contains("--shots must be `paper` or a number"));
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let stderr = fails(&[
@@ -188,33 +150,8 @@ fn eval_tasks_scores_a_trained_run_on_every_task() {
 fn eval_tasks_runs_a_redllm() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/redllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "redllm-tiny-pretrain.toml", 2);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        corpus.join("packed").to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "2",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let data_root = fixtures();
     let report = json(&[
         "eval-tasks",
@@ -252,7 +189,7 @@ fn eval_tasks_runs_a_redllm() {
 
 #[test]
 fn fetch_reads_the_eval_tasks_manifest_with_a_subset_per_task() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
+    let manifest = repo_path("data-manifests/eval-tasks.toml");
     let out = tempfile::tempdir().unwrap();
     let stderr = fails(&[
         "fetch",

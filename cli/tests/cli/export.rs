@@ -14,15 +14,13 @@ use redpack_schemas::{
 use serde_json::Value;
 use sha2::Digest;
 
-use crate::common::{fails, json, ok};
+use crate::common::{fails, json, ok, repo_path, sample_corpus, train_tiny};
 
 const INSTALL_HINT: &str = "run `python3 -m pip install -r tests/python/requirements.txt` \
      (from the repository root) to install numpy";
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/python")
-        .join(name)
+    repo_path("tests/python").join(name)
 }
 
 /// Runs a Python script that must succeed; returns its stdout.
@@ -57,33 +55,6 @@ fn lm_eval_available() -> bool {
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn config_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../trainer/configs")
-        .join(name)
-}
-
-fn train(config: &str, data: &Path, out: &Path, extra: &[&str]) {
-    let config = config_path(config);
-    let mut args = vec![
-        "train",
-        "--config",
-        s(&config),
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args);
 }
 
 fn read_json(path: &Path) -> Value {
@@ -163,8 +134,7 @@ fn export_and_check(run: &Path, root: &Path, name: &str, corpus: &Path, torch: b
 fn hf_exports_reproduce_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&["build-corpus", "--out", s(&corpus), "--seq-len", "64"]);
+    let corpus = sample_corpus(root, Some(64));
     let packed = corpus.join("packed");
     let examples = corpus.join("examples");
     let torch = torch_available();
@@ -173,7 +143,7 @@ fn hf_exports_reproduce_the_trainer() {
     }
 
     let dec = root.join("dec");
-    train("decllm-tiny-pretrain.toml", &packed, &dec, &[]);
+    train_tiny("decllm-tiny-pretrain.toml", &packed, &dec, 3, &[]);
     let config = export_and_check(&dec, root, "dec", &packed, torch);
     assert_eq!(
         config["auto_map"]["AutoModelForCausalLM"],
@@ -182,7 +152,7 @@ fn hf_exports_reproduce_the_trainer() {
     assert_eq!(config["bidirectional_prefix"], false);
 
     let red = root.join("red");
-    train("redllm-tiny-pretrain.toml", &packed, &red, &[]);
+    train_tiny("redllm-tiny-pretrain.toml", &packed, &red, 3, &[]);
     let config = export_and_check(&red, root, "red", &packed, torch);
     assert_eq!(
         config["auto_map"]["AutoModelForSeq2SeqLM"],
@@ -190,10 +160,11 @@ fn hf_exports_reproduce_the_trainer() {
     );
 
     let biattn = root.join("biattn");
-    train(
+    train_tiny(
         "decllm-tiny-finetune.toml",
         &examples,
         &biattn,
+        3,
         &["--bidirectional-prefix"],
     );
     let config = export_and_check(&biattn, root, "biattn", &examples, torch);
@@ -258,9 +229,8 @@ fn hf_exports_reproduce_the_trainer() {
 
     // A tokenizer other than the training one is refused, naming the file.
     let other = root.join("other");
-    let tokenizer =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizers/gpt2.json");
-    let redpajama = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/redpajama");
+    let tokenizer = repo_path("tests/fixtures/tokenizers/gpt2.json");
+    let redpajama = repo_path("tests/fixtures/redpajama");
     ok(&[
         "build-corpus",
         "--input",
@@ -316,8 +286,7 @@ fn corpus_tokens(dir: &Path) -> Vec<Vec<u32>> {
 fn megatron_export_reads_back_as_the_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&["build-corpus", "--out", s(&corpus), "--seq-len", "64"]);
+    let corpus = sample_corpus(root, Some(64));
     for name in ["packed", "examples"] {
         let data = corpus.join(name);
         let prefix = root.join("megatron").join(name);

@@ -3,9 +3,7 @@
 //! repeats, seeded sampling that repeats with its seed, JSONL prompts with stop sequences, and
 //! clear errors (a bad JSONL line by number, a prompt too long, conflicting flags).
 
-use std::path::Path;
-
-use crate::common::{fails, ok};
+use crate::common::{cuda_libraries, fails, gpu_command, ok, tiny_run};
 
 fn lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -17,34 +15,8 @@ fn lines(out: &str) -> Vec<serde_json::Value> {
 fn generate_from_a_trained_run() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let data = corpus.join("packed");
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/decllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "decllm-tiny-pretrain.toml", 3);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let base = [
         "generate",
         "--checkpoint",
@@ -54,19 +26,8 @@ fn generate_from_a_trained_run() {
         "--max-new-tokens",
         "5",
     ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let run_ok = |extra: &[&str]| {
-        let args = with(extra);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(&refs)
-    };
-    let run_fails = |extra: &[&str]| {
-        let args = with(extra);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        fails(&refs)
-    };
+    let run_ok = |extra: &[&str]| ok(&[&base[..], extra].concat());
+    let run_fails = |extra: &[&str]| fails(&[&base[..], extra].concat());
 
     let greedy = run_ok(&["--prompt", "The history of the", "--json"]);
     let out = lines(&greedy);
@@ -174,53 +135,11 @@ fn generate_from_a_trained_run() {
 /// `LD_LIBRARY_PATH`) gives the CPU's greedy tokens.
 #[test]
 fn generate_on_the_gpu_gives_the_cpu_tokens() {
-    use redpack_cuda_emu::{DeviceCode, Kernel};
-    use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
-    use std::process::Command;
-
-    let code = DeviceCode {
-        common: COMMON,
-        kernels: KERNELS
-            .iter()
-            .map(|k| Kernel {
-                name: k.name,
-                source: k.source,
-                entries: k.entries,
-            })
-            .collect(),
-    };
-    let libraries = redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
-        .map(|(dir, _)| dir);
+    let libraries = cuda_libraries();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    ok(&[
-        "build-corpus",
-        "--out",
-        corpus.to_str().unwrap(),
-        "--seq-len",
-        "64",
-    ]);
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/configs/redllm-tiny-pretrain.toml");
-    let run = root.join("run");
+    let run = tiny_run(root, "redllm-tiny-pretrain.toml", 3);
     let run = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--data",
-        corpus.join("packed").to_str().unwrap(),
-        "--out",
-        run,
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--device",
-        "cpu",
-    ]);
     let prompts = root.join("prompts.jsonl");
     std::fs::write(
         &prompts,
@@ -228,20 +147,12 @@ fn generate_on_the_gpu_gives_the_cpu_tokens() {
     )
     .unwrap();
     let generate = |device: &str| {
-        let mut command = Command::new(crate::common::BIN);
-        command
+        let out = gpu_command(libraries.as_deref())
             .args(["generate", "--checkpoint", run, "--prompts"])
             .arg(&prompts)
             .args(["--max-new-tokens", "4", "--json", "--device", device])
-            .env(
-                "XDG_CACHE_HOME",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-            );
-        if let Some(dir) = &libraries {
-            let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-            command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
-        }
-        let out = command.output().expect("running redpack");
+            .output()
+            .expect("running redpack");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),

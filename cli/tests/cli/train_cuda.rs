@@ -7,12 +7,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
-use redpack_cuda_emu::{DeviceCode, Kernel};
-use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
-
-const BIN: &str = env!("CARGO_BIN_EXE_redpack");
+use crate::common::{cuda_libraries, gpu_command};
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -22,16 +18,10 @@ fn say(line: &str) {
 /// the kernel cache the trainer tests share; returns stdout and stderr, failing on a non-zero
 /// exit.
 fn redpack(args: &[&str], libraries: Option<&Path>) -> (String, String) {
-    let mut command = Command::new(BIN);
-    command.args(args).env(
-        "XDG_CACHE_HOME",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-    );
-    if let Some(dir) = libraries {
-        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-        command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
-    }
-    let out = command.output().expect("running redpack");
+    let out = gpu_command(libraries)
+        .args(args)
+        .output()
+        .expect("running redpack");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -46,22 +36,7 @@ fn redpack(args: &[&str], libraries: Option<&Path>) -> (String, String) {
 
 #[test]
 fn train_on_the_gpu_through_the_cli_matches_the_cpu() {
-    let code = DeviceCode {
-        common: COMMON,
-        kernels: KERNELS
-            .iter()
-            .map(|k| Kernel {
-                name: k.name,
-                source: k.source,
-                entries: k.entries,
-            })
-            .collect(),
-    };
-    // Built where the trainer's tests build it (the same target directory), so one build
-    // serves both.
-    let libraries = redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
-        .map(|(dir, _)| dir);
+    let libraries = cuda_libraries();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let corpus = root.join("corpus");

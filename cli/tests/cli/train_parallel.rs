@@ -4,32 +4,11 @@
 //! another world size; a killed rank. Each rank runs with `LOCAL_RANK=0`, as one GPU per node
 //! would, since the emulation has one device.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use redpack_cuda_emu::{DeviceCode, Kernel};
-use redpack_trainer::backend::cuda::kernels::{COMMON, KERNELS};
-
-use crate::common::BIN;
-
-/// The emulation's library folder (`None` on a machine with a real driver).
-fn libraries() -> Option<PathBuf> {
-    let code = DeviceCode {
-        common: COMMON,
-        kernels: KERNELS
-            .iter()
-            .map(|k| Kernel {
-                name: k.name,
-                source: k.source,
-                entries: k.entries,
-            })
-            .collect(),
-    };
-    redpack_cuda_emu::library_dir(&code, Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .unwrap_or_else(|e| panic!("no CUDA device, and the CPU emulation of one: {e}"))
-        .map(|(dir, _)| dir)
-}
+use crate::common::{cuda_libraries, gpu_command};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -45,23 +24,21 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let corpus = root.join("corpus");
-    crate::common::ok(&["build-corpus", "--out", corpus.to_str().unwrap()]);
+    let corpus = crate::common::sample_corpus(&root, None);
     Setup {
         _dir: dir,
         root,
         corpus: corpus.join("packed"),
-        libraries: libraries(),
+        libraries: cuda_libraries(),
         shape: ["6", "6"],
-        config: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../trainer/configs/decllm-tiny-pretrain.toml"),
+        config: crate::common::repo_path("trainer/configs/decllm-tiny-pretrain.toml"),
     }
 }
 
 impl Setup {
     /// `redpack train` on a tiny DecLLM with the global batch `shape`.
     fn command(&self, out: &str, steps: u64, extra: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = gpu_command(self.libraries.as_deref());
         command
             .args(["train", "--config", self.config.to_str().unwrap(), "--data"])
             .arg(&self.corpus)
@@ -71,17 +48,9 @@ impl Setup {
             .args(["--batch", self.shape[0], "--accum", self.shape[1]])
             .args(["--checkpoint-every", "1", "--device", "cuda"])
             .args(extra)
-            .env(
-                "XDG_CACHE_HOME",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-            )
             .env_remove("WORLD_SIZE")
             .env_remove("SLURM_NTASKS")
             .env_remove("SLURM_PROCID");
-        if let Some(dir) = &self.libraries {
-            let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-            command.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
-        }
         command
     }
 

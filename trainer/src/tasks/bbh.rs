@@ -1,6 +1,6 @@
-//! **BIG-Bench Hard** with chain-of-thought prompting (`lukaemon/bbh`, its Parquet conversion:
-//! `{subtask}/test/*.parquet` for the 27 subtasks, columns `input`, `target`): every subtask
-//! present under `bbh/` is evaluated.
+//! **BIG-Bench Hard** with chain-of-thought prompting (`lukaemon/bbh`: `{subtask}/test-*.parquet`
+//! for the 27 subtasks, columns `input`, `target`): every subtask present under `bbh/` is
+//! evaluated.
 //!
 //! Template as the BBH paper's: `"Q: {input}\nA: Let's think step by step."`. The paper's
 //! prompts are three worked exemplars per subtask, published as
@@ -34,10 +34,9 @@ pub fn cot_prompt(text: &str) -> String {
 pub(super) fn load(root: &Path) -> Result<TaskData, TaskError> {
     let task = TaskId::Bbh;
     let mut eval = Vec::new();
-    for path in find(root, task, "bbh/*/test/*.parquet")? {
+    for path in find(root, task, "bbh/*/test-*.parquet")? {
         let subtask = path
             .parent()
-            .and_then(Path::parent)
             .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();

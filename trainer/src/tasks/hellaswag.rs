@@ -1,6 +1,6 @@
-//! **HellaSwag** (`Rowan/hellaswag`, its Parquet conversion: `default/{train,validation}/*.parquet`,
-//! columns `ind`, `activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `source_id`, `split`,
-//! `split_type`, `label` (a string index)): validation evaluated, demonstrations from train.
+//! **HellaSwag** (`Rowan/hellaswag`: `data/{train,validation}-*.parquet`, columns `ind`,
+//! `activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `source_id`, `split`, `split_type`,
+//! `label` (a string index)): validation evaluated, demonstrations from train.
 //!
 //! As the lm-evaluation-harness's `hellaswag`: the query is
 //! `preprocess("{activity_label}: {ctx_a} {capitalize(ctx_b)}")` and each choice
@@ -70,8 +70,8 @@ fn example(record: &Record) -> Result<Example, TaskError> {
 
 pub(super) fn load(root: &Path) -> Result<TaskData, TaskError> {
     let task = TaskId::HellaSwag;
-    let eval = read_all(root, task, "hellaswag/default/validation/*.parquet")?;
-    let train = read_all(root, task, "hellaswag/default/train/*.parquet")?;
+    let eval = read_all(root, task, "hellaswag/data/validation-*.parquet")?;
+    let train = read_all(root, task, "hellaswag/data/train-*.parquet")?;
     Ok(with_train(
         task,
         examples(root, &eval, example)?,

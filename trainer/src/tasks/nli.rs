@@ -1,6 +1,6 @@
 //! Natural language inference as choices of a word after the hypothesis.
 //!
-//! - **RTE** (SuperGLUE, `aps/super_glue` Parquet conversion: `rte/{train,validation}/*.parquet`,
+//! - **RTE** (SuperGLUE, `aps/super_glue` config `rte`: `rte/{train,validation}-*.parquet`,
 //!   columns `premise`, `hypothesis`, `idx`, `label` with 0 = entailment, 1 = not entailment):
 //!   validation evaluated, demonstrations from train. Template as the lm-evaluation-harness's
 //!   `sglue_rte`: `"{premise}\nQuestion: {hypothesis} True or False?\nAnswer:"`, choices
@@ -42,8 +42,8 @@ fn anli_example(record: &Record) -> Result<Example, TaskError> {
 
 pub(super) fn rte(root: &Path) -> Result<TaskData, TaskError> {
     let task = TaskId::Rte;
-    let eval = read_all(root, task, "rte/validation/*.parquet")?;
-    let train = read_all(root, task, "rte/train/*.parquet")?;
+    let eval = read_all(root, task, "rte/validation-*.parquet")?;
+    let train = read_all(root, task, "rte/train-*.parquet")?;
     Ok(with_train(
         task,
         examples(root, &eval, rte_example)?,

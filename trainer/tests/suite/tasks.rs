@@ -842,3 +842,51 @@ fn every_fixture_file_is_where_the_manifest_puts_the_published_one() {
     }
     assert_eq!(checked, 36);
 }
+
+#[test]
+fn every_manifest_url_names_the_file_its_path_stores() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data-manifests/eval-tasks.toml");
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    let mut paths = std::collections::BTreeSet::new();
+    let mut hashed = 0;
+    for file in files {
+        let path = file["path"].as_str().unwrap();
+        let url = file["url"].as_str().unwrap();
+        assert!(paths.insert(path.to_owned()), "{path} is listed twice");
+        // The file and the folder it sits in are the published ones.
+        let local: Vec<&str> = path.rsplitn(3, '/').take(2).collect();
+        let remote: Vec<&str> = url.rsplitn(3, '/').take(2).collect();
+        assert_eq!(local, remote, "{path} is not the file {url} names");
+        // Hub files come from the repository's main branch, not a generated conversion.
+        if url.starts_with("https://huggingface.co/") {
+            assert!(
+                url.starts_with("https://huggingface.co/datasets/")
+                    && url.contains("/resolve/main/"),
+                "{url} is not a main-branch file of a hub dataset"
+            );
+        } else {
+            assert!(
+                url.starts_with("https://storage.googleapis.com/unifiedqa/data/")
+                    || url.starts_with(
+                        "https://raw.githubusercontent.com/suzgunmirac/BIG-Bench-Hard/main/cot-prompts/"
+                    ),
+                "{url} is from an unexpected host"
+            );
+        }
+        if let Some(sha) = file.get("sha256") {
+            let sha = sha.as_str().unwrap();
+            assert!(
+                sha.len() == 64
+                    && sha
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{path}: sha256 {sha:?} is not 64 lowercase hex digits"
+            );
+            hashed += 1;
+        }
+    }
+    assert_eq!(files.len(), 89);
+    assert_eq!(hashed, 16);
+}
