@@ -467,11 +467,18 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
     }
     let pool = thread_pool(settings)?;
     let (plan, tokenizer) = plan_stage(settings, &work, &pool, loaded)?;
-    for stage in [Stage::Scan, Stage::Dedup, Stage::Tokenize] {
-        run_units(
-            settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
-        )?;
-    }
+    std::thread::scope(|scope| {
+        // The fast encoder (vocabulary and merge tables, character classes) is built beside
+        // the scan and dedup stages, which leave cores idle while a reader parses ahead, instead
+        // of on the tokenize stage's critical path; that stage waits for it if need be.
+        scope.spawn(|| tokenizer.fast().map(drop));
+        for stage in [Stage::Scan, Stage::Dedup, Stage::Tokenize] {
+            run_units(
+                settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
+            )?;
+        }
+        Ok::<(), BuildError>(())
+    })?;
     finish_and_clean(settings, options, &plan, &work, &tokenizer, &pool, started)
 }
 

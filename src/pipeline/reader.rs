@@ -14,7 +14,7 @@ use crate::input::{self, FieldMap, InputFile};
 use crate::record::Item;
 
 /// A chunk is closed once it holds this many content bytes...
-pub const CHUNK_BYTES: usize = 4 << 20;
+pub const CHUNK_BYTES: usize = 1 << 20;
 /// ...or this many items.
 pub const CHUNK_ITEMS: usize = 4096;
 /// Chunks in flight between the reader and the build.

@@ -116,6 +116,61 @@ fn encode_doc(
     Ok(())
 }
 
+/// Encoded chunks queued or waiting to be written, per file being tokenized.
+const IN_FLIGHT_CHUNKS: u64 = 4;
+
+/// A chunk's documents encoded in scratch format, or why they could not be.
+type EncodedChunk = Result<EncodedBytes, BuildError>;
+
+struct EncodedBytes {
+    bytes: Vec<u8>,
+    docs: u64,
+    tokens: u64,
+}
+
+/// Tokenizes the kept records of one chunk (with their source ids) on the current pool and
+/// serializes them in order.
+fn encode_chunk(
+    tokenizer: &DocTokenizer,
+    kept: &[(u32, crate::record::Record)],
+    width: usize,
+    path: &std::path::Path,
+) -> EncodedChunk {
+    let texts: Vec<&str> = kept
+        .iter()
+        .flat_map(|(_, record)| match &record.content {
+            Content::Text(text) => [Some(text.as_str()), None],
+            Content::Pair { input, target, .. } => [Some(input.as_str()), Some(target.as_str())],
+        })
+        .flatten()
+        .collect();
+    let mut ids = tokenizer.encode_batch(&texts)?.into_iter();
+    let mut out = EncodedBytes {
+        bytes: Vec::new(),
+        docs: 0,
+        tokens: 0,
+    };
+    for (source, record) in kept {
+        let content = match record.content {
+            Content::Text(_) => TokenizedContent::Text(ids.next().unwrap_or_default()),
+            Content::Pair { .. } => TokenizedContent::Pair {
+                input: ids.next().unwrap_or_default(),
+                target: ids.next().unwrap_or_default(),
+            },
+        };
+        let before = out.bytes.len();
+        encode_doc(&mut out.bytes, record.place.line, *source, &content, width).map_err(
+            |message| BuildError::Work {
+                path: path.to_path_buf(),
+                message: format!("line {}: {message}", record.place.line),
+            },
+        )?;
+        out.docs += 1;
+        out.tokens += ((out.bytes.len() - before - DOC_HEADER) / width) as u64;
+    }
+    Ok(out)
+}
+
 /// Tokenizes input file `index` and writes its unit outputs.
 pub fn tokenize_file(
     ctx: &UnitContext<'_>,
@@ -144,82 +199,113 @@ pub fn tokenize_file(
     let mut item: u64 = 0;
     let mut candidates = 0u64;
     let (mut docs, mut tokens, mut bytes) = (0u64, 0u64, 0u64);
-    let mut buffer = Vec::new();
-    let (_, checksum) = for_each_chunk(ctx, planned, |items| {
-        let mut kept = Vec::new();
-        for it in items {
-            let position = item;
-            item += 1;
-            let Item::Record(record) = it else { continue };
-            if is_filtered(&record.content, &settings.filter) {
-                continue;
+    // Each chunk's kept records are encoded and serialized by a task on the pool while this
+    // thread goes on filtering the next chunks; the encoded chunks are written in input order.
+    // The pool is never left idle at a chunk's end, whatever the chunk's slowest document.
+    let (sender, receiver) = std::sync::mpsc::channel::<(u64, EncodedChunk)>();
+    let mut ready: BTreeMap<u64, EncodedChunk> = BTreeMap::new();
+    let (mut sent, mut written) = (0u64, 0u64);
+    let mut write_ready =
+        |ready: &mut BTreeMap<u64, EncodedChunk>, written: &mut u64| -> Result<(), BuildError> {
+            while let Some(chunk) = ready.remove(written) {
+                let chunk = chunk?;
+                writer
+                    .write_all(&chunk.bytes)
+                    .map_err(|e| BuildError::io(&tmp, e))?;
+                docs += chunk.docs;
+                tokens += chunk.tokens;
+                bytes += chunk.bytes.len() as u64;
+                *written += 1;
             }
-            candidates += 1;
-            while verdicts.get(verdict_cursor).is_some_and(|v| v.0 < position) {
-                verdict_cursor += 1;
-            }
-            let outcome = match verdicts.get(verdict_cursor) {
-                Some(&(at, near)) if at == position => {
-                    if near {
-                        Outcome::NearDuplicate
-                    } else {
-                        Outcome::ExactDuplicate
+            Ok(())
+        };
+    let read = ctx.pool.in_place_scope(|scope| {
+        let result = for_each_chunk(ctx, planned, |items| {
+            let mut kept = Vec::new();
+            for it in items {
+                let position = item;
+                item += 1;
+                let Item::Record(record) = it else { continue };
+                if is_filtered(&record.content, &settings.filter) {
+                    continue;
+                }
+                candidates += 1;
+                while verdicts.get(verdict_cursor).is_some_and(|v| v.0 < position) {
+                    verdict_cursor += 1;
+                }
+                let outcome = match verdicts.get(verdict_cursor) {
+                    Some(&(at, near)) if at == position => {
+                        if near {
+                            Outcome::NearDuplicate
+                        } else {
+                            Outcome::ExactDuplicate
+                        }
                     }
+                    _ => Outcome::Kept,
+                };
+                tally.record(&record.source, outcome);
+                if outcome == Outcome::Kept {
+                    let source = match source_ids.get(&*record.source) {
+                        Some(&id) => id,
+                        None => {
+                            let id = source_names.len() as u32;
+                            source_names.push(record.source.to_string());
+                            source_ids.insert(record.source.to_string(), id);
+                            id
+                        }
+                    };
+                    kept.push((source, record));
                 }
-                _ => Outcome::Kept,
+            }
+            let sequence = sent;
+            sent += 1;
+            let sender = sender.clone();
+            let path = &planned.path;
+            scope.spawn(move |_| {
+                let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    encode_chunk(tokenizer, &kept, width, path)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(BuildError::Work {
+                        path: path.clone(),
+                        message: "internal error: a tokenizing thread panicked".into(),
+                    })
+                });
+                // The receiver outlives every task of this scope.
+                let _ = sender.send((sequence, encoded));
+            });
+            // Keep a few chunks in flight: enough to feed every thread, few enough to bound
+            // the memory held.
+            while sent - written > IN_FLIGHT_CHUNKS {
+                let (sequence, chunk) = receiver.recv().map_err(|_| BuildError::Work {
+                    path: planned.path.clone(),
+                    message: "internal error: an encoding task ended without a result".into(),
+                })?;
+                ready.insert(sequence, chunk);
+                write_ready(&mut ready, &mut written)?;
+            }
+            Ok(())
+        });
+        // Every task spawned has its result sent before the scope ends; collect them so that
+        // a failure here still waits for (and drops) the rest.
+        let mut outcome = result.map(|(_, checksum)| checksum);
+        while written + (ready.len() as u64) < sent {
+            let Ok((sequence, chunk)) = receiver.recv() else {
+                break;
             };
-            tally.record(&record.source, outcome);
-            if outcome == Outcome::Kept {
-                kept.push(record);
+            ready.insert(sequence, chunk);
+            if outcome.is_ok() {
+                if let Err(err) = write_ready(&mut ready, &mut written) {
+                    outcome = Err(err);
+                }
             }
         }
-        let texts: Vec<&str> = kept
-            .iter()
-            .flat_map(|record| match &record.content {
-                Content::Text(text) => [Some(text.as_str()), None],
-                Content::Pair { input, target, .. } => {
-                    [Some(input.as_str()), Some(target.as_str())]
-                }
-            })
-            .flatten()
-            .collect();
-        let mut ids = ctx
-            .pool
-            .install(|| tokenizer.encode_batch(&texts))?
-            .into_iter();
-        for record in &kept {
-            let content = match record.content {
-                Content::Text(_) => TokenizedContent::Text(ids.next().unwrap_or_default()),
-                Content::Pair { .. } => TokenizedContent::Pair {
-                    input: ids.next().unwrap_or_default(),
-                    target: ids.next().unwrap_or_default(),
-                },
-            };
-            let source = match source_ids.get(&*record.source) {
-                Some(&id) => id,
-                None => {
-                    let id = source_names.len() as u32;
-                    source_names.push(record.source.to_string());
-                    source_ids.insert(record.source.to_string(), id);
-                    id
-                }
-            };
-            buffer.clear();
-            encode_doc(&mut buffer, record.place.line, source, &content, width).map_err(
-                |message| BuildError::Work {
-                    path: planned.path.clone(),
-                    message: format!("line {}: {message}", record.place.line),
-                },
-            )?;
-            writer
-                .write_all(&buffer)
-                .map_err(|e| BuildError::io(&tmp, e))?;
-            docs += 1;
-            tokens += ((buffer.len() - DOC_HEADER) / width) as u64;
-            bytes += buffer.len() as u64;
+        if outcome.is_ok() {
+            write_ready(&mut ready, &mut written)?;
         }
-        Ok(())
-    })?;
+        outcome
+    });
+    let checksum = read?;
     if checksum != scan.checksum {
         let _ = std::fs::remove_file(&tmp);
         return Err(BuildError::InputChanged {
