@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::train::DeviceArg;
+use super::checkpoint_model::CheckpointModelArgs;
 
 #[derive(Debug, Args)]
 pub struct EvalTasksArgs {
@@ -39,19 +39,8 @@ pub struct EvalTasksArgs {
     /// first tokens (counted as `truncated`).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub max_len: usize,
-    /// The tokenizer.json to encode and decode with (default: the copy in the training corpus
-    /// the checkpoint records); its sha256 must be the checkpoint's.
-    #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
-    /// Skip the check of the checkpoint's model.safetensors against its sha256.
-    #[arg(long)]
-    pub no_verify: bool,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// CPU threads (0 or default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub model: CheckpointModelArgs,
     /// Print the report as JSON: settings, per task `task`, `scoring`, `examples`, `shots`,
     /// `groups`, `acc`/`acc_norm` (multiple choice), `exact_match` (generative), `chrf`
     /// (translation), `score`, `truncated`; `average` and `examples` over the tasks.

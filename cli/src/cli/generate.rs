@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
 
-use super::train::DeviceArg;
+use super::checkpoint_model::CheckpointModelArgs;
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompts"])))]
@@ -42,19 +42,8 @@ pub struct GenerateArgs {
     /// The longest sequence (prompt and output) the model is run on.
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub max_len: usize,
-    /// The tokenizer.json to encode and decode with (default: the copy in the training corpus
-    /// the checkpoint records); its sha256 must be the checkpoint's.
-    #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
-    /// Skip the check of the checkpoint's model.safetensors against its sha256.
-    #[arg(long)]
-    pub no_verify: bool,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// CPU threads (0 or default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub model: CheckpointModelArgs,
     /// Print one JSON object per prompt: `{"index", "prompt", "completion", "prompt_tokens",
     /// "tokens", "stop"}` (`stop`: `eod`, `stop` or `length`).
     #[arg(long)]

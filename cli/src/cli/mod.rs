@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod analyze_attention;
 pub mod build_corpus;
+pub mod checkpoint_model;
 pub mod eval_tasks;
 pub mod export;
 pub mod fetch;

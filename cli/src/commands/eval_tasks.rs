@@ -6,17 +6,14 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use redpack_trainer::backend::DeviceChoice;
 use redpack_trainer::checkpoint;
-use redpack_trainer::generate::{open_model, OpenOptions};
+use redpack_trainer::generate::open_model;
 use redpack_trainer::lm::LanguageModel;
 use redpack_trainer::tasks::{self, Codec, Report, Settings, Shots, TaskId, TaskReport};
 use serde::Serialize;
 
-use super::run_tokenizer;
-use super::train::check_threads;
+use super::checkpoint_model;
 use crate::cli::eval_tasks::EvalTasksArgs;
-use crate::cli::train::DeviceArg;
 
 const MAX_BATCH: usize = 4096;
 
@@ -56,7 +53,7 @@ fn parse_shots(text: &str) -> anyhow::Result<Shots> {
 }
 
 pub fn run(args: EvalTasksArgs) -> anyhow::Result<ExitCode> {
-    check_threads(args.threads)?;
+    let options = checkpoint_model::open_options(&args.model, args.batch, args.max_len)?;
     if !(1..=MAX_BATCH).contains(&args.batch) {
         bail!(
             "--batch must be in [1, {MAX_BATCH}] examples, got {}",
@@ -75,18 +72,11 @@ pub fn run(args: EvalTasksArgs) -> anyhow::Result<ExitCode> {
 
     let dir = checkpoint::resolve(&args.checkpoint).context("cannot open the checkpoint")?;
     let meta = checkpoint::load_meta(&dir)?;
-    let codec = Tokenizer(run_tokenizer::load(&dir, &meta, args.tokenizer.as_deref())?);
-    let options = OpenOptions {
-        device: match args.device {
-            DeviceArg::Auto => DeviceChoice::Auto,
-            DeviceArg::Cpu => DeviceChoice::Cpu,
-            DeviceArg::Cuda => DeviceChoice::Cuda,
-        },
-        threads: args.threads,
-        batch: args.batch,
-        max_len: args.max_len,
-        verify: !args.no_verify,
-    };
+    let codec = Tokenizer(checkpoint_model::load_tokenizer(
+        &dir,
+        &meta,
+        args.model.tokenizer.as_deref(),
+    )?);
     let mut model =
         open_model(&dir, &options).context("cannot open the checkpoint for evaluation")?;
     eprintln!("{}", model.device_note);

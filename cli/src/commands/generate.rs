@@ -6,16 +6,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use redpack_trainer::backend::DeviceChoice;
 use redpack_trainer::checkpoint;
-use redpack_trainer::generate::{open_model, OpenOptions, Sampling};
+use redpack_trainer::generate::{open_model, Sampling};
 use redpack_trainer::lm::{GenerateRequest, LanguageModel};
 use serde::Deserialize;
 
-use super::run_tokenizer;
-use super::train::check_threads;
+use super::checkpoint_model;
 use crate::cli::generate::GenerateArgs;
-use crate::cli::train::DeviceArg;
 
 /// The most prompts `--batch` may decode together.
 const MAX_BATCH: usize = 4096;
@@ -37,7 +34,7 @@ struct Prompt {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    check_threads(args.threads)?;
+    let options = checkpoint_model::open_options(&args.model, args.batch, args.max_len)?;
     if !(1..=MAX_BATCH).contains(&args.batch) {
         bail!(
             "--batch must be in [1, {MAX_BATCH}] prompts, got {}",
@@ -64,7 +61,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let dir = checkpoint::resolve(&args.checkpoint).context("cannot open the checkpoint")?;
     let meta = checkpoint::load_meta(&dir)?;
-    let tokenizer = run_tokenizer::load(&dir, &meta, args.tokenizer.as_deref())?;
+    let tokenizer = checkpoint_model::load_tokenizer(&dir, &meta, args.model.tokenizer.as_deref())?;
     let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
         Ok(tokenizer
             .encode(text, false)
@@ -98,18 +95,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             stop,
         });
     }
-    let device = match args.device {
-        DeviceArg::Auto => DeviceChoice::Auto,
-        DeviceArg::Cpu => DeviceChoice::Cpu,
-        DeviceArg::Cuda => DeviceChoice::Cuda,
-    };
-    let options = OpenOptions {
-        device,
-        threads: args.threads,
-        batch: args.batch,
-        max_len: args.max_len,
-        verify: !args.no_verify,
-    };
     let mut model = open_model(&dir, &options).context("cannot start generation")?;
     eprintln!("{}", model.device_note);
     eprintln!("{}", model.describe());

@@ -2,13 +2,13 @@
 
 pub mod analyze_attention;
 pub mod build_corpus;
+pub mod checkpoint_model;
 pub mod eval;
 pub mod eval_tasks;
 pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
-pub mod run_tokenizer;
 pub mod study;
 pub mod synth;
 pub mod train;

@@ -1,15 +1,43 @@
-//! The tokenizer a checkpoint was trained with: the copy in the corpus its run read
-//! (`settings.data` in checkpoint.json), or a file the user names, checked against the
-//! checkpoint's tokenizer sha256 either way.
+//! A checkpoint opened for decoding or scoring (`redpack generate`, `redpack eval-tasks`): the
+//! tokenizer it was trained with (the copy in the corpus its run read, `settings.data` in
+//! checkpoint.json, or a file the user names, checked against the checkpoint's tokenizer sha256
+//! either way) and the options `redpack_trainer::generate` opens it with.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use redpack_schemas::{hash_file, Manifest};
+use redpack_trainer::backend::DeviceChoice;
 use redpack_trainer::checkpoint::CheckpointMeta;
+use redpack_trainer::generate::OpenOptions;
+
+use super::train::check_threads;
+use crate::cli::checkpoint_model::CheckpointModelArgs;
+use crate::cli::train::DeviceArg;
+
+/// The options to open the checkpoint with, `batch` sequences at a time, none longer than
+/// `max_len`.
+pub fn open_options(
+    args: &CheckpointModelArgs,
+    batch: usize,
+    max_len: usize,
+) -> anyhow::Result<OpenOptions> {
+    check_threads(args.threads)?;
+    Ok(OpenOptions {
+        device: match args.device {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        },
+        threads: args.threads,
+        batch,
+        max_len,
+        verify: !args.no_verify,
+    })
+}
 
 /// Loads the checkpoint's tokenizer; `explicit` (`--tokenizer FILE`) replaces the corpus copy.
-pub fn load(
+pub fn load_tokenizer(
     checkpoint: &Path,
     meta: &CheckpointMeta,
     explicit: Option<&Path>,
