@@ -7,27 +7,13 @@
 use std::path::Path;
 
 use super::records::Record;
-use super::{choice_example, examples, read_all, with_train, Example, TaskData, TaskError, TaskId};
+use super::{
+    choice_example, examples, keyed_choices, read_all, with_train, Example, TaskData, TaskError,
+    TaskId,
+};
 
 fn example(record: &Record) -> Result<Example, TaskError> {
-    let texts = record.str_list("choices", Some("text"))?;
-    let labels = record.str_list("choices", Some("label"))?;
-    if texts.len() != labels.len() {
-        return Err(record.invalid(format!(
-            "{} choice texts but {} labels",
-            texts.len(),
-            labels.len()
-        )));
-    }
-    let key = record.str("answerKey")?;
-    let gold = labels
-        .iter()
-        .position(|label| label == key)
-        .ok_or_else(|| {
-            record.invalid(format!(
-                "answerKey {key:?} is none of the labels {labels:?}"
-            ))
-        })?;
+    let (texts, labels, gold) = keyed_choices(record)?;
     let mut query = format!("Question: {}\n", record.str("question")?.trim());
     for (label, text) in labels.iter().zip(&texts) {
         query.push_str(&format!("{label}. {text}\n"));

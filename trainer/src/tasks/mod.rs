@@ -391,3 +391,29 @@ pub(crate) fn choice_example(
         target: Target::Choice { choices, gold },
     })
 }
+
+/// A record's `choices` {`text`, `label`} with the index of the one labelled `answerKey`
+/// (ARC, CommonsenseQA).
+pub(crate) fn keyed_choices(
+    record: &records::Record,
+) -> Result<(Vec<String>, Vec<String>, usize), TaskError> {
+    let texts = record.str_list("choices", Some("text"))?;
+    let labels = record.str_list("choices", Some("label"))?;
+    if texts.len() != labels.len() {
+        return Err(record.invalid(format!(
+            "{} choice texts but {} labels",
+            texts.len(),
+            labels.len()
+        )));
+    }
+    let key = record.str("answerKey")?;
+    let gold = labels
+        .iter()
+        .position(|label| label == key)
+        .ok_or_else(|| {
+            record.invalid(format!(
+                "answerKey {key:?} is none of the labels {labels:?}"
+            ))
+        })?;
+    Ok((texts, labels, gold))
+}

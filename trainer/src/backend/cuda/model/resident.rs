@@ -256,25 +256,12 @@ impl CudaBackend {
             .filter(|&i| opt.moments[i].is_some())
             .collect();
         let count = self.params.len();
-        let mut tensors: Vec<AdafactorTensor<'_>> = self
-            .params
-            .iter_mut()
-            .zip(&mut self.grads)
-            .zip(opt.moments.iter_mut().zip(&mut opt.momentum))
-            .filter_map(|((param, grad), (moment, momentum))| {
-                Some(AdafactorTensor {
-                    param,
-                    grad,
-                    moment: match moment.as_mut()? {
-                        Moment::Full(v) => DeviceMoment::Full(v),
-                        Moment::Factored { v_row, v_col } => {
-                            DeviceMoment::Factored { v_row, v_col }
-                        }
-                    },
-                    momentum: momentum.as_mut(),
-                })
-            })
-            .collect();
+        let mut tensors = owned_tensors(
+            &mut self.params,
+            &mut self.grads,
+            &mut opt.moments,
+            &mut opt.momentum,
+        );
         let kernels = &self.kernels;
         opt.update.gradient_squares(kernels, &mut tensors, scale)?;
         let mut squares = spread(&self.stream, &opt.update.grad_sq, &mine, count)?;
@@ -294,25 +281,12 @@ impl CudaBackend {
             beta2: b2,
             lr,
         };
-        let mut tensors: Vec<AdafactorTensor<'_>> = self
-            .params
-            .iter_mut()
-            .zip(&mut self.grads)
-            .zip(opt.moments.iter_mut().zip(&mut opt.momentum))
-            .filter_map(|((param, grad), (moment, momentum))| {
-                Some(AdafactorTensor {
-                    param,
-                    grad,
-                    moment: match moment.as_mut()? {
-                        Moment::Full(v) => DeviceMoment::Full(v),
-                        Moment::Factored { v_row, v_col } => {
-                            DeviceMoment::Factored { v_row, v_col }
-                        }
-                    },
-                    momentum: momentum.as_mut(),
-                })
-            })
-            .collect();
+        let mut tensors = owned_tensors(
+            &mut self.params,
+            &mut self.grads,
+            &mut opt.moments,
+            &mut opt.momentum,
+        );
         opt.update
             .update(&self.kernels, step, &mut tensors, factor)?;
         drop(tensors);
@@ -353,4 +327,29 @@ fn spread(
 
 fn oconfig_factors(config: &crate::optim::adafactor::AdafactorConfig, shape: &[usize]) -> bool {
     config.factors(shape)
+}
+
+/// The Adafactor view of the tensors whose state this rank holds (every tensor outside a job).
+fn owned_tensors<'a>(
+    params: &'a mut [Buf],
+    grads: &'a mut [Buf],
+    moments: &'a mut [Option<Moment>],
+    momentum: &'a mut [Option<Buf>],
+) -> Vec<AdafactorTensor<'a>> {
+    params
+        .iter_mut()
+        .zip(grads)
+        .zip(moments.iter_mut().zip(momentum))
+        .filter_map(|((param, grad), (moment, momentum))| {
+            Some(AdafactorTensor {
+                param,
+                grad,
+                moment: match moment.as_mut()? {
+                    Moment::Full(v) => DeviceMoment::Full(v),
+                    Moment::Factored { v_row, v_col } => DeviceMoment::Factored { v_row, v_col },
+                },
+                momentum: momentum.as_mut(),
+            })
+        })
+        .collect()
 }
