@@ -278,6 +278,13 @@ fn main() {
                     rate / one_thread[i] / threads as f64
                 );
             }
+            let stages: Vec<String> = report
+                .throughput
+                .stages
+                .iter()
+                .map(|s| format!("{} {:.3}", s.stage, s.seconds))
+                .collect();
+            println!("  build-corpus seconds per stage: {}", stages.join(", "));
         }
     }
     println!();

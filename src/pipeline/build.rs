@@ -24,7 +24,7 @@ use super::config::{BuildSettings, PackSettings};
 use super::dedup_stage::dedup_partition;
 use super::finish::finish;
 use super::progress;
-use super::report::BuildReport;
+use super::report::{BuildReport, StageSeconds};
 use super::scan::{scan_file, UnitContext};
 use super::tokenize_stage::tokenize_file;
 use super::types::{BuildError, BuildOptions};
@@ -305,17 +305,21 @@ fn run_units(
                 records: &records,
                 sort_budget: budget / in_flight,
             };
-            let done = std::sync::atomic::AtomicBool::new(false);
+            // The progress thread wakes every 100 ms, and at once when the stage ends (the
+            // sender is dropped), so it never holds the stage open.
+            let (done, stopped) = std::sync::mpsc::channel::<()>();
             let failed = std::sync::atomic::AtomicBool::new(false);
             let next = std::sync::atomic::AtomicUsize::new(0);
+            let (shown, bytes_read, records_read) = (&progress, &bytes, &records);
             let result = std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    while !done.load(Ordering::Relaxed) {
-                        progress.set(
-                            bytes.load(Ordering::Relaxed),
-                            &format!("{} records", records.load(Ordering::Relaxed)),
-                        );
-                        std::thread::sleep(Duration::from_millis(100));
+                scope.spawn(move || loop {
+                    shown.set(
+                        bytes_read.load(Ordering::Relaxed),
+                        &format!("{} records", records_read.load(Ordering::Relaxed)),
+                    );
+                    match stopped.recv_timeout(Duration::from_millis(100)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => break,
                     }
                 });
                 let run_some = || -> Result<(), BuildError> {
@@ -347,7 +351,7 @@ fn run_units(
                         result = outcome;
                     }
                 }
-                done.store(true, Ordering::Relaxed);
+                drop(done);
                 result
             });
             progress.finish();
@@ -466,20 +470,40 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         start_fresh(&work)?;
     }
     let pool = thread_pool(settings)?;
+    let mut stages = vec![StageSeconds {
+        stage: "load",
+        seconds: started.elapsed().as_secs_f64(),
+    }];
+    let plan_started = Instant::now();
     let (plan, tokenizer) = plan_stage(settings, &work, &pool, loaded)?;
+    stages.push(StageSeconds {
+        stage: Stage::Plan.name(),
+        seconds: plan_started.elapsed().as_secs_f64(),
+    });
     std::thread::scope(|scope| {
         // The fast encoder (vocabulary and merge tables, character classes) is built beside
         // the scan and dedup stages, which leave cores idle while a reader parses ahead, instead
         // of on the tokenize stage's critical path; that stage waits for it if need be.
         scope.spawn(|| tokenizer.fast().map(drop));
         for stage in [Stage::Scan, Stage::Dedup, Stage::Tokenize] {
-            run_units(
+            let report = run_units(
                 settings, options, &plan, &work, &tokenizer, &pool, stage, 0, 1,
             )?;
+            stages.push(StageSeconds {
+                stage: report.stage,
+                seconds: report.seconds,
+            });
         }
         Ok::<(), BuildError>(())
     })?;
-    finish_and_clean(settings, options, &plan, &work, &tokenizer, &pool, started)
+    let finish_started = Instant::now();
+    let mut report = finish_and_clean(settings, options, &plan, &work, &tokenizer, &pool, started)?;
+    stages.push(StageSeconds {
+        stage: Stage::Finish.name(),
+        seconds: finish_started.elapsed().as_secs_f64(),
+    });
+    report.throughput.stages = stages;
+    Ok(report)
 }
 
 /// Stage `finish`, then the work directory goes (unless asked to keep it).

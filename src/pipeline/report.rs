@@ -53,7 +53,7 @@ pub struct EvalReport {
 }
 
 /// Wall-clock throughput of a build (tokenizer training excluded).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Throughput {
     pub seconds: f64,
     /// Input bytes read from disk.
@@ -64,6 +64,16 @@ pub struct Throughput {
     pub text_mb_per_s: f64,
     pub records_per_s: f64,
     pub tokens_per_s: f64,
+    /// Wall-clock seconds of each stage, in order (`load` is reading the configuration and the
+    /// tokenizer before the plan); a resumed build counts only the work it ran.
+    pub stages: Vec<StageSeconds>,
+}
+
+/// Wall-clock seconds one stage of a build took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSeconds {
+    pub stage: &'static str,
+    pub seconds: f64,
 }
 
 impl Throughput {
@@ -84,6 +94,7 @@ impl Throughput {
             text_mb_per_s: per_s(text_bytes as f64 / 1e6),
             records_per_s: per_s(records as f64),
             tokens_per_s: per_s(tokens as f64),
+            stages: Vec::new(),
         }
     }
 }
@@ -175,6 +186,14 @@ impl BuildReport {
             t.tokens_per_s,
             self.dedup_work_bytes as f64 / (1024.0 * 1024.0)
         );
+        if !t.stages.is_empty() {
+            let stages: Vec<String> = t
+                .stages
+                .iter()
+                .map(|s| format!("{} {:.2}", s.stage, s.seconds))
+                .collect();
+            let _ = writeln!(out, "seconds per stage: {}", stages.join(", "));
+        }
         out
     }
 }
