@@ -15,6 +15,10 @@ impl ProgressSink for Bars {
     fn stage(&self, stage: &str, total: u64, unit: &str) -> Box<dyn StageProgress> {
         Box::new(Bar::new(total, stage, unit))
     }
+
+    fn note(&self, line: &str) {
+        println!("{line}");
+    }
 }
 
 /// A bar for one stage.

@@ -72,7 +72,7 @@ fn prepare_loaded_tokenizer(
     let (tokenizer, trained) = match (&config.path, loaded) {
         (Some(_), Some(loaded)) => (loaded, false),
         (Some(path), None) => (
-            DocTokenizer::from_file(
+            DocTokenizer::from_file_to_encode(
                 path,
                 config.eod_token.as_deref(),
                 config.pad_token.as_deref(),
@@ -86,7 +86,7 @@ fn prepare_loaded_tokenizer(
                 &config.train,
             )?;
             let json = train_tokenizer::to_json(&trained)?;
-            let tokenizer = DocTokenizer::from_bytes(
+            let tokenizer = DocTokenizer::from_bytes_to_encode(
                 Path::new("<trained>"),
                 json.into_bytes(),
                 Some(&config.train.eod_token),
@@ -438,7 +438,7 @@ fn check_before_writing(
     }
     let config = &settings.tokenizer;
     let tokenizer = match &config.path {
-        Some(path) => Some(DocTokenizer::from_file(
+        Some(path) => Some(DocTokenizer::from_file_to_encode(
             path,
             config.eod_token.as_deref(),
             config.pad_token.as_deref(),
@@ -480,6 +480,9 @@ pub fn build(settings: &BuildSettings, options: &BuildOptions) -> Result<BuildRe
         stage: Stage::Plan.name(),
         seconds: plan_started.elapsed().as_secs_f64(),
     });
+    if let Some(sink) = &options.progress {
+        sink.note(&format!("encoder: {}", tokenizer.encoder()));
+    }
     std::thread::scope(|scope| {
         // The fast encoder (vocabulary and merge tables, character classes) is built beside
         // the scan and dedup stages, which leave cores idle while a reader parses ahead, instead

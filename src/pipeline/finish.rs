@@ -611,6 +611,7 @@ pub fn finish(
         sources,
         packing,
         tokenizer: tokenizer_info,
+        encoder: tokenizer.encoder(),
         tokenizer_trained: plan.tokenizer_trained,
         shards: manifest.shards.len(),
         input_files,

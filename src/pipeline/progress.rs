@@ -9,6 +9,10 @@ pub trait ProgressSink: Send + Sync {
     /// Stage `stage` starts over `total` units of `unit` (`"bytes"`, `"tokens"`,
     /// `"partitions"`).
     fn stage(&self, stage: &str, total: u64, unit: &str) -> Box<dyn StageProgress>;
+
+    /// A line about the build worth showing before it ends (for example which encoder
+    /// tokenizes it). Nothing by default.
+    fn note(&self, _line: &str) {}
 }
 
 /// The progress of one stage.

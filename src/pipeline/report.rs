@@ -19,6 +19,8 @@ pub struct BuildReport {
     pub sources: BTreeMap<String, Counts>,
     pub packing: PackingStats,
     pub tokenizer: TokenizerInfo,
+    /// What encoded the documents: the fast encoder's kind, or the `tokenizers` crate and why.
+    pub encoder: String,
     /// Whether the tokenizer was trained by this build.
     pub tokenizer_trained: bool,
     pub shards: usize,

@@ -238,10 +238,20 @@ fn merges(model: &Value) -> Result<Vec<(&str, &str)>, String> {
     Ok(out)
 }
 
-impl FastEncoder {
-    /// Builds the fast encoder for `json`, the file `tokenizer` was loaded from; `Err` names
-    /// what it does not support.
-    pub fn from_json(json: &[u8], tokenizer: &tokenizers::Tokenizer) -> Result<Self, String> {
+/// The part of a [`FastEncoder`] read from the JSON alone (vocabulary, merges, splitter and its
+/// character classes): the costly part, which can be built while the `tokenizers` crate loads
+/// the same file.
+#[derive(Debug)]
+pub struct FastTables {
+    bpe: Bpe,
+    splitter: Splitter,
+    classifier: Option<Classifier>,
+    nfc: bool,
+}
+
+impl FastTables {
+    /// Reads `json`; `Err` names what the fast encoder does not support in it.
+    pub fn from_json(json: &[u8]) -> Result<Self, String> {
         let root: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         for key in ["truncation", "padding"] {
             if root.get(key).is_some_and(|v| !v.is_null()) {
@@ -373,7 +383,34 @@ impl FastEncoder {
             }
         };
         let bpe = Bpe::new(bytes_vocab, &merge_ids, units, flag("ignore_merges"));
+        Ok(FastTables {
+            bpe,
+            splitter,
+            classifier: if byte_level {
+                Some(Classifier::new()?)
+            } else {
+                None
+            },
+            nfc: nfc_normalizer,
+        })
+    }
+}
 
+impl FastEncoder {
+    /// Builds the fast encoder for `json`, the file `tokenizer` was loaded from; `Err` names
+    /// what it does not support.
+    pub fn from_json(json: &[u8], tokenizer: &tokenizers::Tokenizer) -> Result<Self, String> {
+        Self::new(FastTables::from_json(json)?, tokenizer)
+    }
+
+    /// Completes `tables` with the added tokens of `tokenizer`, loaded from the same file.
+    pub fn new(tables: FastTables, tokenizer: &tokenizers::Tokenizer) -> Result<Self, String> {
+        let FastTables {
+            bpe,
+            splitter,
+            classifier,
+            nfc: nfc_normalizer,
+        } = tables;
         // Added tokens as the loaded tokenizer holds them (ids resolved as it resolves them).
         let mut added: Vec<(u32, tokenizers::AddedToken)> =
             tokenizer.get_added_tokens_decoder().into_iter().collect();
@@ -420,11 +457,7 @@ impl FastEncoder {
         Ok(FastEncoder {
             bpe,
             splitter,
-            classifier: if byte_level {
-                Some(Classifier::new()?)
-            } else {
-                None
-            },
+            classifier,
             nfc: nfc_normalizer,
             raw_added: AddedTrie::build(raw_patterns)?,
             normalized_added: AddedTrie::build(normalized_patterns)?,

@@ -36,7 +36,7 @@ pub mod bpe;
 pub mod fast;
 pub mod pretok;
 
-use fast::FastEncoder;
+use fast::{FastEncoder, FastTables};
 
 /// Default piece length for long documents.
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
@@ -116,14 +116,54 @@ impl DocTokenizer {
         eod_token: Option<&str>,
         pad_token: Option<&str>,
     ) -> Result<Self, TokenizeError> {
-        // `tokenizers` panics (an `expect`) on some malformed files instead of returning an
-        // error; a bad tokenizer file must be an error naming the file.
-        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&json))
-            .unwrap_or_else(|_| Err("malformed tokenizer.json (the parser gave up on it)".into()));
-        let mut inner = parsed.map_err(|err| TokenizeError::Load {
+        let inner = parse(path, &json)?;
+        Self::assemble(path, json, inner, eod_token, pad_token)
+    }
+
+    /// [`Self::from_file`] for a caller about to encode: the fast encoder's tables are built on
+    /// a second thread while the `tokenizers` crate parses the file, instead of after it.
+    pub fn from_file_to_encode(
+        path: &Path,
+        eod_token: Option<&str>,
+        pad_token: Option<&str>,
+    ) -> Result<Self, TokenizeError> {
+        let json = std::fs::read(path).map_err(|err| TokenizeError::Load {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
+        Self::from_bytes_to_encode(path, json, eod_token, pad_token)
+    }
+
+    /// [`Self::from_bytes`] for a caller about to encode (see [`Self::from_file_to_encode`]).
+    pub fn from_bytes_to_encode(
+        path: &Path,
+        json: Vec<u8>,
+        eod_token: Option<&str>,
+        pad_token: Option<&str>,
+    ) -> Result<Self, TokenizeError> {
+        let (tables, inner) = std::thread::scope(|scope| {
+            let tables = scope.spawn(|| FastTables::from_json(&json));
+            let inner = parse(path, &json);
+            let tables = tables
+                .join()
+                .unwrap_or_else(|_| Err("internal error: building its tables panicked".into()));
+            (tables, inner)
+        });
+        let tokenizer = Self::assemble(path, json, inner?, eod_token, pad_token)?;
+        let fast = tables.and_then(|tables| FastEncoder::new(tables, &tokenizer.inner));
+        // The cell is new and unshared: it cannot be set already.
+        let _ = tokenizer.fast.set(fast);
+        Ok(tokenizer)
+    }
+
+    /// The tokenizer of `json`, already parsed by the `tokenizers` crate as `inner`.
+    fn assemble(
+        path: &Path,
+        json: Vec<u8>,
+        mut inner: tokenizers::Tokenizer,
+        eod_token: Option<&str>,
+        pad_token: Option<&str>,
+    ) -> Result<Self, TokenizeError> {
         inner.set_encode_special_tokens(true);
         let lookup = |token: &str, role: &'static str| {
             inner
@@ -288,6 +328,18 @@ impl DocTokenizer {
             _ => vec![text],
         }
     }
+}
+
+/// `json` parsed by the `tokenizers` crate; `path` names it in the error.
+fn parse(path: &Path, json: &[u8]) -> Result<tokenizers::Tokenizer, TokenizeError> {
+    // `tokenizers` panics (an `expect`) on some malformed files instead of returning an
+    // error; a bad tokenizer file must be an error naming the file.
+    let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
+        .unwrap_or_else(|_| Err("malformed tokenizer.json (the parser gave up on it)".into()));
+    parsed.map_err(|err| TokenizeError::Load {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })
 }
 
 fn first_present(inner: &tokenizers::Tokenizer, candidates: &[&str]) -> Option<(String, u32)> {

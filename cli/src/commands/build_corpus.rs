@@ -172,9 +172,6 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.stage {
         return run_one_stage(&args, &settings, name);
     }
-    if !args.json {
-        println!("encoder: {}", encoder_line(&settings));
-    }
     let report = build(&settings, &options(&args))
         .with_context(|| format!("building {}", settings.out.display()))?;
     warn_faults(&report);
@@ -184,25 +181,6 @@ pub fn run(args: BuildCorpusArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.summary());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Which encoder the build tokenizes with (the fast encoder or the `tokenizers` crate).
-fn encoder_line(settings: &BuildSettings) -> String {
-    let config = &settings.tokenizer;
-    match &config.path {
-        Some(path) => match redpack::tokenize::DocTokenizer::from_file(
-            path,
-            config.eod_token.as_deref(),
-            config.pad_token.as_deref(),
-        ) {
-            Ok(tokenizer) => tokenizer.encoder(),
-            Err(err) => format!("unknown ({err})"),
-        },
-        None => {
-            "fast byte-level BPE (GPT-2 split pattern), for the tokenizer trained on the inputs"
-                .to_string()
-        }
-    }
 }
 
 /// A rayon pool of `threads` workers; `None` or 0 means one per core, as everywhere in redpack.
