@@ -453,6 +453,42 @@ fn long_documents_give_identical_ids_whole_and_cut() {
     }
 }
 
+/// `count` distinct words from `first` on, as text: letters of `first..first + count` in base 26.
+fn distinct_words(first: usize, count: usize) -> String {
+    let mut text = String::new();
+    for mut n in first..first + count {
+        text.push(' ');
+        loop {
+            text.push(char::from(b'a' + (n % 26) as u8));
+            n /= 26;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    text
+}
+
+#[test]
+fn more_distinct_words_than_a_cache_generation_holds() {
+    // A thread's word cache keeps two generations of 131,072 words. Texts of 100,000 distinct
+    // words each, A then B then A again: B fills the current generation and retires it, the
+    // second A finds its words in the older generation, moves them and retires the current
+    // generation once more; every ids must stay those of the tokenizers crate.
+    let a = distinct_words(0, 100_000);
+    let b = distinct_words(100_000, 100_000);
+    let chosen = tokenizers()
+        .iter()
+        .filter(|(name, _)| name == "gpt2" || name == "metaspace");
+    for (name, tokenizer) in chosen {
+        let fast = tokenizer.fast().unwrap();
+        for (pass, text) in [&a, &b, &a].into_iter().enumerate() {
+            let reference = tokenizer.encode_reference(text).unwrap();
+            assert!(fast.encode(text) == reference, "{name}: pass {pass}");
+        }
+    }
+}
+
 #[test]
 fn an_eight_megabyte_document_gives_identical_ids() {
     let text = long_document(8 << 20);

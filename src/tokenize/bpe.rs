@@ -90,7 +90,114 @@ struct Symbol {
     live: bool,
 }
 
-type WordMap = HashMap<Box<[u8]>, Box<[u32]>, FxBuild>;
+/// One generation of a thread's word cache. Entries are packed back to back in one buffer,
+/// `[word length, id count, word bytes, ids as u32 LE]`, so a hit reads the table and one
+/// place of the buffer (no pointer to follow per key and per ids, no allocation per entry);
+/// the table holds the top half of a word's hash and its entry's offset. The hash is computed
+/// once per look-up, and keys are compared without a call to `memcmp` (cached words are
+/// short).
+#[derive(Default)]
+struct WordMap {
+    table: hashbrown::HashTable<(u32, u32)>,
+    entries: Vec<u8>,
+}
+
+impl WordMap {
+    fn word_at(entries: &[u8], offset: u32) -> &[u8] {
+        let at = offset as usize;
+        let len = usize::from(entries[at]);
+        &entries[at + 2..at + 2 + len]
+    }
+
+    /// The entry at `offset`'s ids, as bytes.
+    fn ids_at(entries: &[u8], offset: u32) -> &[u8] {
+        let at = offset as usize;
+        let (len, count) = (usize::from(entries[at]), usize::from(entries[at + 1]));
+        &entries[at + 2 + len..at + 2 + len + 4 * count]
+    }
+
+    /// The ids of `word` (whose hash is `hash`) as bytes, when cached.
+    #[inline]
+    fn get(&self, hash: u64, word: &[u8]) -> Option<&[u8]> {
+        let tag = (hash >> 32) as u32;
+        let entries = &self.entries;
+        self.table
+            .find(hash, |&(t, offset)| {
+                t == tag && same_bytes(Self::word_at(entries, offset), word)
+            })
+            .map(|&(_, offset)| Self::ids_at(entries, offset))
+    }
+
+    /// Caches `word` with `ids` (ids as bytes); both fit a length byte (see
+    /// [`CACHE_WORD_BYTES`]: a word has at most as many ids as bytes).
+    fn insert(&mut self, hash: u64, word: &[u8], ids: &[u8]) {
+        let (Ok(len), Ok(count), Ok(offset)) = (
+            u8::try_from(word.len()),
+            u8::try_from(ids.len() / 4),
+            u32::try_from(self.entries.len()),
+        ) else {
+            return;
+        };
+        self.entries.push(len);
+        self.entries.push(count);
+        self.entries.extend_from_slice(word);
+        self.entries.extend_from_slice(ids);
+        let entries = &self.entries;
+        self.table
+            .insert_unique(hash, ((hash >> 32) as u32, offset), |&(_, offset)| {
+                word_hash(Self::word_at(entries, offset))
+            });
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Empties the generation, keeping its memory for the next one.
+    fn clear(&mut self) {
+        self.table.clear();
+        self.entries.clear();
+    }
+}
+
+/// Appends ids stored as u32 LE bytes.
+#[inline]
+fn extend_ids(out: &mut Vec<u32>, bytes: &[u8]) {
+    out.extend(bytes.chunks_exact(4).map(|id| {
+        let mut le = [0u8; 4];
+        le.copy_from_slice(id);
+        u32::from_le_bytes(le)
+    }));
+}
+
+/// The hash of a word in the caches.
+#[inline]
+fn word_hash(word: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(word);
+    hasher.finish()
+}
+
+/// Byte equality eight bytes at a time, inlined.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut a8).zip(&mut b8) {
+        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
+            return false;
+        };
+        if u64::from_ne_bytes(x) != u64::from_ne_bytes(y) {
+            return false;
+        }
+    }
+    a8.remainder()
+        .iter()
+        .zip(b8.remainder())
+        .all(|(x, y)| x == y)
+}
 
 /// Words cached per thread: the key is the word's bytes, the value its ids. Two generations:
 /// when `current` is full it becomes `previous` (the older one is dropped), and a word found in
@@ -99,19 +206,30 @@ struct WordCache {
     owner: u64,
     current: WordMap,
     previous: WordMap,
-    /// Buffers of [`Bpe::merge_word`], kept so that a cache miss allocates nothing but the
-    /// cache entry.
+    /// Buffers of [`Bpe::merge_word`], kept so that a cache miss allocates nothing.
     merge: MergeBuffers,
+    /// A merged word's ids as bytes, before they are cached.
+    ids: Vec<u8>,
 }
 
-/// A word's symbols and the queue of candidate merges `(rank, position, new id)`.
+/// A word's symbols and the queue of candidate merges `(rank, position, new id)`; for short
+/// words, their ids and each adjacent pair's `(rank, new id)`.
 #[derive(Default)]
 struct MergeBuffers {
     symbols: Vec<Symbol>,
     queue: BinaryHeap<Reverse<(u32, u32, u32)>>,
+    ids: Vec<u32>,
+    pairs: Vec<(u32, u32)>,
 }
 
-/// Entries of one generation of a thread's cache (about 100 bytes each).
+/// Words of at most this many symbols are merged by scanning their pairs for the lowest rank
+/// (quadratic, but no queue and no stale entries); longer ones through the queue.
+const SCAN_SYMBOLS: usize = 64;
+
+/// The rank of a pair that has no merge.
+const NO_MERGE: u32 = u32::MAX;
+
+/// Entries of one generation of a thread's cache (some 30 bytes each for a word of 8 bytes and 2 ids).
 const CACHE_ENTRIES: usize = 1 << 17;
 /// Longer words are not cached.
 const CACHE_WORD_BYTES: usize = 256;
@@ -119,9 +237,10 @@ const CACHE_WORD_BYTES: usize = 256;
 thread_local! {
     static CACHE: RefCell<WordCache> = RefCell::new(WordCache {
         owner: 0,
-        current: HashMap::default(),
-        previous: HashMap::default(),
+        current: WordMap::default(),
+        previous: WordMap::default(),
         merge: MergeBuffers::default(),
+        ids: Vec::new(),
     });
 }
 
@@ -231,12 +350,57 @@ impl Bpe {
         }
     }
 
-    /// Merges `word` by rank and appends its ids.
+    /// `(rank, new id)` of merging `a` then `b`, or `(NO_MERGE, 0)`.
+    #[inline]
+    fn pair(&self, a: u32, b: u32) -> (u32, u32) {
+        self.merges
+            .get(&pair_key(a, b))
+            .copied()
+            .unwrap_or((NO_MERGE, 0))
+    }
+
+    /// Merges `word` by rank and appends its ids: the pair of lowest rank first, the leftmost
+    /// of equal ranks, as the `tokenizers` crate's queue does.
     fn merge_word(&self, word: &[u8], buffers: &mut MergeBuffers, out: &mut Vec<u32>) {
-        let MergeBuffers { symbols, queue } = buffers;
+        let MergeBuffers {
+            symbols,
+            queue,
+            ids,
+            pairs,
+        } = buffers;
         symbols.clear();
-        queue.clear();
         self.initial_symbols(word, symbols);
+        if symbols.len() <= SCAN_SYMBOLS {
+            ids.clear();
+            ids.extend(symbols.iter().map(|s| s.id));
+            pairs.clear();
+            pairs.extend(ids.windows(2).map(|w| self.pair(w[0], w[1])));
+            loop {
+                // The first pair of lowest rank: the queue's order (rank, then position).
+                let mut best = (NO_MERGE, 0, 0);
+                for (at, &(rank, new)) in pairs.iter().enumerate() {
+                    if rank < best.0 {
+                        best = (rank, at, new);
+                    }
+                }
+                let (rank, at, new) = best;
+                if rank == NO_MERGE {
+                    break;
+                }
+                ids[at] = new;
+                ids.remove(at + 1);
+                pairs.remove(at);
+                if at > 0 {
+                    pairs[at - 1] = self.pair(ids[at - 1], new);
+                }
+                if at < pairs.len() {
+                    pairs[at] = self.pair(new, ids[at + 1]);
+                }
+            }
+            out.extend_from_slice(ids);
+            return;
+        }
+        queue.clear();
         queue.extend(symbols.windows(2).enumerate().filter_map(|(pos, w)| {
             self.merges
                 .get(&pair_key(w[0].id, w[1].id))
@@ -311,26 +475,37 @@ impl Words<'_> {
             bpe.merge_word(word, &mut self.cache.merge, out);
             return;
         }
-        if let Some(ids) = self.cache.current.get(word) {
-            out.extend_from_slice(ids);
+        let hash = word_hash(word);
+        let cache = &mut *self.cache;
+        if let Some(ids) = cache.current.get(hash, word) {
+            extend_ids(out, ids);
             return;
         }
-        let (key, ids) = match self.cache.previous.remove_entry(word) {
-            Some(entry) => {
-                out.extend_from_slice(&entry.1);
-                entry
+        if cache.current.len() >= CACHE_ENTRIES {
+            std::mem::swap(&mut cache.current, &mut cache.previous);
+            cache.current.clear();
+        }
+        let WordCache {
+            current,
+            previous,
+            merge,
+            ids,
+            ..
+        } = cache;
+        match previous.get(hash, word) {
+            // A word of the older generation moves to the current one.
+            Some(bytes) => {
+                extend_ids(out, bytes);
+                current.insert(hash, word, bytes);
             }
             None => {
                 let start = out.len();
-                bpe.merge_word(word, &mut self.cache.merge, out);
-                (word.into(), out[start..].into())
+                bpe.merge_word(word, merge, out);
+                ids.clear();
+                ids.extend(out[start..].iter().flat_map(|id| id.to_le_bytes()));
+                current.insert(hash, word, ids);
             }
-        };
-        let cache = &mut *self.cache;
-        if cache.current.len() >= CACHE_ENTRIES {
-            cache.previous = std::mem::take(&mut cache.current);
         }
-        cache.current.insert(key, ids);
     }
 }
 
