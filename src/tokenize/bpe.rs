@@ -229,7 +229,8 @@ const SCAN_SYMBOLS: usize = 64;
 /// The rank of a pair that has no merge.
 const NO_MERGE: u32 = u32::MAX;
 
-/// Entries of one generation of a thread's cache (some 30 bytes each for a word of 8 bytes and 2 ids).
+/// Entries of one generation of a thread's cache (some 30 bytes each for a word of 8 bytes and
+/// 2 ids).
 const CACHE_ENTRIES: usize = 1 << 17;
 /// Longer words are not cached.
 const CACHE_WORD_BYTES: usize = 256;
