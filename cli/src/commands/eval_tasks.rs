@@ -18,7 +18,7 @@ use crate::cli::eval_tasks::EvalTasksArgs;
 const MAX_BATCH: usize = 4096;
 
 /// The run's tokenizer as the tasks' text codec.
-struct Tokenizer(tokenizers::Tokenizer);
+pub(crate) struct Tokenizer(pub(crate) tokenizers::Tokenizer);
 
 impl Codec for Tokenizer {
     fn encode(&self, text: &str) -> Result<Vec<u32>, String> {

@@ -2,7 +2,8 @@
 //! architectures, a few steps): a study stopped after some runs and one stopped inside a run
 //! continue where they stopped (the interrupted run bit for bit), the report's plots are valid
 //! PNGs, the fits follow the runs' numbers, a changed study file is refused naming the run, and
-//! `--emit slurm` writes the array job.
+//! `--emit slurm` writes the array job; downstream tasks added later re-evaluate every run and
+//! give the scores `redpack eval-tasks` gives.
 
 use std::path::{Path, PathBuf};
 
@@ -200,4 +201,89 @@ fn smoke_study_stops_resumes_and_reports() {
         submit.contains("--dependency=afterok:${PRE}_2 "),
         "{submit}"
     );
+
+    // Downstream tasks added to the study: every run is evaluated again (nothing retrained),
+    // scaling and finetuning runs are scored on the tasks, isoFLOP runs are not.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/eval-tasks");
+    let with_tasks = std::fs::read_to_string(&study)
+        .unwrap()
+        .replace("../trainer/configs", recipes.to_str().unwrap())
+        + &format!(
+            "\n[tasks]\ndata_root = {:?}\ntasks = \"boolq,arc_easy,gsm8k\"\nshots = [\"0\", \"1\"]\nlimit = 2\nbatch = 4\n",
+            fixtures.to_str().unwrap()
+        );
+    let tasks_path = dir.path().join("tasks.toml");
+    std::fs::write(&tasks_path, with_tasks).unwrap();
+    let tasks_s = tasks_path.to_str().unwrap();
+    let before = losses(&run.join("metrics.jsonl"));
+    let third = json(&["study", "run", tasks_s, "--out", out_s, "--json"]);
+    let s = statuses(&third);
+    assert!(s.iter().all(|(_, st)| st == "re-evaluated"), "{s:?}");
+    assert_eq!(losses(&run.join("metrics.jsonl")), before);
+    for (name, _) in &s {
+        let file = out.join("runs").join(name).join("study-tasks.json");
+        assert_eq!(file.exists(), !name.starts_with("iso-"), "{name}");
+    }
+    // The study's scores are those `redpack eval-tasks` gives the same checkpoint.
+    let scored: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/ft-red-s/study-tasks.json")).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = scored["checkpoint"].as_str().unwrap();
+    assert!(checkpoint.ends_with("best"), "{checkpoint}");
+    for (i, shots) in ["0", "1"].iter().enumerate() {
+        let direct = json(&[
+            "eval-tasks",
+            "--checkpoint",
+            checkpoint,
+            "--data-root",
+            fixtures.to_str().unwrap(),
+            "--tasks",
+            "boolq,arc_easy,gsm8k",
+            "--shots",
+            shots,
+            "--limit",
+            "2",
+            "--batch",
+            "4",
+            "--seed",
+            "1234",
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        assert_eq!(direct["tasks"].as_array().unwrap().len(), 3);
+        let result = &scored["results"][i];
+        assert_eq!(result["shots"], *shots);
+        assert_eq!(result["tasks"], direct["tasks"], "{shots} shots");
+        assert_eq!(result["average"], direct["average"], "{shots} shots");
+    }
+    let report = json(&["study", "report", out_s, "--json"]);
+    let plots = report["plots"].as_array().unwrap();
+    assert!(plots.iter().any(|p| p == "tasks.png"), "{plots:?}");
+    let ids: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 11, "{ids:?}");
+    assert!(ids.contains(&"zero_shot_pretrained") && ids.contains(&"tasks_finetune_red"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## 7. Downstream tasks"), "{md}");
+    assert!(md.contains("| ft-red-s | RedLLM | s | 1 |"), "{md}");
+
+    // Task files missing from data_root fail the study before any run.
+    let empty = dir.path().join("no-tasks");
+    std::fs::create_dir_all(&empty).unwrap();
+    let missing = std::fs::read_to_string(&tasks_path).unwrap().replace(
+        &format!("data_root = {:?}", fixtures.to_str().unwrap()),
+        &format!("data_root = {:?}", empty.to_str().unwrap()),
+    );
+    std::fs::write(&tasks_path, missing).unwrap();
+    let refused = redpack(&["study", "run", tasks_s, "--out", out_s]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("tasks.data_root"), "{err}");
+    assert!(err.contains("boolq"), "{err}");
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use super::file::EvalSpec;
 use super::grid::{Corpora, CorpusShape, RunPlan};
 use super::state::{self, RunState};
@@ -17,6 +19,8 @@ use crate::eval::{EvalJob, EvalOptions};
 use crate::run::TrainSettings;
 
 pub const EVAL_FILE: &str = "study-eval.json";
+/// A run's downstream task reports (`[tasks]`), one per shots setting.
+pub const TASKS_FILE: &str = "study-tasks.json";
 pub const LOCALITY_DIR: &str = "study-locality";
 
 /// Rows per evaluation batch.
@@ -59,6 +63,30 @@ pub fn settings_now(plan: &RunPlan, run_state: &RunState) -> Result<TrainSetting
         settings.resume = own.is_some();
     }
     Ok(settings)
+}
+
+/// What `TASKS_FILE` holds: the task report of each shots setting, in the study's order.
+#[derive(Debug, Serialize)]
+pub struct TasksFile<'a> {
+    pub checkpoint: String,
+    pub results: Vec<TasksResult<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TasksResult<'a> {
+    pub shots: &'a str,
+    #[serde(flatten)]
+    pub report: crate::tasks::Report,
+}
+
+/// The checkpoint a run's downstream tasks score: a scaling run's final checkpoint, a
+/// finetuning run's best; `None` for an isoFLOP run (compared on perplexity only).
+pub fn tasks_checkpoint(plan: &RunPlan) -> Result<Option<PathBuf>, StudyError> {
+    match plan.group {
+        super::RunGroup::Scaling => final_checkpoint(plan).map(Some),
+        super::RunGroup::Finetune => Ok(Some(plan.dir().join(CHECKPOINTS_DIR).join(BEST_DIR))),
+        super::RunGroup::IsoFlop { .. } => Ok(None),
+    }
 }
 
 /// The final checkpoint of a trained run.

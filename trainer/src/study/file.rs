@@ -34,6 +34,9 @@ pub struct StudyFile {
     pub finetune: Option<FinetuneSpec>,
     #[serde(default)]
     pub eval: EvalSpec,
+    /// The paper's downstream tasks on every scaling and finetuning run (none by default).
+    #[serde(default)]
+    pub tasks: Option<TasksSpec>,
     /// Slurm settings for `--emit slurm`.
     #[serde(default)]
     pub slurm: SlurmSpec,
@@ -187,6 +190,63 @@ fn default_window() -> usize {
 
 fn default_locality_rows() -> u64 {
     4
+}
+
+/// The downstream tasks (`redpack eval-tasks`) each scaling run's final checkpoint and each
+/// finetuning run's best checkpoint is scored on, once per shots setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSpec {
+    /// The task files' folder (the layout of `data-manifests/eval-tasks.toml`).
+    pub data_root: PathBuf,
+    /// Task names, as `eval-tasks --tasks` takes them (default `all`).
+    #[serde(default = "default_tasks")]
+    pub tasks: String,
+    /// Shots settings, each `paper` (the paper's per-task counts) or a number (default `0` and
+    /// `paper`: zero- and few-shot, as the paper compares them).
+    #[serde(default = "default_shots")]
+    pub shots: Vec<String>,
+    /// The first N examples of each task only.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Seeds the demonstration draws (default 1234, as `eval-tasks`).
+    #[serde(default = "default_task_seed")]
+    pub seed: u64,
+    /// Examples per call to the model.
+    #[serde(default = "default_task_batch")]
+    pub batch: usize,
+}
+
+fn default_tasks() -> String {
+    "all".to_string()
+}
+
+fn default_shots() -> Vec<String> {
+    vec!["0".to_string(), "paper".to_string()]
+}
+
+fn default_task_seed() -> u64 {
+    1234
+}
+
+fn default_task_batch() -> usize {
+    8
+}
+
+impl TasksSpec {
+    /// The shots settings, parsed.
+    pub fn shots(&self) -> Result<Vec<crate::tasks::Shots>, String> {
+        self.shots
+            .iter()
+            .map(|text| match text.as_str() {
+                "paper" => Ok(crate::tasks::Shots::Paper),
+                other => other
+                    .parse::<usize>()
+                    .map(crate::tasks::Shots::Fixed)
+                    .map_err(|_| format!("{other:?} is not `paper` or a number")),
+            })
+            .collect()
+    }
 }
 
 /// Job settings for `--emit slurm`.
@@ -392,6 +452,19 @@ impl Study {
         }
         if f.eval.window == 0 {
             return Err(self.invalid("eval.window: must be at least 1".into()));
+        }
+        if let Some(t) = &f.tasks {
+            crate::tasks::TaskId::parse_list(&t.tasks)
+                .map_err(|e| self.invalid(format!("tasks.tasks: {e}")))?;
+            let shots = t
+                .shots()
+                .map_err(|e| self.invalid(format!("tasks.shots: {e}")))?;
+            if shots.is_empty() {
+                return Err(self.invalid("tasks.shots: give at least one setting".into()));
+            }
+            if t.limit == Some(0) || t.batch == 0 {
+                return Err(self.invalid("tasks.limit, tasks.batch: must be at least 1".into()));
+            }
         }
         Ok(())
     }

@@ -300,6 +300,105 @@ pub fn judge(report: &Report) -> Vec<Finding> {
         let holds = pairs.iter().all(|(_, b, d)| b.loss < d.loss);
         finding("finetune_biattn", paper, test, measured, Verdict::of(holds))
     });
+    if rows.iter().any(|r| !r.tasks.is_empty()) {
+        out.extend(task_findings(rows));
+    }
+    out
+}
+
+/// `row`'s task average under `shots`.
+fn task_average(row: &RunRow, shots: &str) -> Option<f64> {
+    row.tasks
+        .iter()
+        .find(|t| t.shots == shots)
+        .map(|t| t.average)
+}
+
+/// Per size with both runs scored under `shots`: (size, RedLLM, DecLLM) task averages.
+fn task_pairs(rows: &[RunRow], group: RunGroup, shots: &str) -> Vec<(String, f64, f64)> {
+    paired(rows, "red", "dec", group)
+        .into_iter()
+        .filter_map(|(size, r, d)| {
+            Some((
+                size.to_string(),
+                task_average(r, shots)?,
+                task_average(d, shots)?,
+            ))
+        })
+        .collect()
+}
+
+/// The downstream findings, for a study whose runs were scored on the tasks.
+fn task_findings(rows: &[RunRow]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let pairs = task_pairs(rows, RunGroup::Scaling, "0");
+    let paper = "Before instruction tuning RedLLM is weak at zero-shot.";
+    let test =
+        "at every pretrained size RedLLM's zero-shot task average is below DecLLM's (tasks.shots includes 0)";
+    let measured = pairs
+        .iter()
+        .map(|(s, r, d)| format!("{s}: RedLLM {r:.2}, DecLLM {d:.2}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    out.push(if pairs.is_empty() {
+        finding(
+            "zero_shot_pretrained",
+            paper,
+            test,
+            or_none(measured),
+            Verdict::NotEnoughPoints,
+        )
+    } else {
+        let holds = pairs.iter().all(|(_, r, d)| r < d);
+        finding(
+            "zero_shot_pretrained",
+            paper,
+            test,
+            measured,
+            Verdict::of(holds),
+        )
+    });
+    let mut settings: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.group == RunGroup::Finetune)
+        .flat_map(|r| r.tasks.iter().map(|t| t.shots.as_str()))
+        .collect();
+    settings.sort_unstable();
+    settings.dedup();
+    let pairs: Vec<(String, f64, f64)> = settings
+        .iter()
+        .flat_map(|shots| {
+            task_pairs(rows, RunGroup::Finetune, shots)
+                .into_iter()
+                .map(move |(size, r, d)| (format!("{size} ({shots} shots)"), r, d))
+        })
+        .collect();
+    let paper = "After instruction tuning RedLLM matches or beats DecLLM on the downstream tasks at equal parameters.";
+    let test =
+        "at every finetuned size and shots setting RedLLM's task average is at least DecLLM's";
+    let measured = pairs
+        .iter()
+        .map(|(s, r, d)| format!("{s}: RedLLM {r:.2}, DecLLM {d:.2}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    out.push(if pairs.is_empty() {
+        finding(
+            "tasks_finetune_red",
+            paper,
+            test,
+            or_none(measured),
+            Verdict::NotEnoughPoints,
+        )
+    } else {
+        let holds = pairs.iter().all(|(_, r, d)| r >= d);
+        finding(
+            "tasks_finetune_red",
+            paper,
+            test,
+            measured,
+            Verdict::of(holds),
+        )
+    });
     out
 }
 

@@ -273,8 +273,64 @@ pub fn render(report: &Report) -> String {
                 r.ppl
             );
         }
-        let _ = writeln!(out, "\nDownstream scores are not measured by this study.\n");
+        let _ = writeln!(out);
     }
+
+    let _ = writeln!(out, "## 7. Downstream tasks\n");
+    let scored: Vec<_> = report.runs.iter().filter(|r| !r.tasks.is_empty()).collect();
+    if scored.is_empty() {
+        let _ = writeln!(
+            out,
+            "The study scores no downstream tasks (add a `[tasks]` table to the study file).\n"
+        );
+        return out;
+    }
+    plot(
+        &mut out,
+        report,
+        "tasks.png",
+        "task average against non-embedding parameters",
+    );
+    let mut names: Vec<&str> = scored
+        .iter()
+        .flat_map(|r| {
+            r.tasks
+                .iter()
+                .flat_map(|t| t.scores.keys().map(String::as_str))
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let _ = writeln!(
+        out,
+        "Scores in percent: accuracy, exact match, or ChrF for WMT; pretrained runs from their \
+         final checkpoint, finetuned runs from their best.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| run | arch | size | shots | average | {} |",
+        names.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|{}", "---|".repeat(names.len()));
+    for r in scored {
+        for t in &r.tasks {
+            let cells: Vec<String> = names
+                .iter()
+                .map(|n| t.scores.get(*n).map_or("-".into(), |v| format!("{v:.1}")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.2} | {} |",
+                r.name,
+                arch_name(&r.arch),
+                r.size,
+                t.shots,
+                t.average,
+                cells.join(" | ")
+            );
+        }
+    }
+    let _ = writeln!(out);
     out
 }
 

@@ -72,6 +72,20 @@ pub struct RunRow {
     pub inference_flops: Option<f64>,
     pub train_seconds: f64,
     pub eval_seconds: f64,
+    /// Downstream task scores, one entry per shots setting (a study with `[tasks]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskScores>,
+}
+
+/// A run's downstream task scores under one shots setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScores {
+    /// `paper` or a number of demonstrations.
+    pub shots: String,
+    /// The mean of the tasks' scores, in percent.
+    pub average: f64,
+    /// Each task's headline score in percent (accuracy, exact match or ChrF).
+    pub scores: std::collections::BTreeMap<String, f64>,
 }
 
 /// A power-law fit of one architecture.

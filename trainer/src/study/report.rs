@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::execute::{EVAL_FILE, LOCALITY_DIR};
+use super::execute::{EVAL_FILE, LOCALITY_DIR, TASKS_FILE};
 use super::findings;
 use super::fit::{Parabola, PowerLaw};
 use super::grid::{Corpora, CorpusShape, RunGroup, RunPlan};
-pub use super::model::{FitRow, Header, IsoFlopCurve, LengthCurve, LocalityCurve, Report, RunRow};
+pub use super::model::{
+    FitRow, Header, IsoFlopCurve, LengthCurve, LocalityCurve, Report, RunRow, TaskScores,
+};
 use super::state::{self, DoneRecord};
 use super::StudyError;
 use crate::metrics::read_metrics;
@@ -65,6 +67,43 @@ struct EvalFile {
     loss: Option<f64>,
     ppl: Option<f64>,
     inference_flops_per_example: f64,
+}
+
+/// The parts of `study-tasks.json` the report reads.
+#[derive(Debug, Deserialize)]
+struct TasksFileRead {
+    results: Vec<TasksResultRead>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TasksResultRead {
+    shots: String,
+    average: f64,
+    tasks: Vec<TaskRead>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TaskRead {
+    task: String,
+    score: f64,
+}
+
+/// A run's task scores, when it has a `study-tasks.json`.
+fn task_scores(dir: &Path) -> Result<Vec<TaskScores>, StudyError> {
+    let path = dir.join(TASKS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let file: TasksFileRead = state::read(&path)?;
+    Ok(file
+        .results
+        .into_iter()
+        .map(|r| TaskScores {
+            shots: r.shots,
+            average: r.average,
+            scores: r.tasks.into_iter().map(|t| (t.task, t.score)).collect(),
+        })
+        .collect())
 }
 
 /// The parts of `locality.json` the report reads.
@@ -153,6 +192,7 @@ fn run_row(plan: &RunPlan, done: &DoneRecord, shape: CorpusShape) -> Result<RunR
         inference_flops,
         train_seconds: done.train_seconds,
         eval_seconds: done.eval_seconds,
+        tasks: task_scores(dir)?,
     })
 }
 

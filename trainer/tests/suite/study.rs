@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use redpack_trainer::study::findings::Verdict;
 use redpack_trainer::study::fit::{Parabola, PowerLaw};
-use redpack_trainer::study::report::{Header, LengthCurve, Report, RunRow};
+use redpack_trainer::study::report::{Header, LengthCurve, Report, RunRow, TaskScores};
 use redpack_trainer::study::state::{self, RunState};
 use redpack_trainer::study::{expand, slurm, Corpora, CorpusShape, RunGroup, Study, StudyError};
 
@@ -86,6 +86,7 @@ fn row(arch: &str, size: &str, group: RunGroup, params: u64, flops: f64, ppl: f6
         inference_flops: (group == RunGroup::Finetune).then_some(params as f64 * 2.0),
         train_seconds: 0.0,
         eval_seconds: 0.0,
+        tasks: Vec::new(),
     }
 }
 
@@ -274,6 +275,102 @@ fn verdicts_follow_the_numbers() {
     let report = Report::assemble(header(), rows, vec![], vec![], vec![]);
     assert_eq!(verdict(&report, "finetune_red"), Verdict::Reproduced);
     assert_eq!(verdict(&report, "finetune_biattn"), Verdict::Contradicted);
+    // No run scored on the downstream tasks: no task finding at all.
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.id != "zero_shot_pretrained"));
+}
+
+/// A run row with task averages per shots setting.
+fn scored(mut row: RunRow, averages: &[(&str, f64)]) -> RunRow {
+    row.tasks = averages
+        .iter()
+        .map(|&(shots, average)| TaskScores {
+            shots: shots.into(),
+            average,
+            scores: [("boolq".to_string(), average)].into_iter().collect(),
+        })
+        .collect();
+    row
+}
+
+#[test]
+fn task_verdicts_follow_the_scores() {
+    let rows = |red_zero: f64, red_tuned: f64| {
+        vec![
+            scored(
+                row("dec", "s0", RunGroup::Scaling, 100, 1.0, 20.0),
+                &[("0", 30.0), ("paper", 40.0)],
+            ),
+            scored(
+                row("red", "s0", RunGroup::Scaling, 100, 1.0, 20.0),
+                &[("0", red_zero), ("paper", 35.0)],
+            ),
+            scored(
+                row("dec", "s1", RunGroup::Scaling, 200, 2.0, 18.0),
+                &[("0", 32.0)],
+            ),
+            scored(
+                row("red", "s1", RunGroup::Scaling, 200, 2.0, 18.0),
+                &[("0", 31.0)],
+            ),
+            scored(
+                row("dec", "s1", RunGroup::Finetune, 200, 2.0, 18.0),
+                &[("0", 50.0), ("paper", 55.0)],
+            ),
+            scored(
+                row("red", "s1", RunGroup::Finetune, 200, 2.0, 18.0),
+                &[("0", red_tuned), ("paper", 55.0)],
+            ),
+        ]
+    };
+    let report = Report::assemble(header(), rows(25.0, 52.0), vec![], vec![], vec![]);
+    assert_eq!(
+        verdict(&report, "zero_shot_pretrained"),
+        Verdict::Reproduced
+    );
+    assert_eq!(verdict(&report, "tasks_finetune_red"), Verdict::Reproduced);
+    let measured = &report
+        .findings
+        .iter()
+        .find(|f| f.id == "tasks_finetune_red")
+        .unwrap()
+        .measured;
+    assert!(
+        measured.contains("s1 (0 shots): RedLLM 52.00, DecLLM 50.00"),
+        "{measured}"
+    );
+    assert!(
+        measured.contains("s1 (paper shots): RedLLM 55.00, DecLLM 55.00"),
+        "{measured}"
+    );
+    // RedLLM ahead at zero-shot at one size; behind after tuning in one setting.
+    let report = Report::assemble(header(), rows(30.5, 49.0), vec![], vec![], vec![]);
+    assert_eq!(
+        verdict(&report, "zero_shot_pretrained"),
+        Verdict::Contradicted
+    );
+    assert_eq!(
+        verdict(&report, "tasks_finetune_red"),
+        Verdict::Contradicted
+    );
+    // No finetuned run scored: not enough points for that finding.
+    let only_pre: Vec<RunRow> = rows(25.0, 52.0)
+        .into_iter()
+        .filter(|r| r.group == RunGroup::Scaling)
+        .collect();
+    let report = Report::assemble(header(), only_pre, vec![], vec![], vec![]);
+    assert_eq!(
+        verdict(&report, "tasks_finetune_red"),
+        Verdict::NotEnoughPoints
+    );
+    let md = redpack_trainer::study::markdown::render(&report);
+    assert!(md.contains("## 7. Downstream tasks"), "{md}");
+    assert!(
+        md.contains("| red-s0 | RedLLM | s0 | 0 | 25.00 | 25.0 |"),
+        "{md}"
+    );
 }
 
 fn configs() -> PathBuf {
@@ -363,6 +460,24 @@ fn study_file_errors_name_the_field() {
         (
             study_text(4).replace("dec-biattn = ", "x = "),
             "finetune.recipes.dec-biattn",
+        ),
+        (
+            format!(
+                "{}\n[tasks]\ndata_root = \"t\"\ntasks = \"boolq,nope\"\n",
+                study_text(4)
+            ),
+            "tasks.tasks: ",
+        ),
+        (
+            format!(
+                "{}\n[tasks]\ndata_root = \"t\"\nshots = [\"few\"]\n",
+                study_text(4)
+            ),
+            "tasks.shots: \"few\"",
+        ),
+        (
+            format!("{}\n[tasks]\ndata_root = \"t\"\nlimit = 0\n", study_text(4)),
+            "tasks.limit",
         ),
     ];
     for (text, needle) in cases {

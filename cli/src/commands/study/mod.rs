@@ -6,6 +6,7 @@ mod corpus;
 mod plots;
 mod report;
 mod run;
+mod tasks;
 
 use std::process::ExitCode;
 

@@ -476,5 +476,61 @@ pub fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
         };
         put("finetune.png", &axes, &series)?;
     }
+
+    // Downstream tasks: one series per architecture, stage and shots setting, told apart by
+    // shade within an architecture's colour.
+    let mut settings: Vec<&str> = report
+        .runs
+        .iter()
+        .flat_map(|r| r.tasks.iter().map(|t| t.shots.as_str()))
+        .collect();
+    settings.sort_unstable();
+    settings.dedup();
+    let mut series = Vec::new();
+    for (group, stage) in [
+        (RunGroup::Scaling, "pretrained"),
+        (RunGroup::Finetune, "finetuned"),
+    ] {
+        for arch in ["dec", "red", "dec-biattn"] {
+            for (i, shots) in settings.iter().enumerate() {
+                let mut points: Vec<(f64, f64)> = report
+                    .runs
+                    .iter()
+                    .filter(|r| r.arch == arch && r.group == group)
+                    .filter_map(|r| {
+                        let t = r.tasks.iter().find(|t| t.shots == *shots)?;
+                        Some((r.params as f64, t.average))
+                    })
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if points.is_empty() {
+                    continue;
+                }
+                let stage_index = usize::from(group == RunGroup::Finetune);
+                let t = shade_for(stage_index * settings.len() + i, 2 * settings.len());
+                series.push(Series {
+                    label: format!("{} {stage}, {shots} shots", arch_name(arch)),
+                    colour: shade(arch_colour(arch), t),
+                    line: points.clone(),
+                    points,
+                    marks: Vec::new(),
+                });
+            }
+        }
+    }
+    if !series.is_empty() {
+        let axes = Axes {
+            title: "Downstream tasks",
+            x_desc: "non-embedding parameters (log scale)",
+            y_desc: "task average (percent)",
+            x_fmt: sci,
+            y_fmt: plain,
+            x_log: true,
+            y_log: false,
+            y_fixed: None,
+            legend: SeriesLabelPosition::UpperLeft,
+        };
+        put("tasks.png", &axes, &series)?;
+    }
     Ok(written)
 }

@@ -22,6 +22,7 @@ use redpack_trainer::study::{execute, expand, slurm, CorpusShape, RunPlan, Study
 use serde::Serialize;
 
 use super::corpus;
+use super::tasks::{self, StudyTasks};
 use crate::cli::study::{EmitArg, StudyRunArgs};
 
 /// What happened to one run in this invocation.
@@ -67,6 +68,8 @@ fn open_device(name: &str, threads: Option<usize>) -> anyhow::Result<(Box<dyn Ba
 
 pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
     let study = Study::load(&args.study)?;
+    // Task files are read first: a missing download fails before any training.
+    let study_tasks = tasks::load(&study)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the study folder", args.out.display()))?;
     let out = args
@@ -78,7 +81,10 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
     let shape = shape_of(&corpora.pretrain)?;
     let plans = expand(&study, &corpora, shape, &out)?;
     // Every run is checked before any work, so a changed study fails at once.
-    let evaluation = state::evaluation_fingerprint(&(&study.file.eval, &corpora, shape));
+    let evaluation = match &study.file.tasks {
+        None => state::evaluation_fingerprint(&(&study.file.eval, &corpora, shape)),
+        Some(spec) => state::evaluation_fingerprint(&(&study.file.eval, &corpora, shape, spec)),
+    };
     let mut states = Vec::with_capacity(plans.len());
     for plan in &plans {
         states.push(state::check(plan, &evaluation)?);
@@ -182,7 +188,7 @@ pub fn run(args: StudyRunArgs) -> anyhow::Result<ExitCode> {
             plan,
             &states[i],
             (&corpora, shape, &evaluation),
-            &study,
+            (&study, study_tasks.as_ref()),
             backend.as_mut(),
             &progress,
             &label,
@@ -238,7 +244,7 @@ fn run_one(
     plan: &RunPlan,
     run_state: &RunState,
     (corpora, shape, evaluation): (&redpack_trainer::study::Corpora, CorpusShape, &str),
-    study: &Study,
+    (study, study_tasks): (&Study, Option<&StudyTasks<'_>>),
     backend: &mut dyn Backend,
     progress: &Progress,
     label: &str,
@@ -264,6 +270,15 @@ fn run_one(
         study.file.threads,
         |part| progress.status(format!("{eval_label}: evaluating ({part})")),
     )?;
+    if let Some(study_tasks) = study_tasks {
+        tasks::score(
+            plan,
+            study_tasks,
+            &study.file.device,
+            study.file.threads,
+            |part| progress.status(format!("{eval_label}: evaluating ({part})")),
+        )?;
+    }
     let eval_seconds = started.elapsed().as_secs_f64();
     let metrics_path = plan.dir().join(METRICS_FILE);
     let metrics = read_metrics(&metrics_path)
