@@ -102,11 +102,7 @@ impl DocTokenizer {
         eod_token: Option<&str>,
         pad_token: Option<&str>,
     ) -> Result<Self, TokenizeError> {
-        let json = std::fs::read(path).map_err(|err| TokenizeError::Load {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })?;
-        Self::from_bytes(path, json, eod_token, pad_token)
+        Self::from_bytes(path, read(path)?, eod_token, pad_token)
     }
 
     /// Loads a tokenizer from its JSON bytes; `path` only names it in messages.
@@ -127,11 +123,7 @@ impl DocTokenizer {
         eod_token: Option<&str>,
         pad_token: Option<&str>,
     ) -> Result<Self, TokenizeError> {
-        let json = std::fs::read(path).map_err(|err| TokenizeError::Load {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })?;
-        Self::from_bytes_to_encode(path, json, eod_token, pad_token)
+        Self::from_bytes_to_encode(path, read(path)?, eod_token, pad_token)
     }
 
     /// [`Self::from_bytes`] for a caller about to encode (see [`Self::from_file_to_encode`]).
@@ -328,6 +320,14 @@ impl DocTokenizer {
             _ => vec![text],
         }
     }
+}
+
+/// The bytes of the tokenizer file `path`.
+fn read(path: &Path) -> Result<Vec<u8>, TokenizeError> {
+    std::fs::read(path).map_err(|err| TokenizeError::Load {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })
 }
 
 /// `json` parsed by the `tokenizers` crate; `path` names it in the error.

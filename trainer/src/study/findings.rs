@@ -328,36 +328,37 @@ fn task_pairs(rows: &[RunRow], group: RunGroup, shots: &str) -> Vec<(String, f64
         .collect()
 }
 
-/// The downstream findings, for a study whose runs were scored on the tasks.
-fn task_findings(rows: &[RunRow]) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let pairs = task_pairs(rows, RunGroup::Scaling, "0");
-    let paper = "Before instruction tuning RedLLM is weak at zero-shot.";
-    let test =
-        "at every pretrained size RedLLM's zero-shot task average is below DecLLM's (tasks.shots includes 0)";
+/// A finding that compares RedLLM's and DecLLM's task averages, `(label, red, dec)` per pair;
+/// reproduced when `holds` for every pair.
+fn task_finding(
+    id: &str,
+    paper: &str,
+    test: &str,
+    pairs: &[(String, f64, f64)],
+    holds: fn(f64, f64) -> bool,
+) -> Finding {
     let measured = pairs
         .iter()
         .map(|(s, r, d)| format!("{s}: RedLLM {r:.2}, DecLLM {d:.2}"))
         .collect::<Vec<_>>()
         .join("; ");
-    out.push(if pairs.is_empty() {
-        finding(
-            "zero_shot_pretrained",
-            paper,
-            test,
-            or_none(measured),
-            Verdict::NotEnoughPoints,
-        )
+    if pairs.is_empty() {
+        finding(id, paper, test, or_none(measured), Verdict::NotEnoughPoints)
     } else {
-        let holds = pairs.iter().all(|(_, r, d)| r < d);
-        finding(
-            "zero_shot_pretrained",
-            paper,
-            test,
-            measured,
-            Verdict::of(holds),
-        )
-    });
+        let verdict = Verdict::of(pairs.iter().all(|&(_, r, d)| holds(r, d)));
+        finding(id, paper, test, measured, verdict)
+    }
+}
+
+/// The downstream findings, for a study whose runs were scored on the tasks.
+fn task_findings(rows: &[RunRow]) -> Vec<Finding> {
+    let zero_shot = task_finding(
+        "zero_shot_pretrained",
+        "Before instruction tuning RedLLM is weak at zero-shot.",
+        "at every pretrained size RedLLM's zero-shot task average is below DecLLM's (tasks.shots includes 0)",
+        &task_pairs(rows, RunGroup::Scaling, "0"),
+        |red, dec| red < dec,
+    );
     let mut settings: Vec<&str> = rows
         .iter()
         .filter(|r| r.group == RunGroup::Finetune)
@@ -365,7 +366,7 @@ fn task_findings(rows: &[RunRow]) -> Vec<Finding> {
         .collect();
     settings.sort_unstable();
     settings.dedup();
-    let pairs: Vec<(String, f64, f64)> = settings
+    let tuned: Vec<(String, f64, f64)> = settings
         .iter()
         .flat_map(|shots| {
             task_pairs(rows, RunGroup::Finetune, shots)
@@ -373,33 +374,14 @@ fn task_findings(rows: &[RunRow]) -> Vec<Finding> {
                 .map(move |(size, r, d)| (format!("{size} ({shots} shots)"), r, d))
         })
         .collect();
-    let paper = "After instruction tuning RedLLM matches or beats DecLLM on the downstream tasks at equal parameters.";
-    let test =
-        "at every finetuned size and shots setting RedLLM's task average is at least DecLLM's";
-    let measured = pairs
-        .iter()
-        .map(|(s, r, d)| format!("{s}: RedLLM {r:.2}, DecLLM {d:.2}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    out.push(if pairs.is_empty() {
-        finding(
-            "tasks_finetune_red",
-            paper,
-            test,
-            or_none(measured),
-            Verdict::NotEnoughPoints,
-        )
-    } else {
-        let holds = pairs.iter().all(|(_, r, d)| r >= d);
-        finding(
-            "tasks_finetune_red",
-            paper,
-            test,
-            measured,
-            Verdict::of(holds),
-        )
-    });
-    out
+    let finetuned = task_finding(
+        "tasks_finetune_red",
+        "After instruction tuning RedLLM matches or beats DecLLM on the downstream tasks at equal parameters.",
+        "at every finetuned size and shots setting RedLLM's task average is at least DecLLM's",
+        &tuned,
+        |red, dec| red >= dec,
+    );
+    vec![zero_shot, finetuned]
 }
 
 fn or_none(text: String) -> String {
