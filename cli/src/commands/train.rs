@@ -291,7 +291,9 @@ fn join_job(args: &TrainArgs, launch: &Launch) -> anyhow::Result<(Box<dyn Backen
     let mut backend = opened.backend;
     eprintln!("{who}: {}", opened.note);
     let timeout = Duration::from_secs(args.rendezvous_timeout);
-    let (link, id) = Link::connect(launch, timeout, nccl::unique_id).context(who.clone())?;
+    let hang_timeout = Duration::from_secs(args.hang_timeout.max(1));
+    let (link, id) =
+        Link::connect(launch, timeout, hang_timeout, nccl::unique_id).context(who.clone())?;
     let device = backend
         .resident()
         .ok_or_else(|| anyhow::anyhow!("{who}: the backend keeps no state on a device"))?;

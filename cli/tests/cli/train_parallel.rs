@@ -1,8 +1,8 @@
 //! Data-parallel `redpack train`: 2 and 3 ranks (processes with torchrun's variables) on the
 //! CPU emulation of CUDA and its emulated NCCL (`cuda-emu/cpp/fake_nccl.cpp`: shared memory,
 //! sums in rank order), against one process on the same global batch; a checkpoint resumed on
-//! another world size; a killed rank. Each rank runs with `LOCAL_RANK=0`, as one GPU per node
-//! would, since the emulation has one device.
+//! another world size; a killed rank; a hung (stopped) rank. Each rank runs with
+//! `LOCAL_RANK=0`, as one GPU per node would, since the emulation has one device.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -269,5 +269,55 @@ fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
         killed_at.elapsed() < Duration::from_secs(30),
         "the job took {:?} to stop",
         killed_at.elapsed()
+    );
+}
+
+#[test]
+fn a_hung_rank_stops_the_job_with_an_error_naming_it() {
+    let s = setup();
+    let mut children = s.spawn(3, "hung", 10_000, &["--hang-timeout", "3"]);
+    let metrics = s.root.join("hung/metrics.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Rank 2 stops without dying: its connection stays open, it sends nothing and issues no
+    // collective, as a stuck process would.
+    let pid = children[2].id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success());
+    let stopped_at = Instant::now();
+    let mut outputs = Vec::new();
+    for child in children.drain(..2) {
+        outputs.push(child.wait_with_output().unwrap());
+    }
+    let took = stopped_at.elapsed();
+    children[0].kill().unwrap();
+    children[0].wait().unwrap();
+    for (rank, out) in outputs.iter().enumerate() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "rank {rank}:\n{stderr}");
+        assert!(
+            stderr.contains("rank(s) 2 "),
+            "rank {rank} does not name rank 2:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("--hang-timeout 3"),
+            "rank {rank}:\n{stderr}"
+        );
+        if std::env::var_os("REDPACK_SHOW_HANG").is_some() {
+            eprintln!(
+                "rank {rank}: {}",
+                stderr.trim_end().lines().last().unwrap_or("")
+            );
+        }
+    }
+    assert!(
+        took < Duration::from_secs(40),
+        "the job took {took:?} to stop"
     );
 }

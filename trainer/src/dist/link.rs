@@ -6,6 +6,13 @@
 //! Rank 0 then tells every other rank which rank it was, and each rank aborts its NCCL
 //! communicator, so the collective it waits in returns an error that names the rank instead of
 //! hanging. Should a process still be alive `EXIT_GRACE` after that, it exits with the error.
+//!
+//! A rank can also hang without dying (a stuck kernel, a deadlock, a stopped process). Every
+//! rank sends rank 0 a heartbeat each second with the number of collectives it has issued;
+//! every rank issues the same sequence, so rank 0 knows who the job waits for. When a rank sends
+//! no heartbeat for the hang timeout, or stays behind the collectives the others have issued
+//! for that long, or no rank issues a collective for that long, rank 0 stops the job the same
+//! way, with an error naming the rank(s) and what they were doing.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -21,6 +28,13 @@ use super::DistError;
 const HELLO: &[u8; 4] = b"RDPK";
 const BYE: u8 = b'B';
 const DEAD: u8 = b'D';
+/// A heartbeat: the collectives the sender has issued (u64 LE).
+const BEAT: u8 = b'P';
+/// Rank 0 stopping the job for a hang: the error's length (u32 LE) and text.
+const HUNG: u8 = b'H';
+
+/// How often a rank sends its heartbeat, and rank 0 checks them.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a process whose job lost a rank may take to stop on its own error before it exits.
 pub const EXIT_GRACE: Duration = Duration::from_secs(20);
@@ -32,11 +46,85 @@ struct State {
     comm: OnceLock<Arc<Communicator>>,
     /// The other ends: every other rank's connection on rank 0, rank 0's on the others.
     peers: Mutex<Vec<(usize, TcpStream)>>,
+    /// On rank 0, per rank: collectives issued, when that count last changed, and when its
+    /// last heartbeat came.
+    beats: Mutex<Vec<Beat>>,
+}
+
+#[derive(Clone, Copy)]
+struct Beat {
+    issued: u64,
+    changed: Instant,
+    heard: Instant,
+}
+
+impl Beat {
+    fn new(now: Instant) -> Beat {
+        Beat {
+            issued: 0,
+            changed: now,
+            heard: now,
+        }
+    }
+
+    fn record(&mut self, issued: u64, now: Instant) {
+        if issued != self.issued {
+            self.issued = issued;
+            self.changed = now;
+        }
+        self.heard = now;
+    }
+}
+
+/// Why the job hangs, from rank 0's heartbeats, once a rank has been silent or behind for
+/// `timeout`; `None` while every rank keeps up.
+fn hang(beats: &[Beat], timeout: Duration, now: Instant) -> Option<String> {
+    let secs = timeout.as_secs();
+    let silent: Vec<String> = beats
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| now.duration_since(b.heard) > timeout)
+        .map(|(rank, _)| rank.to_string())
+        .collect();
+    if !silent.is_empty() {
+        return Some(format!(
+            "rank(s) {} sent no heartbeat for {secs} s: the process is stopped or stuck (see its log); the job stops (--hang-timeout {secs})",
+            silent.join(", ")
+        ));
+    }
+    let ahead = beats.iter().map(|b| b.issued).max()?;
+    // Since when some rank has been waiting at `ahead` collectives.
+    let waiting_since = beats
+        .iter()
+        .filter(|b| b.issued == ahead)
+        .map(|b| b.changed)
+        .min()?;
+    if now.duration_since(waiting_since) <= timeout {
+        return None;
+    }
+    let behind: Vec<String> = beats
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.issued < ahead)
+        .map(|(rank, b)| format!("{rank} (at {})", b.issued))
+        .collect();
+    Some(if behind.is_empty() {
+        format!(
+            "no rank issued a collective for {secs} s (every rank is at {ahead}): a collective or every rank is stuck; the job stops (--hang-timeout {secs})"
+        )
+    } else {
+        format!(
+            "rank(s) {} did not reach collective {} in {secs} s while the others wait in it: they hang or are that much slower; the job stops (--hang-timeout {secs})",
+            behind.join(", "),
+            ahead
+        )
+    })
 }
 
 impl State {
-    /// Records the first failure, aborts the communicator and, on rank 0, tells the others.
-    fn fail(self: &Arc<Self>, dead: usize, text: String) {
+    /// Records the first failure, aborts the communicator and, on rank 0, tells the others:
+    /// which rank died (`Some`), or why the job hangs (`None`: the text itself).
+    fn fail(self: &Arc<Self>, dead: Option<usize>, text: String) {
         if self.finished.load(Ordering::SeqCst) {
             return;
         }
@@ -47,11 +135,24 @@ impl State {
             }
             *failure = Some(text.clone());
         }
+        let message = match dead {
+            Some(dead) => {
+                let mut message = vec![DEAD];
+                message.extend_from_slice(&(dead as u32).to_le_bytes());
+                message
+            }
+            None => {
+                let mut message = vec![HUNG];
+                message.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                message.extend_from_slice(text.as_bytes());
+                message
+            }
+        };
         if let Ok(mut peers) = self.peers.lock() {
             for (rank, stream) in peers.iter_mut() {
-                if *rank != dead {
-                    let mut message = vec![DEAD];
-                    message.extend_from_slice(&(dead as u32).to_le_bytes());
+                if Some(*rank) != dead {
+                    // A stuck peer must not block this thread: the write gets a deadline.
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
                     let _ = stream.write_all(&message);
                 }
             }
@@ -70,11 +171,32 @@ impl State {
     }
 }
 
+impl State {
+    /// A heartbeat from `rank` (on rank 0: any rank's; elsewhere: rank 0's).
+    fn heard(&self, rank: usize, issued: u64) {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(beat) = beats.get_mut(rank) {
+            beat.record(issued, Instant::now());
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+            || self
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+}
+
 /// A rank's connections to the job, from the rendezvous to the end of the run.
 pub struct Link {
     state: Arc<State>,
     pub rank: usize,
     pub world_size: usize,
+    /// How long a rank may be silent or behind the others' collectives.
+    hang_timeout: Duration,
 }
 
 fn dead_text(rank: usize) -> String {
@@ -112,10 +234,12 @@ fn resolve(addr: &str) -> Option<SocketAddr> {
 
 impl Link {
     /// The rendezvous: returns the link and the NCCL unique id (made by rank 0 with `make_id`),
-    /// or an error once `timeout` has passed without every rank.
+    /// or an error once `timeout` has passed without every rank. Once the communicator is
+    /// guarded, a rank silent or behind for `hang_timeout` stops the job.
     pub fn connect(
         launch: &Launch,
         timeout: Duration,
+        hang_timeout: Duration,
         make_id: impl FnOnce() -> Result<[u8; ID_BYTES], DistError>,
     ) -> Result<(Link, [u8; ID_BYTES]), DistError> {
         let deadline = Instant::now() + timeout;
@@ -124,6 +248,7 @@ impl Link {
             state: Arc::clone(&state),
             rank: launch.rank,
             world_size: launch.world_size,
+            hang_timeout,
         };
         let id = if launch.rank == 0 {
             link.serve(launch, deadline, timeout, make_id()?)?
@@ -287,12 +412,35 @@ impl Link {
                                 Ok(()) => u32::from_le_bytes(who) as usize,
                                 Err(_) => rank,
                             };
-                            state.fail(dead, dead_text(dead));
+                            state.fail(Some(dead), dead_text(dead));
+                            return;
+                        }
+                        Ok(1) if byte[0] == BEAT => {
+                            let mut issued = [0u8; 8];
+                            if stream.read_exact(&mut issued).is_err() {
+                                state.fail(Some(rank), dead_text(rank));
+                                return;
+                            }
+                            state.heard(rank, u64::from_le_bytes(issued));
+                        }
+                        Ok(1) if byte[0] == HUNG => {
+                            let mut len = [0u8; 4];
+                            let mut text = Vec::new();
+                            let read = stream.read_exact(&mut len).and_then(|()| {
+                                let len = (u32::from_le_bytes(len) as usize).min(1 << 16);
+                                text.resize(len, 0);
+                                stream.read_exact(&mut text)
+                            });
+                            let text = match read {
+                                Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+                                Err(_) => format!("rank {rank} reported a hang"),
+                            };
+                            state.fail(None, text);
                             return;
                         }
                         Ok(1) => continue,
                         _ => {
-                            state.fail(rank, dead_text(rank));
+                            state.fail(Some(rank), dead_text(rank));
                             return;
                         }
                     }
@@ -301,14 +449,20 @@ impl Link {
         }
     }
 
-    /// The communicator to abort when a rank dies.
+    /// The communicator to abort when a rank dies or hangs; starts the heartbeats.
     pub fn guard(&self, comm: Arc<Communicator>) {
         let _ = self.state.comm.set(comm);
         if self.failure().is_some() {
             if let Some(comm) = self.state.comm.get() {
                 comm.abort();
             }
+            return;
         }
+        let now = Instant::now();
+        *self.state.beats.lock().unwrap_or_else(|e| e.into_inner()) =
+            vec![Beat::new(now); self.world_size];
+        let (state, rank, timeout) = (Arc::clone(&self.state), self.rank, self.hang_timeout);
+        std::thread::spawn(move || heartbeat(&state, rank, timeout));
     }
 
     /// Why the job lost a rank, once it has.
@@ -335,6 +489,52 @@ impl Link {
     }
 }
 
+/// Every `BEAT_EVERY`: sends this rank's count of collectives to its peers; checks the
+/// heartbeats (rank 0: every rank's; the others: rank 0's) and stops the job on a hang.
+fn heartbeat(state: &Arc<State>, rank: usize, timeout: Duration) {
+    loop {
+        std::thread::sleep(BEAT_EVERY);
+        if state.stopped() {
+            return;
+        }
+        let Some(comm) = state.comm.get() else {
+            continue;
+        };
+        let issued = comm.issued();
+        let mut message = vec![BEAT];
+        message.extend_from_slice(&issued.to_le_bytes());
+        if let Ok(mut peers) = state.peers.lock() {
+            for (_, stream) in peers.iter_mut() {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.write_all(&message);
+            }
+        }
+        state.heard(rank, issued);
+        let now = Instant::now();
+        let verdict = {
+            let beats = state.beats.lock().unwrap_or_else(|e| e.into_inner());
+            if rank == 0 {
+                hang(&beats, timeout, now)
+            } else {
+                beats
+                    .first()
+                    .filter(|b| now.duration_since(b.heard) > timeout)
+                    .map(|_| {
+                        format!(
+                            "rank 0 sent no heartbeat for {} s: its process is stopped or stuck (see its log); the job stops (--hang-timeout {})",
+                            timeout.as_secs(),
+                            timeout.as_secs()
+                        )
+                    })
+            }
+        };
+        if let Some(text) = verdict {
+            state.fail(None, text);
+            return;
+        }
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         // An error return still tells the failure apart from a crash only by this: the process
@@ -346,6 +546,53 @@ impl Drop for Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HANG: Duration = Duration::from_secs(600);
+
+    /// Heartbeats `(issued, seconds since the count changed, seconds since last heard)` as seen
+    /// at `now`.
+    fn beats(now: Instant, list: &[(u64, u64, u64)]) -> Vec<Beat> {
+        list.iter()
+            .map(|&(issued, changed, heard)| Beat {
+                issued,
+                changed: now - Duration::from_secs(changed),
+                heard: now - Duration::from_secs(heard),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_silent_or_lagging_rank_is_named_once_the_timeout_passes() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let t = Duration::from_secs(60);
+        // Everyone keeping up, or behind for less than the timeout.
+        assert_eq!(
+            hang(&beats(now, &[(7, 1, 0), (7, 2, 1), (7, 0, 0)]), t, now),
+            None
+        );
+        assert_eq!(
+            hang(&beats(now, &[(8, 30, 0), (7, 90, 1), (8, 10, 0)]), t, now),
+            None
+        );
+        // Rank 1 behind while rank 0 has waited at collective 8 for 61 s.
+        let text = hang(&beats(now, &[(8, 61, 0), (7, 200, 1), (8, 10, 0)]), t, now).unwrap();
+        assert!(
+            text.starts_with("rank(s) 1 (at 7) did not reach collective 8 in 60 s"),
+            "{text}"
+        );
+        // Rank 2 silent (a stopped process), whatever the counts.
+        let text = hang(&beats(now, &[(8, 1, 0), (8, 1, 0), (8, 1, 61)]), t, now).unwrap();
+        assert!(
+            text.starts_with("rank(s) 2 sent no heartbeat for 60 s"),
+            "{text}"
+        );
+        // Nobody issued a collective for longer than the timeout.
+        let text = hang(&beats(now, &[(8, 61, 0), (8, 62, 0)]), t, now).unwrap();
+        assert!(
+            text.starts_with("no rank issued a collective for 60 s"),
+            "{text}"
+        );
+    }
 
     fn launch(rank: usize, world_size: usize, path: &Path) -> Launch {
         Launch {
@@ -366,7 +613,8 @@ mod tests {
                 let l = launch(rank, 3, &path);
                 std::thread::spawn(move || {
                     let (link, id) =
-                        Link::connect(&l, Duration::from_secs(30), || Ok([0; ID_BYTES])).unwrap();
+                        Link::connect(&l, Duration::from_secs(30), HANG, || Ok([0; ID_BYTES]))
+                            .unwrap();
                     link.finish();
                     id
                 })
@@ -374,7 +622,10 @@ mod tests {
             .collect();
         let id = [7u8; ID_BYTES];
         let (link, got) =
-            Link::connect(&launch(0, 3, &path), Duration::from_secs(30), || Ok(id)).unwrap();
+            Link::connect(&launch(0, 3, &path), Duration::from_secs(30), HANG, || {
+                Ok(id)
+            })
+            .unwrap();
         assert_eq!(got, id);
         for other in others {
             assert_eq!(other.join().unwrap(), id);
@@ -391,9 +642,9 @@ mod tests {
         let path = dir.path().join("rendezvous");
         let stray = launch(1, 3, &path);
         let t = std::thread::spawn(move || {
-            Link::connect(&stray, Duration::from_secs(5), || Ok([0; ID_BYTES])).err()
+            Link::connect(&stray, Duration::from_secs(5), HANG, || Ok([0; ID_BYTES])).err()
         });
-        let e = Link::connect(&launch(0, 2, &path), Duration::from_secs(30), || {
+        let e = Link::connect(&launch(0, 2, &path), Duration::from_secs(30), HANG, || {
             Ok([1; ID_BYTES])
         })
         .err()
@@ -402,9 +653,12 @@ mod tests {
         assert!(e.contains("joined as rank 1 of 3"), "{e}");
         assert!(t.join().unwrap().is_some());
         let path = dir.path().join("alone");
-        let e = Link::connect(&launch(0, 2, &path), Duration::from_millis(300), || {
-            Ok([1; ID_BYTES])
-        })
+        let e = Link::connect(
+            &launch(0, 2, &path),
+            Duration::from_millis(300),
+            HANG,
+            || Ok([1; ID_BYTES]),
+        )
         .err()
         .unwrap()
         .to_string();

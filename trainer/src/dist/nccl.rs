@@ -7,7 +7,7 @@
 //! `libnccl.so.{9..13}` but not `libnccl.so.2`, the one name the wheel ships.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use super::DistError;
@@ -142,6 +142,9 @@ pub struct Communicator {
     raw: Comm,
     api: &'static Api,
     aborted: AtomicBool,
+    /// Collectives this rank has issued: every rank issues the same sequence, so a rank whose
+    /// count stays behind the others' is the one the job waits for.
+    issued: AtomicU64,
     pub rank: usize,
     pub world_size: usize,
 }
@@ -172,6 +175,7 @@ impl Communicator {
             raw,
             api,
             aborted: AtomicBool::new(false),
+            issued: AtomicU64::new(0),
             rank,
             world_size,
         })
@@ -232,6 +236,7 @@ impl Communicator {
         if self.aborted.load(Ordering::SeqCst) {
             return Err(DistError::Nccl("the communicator was aborted".into()));
         }
+        self.issued.fetch_add(1, Ordering::Relaxed);
         let ptr = buffer as *mut c_void;
         check(self.api, "ncclAllReduce", unsafe {
             (self.api.all_reduce)(ptr, ptr, count, kind, SUM, self.raw, stream)
@@ -254,10 +259,16 @@ impl Communicator {
             return Err(DistError::Nccl("the communicator was aborted".into()));
         }
         let root = c_int::try_from(root).map_err(|_| DistError::Nccl("root too large".into()))?;
+        self.issued.fetch_add(1, Ordering::Relaxed);
         let ptr = buffer as *mut c_void;
         check(self.api, "ncclBroadcast", unsafe {
             (self.api.broadcast)(ptr, ptr, count, FLOAT32, root, self.raw, stream)
         })
+    }
+
+    /// Collectives issued so far.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
     }
 
     /// Aborts the communicator: collectives waiting on other ranks (on any thread) return an
