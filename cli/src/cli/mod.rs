@@ -41,7 +41,7 @@ pub enum Command {
     /// Train a byte-level BPE tokenizer ([EOD], [PAD]) on RedPajama / FLAN inputs.
     TrainTokenizer(TrainTokenizerArgs),
     /// Pretrain or finetune RedLLM / DecLLM from a corpus.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Score a checkpoint on a corpus: loss and perplexity, overall and per source.
     Eval(EvalArgs),
     /// Local attention probability and attention heat maps of a checkpoint on a corpus (CPU).

@@ -191,11 +191,15 @@ pub struct TrainArgs {
     /// Seconds the ranks wait for each other at the rendezvous.
     #[arg(long, value_name = "S", default_value_t = 600)]
     pub rendezvous_timeout: u64,
-    /// Seconds a rank may send no heartbeat, or stay behind the collectives the other ranks
-    /// have issued, before the job stops with an error naming it (a hung rank). Longer than
-    /// the slowest step, evaluation or checkpoint.
+    /// Seconds a rank may stay behind a collective the other ranks wait in (or no rank issue
+    /// a collective) before the job stops with an error naming it: a hung rank. Longer than the
+    /// slowest step, evaluation or checkpoint.
     #[arg(long, value_name = "S", default_value_t = 1800)]
     pub hang_timeout: u64,
+    /// Seconds a rank may send no heartbeat (one a second, from a thread of its own) before the
+    /// job stops with an error naming it: a stopped or frozen process.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub heartbeat_timeout: u64,
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,

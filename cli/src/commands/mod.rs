@@ -40,7 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::BuildCorpus(args) => build_corpus::run(args),
         Command::TrainTokenizer(args) => train_tokenizer::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::AnalyzeAttention(args) => analyze_attention::run(args),
         Command::Inspect(args) => inspect::run(args),

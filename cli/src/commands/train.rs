@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redpack_trainer::backend::{open_backend, open_backend_on, Backend, DeviceChoice, Precision};
 use redpack_trainer::config::{human_count, Arch, ModelOverrides};
-use redpack_trainer::dist::{launch, nccl, Launch, Link, Parallel};
+use redpack_trainer::dist::{launch, nccl, HangLimits, Launch, Link, Parallel};
 use redpack_trainer::metrics::{EvalMetrics, Quiet, StepMetrics, StepObserver};
 use redpack_trainer::run::health::HealthRecipe;
 use redpack_trainer::run::memory;
@@ -291,9 +291,11 @@ fn join_job(args: &TrainArgs, launch: &Launch) -> anyhow::Result<(Box<dyn Backen
     let mut backend = opened.backend;
     eprintln!("{who}: {}", opened.note);
     let timeout = Duration::from_secs(args.rendezvous_timeout);
-    let hang_timeout = Duration::from_secs(args.hang_timeout.max(1));
-    let (link, id) =
-        Link::connect(launch, timeout, hang_timeout, nccl::unique_id).context(who.clone())?;
+    let hang = HangLimits {
+        silence: Duration::from_secs(args.heartbeat_timeout.max(3)),
+        progress: Duration::from_secs(args.hang_timeout.max(1)),
+    };
+    let (link, id) = Link::connect(launch, timeout, hang, nccl::unique_id).context(who.clone())?;
     let device = backend
         .resident()
         .ok_or_else(|| anyhow::anyhow!("{who}: the backend keeps no state on a device"))?;
@@ -495,7 +497,7 @@ mod tests {
             .unwrap()
             .command
         {
-            Command::Train(args) => args,
+            Command::Train(args) => *args,
             other => panic!("parsed {other:?}"),
         }
     }

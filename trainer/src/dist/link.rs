@@ -10,9 +10,10 @@
 //! A rank can also hang without dying (a stuck kernel, a deadlock, a stopped process). Every
 //! rank sends rank 0 a heartbeat each second with the number of collectives it has issued;
 //! every rank issues the same sequence, so rank 0 knows who the job waits for. When a rank sends
-//! no heartbeat for the hang timeout, or stays behind the collectives the others have issued
-//! for that long, or no rank issues a collective for that long, rank 0 stops the job the same
-//! way, with an error naming the rank(s) and what they were doing.
+//! no heartbeat for the silence limit (a stopped or frozen process), or stays behind the
+//! collectives the others have issued for the progress limit, or no rank issues a collective for
+//! that long, rank 0 stops the job the same way, with an error naming the rank(s) and what they
+//! were doing. The other ranks watch rank 0's heartbeat likewise.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -56,6 +57,8 @@ struct Beat {
     issued: u64,
     changed: Instant,
     heard: Instant,
+    /// The rank said it finished: it is silent from now on, and its count is final.
+    done: bool,
 }
 
 impl Beat {
@@ -64,6 +67,7 @@ impl Beat {
             issued: 0,
             changed: now,
             heard: now,
+            done: false,
         }
     }
 
@@ -76,21 +80,35 @@ impl Beat {
     }
 }
 
+/// How long a rank may be silent, or behind the others' collectives, before the job stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HangLimits {
+    /// Without a heartbeat (`--heartbeat-timeout`).
+    pub silence: Duration,
+    /// Without reaching the collective the others wait in, or with no collective at all
+    /// (`--hang-timeout`): longer than the slowest step, evaluation or checkpoint.
+    pub progress: Duration,
+}
+
 /// Why the job hangs, from rank 0's heartbeats, once a rank has been silent or behind for
-/// `timeout`; `None` while every rank keeps up.
-fn hang(beats: &[Beat], timeout: Duration, now: Instant) -> Option<String> {
-    let secs = timeout.as_secs();
+/// longer than `limits`; `None` while every rank keeps up.
+fn hang(beats: &[Beat], limits: HangLimits, now: Instant) -> Option<String> {
+    let quiet = limits.silence.as_secs();
     let silent: Vec<String> = beats
         .iter()
         .enumerate()
-        .filter(|(_, b)| now.duration_since(b.heard) > timeout)
+        .filter(|(_, b)| !b.done && now.duration_since(b.heard) > limits.silence)
         .map(|(rank, _)| rank.to_string())
         .collect();
     if !silent.is_empty() {
         return Some(format!(
-            "rank(s) {} sent no heartbeat for {secs} s: the process is stopped or stuck (see its log); the job stops (--hang-timeout {secs})",
+            "rank(s) {} sent no heartbeat for {quiet} s: the process is stopped or frozen (see its log); the job stops (--heartbeat-timeout {quiet})",
             silent.join(", ")
         ));
+    }
+    if beats.iter().any(|b| b.done) {
+        // A rank finished: the others are finishing too, issuing no more collectives.
+        return None;
     }
     let ahead = beats.iter().map(|b| b.issued).max()?;
     // Since when some rank has been waiting at `ahead` collectives.
@@ -99,7 +117,8 @@ fn hang(beats: &[Beat], timeout: Duration, now: Instant) -> Option<String> {
         .filter(|b| b.issued == ahead)
         .map(|b| b.changed)
         .min()?;
-    if now.duration_since(waiting_since) <= timeout {
+    let secs = limits.progress.as_secs();
+    if now.duration_since(waiting_since) <= limits.progress {
         return None;
     }
     let behind: Vec<String> = beats
@@ -180,6 +199,14 @@ impl State {
         }
     }
 
+    /// `rank` said it finished.
+    fn done(&self, rank: usize) {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(beat) = beats.get_mut(rank) {
+            beat.done = true;
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.finished.load(Ordering::SeqCst)
             || self
@@ -196,7 +223,7 @@ pub struct Link {
     pub rank: usize,
     pub world_size: usize,
     /// How long a rank may be silent or behind the others' collectives.
-    hang_timeout: Duration,
+    hang: HangLimits,
 }
 
 fn dead_text(rank: usize) -> String {
@@ -235,11 +262,11 @@ fn resolve(addr: &str) -> Option<SocketAddr> {
 impl Link {
     /// The rendezvous: returns the link and the NCCL unique id (made by rank 0 with `make_id`),
     /// or an error once `timeout` has passed without every rank. Once the communicator is
-    /// guarded, a rank silent or behind for `hang_timeout` stops the job.
+    /// guarded, a rank silent or behind for longer than `hang` allows stops the job.
     pub fn connect(
         launch: &Launch,
         timeout: Duration,
-        hang_timeout: Duration,
+        hang: HangLimits,
         make_id: impl FnOnce() -> Result<[u8; ID_BYTES], DistError>,
     ) -> Result<(Link, [u8; ID_BYTES]), DistError> {
         let deadline = Instant::now() + timeout;
@@ -248,7 +275,7 @@ impl Link {
             state: Arc::clone(&state),
             rank: launch.rank,
             world_size: launch.world_size,
-            hang_timeout,
+            hang,
         };
         let id = if launch.rank == 0 {
             link.serve(launch, deadline, timeout, make_id()?)?
@@ -405,7 +432,10 @@ impl Link {
                 let mut byte = [0u8; 1];
                 loop {
                     match stream.read(&mut byte) {
-                        Ok(1) if byte[0] == BYE => return,
+                        Ok(1) if byte[0] == BYE => {
+                            state.done(rank);
+                            return;
+                        }
                         Ok(1) if byte[0] == DEAD => {
                             let mut who = [0u8; 4];
                             let dead = match stream.read_exact(&mut who) {
@@ -461,8 +491,8 @@ impl Link {
         let now = Instant::now();
         *self.state.beats.lock().unwrap_or_else(|e| e.into_inner()) =
             vec![Beat::new(now); self.world_size];
-        let (state, rank, timeout) = (Arc::clone(&self.state), self.rank, self.hang_timeout);
-        std::thread::spawn(move || heartbeat(&state, rank, timeout));
+        let (state, rank, limits) = (Arc::clone(&self.state), self.rank, self.hang);
+        std::thread::spawn(move || heartbeat(&state, rank, limits));
     }
 
     /// Why the job lost a rank, once it has.
@@ -491,7 +521,7 @@ impl Link {
 
 /// Every `BEAT_EVERY`: sends this rank's count of collectives to its peers; checks the
 /// heartbeats (rank 0: every rank's; the others: rank 0's) and stops the job on a hang.
-fn heartbeat(state: &Arc<State>, rank: usize, timeout: Duration) {
+fn heartbeat(state: &Arc<State>, rank: usize, limits: HangLimits) {
     loop {
         std::thread::sleep(BEAT_EVERY);
         if state.stopped() {
@@ -514,16 +544,16 @@ fn heartbeat(state: &Arc<State>, rank: usize, timeout: Duration) {
         let verdict = {
             let beats = state.beats.lock().unwrap_or_else(|e| e.into_inner());
             if rank == 0 {
-                hang(&beats, timeout, now)
+                hang(&beats, limits, now)
             } else {
                 beats
                     .first()
-                    .filter(|b| now.duration_since(b.heard) > timeout)
+                    .filter(|b| !b.done && now.duration_since(b.heard) > limits.silence)
                     .map(|_| {
                         format!(
-                            "rank 0 sent no heartbeat for {} s: its process is stopped or stuck (see its log); the job stops (--hang-timeout {})",
-                            timeout.as_secs(),
-                            timeout.as_secs()
+                            "rank 0 sent no heartbeat for {} s: its process is stopped or frozen (see its log); the job stops (--heartbeat-timeout {})",
+                            limits.silence.as_secs(),
+                            limits.silence.as_secs()
                         )
                     })
             }
@@ -547,7 +577,10 @@ impl Drop for Link {
 mod tests {
     use super::*;
 
-    const HANG: Duration = Duration::from_secs(600);
+    const HANG: HangLimits = HangLimits {
+        silence: Duration::from_secs(60),
+        progress: Duration::from_secs(600),
+    };
 
     /// Heartbeats `(issued, seconds since the count changed, seconds since last heard)` as seen
     /// at `now`.
@@ -557,6 +590,7 @@ mod tests {
                 issued,
                 changed: now - Duration::from_secs(changed),
                 heard: now - Duration::from_secs(heard),
+                done: false,
             })
             .collect()
     }
@@ -564,7 +598,10 @@ mod tests {
     #[test]
     fn a_silent_or_lagging_rank_is_named_once_the_timeout_passes() {
         let now = Instant::now() + Duration::from_secs(1000);
-        let t = Duration::from_secs(60);
+        let t = HangLimits {
+            silence: Duration::from_secs(10),
+            progress: Duration::from_secs(60),
+        };
         // Everyone keeping up, or behind for less than the timeout.
         assert_eq!(
             hang(&beats(now, &[(7, 1, 0), (7, 2, 1), (7, 0, 0)]), t, now),
@@ -581,9 +618,9 @@ mod tests {
             "{text}"
         );
         // Rank 2 silent (a stopped process), whatever the counts.
-        let text = hang(&beats(now, &[(8, 1, 0), (8, 1, 0), (8, 1, 61)]), t, now).unwrap();
+        let text = hang(&beats(now, &[(8, 1, 0), (8, 1, 0), (8, 1, 11)]), t, now).unwrap();
         assert!(
-            text.starts_with("rank(s) 2 sent no heartbeat for 60 s"),
+            text.starts_with("rank(s) 2 sent no heartbeat for 10 s"),
             "{text}"
         );
         // Nobody issued a collective for longer than the timeout.
@@ -592,6 +629,10 @@ mod tests {
             text.starts_with("no rank issued a collective for 60 s"),
             "{text}"
         );
+        // A rank that said it finished is silent from then on: not a hang.
+        let mut finishing = beats(now, &[(8, 61, 0), (8, 62, 70)]);
+        finishing[1].done = true;
+        assert_eq!(hang(&finishing, t, now), None);
     }
 
     fn launch(rank: usize, world_size: usize, path: &Path) -> Launch {

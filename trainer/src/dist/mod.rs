@@ -19,7 +19,7 @@ pub mod link;
 pub mod nccl;
 
 pub use launch::{Launch, Rendezvous};
-pub use link::Link;
+pub use link::{HangLimits, Link};
 pub use nccl::Communicator;
 
 /// Errors of a data-parallel launch.
