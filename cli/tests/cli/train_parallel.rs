@@ -93,6 +93,19 @@ impl Setup {
         }
     }
 
+    /// Waits until run `out` has written its first step's metrics (rank 0's).
+    fn wait_for_first_step(&self, out: &str) {
+        let metrics = self.root.join(out).join("metrics.jsonl");
+        let started = Instant::now();
+        while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{out}: no step within 2 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The losses of `metrics.jsonl`, by step.
     fn losses(&self, out: &str) -> Vec<(u64, f64)> {
         std::fs::read_to_string(self.root.join(out).join("metrics.jsonl"))
@@ -243,16 +256,7 @@ fn one_rank_is_one_process_and_ranks_repeat_their_bits() {
 fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
     let s = setup();
     let mut children = s.spawn(3, "killed", 10_000, &[]);
-    // Wait for the first step (rank 0's metrics), then kill rank 2.
-    let metrics = s.root.join("killed/metrics.jsonl");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no step within 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.wait_for_first_step("killed");
     children[2].kill().unwrap();
     let killed_at = Instant::now();
     children[2].wait().unwrap();
@@ -278,15 +282,7 @@ fn a_hung_rank_stops_the_job_with_an_error_naming_it() {
     // A short heartbeat limit; the progress limit long enough never to fire on a slow machine.
     let limits = ["--heartbeat-timeout", "4", "--hang-timeout", "600"];
     let mut children = s.spawn(3, "hung", 10_000, &limits);
-    let metrics = s.root.join("hung/metrics.jsonl");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no step within 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.wait_for_first_step("hung");
     // Rank 2 stops without dying: its connection stays open, it sends nothing and issues no
     // collective, as a stuck process would.
     let pid = children[2].id().to_string();
