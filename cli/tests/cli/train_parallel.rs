@@ -1,8 +1,9 @@
 //! Data-parallel `redpack train`: 2 and 3 ranks (processes with torchrun's variables) on the
 //! CPU emulation of CUDA and its emulated NCCL (`cuda-emu/cpp/fake_nccl.cpp`: shared memory,
 //! sums in rank order), against one process on the same global batch; a checkpoint resumed on
-//! another world size; a killed rank; a hung (stopped) rank. Each rank runs with
-//! `LOCAL_RANK=0`, as one GPU per node would, since the emulation has one device.
+//! another world size; validation shared out among the ranks; a killed rank; a hung (stopped)
+//! rank. Each rank runs with `LOCAL_RANK=0`, as one GPU per node would, since the emulation has
+//! one device.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -118,6 +119,18 @@ impl Setup {
             .collect()
     }
 
+    /// The evaluations of `metrics.jsonl`, by step.
+    fn evals(&self, out: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.root.join(out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (!v["eval"].is_null()).then(|| v["eval"].clone())
+            })
+            .collect()
+    }
+
     /// The parameters and optimizer state of a run's checkpoint of `step`, as f32 values per
     /// tensor name.
     fn weights(&self, out: &str, step: u64) -> Vec<(String, Vec<f32>)> {
@@ -177,10 +190,24 @@ fn bit_identical(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> bool {
 #[test]
 fn two_and_three_ranks_train_as_one_process_and_resume_on_another_world_size() {
     let s = setup();
-    s.train(0, "one", 2, &[]);
-    s.train(2, "two", 2, &[]);
-    s.train(3, "three", 2, &[]);
+    // Validation after each step on 14 rows: batches of 6, 6 and 2 rows, shared out among the
+    // ranks (2 ranks: two batches and one).
+    let corpus = s.corpus.to_str().unwrap().to_string();
+    let eval = [
+        "--eval-data",
+        &corpus,
+        "--eval-every",
+        "1",
+        "--eval-rows",
+        "14",
+    ];
+    s.train(0, "one", 2, &eval);
+    s.train(2, "two", 2, &eval);
+    s.train(3, "three", 2, &eval);
     let one = s.losses("one");
+    let one_eval = s.evals("one");
+    assert_eq!(one_eval.len(), 2);
+    assert_eq!(one_eval[0]["examples"], 14);
     assert_eq!(one.len(), 2);
     let reference = s.weights("one", 2);
     for run in ["two", "three"] {
@@ -190,6 +217,25 @@ fn two_and_three_ranks_train_as_one_process_and_resume_on_another_world_size() {
             assert!(
                 (a - b).abs() <= 1e-6 * a.abs(),
                 "{run}, step {step}: loss {b} against one process's {a}"
+            );
+        }
+        for (a, b) in one_eval.iter().zip(s.evals(run)) {
+            for key in ["examples", "tokens"] {
+                assert_eq!(a[key], b[key], "{run}: eval {key}");
+            }
+            let sources = |e: &serde_json::Value| {
+                e["sources"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(sources(a), sources(&b), "{run}: eval sources");
+            let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs(),
+                "{run}: eval loss {y} against {x}"
             );
         }
         let weights = s.weights(run, 2);

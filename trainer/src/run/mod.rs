@@ -394,8 +394,14 @@ impl TrainRun {
                 .as_ref()
                 .filter(|v| v.settings.due(step, settings.steps))
             {
-                let mut eval =
-                    validator.evaluate(step, &self.model, &self.params, backend, resident)?;
+                let mut eval = validator.evaluate(
+                    step,
+                    &self.model,
+                    &self.params,
+                    backend,
+                    resident,
+                    self.parallel,
+                )?;
                 if !eval.loss.is_finite() {
                     let problem = Problem::NonFinite {
                         what: "the eval loss".into(),
