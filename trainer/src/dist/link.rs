@@ -47,8 +47,8 @@ struct State {
     comm: OnceLock<Arc<Communicator>>,
     /// The other ends: every other rank's connection on rank 0, rank 0's on the others.
     peers: Mutex<Vec<(usize, TcpStream)>>,
-    /// On rank 0, per rank: collectives issued, when that count last changed, and when its
-    /// last heartbeat came.
+    /// Per rank: collectives issued, when that count last changed, and when its last heartbeat
+    /// came (rank 0 follows every rank; the others follow rank 0, and themselves).
     beats: Mutex<Vec<Beat>>,
 }
 
