@@ -327,35 +327,39 @@ fn a_hung_rank_stops_the_job_with_an_error_naming_it() {
     let s = setup();
     // A short heartbeat limit; the progress limit long enough never to fire on a slow machine.
     let limits = ["--heartbeat-timeout", "4", "--hang-timeout", "600"];
-    let mut children = s.spawn(3, "hung", 10_000, &limits);
-    s.wait_for_first_step("hung");
-    // Rank 2 stops without dying: its connection stays open, it sends nothing and issues no
-    // collective, as a stuck process would.
-    let pid = children[2].id().to_string();
-    let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    assert!(stop.success());
-    let stopped_at = Instant::now();
-    let mut outputs = Vec::new();
-    for child in children.drain(..2) {
-        outputs.push(child.wait_with_output().unwrap());
-    }
-    let took = stopped_at.elapsed();
-    children[0].kill().unwrap();
-    children[0].wait().unwrap();
-    for (rank, out) in outputs.iter().enumerate() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "rank {rank}:\n{stderr}");
+    // Rank 2 (watched by rank 0), then rank 0 (watched by the others), stops without dying: its
+    // connection stays open, it sends nothing and issues no collective, as a stuck process would.
+    for (stopped, named) in [
+        (2, "rank(s) 2 sent no heartbeat for 4 s"),
+        (0, "rank 0 sent no heartbeat for 4 s"),
+    ] {
+        let out = format!("hung{stopped}");
+        let mut children = s.spawn(3, &out, 10_000, &limits);
+        s.wait_for_first_step(&out);
+        let pid = children[stopped].id().to_string();
+        let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(stop.success());
+        let stopped_at = Instant::now();
+        let mut hung = children.remove(stopped);
+        let outputs: Vec<Output> = children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect();
+        let took = stopped_at.elapsed();
+        hung.kill().unwrap();
+        hung.wait().unwrap();
+        for (i, out) in outputs.iter().enumerate() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let rank = if i < stopped { i } else { i + 1 };
+            assert_eq!(out.status.code(), Some(1), "rank {rank}:\n{stderr}");
+            assert!(
+                stderr.contains(named),
+                "rank {rank} does not say {named:?}:\n{stderr}"
+            );
+        }
         assert!(
-            stderr.contains("rank(s) 2 "),
-            "rank {rank} does not name rank 2:\n{stderr}"
-        );
-        assert!(
-            stderr.contains("sent no heartbeat for 4 s"),
-            "rank {rank}:\n{stderr}"
+            took < Duration::from_secs(40),
+            "rank {stopped} stopped: the job took {took:?} to stop"
         );
     }
-    assert!(
-        took < Duration::from_secs(40),
-        "the job took {took:?} to stop"
-    );
 }
