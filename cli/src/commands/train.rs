@@ -191,10 +191,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         run.run_parallel(backend.as_mut(), &mut Quiet, parallel)
     };
-    // A collective that failed because another rank went away reports that rank; this rank's
-    // own errors (health checks, data, checkpoints) stand as they are.
-    let outcome = match (outcome, link.as_ref().and_then(|l| l.failure())) {
-        (Err(TrainError::Backend { .. }), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
+    // A collective that failed because another rank went away or hung reports that rank; this
+    // rank's own errors (health checks, data, checkpoints) stand as they are.
+    let failure = match (&outcome, &link) {
+        (Err(TrainError::Backend { .. }), Some(link)) => link.failure_within(FAILURE_GRACE),
+        _ => None,
+    };
+    let outcome = match (outcome, failure) {
+        (Err(_), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
         (outcome, _) => outcome.map_err(anyhow::Error::from),
     }
     .context("training stopped")?;
@@ -265,6 +269,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a rank whose collective failed waits for the message saying which rank the job lost
+/// (it may arrive just after the abort that failed the collective).
+const FAILURE_GRACE: Duration = Duration::from_secs(3);
+
 /// A data-parallel rank: checks that NCCL loads, opens the rank's GPU (`LOCAL_RANK`), meets the
 /// other ranks and joins their NCCL communicator.
 fn join_job(args: &TrainArgs, launch: &Launch) -> anyhow::Result<(Box<dyn Backend>, Link)> {
@@ -312,10 +320,12 @@ fn barrier(backend: &mut dyn Backend, link: &Link) -> anyhow::Result<()> {
         Some(device) => device.all_reduce_sums(&mut [0.0]),
         None => Ok(()),
     };
-    match (result, link.failure()) {
-        (Ok(()), _) => Ok(()),
-        (Err(_), Some(failure)) => Err(anyhow::anyhow!("{failure}")),
-        (Err(e), None) => Err(e.into()),
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => match link.failure_within(FAILURE_GRACE) {
+            Some(failure) => Err(anyhow::anyhow!("{failure}")),
+            None => Err(e.into()),
+        },
     }
     .context("waiting for the other ranks")
 }

@@ -504,6 +504,21 @@ impl Link {
             .clone()
     }
 
+    /// [`Self::failure`], waiting up to `grace` for it: a collective can fail (another rank
+    /// aborted the communicator) a moment before the message that says why arrives.
+    pub fn failure_within(&self, grace: Duration) -> Option<String> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(failure) = self.failure() {
+                return Some(failure);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Tells the other ranks this one finished, so its exit is not taken for a death.
     pub fn finish(&self) {
         if self.failure().is_some() {
